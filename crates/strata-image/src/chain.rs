@@ -1,0 +1,145 @@
+//! Opening an image with its whole backing chain through one gate: formats
+//! are probed or taken from the header, relative backing names resolve
+//! against the overlay's folder, and loops, missing files and absurd depths
+//! are refused with the file that names them.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::image::{Format, Image};
+use crate::qcow2::{self, Qcow2};
+use crate::raw::RawImage;
+use crate::storage::{FileStorage, LockMode, Storage};
+
+/// Deepest chain strata opens.
+pub const MAX_CHAIN_DEPTH: usize = 4096;
+
+/// How to open an image and its chain.
+#[derive(Clone, Debug)]
+pub struct ChainOptions {
+    /// Open the top image for writing.
+    pub writable: bool,
+    /// Open every backing image for writing too (commit).
+    pub writable_backing: bool,
+    /// Format of the top image; probed when `None`.
+    pub format: Option<Format>,
+    /// Open the backing chain (off: the top image alone, unallocated reads as zero).
+    pub backing: bool,
+    /// Take QEMU-compatible locks.
+    pub lock: bool,
+    /// L2 cache bytes per qcow2 layer.
+    pub cache_bytes: u64,
+}
+
+impl Default for ChainOptions {
+    fn default() -> Self {
+        ChainOptions {
+            writable: false,
+            writable_backing: false,
+            format: None,
+            backing: true,
+            lock: true,
+            cache_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Guesses the format of a storage from its first bytes.
+pub fn probe(st: &dyn Storage) -> Result<Format> {
+    let mut magic = [0u8; 4];
+    st.read_at(&mut magic, 0)?;
+    Ok(if u32::from_be_bytes(magic) == qcow2::header::MAGIC { Format::Qcow2 } else { Format::Raw })
+}
+
+/// Resolves a backing file name stored in `overlay` (relative to its folder).
+pub fn resolve_backing(overlay: &Path, name: &str) -> PathBuf {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    overlay.parent().map(|d| d.join(p)).unwrap_or_else(|| p.to_path_buf())
+}
+
+struct Layer {
+    storage: Arc<dyn Storage>,
+    format: Format,
+    writable: bool,
+}
+
+/// Opens `path` and (unless told otherwise) its whole backing chain.
+pub fn open(path: &Path, opts: &ChainOptions) -> Result<Arc<dyn Image>> {
+    let mut layers: Vec<Layer> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut cur = path.to_path_buf();
+    let mut fmt = opts.format;
+    let mut referrer: Option<PathBuf> = None;
+    loop {
+        let shown = cur.display().to_string();
+        let canonical = std::fs::canonicalize(&cur).map_err(|e| match &referrer {
+            Some(r) => Error::backing(&r.display().to_string(), format!("could not open backing file {shown}: {e}")),
+            None => Error::io(&shown, "open", 0, e),
+        })?;
+        if !seen.insert(canonical.clone()) {
+            let at = referrer.as_ref().map_or(shown.clone(), |r| r.display().to_string());
+            return Err(Error::backing(&at, format!("backing file {shown} makes a loop in the chain")));
+        }
+        if layers.len() >= MAX_CHAIN_DEPTH {
+            return Err(Error::backing(&path.display().to_string(), format!("chain is deeper than {MAX_CHAIN_DEPTH}")));
+        }
+        let writable = if layers.is_empty() { opts.writable } else { opts.writable_backing };
+        let st: Arc<dyn Storage> = Arc::new(FileStorage::open(&cur, writable)?);
+        let format = match fmt {
+            Some(f) => f,
+            None => probe(st.as_ref())?,
+        };
+        let mut next = None;
+        if format == Format::Qcow2 && opts.backing {
+            let h = qcow2::read_header(st.as_ref())?;
+            if let Some(name) = h.backing_file.clone() {
+                let bfmt = match h.backing_format() {
+                    Some(f) => Some(Format::parse(&f).ok_or_else(|| {
+                        Error::unsupported(&shown, format!("backing format '{f}'"))
+                    })?),
+                    None => None,
+                };
+                next = Some((resolve_backing(&cur, &name), bfmt));
+            }
+        }
+        layers.push(Layer { storage: st, format, writable });
+        match next {
+            Some((p, f)) => {
+                referrer = Some(cur);
+                cur = p;
+                fmt = f;
+            }
+            None => break,
+        }
+    }
+    let mut below: Option<Arc<dyn Image>> = None;
+    while let Some(layer) = layers.pop() {
+        below = Some(open_layer(layer, below, opts)?);
+    }
+    Ok(below.expect("at least one layer"))
+}
+
+fn open_layer(layer: Layer, backing: Option<Arc<dyn Image>>, opts: &ChainOptions) -> Result<Arc<dyn Image>> {
+    Ok(match layer.format {
+        Format::Raw => {
+            if opts.lock {
+                layer.storage.lock(if layer.writable { LockMode::Write } else { LockMode::Read })?;
+            }
+            Arc::new(RawImage::open(layer.storage, layer.writable)?)
+        }
+        Format::Qcow2 => {
+            let o = qcow2::OpenOptions {
+                writable: layer.writable,
+                lock: opts.lock,
+                cache_bytes: opts.cache_bytes,
+                allow_corrupt: false,
+            };
+            Arc::new(Qcow2::open(layer.storage, backing, &o)?)
+        }
+    })
+}

@@ -1,0 +1,125 @@
+//! `convert`: copy the guest contents of one image into another, skipping
+//! what reads as zero, optionally compressing, optionally only what the
+//! source's top layer holds (for a target that has its own backing file).
+
+use super::{is_zero, Progress, CHUNK};
+use crate::error::Result;
+use crate::image::Image;
+use crate::qcow2::Qcow2;
+
+/// Options of `convert`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConvertOptions {
+    /// Write whole clusters compressed (the target must be qcow2).
+    pub compress: bool,
+    /// The target has a backing file with the same contents as the source's
+    /// backing: copy only what the source's top layer defines.
+    pub top_only: bool,
+    /// Granularity of zero detection in data (qemu-img's `-S`, default 4 KiB).
+    pub sparse_size: u64,
+}
+
+/// Copies `src` into `dst` (which reads as zeros, or as the source's backing
+/// with `top_only`). Both must have the same size.
+pub fn convert(src: &dyn Image, dst: &dyn Image, opts: &ConvertOptions, progress: Progress) -> Result<()> {
+    let size = src.size().min(dst.size());
+    let compressed = if opts.compress { as_qcow2(dst) } else { None };
+    let grain = if let Some(q) = compressed {
+        q.cluster_size()
+    } else if opts.sparse_size == 0 {
+        4096
+    } else {
+        opts.sparse_size
+    };
+    let chunk = if let Some(q) = compressed { q.cluster_size().max(CHUNK) } else { CHUNK };
+    let mut buf = vec![0u8; chunk as usize];
+    let mut done = 0;
+    progress(0, size);
+    for ext in src.block_status(0, size)? {
+        let end = ext.start + ext.length;
+        let wanted = if opts.top_only { ext.depth == 0 && ext.present } else { !ext.zero };
+        if !wanted {
+            done += ext.length;
+            progress(done, size);
+            continue;
+        }
+        if ext.zero {
+            // A zero run the top layer defines over a backing file.
+            dst.write_zeroes(ext.start, ext.length, false)?;
+            done += ext.length;
+            progress(done, size);
+            continue;
+        }
+        let mut pos = ext.start;
+        while pos < end {
+            // Keep chunks aligned to the chunk size so compressed clusters stay whole.
+            let n = (chunk - pos % chunk).min(end - pos);
+            let data = &mut buf[..n as usize];
+            src.read_at(data, pos)?;
+            if let Some(q) = compressed {
+                write_clusters_compressed(q, data, pos, grain, opts.top_only)?;
+            } else {
+                write_nonzero(dst, data, pos, grain, opts.top_only)?;
+            }
+            pos += n;
+            done += n;
+            progress(done, size);
+        }
+    }
+    Ok(())
+}
+
+fn as_qcow2(img: &dyn Image) -> Option<&Qcow2> {
+    let any: &dyn std::any::Any = img.as_any();
+    any.downcast_ref::<Qcow2>()
+}
+
+/// Writes the runs of `data` that are not all zero, in `grain` units.
+/// With a backing file below the target, zero runs must be written too.
+fn write_nonzero(dst: &dyn Image, data: &[u8], pos: u64, grain: u64, keep_zeros: bool) -> Result<()> {
+    if keep_zeros {
+        return dst.write_at(data, pos);
+    }
+    let mut run_start: Option<usize> = None;
+    let mut at = 0usize;
+    let first = (grain - pos % grain).min(data.len() as u64) as usize;
+    let mut step = first;
+    while at < data.len() {
+        let end = (at + step).min(data.len());
+        let zero = is_zero(&data[at..end]);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(at),
+            (true, Some(s)) => {
+                dst.write_at(&data[s..at], pos + s as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        at = end;
+        step = grain as usize;
+    }
+    if let Some(s) = run_start {
+        dst.write_at(&data[s..], pos + s as u64)?;
+    }
+    Ok(())
+}
+
+fn write_clusters_compressed(q: &Qcow2, data: &[u8], pos: u64, cs: u64, keep_zeros: bool) -> Result<()> {
+    let mut at = 0usize;
+    while at < data.len() {
+        let guest = pos + at as u64;
+        let cstart = guest - guest % cs;
+        let cend = (cstart + cs).min(q.size());
+        let n = ((cend - guest) as usize).min(data.len() - at);
+        let piece = &data[at..at + n];
+        if !keep_zeros && is_zero(piece) {
+            // Nothing to write.
+        } else if guest == cstart && (n as u64 == cs || cend == q.size()) {
+            q.write_compressed(guest, piece)?;
+        } else {
+            q.write_at(piece, guest)?;
+        }
+        at += n;
+    }
+    Ok(())
+}

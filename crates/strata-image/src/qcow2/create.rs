@@ -1,0 +1,230 @@
+//! Creating a qcow2 image (the layout qemu-img makes: header, refcount table,
+//! refcount blocks, L1 table) and growing one.
+
+use super::header::{
+    feature_table, CompressionType, Extension, Header, COMPAT_LAZY_REFCOUNTS, EXT_BACKING_FORMAT,
+    EXT_FEATURE_TABLE, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, MAX_BACKING_NAME, MAX_L1_BYTES,
+};
+use super::meta::{to_be_bytes, Meta};
+use super::refcount::set_entry;
+use super::types::Geometry;
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+
+/// Options of `create`, as qemu-img's `-o` names them.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Cluster size (512 B to 2 MiB, a power of two).
+    pub cluster_size: u64,
+    /// Refcount width: 1, 2, 4, 8, 16, 32 or 64.
+    pub refcount_bits: u32,
+    /// 2 (compat=0.10) or 3 (compat=1.1).
+    pub version: u32,
+    /// Extended L2 entries (subclusters).
+    pub extended_l2: bool,
+    /// Compression for compressed clusters.
+    pub compression: CompressionType,
+    /// Lazy refcounts.
+    pub lazy_refcounts: bool,
+    /// Backing file name, stored as given.
+    pub backing_file: Option<String>,
+    /// Backing file format.
+    pub backing_format: Option<String>,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            size: 0,
+            cluster_size: 65536,
+            refcount_bits: 16,
+            version: 3,
+            extended_l2: false,
+            compression: CompressionType::Zlib,
+            lazy_refcounts: false,
+            backing_file: None,
+            backing_format: None,
+        }
+    }
+}
+
+impl CreateOptions {
+    /// Refuses combinations qemu-img refuses, naming the option at fault.
+    pub fn validate(&self, path: &str) -> Result<()> {
+        let bad = |what: String| Err(Error::invalid(path, what));
+        let cs = self.cluster_size;
+        if !cs.is_power_of_two() || !(512..=(2 << 20)).contains(&cs) {
+            return bad(format!("cluster_size {cs} must be a power of two between 512 and 2M"));
+        }
+        if !self.refcount_bits.is_power_of_two() || self.refcount_bits > 64 {
+            return bad(format!("refcount_bits {} must be a power of two up to 64", self.refcount_bits));
+        }
+        if self.version != 2 && self.version != 3 {
+            return bad(format!("compat version {} is not 0.10 or 1.1", self.version));
+        }
+        if self.version == 2 {
+            if self.refcount_bits != 16 {
+                return bad("refcount_bits other than 16 needs compat=1.1".into());
+            }
+            if self.extended_l2 {
+                return bad("extended_l2 needs compat=1.1".into());
+            }
+            if self.lazy_refcounts {
+                return bad("lazy_refcounts needs compat=1.1".into());
+            }
+            if self.compression != CompressionType::Zlib {
+                return bad("compression_type other than zlib needs compat=1.1".into());
+            }
+        }
+        if self.extended_l2 && cs < 16384 {
+            return bad(format!("extended_l2 needs cluster_size of at least 16K (got {cs})"));
+        }
+        if self.size % 512 != 0 {
+            return bad(format!("size {} must be a multiple of 512", self.size));
+        }
+        if let Some(b) = &self.backing_file {
+            if b.len() > MAX_BACKING_NAME {
+                return bad(format!("backing file name is longer than {MAX_BACKING_NAME} bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes a new, empty qcow2 image onto `st` (which should be empty).
+pub fn create(st: &dyn Storage, opts: &CreateOptions) -> Result<()> {
+    let path = st.name().to_string();
+    opts.validate(&path)?;
+    let cluster_bits = opts.cluster_size.trailing_zeros();
+    let mut incompatible = 0;
+    if opts.extended_l2 {
+        incompatible |= INCOMPAT_EXTL2;
+    }
+    if opts.compression != CompressionType::Zlib {
+        incompatible |= INCOMPAT_COMPRESSION;
+    }
+    let mut h = Header {
+        version: opts.version,
+        cluster_bits,
+        size: opts.size,
+        crypt_method: 0,
+        l1_size: 0,
+        l1_table_offset: 0,
+        refcount_table_offset: 0,
+        refcount_table_clusters: 0,
+        nb_snapshots: 0,
+        snapshots_offset: 0,
+        incompatible,
+        compatible: if opts.lazy_refcounts { COMPAT_LAZY_REFCOUNTS } else { 0 },
+        autoclear: 0,
+        refcount_order: opts.refcount_bits.trailing_zeros(),
+        header_length: if opts.version == 3 { 112 } else { 72 },
+        compression: opts.compression,
+        extra: if opts.version == 3 { vec![0; 7] } else { Vec::new() },
+        extensions: Vec::new(),
+        backing_file: opts.backing_file.clone(),
+    };
+    let geo = Geometry::new(&h);
+    let cs = geo.cluster_size;
+    let l1_entries = geo.l1_entries_for(opts.size);
+    if l1_entries * 8 > MAX_L1_BYTES {
+        return Err(Error::invalid(&path, format!(
+            "size {} is too large for cluster_size {cs} (the L1 table would exceed 32 MiB)",
+            opts.size
+        )));
+    }
+    let l1_clusters = (l1_entries * 8).div_ceil(cs).max(1);
+    // Header, refcount table (t), refcount blocks (b), L1 table.
+    let (mut t, mut b) = (1u64, 1u64);
+    loop {
+        let total = 1 + t + b + l1_clusters;
+        let nb = total.div_ceil(geo.rb_entries);
+        let nt = (nb * 8).div_ceil(cs);
+        if nb == b && nt == t {
+            break;
+        }
+        b = nb;
+        t = nt.max(1);
+    }
+    let total = 1 + t + b + l1_clusters;
+    h.l1_size = l1_entries as u32;
+    h.refcount_table_offset = cs;
+    h.refcount_table_clusters = t as u32;
+    h.l1_table_offset = (1 + t + b) * cs;
+    if let (Some(_), Some(fmt)) = (&opts.backing_file, &opts.backing_format) {
+        h.extensions.push(Extension { kind: EXT_BACKING_FORMAT, data: fmt.as_bytes().to_vec() });
+    }
+    if opts.version == 3 {
+        h.extensions.push(Extension { kind: EXT_FEATURE_TABLE, data: feature_table() });
+        if h.to_bytes(&path).is_err() {
+            // Small clusters: drop the (optional) feature table rather than fail.
+            h.extensions.pop();
+        }
+    }
+    let first = h.to_bytes(&path)?;
+    // Refcount blocks: every metadata cluster has refcount 1.
+    let mut blocks = vec![0u8; (b * cs) as usize];
+    for c in 0..total {
+        let bi = c / geo.rb_entries;
+        let block = &mut blocks[(bi * cs) as usize..((bi + 1) * cs) as usize];
+        set_entry(block, c % geo.rb_entries, geo.refcount_bits, 1);
+    }
+    let mut table = vec![0u64; (t * cs / 8) as usize];
+    for (j, e) in table.iter_mut().enumerate().take(b as usize) {
+        *e = (1 + t + j as u64) * cs;
+    }
+    st.set_len(0)?;
+    st.write_at(&to_be_bytes(&table), cs)?;
+    st.write_at(&blocks, (1 + t) * cs)?;
+    st.set_len(total * cs)?;
+    st.write_at(&first, 0)?;
+    st.flush()
+}
+
+/// Grows the virtual size to `new_size`, moving the L1 table when it must grow.
+pub(crate) fn grow(m: &mut Meta, new_size: u64) -> Result<()> {
+    let path = m.path.clone();
+    if new_size < m.header.size {
+        return Err(Error::invalid(&path, "shrinking a qcow2 image is not supported"));
+    }
+    if new_size % 512 != 0 {
+        return Err(Error::invalid(&path, format!("size {new_size} must be a multiple of 512")));
+    }
+    m.flush()?;
+    let needed = m.geo.l1_entries_for(new_size);
+    if needed * 8 > MAX_L1_BYTES {
+        return Err(Error::invalid(&path, format!("size {new_size} needs an L1 table larger than 32 MiB")));
+    }
+    if needed > m.l1.len() as u64 {
+        let cs = m.geo.cluster_size;
+        let clusters = (needed * 8).div_ceil(cs);
+        let new_off = m.alloc_clusters(clusters)?;
+        let lazy = std::mem::replace(&mut m.lazy, false);
+        let r = m.flush();
+        m.lazy = lazy;
+        r?;
+        let mut l1 = m.l1.clone();
+        l1.resize(needed as usize, 0);
+        let mut bytes = to_be_bytes(&l1);
+        bytes.resize((clusters * cs) as usize, 0);
+        m.st.write_at(&bytes, new_off)?;
+        m.st.flush()?;
+        let old_off = m.header.l1_table_offset;
+        let old_clusters = (m.l1.len() as u64 * 8).div_ceil(cs);
+        m.header.l1_table_offset = new_off;
+        m.header.l1_size = needed as u32;
+        m.header.size = new_size;
+        m.write_header()?;
+        m.st.flush()?;
+        m.l1 = l1;
+        for k in 0..old_clusters {
+            m.pending_free.push(old_off + k * cs);
+        }
+        return m.flush();
+    }
+    m.header.size = new_size;
+    m.write_header()?;
+    m.st.flush()
+}

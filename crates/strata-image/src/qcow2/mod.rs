@@ -1,0 +1,321 @@
+//! The qcow2 driver: versions 2 and 3, any cluster size from 512 B to 2 MiB,
+//! refcount widths 1–64, extended L2 entries, compressed clusters, lazy
+//! refcounts, and backing files through any [`Image`].
+//!
+//! Concurrency: data I/O runs without the metadata lock. Reads and writes
+//! into clusters this image owns hold the I/O gate shared; anything that can
+//! free a cluster (discard, zeroing with unmap, resize) holds it exclusively,
+//! so no request ever touches a cluster after it has been freed. Allocating
+//! writes are serialised by the allocation mutex; the metadata mutex is only
+//! held for table lookups and updates.
+
+mod cache;
+pub mod check;
+mod compress;
+mod create;
+pub mod header;
+mod io;
+mod meta;
+mod refcount;
+pub mod snapshot_table;
+mod types;
+mod zero;
+
+pub use check::{CheckMode, CheckReport};
+pub use create::{create, CreateOptions};
+pub use header::{CompressionType, Header};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::image::{check_range, Extent, Format, Image};
+use crate::storage::{LockMode, Storage};
+use header::{AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
+use meta::Meta;
+use types::Geometry;
+
+/// How to open a qcow2 image.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Open for writing.
+    pub writable: bool,
+    /// Take QEMU-compatible locks (off = QEMU's force-share for readers).
+    pub lock: bool,
+    /// Bytes of L2 tables to cache.
+    pub cache_bytes: u64,
+    /// Allow a writable open of an image marked corrupt (for repair only).
+    pub allow_corrupt: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { writable: false, lock: true, cache_bytes: 32 << 20, allow_corrupt: false }
+    }
+}
+
+/// An open qcow2 image.
+#[derive(Debug)]
+pub struct Qcow2 {
+    st: Arc<dyn Storage>,
+    path: String,
+    geo: Geometry,
+    size: AtomicU64,
+    writable: bool,
+    backing: Option<Arc<dyn Image>>,
+    gate: RwLock<()>,
+    alloc: Mutex<()>,
+    meta: Mutex<Meta>,
+}
+
+/// Reads the first cluster (or as much of the file as there is, up to 2 MiB)
+/// and parses the header.
+pub fn read_header(st: &dyn Storage) -> Result<Header> {
+    let len = st.len()?;
+    let mut first = vec![0u8; len.min(1 << 21) as usize];
+    st.read_at(&mut first, 0)?;
+    // The first cluster can be smaller than what we read; parse limits itself.
+    Header::parse(st.name(), &first, len)
+}
+
+impl Qcow2 {
+    /// Opens a qcow2 image on `st`, with `backing` as the image below it.
+    pub fn open(st: Arc<dyn Storage>, backing: Option<Arc<dyn Image>>, opts: &OpenOptions) -> Result<Qcow2> {
+        let path = st.name().to_string();
+        let header = read_header(st.as_ref())?;
+        if opts.lock {
+            st.lock(if opts.writable { LockMode::Write } else { LockMode::Read })?;
+        }
+        if opts.writable && header.incompatible & INCOMPAT_CORRUPT != 0 && !opts.allow_corrupt {
+            return Err(Error::corrupt(
+                &path,
+                "the image is marked corrupt (incompatible bit 1); it can only be opened read-only or repaired with `check -r all`",
+            ));
+        }
+        let geo = Geometry::new(&header);
+        let size = header.size;
+        let mut meta = Meta::load(st.clone(), path.clone(), header, opts.cache_bytes)?;
+        if opts.writable {
+            // Autoclear bits we do not maintain must be cleared before writing.
+            let unknown = meta.header.autoclear & !0;
+            if unknown != 0 {
+                if unknown & AUTOCLEAR_BITMAPS != 0 {
+                    tracing::warn!("{path}: bitmaps are not maintained yet; they become inconsistent");
+                }
+                meta.header.autoclear = 0;
+                meta.write_header()?;
+                st.flush()?;
+            }
+            if meta.header.incompatible & INCOMPAT_DIRTY != 0 {
+                tracing::info!("{path}: image was not closed cleanly; repairing refcounts");
+                check::repair_dirty(&mut meta)?;
+            }
+        }
+        let img = Qcow2 {
+            st,
+            path,
+            geo,
+            size: AtomicU64::new(size),
+            writable: opts.writable,
+            backing,
+            gate: RwLock::new(()),
+            alloc: Mutex::new(()),
+            meta: Mutex::new(meta),
+        };
+        Ok(img)
+    }
+
+    /// A copy of the current header.
+    pub fn header(&self) -> Header {
+        self.meta.lock().header.clone()
+    }
+
+    /// Cluster size in bytes.
+    pub fn cluster_size(&self) -> u64 {
+        self.geo.cluster_size
+    }
+
+    /// The storage under the image.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.st
+    }
+
+    /// Checks refcounts and tables; repairs what `mode` allows.
+    pub fn check(&self, mode: CheckMode) -> Result<CheckReport> {
+        if mode != CheckMode::ReadOnly && !self.writable {
+            return Err(Error::ReadOnly { path: self.path.clone() });
+        }
+        let _g = self.gate.write();
+        let _a = self.alloc.lock();
+        let mut m = self.meta.lock();
+        check::check(&mut m, mode)
+    }
+
+    /// Creates a qcow2 file at `path` (mode 0600; refuses to overwrite).
+    pub fn create_file(path: &std::path::Path, opts: &CreateOptions) -> Result<()> {
+        let st = crate::storage::FileStorage::create(path, false)?;
+        if let Err(e) = create(&st, opts) {
+            drop(st);
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn check_write(&self, offset: u64, len: u64) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly { path: self.path.clone() });
+        }
+        check_range(&self.path, self.size(), offset, len)
+    }
+
+    /// Changes the backing file name and format recorded in the header
+    /// (no data is touched: this is `rebase -u`).
+    pub fn set_backing(&self, name: Option<&str>, format: Option<&str>) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly { path: self.path.clone() });
+        }
+        let mut m = self.meta.lock();
+        m.flush()?;
+        let old = m.header.clone();
+        m.header.backing_file = name.map(str::to_string);
+        m.header.set_extension(
+            header::EXT_BACKING_FORMAT,
+            name.and(format).map(|f| f.as_bytes().to_vec()),
+        );
+        if let Err(e) = m.header.to_bytes(&self.path) {
+            m.header = old;
+            return Err(e);
+        }
+        m.write_header()?;
+        m.st.flush()
+    }
+
+    /// Drops every cluster of the active state: afterwards the whole image
+    /// reads from its backing file (what `commit` leaves in the top image).
+    pub fn make_empty(&self) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly { path: self.path.clone() });
+        }
+        let _g = self.gate.write();
+        let _a = self.alloc.lock();
+        let mut m = self.meta.lock();
+        let geo = self.geo;
+        for i in 0..m.l1.len() as u64 {
+            let l2 = m.l2_offset(i)?;
+            if l2 == 0 {
+                continue;
+            }
+            let table = m.load_l2(l2)?.clone();
+            for j in 0..geo.l2_entries as usize {
+                m.release_entry(table[j * geo.l2_words]);
+            }
+            m.l2.remove(l2);
+            m.pending_free.push(l2);
+            m.l1[i as usize] = 0;
+            m.l1_dirty = true;
+        }
+        m.flush()
+    }
+
+    /// Grows the virtual size (the L1 table moves when it must grow).
+    pub fn grow(&self, new_size: u64) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly { path: self.path.clone() });
+        }
+        let _g = self.gate.write();
+        let _a = self.alloc.lock();
+        let mut m = self.meta.lock();
+        create::grow(&mut m, new_size)?;
+        self.size.store(new_size, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Image for Qcow2 {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn format(&self) -> Format {
+        Format::Qcow2
+    }
+
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::SeqCst)
+    }
+
+    fn writable(&self) -> bool {
+        self.writable
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(&self.path, self.size(), offset, buf.len() as u64)?;
+        let _g = self.gate.read();
+        self.read_inner(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_write(offset, buf.len() as u64)?;
+        let _g = self.gate.read();
+        self.write_inner(buf, offset)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<()> {
+        self.check_write(offset, len)?;
+        self.zero_range(offset, len, unmap, false)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_write(offset, len)?;
+        self.zero_range(offset, len, true, true)
+    }
+
+    fn flush(&self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        self.meta.lock().flush()
+    }
+
+    fn resize(&self, new_size: u64) -> Result<()> {
+        self.grow(new_size)
+    }
+
+    fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        check_range(&self.path, self.size(), offset, len)?;
+        let _g = self.gate.read();
+        self.block_status_inner(offset, len)
+    }
+
+    fn backing(&self) -> Option<&Arc<dyn Image>> {
+        self.backing.as_ref()
+    }
+
+    fn actual_size(&self) -> Result<u64> {
+        self.st.allocated_bytes()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn close(&self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        self.meta.lock().close()
+    }
+}
+
+impl Drop for Qcow2 {
+    fn drop(&mut self) {
+        if self.writable {
+            if let Err(e) = self.meta.get_mut().close() {
+                tracing::error!("{}: closing failed: {e}", self.path);
+            }
+        }
+    }
+}

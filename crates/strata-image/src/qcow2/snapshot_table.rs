@@ -1,0 +1,100 @@
+//! The internal snapshot table (`qcow2.txt` "Snapshots"): parsing and
+//! serialising its variable-length entries.
+
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+
+/// One snapshot table entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    /// Offset of the snapshot's L1 table.
+    pub l1_table_offset: u64,
+    /// Entries in that L1 table.
+    pub l1_size: u32,
+    /// Unique ID string.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Creation time, seconds since the Epoch.
+    pub date_sec: u32,
+    /// Creation time, nanoseconds part.
+    pub date_nsec: u32,
+    /// Guest run time in nanoseconds.
+    pub vm_clock_nsec: u64,
+    /// VM state size (the 64-bit extra-data field when present).
+    pub vm_state_size: u64,
+    /// Virtual disk size at snapshot time, when recorded.
+    pub disk_size: Option<u64>,
+    /// icount, when recorded (-1 when disabled).
+    pub icount: Option<i64>,
+    /// Extra data bytes past the fields we know, kept as they are.
+    pub extra_unknown: Vec<u8>,
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Largest snapshot table QEMU reads (64 MiB).
+const MAX_TABLE_BYTES: u64 = 64 << 20;
+
+/// Reads `count` entries at `offset`; returns them and the table's byte size.
+pub fn read_table(st: &dyn Storage, offset: u64, count: u32) -> Result<(Vec<SnapshotEntry>, u64)> {
+    let path = st.name();
+    let file_len = st.len()?;
+    let mut out = Vec::with_capacity(count.min(65536) as usize);
+    let mut at = offset;
+    for i in 0..count {
+        let bad = |what: String| Error::corrupt(path, format!("snapshot table entry {i} at offset {at:#x}: {what}"));
+        if at + 40 > file_len || at - offset > MAX_TABLE_BYTES {
+            return Err(bad("runs past the end of the file".into()));
+        }
+        let mut fixed = [0u8; 40];
+        st.read_at(&mut fixed, at)?;
+        let id_len = u16::from_be_bytes([fixed[12], fixed[13]]) as u64;
+        let name_len = u16::from_be_bytes([fixed[14], fixed[15]]) as u64;
+        let extra_len = be32(&fixed, 36) as u64;
+        let total = 40 + extra_len + id_len + name_len;
+        let padded = total.div_ceil(8) * 8;
+        if at + total > file_len || extra_len > 1024 {
+            return Err(bad(format!("entry of {total} bytes runs past the end of the file or is too large")));
+        }
+        let mut rest = vec![0u8; (total - 40) as usize];
+        st.read_at(&mut rest, at + 40)?;
+        let extra = &rest[..extra_len as usize];
+        let id = &rest[extra_len as usize..(extra_len + id_len) as usize];
+        let name = &rest[(extra_len + id_len) as usize..];
+        let mut e = SnapshotEntry {
+            l1_table_offset: be64(&fixed, 0),
+            l1_size: be32(&fixed, 8),
+            id: String::from_utf8_lossy(id).into_owned(),
+            name: String::from_utf8_lossy(name).into_owned(),
+            date_sec: be32(&fixed, 16),
+            date_nsec: be32(&fixed, 20),
+            vm_clock_nsec: be64(&fixed, 24),
+            vm_state_size: be32(&fixed, 32) as u64,
+            disk_size: None,
+            icount: None,
+            extra_unknown: Vec::new(),
+        };
+        if extra.len() >= 8 {
+            e.vm_state_size = be64(extra, 0);
+        }
+        if extra.len() >= 16 {
+            e.disk_size = Some(be64(extra, 8));
+        }
+        if extra.len() >= 24 {
+            e.icount = Some(be64(extra, 16) as i64);
+        }
+        if extra.len() > 24 {
+            e.extra_unknown = extra[24..].to_vec();
+        }
+        out.push(e);
+        at += padded;
+    }
+    Ok((out, at - offset))
+}

@@ -1,0 +1,117 @@
+//! Zeroing and discarding guest ranges: whole clusters change their L2
+//! entries (zero flag, freed storage); partial clusters are written with
+//! zeros (write-zeroes) or left alone (discard), as QEMU does.
+
+use super::types::{decode_l2, Cluster, COPIED, ZERO};
+use super::Qcow2;
+use crate::error::Result;
+use crate::image::Image;
+
+/// The "all subclusters read as zero" bitmap of an extended L2 entry.
+const ALL_ZERO_BITMAP: u64 = 0xffff_ffff << 32;
+
+impl Qcow2 {
+    /// Zeroes (or discards, with `discard`) `[offset, offset+len)`.
+    pub(crate) fn zero_range(&self, offset: u64, len: u64, unmap: bool, discard: bool) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let cs = self.geo.cluster_size;
+        let end = offset + len;
+        let first_full = offset.div_ceil(cs) * cs;
+        let last_full = self.geo.cluster_start(end);
+        // A tail cluster cut short by the end of the image counts as whole.
+        let size = self.size();
+        let last_full = if end == size { end.div_ceil(cs) * cs } else { last_full };
+        if first_full >= last_full {
+            return if discard { Ok(()) } else { self.zero_partial(offset, end) };
+        }
+        if !discard {
+            self.zero_partial(offset, first_full)?;
+            self.zero_partial(last_full.min(end), end)?;
+        }
+        let explicit = {
+            let _g = self.gate.write();
+            let _a = self.alloc.lock();
+            self.zero_clusters(first_full, last_full.min(end.div_ceil(cs) * cs), unmap, discard)?
+        };
+        // Clusters this format cannot mark as zero get written with zeros.
+        for (start, n) in explicit {
+            self.zero_partial(start, (start + n).min(end))?;
+        }
+        Ok(())
+    }
+
+    /// Writes explicit zeros over a partial range, unless it already reads as zero.
+    fn zero_partial(&self, start: u64, end: u64) -> Result<()> {
+        if start >= end {
+            return Ok(());
+        }
+        let _g = self.gate.read();
+        let reads_zero = self
+            .block_status_inner(start, end - start)?
+            .iter()
+            .all(|e| e.zero);
+        if reads_zero {
+            return Ok(());
+        }
+        let zeros = vec![0u8; (end - start) as usize];
+        self.write_inner(&zeros, start)
+    }
+
+    /// Changes the L2 entries of whole clusters in `[start, end)`; returns the
+    /// ranges that still need explicit zeros (version 2 over a backing file).
+    fn zero_clusters(&self, start: u64, end: u64, unmap: bool, discard: bool) -> Result<Vec<(u64, u64)>> {
+        let geo = self.geo;
+        let cs = geo.cluster_size;
+        let has_backing = self.backing.is_some();
+        let mut explicit = Vec::new();
+        let mut m = self.meta.lock();
+        let mut pos = start;
+        while pos < end {
+            let l1_index = (pos >> geo.cluster_bits) / geo.l2_entries;
+            if m.l2_offset(l1_index)? == 0 && (!has_backing || (!geo.v3 && discard)) {
+                // Unallocated without a backing file already reads as zero.
+                pos = ((l1_index + 1) * geo.l2_span()).min(end);
+                continue;
+            }
+            let (entry, bitmap) = m.l2_entry(pos)?;
+            let kind = decode_l2(entry, &geo);
+            let allocated = !matches!(kind, Cluster::Unallocated | Cluster::Zero { host: 0 });
+            let keep = match kind {
+                Cluster::Data { host, copied: true } if !unmap => Some(host),
+                Cluster::Zero { host } if host != 0 && !unmap && entry & COPIED != 0 => Some(host),
+                _ => None,
+            };
+            let new = if geo.extended() {
+                if discard && !has_backing && !allocated && bitmap == 0 {
+                    None
+                } else {
+                    Some((keep.map_or(0, |h| h | COPIED), ALL_ZERO_BITMAP))
+                }
+            } else if geo.v3 {
+                if discard && !has_backing && !allocated {
+                    (entry != 0).then_some((0, 0))
+                } else {
+                    Some((keep.map_or(0, |h| h | COPIED) | ZERO, 0))
+                }
+            } else if !has_backing || discard {
+                // Version 2: unallocated reads as zero (or, for discard, as backing).
+                (entry != 0).then_some((0, 0))
+            } else {
+                explicit.push((pos, cs));
+                None
+            };
+            if let Some((e, b)) = new {
+                if (e, b) != (entry, bitmap) {
+                    m.set_l2_entry(pos, e, b)?;
+                    if keep.is_none() {
+                        m.release_entry(entry);
+                    }
+                }
+            }
+            pos += cs;
+        }
+        Ok(explicit)
+    }
+}
