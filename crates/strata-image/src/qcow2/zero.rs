@@ -105,7 +105,9 @@ impl Qcow2 {
             if let Some((e, b)) = new {
                 if (e, b) != (entry, bitmap) {
                     m.set_l2_entry(pos, e, b)?;
-                    if keep.is_none() {
+                    // Release the old storage unless the new entry still holds it.
+                    let still_held = keep.is_some_and(|h| e & super::types::OFFSET_MASK == h);
+                    if !still_held {
                         m.release_entry(entry);
                     }
                 }

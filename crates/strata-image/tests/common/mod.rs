@@ -1,0 +1,142 @@
+//! Helpers shared by the integration tests: temp dirs, the QEMU peer tools,
+//! deterministic data.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use strata_image::qcow2::{CreateOptions, Qcow2};
+use strata_image::{ChainOptions, Image};
+
+/// Runs a peer tool; panics with its output when it fails.
+pub fn run(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{tool} {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a peer tool and returns (exit code, stdout+stderr).
+pub fn run_status(tool: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// `qemu-img check` must report no errors and no leaks.
+pub fn assert_qemu_clean(path: &Path) {
+    let (code, text) = run_status("qemu-img", &["check", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "qemu-img check {} is not clean:\n{text}", path.display());
+}
+
+/// `qemu-img compare` of two images must say identical.
+pub fn assert_qemu_identical(a: &Path, b: &Path) {
+    let (code, text) = run_status("qemu-img", &["compare", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_eq!(code, 0, "qemu-img compare {} {}:\n{text}", a.display(), b.display());
+}
+
+/// A temp dir that lives for the test.
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Creates a qcow2 with strata.
+pub fn create(path: &Path, opts: CreateOptions) {
+    Qcow2::create_file(path, &opts).expect("create");
+}
+
+/// Opens an image (and chain) read-write.
+pub fn open_rw(path: &Path) -> Arc<dyn Image> {
+    strata_image::open(path, &ChainOptions { writable: true, ..Default::default() }).expect("open rw")
+}
+
+/// Opens an image (and chain) read-only.
+pub fn open_ro(path: &Path) -> Arc<dyn Image> {
+    strata_image::open(path, &ChainOptions::default()).expect("open ro")
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different per seed.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Reads the whole guest contents.
+pub fn read_all(img: &dyn Image) -> Vec<u8> {
+    let mut buf = vec![0u8; img.size() as usize];
+    img.read_at(&mut buf, 0).expect("read");
+    buf
+}
+
+/// Writes `data` as a raw file (the oracle for qemu-img compare).
+pub fn write_raw(path: &Path, data: &[u8]) {
+    std::fs::write(path, data).expect("write raw");
+}
+
+/// Path as &str.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A path inside `dir`.
+pub fn at(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
+
+/// A tiny deterministic RNG (xorshift64*), so failures replay from a seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Applies random unaligned writes and zero-writes to `img` and `model`.
+pub fn random_writes(img: &dyn Image, model: &mut [u8], rng: &mut Rng, ops: usize, max_len: u64) {
+    let size = model.len() as u64;
+    for i in 0..ops {
+        let len = 1 + rng.below(max_len);
+        let off = rng.below(size - len.min(size));
+        let len = len.min(size - off);
+        if rng.below(5) == 0 {
+            img.write_zeroes(off, len, rng.below(2) == 0).unwrap_or_else(|e| panic!("op {i}: zero {off}+{len}: {e}"));
+            model[off as usize..(off + len) as usize].fill(0);
+        } else {
+            let data = pattern(len as usize, rng.next());
+            img.write_at(&data, off).unwrap_or_else(|e| panic!("op {i}: write {off}+{len}: {e}"));
+            model[off as usize..(off + len) as usize].copy_from_slice(&data);
+        }
+    }
+}
+
+/// Fills a region of the model with qemu-io's `-P` pattern byte.
+pub fn fill(model: &mut [u8], off: usize, len: usize, byte: u8) {
+    model[off..off + len].fill(byte);
+}
