@@ -36,8 +36,6 @@ pub(crate) struct Meta {
     /// Refcount decrements (host cluster offsets) waiting until the
     /// references they drop are durable.
     pub pending_free: Vec<u64>,
-    /// Data was written since the last storage flush.
-    pub data_dirty: bool,
     /// Lazy refcounts: refcount blocks are written only on close.
     pub lazy: bool,
     /// The dirty bit is set on disk.
@@ -95,7 +93,6 @@ impl Meta {
             rb: TableCache::new(rb_cap),
             free_hint: 0,
             pending_free: Vec::new(),
-            data_dirty: false,
             lazy,
             marked_dirty,
             compressed_tail: 0,
@@ -243,10 +240,9 @@ impl Meta {
     pub fn flush(&mut self) -> Result<()> {
         let refcounts_due = !self.lazy && (self.rb.any_dirty() || !self.rt_dirty.is_empty());
         let tables_due = self.l2.any_dirty() || self.l1_dirty;
-        if self.data_dirty || refcounts_due || tables_due {
-            self.st.flush()?;
-            self.data_dirty = false;
-        }
+        // Guest data goes to the file without passing through here, so the
+        // first sync is unconditional: it is what makes data writes durable.
+        self.st.flush()?;
         if self.lazy && tables_due && !self.marked_dirty && self.rb.any_dirty() {
             self.header.incompatible |= INCOMPAT_DIRTY;
             self.write_header()?;
