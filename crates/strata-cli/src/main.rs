@@ -1,5 +1,51 @@
-//! The `strata` command line.
+//! The `strata` command line: parses arguments, sets up logging, dispatches
+//! to a command and turns its outcome into an exit status. The commands
+//! live in [`img`]; the work itself lives in `strata-image`.
 
-fn main() {
-    println!("strata {}", env!("CARGO_PKG_VERSION"));
+mod cli;
+mod exit;
+mod img;
+mod output;
+mod progress;
+mod size;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, GlobalArgs};
+use output::Output;
+
+fn init_tracing(global: &GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (global.quiet, global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return exit::clap_failure(e),
+    };
+    init_tracing(&cli.global);
+    let out = Output::new(&cli.global);
+    let result = match cli.command {
+        Command::Img(cmd) => img::run(cmd, &out),
+    };
+    match result {
+        Ok(status) => ExitCode::from(status),
+        Err(e) => exit::report(&e),
+    }
 }

@@ -1,0 +1,333 @@
+//! The command line as clap sees it: raw arguments, before validation.
+//!
+//! Every command group is one variant of [`Command`]; `strata img` has one
+//! variant of [`ImgCommand`] per subcommand. Values that have a syntax of
+//! their own (sizes, bytes) are parsed here by [`crate::size`]; everything
+//! that needs more than one argument to judge is validated by the command's
+//! module when it turns these into a typed request.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::size::{parse_byte, parse_size, parse_size_change, SizeChange};
+
+/// strata: snapshots, change tracking and backups for qcow2 and raw disks.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command group.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options that may stand before or after the command group.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Where domain, snapshot and checkpoint metadata live.
+    #[arg(long, global = true, value_name = "DIR", env = "STRATA_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Human text or JSON on stdout.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+    /// Print less: no progress bars, no informational messages.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Print more (repeat for more detail; RUST_LOG also works).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Never draw progress bars.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+/// The output formats of `--output`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Text for people.
+    Human,
+    /// JSON for programs (qemu-img's shapes where qemu-img has the command).
+    Json,
+}
+
+/// Command groups.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work on one image file (qemu-img's job).
+    #[command(subcommand)]
+    Img(ImgCommand),
+}
+
+/// Image formats accepted on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// QEMU copy-on-write v2/v3.
+    Qcow2,
+    /// A plain file.
+    Raw,
+}
+
+impl FormatArg {
+    /// The engine's format.
+    pub fn format(self) -> strata_image::Format {
+        match self {
+            FormatArg::Qcow2 => strata_image::Format::Qcow2,
+            FormatArg::Raw => strata_image::Format::Raw,
+        }
+    }
+}
+
+/// `strata img` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ImgCommand {
+    /// Create a new image.
+    Create(CreateArgs),
+    /// Show what an image is (qemu-img info).
+    Info(InfoArgs),
+    /// Check an image's metadata and optionally repair it.
+    Check(CheckArgs),
+    /// Show how guest offsets map to files of the chain (qemu-img map).
+    Map(MapArgs),
+    /// Read guest data through the backing chain.
+    Read(ReadArgs),
+    /// Write guest data into an image.
+    Write(WriteArgs),
+    /// Copy an image into a new one, changing format or compressing.
+    Convert(ConvertArgs),
+    /// Tell whether two images show the guest the same bytes.
+    Compare(CompareArgs),
+    /// Merge an image into its backing file.
+    Commit(CommitArgs),
+    /// Change an image's backing file.
+    Rebase(RebaseArgs),
+    /// Change an image's virtual size.
+    Resize(ResizeArgs),
+}
+
+/// `strata img create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Format of the new image.
+    #[arg(short = 'f', value_enum, value_name = "FMT", default_value_t = FormatArg::Qcow2)]
+    pub format: FormatArg,
+    /// Backing file (relative names are relative to FILE's folder).
+    #[arg(short = 'b', value_name = "BACKING")]
+    pub backing: Option<String>,
+    /// Format of the backing file (probed when not given).
+    #[arg(short = 'F', value_enum, value_name = "BACKING_FMT")]
+    pub backing_format: Option<FormatArg>,
+    /// Format options: OPT=VALUE[,OPT=VALUE…] (repeatable).
+    #[arg(short = 'o', value_name = "OPT[,OPT…]")]
+    pub options: Vec<String>,
+    /// The image file to create.
+    pub file: PathBuf,
+    /// Virtual size (defaults to the backing image's size).
+    #[arg(value_parser = parse_size)]
+    pub size: Option<u64>,
+}
+
+/// `strata img info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// Show every image of the backing chain.
+    #[arg(long)]
+    pub backing_chain: bool,
+    /// Open without taking locks (the image may be in use).
+    #[arg(short = 'U', long)]
+    pub force_share: bool,
+    /// The image.
+    pub file: PathBuf,
+}
+
+/// What `check -r` may repair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RepairArg {
+    /// Leaked clusters only.
+    Leaks,
+    /// Leaks and corruptions.
+    All,
+}
+
+/// `strata img check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// Repair what was found.
+    #[arg(short = 'r', value_enum, value_name = "leaks|all")]
+    pub repair: Option<RepairArg>,
+    /// The image.
+    pub file: PathBuf,
+}
+
+/// `strata img map`.
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// First guest offset to map.
+    #[arg(long, value_name = "N", value_parser = parse_size)]
+    pub start_offset: Option<u64>,
+    /// Most bytes to map.
+    #[arg(long, value_name = "N", value_parser = parse_size)]
+    pub max_length: Option<u64>,
+    /// Open without taking locks (the image may be in use).
+    #[arg(short = 'U', long)]
+    pub force_share: bool,
+    /// The image.
+    pub file: PathBuf,
+}
+
+/// `strata img read`.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// Guest offset to read from.
+    #[arg(long, value_name = "N", value_parser = parse_size)]
+    pub offset: u64,
+    /// Bytes to read.
+    #[arg(long, value_name = "N", value_parser = parse_size)]
+    pub length: u64,
+    /// Write the bytes to this file instead of stdout.
+    #[arg(short = 'o', long = "out", value_name = "OUT")]
+    pub out: Option<PathBuf>,
+    /// Open without taking locks (the image may be in use).
+    #[arg(short = 'U', long)]
+    pub force_share: bool,
+    /// The image.
+    pub file: PathBuf,
+}
+
+/// `strata img write`.
+#[derive(Debug, Args)]
+pub struct WriteArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// Guest offset to write at.
+    #[arg(long, value_name = "N", value_parser = parse_size)]
+    pub offset: u64,
+    /// Write the contents of this file ("-" for stdin).
+    #[arg(long, value_name = "SRC", conflicts_with_all = ["pattern", "zero"])]
+    pub from: Option<PathBuf>,
+    /// Write this byte, --length times.
+    #[arg(long, value_name = "BYTE", value_parser = parse_byte, conflicts_with = "zero")]
+    pub pattern: Option<u8>,
+    /// Make the range read as zeros.
+    #[arg(long)]
+    pub zero: bool,
+    /// With --zero: allow the image to free the space.
+    #[arg(long, requires = "zero")]
+    pub unmap: bool,
+    /// Bytes to write (with --pattern or --zero; with --from, at most this many).
+    #[arg(long, value_name = "N", value_parser = parse_size)]
+    pub length: Option<u64>,
+    /// The image.
+    pub file: PathBuf,
+}
+
+/// `strata img convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Format of the source (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// Format of the target.
+    #[arg(short = 'O', value_enum, value_name = "FMT", default_value_t = FormatArg::Raw)]
+    pub output_format: FormatArg,
+    /// Compress the target's clusters (qcow2 only).
+    #[arg(short = 'c')]
+    pub compress: bool,
+    /// Target format options, as for create (repeatable).
+    #[arg(short = 'o', value_name = "OPT[,OPT…]")]
+    pub options: Vec<String>,
+    /// Copy from this internal snapshot of the source.
+    #[arg(short = 's', value_name = "SNAPSHOT")]
+    pub snapshot: Option<String>,
+    /// The target's backing file: copy only what the source's top image holds.
+    #[arg(short = 'B', value_name = "BACKING")]
+    pub backing: Option<String>,
+    /// Format of the target's backing file (probed when not given).
+    #[arg(short = 'F', value_enum, value_name = "BACKING_FMT")]
+    pub backing_format: Option<FormatArg>,
+    /// Copy only the clusters dirty in this bitmap.
+    #[arg(long, value_name = "NAME")]
+    pub bitmap: Option<String>,
+    /// The source image.
+    pub src: PathBuf,
+    /// The target image (must not exist).
+    pub dst: PathBuf,
+}
+
+/// `strata img compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Format of the first image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format_a: Option<FormatArg>,
+    /// Format of the second image (probed when not given).
+    #[arg(short = 'F', value_enum, value_name = "FMT")]
+    pub format_b: Option<FormatArg>,
+    /// Open without taking locks (the images may be in use).
+    #[arg(short = 'U', long)]
+    pub force_share: bool,
+    /// The first image.
+    pub a: PathBuf,
+    /// The second image.
+    pub b: PathBuf,
+}
+
+/// `strata img commit`.
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// Commit into this image of the chain (implies -d).
+    #[arg(short = 'b', value_name = "BASE")]
+    pub base: Option<PathBuf>,
+    /// Leave FILE as it is (by default it is emptied).
+    #[arg(short = 'd')]
+    pub keep: bool,
+    /// The top image.
+    pub file: PathBuf,
+}
+
+/// `strata img rebase`.
+#[derive(Debug, Args)]
+pub struct RebaseArgs {
+    /// Only rewrite the header (the new backing must show the same data).
+    #[arg(short = 'u')]
+    pub unsafe_header_only: bool,
+    /// The new backing file ("" for none); relative to FILE's folder.
+    #[arg(short = 'b', value_name = "NEWBACKING")]
+    pub backing: String,
+    /// Format of the new backing file (probed when not given).
+    #[arg(short = 'F', value_enum, value_name = "FMT")]
+    pub backing_format: Option<FormatArg>,
+    /// The image to rebase.
+    pub file: PathBuf,
+}
+
+/// `strata img resize`.
+#[derive(Debug, Args)]
+pub struct ResizeArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// Allow making the image smaller (data past the new end is lost).
+    #[arg(long)]
+    pub shrink: bool,
+    /// The image.
+    pub file: PathBuf,
+    /// New size, or +SIZE / -SIZE relative to the current one.
+    #[arg(value_name = "[+|-]SIZE", allow_hyphen_values = true, value_parser = parse_size_change)]
+    pub size: SizeChange,
+}

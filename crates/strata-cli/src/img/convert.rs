@@ -1,0 +1,149 @@
+//! `strata img convert`: copy an image's guest contents into a new image,
+//! optionally compressed, optionally over a backing file (`-B`, copying
+//! only what the source's top image holds).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use strata_image::chain::resolve_backing;
+use strata_image::ops::{self, ConvertOptions};
+use strata_image::qcow2::Qcow2;
+use strata_image::{Format, Image};
+
+use super::create::create_raw;
+use super::options::{self, FormatOptions};
+use super::{format_of, open, shown, OpenSpec};
+use crate::cli::ConvertArgs;
+use crate::exit::{usage, OK};
+use crate::output::Output;
+use crate::progress::Progress;
+
+/// A validated `convert` request.
+#[derive(Debug)]
+struct Request {
+    src: PathBuf,
+    src_format: Option<Format>,
+    dst: PathBuf,
+    dst_format: Format,
+    compress: bool,
+    opts: FormatOptions,
+    /// The target's backing file as stored, and its format if given.
+    backing: Option<(String, Option<Format>)>,
+}
+
+impl Request {
+    fn new(a: ConvertArgs) -> Result<Self> {
+        let dst_format = a.output_format.format();
+        let opts = options::parse(&a.options)?;
+        opts.check_for(dst_format)?;
+        if a.compress && dst_format != Format::Qcow2 {
+            return Err(usage("-c (compression) needs a qcow2 target (-O qcow2)"));
+        }
+        let name = a.backing.or(opts.backing_file.clone());
+        let backing_fmt = format_of(a.backing_format).or(opts.backing_fmt);
+        let backing = match name {
+            Some(_) if dst_format != Format::Qcow2 => {
+                return Err(usage("-B needs a qcow2 target (-O qcow2)"))
+            }
+            Some(n) if n.is_empty() => return Err(usage("-B needs a file name")),
+            Some(n) => Some((n, backing_fmt)),
+            None if backing_fmt.is_some() => return Err(usage("-F needs -B BACKING")),
+            None => None,
+        };
+        if opts.size.is_some() {
+            return Err(usage(
+                "option size is not valid for convert (the target takes the source's size)",
+            ));
+        }
+        if dst_format == Format::Qcow2 {
+            options::validate_qcow2(&opts.qcow2(0, backing.clone()), &shown(&a.dst))?;
+        }
+        // Accepted on the command line, not implemented by the engine yet.
+        if let Some(s) = a.snapshot {
+            bail!(
+                "{}: converting from an internal snapshot (-s {s}) is not supported yet",
+                shown(&a.src)
+            );
+        }
+        if let Some(b) = a.bitmap {
+            bail!("{}: copying only the clusters dirty in a bitmap (--bitmap {b}) is not supported yet", shown(&a.src));
+        }
+        if a.src == a.dst {
+            return Err(usage("the source and the target are the same file"));
+        }
+        Ok(Request {
+            src: a.src,
+            src_format: format_of(a.format),
+            dst: a.dst,
+            dst_format,
+            compress: a.compress,
+            opts,
+            backing,
+        })
+    }
+}
+
+/// Runs `strata img convert`.
+pub fn run(a: ConvertArgs, out: &Output) -> Result<u8> {
+    let req = Request::new(a)?;
+    let src = open(
+        &req.src,
+        OpenSpec {
+            format: req.src_format,
+            backing: true,
+            ..Default::default()
+        },
+    )?;
+    let mut backing = req.backing.clone();
+    if let Some((name, fmt @ None)) = &mut backing {
+        // Record the backing file's real format, as qemu-img wants one.
+        let path = resolve_backing(&req.dst, name);
+        let b = open(
+            &path,
+            OpenSpec {
+                force_share: true,
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("{}: cannot use backing file {name}", shown(&req.dst)))?;
+        *fmt = Some(b.format());
+    }
+    let size = src.size();
+    match req.dst_format {
+        Format::Qcow2 => {
+            let c = req
+                .opts
+                .qcow2(options::round_to_sector(size)?, backing.clone());
+            Qcow2::create_file(&req.dst, &c)?;
+        }
+        Format::Raw => create_raw(&req.dst, size, req.opts.preallocation.unwrap_or_default())?,
+    }
+    // From here on a failure removes the half-written target.
+    let result = copy(&req, src.as_ref(), out);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&req.dst);
+    }
+    result.map(|()| OK)
+}
+
+fn copy(req: &Request, src: &dyn Image, out: &Output) -> Result<()> {
+    let spec = OpenSpec {
+        format: Some(req.dst_format),
+        writable: true,
+        backing: req.backing.is_some(),
+        ..Default::default()
+    };
+    let dst: Arc<dyn Image> = open(&req.dst, spec)?;
+    let opts = ConvertOptions {
+        compress: req.compress,
+        top_only: req.backing.is_some(),
+        sparse_size: 0,
+    };
+    let bar = Progress::new(out, "converting");
+    ops::convert(src, dst.as_ref(), &opts, &|d, t| bar.update(d, t))?;
+    bar.finish();
+    dst.flush()?;
+    dst.close()?;
+    Ok(())
+}

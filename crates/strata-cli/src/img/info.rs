@@ -1,0 +1,324 @@
+//! `strata img info`: what an image is, from its header alone (the backing
+//! chain is opened only with `--backing-chain`), in qemu-img's shapes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde::Serialize;
+use strata_image::chain::resolve_backing;
+use strata_image::qcow2::header::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
+use strata_image::qcow2::snapshot_table::{read_table, SnapshotEntry};
+use strata_image::qcow2::Qcow2;
+use strata_image::raw::RawImage;
+use strata_image::storage::Storage;
+use strata_image::Image;
+
+use super::{format_of, open, shown, OpenSpec};
+use crate::cli::InfoArgs;
+use crate::exit::OK;
+use crate::output::{human_size, local_time, Output};
+
+/// A validated `info` request.
+#[derive(Debug)]
+struct Request {
+    file: PathBuf,
+    spec: OpenSpec,
+    chain: bool,
+}
+
+/// One image, as `qemu-img info --output=json` describes it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct ImageInfo {
+    children: Vec<ChildInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backing_filename_format: Option<String>,
+    virtual_size: u64,
+    filename: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_size: Option<u64>,
+    format: &'static str,
+    actual_size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshots: Option<Vec<SnapshotInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format_specific: Option<FormatSpecific>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    full_backing_filename: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backing_filename: Option<String>,
+    dirty_flag: bool,
+}
+
+/// The protocol node under an image (qemu-img's `children`).
+#[derive(Debug, Serialize)]
+struct ChildInfo {
+    name: &'static str,
+    info: FileInfo,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct FileInfo {
+    children: Vec<ChildInfo>,
+    virtual_size: u64,
+    filename: String,
+    format: &'static str,
+    actual_size: u64,
+    format_specific: FormatSpecific,
+    dirty_flag: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct FormatSpecific {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    data: FormatData,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum FormatData {
+    Qcow2(Qcow2Data),
+    File {},
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Qcow2Data {
+    compat: &'static str,
+    compression_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lazy_refcounts: Option<bool>,
+    refcount_bits: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    corrupt: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extended_l2: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct SnapshotInfo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icount: Option<i64>,
+    vm_clock_nsec: u64,
+    name: String,
+    date_sec: u32,
+    date_nsec: u32,
+    vm_clock_sec: u64,
+    id: String,
+    vm_state_size: u64,
+}
+
+impl From<&SnapshotEntry> for SnapshotInfo {
+    fn from(s: &SnapshotEntry) -> Self {
+        SnapshotInfo {
+            icount: s.icount.filter(|&i| i != -1),
+            vm_clock_nsec: s.vm_clock_nsec % 1_000_000_000,
+            name: s.name.clone(),
+            date_sec: s.date_sec,
+            date_nsec: s.date_nsec,
+            vm_clock_sec: s.vm_clock_nsec / 1_000_000_000,
+            id: s.id.clone(),
+            vm_state_size: s.vm_state_size,
+        }
+    }
+}
+
+fn qcow2_data(h: &Header) -> Qcow2Data {
+    let v3 = h.version >= 3;
+    Qcow2Data {
+        compat: if v3 { "1.1" } else { "0.10" },
+        compression_type: h.compression.name(),
+        lazy_refcounts: v3.then_some(h.compatible & 1 != 0),
+        refcount_bits: h.refcount_bits(),
+        corrupt: v3.then_some(h.incompatible & INCOMPAT_CORRUPT != 0),
+        extended_l2: v3.then_some(h.extended_l2()),
+    }
+}
+
+/// Describes one open layer; `filename` is how the user (or the chain) named it.
+fn describe(img: &dyn Image, filename: &str) -> Result<ImageInfo> {
+    let any = img.as_any();
+    let actual_size = img.actual_size()?;
+    let mut info = ImageInfo {
+        children: Vec::new(),
+        backing_filename_format: None,
+        virtual_size: img.size(),
+        filename: filename.to_string(),
+        cluster_size: None,
+        format: img.format().name(),
+        actual_size,
+        snapshots: None,
+        format_specific: None,
+        full_backing_filename: None,
+        backing_filename: None,
+        dirty_flag: false,
+    };
+    let storage: &Arc<dyn Storage> = if let Some(q) = any.downcast_ref::<Qcow2>() {
+        let h = q.header();
+        info.cluster_size = Some(h.cluster_size());
+        info.dirty_flag = h.incompatible & INCOMPAT_DIRTY != 0;
+        info.format_specific = Some(FormatSpecific {
+            kind: "qcow2",
+            data: FormatData::Qcow2(qcow2_data(&h)),
+        });
+        if let Some(name) = &h.backing_file {
+            let full = resolve_backing(std::path::Path::new(filename), name);
+            info.full_backing_filename = Some(full.display().to_string());
+            info.backing_filename = Some(name.clone());
+            info.backing_filename_format = h.backing_format();
+        }
+        if h.nb_snapshots > 0 {
+            let (snaps, _) = read_table(q.storage().as_ref(), h.snapshots_offset, h.nb_snapshots)?;
+            info.snapshots = Some(snaps.iter().map(SnapshotInfo::from).collect());
+        }
+        q.storage()
+    } else if let Some(r) = any.downcast_ref::<RawImage>() {
+        r.storage()
+    } else {
+        anyhow::bail!("{filename}: unknown image driver");
+    };
+    info.children.push(ChildInfo {
+        name: "file",
+        info: FileInfo {
+            children: Vec::new(),
+            virtual_size: storage.len()?,
+            filename: filename.to_string(),
+            format: "file",
+            actual_size,
+            format_specific: FormatSpecific {
+                kind: "file",
+                data: FormatData::File {},
+            },
+            dirty_flag: false,
+        },
+    });
+    Ok(info)
+}
+
+/// Runs `strata img info`.
+pub fn run(a: InfoArgs, out: &Output) -> Result<u8> {
+    let req = Request {
+        spec: OpenSpec {
+            format: format_of(a.format),
+            backing: a.backing_chain,
+            force_share: a.force_share,
+            ..Default::default()
+        },
+        file: a.file,
+        chain: a.backing_chain,
+    };
+    let top = open(&req.file, req.spec)?;
+    let mut infos = vec![describe(top.as_ref(), &shown(&req.file))?];
+    if req.chain {
+        let mut cur = top.backing();
+        while let Some(img) = cur {
+            infos.push(describe(img.as_ref(), img.path())?);
+            cur = img.backing();
+        }
+    }
+    if out.json() {
+        return if req.chain {
+            out.print_json(&infos)
+        } else {
+            out.print_json(&infos[0])
+        }
+        .map(|()| OK);
+    }
+    let text: Vec<String> = infos.iter().map(human).collect();
+    out.text(&text.join("\n"))?;
+    Ok(OK)
+}
+
+/// qemu-img's human rendering of one image.
+fn human(i: &ImageInfo) -> String {
+    let mut s = String::new();
+    let mut line = |l: String| {
+        s.push_str(&l);
+        s.push('\n');
+    };
+    line(format!("image: {}", i.filename));
+    line(format!("file format: {}", i.format));
+    line(format!(
+        "virtual size: {} ({} bytes)",
+        human_size(i.virtual_size),
+        i.virtual_size
+    ));
+    line(format!("disk size: {}", human_size(i.actual_size)));
+    if let Some(cs) = i.cluster_size {
+        line(format!("cluster_size: {cs}"));
+    }
+    if let Some(b) = &i.backing_filename {
+        match &i.full_backing_filename {
+            Some(full) if full != b => line(format!("backing file: {b} (actual path: {full})")),
+            _ => line(format!("backing file: {b}")),
+        }
+    }
+    if let Some(f) = &i.backing_filename_format {
+        line(format!("backing file format: {f}"));
+    }
+    if i.dirty_flag {
+        line("cleanly shut down: no".to_string());
+    }
+    if let Some(snaps) = &i.snapshots {
+        line("Snapshot list:".to_string());
+        line(format!(
+            "{:<7} {:<17} {:>7} {:>19} {:>15} {:>10}",
+            "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"
+        ));
+        for sn in snaps {
+            let secs = sn.vm_clock_sec;
+            let clock = format!(
+                "{:04}:{:02}:{:02}.{:03}",
+                secs / 3600,
+                (secs / 60) % 60,
+                secs % 60,
+                sn.vm_clock_nsec / 1_000_000
+            );
+            let icount = sn.icount.map(|c| c.to_string()).unwrap_or_default();
+            line(format!(
+                "{:<7} {:<17} {:>7} {:>19} {:>15} {:>10}",
+                sn.id,
+                sn.name,
+                human_size(sn.vm_state_size),
+                local_time(sn.date_sec),
+                clock,
+                icount
+            ));
+        }
+    }
+    if let Some(FormatSpecific {
+        data: FormatData::Qcow2(d),
+        ..
+    }) = &i.format_specific
+    {
+        line("Format specific information:".to_string());
+        line(format!("    compat: {}", d.compat));
+        line(format!("    compression type: {}", d.compression_type));
+        if let Some(l) = d.lazy_refcounts {
+            line(format!("    lazy refcounts: {l}"));
+        }
+        line(format!("    refcount bits: {}", d.refcount_bits));
+        if let Some(c) = d.corrupt {
+            line(format!("    corrupt: {c}"));
+        }
+        if let Some(e) = d.extended_l2 {
+            line(format!("    extended l2: {e}"));
+        }
+    }
+    for c in &i.children {
+        line(format!("Child node '/{}':", c.name));
+        line(format!("    filename: {}", c.info.filename));
+        line(format!("    protocol type: {}", c.info.format));
+        line(format!(
+            "    file length: {} ({} bytes)",
+            human_size(c.info.virtual_size),
+            c.info.virtual_size
+        ));
+        line(format!("    disk size: {}", human_size(c.info.actual_size)));
+    }
+    s
+}
