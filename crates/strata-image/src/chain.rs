@@ -50,7 +50,11 @@ impl Default for ChainOptions {
 pub fn probe(st: &dyn Storage) -> Result<Format> {
     let mut magic = [0u8; 4];
     st.read_at(&mut magic, 0)?;
-    Ok(if u32::from_be_bytes(magic) == qcow2::header::MAGIC { Format::Qcow2 } else { Format::Raw })
+    Ok(if u32::from_be_bytes(magic) == qcow2::header::MAGIC {
+        Format::Qcow2
+    } else {
+        Format::Raw
+    })
 }
 
 /// Resolves a backing file name stored in `overlay` (relative to its folder).
@@ -59,7 +63,10 @@ pub fn resolve_backing(overlay: &Path, name: &str) -> PathBuf {
     if p.is_absolute() {
         return p.to_path_buf();
     }
-    overlay.parent().map(|d| d.join(p)).unwrap_or_else(|| p.to_path_buf())
+    overlay
+        .parent()
+        .map(|d| d.join(p))
+        .unwrap_or_else(|| p.to_path_buf())
 }
 
 struct Layer {
@@ -78,17 +85,32 @@ pub fn open(path: &Path, opts: &ChainOptions) -> Result<Arc<dyn Image>> {
     loop {
         let shown = cur.display().to_string();
         let canonical = std::fs::canonicalize(&cur).map_err(|e| match &referrer {
-            Some(r) => Error::backing(&r.display().to_string(), format!("could not open backing file {shown}: {e}")),
+            Some(r) => Error::backing(
+                &r.display().to_string(),
+                format!("could not open backing file {shown}: {e}"),
+            ),
             None => Error::io(&shown, "open", 0, e),
         })?;
         if !seen.insert(canonical.clone()) {
-            let at = referrer.as_ref().map_or(shown.clone(), |r| r.display().to_string());
-            return Err(Error::backing(&at, format!("backing file {shown} makes a loop in the chain")));
+            let at = referrer
+                .as_ref()
+                .map_or(shown.clone(), |r| r.display().to_string());
+            return Err(Error::backing(
+                &at,
+                format!("backing file {shown} makes a loop in the chain"),
+            ));
         }
         if layers.len() >= MAX_CHAIN_DEPTH {
-            return Err(Error::backing(&path.display().to_string(), format!("chain is deeper than {MAX_CHAIN_DEPTH}")));
+            return Err(Error::backing(
+                &path.display().to_string(),
+                format!("chain is deeper than {MAX_CHAIN_DEPTH}"),
+            ));
         }
-        let writable = if layers.is_empty() { opts.writable } else { opts.writable_backing };
+        let writable = if layers.is_empty() {
+            opts.writable
+        } else {
+            opts.writable_backing
+        };
         let st: Arc<dyn Storage> = Arc::new(FileStorage::open(&cur, writable)?);
         let format = match fmt {
             Some(f) => f,
@@ -107,7 +129,11 @@ pub fn open(path: &Path, opts: &ChainOptions) -> Result<Arc<dyn Image>> {
                 next = Some((resolve_backing(&cur, &name), bfmt));
             }
         }
-        layers.push(Layer { storage: st, format, writable });
+        layers.push(Layer {
+            storage: st,
+            format,
+            writable,
+        });
         match next {
             Some((p, f)) => {
                 referrer = Some(cur);
@@ -124,11 +150,19 @@ pub fn open(path: &Path, opts: &ChainOptions) -> Result<Arc<dyn Image>> {
     Ok(below.expect("at least one layer"))
 }
 
-fn open_layer(layer: Layer, backing: Option<Arc<dyn Image>>, opts: &ChainOptions) -> Result<Arc<dyn Image>> {
+fn open_layer(
+    layer: Layer,
+    backing: Option<Arc<dyn Image>>,
+    opts: &ChainOptions,
+) -> Result<Arc<dyn Image>> {
     Ok(match layer.format {
         Format::Raw => {
             if opts.lock {
-                layer.storage.lock(if layer.writable { LockMode::Write } else { LockMode::Read })?;
+                layer.storage.lock(if layer.writable {
+                    LockMode::Write
+                } else {
+                    LockMode::Read
+                })?;
             }
             Arc::new(RawImage::open(layer.storage, layer.writable)?)
         }

@@ -73,27 +73,44 @@ pub enum Error {
 impl Error {
     /// An I/O error with its context.
     pub fn io(path: &str, op: &'static str, offset: u64, source: io::Error) -> Self {
-        Error::Io { path: path.to_string(), op, offset, source }
+        Error::Io {
+            path: path.to_string(),
+            op,
+            offset,
+            source,
+        }
     }
 
     /// A corruption error.
     pub fn corrupt(path: &str, what: impl Into<String>) -> Self {
-        Error::Corrupt { path: path.to_string(), what: what.into() }
+        Error::Corrupt {
+            path: path.to_string(),
+            what: what.into(),
+        }
     }
 
     /// An unsupported-feature error.
     pub fn unsupported(path: &str, what: impl Into<String>) -> Self {
-        Error::Unsupported { path: path.to_string(), what: what.into() }
+        Error::Unsupported {
+            path: path.to_string(),
+            what: what.into(),
+        }
     }
 
     /// An invalid-request error.
     pub fn invalid(path: &str, what: impl Into<String>) -> Self {
-        Error::Invalid { path: path.to_string(), what: what.into() }
+        Error::Invalid {
+            path: path.to_string(),
+            what: what.into(),
+        }
     }
 
     /// A backing-chain error.
     pub fn backing(path: &str, what: impl Into<String>) -> Self {
-        Error::Backing { path: path.to_string(), what: what.into() }
+        Error::Backing {
+            path: path.to_string(),
+            what: what.into(),
+        }
     }
 
     /// True when the error says the image is corrupt (not an I/O failure).

@@ -19,7 +19,11 @@ impl RawImage {
     /// Wraps a storage; the virtual size is its length.
     pub fn open(st: Arc<dyn Storage>, writable: bool) -> Result<Self> {
         let size = st.len()?;
-        Ok(RawImage { st, writable, size: AtomicU64::new(size) })
+        Ok(RawImage {
+            st,
+            writable,
+            size: AtomicU64::new(size),
+        })
     }
 
     /// The storage under the image.
@@ -29,7 +33,9 @@ impl RawImage {
 
     fn check_write(&self, offset: u64, len: u64) -> Result<()> {
         if !self.writable {
-            return Err(Error::ReadOnly { path: self.st.name().to_string() });
+            return Err(Error::ReadOnly {
+                path: self.st.name().to_string(),
+            });
         }
         check_range(self.st.name(), self.size(), offset, len)
     }
@@ -82,7 +88,9 @@ impl Image for RawImage {
 
     fn resize(&self, new_size: u64) -> Result<()> {
         if !self.writable {
-            return Err(Error::ReadOnly { path: self.st.name().to_string() });
+            return Err(Error::ReadOnly {
+                path: self.st.name().to_string(),
+            });
         }
         self.st.set_len(new_size)?;
         self.size.store(new_size, Ordering::SeqCst);

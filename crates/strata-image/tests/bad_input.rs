@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use std::path::Path;
-use strata_image::{ChainOptions, Format, Image};
+use strata_image::{ChainOptions, Format};
 
 fn qcow2(dir: &tempfile::TempDir, name: &str) -> std::path::PathBuf {
     let p = at(dir, name);
@@ -22,7 +22,11 @@ fn patch(path: &Path, offset: usize, bytes: &[u8]) {
 /// Opens (read-only and writable) and reads the whole image; returns the first error.
 fn try_everything(path: &Path, format: Option<Format>) -> Option<String> {
     for writable in [false, true] {
-        let opts = ChainOptions { writable, format, ..Default::default() };
+        let opts = ChainOptions {
+            writable,
+            format,
+            ..Default::default()
+        };
         match strata_image::open(path, &opts) {
             Err(e) => return Some(e.to_string()),
             Ok(img) => {
@@ -220,8 +224,24 @@ fn cases() -> Vec<Case> {
                 let a = at(d, "a.qcow2");
                 let b = at(d, "b.qcow2");
                 run("qemu-img", &["create", "-q", "-f", "qcow2", s(&b), "1M"]);
-                run("qemu-img", &["create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", s(&a)]);
-                run("qemu-img", &["rebase", "-u", "-b", "a.qcow2", "-F", "qcow2", s(&b)]);
+                run(
+                    "qemu-img",
+                    &[
+                        "create",
+                        "-q",
+                        "-f",
+                        "qcow2",
+                        "-b",
+                        "b.qcow2",
+                        "-F",
+                        "qcow2",
+                        s(&a),
+                    ],
+                );
+                run(
+                    "qemu-img",
+                    &["rebase", "-u", "-b", "a.qcow2", "-F", "qcow2", s(&b)],
+                );
                 a
             },
             expect: "makes a loop",
@@ -230,7 +250,22 @@ fn cases() -> Vec<Case> {
             name: "missing backing file",
             build: |d| {
                 let a = at(d, "o.qcow2");
-                run("qemu-img", &["create", "-q", "-f", "qcow2", "-u", "-b", "nowhere.qcow2", "-F", "qcow2", s(&a), "1M"]);
+                run(
+                    "qemu-img",
+                    &[
+                        "create",
+                        "-q",
+                        "-f",
+                        "qcow2",
+                        "-u",
+                        "-b",
+                        "nowhere.qcow2",
+                        "-F",
+                        "qcow2",
+                        s(&a),
+                        "1M",
+                    ],
+                );
                 a
             },
             expect: "could not open backing file",
@@ -245,15 +280,25 @@ fn broken_images_give_clear_errors_and_stay_unmodified() {
         let path = (case.build)(&d);
         let before = std::fs::read(&path).unwrap();
         let format = FORCED_QCOW2.contains(&case.name).then_some(Format::Qcow2);
-        let err = try_everything(&path, format).unwrap_or_else(|| panic!("{}: no error", case.name));
+        let err =
+            try_everything(&path, format).unwrap_or_else(|| panic!("{}: no error", case.name));
         assert!(
             err.contains(case.expect),
             "{}: error {err:?} does not say {:?}",
             case.name,
             case.expect
         );
-        assert!(err.contains(".qcow2"), "{}: error {err:?} does not name the file", case.name);
-        assert_eq!(std::fs::read(&path).unwrap(), before, "{}: the file was modified", case.name);
+        assert!(
+            err.contains(".qcow2"),
+            "{}: error {err:?} does not name the file",
+            case.name
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "{}: the file was modified",
+            case.name
+        );
     }
 }
 

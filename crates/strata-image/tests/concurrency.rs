@@ -29,13 +29,17 @@ fn disjoint(img: &Arc<dyn Image>, base: &[u8], seed: u64) {
                     let off = rng.below(slice - len);
                     match rng.below(6) {
                         0 => {
-                            img.write_zeroes(start + off, len, rng.below(2) == 0).unwrap();
+                            img.write_zeroes(start + off, len, rng.below(2) == 0)
+                                .unwrap();
                             model[off as usize..(off + len) as usize].fill(0);
                         }
                         1 | 2 => {
                             let mut b = vec![0u8; len as usize];
                             img.read_at(&mut b, start + off).unwrap();
-                            assert!(b == model[off as usize..(off + len) as usize], "thread {t} op {i}: read differs");
+                            assert!(
+                                b == model[off as usize..(off + len) as usize],
+                                "thread {t} op {i}: read differs"
+                            );
                         }
                         _ => {
                             let d = pattern(len as usize, rng.next());
@@ -79,7 +83,10 @@ fn overlapping(img: &Arc<dyn Image>) {
                     for s in first..first + n {
                         buf.extend_from_slice(&tag(s, t, seq));
                     }
-                    written.lock().unwrap().extend((first..first + n).map(|s| (s, t, seq)));
+                    written
+                        .lock()
+                        .unwrap()
+                        .extend((first..first + n).map(|s| (s, t, seq)));
                     img.write_at(&buf, first * 512).unwrap();
                 }
             })
@@ -101,7 +108,10 @@ fn overlapping(img: &Arc<dyn Image>) {
             assert_eq!(sector, tag(s, t, seq), "sector {s} is torn");
         } else {
             // Never overwritten in this phase: it keeps its disjoint-phase bytes.
-            assert!(!written.iter().any(|&(ws, _, _)| ws == s), "sector {s} holds bytes nobody wrote");
+            assert!(
+                !written.iter().any(|&(ws, _, _)| ws == s),
+                "sector {s} holds bytes nobody wrote"
+            );
         }
     }
 }
@@ -110,7 +120,11 @@ fn run_case(opts: CreateOptions, with_backing: bool) {
     let d = tmp();
     let path = at(&d, "c.qcow2");
     let base_path = at(&d, "base.raw");
-    let base = if with_backing { pattern(SIZE as usize, 5) } else { vec![0u8; SIZE as usize] };
+    let base = if with_backing {
+        pattern(SIZE as usize, 5)
+    } else {
+        vec![0u8; SIZE as usize]
+    };
     let mut o = opts;
     o.size = SIZE;
     if with_backing {
@@ -134,10 +148,22 @@ fn threads_64k_with_backing() {
 
 #[test]
 fn threads_4k() {
-    run_case(CreateOptions { cluster_size: 4096, ..Default::default() }, false);
+    run_case(
+        CreateOptions {
+            cluster_size: 4096,
+            ..Default::default()
+        },
+        false,
+    );
 }
 
 #[test]
 fn threads_extl2_with_backing() {
-    run_case(CreateOptions { extended_l2: true, ..Default::default() }, true);
+    run_case(
+        CreateOptions {
+            extended_l2: true,
+            ..Default::default()
+        },
+        true,
+    );
 }

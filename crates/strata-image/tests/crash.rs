@@ -24,7 +24,10 @@ struct Outcome {
 fn workload(img: &dyn Image, seed: u64, cs: u64) -> Outcome {
     let mut rng = Rng(seed);
     let mut model = vec![0u8; SIZE as usize];
-    let mut out = Outcome { flushed: model.clone(), touched: vec![false; SIZE as usize] };
+    let mut out = Outcome {
+        flushed: model.clone(),
+        touched: vec![false; SIZE as usize],
+    };
     // First an allocation, then a pure in-place overwrite: each flush must
     // make its own data durable even when no metadata changed.
     for (round, len) in [(0u64, 4 * cs), (1, 100)] {
@@ -44,11 +47,14 @@ fn workload(img: &dyn Image, seed: u64, cs: u64) -> Outcome {
         let len = 1 + rng.below(3 * cs);
         let off = rng.below(SIZE - len);
         let r = match rng.below(8) {
-            0 => img.write_zeroes(off, len, rng.below(2) == 0).map(|_| model[off as usize..(off + len) as usize].fill(0)),
+            0 => img
+                .write_zeroes(off, len, rng.below(2) == 0)
+                .map(|_| model[off as usize..(off + len) as usize].fill(0)),
             1 => img.discard(off, len).map(|_| ()),
             _ => {
                 let data = pattern(len as usize, rng.next());
-                img.write_at(&data, off).map(|_| model[off as usize..(off + len) as usize].copy_from_slice(&data))
+                img.write_at(&data, off)
+                    .map(|_| model[off as usize..(off + len) as usize].copy_from_slice(&data))
             }
         };
         out.touched[off as usize..(off + len) as usize].fill(true);
@@ -79,7 +85,15 @@ fn fresh(opts: &CreateOptions) -> Vec<u8> {
 }
 
 fn open(st: Arc<dyn Storage>, writable: bool) -> strata_image::Result<Qcow2> {
-    Qcow2::open(st, None, &OpenOptions { writable, lock: false, ..Default::default() })
+    Qcow2::open(
+        st,
+        None,
+        &OpenOptions {
+            writable,
+            lock: false,
+            ..Default::default()
+        },
+    )
 }
 
 fn verify(name: &str, n: u64, variant: &str, image: Vec<u8>, out: &Outcome, lazy: bool) {
@@ -89,7 +103,10 @@ fn verify(name: &str, n: u64, variant: &str, image: Vec<u8>, out: &Outcome, lazy
     let ctx = format!("{name}: crash at write {n} ({variant})");
     if !lazy {
         let (code, text) = run_status("qemu-img", &["check", s(&path)]);
-        assert!(code == 0 || code == 3, "{ctx}: qemu-img check found corruption:\n{text}");
+        assert!(
+            code == 0 || code == 3,
+            "{ctx}: qemu-img check found corruption:\n{text}"
+        );
     }
     // strata opens it (repairing a dirty image), and the flushed data is there.
     let st: Arc<dyn Storage> = Arc::new(MemoryStorage::from_bytes("crashed.qcow2", image));
@@ -126,44 +143,102 @@ fn crash_everywhere(name: &str, opts: CreateOptions, seed: u64) {
     let total = probe.writes();
     assert!(total > 20, "{name}: workload made only {total} writes");
     for n in 0..total {
-        let fs = FaultStorage::new("crash.qcow2", initial.clone(), FaultConfig { fail_write: Some(n), ..Default::default() });
+        let fs = FaultStorage::new(
+            "crash.qcow2",
+            initial.clone(),
+            FaultConfig {
+                fail_write: Some(n),
+                ..Default::default()
+            },
+        );
         let out = {
             let img = open(Arc::new(fs.clone()), true).unwrap();
             workload(&img, seed, cs)
         };
         let lazy = opts.lazy_refcounts;
-        verify(name, n, "nothing unflushed", fs.crash_image(|_| false), &out, lazy);
+        verify(
+            name,
+            n,
+            "nothing unflushed",
+            fs.crash_image(|_| false),
+            &out,
+            lazy,
+        );
         verify(name, n, "everything", fs.crash_image(|_| true), &out, lazy);
         let mut rng = Rng(n + 1);
-        verify(name, n, "random subset", fs.crash_image(|_| rng.below(2) == 0), &out, lazy);
+        verify(
+            name,
+            n,
+            "random subset",
+            fs.crash_image(|_| rng.below(2) == 0),
+            &out,
+            lazy,
+        );
     }
 }
 
 #[test]
 fn crash_at_every_write_64k() {
-    crash_everywhere("64k", CreateOptions { size: SIZE, ..Default::default() }, 11);
+    crash_everywhere(
+        "64k",
+        CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+        11,
+    );
 }
 
 #[test]
 fn crash_at_every_write_512_rc64() {
-    crash_everywhere("512/rc64", CreateOptions { size: SIZE, cluster_size: 512, refcount_bits: 64, ..Default::default() }, 12);
+    crash_everywhere(
+        "512/rc64",
+        CreateOptions {
+            size: SIZE,
+            cluster_size: 512,
+            refcount_bits: 64,
+            ..Default::default()
+        },
+        12,
+    );
 }
 
 #[test]
 fn crash_at_every_write_extl2() {
-    crash_everywhere("extl2", CreateOptions { size: SIZE, cluster_size: 32768, extended_l2: true, ..Default::default() }, 13);
+    crash_everywhere(
+        "extl2",
+        CreateOptions {
+            size: SIZE,
+            cluster_size: 32768,
+            extended_l2: true,
+            ..Default::default()
+        },
+        13,
+    );
 }
 
 #[test]
 fn crash_at_every_write_lazy() {
-    crash_everywhere("lazy", CreateOptions { size: SIZE, cluster_size: 4096, lazy_refcounts: true, ..Default::default() }, 14);
+    crash_everywhere(
+        "lazy",
+        CreateOptions {
+            size: SIZE,
+            cluster_size: 4096,
+            lazy_refcounts: true,
+            ..Default::default()
+        },
+        14,
+    );
 }
 
 /// Regression: `flush` skipped the storage sync when only in-place data
 /// writes (no metadata change) had happened since the last flush.
 #[test]
 fn regression_flush_syncs_in_place_overwrites() {
-    let initial = fresh(&CreateOptions { size: SIZE, ..Default::default() });
+    let initial = fresh(&CreateOptions {
+        size: SIZE,
+        ..Default::default()
+    });
     let fs = FaultStorage::new("r.qcow2", initial, FaultConfig::default());
     let img = open(Arc::new(fs.clone()), true).unwrap();
     img.write_at(&[1u8; 4096], 0).unwrap();

@@ -42,12 +42,28 @@ fn qemu_populate(img: &Path, cluster: u64, compressed: bool) -> Vec<u8> {
 fn roundtrip(opts: &str, cluster: u64, compressed: bool) {
     let d = tmp();
     let img = at(&d, "img.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", opts, s(&img), &SIZE.to_string()]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            opts,
+            s(&img),
+            &SIZE.to_string(),
+        ],
+    );
     let mut model = qemu_populate(&img, cluster, compressed);
     // strata reads what QEMU wrote.
     {
         let i = open_ro(&img);
-        assert_eq!(read_all(i.as_ref()), model, "{opts}: strata read differs from what qemu-io wrote");
+        assert_eq!(
+            read_all(i.as_ref()),
+            model,
+            "{opts}: strata read differs from what qemu-io wrote"
+        );
     }
     // strata writes into it.
     {
@@ -62,7 +78,11 @@ fn roundtrip(opts: &str, cluster: u64, compressed: bool) {
             model[at as usize..at as usize + 777].copy_from_slice(&data);
         }
         i.flush().unwrap();
-        assert_eq!(read_all(i.as_ref()), model, "{opts}: strata reads back differently");
+        assert_eq!(
+            read_all(i.as_ref()),
+            model,
+            "{opts}: strata reads back differently"
+        );
     }
     assert_qemu_clean(&img);
     let raw = at(&d, "expect.raw");
@@ -73,7 +93,11 @@ fn roundtrip(opts: &str, cluster: u64, compressed: bool) {
     fill(&mut model, 1234567, 99999, 0x66);
     assert_qemu_clean(&img);
     let i = open_ro(&img);
-    assert_eq!(read_all(i.as_ref()), model, "{opts}: read after qemu-io write");
+    assert_eq!(
+        read_all(i.as_ref()),
+        model,
+        "{opts}: read after qemu-io write"
+    );
 }
 
 #[test]
@@ -99,7 +123,11 @@ fn cluster_2m() {
 #[test]
 fn refcount_widths() {
     for bits in [1, 2, 4, 8, 32, 64] {
-        roundtrip(&format!("refcount_bits={bits},cluster_size=4096"), 4096, false);
+        roundtrip(
+            &format!("refcount_bits={bits},cluster_size=4096"),
+            4096,
+            false,
+        );
     }
 }
 
@@ -130,10 +158,36 @@ fn lazy_refcounts() {
 fn dirty_image_is_repaired_on_open() {
     let d = tmp();
     let img = at(&d, "dirty.qcow2");
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", s(&img), "8M"]);
-    let (_code, _) = run_status("qemu-io", &["-c", "write -P 0x77 0 3M", "-c", "flush", "-c", "sigraise 9", s(&img)]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "lazy_refcounts=on",
+            s(&img),
+            "8M",
+        ],
+    );
+    let (_code, _) = run_status(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x77 0 3M",
+            "-c",
+            "flush",
+            "-c",
+            "sigraise 9",
+            s(&img),
+        ],
+    );
     let info = run("qemu-img", &["info", "--output=json", "-U", s(&img)]);
-    assert!(info.contains("\"dirty-flag\": true"), "qemu-io left a clean image: {info}");
+    assert!(
+        info.contains("\"dirty-flag\": true"),
+        "qemu-io left a clean image: {info}"
+    );
     {
         let i = open_rw(&img);
         let mut b = vec![0u8; 3 << 20];
@@ -142,7 +196,10 @@ fn dirty_image_is_repaired_on_open() {
         i.write_at(&[1, 2, 3], 5 << 20).unwrap();
     }
     let info = run("qemu-img", &["info", "--output=json", s(&img)]);
-    assert!(info.contains("\"dirty-flag\": false"), "strata left the image dirty: {info}");
+    assert!(
+        info.contains("\"dirty-flag\": false"),
+        "strata left the image dirty: {info}"
+    );
     assert_qemu_clean(&img);
 }
 
@@ -155,12 +212,60 @@ fn three_deep_mixed_chain() {
     let top = at(&d, "top.qcow2");
     let mut model = pattern(SIZE as usize, 3);
     write_raw(&base, &model);
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "base.raw", "-F", "raw", s(&mid)]);
-    run("qemu-io", &["-c", "write -P 0xa1 10000 300000", "-c", "write -z 2M 1M", s(&mid)]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            s(&mid),
+        ],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0xa1 10000 300000",
+            "-c",
+            "write -z 2M 1M",
+            s(&mid),
+        ],
+    );
     fill(&mut model, 10000, 300000, 0xa1);
     fill(&mut model, 2 << 20, 1 << 20, 0);
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", "mid.qcow2", "-F", "qcow2", s(&top)]);
-    run("qemu-io", &["-c", "write -P 0xb2 200000 5000", "-c", "write -P 0xb3 4M 70000", s(&top)]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            s(&top),
+        ],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0xb2 200000 5000",
+            "-c",
+            "write -P 0xb3 4M 70000",
+            s(&top),
+        ],
+    );
     fill(&mut model, 200000, 5000, 0xb2);
     fill(&mut model, 4 << 20, 70000, 0xb3);
     {
@@ -182,7 +287,10 @@ fn three_deep_mixed_chain() {
     let i = open_ro(&mid);
     let mut b = vec![0u8; 5000];
     i.read_at(&mut b, 200000).unwrap();
-    assert!(b.iter().all(|&x| x == 0xa1), "strata wrote into a backing file");
+    assert!(
+        b.iter().all(|&x| x == 0xa1),
+        "strata wrote into a backing file"
+    );
 }
 
 /// Images strata creates with every option pass qemu-img check and read
@@ -191,14 +299,40 @@ fn three_deep_mixed_chain() {
 fn strata_created_images_with_every_option() {
     use strata_image::qcow2::{CompressionType, CreateOptions};
     let cases = [
-        CreateOptions { cluster_size: 512, ..Default::default() },
-        CreateOptions { cluster_size: 2 << 20, ..Default::default() },
-        CreateOptions { refcount_bits: 1, cluster_size: 4096, ..Default::default() },
-        CreateOptions { refcount_bits: 64, cluster_size: 512, ..Default::default() },
-        CreateOptions { version: 2, ..Default::default() },
-        CreateOptions { extended_l2: true, ..Default::default() },
-        CreateOptions { compression: CompressionType::Zstd, ..Default::default() },
-        CreateOptions { lazy_refcounts: true, ..Default::default() },
+        CreateOptions {
+            cluster_size: 512,
+            ..Default::default()
+        },
+        CreateOptions {
+            cluster_size: 2 << 20,
+            ..Default::default()
+        },
+        CreateOptions {
+            refcount_bits: 1,
+            cluster_size: 4096,
+            ..Default::default()
+        },
+        CreateOptions {
+            refcount_bits: 64,
+            cluster_size: 512,
+            ..Default::default()
+        },
+        CreateOptions {
+            version: 2,
+            ..Default::default()
+        },
+        CreateOptions {
+            extended_l2: true,
+            ..Default::default()
+        },
+        CreateOptions {
+            compression: CompressionType::Zstd,
+            ..Default::default()
+        },
+        CreateOptions {
+            lazy_refcounts: true,
+            ..Default::default()
+        },
     ];
     for (n, mut o) in cases.into_iter().enumerate() {
         let d = tmp();
@@ -210,12 +344,74 @@ fn strata_created_images_with_every_option() {
         {
             let i = open_rw(&img);
             let mut rng = Rng(n as u64 + 100);
-            random_writes(i.as_ref(), &mut model, &mut rng, 100, 3 * o.cluster_size.max(4096));
+            random_writes(
+                i.as_ref(),
+                &mut model,
+                &mut rng,
+                100,
+                3 * o.cluster_size.max(4096),
+            );
         }
         eprintln!("case {n}: {o:?}");
         assert_qemu_clean(&img);
         let raw = at(&d, "e.raw");
         write_raw(&raw, &model);
         assert_qemu_identical(&img, &raw);
+    }
+}
+
+/// Preallocated images strata makes look to qemu-img exactly like the ones
+/// qemu-img makes: same map, clean check, and the file's blocks reserved
+/// for falloc/full.
+#[test]
+fn preallocation_matches_qemu() {
+    use strata_image::qcow2::{CreateOptions, Preallocation};
+    for (name, mode) in [
+        ("metadata", Preallocation::Metadata),
+        ("falloc", Preallocation::Falloc),
+        ("full", Preallocation::Full),
+    ] {
+        let d = tmp();
+        let ours = at(&d, "ours.qcow2");
+        let theirs = at(&d, "theirs.qcow2");
+        create(
+            &ours,
+            CreateOptions {
+                size: 10 << 20,
+                preallocation: mode,
+                ..Default::default()
+            },
+        );
+        run(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                &format!("preallocation={name}"),
+                s(&theirs),
+                "10M",
+            ],
+        );
+        assert_qemu_clean(&ours);
+        let map = |p: &std::path::Path| run("qemu-img", &["map", "--output=json", s(p)]);
+        assert_eq!(map(&ours), map(&theirs), "{name}: qemu-img map differs");
+        let blocks = |p: &std::path::Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p).unwrap().blocks()
+        };
+        if mode != Preallocation::Metadata {
+            assert!(
+                blocks(&ours) * 512 >= 10 << 20,
+                "{name}: file blocks not reserved"
+            );
+        }
+        // Writing into the preallocated clusters stays clean.
+        let i = open_rw(&ours);
+        i.write_at(&pattern(100_000, 1), 12345).unwrap();
+        drop(i);
+        assert_qemu_clean(&ours);
     }
 }

@@ -17,15 +17,28 @@ impl Drop for Server {
 }
 
 fn serve(path: &std::path::Path, sock: &std::path::Path, readonly: bool) -> Server {
-    let mut args = vec!["--socket".to_string(), s(sock).to_string(), "-f".into(), "qcow2".into()];
+    let mut args = vec![
+        "--socket".to_string(),
+        s(sock).to_string(),
+        "-f".into(),
+        "qcow2".into(),
+    ];
     if readonly {
         args.push("-r".into());
     }
     args.push(s(path).to_string());
-    let child = Command::new("qemu-nbd").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("qemu-nbd");
+    let child = Command::new("qemu-nbd")
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-nbd");
     let t = Instant::now();
     while !sock.exists() {
-        assert!(t.elapsed() < Duration::from_secs(10), "qemu-nbd did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "qemu-nbd did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Server(child)
@@ -38,12 +51,29 @@ fn strata_refuses_an_image_qemu_nbd_writes() {
     run("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "1M"]);
     let _srv = serve(&img, &at(&d, "s.sock"), false);
     for writable in [true, false] {
-        let err = strata_image::open(&img, &ChainOptions { writable, ..Default::default() }).unwrap_err();
-        assert!(matches!(err, Error::Locked { .. }), "writable={writable}: {err}");
+        let err = strata_image::open(
+            &img,
+            &ChainOptions {
+                writable,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::Locked { .. }),
+            "writable={writable}: {err}"
+        );
         assert!(err.to_string().contains("l.qcow2"), "{err}");
     }
     // Without locks (force-share) a reader may look.
-    strata_image::open(&img, &ChainOptions { lock: false, ..Default::default() }).expect("force-share open");
+    strata_image::open(
+        &img,
+        &ChainOptions {
+            lock: false,
+            ..Default::default()
+        },
+    )
+    .expect("force-share open");
 }
 
 #[test]
@@ -71,6 +101,13 @@ fn readers_share() {
     assert_eq!(ro.size(), 1 << 20);
     run("qemu-img", &["info", s(&img)]);
     // But a strata writer is refused while readers hold it.
-    let err = strata_image::open(&img, &ChainOptions { writable: true, ..Default::default() }).unwrap_err();
+    let err = strata_image::open(
+        &img,
+        &ChainOptions {
+            writable: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err}");
 }

@@ -9,7 +9,6 @@ mod common;
 use common::*;
 use std::path::Path;
 use strata_image::qcow2::CreateOptions;
-use strata_image::Image;
 
 const SIZE: u64 = 6 << 20;
 
@@ -49,7 +48,11 @@ fn run_case(case: &Case, seed: u64, ops: usize) {
         opts.backing_format = Some("raw".into());
     }
     create(&img_path, opts);
-    let mut model = if case.backing { base.clone() } else { vec![0u8; SIZE as usize] };
+    let mut model = if case.backing {
+        base.clone()
+    } else {
+        vec![0u8; SIZE as usize]
+    };
     let backing = case.backing.then_some(base.as_slice());
     let mut rng = Rng(seed);
     let mut img = open_rw(&img_path);
@@ -72,7 +75,8 @@ fn run_case(case: &Case, seed: u64, ops: usize) {
         match rng.below(10) {
             0..=4 => {
                 let data = pattern(len as usize, rng.next());
-                img.write_at(&data, off).unwrap_or_else(|e| panic!("{}", ctx(i, format!("write {off}+{len}: {e}"))));
+                img.write_at(&data, off)
+                    .unwrap_or_else(|e| panic!("{}", ctx(i, format!("write {off}+{len}: {e}"))));
                 model[off as usize..(off + len) as usize].copy_from_slice(&data);
             }
             5 => {
@@ -82,15 +86,30 @@ fn run_case(case: &Case, seed: u64, ops: usize) {
                 model[off as usize..(off + len) as usize].fill(0);
             }
             6 => {
-                img.discard(off, len).unwrap_or_else(|e| panic!("{}", ctx(i, format!("discard {off}+{len}: {e}"))));
+                img.discard(off, len)
+                    .unwrap_or_else(|e| panic!("{}", ctx(i, format!("discard {off}+{len}: {e}"))));
                 discard_model(&mut model, backing, cs, off, len, case.opts.version == 2);
             }
             7 | 8 => {
                 let mut buf = vec![0u8; len as usize];
-                img.read_at(&mut buf, off).unwrap_or_else(|e| panic!("{}", ctx(i, format!("read: {e}"))));
+                img.read_at(&mut buf, off)
+                    .unwrap_or_else(|e| panic!("{}", ctx(i, format!("read: {e}"))));
                 if buf != model[off as usize..(off + len) as usize] {
-                    let at = buf.iter().zip(&model[off as usize..]).position(|(a, b)| a != b).unwrap_or(0);
-                    panic!("{}", ctx(i, format!("read {off}+{len} differs from the model at {}", off + at as u64)));
+                    let at = buf
+                        .iter()
+                        .zip(&model[off as usize..])
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(0);
+                    panic!(
+                        "{}",
+                        ctx(
+                            i,
+                            format!(
+                                "read {off}+{len} differs from the model at {}",
+                                off + at as u64
+                            )
+                        )
+                    );
                 }
             }
             _ => {
@@ -103,7 +122,12 @@ fn run_case(case: &Case, seed: u64, ops: usize) {
             }
         }
     }
-    assert_eq!(read_all(img.as_ref()), model, "{}", ctx(ops, "final contents".into()));
+    assert_eq!(
+        read_all(img.as_ref()),
+        model,
+        "{}",
+        ctx(ops, "final contents".into())
+    );
     drop(img);
     assert_qemu_clean(&img_path);
     let raw = at(&d, "model.raw");
@@ -118,25 +142,99 @@ fn check_reopen(path: &Path, model: &[u8]) {
 }
 
 fn cases() -> Vec<Case> {
-    let c = |name, opts, backing| Case { name, opts, backing };
+    let c = |name, opts, backing| Case {
+        name,
+        opts,
+        backing,
+    };
     vec![
-        c("512", CreateOptions { cluster_size: 512, ..Default::default() }, false),
-        c("512+backing", CreateOptions { cluster_size: 512, ..Default::default() }, true),
-        c("4k-rc1", CreateOptions { cluster_size: 4096, refcount_bits: 1, ..Default::default() }, false),
+        c(
+            "512",
+            CreateOptions {
+                cluster_size: 512,
+                ..Default::default()
+            },
+            false,
+        ),
+        c(
+            "512+backing",
+            CreateOptions {
+                cluster_size: 512,
+                ..Default::default()
+            },
+            true,
+        ),
+        c(
+            "4k-rc1",
+            CreateOptions {
+                cluster_size: 4096,
+                refcount_bits: 1,
+                ..Default::default()
+            },
+            false,
+        ),
         c("64k", CreateOptions::default(), false),
         c("64k+backing", CreateOptions::default(), true),
-        c("v2+backing", CreateOptions { version: 2, ..Default::default() }, true),
-        c("v2", CreateOptions { version: 2, cluster_size: 4096, ..Default::default() }, false),
-        c("extl2", CreateOptions { extended_l2: true, ..Default::default() }, false),
-        c("extl2+backing", CreateOptions { extended_l2: true, cluster_size: 32768, ..Default::default() }, true),
-        c("lazy+backing", CreateOptions { lazy_refcounts: true, cluster_size: 8192, ..Default::default() }, true),
-        c("2m+backing", CreateOptions { cluster_size: 2 << 20, ..Default::default() }, true),
+        c(
+            "v2+backing",
+            CreateOptions {
+                version: 2,
+                ..Default::default()
+            },
+            true,
+        ),
+        c(
+            "v2",
+            CreateOptions {
+                version: 2,
+                cluster_size: 4096,
+                ..Default::default()
+            },
+            false,
+        ),
+        c(
+            "extl2",
+            CreateOptions {
+                extended_l2: true,
+                ..Default::default()
+            },
+            false,
+        ),
+        c(
+            "extl2+backing",
+            CreateOptions {
+                extended_l2: true,
+                cluster_size: 32768,
+                ..Default::default()
+            },
+            true,
+        ),
+        c(
+            "lazy+backing",
+            CreateOptions {
+                lazy_refcounts: true,
+                cluster_size: 8192,
+                ..Default::default()
+            },
+            true,
+        ),
+        c(
+            "2m+backing",
+            CreateOptions {
+                cluster_size: 2 << 20,
+                ..Default::default()
+            },
+            true,
+        ),
     ]
 }
 
 #[test]
 fn random_ops_match_the_model() {
-    let seeds: u64 = std::env::var("STRATA_MODEL_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let seeds: u64 = std::env::var("STRATA_MODEL_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     for case in cases() {
         for seed in 1..=seeds {
             run_case(&case, seed * 7919 + case.name.len() as u64, 1500);

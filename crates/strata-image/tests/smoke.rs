@@ -6,7 +6,13 @@ use strata_image::qcow2::CreateOptions;
 fn strata_writes_qemu_reads() {
     let d = tmp();
     let img = at(&d, "a.qcow2");
-    create(&img, CreateOptions { size: 8 << 20, ..Default::default() });
+    create(
+        &img,
+        CreateOptions {
+            size: 8 << 20,
+            ..Default::default()
+        },
+    );
     let data = pattern(300_000, 1);
     {
         let i = open_rw(&img);
@@ -27,7 +33,16 @@ fn qemu_writes_strata_reads() {
     let d = tmp();
     let img = at(&d, "b.qcow2");
     run("qemu-img", &["create", "-f", "qcow2", s(&img), "4M"]);
-    run("qemu-io", &["-c", "write -P 0x5a 100k 200k", "-c", "write -z 1M 64k", s(&img)]);
+    run(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x5a 100k 200k",
+            "-c",
+            "write -z 1M 64k",
+            s(&img),
+        ],
+    );
     let i = open_ro(&img);
     let all = read_all(i.as_ref());
     assert!(all[100 * 1024..300 * 1024].iter().all(|&b| b == 0x5a));

@@ -27,12 +27,18 @@ pub fn chain_member(top: &dyn Image, depth: u32) -> Option<&dyn Image> {
 /// Copies everything the layers above the base define into the base.
 pub fn commit(top: &dyn Image, opts: &CommitOptions, progress: Progress) -> Result<()> {
     if opts.base_depth == 0 {
-        return Err(Error::invalid(top.path(), "cannot commit an image into itself"));
+        return Err(Error::invalid(
+            top.path(),
+            "cannot commit an image into itself",
+        ));
     }
-    let base = chain_member(top, opts.base_depth)
-        .ok_or_else(|| Error::invalid(top.path(), "the image has no backing file to commit into"))?;
+    let base = chain_member(top, opts.base_depth).ok_or_else(|| {
+        Error::invalid(top.path(), "the image has no backing file to commit into")
+    })?;
     if !base.writable() {
-        return Err(Error::ReadOnly { path: base.path().to_string() });
+        return Err(Error::ReadOnly {
+            path: base.path().to_string(),
+        });
     }
     let size = top.size();
     if base.size() < size {
@@ -69,7 +75,12 @@ pub fn commit(top: &dyn Image, opts: &CommitOptions, progress: Progress) -> Resu
     if !opts.keep_top {
         match top.as_any().downcast_ref::<Qcow2>() {
             Some(q) => q.make_empty()?,
-            None => return Err(Error::unsupported(top.path(), "emptying a raw image after commit (use -d)")),
+            None => {
+                return Err(Error::unsupported(
+                    top.path(),
+                    "emptying a raw image after commit (use -d)",
+                ))
+            }
         }
     }
     Ok(())

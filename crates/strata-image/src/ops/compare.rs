@@ -21,7 +21,10 @@ fn all_zero(img: &dyn Image, pos: u64, n: u64) -> Result<bool> {
 }
 
 fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
-    a.chunks(512).zip(b.chunks(512)).position(|(x, y)| x != y).map(|i| i * 512)
+    a.chunks(512)
+        .zip(b.chunks(512))
+        .position(|(x, y)| x != y)
+        .map(|i| i * 512)
 }
 
 /// Compares the guest contents of `a` and `b`.

@@ -21,7 +21,12 @@ pub struct ConvertOptions {
 
 /// Copies `src` into `dst` (which reads as zeros, or as the source's backing
 /// with `top_only`). Both must have the same size.
-pub fn convert(src: &dyn Image, dst: &dyn Image, opts: &ConvertOptions, progress: Progress) -> Result<()> {
+pub fn convert(
+    src: &dyn Image,
+    dst: &dyn Image,
+    opts: &ConvertOptions,
+    progress: Progress,
+) -> Result<()> {
     let size = src.size().min(dst.size());
     let compressed = if opts.compress { as_qcow2(dst) } else { None };
     let grain = if let Some(q) = compressed {
@@ -31,13 +36,21 @@ pub fn convert(src: &dyn Image, dst: &dyn Image, opts: &ConvertOptions, progress
     } else {
         opts.sparse_size
     };
-    let chunk = if let Some(q) = compressed { q.cluster_size().max(CHUNK) } else { CHUNK };
+    let chunk = if let Some(q) = compressed {
+        q.cluster_size().max(CHUNK)
+    } else {
+        CHUNK
+    };
     let mut buf = vec![0u8; chunk as usize];
     let mut done = 0;
     progress(0, size);
     for ext in src.block_status(0, size)? {
         let end = ext.start + ext.length;
-        let wanted = if opts.top_only { ext.depth == 0 && ext.present } else { !ext.zero };
+        let wanted = if opts.top_only {
+            ext.depth == 0 && ext.present
+        } else {
+            !ext.zero
+        };
         if !wanted {
             done += ext.length;
             progress(done, size);
@@ -76,7 +89,13 @@ fn as_qcow2(img: &dyn Image) -> Option<&Qcow2> {
 
 /// Writes the runs of `data` that are not all zero, in `grain` units.
 /// With a backing file below the target, zero runs must be written too.
-fn write_nonzero(dst: &dyn Image, data: &[u8], pos: u64, grain: u64, keep_zeros: bool) -> Result<()> {
+fn write_nonzero(
+    dst: &dyn Image,
+    data: &[u8],
+    pos: u64,
+    grain: u64,
+    keep_zeros: bool,
+) -> Result<()> {
     if keep_zeros {
         return dst.write_at(data, pos);
     }
@@ -104,7 +123,13 @@ fn write_nonzero(dst: &dyn Image, data: &[u8], pos: u64, grain: u64, keep_zeros:
     Ok(())
 }
 
-fn write_clusters_compressed(q: &Qcow2, data: &[u8], pos: u64, cs: u64, keep_zeros: bool) -> Result<()> {
+fn write_clusters_compressed(
+    q: &Qcow2,
+    data: &[u8],
+    pos: u64,
+    cs: u64,
+    keep_zeros: bool,
+) -> Result<()> {
     let mut at = 0usize;
     while at < data.len() {
         let guest = pos + at as u64;

@@ -35,7 +35,12 @@ fn read_or_zero(img: Option<&dyn Image>, buf: &mut [u8], pos: u64) -> Result<()>
 }
 
 /// Rebases `top` (opened writable with its old chain) onto `new_backing`.
-pub fn rebase(top: &Qcow2, new_backing: Option<&dyn Image>, opts: &RebaseOptions, progress: Progress) -> Result<()> {
+pub fn rebase(
+    top: &Qcow2,
+    new_backing: Option<&dyn Image>,
+    opts: &RebaseOptions,
+    progress: Progress,
+) -> Result<()> {
     if !opts.unsafe_header_only {
         let old = top.backing().map(|b| b.as_ref());
         let size = top.size();
@@ -62,7 +67,10 @@ pub fn rebase(top: &Qcow2, new_backing: Option<&dyn Image>, opts: &RebaseOptions
                 let mut c = 0u64;
                 while c < n {
                     let m = (cs - (pos + c) % cs).min(n - c);
-                    let (sa, sb) = (&xa[c as usize..(c + m) as usize], &xb[c as usize..(c + m) as usize]);
+                    let (sa, sb) = (
+                        &xa[c as usize..(c + m) as usize],
+                        &xb[c as usize..(c + m) as usize],
+                    );
                     if sa != sb {
                         top.write_at(sa, pos + c)?;
                     }

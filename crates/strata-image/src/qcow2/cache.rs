@@ -25,17 +25,20 @@ pub struct TableCache<T> {
 impl<T> TableCache<T> {
     /// A cache holding at most `capacity` tables (at least 4).
     pub fn new(capacity: usize) -> Self {
-        TableCache { slots: HashMap::new(), capacity: capacity.max(4), clock: 0 }
+        TableCache {
+            slots: HashMap::new(),
+            capacity: capacity.max(4),
+            clock: 0,
+        }
     }
 
     /// The table at `offset`, if cached (and marks it used).
     pub fn get(&mut self, offset: u64) -> Option<&mut Slot<T>> {
         self.clock += 1;
         let clock = self.clock;
-        self.slots.get_mut(&offset).map(|s| {
-            s.last_use = clock;
-            s
-        })
+        let slot = self.slots.get_mut(&offset)?;
+        slot.last_use = clock;
+        Some(slot)
     }
 
     /// True when `offset` is cached.
@@ -68,7 +71,11 @@ impl<T> TableCache<T> {
     /// Inserts a table (the caller made room first).
     pub fn insert(&mut self, offset: u64, data: T, dirty: bool) -> &mut Slot<T> {
         self.clock += 1;
-        let slot = Slot { data, dirty, last_use: self.clock };
+        let slot = Slot {
+            data,
+            dirty,
+            last_use: self.clock,
+        };
         self.slots.insert(offset, slot);
         self.slots.get_mut(&offset).expect("just inserted")
     }
@@ -80,8 +87,12 @@ impl<T> TableCache<T> {
 
     /// Offsets of dirty tables, sorted (so writes go out in file order).
     pub fn dirty_offsets(&self) -> Vec<u64> {
-        let mut v: Vec<u64> =
-            self.slots.iter().filter(|(_, s)| s.dirty).map(|(k, _)| *k).collect();
+        let mut v: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.dirty)
+            .map(|(k, _)| *k)
+            .collect();
         v.sort_unstable();
         v
     }

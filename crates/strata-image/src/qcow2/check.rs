@@ -78,7 +78,13 @@ impl Counter {
 }
 
 /// Counts the references of one L1 table and its L2 tables.
-fn count_l1(m: &mut Meta, cnt: &mut Counter, rep: &mut CheckReport, l1: &[u64], active: bool) -> Result<()> {
+fn count_l1(
+    m: &mut Meta,
+    cnt: &mut Counter,
+    rep: &mut CheckReport,
+    l1: &[u64],
+    active: bool,
+) -> Result<()> {
     let geo = m.geo;
     let cs = geo.cluster_size;
     let mut next_contiguous = 0u64;
@@ -87,9 +93,11 @@ fn count_l1(m: &mut Meta, cnt: &mut Counter, rep: &mut CheckReport, l1: &[u64], 
         if l2_off == 0 {
             continue;
         }
-        if l2_off % cs != 0 {
+        if !l2_off.is_multiple_of(cs) {
             rep.corruptions += 1;
-            rep.messages.push(format!("ERROR l1 entry {i}: L2 table offset {l2_off:#x} is not cluster aligned"));
+            rep.messages.push(format!(
+                "ERROR l1 entry {i}: L2 table offset {l2_off:#x} is not cluster aligned"
+            ));
             continue;
         }
         cnt.add(rep, l2_off, cs);
@@ -108,14 +116,16 @@ fn count_l1(m: &mut Meta, cnt: &mut Counter, rep: &mut CheckReport, l1: &[u64], 
                     if active {
                         rep.allocated_clusters += 1;
                         rep.compressed_clusters += 1;
-                        if next_contiguous != 0 && off >> geo.cluster_bits != next_contiguous >> geo.cluster_bits {
+                        if next_contiguous != 0
+                            && off >> geo.cluster_bits != next_contiguous >> geo.cluster_bits
+                        {
                             rep.fragmented_clusters += 1;
                         }
                         next_contiguous = (off & !(cs - 1)) + cs;
                     }
                 }
                 Cluster::Data { host, .. } | Cluster::Zero { host } if host != 0 => {
-                    if host % cs != 0 {
+                    if !host.is_multiple_of(cs) {
                         rep.corruptions += 1;
                         rep.messages.push(format!(
                             "ERROR offset={host:#x}: Cluster is not properly aligned; L2 entry corrupted (guest offset {guest:#x})"
@@ -193,13 +203,20 @@ fn count_all(m: &mut Meta, rep: &mut CheckReport) -> Result<Counter> {
     let geo = m.geo;
     let cs = geo.cluster_size;
     let file_clusters = m.st.len()?.div_ceil(cs);
-    let mut cnt = Counter { refs: vec![0; file_clusters as usize], cluster_bits: geo.cluster_bits };
+    let mut cnt = Counter {
+        refs: vec![0; file_clusters as usize],
+        cluster_bits: geo.cluster_bits,
+    };
     cnt.add(rep, 0, cs);
     let l1 = m.l1.clone();
     cnt.add(rep, m.header.l1_table_offset, l1.len() as u64 * 8);
     count_l1(m, &mut cnt, rep, &l1, true)?;
     if m.header.nb_snapshots > 0 {
-        let (snaps, bytes) = read_table(m.st.as_ref(), m.header.snapshots_offset, m.header.nb_snapshots)?;
+        let (snaps, bytes) = read_table(
+            m.st.as_ref(),
+            m.header.snapshots_offset,
+            m.header.nb_snapshots,
+        )?;
         cnt.add(rep, m.header.snapshots_offset, bytes);
         for s in snaps {
             cnt.add(rep, s.l1_table_offset, s.l1_size as u64 * 8);
@@ -208,15 +225,21 @@ fn count_all(m: &mut Meta, rep: &mut CheckReport) -> Result<Counter> {
             count_l1(m, &mut cnt, rep, &from_be_bytes(&raw), false)?;
         }
     }
-    cnt.add(rep, m.header.refcount_table_offset, m.header.refcount_table_clusters as u64 * cs);
+    cnt.add(
+        rep,
+        m.header.refcount_table_offset,
+        m.header.refcount_table_clusters as u64 * cs,
+    );
     for (i, &e) in m.rt.clone().iter().enumerate() {
         let off = e & OFFSET_MASK;
         if off == 0 {
             continue;
         }
-        if off % cs != 0 {
+        if !off.is_multiple_of(cs) {
             rep.corruptions += 1;
-            rep.messages.push(format!("ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"));
+            rep.messages.push(format!(
+                "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
+            ));
             continue;
         }
         cnt.add(rep, off, cs);
@@ -241,10 +264,14 @@ fn compare(m: &mut Meta, cnt: &Counter, rep: &mut CheckReport) -> Result<Vec<(u6
             diffs.push((c, stored, refs));
             if stored < refs {
                 rep.corruptions += 1;
-                rep.messages.push(format!("ERROR cluster {c} refcount={stored} reference={refs}"));
+                rep.messages.push(format!(
+                    "ERROR cluster {c} refcount={stored} reference={refs}"
+                ));
             } else {
                 rep.leaks += 1;
-                rep.messages.push(format!("Leaked cluster {c} refcount={stored} reference={refs}"));
+                rep.messages.push(format!(
+                    "Leaked cluster {c} refcount={stored} reference={refs}"
+                ));
             }
         }
     }
@@ -260,13 +287,15 @@ fn check_copied(m: &mut Meta, rep: &mut CheckReport, fix: bool) -> Result<u64> {
     for i in 0..m.l1.len() {
         let l1e = m.l1[i];
         let l2_off = l1e & OFFSET_MASK;
-        if l2_off == 0 || l2_off % geo.cluster_size != 0 {
+        if l2_off == 0 || !l2_off.is_multiple_of(geo.cluster_size) {
             continue;
         }
         let rc = m.refcount(l2_off >> geo.cluster_bits)?;
         if (rc == 1) != (l1e & COPIED != 0) {
             rep.corruptions += 1;
-            rep.messages.push(format!("ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1e:x} refcount={rc}"));
+            rep.messages.push(format!(
+                "ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1e:x} refcount={rc}"
+            ));
             if fix {
                 m.l1[i] = if rc == 1 { l1e | COPIED } else { l1e & !COPIED };
                 m.l1_dirty = true;
@@ -282,13 +311,15 @@ fn check_copied(m: &mut Meta, rep: &mut CheckReport, fix: bool) -> Result<u64> {
                 Cluster::Zero { host } if host != 0 => host,
                 _ => continue,
             };
-            if host % geo.cluster_size != 0 {
+            if !host.is_multiple_of(geo.cluster_size) {
                 continue;
             }
             let rc = m.refcount(host >> geo.cluster_bits)?;
             if (rc == 1) != (e & COPIED != 0) {
                 rep.corruptions += 1;
-                rep.messages.push(format!("ERROR OFLAG_COPIED data cluster: l2_entry={e:x} refcount={rc}"));
+                rep.messages.push(format!(
+                    "ERROR OFLAG_COPIED data cluster: l2_entry={e:x} refcount={rc}"
+                ));
                 if fix {
                     changed[j * geo.l2_words] = if rc == 1 { e | COPIED } else { e & !COPIED };
                     fixed += 1;
@@ -318,13 +349,19 @@ fn rebuild(m: &mut Meta, refs: &[u32]) -> Result<()> {
             }
         }
     };
-    drop_ref(m.header.refcount_table_offset, m.header.refcount_table_clusters as u64);
+    drop_ref(
+        m.header.refcount_table_offset,
+        m.header.refcount_table_clusters as u64,
+    );
     for &e in &m.rt {
-        if e & OFFSET_MASK != 0 && (e & OFFSET_MASK) % cs == 0 {
+        if e & OFFSET_MASK != 0 && (e & OFFSET_MASK).is_multiple_of(cs) {
             drop_ref(e & OFFSET_MASK, 1);
         }
     }
-    let used = refs.iter().rposition(|&r| r > 0).map_or(1, |p| p as u64 + 1);
+    let used = refs
+        .iter()
+        .rposition(|&r| r > 0)
+        .map_or(1, |p| p as u64 + 1);
     let start = used.max(m.st.len()?.div_ceil(cs));
     let (mut t, mut b) = (1u64, 1u64);
     loop {
@@ -339,11 +376,20 @@ fn rebuild(m: &mut Meta, refs: &[u32]) -> Result<()> {
     }
     let mut blocks = vec![0u8; (b * cs) as usize];
     for c in 0..start + t + b {
-        let v = if c >= start { 1 } else { refs.get(c as usize).copied().unwrap_or(0) as u64 };
+        let v = if c >= start {
+            1
+        } else {
+            refs.get(c as usize).copied().unwrap_or(0) as u64
+        };
         if v != 0 {
             let bi = c / geo.rb_entries;
             let block = &mut blocks[(bi * cs) as usize..((bi + 1) * cs) as usize];
-            set_entry(block, c % geo.rb_entries, geo.refcount_bits, v.min(geo.max_refcount()));
+            set_entry(
+                block,
+                c % geo.rb_entries,
+                geo.refcount_bits,
+                v.min(geo.max_refcount()),
+            );
         }
     }
     let mut table = vec![0u64; (t * cs / 8) as usize];
@@ -382,7 +428,9 @@ pub(crate) fn check(m: &mut Meta, mode: CheckMode) -> Result<CheckReport> {
     }
     let (leaks, corruptions) = (rep.leaks, rep.corruptions);
     if mode == CheckMode::All && corruptions > 0 {
-        if diffs.iter().any(|&(_, stored, refs)| stored < refs) || rep.messages.iter().any(|s| s.contains("after the end")) {
+        if diffs.iter().any(|&(_, stored, refs)| stored < refs)
+            || rep.messages.iter().any(|s| s.contains("after the end"))
+        {
             rebuild(m, &cnt.refs)?;
         } else {
             fix_leaks(m, &diffs)?;

@@ -11,6 +11,33 @@ use super::types::Geometry;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
+/// How much of a new image to allocate up front (qemu-img's `preallocation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Preallocation {
+    /// Nothing: clusters are allocated on first write.
+    #[default]
+    Off,
+    /// Every L2 table and data cluster is mapped; the file stays sparse.
+    Metadata,
+    /// As metadata, and the file's blocks are reserved (fallocate).
+    Falloc,
+    /// As metadata, and zeros are written to every data cluster.
+    Full,
+}
+
+impl Preallocation {
+    /// Parses qemu-img's names.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "off" => Preallocation::Off,
+            "metadata" => Preallocation::Metadata,
+            "falloc" => Preallocation::Falloc,
+            "full" => Preallocation::Full,
+            _ => return None,
+        })
+    }
+}
+
 /// Options of `create`, as qemu-img's `-o` names them.
 #[derive(Clone, Debug)]
 pub struct CreateOptions {
@@ -32,6 +59,8 @@ pub struct CreateOptions {
     pub backing_file: Option<String>,
     /// Backing file format.
     pub backing_format: Option<String>,
+    /// What to allocate up front.
+    pub preallocation: Preallocation,
 }
 
 impl Default for CreateOptions {
@@ -46,6 +75,7 @@ impl Default for CreateOptions {
             lazy_refcounts: false,
             backing_file: None,
             backing_format: None,
+            preallocation: Preallocation::Off,
         }
     }
 }
@@ -56,13 +86,21 @@ impl CreateOptions {
         let bad = |what: String| Err(Error::invalid(path, what));
         let cs = self.cluster_size;
         if !cs.is_power_of_two() || !(512..=(2 << 20)).contains(&cs) {
-            return bad(format!("cluster_size {cs} must be a power of two between 512 and 2M"));
+            return bad(format!(
+                "cluster_size {cs} must be a power of two between 512 and 2M"
+            ));
         }
         if !self.refcount_bits.is_power_of_two() || self.refcount_bits > 64 {
-            return bad(format!("refcount_bits {} must be a power of two up to 64", self.refcount_bits));
+            return bad(format!(
+                "refcount_bits {} must be a power of two up to 64",
+                self.refcount_bits
+            ));
         }
         if self.version != 2 && self.version != 3 {
-            return bad(format!("compat version {} is not 0.10 or 1.1", self.version));
+            return bad(format!(
+                "compat version {} is not 0.10 or 1.1",
+                self.version
+            ));
         }
         if self.version == 2 {
             if self.refcount_bits != 16 {
@@ -79,14 +117,18 @@ impl CreateOptions {
             }
         }
         if self.extended_l2 && cs < 16384 {
-            return bad(format!("extended_l2 needs cluster_size of at least 16K (got {cs})"));
+            return bad(format!(
+                "extended_l2 needs cluster_size of at least 16K (got {cs})"
+            ));
         }
-        if self.size % 512 != 0 {
+        if !self.size.is_multiple_of(512) {
             return bad(format!("size {} must be a multiple of 512", self.size));
         }
         if let Some(b) = &self.backing_file {
             if b.len() > MAX_BACKING_NAME {
-                return bad(format!("backing file name is longer than {MAX_BACKING_NAME} bytes"));
+                return bad(format!(
+                    "backing file name is longer than {MAX_BACKING_NAME} bytes"
+                ));
             }
         }
         Ok(())
@@ -117,12 +159,20 @@ pub fn create(st: &dyn Storage, opts: &CreateOptions) -> Result<()> {
         nb_snapshots: 0,
         snapshots_offset: 0,
         incompatible,
-        compatible: if opts.lazy_refcounts { COMPAT_LAZY_REFCOUNTS } else { 0 },
+        compatible: if opts.lazy_refcounts {
+            COMPAT_LAZY_REFCOUNTS
+        } else {
+            0
+        },
         autoclear: 0,
         refcount_order: opts.refcount_bits.trailing_zeros(),
         header_length: if opts.version == 3 { 112 } else { 72 },
         compression: opts.compression,
-        extra: if opts.version == 3 { vec![0; 7] } else { Vec::new() },
+        extra: if opts.version == 3 {
+            vec![0; 7]
+        } else {
+            Vec::new()
+        },
         extensions: Vec::new(),
         backing_file: opts.backing_file.clone(),
     };
@@ -130,10 +180,13 @@ pub fn create(st: &dyn Storage, opts: &CreateOptions) -> Result<()> {
     let cs = geo.cluster_size;
     let l1_entries = geo.l1_entries_for(opts.size);
     if l1_entries * 8 > MAX_L1_BYTES {
-        return Err(Error::invalid(&path, format!(
-            "size {} is too large for cluster_size {cs} (the L1 table would exceed 32 MiB)",
-            opts.size
-        )));
+        return Err(Error::invalid(
+            &path,
+            format!(
+                "size {} is too large for cluster_size {cs} (the L1 table would exceed 32 MiB)",
+                opts.size
+            ),
+        ));
     }
     let l1_clusters = (l1_entries * 8).div_ceil(cs).max(1);
     // Header, refcount table (t), refcount blocks (b), L1 table.
@@ -154,10 +207,16 @@ pub fn create(st: &dyn Storage, opts: &CreateOptions) -> Result<()> {
     h.refcount_table_clusters = t as u32;
     h.l1_table_offset = (1 + t + b) * cs;
     if let (Some(_), Some(fmt)) = (&opts.backing_file, &opts.backing_format) {
-        h.extensions.push(Extension { kind: EXT_BACKING_FORMAT, data: fmt.as_bytes().to_vec() });
+        h.extensions.push(Extension {
+            kind: EXT_BACKING_FORMAT,
+            data: fmt.as_bytes().to_vec(),
+        });
     }
     if opts.version == 3 {
-        h.extensions.push(Extension { kind: EXT_FEATURE_TABLE, data: feature_table() });
+        h.extensions.push(Extension {
+            kind: EXT_FEATURE_TABLE,
+            data: feature_table(),
+        });
         if h.to_bytes(&path).is_err() {
             // Small clusters: drop the (optional) feature table rather than fail.
             h.extensions.pop();
@@ -187,15 +246,24 @@ pub fn create(st: &dyn Storage, opts: &CreateOptions) -> Result<()> {
 pub(crate) fn grow(m: &mut Meta, new_size: u64) -> Result<()> {
     let path = m.path.clone();
     if new_size < m.header.size {
-        return Err(Error::invalid(&path, "shrinking a qcow2 image is not supported"));
+        return Err(Error::invalid(
+            &path,
+            "shrinking a qcow2 image is not supported",
+        ));
     }
-    if new_size % 512 != 0 {
-        return Err(Error::invalid(&path, format!("size {new_size} must be a multiple of 512")));
+    if !new_size.is_multiple_of(512) {
+        return Err(Error::invalid(
+            &path,
+            format!("size {new_size} must be a multiple of 512"),
+        ));
     }
     m.flush()?;
     let needed = m.geo.l1_entries_for(new_size);
     if needed * 8 > MAX_L1_BYTES {
-        return Err(Error::invalid(&path, format!("size {new_size} needs an L1 table larger than 32 MiB")));
+        return Err(Error::invalid(
+            &path,
+            format!("size {new_size} needs an L1 table larger than 32 MiB"),
+        ));
     }
     if needed > m.l1.len() as u64 {
         let cs = m.geo.cluster_size;
@@ -227,4 +295,41 @@ pub(crate) fn grow(m: &mut Meta, new_size: u64) -> Result<()> {
     m.header.size = new_size;
     m.write_header()?;
     m.st.flush()
+}
+
+/// Maps every guest cluster to a zeroed host cluster of its own (the data
+/// clusters of one L2 table are contiguous, after that table).
+pub(crate) fn preallocate(m: &mut Meta, mode: Preallocation) -> Result<()> {
+    if mode == Preallocation::Off {
+        return Ok(());
+    }
+    let geo = m.geo;
+    let cs = geo.cluster_size;
+    let clusters = m.header.size.div_ceil(cs);
+    let mut first = 0u64;
+    while first < clusters {
+        let l1 = first / geo.l2_entries;
+        let n = (geo.l2_entries - first % geo.l2_entries).min(clusters - first);
+        m.writable_l2(l1)?;
+        let host = m.alloc_clusters(n)?;
+        match mode {
+            Preallocation::Falloc => m.st.allocate(host, n * cs)?,
+            Preallocation::Full => m.st.write_zeroes(host, n * cs)?,
+            _ => {}
+        }
+        let bitmap = if geo.extended() { 0xffff_ffff } else { 0 };
+        for i in 0..n {
+            m.set_l2_entry(
+                (first + i) * cs,
+                (host + i * cs) | super::types::COPIED,
+                bitmap,
+            )?;
+        }
+        let end = host + n * cs;
+        if m.st.len()? < end {
+            m.st.set_len(end)?;
+        }
+        first += n;
+    }
+    m.flush()
 }

@@ -171,7 +171,10 @@ impl Header {
 
     /// Data of the first extension of `kind`.
     pub fn extension(&self, kind: u32) -> Option<&[u8]> {
-        self.extensions.iter().find(|e| e.kind == kind).map(|e| e.data.as_slice())
+        self.extensions
+            .iter()
+            .find(|e| e.kind == kind)
+            .map(|e| e.data.as_slice())
     }
 
     /// Replaces (or, with `None`, removes) the extension of `kind`.
@@ -209,7 +212,9 @@ impl Header {
         }
         let magic = be32(first, 0);
         if magic != MAGIC {
-            return Err(bad(format!("bad magic {magic:#010x} at offset 0 (not a qcow2 image)")));
+            return Err(bad(format!(
+                "bad magic {magic:#010x} at offset 0 (not a qcow2 image)"
+            )));
         }
         let version = be32(first, 4);
         if version != 2 && version != 3 {
@@ -247,7 +252,9 @@ impl Header {
         let backing_size = be32(first, 16) as usize;
         if version == 3 {
             if first.len() < 104 || file_len < 104 {
-                return Err(bad("truncated header: version 3 needs at least 104 bytes".into()));
+                return Err(bad(
+                    "truncated header: version 3 needs at least 104 bytes".into()
+                ));
             }
             h.incompatible = be64(first, 72);
             h.compatible = be64(first, 80);
@@ -255,7 +262,7 @@ impl Header {
             h.refcount_order = be32(first, 96);
             h.header_length = be32(first, 100);
             if h.header_length < 104
-                || h.header_length % 8 != 0
+                || !h.header_length.is_multiple_of(8)
                 || h.header_length as u64 > cluster_size
                 || h.header_length as usize > first.len()
             {
@@ -306,7 +313,10 @@ impl Header {
                     "header extension {kind:#010x} at offset {at} (length {len}) runs past the first cluster"
                 )));
             }
-            h.extensions.push(Extension { kind, data: first[at + 8..data_end].to_vec() });
+            h.extensions.push(Extension {
+                kind,
+                data: first[at + 8..data_end].to_vec(),
+            });
             at = data_end.div_ceil(8) * 8;
         }
         // Unknown incompatible features.
@@ -319,7 +329,9 @@ impl Header {
                 if (unknown | (h.incompatible & INCOMPAT_DATA_FILE)) & mask == 0 {
                     continue;
                 }
-                let named = table.chunks_exact(48).find(|e| e[0] == 0 && e[1] as u32 == bit);
+                let named = table
+                    .chunks_exact(48)
+                    .find(|e| e[0] == 0 && e[1] as u32 == bit);
                 let name = match named {
                     Some(e) => {
                         let raw = &e[2..48];
@@ -336,7 +348,10 @@ impl Header {
             ));
         }
         if h.crypt_method != 0 {
-            return Err(Error::unsupported(path, format!("encryption (crypt_method {})", h.crypt_method)));
+            return Err(Error::unsupported(
+                path,
+                format!("encryption (crypt_method {})", h.crypt_method),
+            ));
         }
         if h.extended_l2() && cluster_bits < 14 {
             return Err(bad(format!(
@@ -357,8 +372,11 @@ impl Header {
                 )));
             }
             let raw = &first[backing_offset as usize..end];
-            let name = std::str::from_utf8(raw)
-                .map_err(|_| bad(format!("backing file name at offset {backing_offset} is not UTF-8")))?;
+            let name = std::str::from_utf8(raw).map_err(|_| {
+                bad(format!(
+                    "backing file name at offset {backing_offset} is not UTF-8"
+                ))
+            })?;
             h.backing_file = Some(name.to_string());
         }
         h.validate_tables(path, file_len)?;
@@ -372,7 +390,7 @@ impl Header {
         let l2_entries = cs / if self.extended_l2() { 16 } else { 8 };
         // Virtual size: the L1 table needed to map it must fit QEMU's limit.
         let max_l1 = MAX_L1_BYTES / 8;
-        let span = cs.checked_mul(l2_entries).unwrap_or(u64::MAX);
+        let span = cs.saturating_mul(l2_entries);
         let needed_l1 = self.size.div_ceil(span);
         if self.size > (1u64 << 62) || needed_l1 > max_l1 {
             return Err(bad(format!(
@@ -387,9 +405,19 @@ impl Header {
             )));
         }
         if self.l1_size as u64 > max_l1 {
-            return Err(bad(format!("L1 table size {} at offset 36 is too large", self.l1_size)));
+            return Err(bad(format!(
+                "L1 table size {} at offset 36 is too large",
+                self.l1_size
+            )));
         }
-        check_table(path, "L1 table", self.l1_table_offset, self.l1_size as u64 * 8, cs, file_len)?;
+        check_table(
+            path,
+            "L1 table",
+            self.l1_table_offset,
+            self.l1_size as u64 * 8,
+            cs,
+            file_len,
+        )?;
         if self.refcount_table_clusters == 0 {
             return Err(bad("refcount table has 0 clusters (offset 56)".into()));
         }
@@ -400,9 +428,16 @@ impl Header {
                 self.refcount_table_clusters
             )));
         }
-        check_table(path, "refcount table", self.refcount_table_offset, rt_bytes, cs, file_len)?;
+        check_table(
+            path,
+            "refcount table",
+            self.refcount_table_offset,
+            rt_bytes,
+            cs,
+            file_len,
+        )?;
         if self.nb_snapshots > 0 {
-            if self.snapshots_offset % cs != 0 || self.snapshots_offset == 0 {
+            if !self.snapshots_offset.is_multiple_of(cs) || self.snapshots_offset == 0 {
                 return Err(bad(format!(
                     "snapshot table offset {:#x} is not a valid cluster offset",
                     self.snapshots_offset
@@ -478,15 +513,28 @@ impl Header {
     }
 }
 
-fn check_table(path: &str, what: &str, offset: u64, bytes: u64, cs: u64, file_len: u64) -> Result<()> {
+fn check_table(
+    path: &str,
+    what: &str,
+    offset: u64,
+    bytes: u64,
+    cs: u64,
+    file_len: u64,
+) -> Result<()> {
     if bytes == 0 {
         return Ok(());
     }
-    if offset % cs != 0 {
-        return Err(Error::corrupt(path, format!("{what} offset {offset:#x} is not cluster aligned")));
+    if !offset.is_multiple_of(cs) {
+        return Err(Error::corrupt(
+            path,
+            format!("{what} offset {offset:#x} is not cluster aligned"),
+        ));
     }
     if offset == 0 {
-        return Err(Error::corrupt(path, format!("{what} at offset 0 overlaps the header")));
+        return Err(Error::corrupt(
+            path,
+            format!("{what} at offset 0 overlaps the header"),
+        ));
     }
     if offset.checked_add(bytes).is_none_or(|end| end > file_len) {
         return Err(Error::corrupt(

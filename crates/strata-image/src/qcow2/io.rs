@@ -24,9 +24,16 @@ pub(crate) struct Run {
 fn push_run(runs: &mut Vec<Run>, r: Run) {
     if let Some(last) = runs.last_mut() {
         let joined = match (last.kind, r.kind) {
-            (Cluster::Data { host: a, copied: ca }, Cluster::Data { host: b, copied: cb }) => {
-                ca == cb && a + last.len == b
-            }
+            (
+                Cluster::Data {
+                    host: a,
+                    copied: ca,
+                },
+                Cluster::Data {
+                    host: b,
+                    copied: cb,
+                },
+            ) => ca == cb && a + last.len == b,
             (Cluster::Zero { .. }, Cluster::Zero { .. }) => true,
             (Cluster::Unallocated, Cluster::Unallocated) => true,
             _ => false,
@@ -55,7 +62,14 @@ pub(crate) fn map_runs(m: &mut Meta, off: u64, len: u64) -> Result<Vec<Run>> {
         if m.l2_offset(l1_index)? == 0 {
             // A whole missing L2 table is unallocated.
             let table_end = ((l1_index + 1) * geo.l2_span()).min(end);
-            push_run(&mut runs, Run { guest: pos, len: table_end - pos, kind: Cluster::Unallocated });
+            push_run(
+                &mut runs,
+                Run {
+                    guest: pos,
+                    len: table_end - pos,
+                    kind: Cluster::Unallocated,
+                },
+            );
             pos = table_end;
             continue;
         }
@@ -65,10 +79,20 @@ pub(crate) fn map_runs(m: &mut Meta, off: u64, len: u64) -> Result<Vec<Run>> {
         }
         if !geo.extended() {
             let kind = match decode_l2(entry, &geo) {
-                Cluster::Data { host, copied } => Cluster::Data { host: host + (pos - cstart), copied },
+                Cluster::Data { host, copied } => Cluster::Data {
+                    host: host + (pos - cstart),
+                    copied,
+                },
                 k => k,
             };
-            push_run(&mut runs, Run { guest: pos, len: cend - pos, kind });
+            push_run(
+                &mut runs,
+                Run {
+                    guest: pos,
+                    len: cend - pos,
+                    kind,
+                },
+            );
             pos = cend;
             continue;
         }
@@ -76,10 +100,20 @@ pub(crate) fn map_runs(m: &mut Meta, off: u64, len: u64) -> Result<Vec<Run>> {
             let sc = ((pos - cstart) / geo.subcluster_size) as u32;
             let sc_end = (cstart + (sc as u64 + 1) * geo.subcluster_size).min(cend);
             let kind = match decode_subcluster(entry, bitmap, sc, &geo) {
-                Cluster::Data { host, copied } => Cluster::Data { host: host + (pos - cstart), copied },
+                Cluster::Data { host, copied } => Cluster::Data {
+                    host: host + (pos - cstart),
+                    copied,
+                },
                 k => k,
             };
-            push_run(&mut runs, Run { guest: pos, len: sc_end - pos, kind });
+            push_run(
+                &mut runs,
+                Run {
+                    guest: pos,
+                    len: sc_end - pos,
+                    kind,
+                },
+            );
             pos = sc_end;
         }
     }
@@ -120,7 +154,10 @@ impl Qcow2 {
         self.st.read_at(&mut src, off)?;
         let kind = self.meta.lock().header.compression;
         compress::decompress(kind, &src, out).map_err(|e| {
-            Error::corrupt(&self.path, format!("compressed cluster at host offset {off:#x}: {e}"))
+            Error::corrupt(
+                &self.path,
+                format!("compressed cluster at host offset {off:#x}: {e}"),
+            )
         })
     }
 
@@ -162,7 +199,10 @@ impl Qcow2 {
         let mut runs = Vec::new();
         if !self.geo.extended() {
             let kind = match decode_l2(entry, &self.geo) {
-                Cluster::Data { host, copied } => Cluster::Data { host: host + (guest - cstart), copied },
+                Cluster::Data { host, copied } => Cluster::Data {
+                    host: host + (guest - cstart),
+                    copied,
+                },
                 k => k,
             };
             runs.push(Run { guest, len, kind });
@@ -172,10 +212,20 @@ impl Qcow2 {
                 let sc = ((pos - cstart) / self.geo.subcluster_size) as u32;
                 let sc_end = (cstart + (sc as u64 + 1) * self.geo.subcluster_size).min(guest + len);
                 let kind = match decode_subcluster(entry, bitmap, sc, &self.geo) {
-                    Cluster::Data { host, copied } => Cluster::Data { host: host + (pos - cstart), copied },
+                    Cluster::Data { host, copied } => Cluster::Data {
+                        host: host + (pos - cstart),
+                        copied,
+                    },
                     k => k,
                 };
-                push_run(&mut runs, Run { guest: pos, len: sc_end - pos, kind });
+                push_run(
+                    &mut runs,
+                    Run {
+                        guest: pos,
+                        len: sc_end - pos,
+                        kind,
+                    },
+                );
                 pos = sc_end;
             }
         }
@@ -189,7 +239,10 @@ impl Qcow2 {
             return Ok(());
         }
         let runs = map_runs(&mut self.meta.lock(), offset, buf.len() as u64)?;
-        if runs.iter().all(|r| matches!(r.kind, Cluster::Data { copied: true, .. })) {
+        if runs
+            .iter()
+            .all(|r| matches!(r.kind, Cluster::Data { copied: true, .. }))
+        {
             for r in &runs {
                 if let Cluster::Data { host, .. } = r.kind {
                     let at = (r.guest - offset) as usize;
@@ -268,7 +321,11 @@ impl Qcow2 {
             let mut m = self.meta.lock();
             for (i, &(old, _)) in olds.iter().enumerate() {
                 let i = i as u64;
-                m.set_l2_entry(cstart + i * cs, (host + i * cs) | COPIED, bitmaps[i as usize])?;
+                m.set_l2_entry(
+                    cstart + i * cs,
+                    (host + i * cs) | COPIED,
+                    bitmaps[i as usize],
+                )?;
                 m.release_entry(old);
             }
             pos = (cstart + k * cs).min(end);
@@ -278,7 +335,14 @@ impl Qcow2 {
 
     /// Writes into a cluster this image owns; with extended L2 entries,
     /// allocates the touched subclusters (copying partial ones) first.
-    fn write_in_place(&self, host: u64, entry: u64, bitmap: u64, data: &[u8], pos: u64) -> Result<()> {
+    fn write_in_place(
+        &self,
+        host: u64,
+        entry: u64,
+        bitmap: u64,
+        data: &[u8],
+        pos: u64,
+    ) -> Result<()> {
         let geo = self.geo;
         let cstart = geo.cluster_start(pos);
         if !geo.extended() {
@@ -310,7 +374,14 @@ impl Qcow2 {
 
     /// Writes the data of `olds.len()` new clusters at `host` (contiguous);
     /// returns each one's new subcluster bitmap (0 without extended L2).
-    fn write_new_clusters(&self, host: u64, cstart: u64, olds: &[(u64, u64)], buf: &[u8], offset: u64) -> Result<Vec<u64>> {
+    fn write_new_clusters(
+        &self,
+        host: u64,
+        cstart: u64,
+        olds: &[(u64, u64)],
+        buf: &[u8],
+        offset: u64,
+    ) -> Result<Vec<u64>> {
         let geo = self.geo;
         let cs = geo.cluster_size;
         let end = offset + buf.len() as u64;
@@ -327,7 +398,10 @@ impl Qcow2 {
             let h0 = host + i as u64 * cs;
             let full = w0 == g0 && w1 == g0 + cs;
             let subcluster_grain = geo.extended()
-                && matches!(decode_l2(entry, &geo), Cluster::Unallocated | Cluster::Zero { .. });
+                && matches!(
+                    decode_l2(entry, &geo),
+                    Cluster::Unallocated | Cluster::Zero { .. }
+                );
             if full {
                 bitmaps.push(if geo.extended() { all_allocated() } else { 0 });
                 match &mut middle {
@@ -343,13 +417,22 @@ impl Qcow2 {
                 let last = ((w1 - 1 - g0) / scs) as u32;
                 let mask = touched_mask(first, last);
                 let zeros = (bitmap >> 32) & !mask;
-                (g0 + first as u64 * scs, g0 + (last as u64 + 1) * scs, mask | (zeros << 32))
+                (
+                    g0 + first as u64 * scs,
+                    g0 + (last as u64 + 1) * scs,
+                    mask | (zeros << 32),
+                )
             } else {
-                (g0, g0 + cs, if geo.extended() { all_allocated() } else { 0 })
+                (
+                    g0,
+                    g0 + cs,
+                    if geo.extended() { all_allocated() } else { 0 },
+                )
             };
             let mut piece = self.old_contents(entry, bitmap, s, e - s)?;
             let at = (w0 - s) as usize;
-            piece[at..at + (w1 - w0) as usize].copy_from_slice(&buf[(w0 - offset) as usize..(w1 - offset) as usize]);
+            piece[at..at + (w1 - w0) as usize]
+                .copy_from_slice(&buf[(w0 - offset) as usize..(w1 - offset) as usize]);
             bitmaps.push(bm);
             let h = h0 + (s - g0);
             if i == 0 {
@@ -363,7 +446,8 @@ impl Qcow2 {
             self.st.write_at(&bytes, h)?;
         }
         if let Some((h, start, len)) = middle {
-            self.st.write_at(&buf[start as usize..(start + len) as usize], h)?;
+            self.st
+                .write_at(&buf[start as usize..(start + len) as usize], h)?;
         }
         if let Some((h, bytes)) = tail {
             self.st.write_at(&bytes, h)?;
@@ -388,15 +472,35 @@ impl Qcow2 {
             };
             match r.kind {
                 Cluster::Data { host, .. } => {
-                    push_extent(&mut out, Extent { data: true, offset: Some(host), ..base })
+                    // Holes in the file under allocated clusters read as zero.
+                    for (h, n, is_data) in self.st.data_extents(host, r.len)? {
+                        let e = Extent {
+                            start: r.guest + (h - host),
+                            length: n,
+                            data: true,
+                            zero: !is_data,
+                            offset: Some(h),
+                            ..base
+                        };
+                        push_extent(&mut out, e);
+                    }
                 }
                 Cluster::Zero { host } => push_extent(
                     &mut out,
-                    Extent { zero: true, offset: (host != 0).then_some(host), ..base },
+                    Extent {
+                        zero: true,
+                        offset: (host != 0).then_some(host),
+                        ..base
+                    },
                 ),
-                Cluster::Compressed { .. } => {
-                    push_extent(&mut out, Extent { data: true, compressed: true, ..base })
-                }
+                Cluster::Compressed { .. } => push_extent(
+                    &mut out,
+                    Extent {
+                        data: true,
+                        compressed: true,
+                        ..base
+                    },
+                ),
                 Cluster::Unallocated => self.backing_status(&mut out, r.guest, r.len)?,
             }
         }
@@ -419,7 +523,11 @@ impl Qcow2 {
             return Ok(());
         };
         let bsize = b.size();
-        let inside = if start < bsize { (bsize - start).min(len) } else { 0 };
+        let inside = if start < bsize {
+            (bsize - start).min(len)
+        } else {
+            0
+        };
         if inside > 0 {
             for mut e in b.block_status(start, inside)? {
                 e.depth += 1;
@@ -436,7 +544,11 @@ impl Qcow2 {
 fn touched_mask(first: u32, last: u32) -> u64 {
     debug_assert!(first <= last && last < SUBCLUSTERS);
     let n = last - first + 1;
-    let ones = if n == 32 { 0xffff_ffffu64 } else { (1u64 << n) - 1 };
+    let ones = if n == 32 {
+        0xffff_ffffu64
+    } else {
+        (1u64 << n) - 1
+    };
     ones << first
 }
 
@@ -450,11 +562,17 @@ impl Qcow2 {
     /// cluster of an image may be short: it is padded with zeros.
     pub fn write_compressed(&self, offset: u64, data: &[u8]) -> Result<()> {
         let cs = self.geo.cluster_size;
-        if offset % cs != 0 || data.len() as u64 > cs || (data.len() as u64 != cs && offset + data.len() as u64 != self.size()) {
-            return Err(Error::invalid(&self.path, format!(
-                "compressed writes must cover one whole cluster (offset {offset}, length {})",
-                data.len()
-            )));
+        if !offset.is_multiple_of(cs)
+            || data.len() as u64 > cs
+            || (data.len() as u64 != cs && offset + data.len() as u64 != self.size())
+        {
+            return Err(Error::invalid(
+                &self.path,
+                format!(
+                    "compressed writes must cover one whole cluster (offset {offset}, length {})",
+                    data.len()
+                ),
+            ));
         }
         self.check_write(offset, data.len() as u64)?;
         let mut cluster = data.to_vec();

@@ -67,7 +67,12 @@ pub(crate) fn from_be_bytes(bytes: &[u8]) -> Vec<u64> {
 
 impl Meta {
     /// Builds the state for a freshly opened image; reads L1 and refcount table.
-    pub fn load(st: Arc<dyn Storage>, path: String, header: Header, cache_bytes: u64) -> Result<Self> {
+    pub fn load(
+        st: Arc<dyn Storage>,
+        path: String,
+        header: Header,
+        cache_bytes: u64,
+    ) -> Result<Self> {
         let geo = Geometry::new(&header);
         let mut l1_raw = vec![0u8; header.l1_size as usize * 8];
         st.read_at(&mut l1_raw, header.l1_table_offset)?;
@@ -123,7 +128,9 @@ impl Meta {
             let at = self.header.l1_table_offset + l1_index * 8;
             self.check_host(off, "L1 entry", at)?;
             if e & L1_RESERVED != 0 {
-                return Err(self.corrupt(format!("L1 entry at offset {at:#x} has reserved bits set ({e:#x})")));
+                return Err(self.corrupt(format!(
+                    "L1 entry at offset {at:#x} has reserved bits set ({e:#x})"
+                )));
             }
         }
         Ok(off)

@@ -22,7 +22,7 @@ mod types;
 mod zero;
 
 pub use check::{CheckMode, CheckReport};
-pub use create::{create, CreateOptions};
+pub use create::{create, CreateOptions, Preallocation};
 pub use header::{CompressionType, Header};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +52,12 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { writable: false, lock: true, cache_bytes: 32 << 20, allow_corrupt: false }
+        OpenOptions {
+            writable: false,
+            lock: true,
+            cache_bytes: 32 << 20,
+            allow_corrupt: false,
+        }
     }
 }
 
@@ -82,11 +87,19 @@ pub fn read_header(st: &dyn Storage) -> Result<Header> {
 
 impl Qcow2 {
     /// Opens a qcow2 image on `st`, with `backing` as the image below it.
-    pub fn open(st: Arc<dyn Storage>, backing: Option<Arc<dyn Image>>, opts: &OpenOptions) -> Result<Qcow2> {
+    pub fn open(
+        st: Arc<dyn Storage>,
+        backing: Option<Arc<dyn Image>>,
+        opts: &OpenOptions,
+    ) -> Result<Qcow2> {
         let path = st.name().to_string();
         let header = read_header(st.as_ref())?;
         if opts.lock {
-            st.lock(if opts.writable { LockMode::Write } else { LockMode::Read })?;
+            st.lock(if opts.writable {
+                LockMode::Write
+            } else {
+                LockMode::Read
+            })?;
         }
         if opts.writable && header.incompatible & INCOMPAT_CORRUPT != 0 && !opts.allow_corrupt {
             return Err(Error::corrupt(
@@ -99,10 +112,13 @@ impl Qcow2 {
         let mut meta = Meta::load(st.clone(), path.clone(), header, opts.cache_bytes)?;
         if opts.writable {
             // Autoclear bits we do not maintain must be cleared before writing.
-            let unknown = meta.header.autoclear & !0;
+            // Bitmaps (bit 0) are not maintained yet: every autoclear bit is unknown.
+            let unknown = meta.header.autoclear;
             if unknown != 0 {
                 if unknown & AUTOCLEAR_BITMAPS != 0 {
-                    tracing::warn!("{path}: bitmaps are not maintained yet; they become inconsistent");
+                    tracing::warn!(
+                        "{path}: bitmaps are not maintained yet; they become inconsistent"
+                    );
                 }
                 meta.header.autoclear = 0;
                 meta.write_header()?;
@@ -145,7 +161,9 @@ impl Qcow2 {
     /// Checks refcounts and tables; repairs what `mode` allows.
     pub fn check(&self, mode: CheckMode) -> Result<CheckReport> {
         if mode != CheckMode::ReadOnly && !self.writable {
-            return Err(Error::ReadOnly { path: self.path.clone() });
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
         }
         let _g = self.gate.write();
         let _a = self.alloc.lock();
@@ -155,9 +173,26 @@ impl Qcow2 {
 
     /// Creates a qcow2 file at `path` (mode 0600; refuses to overwrite).
     pub fn create_file(path: &std::path::Path, opts: &CreateOptions) -> Result<()> {
-        let st = crate::storage::FileStorage::create(path, false)?;
-        if let Err(e) = create(&st, opts) {
-            drop(st);
+        let st: Arc<dyn Storage> = Arc::new(crate::storage::FileStorage::create(path, false)?);
+        let made = create(st.as_ref(), opts).and_then(|()| {
+            if opts.preallocation == Preallocation::Off {
+                return Ok(());
+            }
+            let img = Qcow2::open(
+                st,
+                None,
+                &OpenOptions {
+                    writable: true,
+                    ..Default::default()
+                },
+            )?;
+            let _g = img.gate.write();
+            let _a = img.alloc.lock();
+            let mut m = img.meta.lock();
+            create::preallocate(&mut m, opts.preallocation)?;
+            m.close()
+        });
+        if let Err(e) = made {
             let _ = std::fs::remove_file(path);
             return Err(e);
         }
@@ -166,7 +201,9 @@ impl Qcow2 {
 
     fn check_write(&self, offset: u64, len: u64) -> Result<()> {
         if !self.writable {
-            return Err(Error::ReadOnly { path: self.path.clone() });
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
         }
         check_range(&self.path, self.size(), offset, len)
     }
@@ -175,7 +212,9 @@ impl Qcow2 {
     /// (no data is touched: this is `rebase -u`).
     pub fn set_backing(&self, name: Option<&str>, format: Option<&str>) -> Result<()> {
         if !self.writable {
-            return Err(Error::ReadOnly { path: self.path.clone() });
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
         }
         let mut m = self.meta.lock();
         m.flush()?;
@@ -197,7 +236,9 @@ impl Qcow2 {
     /// reads from its backing file (what `commit` leaves in the top image).
     pub fn make_empty(&self) -> Result<()> {
         if !self.writable {
-            return Err(Error::ReadOnly { path: self.path.clone() });
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
         }
         let _g = self.gate.write();
         let _a = self.alloc.lock();
@@ -223,7 +264,9 @@ impl Qcow2 {
     /// Grows the virtual size (the L1 table moves when it must grow).
     pub fn grow(&self, new_size: u64) -> Result<()> {
         if !self.writable {
-            return Err(Error::ReadOnly { path: self.path.clone() });
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            });
         }
         let _g = self.gate.write();
         let _a = self.alloc.lock();

@@ -128,7 +128,9 @@ impl Meta {
         let cluster = host >> self.geo.cluster_bits;
         let rc = self.refcount(cluster)?;
         if rc == 0 {
-            return Err(self.corrupt(format!("refcount of cluster at {host:#x} would drop below zero")));
+            return Err(self.corrupt(format!(
+                "refcount of cluster at {host:#x} would drop below zero"
+            )));
         }
         self.set_refcount(cluster, rc - 1)?;
         if rc == 1 {
@@ -207,7 +209,7 @@ impl Meta {
     pub fn alloc_bytes(&mut self, len: u64) -> Result<u64> {
         let cs = self.geo.cluster_size;
         let tail = self.compressed_tail;
-        if tail != 0 && tail % cs != 0 {
+        if tail != 0 && !tail.is_multiple_of(cs) {
             let room = cs - tail % cs;
             if len <= room {
                 self.increment(tail >> self.geo.cluster_bits)?;
@@ -253,7 +255,12 @@ impl Meta {
             if cbi == bi {
                 // The block describes itself.
                 let mut block = vec![0u8; self.geo.cluster_size as usize];
-                set_entry(&mut block, c % self.geo.rb_entries, self.geo.refcount_bits, 1);
+                set_entry(
+                    &mut block,
+                    c % self.geo.rb_entries,
+                    self.geo.refcount_bits,
+                    1,
+                );
                 self.rb.insert(off, block, true);
                 break off;
             }
@@ -266,7 +273,8 @@ impl Meta {
                 continue;
             }
             self.set_refcount(c, 1)?;
-            self.rb.insert(off, vec![0u8; self.geo.cluster_size as usize], true);
+            self.rb
+                .insert(off, vec![0u8; self.geo.cluster_size as usize], true);
             break off;
         };
         self.rt[bi as usize] = off;
@@ -296,7 +304,11 @@ impl Meta {
             loop {
                 let area_end = end + table_clusters + nb;
                 let needed = (self.block_index(end)..=self.block_index(area_end - 1))
-                    .filter(|&bi| self.rt.get(bi as usize).is_none_or(|&e| e & OFFSET_MASK == 0))
+                    .filter(|&bi| {
+                        self.rt
+                            .get(bi as usize)
+                            .is_none_or(|&e| e & OFFSET_MASK == 0)
+                    })
                     .count() as u64;
                 if needed == nb {
                     break;
@@ -306,7 +318,11 @@ impl Meta {
             let last_bi = self.block_index(end + table_clusters + nb - 1);
             if last_bi < entries {
                 let list: Vec<u64> = (self.block_index(end)..=last_bi)
-                    .filter(|&bi| self.rt.get(bi as usize).is_none_or(|&e| e & OFFSET_MASK == 0))
+                    .filter(|&bi| {
+                        self.rt
+                            .get(bi as usize)
+                            .is_none_or(|&e| e & OFFSET_MASK == 0)
+                    })
                     .collect();
                 break (table_clusters, list);
             }
@@ -386,12 +402,20 @@ mod tests {
             let bits = 1u32 << order;
             let mut block = vec![0u8; 512];
             let n = 512 * 8 / bits as u64;
-            let max = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+            let max = if bits == 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            };
             for i in 0..n {
                 set_entry(&mut block, i, bits, (i * 7919) & max);
             }
             for i in 0..n {
-                assert_eq!(get_entry(&block, i, bits), (i * 7919) & max, "bits {bits} entry {i}");
+                assert_eq!(
+                    get_entry(&block, i, bits),
+                    (i * 7919) & max,
+                    "bits {bits} entry {i}"
+                );
             }
         }
     }

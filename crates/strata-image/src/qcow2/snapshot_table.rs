@@ -49,7 +49,12 @@ pub fn read_table(st: &dyn Storage, offset: u64, count: u32) -> Result<(Vec<Snap
     let mut out = Vec::with_capacity(count.min(65536) as usize);
     let mut at = offset;
     for i in 0..count {
-        let bad = |what: String| Error::corrupt(path, format!("snapshot table entry {i} at offset {at:#x}: {what}"));
+        let bad = |what: String| {
+            Error::corrupt(
+                path,
+                format!("snapshot table entry {i} at offset {at:#x}: {what}"),
+            )
+        };
         if at + 40 > file_len || at - offset > MAX_TABLE_BYTES {
             return Err(bad("runs past the end of the file".into()));
         }
@@ -61,7 +66,9 @@ pub fn read_table(st: &dyn Storage, offset: u64, count: u32) -> Result<(Vec<Snap
         let total = 40 + extra_len + id_len + name_len;
         let padded = total.div_ceil(8) * 8;
         if at + total > file_len || extra_len > 1024 {
-            return Err(bad(format!("entry of {total} bytes runs past the end of the file or is too large")));
+            return Err(bad(format!(
+                "entry of {total} bytes runs past the end of the file or is too large"
+            )));
         }
         let mut rest = vec![0u8; (total - 40) as usize];
         st.read_at(&mut rest, at + 40)?;

@@ -149,7 +149,10 @@ pub fn decode_l2(entry: u64, geo: &Geometry) -> Cluster {
     if host == 0 {
         return Cluster::Unallocated;
     }
-    Cluster::Data { host, copied: entry & COPIED != 0 }
+    Cluster::Data {
+        host,
+        copied: entry & COPIED != 0,
+    }
 }
 
 /// Status of subcluster `sc` in an extended L2 entry.

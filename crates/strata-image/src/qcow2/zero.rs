@@ -12,7 +12,13 @@ const ALL_ZERO_BITMAP: u64 = 0xffff_ffff << 32;
 
 impl Qcow2 {
     /// Zeroes (or discards, with `discard`) `[offset, offset+len)`.
-    pub(crate) fn zero_range(&self, offset: u64, len: u64, unmap: bool, discard: bool) -> Result<()> {
+    pub(crate) fn zero_range(
+        &self,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+        discard: bool,
+    ) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -22,9 +28,17 @@ impl Qcow2 {
         let last_full = self.geo.cluster_start(end);
         // A tail cluster cut short by the end of the image counts as whole.
         let size = self.size();
-        let last_full = if end == size { end.div_ceil(cs) * cs } else { last_full };
+        let last_full = if end == size {
+            end.div_ceil(cs) * cs
+        } else {
+            last_full
+        };
         if first_full >= last_full {
-            return if discard { Ok(()) } else { self.zero_partial(offset, end) };
+            return if discard {
+                Ok(())
+            } else {
+                self.zero_partial(offset, end)
+            };
         }
         if !discard {
             self.zero_partial(offset, first_full)?;
@@ -33,7 +47,12 @@ impl Qcow2 {
         let explicit = {
             let _g = self.gate.write();
             let _a = self.alloc.lock();
-            self.zero_clusters(first_full, last_full.min(end.div_ceil(cs) * cs), unmap, discard)?
+            self.zero_clusters(
+                first_full,
+                last_full.min(end.div_ceil(cs) * cs),
+                unmap,
+                discard,
+            )?
         };
         // Clusters this format cannot mark as zero get written with zeros.
         for (start, n) in explicit {
@@ -61,7 +80,13 @@ impl Qcow2 {
 
     /// Changes the L2 entries of whole clusters in `[start, end)`; returns the
     /// ranges that still need explicit zeros (version 2 over a backing file).
-    fn zero_clusters(&self, start: u64, end: u64, unmap: bool, discard: bool) -> Result<Vec<(u64, u64)>> {
+    fn zero_clusters(
+        &self,
+        start: u64,
+        end: u64,
+        unmap: bool,
+        discard: bool,
+    ) -> Result<Vec<(u64, u64)>> {
         let geo = self.geo;
         let cs = geo.cluster_size;
         let has_backing = self.backing.is_some();

@@ -62,8 +62,16 @@ pub struct FaultStorage {
 impl FaultStorage {
     /// A storage starting with `bytes` (taken as durable).
     pub fn new(name: &str, bytes: Vec<u8>, config: FaultConfig) -> Self {
-        let state = State { live: bytes.clone(), durable: bytes, config, ..State::default() };
-        FaultStorage { state: Arc::new(Mutex::new(state)), name: name.to_string() }
+        let state = State {
+            live: bytes.clone(),
+            durable: bytes,
+            config,
+            ..State::default()
+        };
+        FaultStorage {
+            state: Arc::new(Mutex::new(state)),
+            name: name.to_string(),
+        }
     }
 
     /// Number of writes issued so far (including the failed one).

@@ -25,7 +25,11 @@ impl FileStorage {
             .write(writable)
             .open(path)
             .map_err(|e| Error::io(&name, "open", 0, e))?;
-        Ok(FileStorage { file, name, writable })
+        Ok(FileStorage {
+            file,
+            name,
+            writable,
+        })
     }
 
     /// Creates a new file with mode 0600; fails if it exists and `overwrite` is false.
@@ -38,8 +42,14 @@ impl FileStorage {
         } else {
             opts.create_new(true);
         }
-        let file = opts.open(path).map_err(|e| Error::io(&name, "create", 0, e))?;
-        Ok(FileStorage { file, name, writable: true })
+        let file = opts
+            .open(path)
+            .map_err(|e| Error::io(&name, "create", 0, e))?;
+        Ok(FileStorage {
+            file,
+            name,
+            writable: true,
+        })
     }
 
     /// True when opened for writing.
@@ -49,9 +59,7 @@ impl FileStorage {
 
     fn fallocate(&self, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {
         // SAFETY: the fd is open for the call; fallocate takes plain integers.
-        let r = unsafe {
-            libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, len as i64)
-        };
+        let r = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, len as i64) };
         if r < 0 {
             Err(std::io::Error::last_os_error())
         } else {
@@ -88,20 +96,30 @@ impl Storage for FileStorage {
     }
 
     fn flush(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io(&self.name, "flush", 0, e))
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(&self.name, "flush", 0, e))
     }
 
     fn len(&self) -> Result<u64> {
-        let meta = self.file.metadata().map_err(|e| Error::io(&self.name, "stat", 0, e))?;
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.name, "stat", 0, e))?;
         Ok(meta.len())
     }
 
     fn set_len(&self, len: u64) -> Result<()> {
-        self.file.set_len(len).map_err(|e| Error::io(&self.name, "truncate", len, e))
+        self.file
+            .set_len(len)
+            .map_err(|e| Error::io(&self.name, "truncate", len, e))
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        if self.fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len).is_ok() {
+        if self
+            .fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len)
+            .is_ok()
+        {
             return Ok(());
         }
         super::write_zeroes_by_buffer(self, offset, len)
@@ -114,7 +132,10 @@ impl Storage for FileStorage {
             return Ok(());
         }
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        if self.fallocate(mode, offset, end.min(file_len) - offset).is_ok() {
+        if self
+            .fallocate(mode, offset, end.min(file_len) - offset)
+            .is_ok()
+        {
             return Ok(());
         }
         self.write_zeroes(offset, len)
@@ -166,7 +187,11 @@ impl Storage for FileStorage {
             }
             // SAFETY: as above.
             let hole = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_HOLE) };
-            let hole = if hole < 0 { end } else { (hole as u64).min(end) };
+            let hole = if hole < 0 {
+                end
+            } else {
+                (hole as u64).min(end)
+            };
             out.push((pos, hole - pos, true));
             pos = hole;
         }
@@ -175,7 +200,10 @@ impl Storage for FileStorage {
 
     fn allocated_bytes(&self) -> Result<u64> {
         use std::os::unix::fs::MetadataExt;
-        let meta = self.file.metadata().map_err(|e| Error::io(&self.name, "stat", 0, e))?;
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.name, "stat", 0, e))?;
         Ok(meta.blocks() * 512)
     }
 }

@@ -111,12 +111,18 @@ pub(crate) fn apply(file: &File, path: &str, mode: LockMode) -> Result<()> {
     let io = |e| Error::io(path, "lock", 0, e);
     for &p in mode.held() {
         if held_by_other(file, SHARED_BASE + p as i64).map_err(io)? {
-            return Err(Error::Locked { path: path.to_string(), perm: p.name() });
+            return Err(Error::Locked {
+                path: path.to_string(),
+                perm: p.name(),
+            });
         }
     }
     for &p in mode.unshared() {
         if held_by_other(file, PERM_BASE + p as i64).map_err(io)? {
-            return Err(Error::Locked { path: path.to_string(), perm: p.name() });
+            return Err(Error::Locked {
+                path: path.to_string(),
+                perm: p.name(),
+            });
         }
     }
     let all = [

@@ -16,12 +16,18 @@ pub struct MemoryStorage {
 impl MemoryStorage {
     /// An empty storage called `name`.
     pub fn new(name: &str) -> Self {
-        MemoryStorage { data: Arc::default(), name: name.to_string() }
+        MemoryStorage {
+            data: Arc::default(),
+            name: name.to_string(),
+        }
     }
 
     /// A storage holding `bytes`.
     pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Self {
-        MemoryStorage { data: Arc::new(RwLock::new(bytes)), name: name.to_string() }
+        MemoryStorage {
+            data: Arc::new(RwLock::new(bytes)),
+            name: name.to_string(),
+        }
     }
 
     /// A copy of the current contents.

@@ -11,7 +11,10 @@ use strata_image::{ChainOptions, Image};
 
 /// Runs a peer tool; panics with its output when it fails.
 pub fn run(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
     if !out.status.success() {
         panic!(
             "{tool} {args:?} failed ({}):\n{}{}",
@@ -25,7 +28,10 @@ pub fn run(tool: &str, args: &[&str]) -> String {
 
 /// Runs a peer tool and returns (exit code, stdout+stderr).
 pub fn run_status(tool: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
@@ -34,13 +40,27 @@ pub fn run_status(tool: &str, args: &[&str]) -> (i32, String) {
 /// `qemu-img check` must report no errors and no leaks.
 pub fn assert_qemu_clean(path: &Path) {
     let (code, text) = run_status("qemu-img", &["check", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "qemu-img check {} is not clean:\n{text}", path.display());
+    assert_eq!(
+        code,
+        0,
+        "qemu-img check {} is not clean:\n{text}",
+        path.display()
+    );
 }
 
 /// `qemu-img compare` of two images must say identical.
 pub fn assert_qemu_identical(a: &Path, b: &Path) {
-    let (code, text) = run_status("qemu-img", &["compare", a.to_str().unwrap(), b.to_str().unwrap()]);
-    assert_eq!(code, 0, "qemu-img compare {} {}:\n{text}", a.display(), b.display());
+    let (code, text) = run_status(
+        "qemu-img",
+        &["compare", a.to_str().unwrap(), b.to_str().unwrap()],
+    );
+    assert_eq!(
+        code,
+        0,
+        "qemu-img compare {} {}:\n{text}",
+        a.display(),
+        b.display()
+    );
 }
 
 /// A temp dir that lives for the test.
@@ -55,7 +75,14 @@ pub fn create(path: &Path, opts: CreateOptions) {
 
 /// Opens an image (and chain) read-write.
 pub fn open_rw(path: &Path) -> Arc<dyn Image> {
-    strata_image::open(path, &ChainOptions { writable: true, ..Default::default() }).expect("open rw")
+    strata_image::open(
+        path,
+        &ChainOptions {
+            writable: true,
+            ..Default::default()
+        },
+    )
+    .expect("open rw")
 }
 
 /// Opens an image (and chain) read-only.
@@ -126,11 +153,13 @@ pub fn random_writes(img: &dyn Image, model: &mut [u8], rng: &mut Rng, ops: usiz
         let off = rng.below(size - len.min(size));
         let len = len.min(size - off);
         if rng.below(5) == 0 {
-            img.write_zeroes(off, len, rng.below(2) == 0).unwrap_or_else(|e| panic!("op {i}: zero {off}+{len}: {e}"));
+            img.write_zeroes(off, len, rng.below(2) == 0)
+                .unwrap_or_else(|e| panic!("op {i}: zero {off}+{len}: {e}"));
             model[off as usize..(off + len) as usize].fill(0);
         } else {
             let data = pattern(len as usize, rng.next());
-            img.write_at(&data, off).unwrap_or_else(|e| panic!("op {i}: write {off}+{len}: {e}"));
+            img.write_at(&data, off)
+                .unwrap_or_else(|e| panic!("op {i}: write {off}+{len}: {e}"));
             model[off as usize..(off + len) as usize].copy_from_slice(&data);
         }
     }
