@@ -139,6 +139,11 @@ fn qcow2_data(h: &Header) -> Qcow2Data {
     }
 }
 
+/// `n` rounded up to whole 512-byte sectors.
+fn sectors(n: u64) -> u64 {
+    n.div_ceil(512).saturating_mul(512)
+}
+
 /// Describes one open layer; `filename` is how the user (or the chain) named it.
 fn describe(img: &dyn Image, filename: &str) -> Result<ImageInfo> {
     let any = img.as_any();
@@ -177,6 +182,8 @@ fn describe(img: &dyn Image, filename: &str) -> Result<ImageInfo> {
         }
         q.storage()
     } else if let Some(r) = any.downcast_ref::<RawImage>() {
+        // QEMU sees files in whole 512-byte sectors.
+        info.virtual_size = sectors(info.virtual_size);
         r.storage()
     } else {
         anyhow::bail!("{filename}: unknown image driver");
@@ -185,7 +192,7 @@ fn describe(img: &dyn Image, filename: &str) -> Result<ImageInfo> {
         name: "file",
         info: FileInfo {
             children: Vec::new(),
-            virtual_size: storage.len()?,
+            virtual_size: sectors(storage.len()?),
             filename: filename.to_string(),
             format: "file",
             actual_size,

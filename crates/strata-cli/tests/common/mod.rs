@@ -1,0 +1,220 @@
+//! Helpers shared by the CLI tests: run the real `strata` binary and the
+//! QEMU tools (the oracle) in temp dirs, build deterministic data.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// What a finished process left behind.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit status (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard output as bytes.
+    pub raw_stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            raw_stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with the output unless the exit status is `code`.
+    pub fn expect(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit status\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the command failed with exactly one `strata: error:`
+    /// line on stderr that mentions `needle`; returns that line.
+    pub fn one_error(&self, code: i32, needle: &str) -> String {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit status\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one line on stderr, got:\n{}",
+            self.stderr
+        );
+        assert!(
+            lines[0].starts_with("strata: error: "),
+            "bad error line: {}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains(needle),
+            "error line {:?} does not mention {needle:?}",
+            lines[0]
+        );
+        lines[0].to_string()
+    }
+
+    /// Stdout parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Runs `program args…` in `dir`.
+pub fn run_in(dir: &Path, program: &str, args: &[&str]) -> Run {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    Run::from(out)
+}
+
+/// Runs the strata binary in `dir`.
+pub fn strata(dir: &Path, args: &[&str]) -> Run {
+    run_in(dir, env!("CARGO_BIN_EXE_strata"), args)
+}
+
+/// Runs the strata binary in `dir` with `input` on stdin.
+pub fn strata_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn strata");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    Run::from(child.wait_with_output().expect("wait strata"))
+}
+
+/// Runs strata and expects success.
+pub fn ok(dir: &Path, args: &[&str]) -> Run {
+    strata(dir, args).expect(0)
+}
+
+/// Runs qemu-img in `dir` and expects success.
+pub fn qemu_img(dir: &Path, args: &[&str]) -> Run {
+    run_in(dir, "qemu-img", args).expect(0)
+}
+
+/// Runs qemu-io in `dir` on `file` (format probed unless given) with commands.
+pub fn qemu_io(dir: &Path, fmt: &str, file: &str, cmds: &[&str]) {
+    let mut args = vec!["-f", fmt];
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push(file);
+    let r = run_in(dir, "qemu-io", &args).expect(0);
+    assert!(
+        !r.stdout.contains("error") && !r.stdout.contains("failed"),
+        "qemu-io: {}",
+        r.stdout
+    );
+}
+
+/// `qemu-img check` must find the image clean.
+pub fn assert_clean(dir: &Path, file: &str) {
+    let r = run_in(dir, "qemu-img", &["check", file]);
+    assert_eq!(
+        r.code, 0,
+        "qemu-img check {file} is not clean:\n{}{}",
+        r.stdout, r.stderr
+    );
+}
+
+/// `qemu-img compare` must find the images identical.
+pub fn assert_same(dir: &Path, a: &str, b: &str) {
+    let r = run_in(dir, "qemu-img", &["compare", a, b]);
+    assert_eq!(
+        r.code, 0,
+        "qemu-img compare {a} {b}:\n{}{}",
+        r.stdout, r.stderr
+    );
+}
+
+/// `qemu-img compare` must find the images different.
+pub fn assert_differ(dir: &Path, a: &str, b: &str) {
+    let r = run_in(dir, "qemu-img", &["compare", a, b]);
+    assert_eq!(
+        r.code, 1,
+        "qemu-img compare {a} {b}:\n{}{}",
+        r.stdout, r.stderr
+    );
+}
+
+/// A temp dir for one test.
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Deterministic pseudo-random bytes, different per seed.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A raw reference image: `size` zero bytes with `writes` applied.
+pub fn reference(dir: &Path, name: &str, size: usize, writes: &[(usize, &[u8])]) -> PathBuf {
+    let mut data = vec![0u8; size];
+    for (at, bytes) in writes {
+        data[*at..*at + bytes.len()].copy_from_slice(bytes);
+    }
+    let p = dir.join(name);
+    std::fs::write(&p, data).expect("write reference");
+    p
+}
+
+/// Writes `bytes` into a file in `dir` and returns its name.
+pub fn file_with(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    std::fs::write(dir.join(name), bytes).expect("write file");
+    name.to_string()
+}
+
+/// Overwrites bytes of a file in place (to break images on purpose).
+pub fn poke(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open for poke");
+    f.write_all_at(bytes, offset).expect("poke");
+}
+
+/// Reads a big-endian u64 at `offset` of a file.
+pub fn peek_u64(path: &Path, offset: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).expect("open for peek");
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, offset).expect("peek");
+    u64::from_be_bytes(b)
+}
