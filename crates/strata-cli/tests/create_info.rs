@@ -378,6 +378,22 @@ fn raw_images_round_up_and_preallocate() {
 }
 
 #[test]
+fn qcow2_preallocation_maps_every_cluster_as_qemu_does() {
+    let d = tmp();
+    let p = d.path();
+    for mode in ["metadata", "falloc", "full"] {
+        let (s, q) = (format!("s-{mode}.qcow2"), format!("q-{mode}.qcow2"));
+        let opt = format!("preallocation={mode}");
+        ok(p, &["img", "create", "-f", "qcow2", "-o", &opt, &s, "1M"]);
+        qemu_img(p, &["create", "-f", "qcow2", "-o", &opt, &q, "1M"]);
+        assert_clean(p, &s);
+        let sm = qemu_img(p, &["map", "--output=json", &s]).json();
+        let qm = qemu_img(p, &["map", "--output=json", &q]).json();
+        assert_eq!(sm, qm, "{mode}");
+    }
+}
+
+#[test]
 fn bad_create_requests_fail_before_touching_files() {
     let d = tmp();
     let p = d.path();
@@ -395,7 +411,8 @@ fn bad_create_requests_fail_before_touching_files() {
             "lazy_refcounts",
         ),
         (&["-o", "extended_l2=on,cluster_size=4K"], 2, "extended_l2"),
-        (&["-o", "preallocation=full"], 2, "preallocation"),
+        (&["-o", "preallocation=some"], 2, "preallocation"),
+        (&["-f", "raw", "-o", "preallocation=metadata"], 2, "preallocation"),
         (&["-f", "raw", "-o", "cluster_size=64K"], 2, "cluster_size"),
         (&["-f", "raw", "-b", "x.qcow2"], 2, "backing"),
         (&["-F", "raw"], 2, "-F"),

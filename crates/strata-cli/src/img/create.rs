@@ -9,7 +9,9 @@ use strata_image::qcow2::{CreateOptions, Qcow2};
 use strata_image::storage::{FileStorage, Storage};
 use strata_image::Format;
 
-use super::options::{self, FormatOptions, Preallocation};
+use strata_image::qcow2::Preallocation;
+
+use super::options::{self, FormatOptions};
 use super::{format_of, open, shown, OpenSpec};
 use crate::cli::CreateArgs;
 use crate::exit::{usage, OK};

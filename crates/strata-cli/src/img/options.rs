@@ -2,35 +2,19 @@
 //! with qemu-img's names. A doubled comma (`,,`) is a literal comma.
 
 use anyhow::Result;
-use strata_image::qcow2::{CompressionType, CreateOptions};
+use strata_image::qcow2::{CompressionType, CreateOptions, Preallocation};
 use strata_image::Format;
 
 use crate::exit::usage;
 use crate::size::parse_size;
 
-/// `preallocation=`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Preallocation {
-    /// Allocate nothing up front.
-    #[default]
-    Off,
-    /// Allocate metadata only.
-    Metadata,
-    /// Reserve the space with fallocate.
-    Falloc,
-    /// Write zeros over the whole image.
-    Full,
-}
-
-impl Preallocation {
-    /// The name qemu-img uses.
-    pub fn name(self) -> &'static str {
-        match self {
-            Preallocation::Off => "off",
-            Preallocation::Metadata => "metadata",
-            Preallocation::Falloc => "falloc",
-            Preallocation::Full => "full",
-        }
+/// The name qemu-img uses for a preallocation mode.
+pub fn prealloc_name(p: Preallocation) -> &'static str {
+    match p {
+        Preallocation::Off => "off",
+        Preallocation::Metadata => "metadata",
+        Preallocation::Falloc => "falloc",
+        Preallocation::Full => "full",
     }
 }
 
@@ -137,13 +121,10 @@ pub fn parse(args: &[String]) -> Result<FormatOptions> {
                     })
                 }
                 "preallocation" => {
-                    o.preallocation = Some(match value {
-                        "off" => Preallocation::Off,
-                        "metadata" => Preallocation::Metadata,
-                        "falloc" => Preallocation::Falloc,
-                        "full" => Preallocation::Full,
-                        _ => return Err(bad("off, metadata, falloc or full")),
-                    })
+                    o.preallocation = Some(
+                        Preallocation::parse(value)
+                            .ok_or_else(|| bad("off, metadata, falloc or full"))?,
+                    )
                 }
                 "backing_file" => o.backing_file = Some(value.to_string()),
                 "backing_fmt" => {
@@ -162,8 +143,7 @@ pub fn parse(args: &[String]) -> Result<FormatOptions> {
 }
 
 impl FormatOptions {
-    /// Refuses options the format does not have, and preallocation modes
-    /// that are not implemented for it.
+    /// Refuses options the format does not have.
     pub fn check_for(&self, format: Format) -> Result<()> {
         if format == Format::Raw {
             let qcow2_only = [
@@ -184,11 +164,6 @@ impl FormatOptions {
                     "preallocation=metadata is not valid for format raw (use off, falloc or full)",
                 ));
             }
-        } else if let Some(p) = self.preallocation.filter(|&p| p != Preallocation::Off) {
-            return Err(usage(format!(
-                "preallocation={} is not supported for qcow2 yet (only preallocation=off)",
-                p.name()
-            )));
         }
         Ok(())
     }
@@ -210,7 +185,7 @@ impl FormatOptions {
             lazy_refcounts: self.lazy_refcounts.unwrap_or(d.lazy_refcounts),
             backing_file,
             backing_format,
-            ..d
+            preallocation: self.preallocation.unwrap_or_default(),
         }
     }
 }
@@ -237,15 +212,24 @@ pub fn formatting_line(
     if format == Format::Raw {
         s.push_str(&format!(" size={}", c.size));
         if let Some(p) = given.preallocation.filter(|&p| p != Preallocation::Off) {
-            s.push_str(&format!(" preallocation={}", p.name()));
+            s.push_str(&format!(" preallocation={}", prealloc_name(p)));
         }
         return s;
     }
     let onoff = |b: bool| if b { "on" } else { "off" };
     s.push_str(&format!(
-        " cluster_size={} extended_l2={} compression_type={} size={}",
+        " cluster_size={} extended_l2={}",
         c.cluster_size,
-        onoff(c.extended_l2),
+        onoff(c.extended_l2)
+    ));
+    if c.preallocation != Preallocation::Off {
+        s.push_str(&format!(
+            " preallocation={}",
+            prealloc_name(c.preallocation)
+        ));
+    }
+    s.push_str(&format!(
+        " compression_type={} size={}",
         c.compression.name(),
         c.size
     ));
@@ -312,6 +296,8 @@ mod tests {
         assert!(o.check_for(Format::Qcow2).is_ok());
         let o = parse(&["preallocation=full".into()]).expect("valid");
         assert!(o.check_for(Format::Raw).is_ok());
-        assert!(o.check_for(Format::Qcow2).is_err());
+        assert!(o.check_for(Format::Qcow2).is_ok());
+        let o = parse(&["preallocation=metadata".into()]).expect("valid");
+        assert!(o.check_for(Format::Raw).is_err());
     }
 }
