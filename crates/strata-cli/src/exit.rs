@@ -123,12 +123,16 @@ pub fn clap_failure(err: clap::Error) -> ExitCode {
             ExitCode::from(code)
         }
         _ => {
+            // clap's first paragraph, on one line ("Usage:" and tips follow it).
             let rendered = err.to_string();
-            let first = rendered
+            let first = rendered.trim().split("\n\n").next().unwrap_or_default();
+            let parts: Vec<&str> = first
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid command line");
-            let message = first.trim().strip_prefix("error: ").unwrap_or(first.trim());
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let text = parts.join(" ");
+            let message = text.strip_prefix("error: ").unwrap_or(&text);
             eprintln!("strata: error: {message} (see --help)");
             ExitCode::from(USAGE)
         }

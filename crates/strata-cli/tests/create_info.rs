@@ -412,7 +412,11 @@ fn bad_create_requests_fail_before_touching_files() {
         ),
         (&["-o", "extended_l2=on,cluster_size=4K"], 2, "extended_l2"),
         (&["-o", "preallocation=some"], 2, "preallocation"),
-        (&["-f", "raw", "-o", "preallocation=metadata"], 2, "preallocation"),
+        (
+            &["-f", "raw", "-o", "preallocation=metadata"],
+            2,
+            "preallocation",
+        ),
         (&["-f", "raw", "-o", "cluster_size=64K"], 2, "cluster_size"),
         (&["-f", "raw", "-b", "x.qcow2"], 2, "backing"),
         (&["-F", "raw"], 2, "-F"),
