@@ -117,7 +117,7 @@ pub fn run(a: CheckArgs, out: &Output) -> Result<u8> {
     }
     let opts = qcow2::OpenOptions {
         writable,
-        allow_corrupt: req.mode == CheckMode::All,
+        allow_corrupt: writable,
         ..Default::default()
     };
     let img = Qcow2::open(Arc::new(st), None, &opts)?;
