@@ -247,7 +247,13 @@ fn corrupt_bit_shows_in_info_and_blocks_writes() {
     poke(&p.join("cb.qcow2"), 79, &[2]);
     let s = ok(p, &["img", "info", "--output", "json", "cb.qcow2"]).json();
     assert_eq!(s["format-specific"]["data"]["corrupt"], true);
-    strata(p, &["img", "write", "cb.qcow2", "--offset", "0", "--zero", "--length", "4K"]).one_error(1, "corrupt");
+    strata(
+        p,
+        &[
+            "img", "write", "cb.qcow2", "--offset", "0", "--zero", "--length", "4K",
+        ],
+    )
+    .one_error(1, "corrupt");
     // A check may still open it (read-only, and for repair).
     assert_eq!(check_json(p, &[], "cb.qcow2").0, 0);
     assert_eq!(check_json(p, &["-r", "leaks"], "cb.qcow2").0, 0);

@@ -29,7 +29,10 @@ fn qcow2_to_raw_and_back() {
     let p = d.path();
     source(p, "src.qcow2");
     let r = ok(p, &["img", "convert", "-O", "raw", "src.qcow2", "out.raw"]);
-    assert_eq!(r.stderr, "", "no progress bar when stderr is not a terminal");
+    assert_eq!(
+        r.stderr, "",
+        "no progress bar when stderr is not a terminal"
+    );
     assert_same(p, "src.qcow2", "out.raw");
     assert_eq!(
         qemu_img(p, &["info", "--output=json", "out.raw"]).json()["format"],
