@@ -49,6 +49,15 @@ fn qemu_check_json(dir: &Path, file: &str) -> (i32, serde_json::Value) {
     (r.code, r.json())
 }
 
+/// The human report (stdout) and the problem lines (stderr) are qemu-img's.
+fn assert_same_report(dir: &Path, file: &str) {
+    let s = strata(dir, &["img", "check", file]);
+    let q = run_in(dir, "qemu-img", &["check", file]);
+    assert_eq!(s.code, q.code, "{file}");
+    assert_eq!(s.stdout, q.stdout, "{file}");
+    assert_eq!(s.stderr, q.stderr, "{file}");
+}
+
 #[test]
 fn clean_images_exit_0_and_match_qemu() {
     let d = tmp();
@@ -113,6 +122,7 @@ fn leaks_exit_3_and_are_repaired() {
         r.stdout
     );
     assert!(r.stderr.contains("Leaked cluster 7"), "{}", r.stderr);
+    assert_same_report(p, "l.qcow2");
     // -r leaks repairs and reports what it fixed.
     let (code, s) = check_json(p, &["-r", "leaks"], "l.qcow2");
     assert_eq!(code, 0, "{s:#}");
@@ -136,6 +146,13 @@ fn leaks_exit_3_and_are_repaired() {
     );
     assert_clean(p, "m.qcow2");
     assert_same(p, "l.qcow2", "m.qcow2");
+    // The repair report reads as qemu-img's.
+    sample(p, "s.qcow2");
+    leak(p, "s.qcow2");
+    std::fs::copy(p.join("s.qcow2"), p.join("q.qcow2")).expect("copy");
+    let s = ok(p, &["img", "check", "-r", "leaks", "s.qcow2"]);
+    let q = qemu_img(p, &["check", "-r", "leaks", "q.qcow2"]);
+    assert_eq!(s.stdout, q.stdout);
 }
 
 #[test]
@@ -162,6 +179,7 @@ fn corruption_exits_2_and_r_all_repairs_it() {
     corrupt(p, "both.qcow2");
     assert_eq!(check_json(p, &[], "both.qcow2").0, 2);
     assert_eq!(qemu_check_json(p, "both.qcow2").0, 2);
+    assert_same_report(p, "both.qcow2");
     // -r all repairs both; qemu-img agrees the result is clean and the data is intact.
     sample(p, "orig.qcow2");
     for f in ["c.qcow2", "both.qcow2"] {
