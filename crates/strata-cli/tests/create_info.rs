@@ -152,6 +152,27 @@ fn info_agrees_with_qemu_on_images_qemu_made() {
 }
 
 #[test]
+fn internal_snapshots_are_listed_as_qemu_lists_them() {
+    let d = tmp();
+    let p = d.path();
+    qemu_img(p, &["create", "-f", "qcow2", "s.qcow2", "2M"]);
+    qemu_io(p, "qcow2", "s.qcow2", &["write -P 1 0 64k"]);
+    qemu_img(p, &["snapshot", "-c", "first", "s.qcow2"]);
+    qemu_io(p, "qcow2", "s.qcow2", &["write -P 2 0 64k"]);
+    qemu_img(
+        p,
+        &["snapshot", "-c", "a-much-longer-snapshot-name", "s.qcow2"],
+    );
+    let (s, q) = info_both(p, "s.qcow2", false);
+    assert_info_agrees(&s, &q);
+    assert_eq!(s["snapshots"], q["snapshots"]);
+    assert_eq!(s["snapshots"].as_array().map(Vec::len), Some(2));
+    let sh = ok(p, &["img", "info", "s.qcow2"]).stdout;
+    let qh = qemu_img(p, &["info", "s.qcow2"]).stdout;
+    assert_eq!(sh, qh);
+}
+
+#[test]
 fn backing_chain_info_agrees_with_qemu() {
     let d = tmp();
     let p = d.path();
@@ -390,6 +411,13 @@ fn qcow2_preallocation_maps_every_cluster_as_qemu_does() {
         let sm = qemu_img(p, &["map", "--output=json", &s]).json();
         let qm = qemu_img(p, &["map", "--output=json", &q]).json();
         assert_eq!(sm, qm, "{mode}");
+        // strata's map of qemu's image is qemu's, too.
+        let strata_map = ok(p, &["img", "map", "--output", "json", &q]).stdout;
+        assert_eq!(
+            strata_map,
+            qemu_img(p, &["map", "--output=json", &q]).stdout,
+            "{mode}"
+        );
     }
 }
 

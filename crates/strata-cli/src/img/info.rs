@@ -273,7 +273,7 @@ fn human(i: &ImageInfo) -> String {
     if let Some(snaps) = &i.snapshots {
         line("Snapshot list:".to_string());
         line(format!(
-            "{:<7} {:<17} {:>7} {:>19} {:>15} {:>10}",
+            "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}",
             "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"
         ));
         for sn in snaps {
@@ -287,7 +287,7 @@ fn human(i: &ImageInfo) -> String {
             );
             let icount = sn.icount.map(|c| c.to_string()).unwrap_or_default();
             line(format!(
-                "{:<7} {:<17} {:>7} {:>19} {:>15} {:>10}",
+                "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}",
                 sn.id,
                 sn.name,
                 human_size(sn.vm_state_size),
