@@ -227,7 +227,7 @@ fn raw_images_have_no_checks() {
 /// qemu-img counts every compressed cluster as fragmented; strata's check
 /// counts only those that do not follow the previous one.
 #[test]
-#[ignore = "engine bug: CheckReport.fragmented_clusters undercounts compressed clusters"]
+
 fn fragmented_count_of_compressed_clusters_matches_qemu() {
     let d = tmp();
     let p = d.path();
@@ -244,7 +244,7 @@ fn fragmented_count_of_compressed_clusters_matches_qemu() {
 /// image stays unwritable although the engine's own error message suggests
 /// `check -r all`.
 #[test]
-#[ignore = "engine bug: check -r all does not clear the corrupt bit when the image is consistent"]
+
 fn repair_clears_the_corrupt_bit_of_a_consistent_image() {
     let d = tmp();
     let p = d.path();

@@ -182,7 +182,7 @@ fn chains_with_a_raw_base() {
 /// qemu reports the part of an overlay beyond its backing file's end at
 /// depth 0 (no layer below has it); strata says depth 1.
 #[test]
-#[ignore = "engine bug: block_status gives depth 1 past the end of a shorter backing file"]
+
 fn overlay_longer_than_its_backing_file() {
     let d = tmp();
     let p = d.path();
@@ -208,7 +208,7 @@ fn overlay_longer_than_its_backing_file() {
 /// subclusters inside an allocated cluster (and splits at the cluster end);
 /// strata reports them without an offset.
 #[test]
-#[ignore = "engine bug: block_status drops the host offset of unallocated subclusters"]
+
 fn unallocated_subclusters_of_an_allocated_cluster() {
     let d = tmp();
     let p = d.path();

@@ -21,8 +21,9 @@ pub const MAX_CHAIN_DEPTH: usize = 4096;
 pub struct ChainOptions {
     /// Open the top image for writing.
     pub writable: bool,
-    /// Open every backing image for writing too (commit).
-    pub writable_backing: bool,
+    /// Open this many backing images below the top for writing too (commit
+    /// into a base at that depth); 0 keeps the whole chain read-only.
+    pub writable_backing: u32,
     /// Format of the top image; probed when `None`.
     pub format: Option<Format>,
     /// Open the backing chain (off: the top image alone, unallocated reads as zero).
@@ -37,7 +38,7 @@ impl Default for ChainOptions {
     fn default() -> Self {
         ChainOptions {
             writable: false,
-            writable_backing: false,
+            writable_backing: 0,
             format: None,
             backing: true,
             lock: true,
@@ -109,7 +110,7 @@ pub fn open(path: &Path, opts: &ChainOptions) -> Result<Arc<dyn Image>> {
         let writable = if layers.is_empty() {
             opts.writable
         } else {
-            opts.writable_backing
+            layers.len() as u32 <= opts.writable_backing
         };
         let st: Arc<dyn Storage> = Arc::new(FileStorage::open(&cur, writable)?);
         let format = match fmt {

@@ -16,9 +16,10 @@ pub struct RawImage {
 }
 
 impl RawImage {
-    /// Wraps a storage; the virtual size is its length.
+    /// Wraps a storage; the virtual size is its length rounded up to 512
+    /// bytes, as QEMU's block layer counts it (the tail reads as zeros).
     pub fn open(st: Arc<dyn Storage>, writable: bool) -> Result<Self> {
-        let size = st.len()?;
+        let size = st.len()?.div_ceil(512) * 512;
         Ok(RawImage {
             st,
             writable,

@@ -30,19 +30,22 @@ pub fn run(a: CommitArgs, out: &Output) -> Result<u8> {
         base: a.base,
     };
     let file = shown(&req.file);
-    let opts = ChainOptions {
-        writable: !req.keep_top,
-        writable_backing: true,
-        ..Default::default()
-    };
-    let top = strata_image::open(&req.file, &opts)?;
     let base_depth = match &req.base {
         None => 1,
         Some(base) => {
+            // Find the base's depth first (no locks, nothing written), so that
+            // only the layers down to it are opened writable.
+            let probe = strata_image::open(
+                &req.file,
+                &ChainOptions {
+                    lock: false,
+                    ..Default::default()
+                },
+            )?;
             let want = std::fs::canonicalize(base)
                 .with_context(|| format!("{}: cannot open base", shown(base)))?;
             let mut depth = 1;
-            let mut cur = top.backing();
+            let mut cur = probe.backing();
             loop {
                 let Some(img) = cur else {
                     anyhow::bail!("{file}: {} is not in the backing chain", shown(base));
@@ -55,6 +58,12 @@ pub fn run(a: CommitArgs, out: &Output) -> Result<u8> {
             }
         }
     };
+    let opts = ChainOptions {
+        writable: !req.keep_top,
+        writable_backing: base_depth,
+        ..Default::default()
+    };
+    let top = strata_image::open(&req.file, &opts)?;
     let bar = Progress::new(out, "committing");
     let opts = CommitOptions {
         base_depth,

@@ -116,12 +116,9 @@ fn count_l1(
                     if active {
                         rep.allocated_clusters += 1;
                         rep.compressed_clusters += 1;
-                        if next_contiguous != 0
-                            && off >> geo.cluster_bits != next_contiguous >> geo.cluster_bits
-                        {
-                            rep.fragmented_clusters += 1;
-                        }
-                        next_contiguous = (off & !(cs - 1)) + cs;
+                        // As qemu-img counts them: every compressed cluster
+                        // is fragmented (neighbours share sectors).
+                        rep.fragmented_clusters += 1;
                     }
                 }
                 Cluster::Data { host, .. } | Cluster::Zero { host } if host != 0 => {
@@ -424,6 +421,15 @@ pub(crate) fn check(m: &mut Meta, mode: CheckMode) -> Result<CheckReport> {
     let diffs = compare(m, &cnt, &mut rep)?;
     check_copied(m, &mut rep, false)?;
     if mode == CheckMode::ReadOnly || (rep.leaks == 0 && rep.corruptions == 0) {
+        if mode == CheckMode::All
+            && rep.corruptions == 0
+            && m.header.incompatible & INCOMPAT_CORRUPT != 0
+        {
+            // Nothing is wrong: the image is consistent again.
+            m.header.incompatible &= !INCOMPAT_CORRUPT;
+            m.write_header()?;
+            m.st.flush()?;
+        }
         return Ok(rep);
     }
     let (leaks, corruptions) = (rep.leaks, rep.corruptions);

@@ -504,7 +504,45 @@ impl Qcow2 {
                 Cluster::Unallocated => self.backing_status(&mut out, r.guest, r.len)?,
             }
         }
+        if self.backing.is_none() && self.geo.extended() {
+            self.offsets_of_unallocated_subclusters(&mut out)?;
+        }
         Ok(out)
+    }
+
+    /// Without a backing file, QEMU reports the host offset of unallocated
+    /// subclusters of an allocated cluster (they read as zero from there).
+    fn offsets_of_unallocated_subclusters(&self, out: &mut Vec<Extent>) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        let mut fixed = Vec::with_capacity(out.len());
+        for e in out.drain(..) {
+            if e.present || e.offset.is_some() {
+                push_extent(&mut fixed, e);
+                continue;
+            }
+            let mut pos = e.start;
+            let end = e.start + e.length;
+            while pos < end {
+                let cend = (self.geo.cluster_start(pos) + cs).min(end);
+                let (entry, _) = self.meta.lock().l2_entry(pos)?;
+                let offset = match decode_l2(entry, &self.geo) {
+                    Cluster::Data { host, .. } => Some(host + self.geo.offset_in_cluster(pos)),
+                    _ => None,
+                };
+                push_extent(
+                    &mut fixed,
+                    Extent {
+                        start: pos,
+                        length: cend - pos,
+                        offset,
+                        ..e.clone()
+                    },
+                );
+                pos = cend;
+            }
+        }
+        *out = fixed;
+        Ok(())
     }
 
     fn backing_status(&self, out: &mut Vec<Extent>, start: u64, len: u64) -> Result<()> {
@@ -535,7 +573,8 @@ impl Qcow2 {
             }
         }
         if inside < len {
-            push_extent(out, unallocated(start + inside, len - inside, 1));
+            // Past the end of a shorter backing file: this layer answers (zeros).
+            push_extent(out, unallocated(start + inside, len - inside, 0));
         }
         Ok(())
     }
