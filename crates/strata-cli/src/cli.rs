@@ -105,6 +105,45 @@ pub enum ImgCommand {
     Rebase(RebaseArgs),
     /// Change an image's virtual size.
     Resize(ResizeArgs),
+    /// Time many reads or writes (qemu-img bench).
+    Bench(BenchArgs),
+}
+
+/// `strata img bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// Write instead of read.
+    #[arg(short = 'w')]
+    pub write: bool,
+    /// Bytes per request.
+    #[arg(short = 's', long = "size", value_name = "SIZE", value_parser = parse_size, default_value = "4096")]
+    pub size: u64,
+    /// Number of requests.
+    #[arg(short = 'c', long = "count", value_name = "N", default_value_t = 75000)]
+    pub count: u64,
+    /// Requests in flight at once (one thread each).
+    #[arg(short = 'd', long = "depth", value_name = "N", default_value_t = 1)]
+    pub depth: u64,
+    /// Offset of the first request.
+    #[arg(short = 'o', long = "offset", value_name = "N", value_parser = parse_size, default_value = "0")]
+    pub offset: u64,
+    /// Distance between request offsets (default: the request size).
+    #[arg(short = 'S', long = "step", value_name = "N", value_parser = parse_size)]
+    pub step: Option<u64>,
+    /// Random aligned offsets from this xorshift64 seed (instead of -o/-S).
+    #[arg(long, value_name = "SEED", conflicts_with_all = ["offset", "step"])]
+    pub random: Option<u64>,
+    /// Byte written by write requests.
+    #[arg(long, value_name = "BYTE", value_parser = parse_byte, default_value = "0")]
+    pub pattern: u8,
+    /// Flush after every N write requests (0: only at the end).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub flush_interval: u64,
+    /// The image.
+    pub file: PathBuf,
 }
 
 /// `strata img create`.

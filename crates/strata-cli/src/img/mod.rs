@@ -2,6 +2,7 @@
 //! command; each turns its raw arguments into a validated request before it
 //! touches any file, then runs it and reports through [`Output`].
 
+mod bench;
 mod check;
 mod commit;
 mod compare;
@@ -39,6 +40,7 @@ pub fn run(cmd: ImgCommand, out: &Output) -> Result<u8> {
         ImgCommand::Commit(a) => commit::run(a, out),
         ImgCommand::Rebase(a) => rebase::run(a, out),
         ImgCommand::Resize(a) => resize::run(a, out),
+        ImgCommand::Bench(a) => bench::run(a, out),
     }
 }
 
