@@ -1,6 +1,7 @@
 //! `commit`: merge what the layers above a base image hold into that base,
 //! then (unless told not to) empty the top image, as qemu-img commit does.
 
+use super::copy::parallel_chunks;
 use super::{Progress, CHUNK};
 use crate::error::{Error, Result};
 use crate::image::Image;
@@ -44,33 +45,22 @@ pub fn commit(top: &dyn Image, opts: &CommitOptions, progress: Progress) -> Resu
     if base.size() < size {
         base.resize(size)?;
     }
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut done = 0;
-    progress(0, size);
+    let mut ranges = Vec::new();
+    let mut skipped = 0;
     for ext in top.block_status(0, size)? {
         if !ext.present || ext.depth >= opts.base_depth {
-            done += ext.length;
-            progress(done, size);
-            continue;
-        }
-        if ext.zero {
+            skipped += ext.length;
+        } else if ext.zero {
             base.write_zeroes(ext.start, ext.length, false)?;
-            done += ext.length;
-            progress(done, size);
-            continue;
-        }
-        let mut pos = ext.start;
-        let end = ext.start + ext.length;
-        while pos < end {
-            let n = (CHUNK - pos % CHUNK).min(end - pos);
-            let data = &mut buf[..n as usize];
-            top.read_at(data, pos)?;
-            base.write_at(data, pos)?;
-            pos += n;
-            done += n;
-            progress(done, size);
+            skipped += ext.length;
+        } else {
+            ranges.push((ext.start, ext.length));
         }
     }
+    parallel_chunks(&ranges, CHUNK, size, skipped, progress, &|data, pos| {
+        top.read_at(data, pos)?;
+        base.write_at(data, pos)
+    })?;
     base.flush()?;
     if !opts.keep_top {
         match top.as_any().downcast_ref::<Qcow2>() {

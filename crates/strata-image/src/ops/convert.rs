@@ -2,6 +2,7 @@
 //! what reads as zero, optionally compressing, optionally only what the
 //! source's top layer holds (for a target that has its own backing file).
 
+use super::copy::parallel_chunks;
 use super::{is_zero, Progress, CHUNK};
 use crate::error::Result;
 use crate::image::Image;
@@ -41,45 +42,32 @@ pub fn convert(
     } else {
         CHUNK
     };
-    let mut buf = vec![0u8; chunk as usize];
-    let mut done = 0;
-    progress(0, size);
+    // Ranges to copy as data; zero runs the top layer defines over a backing
+    // file are written as zeros first; everything else is skipped.
+    let mut ranges = Vec::new();
+    let mut skipped = 0;
     for ext in src.block_status(0, size)? {
-        let end = ext.start + ext.length;
         let wanted = if opts.top_only {
             ext.depth == 0 && ext.present
         } else {
             !ext.zero
         };
         if !wanted {
-            done += ext.length;
-            progress(done, size);
-            continue;
-        }
-        if ext.zero {
-            // A zero run the top layer defines over a backing file.
+            skipped += ext.length;
+        } else if ext.zero {
             dst.write_zeroes(ext.start, ext.length, false)?;
-            done += ext.length;
-            progress(done, size);
-            continue;
-        }
-        let mut pos = ext.start;
-        while pos < end {
-            // Keep chunks aligned to the chunk size so compressed clusters stay whole.
-            let n = (chunk - pos % chunk).min(end - pos);
-            let data = &mut buf[..n as usize];
-            src.read_at(data, pos)?;
-            if let Some(q) = compressed {
-                write_clusters_compressed(q, data, pos, grain, opts.top_only)?;
-            } else {
-                write_nonzero(dst, data, pos, grain, opts.top_only)?;
-            }
-            pos += n;
-            done += n;
-            progress(done, size);
+            skipped += ext.length;
+        } else {
+            ranges.push((ext.start, ext.length));
         }
     }
-    Ok(())
+    parallel_chunks(&ranges, chunk, size, skipped, progress, &|data, pos| {
+        src.read_at(data, pos)?;
+        match compressed {
+            Some(q) => write_clusters_compressed(q, data, pos, grain, opts.top_only),
+            None => write_nonzero(dst, data, pos, grain, opts.top_only),
+        }
+    })
 }
 
 fn as_qcow2(img: &dyn Image) -> Option<&Qcow2> {

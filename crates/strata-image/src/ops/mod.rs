@@ -5,6 +5,7 @@
 mod commit;
 mod compare;
 mod convert;
+mod copy;
 mod rebase;
 
 pub use commit::{commit, CommitOptions};

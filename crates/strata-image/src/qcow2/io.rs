@@ -49,6 +49,53 @@ fn push_run(runs: &mut Vec<Run>, r: Run) {
     runs.push(r);
 }
 
+/// Appends the runs of `[guest, guest+len)`, which lies inside one cluster
+/// whose L2 entry is `(entry, bitmap)`.
+fn cluster_runs(
+    geo: &Geometry,
+    entry: u64,
+    bitmap: u64,
+    guest: u64,
+    len: u64,
+    runs: &mut Vec<Run>,
+) {
+    let cstart = geo.cluster_start(guest);
+    let end = guest + len;
+    let at = |kind: Cluster, pos: u64| match kind {
+        Cluster::Data { host, copied } => Cluster::Data {
+            host: host + (pos - cstart),
+            copied,
+        },
+        k => k,
+    };
+    if !geo.extended() {
+        push_run(
+            runs,
+            Run {
+                guest,
+                len,
+                kind: at(decode_l2(entry, geo), guest),
+            },
+        );
+        return;
+    }
+    let mut pos = guest;
+    while pos < end {
+        let sc = ((pos - cstart) / geo.subcluster_size) as u32;
+        let sc_end = (cstart + (sc as u64 + 1) * geo.subcluster_size).min(end);
+        let kind = at(decode_subcluster(entry, bitmap, sc, geo), pos);
+        push_run(
+            runs,
+            Run {
+                guest: pos,
+                len: sc_end - pos,
+                kind,
+            },
+        );
+        pos = sc_end;
+    }
+}
+
 /// Maps `[off, off+len)` to runs of one status each.
 pub(crate) fn map_runs(m: &mut Meta, off: u64, len: u64) -> Result<Vec<Run>> {
     let geo = m.geo;
@@ -77,45 +124,8 @@ pub(crate) fn map_runs(m: &mut Meta, off: u64, len: u64) -> Result<Vec<Run>> {
         if let Cluster::Data { host, .. } = decode_l2(entry, &geo) {
             m.check_host(host, "L2 entry", pos)?;
         }
-        if !geo.extended() {
-            let kind = match decode_l2(entry, &geo) {
-                Cluster::Data { host, copied } => Cluster::Data {
-                    host: host + (pos - cstart),
-                    copied,
-                },
-                k => k,
-            };
-            push_run(
-                &mut runs,
-                Run {
-                    guest: pos,
-                    len: cend - pos,
-                    kind,
-                },
-            );
-            pos = cend;
-            continue;
-        }
-        while pos < cend {
-            let sc = ((pos - cstart) / geo.subcluster_size) as u32;
-            let sc_end = (cstart + (sc as u64 + 1) * geo.subcluster_size).min(cend);
-            let kind = match decode_subcluster(entry, bitmap, sc, &geo) {
-                Cluster::Data { host, copied } => Cluster::Data {
-                    host: host + (pos - cstart),
-                    copied,
-                },
-                k => k,
-            };
-            push_run(
-                &mut runs,
-                Run {
-                    guest: pos,
-                    len: sc_end - pos,
-                    kind,
-                },
-            );
-            pos = sc_end;
-        }
+        cluster_runs(&geo, entry, bitmap, pos, cend - pos, &mut runs);
+        pos = cend;
     }
     Ok(runs)
 }
@@ -195,40 +205,8 @@ impl Qcow2 {
     /// L2 entry was `(entry, bitmap)`.
     fn old_contents(&self, entry: u64, bitmap: u64, guest: u64, len: u64) -> Result<Vec<u8>> {
         let mut out = vec![0u8; len as usize];
-        let cstart = self.geo.cluster_start(guest);
         let mut runs = Vec::new();
-        if !self.geo.extended() {
-            let kind = match decode_l2(entry, &self.geo) {
-                Cluster::Data { host, copied } => Cluster::Data {
-                    host: host + (guest - cstart),
-                    copied,
-                },
-                k => k,
-            };
-            runs.push(Run { guest, len, kind });
-        } else {
-            let mut pos = guest;
-            while pos < guest + len {
-                let sc = ((pos - cstart) / self.geo.subcluster_size) as u32;
-                let sc_end = (cstart + (sc as u64 + 1) * self.geo.subcluster_size).min(guest + len);
-                let kind = match decode_subcluster(entry, bitmap, sc, &self.geo) {
-                    Cluster::Data { host, copied } => Cluster::Data {
-                        host: host + (pos - cstart),
-                        copied,
-                    },
-                    k => k,
-                };
-                push_run(
-                    &mut runs,
-                    Run {
-                        guest: pos,
-                        len: sc_end - pos,
-                        kind,
-                    },
-                );
-                pos = sc_end;
-            }
-        }
+        cluster_runs(&self.geo, entry, bitmap, guest, len, &mut runs);
         self.read_runs(&runs, &mut out, guest)?;
         Ok(out)
     }
@@ -251,11 +229,11 @@ impl Qcow2 {
             }
             return Ok(());
         }
-        let _a = self.alloc.lock();
         self.write_slow(buf, offset)
     }
 
-    /// The allocating write path (the caller holds the allocation mutex).
+    /// The allocating write path: decisions under the allocation mutex, data
+    /// written outside it (see `inflight.rs`).
     fn write_slow(&self, buf: &[u8], offset: u64) -> Result<()> {
         let geo = self.geo;
         let cs = geo.cluster_size;
@@ -264,6 +242,13 @@ impl Qcow2 {
         while pos < end {
             let cstart = geo.cluster_start(pos);
             let cend = (cstart + cs).min(end);
+            let first = cstart >> geo.cluster_bits;
+            let alloc = self.alloc.lock();
+            if self.inflight.busy(first) {
+                drop(alloc);
+                self.inflight.wait(first);
+                continue;
+            }
             let (entry, bitmap) = self.meta.lock().l2_entry(pos)?;
             let data = &buf[(pos - offset) as usize..(cend - offset) as usize];
             match decode_l2(entry, &geo) {
@@ -286,11 +271,11 @@ impl Qcow2 {
             }
             // A run of clusters that all need a new host cluster.
             let mut olds = vec![(entry, bitmap)];
-            {
+            let host = {
                 let mut m = self.meta.lock();
                 while (olds.len() as u64) < MAX_BATCH {
                     let next = cstart + olds.len() as u64 * cs;
-                    if next >= end {
+                    if next >= end || self.inflight.busy(next >> geo.cluster_bits) {
                         break;
                     }
                     let (e, b) = m.l2_entry(next)?;
@@ -302,32 +287,32 @@ impl Qcow2 {
                 // L2 tables first, so they sit before the data they map.
                 let mut last_l1 = u64::MAX;
                 for i in 0..olds.len() as u64 {
-                    let l1 = ((cstart >> geo.cluster_bits) + i) / geo.l2_entries;
+                    let l1 = (first + i) / geo.l2_entries;
                     if l1 != last_l1 {
                         m.writable_l2(l1)?;
                         last_l1 = l1;
                     }
                 }
-            }
-            let k = olds.len() as u64;
-            let host = self.meta.lock().alloc_clusters(k)?;
-            let bitmaps = match self.write_new_clusters(host, cstart, &olds, buf, offset) {
-                Ok(b) => b,
-                Err(e) => {
-                    // The clusters stay allocated but unreferenced: a leak, never corruption.
-                    return Err(e);
-                }
+                m.alloc_clusters(olds.len() as u64)?
             };
-            let mut m = self.meta.lock();
-            for (i, &(old, _)) in olds.iter().enumerate() {
-                let i = i as u64;
-                m.set_l2_entry(
-                    cstart + i * cs,
-                    (host + i * cs) | COPIED,
-                    bitmaps[i as usize],
-                )?;
-                m.release_entry(old);
-            }
+            let k = olds.len() as u64;
+            self.inflight.begin(first, k);
+            drop(alloc);
+            // On failure the clusters stay allocated but unreferenced: a leak,
+            // never corruption.
+            let linked = self
+                .write_new_clusters(host, cstart, &olds, buf, offset)
+                .and_then(|bitmaps| {
+                    let mut m = self.meta.lock();
+                    for (i, &(old, _)) in olds.iter().enumerate() {
+                        let at = i as u64 * cs;
+                        m.set_l2_entry(cstart + at, (host + at) | COPIED, bitmaps[i])?;
+                        m.release_entry(old);
+                    }
+                    Ok(())
+                });
+            self.inflight.end(first, k);
+            linked?;
             pos = (cstart + k * cs).min(end);
         }
         Ok(())
@@ -621,9 +606,17 @@ impl Qcow2 {
             return self.write_at(data, offset);
         };
         let _g = self.gate.read();
-        let _a = self.alloc.lock();
+        let cluster = offset >> self.geo.cluster_bits;
+        let _a = loop {
+            let a = self.alloc.lock();
+            if !self.inflight.busy(cluster) {
+                break a;
+            }
+            drop(a);
+            self.inflight.wait(cluster);
+        };
         let mut m = self.meta.lock();
-        let l1 = (offset >> self.geo.cluster_bits) / self.geo.l2_entries;
+        let l1 = cluster / self.geo.l2_entries;
         m.writable_l2(l1)?;
         let (old, _) = m.l2_entry(offset)?;
         let host = m.alloc_bytes(packed.len() as u64)?;

@@ -14,6 +14,7 @@ pub mod check;
 mod compress;
 mod create;
 pub mod header;
+mod inflight;
 mod io;
 mod meta;
 mod refcount;
@@ -72,6 +73,7 @@ pub struct Qcow2 {
     backing: Option<Arc<dyn Image>>,
     gate: RwLock<()>,
     alloc: Mutex<()>,
+    inflight: inflight::InFlight,
     meta: Mutex<Meta>,
 }
 
@@ -138,6 +140,7 @@ impl Qcow2 {
             backing,
             gate: RwLock::new(()),
             alloc: Mutex::new(()),
+            inflight: inflight::InFlight::default(),
             meta: Mutex::new(meta),
         };
         Ok(img)
