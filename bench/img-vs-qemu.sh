@@ -3,7 +3,7 @@
 # sequential write and read of 1 GiB, 4 KiB random writes into a fresh image,
 # convert qcow2->raw and raw->qcow2 of 2 GiB, commit of a 1 GiB overlay.
 #
-# Each workload runs RUNS times per tool (hyperfine, fresh files prepared
+# Each workload runs RUNS times per tool after one warm-up run (hyperfine; fresh files prepared
 # before every run and not timed); the table gives medians and the ratio
 # qemu/strata (above 1: strata is faster). Usage: bench/img-vs-qemu.sh
 # Env: RUNS (default 5), BENCH_DIR (default a new dir under /var/tmp),
@@ -22,7 +22,7 @@ SZ=$((GIB << 30))
 MB=$((GIB * 1024))
 
 hf() { # name, prepare, strata command, qemu command
-  hyperfine -N -r "$RUNS" -w 0 --style none --prepare "sh -c '$2; sync'" \
+  hyperfine -N -r "$RUNS" -w 1 --style none --prepare "sh -c '$2; sync'" \
     -n strata "$3" -n qemu "$4" --export-json "$D/json/$1.json" >/dev/null
 }
 

@@ -163,15 +163,10 @@ impl Qcow2 {
 
     /// Checks refcounts and tables; repairs what `mode` allows.
     pub fn check(&self, mode: CheckMode) -> Result<CheckReport> {
-        if mode != CheckMode::ReadOnly && !self.writable {
-            return Err(Error::ReadOnly {
-                path: self.path.clone(),
-            });
+        if mode != CheckMode::ReadOnly {
+            self.require_writable()?;
         }
-        let _g = self.gate.write();
-        let _a = self.alloc.lock();
-        let mut m = self.meta.lock();
-        check::check(&mut m, mode)
+        self.exclusive(|m| check::check(m, mode))
     }
 
     /// Creates a qcow2 file at `path` (mode 0600; refuses to overwrite).
@@ -189,11 +184,10 @@ impl Qcow2 {
                     ..Default::default()
                 },
             )?;
-            let _g = img.gate.write();
-            let _a = img.alloc.lock();
-            let mut m = img.meta.lock();
-            create::preallocate(&mut m, opts.preallocation)?;
-            m.close()
+            img.exclusive(|m| {
+                create::preallocate(m, opts.preallocation)?;
+                m.close()
+            })
         });
         if let Err(e) = made {
             let _ = std::fs::remove_file(path);
@@ -202,23 +196,33 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn check_write(&self, offset: u64, len: u64) -> Result<()> {
-        if !self.writable {
-            return Err(Error::ReadOnly {
+    /// Refuses unless the image is open for writing.
+    fn require_writable(&self) -> Result<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(Error::ReadOnly {
                 path: self.path.clone(),
-            });
+            })
         }
+    }
+
+    /// Runs `f` on the metadata with no request in progress (every lock held).
+    fn exclusive<T>(&self, f: impl FnOnce(&mut Meta) -> Result<T>) -> Result<T> {
+        let _g = self.gate.write();
+        let _a = self.alloc.lock();
+        f(&mut self.meta.lock())
+    }
+
+    fn check_write(&self, offset: u64, len: u64) -> Result<()> {
+        self.require_writable()?;
         check_range(&self.path, self.size(), offset, len)
     }
 
     /// Changes the backing file name and format recorded in the header
     /// (no data is touched: this is `rebase -u`).
     pub fn set_backing(&self, name: Option<&str>, format: Option<&str>) -> Result<()> {
-        if !self.writable {
-            return Err(Error::ReadOnly {
-                path: self.path.clone(),
-            });
-        }
+        self.require_writable()?;
         let mut m = self.meta.lock();
         m.flush()?;
         let old = m.header.clone();
@@ -238,43 +242,31 @@ impl Qcow2 {
     /// Drops every cluster of the active state: afterwards the whole image
     /// reads from its backing file (what `commit` leaves in the top image).
     pub fn make_empty(&self) -> Result<()> {
-        if !self.writable {
-            return Err(Error::ReadOnly {
-                path: self.path.clone(),
-            });
-        }
-        let _g = self.gate.write();
-        let _a = self.alloc.lock();
-        let mut m = self.meta.lock();
+        self.require_writable()?;
         let geo = self.geo;
-        for i in 0..m.l1.len() as u64 {
-            let l2 = m.l2_offset(i)?;
-            if l2 == 0 {
-                continue;
+        self.exclusive(|m| {
+            for i in 0..m.l1.len() as u64 {
+                let l2 = m.l2_offset(i)?;
+                if l2 == 0 {
+                    continue;
+                }
+                let table = m.load_l2(l2)?.clone();
+                for j in 0..geo.l2_entries as usize {
+                    m.release_entry(table[j * geo.l2_words]);
+                }
+                m.l2.remove(l2);
+                m.pending_free.push(l2);
+                m.l1[i as usize] = 0;
+                m.l1_dirty = true;
             }
-            let table = m.load_l2(l2)?.clone();
-            for j in 0..geo.l2_entries as usize {
-                m.release_entry(table[j * geo.l2_words]);
-            }
-            m.l2.remove(l2);
-            m.pending_free.push(l2);
-            m.l1[i as usize] = 0;
-            m.l1_dirty = true;
-        }
-        m.flush()
+            m.flush()
+        })
     }
 
     /// Grows the virtual size (the L1 table moves when it must grow).
     pub fn grow(&self, new_size: u64) -> Result<()> {
-        if !self.writable {
-            return Err(Error::ReadOnly {
-                path: self.path.clone(),
-            });
-        }
-        let _g = self.gate.write();
-        let _a = self.alloc.lock();
-        let mut m = self.meta.lock();
-        create::grow(&mut m, new_size)?;
+        self.require_writable()?;
+        self.exclusive(|m| create::grow(m, new_size))?;
         self.size.store(new_size, Ordering::SeqCst);
         Ok(())
     }
