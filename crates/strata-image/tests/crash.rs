@@ -141,16 +141,21 @@ fn crash_everywhere(name: &str, opts: CreateOptions, seed: u64) {
         workload(&img, seed, cs);
     }
     let total = probe.writes();
+    let flushes = probe.flushes();
     assert!(total > 20, "{name}: workload made only {total} writes");
-    for n in 0..total {
-        let fs = FaultStorage::new(
-            "crash.qcow2",
-            initial.clone(),
-            FaultConfig {
-                fail_write: Some(n),
-                ..Default::default()
-            },
-        );
+    // A crash at every write, and just before every flush.
+    let faults = (0..total)
+        .map(|n| FaultConfig {
+            fail_write: Some(n),
+            ..Default::default()
+        })
+        .chain((0..flushes).map(|n| FaultConfig {
+            fail_flush_at: Some(n),
+            ..Default::default()
+        }));
+    for (n, config) in faults.enumerate() {
+        let n = n as u64;
+        let fs = FaultStorage::new("crash.qcow2", initial.clone(), config);
         let out = {
             let img = open(Arc::new(fs.clone()), true).unwrap();
             workload(&img, seed, cs)

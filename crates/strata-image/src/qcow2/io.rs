@@ -98,6 +98,16 @@ fn cluster_runs(
 
 /// Maps `[off, off+len)` to runs of one status each.
 pub(crate) fn map_runs(m: &mut Meta, off: u64, len: u64) -> Result<Vec<Run>> {
+    map_runs_in(m, None, off, len)
+}
+
+/// Maps `[off, off+len)` through the L1 table `l1` (the active one when `None`).
+pub(crate) fn map_runs_in(
+    m: &mut Meta,
+    l1: Option<&[u64]>,
+    off: u64,
+    len: u64,
+) -> Result<Vec<Run>> {
     let geo = m.geo;
     let mut runs = Vec::new();
     let end = off + len;
@@ -106,7 +116,8 @@ pub(crate) fn map_runs(m: &mut Meta, off: u64, len: u64) -> Result<Vec<Run>> {
         let cstart = geo.cluster_start(pos);
         let cend = (cstart + geo.cluster_size).min(end);
         let l1_index = (pos >> geo.cluster_bits) / geo.l2_entries;
-        if m.l2_offset(l1_index)? == 0 {
+        let l2 = m.l2_offset_in(l1, l1_index)?;
+        if l2 == 0 {
             // A whole missing L2 table is unallocated.
             let table_end = ((l1_index + 1) * geo.l2_span()).min(end);
             push_run(
@@ -120,7 +131,7 @@ pub(crate) fn map_runs(m: &mut Meta, off: u64, len: u64) -> Result<Vec<Run>> {
             pos = table_end;
             continue;
         }
-        let (entry, bitmap) = m.l2_entry(pos)?;
+        let (entry, bitmap) = m.l2_entry_in(l2, pos)?;
         if let Cluster::Data { host, .. } = decode_l2(entry, &geo) {
             m.check_host(host, "L2 entry", pos)?;
         }
@@ -172,7 +183,7 @@ impl Qcow2 {
     }
 
     /// Fills `buf` with the guest data of the given runs.
-    fn read_runs(&self, runs: &[Run], buf: &mut [u8], base: u64) -> Result<()> {
+    pub(crate) fn read_runs(&self, runs: &[Run], buf: &mut [u8], base: u64) -> Result<()> {
         for r in runs {
             let at = (r.guest - base) as usize;
             let slice = &mut buf[at..at + r.len as usize];
@@ -442,7 +453,17 @@ impl Qcow2 {
 
     /// Block status of this layer, resolving unallocated runs through the backing chain.
     pub(crate) fn block_status_inner(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let runs = map_runs(&mut self.meta.lock(), offset, len)?;
+        self.block_status_in(None, offset, len)
+    }
+
+    /// Block status through the L1 table `l1` (the active one when `None`).
+    pub(crate) fn block_status_in(
+        &self,
+        l1: Option<&[u64]>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<Extent>> {
+        let runs = map_runs_in(&mut self.meta.lock(), l1, offset, len)?;
         let mut out = Vec::new();
         for r in runs {
             let base = Extent {
@@ -489,7 +510,7 @@ impl Qcow2 {
                 Cluster::Unallocated => self.backing_status(&mut out, r.guest, r.len)?,
             }
         }
-        if self.backing.is_none() && self.geo.extended() {
+        if self.backing.is_none() && self.geo.extended() && l1.is_none() {
             self.offsets_of_unallocated_subclusters(&mut out)?;
         }
         Ok(out)

@@ -42,6 +42,10 @@ pub(crate) struct Meta {
     pub marked_dirty: bool,
     /// Byte offset where the next compressed cluster can be packed (0: none).
     pub compressed_tail: u64,
+    /// A shadow transaction is open: no table may be written in place.
+    pub in_tx: bool,
+    /// L2 cache budget in bytes (kept to rebuild the state after an abort).
+    pub cache_bytes: u64,
 }
 
 /// Serialises u64 entries as big-endian bytes.
@@ -101,6 +105,8 @@ impl Meta {
             lazy,
             marked_dirty,
             compressed_tail: 0,
+            in_tx: false,
+            cache_bytes,
         })
     }
 
@@ -136,8 +142,25 @@ impl Meta {
         Ok(off)
     }
 
+    /// Host offset of the L2 table for `l1_index` in `l1` (the active table when `None`).
+    pub fn l2_offset_in(&self, l1: Option<&[u64]>, l1_index: u64) -> Result<u64> {
+        let Some(table) = l1 else {
+            return self.l2_offset(l1_index);
+        };
+        let off = table.get(l1_index as usize).map_or(0, |e| e & OFFSET_MASK);
+        if off != 0 {
+            self.check_host(off, "snapshot L1 entry", l1_index * 8)?;
+        }
+        Ok(off)
+    }
+
     /// Makes room in the L2 cache, writing metadata back when every table is dirty.
     fn make_room_l2(&mut self) -> Result<()> {
+        if self.in_tx {
+            // Nothing may be written in place during a transaction.
+            self.l2.evict_clean();
+            return Ok(());
+        }
         if self.l2.full() && !self.l2.evict_clean() {
             self.flush()?;
             self.l2.evict_clean();
@@ -158,10 +181,14 @@ impl Meta {
 
     /// The raw L2 entry (and subcluster bitmap) of the guest cluster holding `guest`.
     pub fn l2_entry(&mut self, guest: u64) -> Result<(u64, u64)> {
-        let cluster = guest >> self.geo.cluster_bits;
-        let l1_index = cluster / self.geo.l2_entries;
-        let l2_index = (cluster % self.geo.l2_entries) as usize;
+        let l1_index = (guest >> self.geo.cluster_bits) / self.geo.l2_entries;
         let off = self.l2_offset(l1_index)?;
+        self.l2_entry_in(off, guest)
+    }
+
+    /// The L2 entry of `guest` in the L2 table at `off` (0: unallocated).
+    pub fn l2_entry_in(&mut self, off: u64, guest: u64) -> Result<(u64, u64)> {
+        let l2_index = ((guest >> self.geo.cluster_bits) % self.geo.l2_entries) as usize;
         if off == 0 {
             return Ok((0, 0));
         }

@@ -18,13 +18,18 @@ mod inflight;
 mod io;
 mod meta;
 mod refcount;
+mod shadow;
+mod snapshot;
 pub mod snapshot_table;
+mod snapshot_view;
 mod types;
 mod zero;
 
 pub use check::{CheckMode, CheckReport};
 pub use create::{create, CreateOptions, Preallocation};
 pub use header::{CompressionType, Header};
+pub use snapshot::SnapshotInfo;
+pub use snapshot_view::SnapshotView;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

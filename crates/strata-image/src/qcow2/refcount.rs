@@ -60,7 +60,9 @@ impl Meta {
 
     fn load_rb(&mut self, off: u64) -> Result<()> {
         if !self.rb.contains(off) {
-            if self.rb.full() && !self.rb.evict_clean() {
+            if self.in_tx {
+                self.rb.evict_clean();
+            } else if self.rb.full() && !self.rb.evict_clean() {
                 self.flush()?;
                 if !self.rb.evict_clean() {
                     // Lazy refcounts keep blocks dirty until close: write them now.
@@ -286,7 +288,7 @@ impl Meta {
     /// `min_index + 1` entries, placed (with the blocks that describe it) past
     /// the end of everything allocated; the header switches only once the new
     /// table and its blocks are durable.
-    fn grow_table(&mut self, min_index: u64) -> Result<()> {
+    pub(crate) fn grow_table(&mut self, min_index: u64) -> Result<()> {
         // Everything the new table copies must be on disk first.
         let lazy = std::mem::replace(&mut self.lazy, false);
         let r = self.flush();

@@ -21,6 +21,9 @@ pub struct FaultConfig {
     pub fail_write: Option<u64>,
     /// Fail every flush.
     pub fail_flush: bool,
+    /// Fail the flush with this 0-based index (its writes stay unflushed),
+    /// and everything after it: a power cut just before that flush.
+    pub fail_flush_at: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -29,6 +32,7 @@ struct State {
     durable: Vec<u8>,
     pending: Vec<Pending>,
     writes: u64,
+    flushes: u64,
     dead: bool,
     config: FaultConfig,
 }
@@ -77,6 +81,11 @@ impl FaultStorage {
     /// Number of writes issued so far (including the failed one).
     pub fn writes(&self) -> u64 {
         self.state.lock().writes
+    }
+
+    /// Number of flushes issued so far (including a failed one).
+    pub fn flushes(&self) -> u64 {
+        self.state.lock().flushes
     }
 
     /// True once a fault has been injected.
@@ -156,7 +165,9 @@ impl Storage for FaultStorage {
 
     fn flush(&self) -> Result<()> {
         let mut st = self.state.lock();
-        if st.dead || st.config.fail_flush {
+        let index = st.flushes;
+        st.flushes += 1;
+        if st.dead || st.config.fail_flush || st.config.fail_flush_at == Some(index) {
             st.dead = true;
             return Err(Error::io(&self.name, "flush", 0, injected()));
         }

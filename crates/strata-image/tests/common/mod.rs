@@ -73,21 +73,35 @@ pub fn create(path: &Path, opts: CreateOptions) {
     Qcow2::create_file(path, &opts).expect("create");
 }
 
+/// Opens with `opts`, retrying briefly on a lock conflict: under `cargo test`
+/// another test thread may be between fork and exec of a QEMU tool, and the
+/// child holds an inherited descriptor (and its lock) until it execs.
+fn open_with(path: &Path, opts: &ChainOptions) -> Arc<dyn Image> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match strata_image::open(path, opts) {
+            Err(strata_image::Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r.unwrap_or_else(|e| panic!("open {}: {e}", path.display())),
+        }
+    }
+}
+
 /// Opens an image (and chain) read-write.
 pub fn open_rw(path: &Path) -> Arc<dyn Image> {
-    strata_image::open(
+    open_with(
         path,
         &ChainOptions {
             writable: true,
             ..Default::default()
         },
     )
-    .expect("open rw")
 }
 
 /// Opens an image (and chain) read-only.
 pub fn open_ro(path: &Path) -> Arc<dyn Image> {
-    strata_image::open(path, &ChainOptions::default()).expect("open ro")
+    open_with(path, &ChainOptions::default())
 }
 
 /// Deterministic pseudo-random bytes (xorshift), different per seed.
@@ -168,4 +182,42 @@ pub fn random_writes(img: &dyn Image, model: &mut [u8], rng: &mut Rng, ops: usiz
 /// Fills a region of the model with qemu-io's `-P` pattern byte.
 pub fn fill(model: &mut [u8], off: usize, len: usize, byte: u8) {
     model[off..off + len].fill(byte);
+}
+
+/// Downcasts an open image to the qcow2 driver.
+pub fn qcow2(img: &Arc<dyn Image>) -> &Qcow2 {
+    img.as_any().downcast_ref::<Qcow2>().expect("a qcow2 image")
+}
+
+/// `qemu-img snapshot -l` as (id, name) pairs.
+pub fn qemu_snapshots(path: &Path) -> Vec<(String, String)> {
+    let out = run("qemu-img", &["snapshot", "-l", "-U", s(path)]);
+    out.lines()
+        .skip_while(|l| !l.starts_with("ID"))
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Reads a snapshot's contents with qemu-img (convert -l) into a Vec.
+pub fn qemu_read_snapshot(path: &Path, name: &str, dir: &Path) -> Vec<u8> {
+    let out = dir.join(format!("snap-{name}.raw"));
+    let _ = std::fs::remove_file(&out);
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-U",
+            "-l",
+            &format!("snapshot.name={name}"),
+            "-O",
+            "raw",
+            s(path),
+            s(&out),
+        ],
+    );
+    std::fs::read(&out).expect("converted snapshot")
 }

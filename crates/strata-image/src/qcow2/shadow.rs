@@ -1,0 +1,223 @@
+//! Shadow commits: metadata changes that become visible all at once.
+//!
+//! Snapshot create, apply and delete change refcounts and COPIED flags of
+//! many tables together. Written in place, a crash in the middle would leave
+//! a COPIED flag that disagrees with its refcount, which `qemu-img check`
+//! reports as corruption. So during such a transaction nothing is written in
+//! place: changed L2 tables are new copies in fresh clusters, the new active
+//! L1 table, the new snapshot table, every changed refcount block and the
+//! refcount table are written to fresh clusters too, and one write of the
+//! header's first sector switches the L1 table, the refcount table and the
+//! snapshot table together. A crash before that write leaves the old image
+//! untouched (the fresh clusters were free in it); after it, the new one.
+//! Clusters the new state no longer uses are released afterwards, in place:
+//! a crash then costs leaks, never corruption.
+
+use std::collections::HashMap;
+
+use super::meta::{to_be_bytes, Meta};
+use super::snapshot_table::{write_table, SnapshotEntry};
+use super::types::OFFSET_MASK;
+use crate::error::Result;
+
+/// What a shadow commit switches in the header.
+#[derive(Debug, Default)]
+pub(crate) struct Switch {
+    /// The new active L1 table.
+    pub l1: Option<Vec<u64>>,
+    /// The new snapshot table.
+    pub snapshots: Option<Vec<SnapshotEntry>>,
+    /// The new virtual size.
+    pub size: Option<u64>,
+    /// The old active L1 table lives on (it became a snapshot's).
+    pub keep_old_l1: bool,
+}
+
+/// State saved when a transaction begins.
+#[derive(Debug)]
+pub(crate) struct Tx {
+    /// Refcount-block offsets the durable image uses (these are never
+    /// written in place during the transaction).
+    durable_blocks: std::collections::HashSet<u64>,
+    /// Clusters to release once the new state is durable.
+    pub frees_after: Vec<u64>,
+}
+
+impl Meta {
+    /// Starts a transaction: makes everything durable, makes sure the
+    /// refcount table has room for what the transaction may allocate
+    /// (`clusters`), and stops cache write-back until the commit.
+    pub fn tx_begin(&mut self, clusters: u64) -> Result<Tx> {
+        self.flush()?;
+        let end = self.end_of_allocations()?;
+        let need = (end + clusters + self.rt.len() as u64 + 64) / self.geo.rb_entries;
+        if need >= self.rt.len() as u64 {
+            self.grow_table(need)?;
+            self.flush()?;
+        }
+        let lazy = std::mem::replace(&mut self.lazy, false);
+        if lazy || self.rb.any_dirty() {
+            self.write_refcounts()?;
+        }
+        self.lazy = lazy;
+        self.in_tx = true;
+        let durable_blocks = self
+            .rt
+            .iter()
+            .map(|e| e & OFFSET_MASK)
+            .filter(|&o| o != 0)
+            .collect();
+        Ok(Tx {
+            durable_blocks,
+            frees_after: Vec::new(),
+        })
+    }
+
+    /// Drops one reference inside a transaction: applied now unless it would
+    /// free the cluster, which waits until after the commit (a cluster the
+    /// durable image still uses must not be handed out meanwhile).
+    pub fn tx_decrement(&mut self, tx: &mut Tx, host: u64) -> Result<()> {
+        let c = host >> self.geo.cluster_bits;
+        if self.refcount(c)? > 1 {
+            self.decrement(host)
+        } else {
+            tx.frees_after.push(host);
+            Ok(())
+        }
+    }
+
+    /// Abandons a transaction: forgets every in-memory change by reloading
+    /// the durable state (nothing was written in place).
+    pub fn tx_abort(&mut self) -> Result<()> {
+        self.in_tx = false;
+        self.l2.clear();
+        self.rb.clear();
+        let header = super::read_header(self.st.as_ref())?;
+        let fresh = Meta::load(self.st.clone(), self.path.clone(), header, self.cache_bytes)?;
+        *self = fresh;
+        Ok(())
+    }
+
+    /// Writes the transaction's state to fresh clusters and switches the
+    /// header to it in one write; then releases what the old state used.
+    pub fn tx_commit(&mut self, mut tx: Tx, switch: Switch) -> Result<()> {
+        let cs = self.geo.cluster_size;
+        let clusters_for = |bytes: u64| bytes.div_ceil(cs).max(1);
+        // Fresh clusters for the new L1 table and snapshot table.
+        let l1_at = match &switch.l1 {
+            Some(l1) => Some(self.alloc_clusters(clusters_for(l1.len() as u64 * 8))?),
+            None => None,
+        };
+        let table = switch
+            .snapshots
+            .as_ref()
+            .map(|s| write_table(s, self.header.version));
+        let table_at = match &table {
+            Some(t) if !t.is_empty() => Some(self.alloc_clusters(clusters_for(t.len() as u64))?),
+            _ => None,
+        };
+        // Fresh clusters for the refcount table and every changed durable block.
+        let rt_clusters = self.header.refcount_table_clusters as u64;
+        let rt_at = self.alloc_clusters(rt_clusters)?;
+        let mut moved: HashMap<u64, u64> = HashMap::new();
+        loop {
+            let pending: Vec<u64> = self
+                .rb
+                .dirty_offsets()
+                .into_iter()
+                .filter(|o| tx.durable_blocks.contains(o) && !moved.contains_key(o))
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            for old in pending {
+                let new = self.alloc_clusters(1)?;
+                moved.insert(old, new);
+            }
+        }
+        // Write everything new, then sync.
+        for off in self.rb.dirty_offsets() {
+            let slot = self.rb.get(off).expect("dirty block");
+            let bytes = slot.data.clone();
+            self.st
+                .write_at(&bytes, moved.get(&off).copied().unwrap_or(off))?;
+        }
+        let new_rt: Vec<u64> = self
+            .rt
+            .iter()
+            .map(|&e| moved.get(&(e & OFFSET_MASK)).copied().unwrap_or(e))
+            .collect();
+        let mut rt_bytes = to_be_bytes(&new_rt);
+        rt_bytes.resize((rt_clusters * cs) as usize, 0);
+        self.st.write_at(&rt_bytes, rt_at)?;
+        for off in self.l2.dirty_offsets() {
+            let slot = self.l2.get(off).expect("dirty table");
+            let bytes = to_be_bytes(&slot.data);
+            self.st.write_at(&bytes, off)?;
+        }
+        if let (Some(l1), Some(at)) = (&switch.l1, l1_at) {
+            let mut bytes = to_be_bytes(l1);
+            bytes.resize((clusters_for(l1.len() as u64 * 8) * cs) as usize, 0);
+            self.st.write_at(&bytes, at)?;
+        }
+        if let (Some(t), Some(at)) = (&table, table_at) {
+            self.st.write_at(t, at)?;
+        }
+        self.st.flush()?;
+        // The switch: one header write.
+        let old_header = self.header.clone();
+        self.header.refcount_table_offset = rt_at;
+        if let (Some(l1), Some(at)) = (&switch.l1, l1_at) {
+            self.header.l1_table_offset = at;
+            self.header.l1_size = l1.len() as u32;
+        }
+        if let Some(s) = &switch.snapshots {
+            self.header.nb_snapshots = s.len() as u32;
+            self.header.snapshots_offset = table_at.unwrap_or(0);
+        }
+        if let Some(size) = switch.size {
+            self.header.size = size;
+        }
+        if let Err(e) = self.write_header().and_then(|()| self.st.flush()) {
+            self.header = old_header;
+            return Err(e);
+        }
+        // The new state is durable: bring memory in line with it.
+        self.in_tx = false;
+        self.rt = new_rt;
+        self.rt_dirty.clear();
+        for off in self.rb.dirty_offsets() {
+            let data = self.rb.remove(off).expect("dirty block");
+            self.rb
+                .insert(moved.get(&off).copied().unwrap_or(off), data, false);
+        }
+        for off in self.l2.dirty_offsets() {
+            self.l2.get(off).expect("dirty table").dirty = false;
+        }
+        if let Some(l1) = switch.l1 {
+            let old_clusters = clusters_for(old_header.l1_size as u64 * 8);
+            if !switch.keep_old_l1 {
+                tx.frees_after
+                    .extend((0..old_clusters).map(|k| old_header.l1_table_offset + k * cs));
+            }
+            self.l1 = l1;
+            self.l1_dirty = false;
+        }
+        if switch.snapshots.is_some() && old_header.nb_snapshots > 0 {
+            let (_, bytes) = super::snapshot_table::read_table(
+                self.st.as_ref(),
+                old_header.snapshots_offset,
+                old_header.nb_snapshots,
+            )?;
+            let n = bytes.div_ceil(cs);
+            tx.frees_after
+                .extend((0..n).map(|k| old_header.snapshots_offset + k * cs));
+        }
+        tx.frees_after.extend(moved.keys().copied());
+        tx.frees_after
+            .extend((0..rt_clusters).map(|k| old_header.refcount_table_offset + k * cs));
+        // Release in place (ordinary ordered write-back: a crash leaks).
+        self.pending_free.append(&mut tx.frees_after);
+        self.flush()
+    }
+}

@@ -1,0 +1,406 @@
+//! Internal snapshots (`qcow2.txt` "Snapshots"): create, list, apply, delete,
+//! and reading a snapshot without applying it. Each change is one shadow
+//! commit (`shadow.rs`): the image is either fully before or fully after it.
+//!
+//! Refcounts count views: a data cluster reachable from the active L1 table
+//! and from two snapshots has refcount 3; an L2 table counts the L1 tables
+//! that point at it. strata never shares an L2 table between the active state
+//! and a snapshot: the active state always gets its own copies (the same
+//! amount of writing as clearing COPIED flags in place, as QEMU does, but
+//! switched atomically), so only data clusters are shared.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::meta::{from_be_bytes, Meta};
+use super::shadow::{Switch, Tx};
+use super::snapshot_table::{read_table, SnapshotEntry};
+use super::types::{decode_l2, Cluster, COPIED, OFFSET_MASK};
+use super::Qcow2;
+use crate::error::{Error, Result};
+
+/// Public description of one internal snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Unique ID string.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Creation time: seconds since the Epoch.
+    pub date_sec: u32,
+    /// Creation time: nanoseconds.
+    pub date_nsec: u32,
+    /// Guest run time in nanoseconds.
+    pub vm_clock_nsec: u64,
+    /// Saved VM state size in bytes.
+    pub vm_state_size: u64,
+    /// Virtual disk size at snapshot time.
+    pub disk_size: Option<u64>,
+    /// Record/replay instruction count (-1: disabled), when recorded.
+    pub icount: Option<i64>,
+}
+
+impl From<&SnapshotEntry> for SnapshotInfo {
+    fn from(e: &SnapshotEntry) -> Self {
+        SnapshotInfo {
+            id: e.id.clone(),
+            name: e.name.clone(),
+            date_sec: e.date_sec,
+            date_nsec: e.date_nsec,
+            vm_clock_nsec: e.vm_clock_nsec,
+            vm_state_size: e.vm_state_size,
+            disk_size: e.disk_size,
+            icount: e.icount,
+        }
+    }
+}
+
+/// Longest snapshot name or ID (the table stores 16-bit lengths).
+const MAX_NAME: usize = 65535;
+
+impl Meta {
+    /// The snapshot table as stored.
+    pub fn snapshot_entries(&self) -> Result<Vec<SnapshotEntry>> {
+        if self.header.nb_snapshots == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(read_table(
+            self.st.as_ref(),
+            self.header.snapshots_offset,
+            self.header.nb_snapshots,
+        )?
+        .0)
+    }
+
+    /// Reads a snapshot's L1 table.
+    pub fn snapshot_l1(&self, e: &SnapshotEntry) -> Result<Vec<u64>> {
+        let file_len = self.st.len()?;
+        let bytes = e.l1_size as u64 * 8;
+        if !e.l1_table_offset.is_multiple_of(self.geo.cluster_size)
+            || e.l1_table_offset + bytes > file_len
+        {
+            return Err(self.corrupt(format!(
+                "snapshot '{}' has an invalid L1 table at offset {:#x} ({} entries)",
+                e.name, e.l1_table_offset, e.l1_size
+            )));
+        }
+        let mut raw = vec![0u8; bytes as usize];
+        self.st.read_at(&mut raw, e.l1_table_offset)?;
+        Ok(from_be_bytes(&raw))
+    }
+
+    /// Adds `delta` (+1 or -1) to every data cluster an L2 table maps.
+    fn adjust_data(&mut self, tx: &mut Tx, table: &[u64], delta: i8) -> Result<()> {
+        let geo = self.geo;
+        for j in 0..geo.l2_entries as usize {
+            let mut clusters = Vec::new();
+            match decode_l2(table[j * geo.l2_words], &geo) {
+                Cluster::Data { host, .. } | Cluster::Zero { host } if host != 0 => {
+                    clusters.push(host)
+                }
+                Cluster::Compressed { entry } => {
+                    let (off, len) = geo.compressed_span(entry);
+                    let mut c = off & !(geo.cluster_size - 1);
+                    while c < off + len {
+                        clusters.push(c);
+                        c += geo.cluster_size;
+                    }
+                }
+                _ => {}
+            }
+            for host in clusters {
+                if delta > 0 {
+                    self.increment(host >> geo.cluster_bits)?;
+                } else {
+                    self.tx_decrement(tx, host)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a view (an L1 table) its own copies of its L2 tables, with
+    /// COPIED set exactly where the data cluster's refcount is one; returns
+    /// the new active L1 table. Data refcounts must already be final.
+    fn private_copies(&mut self, l1: &[u64]) -> Result<Vec<u64>> {
+        let geo = self.geo;
+        let mut out = vec![0u64; l1.len()];
+        for (i, &e) in l1.iter().enumerate() {
+            let t = e & OFFSET_MASK;
+            if t == 0 {
+                continue;
+            }
+            let mut table = self.load_l2(t)?.clone();
+            for j in 0..geo.l2_entries as usize {
+                let w = j * geo.l2_words;
+                let host = match decode_l2(table[w], &geo) {
+                    Cluster::Data { host, .. } => host,
+                    Cluster::Zero { host } if host != 0 => host,
+                    _ => continue,
+                };
+                let one = self.refcount(host >> geo.cluster_bits)? == 1;
+                table[w] = if one {
+                    table[w] | COPIED
+                } else {
+                    table[w] & !COPIED
+                };
+            }
+            let at = self.alloc_clusters(1)?;
+            self.l2.insert(at, table, true);
+            out[i] = at | COPIED;
+        }
+        Ok(out)
+    }
+
+    /// Runs `body` as one shadow transaction: begin, body, commit; on any
+    /// error (in the body or in the commit) the in-memory state is reloaded
+    /// from the untouched durable image.
+    fn transaction<T>(
+        &mut self,
+        budget: u64,
+        body: impl FnOnce(&mut Meta, &mut Tx) -> Result<(Switch, T)>,
+    ) -> Result<T> {
+        let mut tx = self.tx_begin(budget)?;
+        let result = body(self, &mut tx).and_then(|(switch, value)| {
+            self.tx_commit(tx, switch)?;
+            Ok(value)
+        });
+        if result.is_err() && self.in_tx {
+            // Keep the first error; a failing reload leaves `in_tx` set, so
+            // nothing is written in place afterwards.
+            let _ = self.tx_abort();
+        }
+        result
+    }
+
+    /// Clusters a transaction may allocate: every L2 table of two views,
+    /// their L1 tables, the snapshot table, and the refcount blocks.
+    fn tx_budget(&self, extra_l1: usize) -> u64 {
+        let cs = self.geo.cluster_size;
+        let l2 = self.l1.iter().filter(|e| *e & OFFSET_MASK != 0).count() as u64;
+        2 * l2
+            + 2 * (self.l1.len().max(extra_l1) as u64 * 8).div_ceil(cs)
+            + self.rt.len() as u64
+            + 16
+    }
+}
+
+fn now() -> (u32, u32) {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as u32, d.subsec_nanos())
+}
+
+/// A name made from the local time, `YYYYMMDDhhmmss` (made unique with a suffix).
+fn time_name(taken: &[SnapshotEntry], secs: u32) -> String {
+    let base = format_utc(secs);
+    if !taken.iter().any(|e| e.name == base) {
+        return base;
+    }
+    (1..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|c| !taken.iter().any(|e| &e.name == c))
+        .expect("a free name")
+}
+
+/// `YYYYMMDDhhmmss` in UTC (civil-from-days, no time zone database needed).
+fn format_utc(secs: u32) -> String {
+    let days = secs as i64 / 86400;
+    let rem = secs as i64 % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+impl Qcow2 {
+    /// The internal snapshots, in table order.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        let m = self.meta.lock();
+        Ok(m.snapshot_entries()?
+            .iter()
+            .map(SnapshotInfo::from)
+            .collect())
+    }
+
+    fn find<'a>(
+        &self,
+        entries: &'a [SnapshotEntry],
+        name: &str,
+    ) -> Result<(usize, &'a SnapshotEntry)> {
+        entries
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.name == name)
+            .or_else(|| entries.iter().enumerate().find(|(_, e)| e.id == name))
+            .ok_or_else(|| Error::invalid(&self.path, format!("snapshot '{name}' not found")))
+    }
+
+    /// Creates an internal snapshot of the current state; `None` names it
+    /// after the time. Returns what was recorded.
+    pub fn snapshot_create(&self, name: Option<&str>, vm_clock_nsec: u64) -> Result<SnapshotInfo> {
+        self.require_writable()?;
+        self.exclusive(|m| {
+            let mut entries = m.snapshot_entries()?;
+            let (sec, nsec) = now();
+            let name = match name {
+                Some(n) => n.to_string(),
+                None => time_name(&entries, sec),
+            };
+            if name.is_empty() || name.len() > MAX_NAME {
+                return Err(Error::invalid(
+                    &self.path,
+                    format!("invalid snapshot name '{name}'"),
+                ));
+            }
+            if entries.iter().any(|e| e.name == name) {
+                return Err(Error::invalid(
+                    &self.path,
+                    format!("a snapshot named '{name}' already exists"),
+                ));
+            }
+            if entries.len() >= 65536 {
+                return Err(Error::invalid(&self.path, "too many snapshots (65536)"));
+            }
+            let id = entries
+                .iter()
+                .filter_map(|e| e.id.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0)
+                + 1;
+            let budget = m.tx_budget(0);
+            m.transaction(budget, |m, tx| {
+                let l1 = m.l1.clone();
+                for &e in &l1 {
+                    let t = e & OFFSET_MASK;
+                    if t != 0 {
+                        let table = m.load_l2(t)?.clone();
+                        m.adjust_data(tx, &table, 1)?;
+                    }
+                }
+                // The old active L1 (and its L2 tables) become the snapshot's.
+                let new_l1 = m.private_copies(&l1)?;
+                let entry = SnapshotEntry {
+                    l1_table_offset: m.header.l1_table_offset,
+                    l1_size: m.header.l1_size,
+                    id: id.to_string(),
+                    name: name.clone(),
+                    date_sec: sec,
+                    date_nsec: nsec,
+                    vm_clock_nsec,
+                    vm_state_size: 0,
+                    disk_size: Some(m.header.size),
+                    icount: Some(-1),
+                    extra_unknown: Vec::new(),
+                };
+                let info = SnapshotInfo::from(&entry);
+                entries.push(entry);
+                let switch = Switch {
+                    l1: Some(new_l1),
+                    snapshots: Some(entries),
+                    size: None,
+                    keep_old_l1: true,
+                };
+                Ok((switch, info))
+            })
+        })
+    }
+
+    /// Deletes an internal snapshot (by name, or by ID).
+    pub fn snapshot_delete(&self, name: &str) -> Result<SnapshotInfo> {
+        self.require_writable()?;
+        self.exclusive(|m| {
+            let mut entries = m.snapshot_entries()?;
+            let (index, entry) = self.find(&entries, name)?;
+            let entry = entry.clone();
+            let sn_l1 = m.snapshot_l1(&entry)?;
+            let budget = m.tx_budget(0);
+            m.transaction(budget, |m, tx| {
+                for &e in &sn_l1 {
+                    let t = e & OFFSET_MASK;
+                    if t != 0 {
+                        let table = m.load_l2(t)?.clone();
+                        m.adjust_data(tx, &table, -1)?;
+                        m.tx_decrement(tx, t)?;
+                    }
+                }
+                let cs = m.geo.cluster_size;
+                let n = (entry.l1_size as u64 * 8).div_ceil(cs);
+                tx.frees_after
+                    .extend((0..n).map(|k| entry.l1_table_offset + k * cs));
+                // Tables the active state owns get copies with exact COPIED flags.
+                let l1 = m.l1.clone();
+                for &e in &l1 {
+                    let t = e & OFFSET_MASK;
+                    if t != 0 {
+                        m.tx_decrement(tx, t)?;
+                    }
+                }
+                let new_l1 = m.private_copies(&l1)?;
+                entries.remove(index);
+                let switch = Switch {
+                    l1: Some(new_l1),
+                    snapshots: Some(entries),
+                    ..Default::default()
+                };
+                Ok((switch, SnapshotInfo::from(&entry)))
+            })
+        })
+    }
+
+    /// Reverts the active state to an internal snapshot (by name or ID);
+    /// what only the old active state referenced is released.
+    pub fn snapshot_apply(&self, name: &str) -> Result<SnapshotInfo> {
+        self.require_writable()?;
+        let info = self.exclusive(|m| {
+            let entries = m.snapshot_entries()?;
+            let (_, entry) = self.find(&entries, name)?;
+            let entry = entry.clone();
+            let sn_l1 = m.snapshot_l1(&entry)?;
+            let budget = m.tx_budget(sn_l1.len()) + sn_l1.len() as u64;
+            m.transaction(budget, |m, tx| {
+                // Drop the old active view.
+                let old = m.l1.clone();
+                for &e in &old {
+                    let t = e & OFFSET_MASK;
+                    if t != 0 {
+                        let table = m.load_l2(t)?.clone();
+                        m.adjust_data(tx, &table, -1)?;
+                        m.tx_decrement(tx, t)?;
+                    }
+                }
+                // Take the snapshot's view, with private L2 copies.
+                for &e in &sn_l1 {
+                    let t = e & OFFSET_MASK;
+                    if t != 0 {
+                        m.check_host(t, "snapshot L1 entry", entry.l1_table_offset)?;
+                        let table = m.load_l2(t)?.clone();
+                        m.adjust_data(tx, &table, 1)?;
+                    }
+                }
+                let new_l1 = m.private_copies(&sn_l1)?;
+                let size = entry.disk_size.unwrap_or(m.header.size);
+                let switch = Switch {
+                    l1: Some(new_l1),
+                    size: Some(size),
+                    ..Default::default()
+                };
+                Ok((switch, SnapshotInfo::from(&entry)))
+            })
+        })?;
+        let size = self.meta.lock().header.size;
+        self.size.store(size, std::sync::atomic::Ordering::SeqCst);
+        Ok(info)
+    }
+}

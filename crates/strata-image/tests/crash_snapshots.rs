@@ -1,0 +1,198 @@
+//! A crash injected at every write of snapshot create, apply and delete
+//! leaves an image that is fully before or fully after the operation, as
+//! `qemu-img snapshot -l` sees it, with at most leaked clusters (qemu-img
+//! check exits 0 or 3) and the matching guest contents.
+
+mod common;
+use common::*;
+use std::sync::Arc;
+use strata_image::qcow2::{self, CreateOptions, OpenOptions, Qcow2};
+use strata_image::storage::{FaultConfig, FaultStorage, MemoryStorage, Storage};
+
+const SIZE: u64 = 2 << 20;
+
+fn open(st: Arc<dyn Storage>, writable: bool) -> strata_image::Result<Qcow2> {
+    Qcow2::open(
+        st,
+        None,
+        &OpenOptions {
+            writable,
+            lock: false,
+            ..Default::default()
+        },
+    )
+}
+
+/// An image with data and two snapshots, as bytes.
+fn initial(opts: &CreateOptions) -> Vec<u8> {
+    let mem = MemoryStorage::new("snap.qcow2");
+    qcow2::create(&mem, opts).unwrap();
+    {
+        let img = open(Arc::new(mem.clone()), true).unwrap();
+        let mut model = vec![0u8; SIZE as usize];
+        let mut rng = Rng(3);
+        random_writes(&img, &mut model, &mut rng, 20, 100_000);
+        img.snapshot_create(Some("a"), 0).unwrap();
+        random_writes(&img, &mut model, &mut rng, 20, 100_000);
+        img.snapshot_create(Some("b"), 0).unwrap();
+        random_writes(&img, &mut model, &mut rng, 20, 100_000);
+    }
+    mem.snapshot()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Create,
+    Apply,
+    Delete,
+}
+
+fn apply(img: &Qcow2, op: Op) -> strata_image::Result<()> {
+    match op {
+        Op::Create => img.snapshot_create(Some("c"), 0).map(|_| ()),
+        Op::Apply => img.snapshot_apply("a").map(|_| ()),
+        Op::Delete => img.snapshot_delete("a").map(|_| ()),
+    }
+}
+
+/// (snapshot names, active contents) of an image in bytes.
+fn state(bytes: Vec<u8>) -> (Vec<String>, Vec<u8>) {
+    let img = open(Arc::new(MemoryStorage::from_bytes("s", bytes)), false).unwrap();
+    (
+        img.snapshots()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect(),
+        read_all(&img),
+    )
+}
+
+fn crash_every_write(name: &str, opts: CreateOptions, op: Op) {
+    let start = initial(&opts);
+    let before = state(start.clone());
+    let probe = FaultStorage::new("p", start.clone(), FaultConfig::default());
+    let (w0, w1, f0, f1) = {
+        let img = open(Arc::new(probe.clone()), true).unwrap();
+        let (w0, f0) = (probe.writes(), probe.flushes());
+        apply(&img, op).unwrap();
+        (w0, probe.writes(), f0, probe.flushes())
+    };
+    let after = state(probe.live_image());
+    assert!(w1 - w0 > 3, "{name} {op:?}: only {} writes", w1 - w0);
+    let d = tmp();
+    let path = at(&d, "crashed.qcow2");
+    // A crash at every write, and just before every flush.
+    let faults = (w0..w1)
+        .map(|n| {
+            (
+                format!("write {}", n - w0),
+                FaultConfig {
+                    fail_write: Some(n),
+                    ..Default::default()
+                },
+            )
+        })
+        .chain((f0..f1).map(|n| {
+            (
+                format!("flush {}", n - f0),
+                FaultConfig {
+                    fail_flush_at: Some(n),
+                    ..Default::default()
+                },
+            )
+        }));
+    for (n, (point, config)) in faults.enumerate() {
+        let n = n as u64;
+        let fs = FaultStorage::new("f", start.clone(), config);
+        {
+            let img = open(Arc::new(fs.clone()), true).unwrap();
+            assert!(
+                apply(&img, op).is_err(),
+                "{name} {op:?}: {point} did not fail"
+            );
+        }
+        let mut rng = Rng(n + 7);
+        for (variant, image) in [
+            ("nothing unflushed", fs.crash_image(|_| false)),
+            ("everything", fs.crash_image(|_| true)),
+            ("random subset", fs.crash_image(|_| rng.below(2) == 0)),
+        ] {
+            let ctx = format!("{name} {op:?}: crash at {point} ({variant})");
+            std::fs::write(&path, &image).unwrap();
+            let (code, text) = run_status("qemu-img", &["check", s(&path)]);
+            assert!(code == 0 || code == 3, "{ctx}: qemu-img check:\n{text}");
+            let listed: Vec<String> = qemu_snapshots(&path).into_iter().map(|(_, n)| n).collect();
+            let now = state(image);
+            assert_eq!(listed, now.0, "{ctx}: qemu-img and strata list differently");
+            assert!(
+                now == before || now == after,
+                "{ctx}: neither fully before nor fully after (list {:?})",
+                now.0
+            );
+        }
+    }
+}
+
+#[test]
+fn crash_during_create() {
+    crash_every_write(
+        "64k",
+        CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+        Op::Create,
+    );
+    crash_every_write(
+        "4k",
+        CreateOptions {
+            size: SIZE,
+            cluster_size: 4096,
+            ..Default::default()
+        },
+        Op::Create,
+    );
+}
+
+#[test]
+fn crash_during_apply() {
+    crash_every_write(
+        "64k",
+        CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+        Op::Apply,
+    );
+    crash_every_write(
+        "4k",
+        CreateOptions {
+            size: SIZE,
+            cluster_size: 4096,
+            ..Default::default()
+        },
+        Op::Apply,
+    );
+}
+
+#[test]
+fn crash_during_delete() {
+    crash_every_write(
+        "64k",
+        CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+        Op::Delete,
+    );
+    crash_every_write(
+        "4k",
+        CreateOptions {
+            size: SIZE,
+            cluster_size: 4096,
+            ..Default::default()
+        },
+        Op::Delete,
+    );
+}
