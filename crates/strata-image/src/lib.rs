@@ -18,6 +18,7 @@ pub mod ops;
 pub mod qcow2;
 pub mod raw;
 pub mod storage;
+pub mod transaction;
 
 pub use chain::{open, ChainOptions};
 pub use error::{Error, Result};

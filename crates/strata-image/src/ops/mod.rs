@@ -6,6 +6,7 @@ mod commit;
 mod compare;
 mod convert;
 mod copy;
+pub mod external;
 mod rebase;
 
 pub use commit::{commit, CommitOptions};

@@ -17,6 +17,7 @@ pub mod header;
 mod inflight;
 mod io;
 mod meta;
+mod pending;
 mod refcount;
 mod shadow;
 mod snapshot;
@@ -28,6 +29,7 @@ mod zero;
 pub use check::{CheckMode, CheckReport};
 pub use create::{create, CreateOptions, Preallocation};
 pub use header::{CompressionType, Header};
+pub use pending::PendingChange;
 pub use snapshot::SnapshotInfo;
 pub use snapshot_view::SnapshotView;
 

@@ -15,8 +15,9 @@
 
 use std::collections::HashMap;
 
+use super::header::Header;
 use super::meta::{to_be_bytes, Meta};
-use super::snapshot_table::{write_table, SnapshotEntry};
+use super::snapshot_table::{read_table, write_table, SnapshotEntry};
 use super::types::OFFSET_MASK;
 use crate::error::Result;
 
@@ -41,6 +42,8 @@ pub(crate) struct Tx {
     durable_blocks: std::collections::HashSet<u64>,
     /// Clusters to release once the new state is durable.
     pub frees_after: Vec<u64>,
+    /// File length when the transaction began (restored on abort).
+    pub file_len: u64,
 }
 
 impl Meta {
@@ -70,6 +73,7 @@ impl Meta {
         Ok(Tx {
             durable_blocks,
             frees_after: Vec::new(),
+            file_len: self.st.len()?,
         })
     }
 
@@ -86,21 +90,26 @@ impl Meta {
         }
     }
 
-    /// Abandons a transaction: forgets every in-memory change by reloading
-    /// the durable state (nothing was written in place).
-    pub fn tx_abort(&mut self) -> Result<()> {
+    /// Abandons a transaction (not switched, or switched back): forgets
+    /// every in-memory change by reloading the durable state, and gives back
+    /// the file space the transaction appended (nothing durable uses it).
+    pub fn tx_abort(&mut self, tx: &Tx) -> Result<()> {
         self.in_tx = false;
         self.l2.clear();
         self.rb.clear();
         let header = super::read_header(self.st.as_ref())?;
         let fresh = Meta::load(self.st.clone(), self.path.clone(), header, self.cache_bytes)?;
         *self = fresh;
+        if self.st.len()? > tx.file_len {
+            self.st.set_len(tx.file_len)?;
+            self.st.flush()?;
+        }
         Ok(())
     }
 
-    /// Writes the transaction's state to fresh clusters and switches the
-    /// header to it in one write; then releases what the old state used.
-    pub fn tx_commit(&mut self, mut tx: Tx, switch: Switch) -> Result<()> {
+    /// Writes the transaction's state to fresh clusters and syncs; nothing
+    /// the durable image uses is touched. Returns what the switch needs.
+    pub fn tx_prepare(&mut self, tx: &mut Tx, switch: Switch) -> Result<Prepared> {
         let cs = self.geo.cluster_size;
         let clusters_for = |bytes: u64| bytes.div_ceil(cs).max(1);
         // Fresh clusters for the new L1 table and snapshot table.
@@ -137,8 +146,7 @@ impl Meta {
         }
         // Write everything new, then sync.
         for off in self.rb.dirty_offsets() {
-            let slot = self.rb.get(off).expect("dirty block");
-            let bytes = slot.data.clone();
+            let bytes = self.rb.get(off).expect("dirty block").data.clone();
             self.st
                 .write_at(&bytes, moved.get(&off).copied().unwrap_or(off))?;
         }
@@ -151,8 +159,7 @@ impl Meta {
         rt_bytes.resize((rt_clusters * cs) as usize, 0);
         self.st.write_at(&rt_bytes, rt_at)?;
         for off in self.l2.dirty_offsets() {
-            let slot = self.l2.get(off).expect("dirty table");
-            let bytes = to_be_bytes(&slot.data);
+            let bytes = to_be_bytes(&self.l2.get(off).expect("dirty table").data);
             self.st.write_at(&bytes, off)?;
         }
         if let (Some(l1), Some(at)) = (&switch.l1, l1_at) {
@@ -164,60 +171,92 @@ impl Meta {
             self.st.write_at(t, at)?;
         }
         self.st.flush()?;
-        // The switch: one header write.
-        let old_header = self.header.clone();
-        self.header.refcount_table_offset = rt_at;
+        // The header that switches to all of it, and what the old state used.
+        let old = self.header.clone();
+        let mut new = old.clone();
+        new.refcount_table_offset = rt_at;
         if let (Some(l1), Some(at)) = (&switch.l1, l1_at) {
-            self.header.l1_table_offset = at;
-            self.header.l1_size = l1.len() as u32;
+            new.l1_table_offset = at;
+            new.l1_size = l1.len() as u32;
+            if !switch.keep_old_l1 {
+                let n = (old.l1_size as u64 * 8).div_ceil(cs);
+                tx.frees_after
+                    .extend((0..n).map(|k| old.l1_table_offset + k * cs));
+            }
         }
-        if let Some(s) = &switch.snapshots {
-            self.header.nb_snapshots = s.len() as u32;
-            self.header.snapshots_offset = table_at.unwrap_or(0);
+        if let Some(sn) = &switch.snapshots {
+            new.nb_snapshots = sn.len() as u32;
+            new.snapshots_offset = table_at.unwrap_or(0);
+            if old.nb_snapshots > 0 {
+                let (_, bytes) =
+                    read_table(self.st.as_ref(), old.snapshots_offset, old.nb_snapshots)?;
+                tx.frees_after
+                    .extend((0..bytes.div_ceil(cs)).map(|k| old.snapshots_offset + k * cs));
+            }
         }
         if let Some(size) = switch.size {
-            self.header.size = size;
+            new.size = size;
         }
-        if let Err(e) = self.write_header().and_then(|()| self.st.flush()) {
-            self.header = old_header;
-            return Err(e);
+        tx.frees_after.extend(moved.keys().copied());
+        tx.frees_after
+            .extend((0..rt_clusters).map(|k| old.refcount_table_offset + k * cs));
+        Ok(Prepared {
+            old,
+            new,
+            new_rt,
+            moved,
+            l1: switch.l1,
+        })
+    }
+
+    /// The switch: one header write (and a sync). Before it returns Ok the
+    /// old state is durable; after, the new one.
+    pub fn tx_switch(&mut self, p: &Prepared) -> Result<()> {
+        self.header = p.new.clone();
+        let r = self.write_header().and_then(|()| self.st.flush());
+        if r.is_err() {
+            self.header = p.old.clone();
         }
-        // The new state is durable: bring memory in line with it.
+        r
+    }
+
+    /// Switches back to the old state after [`Meta::tx_switch`] (the old
+    /// structures are intact until [`Meta::tx_finish`] releases them).
+    pub fn tx_unswitch(&mut self, p: &Prepared) -> Result<()> {
+        self.header = p.old.clone();
+        self.write_header()?;
+        self.st.flush()
+    }
+
+    /// After the switch: brings memory in line with the new state, then
+    /// releases what only the old state used (in place: a crash leaks).
+    pub fn tx_finish(&mut self, mut tx: Tx, p: Prepared) -> Result<()> {
         self.in_tx = false;
-        self.rt = new_rt;
+        self.rt = p.new_rt;
         self.rt_dirty.clear();
         for off in self.rb.dirty_offsets() {
             let data = self.rb.remove(off).expect("dirty block");
             self.rb
-                .insert(moved.get(&off).copied().unwrap_or(off), data, false);
+                .insert(p.moved.get(&off).copied().unwrap_or(off), data, false);
         }
         for off in self.l2.dirty_offsets() {
             self.l2.get(off).expect("dirty table").dirty = false;
         }
-        if let Some(l1) = switch.l1 {
-            let old_clusters = clusters_for(old_header.l1_size as u64 * 8);
-            if !switch.keep_old_l1 {
-                tx.frees_after
-                    .extend((0..old_clusters).map(|k| old_header.l1_table_offset + k * cs));
-            }
+        if let Some(l1) = p.l1 {
             self.l1 = l1;
             self.l1_dirty = false;
         }
-        if switch.snapshots.is_some() && old_header.nb_snapshots > 0 {
-            let (_, bytes) = super::snapshot_table::read_table(
-                self.st.as_ref(),
-                old_header.snapshots_offset,
-                old_header.nb_snapshots,
-            )?;
-            let n = bytes.div_ceil(cs);
-            tx.frees_after
-                .extend((0..n).map(|k| old_header.snapshots_offset + k * cs));
-        }
-        tx.frees_after.extend(moved.keys().copied());
-        tx.frees_after
-            .extend((0..rt_clusters).map(|k| old_header.refcount_table_offset + k * cs));
-        // Release in place (ordinary ordered write-back: a crash leaks).
         self.pending_free.append(&mut tx.frees_after);
         self.flush()
     }
+}
+
+/// A prepared transaction: everything written, the header not yet switched.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    old: Header,
+    new: Header,
+    new_rt: Vec<u64>,
+    moved: HashMap<u64, u64>,
+    l1: Option<Vec<u64>>,
 }

@@ -12,7 +12,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::meta::{from_be_bytes, Meta};
-use super::shadow::{Switch, Tx};
+use super::shadow::{Prepared, Switch, Tx};
 use super::snapshot_table::{read_table, SnapshotEntry};
 use super::types::{decode_l2, Cluster, COPIED, OFFSET_MASK};
 use super::Qcow2;
@@ -151,30 +151,194 @@ impl Meta {
         Ok(out)
     }
 
-    /// Runs `body` as one shadow transaction: begin, body, commit; on any
-    /// error (in the body or in the commit) the in-memory state is reloaded
-    /// from the untouched durable image.
+    /// Runs `body` as one shadow transaction: begin, body, prepare, switch,
+    /// finish; on any error before the switch the in-memory state is
+    /// reloaded from the untouched durable image.
     fn transaction<T>(
         &mut self,
         budget: u64,
         body: impl FnOnce(&mut Meta, &mut Tx) -> Result<(Switch, T)>,
     ) -> Result<T> {
         let mut tx = self.tx_begin(budget)?;
-        let result = body(self, &mut tx).and_then(|(switch, value)| {
-            self.tx_commit(tx, switch)?;
-            Ok(value)
-        });
-        if result.is_err() && self.in_tx {
-            // Keep the first error; a failing reload leaves `in_tx` set, so
-            // nothing is written in place afterwards.
-            let _ = self.tx_abort();
+        match self.tx_run(&mut tx, body) {
+            Ok((p, value)) => {
+                self.tx_finish(tx, p)?;
+                Ok(value)
+            }
+            Err(e) => {
+                // Keep the first error; a failing reload leaves `in_tx` set,
+                // so nothing is written in place afterwards.
+                let _ = self.tx_abort(&tx);
+                Err(e)
+            }
         }
-        result
+    }
+
+    /// Body, prepare and switch of a transaction.
+    pub(crate) fn tx_run<T>(
+        &mut self,
+        tx: &mut Tx,
+        body: impl FnOnce(&mut Meta, &mut Tx) -> Result<(Switch, T)>,
+    ) -> Result<(Prepared, T)> {
+        let (switch, value) = body(self, tx)?;
+        let p = self.tx_prepare(tx, switch)?;
+        self.tx_switch(&p)?;
+        Ok((p, value))
+    }
+
+    /// The body of snapshot create (see [`Qcow2::snapshot_create`]).
+    pub(crate) fn create_change(
+        &mut self,
+        tx: &mut Tx,
+        path: &str,
+        name: Option<&str>,
+        vm_clock_nsec: u64,
+    ) -> Result<(Switch, SnapshotInfo)> {
+        let mut entries = self.snapshot_entries()?;
+        let (sec, nsec) = now();
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => time_name(&entries, sec),
+        };
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(Error::invalid(
+                path,
+                format!("invalid snapshot name '{name}'"),
+            ));
+        }
+        if entries.iter().any(|e| e.name == name) {
+            return Err(Error::invalid(
+                path,
+                format!("a snapshot named '{name}' already exists"),
+            ));
+        }
+        if entries.len() >= 65536 {
+            return Err(Error::invalid(path, "too many snapshots (65536)"));
+        }
+        let id = entries
+            .iter()
+            .filter_map(|e| e.id.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let l1 = self.l1.clone();
+        for &e in &l1 {
+            let t = e & OFFSET_MASK;
+            if t != 0 {
+                let table = self.load_l2(t)?.clone();
+                self.adjust_data(tx, &table, 1)?;
+            }
+        }
+        // The old active L1 (and its L2 tables) become the snapshot's.
+        let new_l1 = self.private_copies(&l1)?;
+        let entry = SnapshotEntry {
+            l1_table_offset: self.header.l1_table_offset,
+            l1_size: self.header.l1_size,
+            id: id.to_string(),
+            name,
+            date_sec: sec,
+            date_nsec: nsec,
+            vm_clock_nsec,
+            vm_state_size: 0,
+            disk_size: Some(self.header.size),
+            icount: Some(-1),
+            extra_unknown: Vec::new(),
+        };
+        let info = SnapshotInfo::from(&entry);
+        entries.push(entry);
+        let switch = Switch {
+            l1: Some(new_l1),
+            snapshots: Some(entries),
+            size: None,
+            keep_old_l1: true,
+        };
+        Ok((switch, info))
+    }
+
+    /// The body of snapshot delete (see [`Qcow2::snapshot_delete`]).
+    pub(crate) fn delete_change(
+        &mut self,
+        tx: &mut Tx,
+        path: &str,
+        name: &str,
+    ) -> Result<(Switch, SnapshotInfo)> {
+        let mut entries = self.snapshot_entries()?;
+        let (index, entry) = find(path, &entries, name)?;
+        let entry = entry.clone();
+        let sn_l1 = self.snapshot_l1(&entry)?;
+        for &e in &sn_l1 {
+            let t = e & OFFSET_MASK;
+            if t != 0 {
+                let table = self.load_l2(t)?.clone();
+                self.adjust_data(tx, &table, -1)?;
+                self.tx_decrement(tx, t)?;
+            }
+        }
+        let cs = self.geo.cluster_size;
+        let n = (entry.l1_size as u64 * 8).div_ceil(cs);
+        tx.frees_after
+            .extend((0..n).map(|k| entry.l1_table_offset + k * cs));
+        // Tables the active state owns get copies with exact COPIED flags.
+        let l1 = self.l1.clone();
+        for &e in &l1 {
+            let t = e & OFFSET_MASK;
+            if t != 0 {
+                self.tx_decrement(tx, t)?;
+            }
+        }
+        let new_l1 = self.private_copies(&l1)?;
+        entries.remove(index);
+        let switch = Switch {
+            l1: Some(new_l1),
+            snapshots: Some(entries),
+            ..Default::default()
+        };
+        Ok((switch, SnapshotInfo::from(&entry)))
+    }
+
+    /// The body of snapshot apply (see [`Qcow2::snapshot_apply`]).
+    pub(crate) fn apply_change(
+        &mut self,
+        tx: &mut Tx,
+        path: &str,
+        name: &str,
+    ) -> Result<(Switch, SnapshotInfo)> {
+        let entries = self.snapshot_entries()?;
+        let (_, entry) = find(path, &entries, name)?;
+        let entry = entry.clone();
+        let sn_l1 = self.snapshot_l1(&entry)?;
+        // Drop the old active view.
+        let old = self.l1.clone();
+        for &e in &old {
+            let t = e & OFFSET_MASK;
+            if t != 0 {
+                let table = self.load_l2(t)?.clone();
+                self.adjust_data(tx, &table, -1)?;
+                self.tx_decrement(tx, t)?;
+            }
+        }
+        // Take the snapshot's view, with private L2 copies.
+        for &e in &sn_l1 {
+            let t = e & OFFSET_MASK;
+            if t != 0 {
+                self.check_host(t, "snapshot L1 entry", entry.l1_table_offset)?;
+                let table = self.load_l2(t)?.clone();
+                self.adjust_data(tx, &table, 1)?;
+            }
+        }
+        let new_l1 = self.private_copies(&sn_l1)?;
+        let size = entry.disk_size.unwrap_or(self.header.size);
+        let switch = Switch {
+            l1: Some(new_l1),
+            size: Some(size),
+            ..Default::default()
+        };
+        Ok((switch, SnapshotInfo::from(&entry)))
     }
 
     /// Clusters a transaction may allocate: every L2 table of two views,
     /// their L1 tables, the snapshot table, and the refcount blocks.
-    fn tx_budget(&self, extra_l1: usize) -> u64 {
+    pub(crate) fn tx_budget(&self, extra_l1: usize) -> u64 {
         let cs = self.geo.cluster_size;
         let l2 = self.l1.iter().filter(|e| *e & OFFSET_MASK != 0).count() as u64;
         2 * l2
@@ -224,6 +388,20 @@ fn format_utc(secs: u32) -> String {
     )
 }
 
+/// The entry called `name` (or, failing that, with ID `name`) and its index.
+fn find<'a>(
+    path: &str,
+    entries: &'a [SnapshotEntry],
+    name: &str,
+) -> Result<(usize, &'a SnapshotEntry)> {
+    entries
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.name == name)
+        .or_else(|| entries.iter().enumerate().find(|(_, e)| e.id == name))
+        .ok_or_else(|| Error::invalid(path, format!("snapshot '{name}' not found")))
+}
+
 impl Qcow2 {
     /// The internal snapshots, in table order.
     pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
@@ -234,85 +412,14 @@ impl Qcow2 {
             .collect())
     }
 
-    fn find<'a>(
-        &self,
-        entries: &'a [SnapshotEntry],
-        name: &str,
-    ) -> Result<(usize, &'a SnapshotEntry)> {
-        entries
-            .iter()
-            .enumerate()
-            .find(|(_, e)| e.name == name)
-            .or_else(|| entries.iter().enumerate().find(|(_, e)| e.id == name))
-            .ok_or_else(|| Error::invalid(&self.path, format!("snapshot '{name}' not found")))
-    }
-
     /// Creates an internal snapshot of the current state; `None` names it
     /// after the time. Returns what was recorded.
     pub fn snapshot_create(&self, name: Option<&str>, vm_clock_nsec: u64) -> Result<SnapshotInfo> {
         self.require_writable()?;
         self.exclusive(|m| {
-            let mut entries = m.snapshot_entries()?;
-            let (sec, nsec) = now();
-            let name = match name {
-                Some(n) => n.to_string(),
-                None => time_name(&entries, sec),
-            };
-            if name.is_empty() || name.len() > MAX_NAME {
-                return Err(Error::invalid(
-                    &self.path,
-                    format!("invalid snapshot name '{name}'"),
-                ));
-            }
-            if entries.iter().any(|e| e.name == name) {
-                return Err(Error::invalid(
-                    &self.path,
-                    format!("a snapshot named '{name}' already exists"),
-                ));
-            }
-            if entries.len() >= 65536 {
-                return Err(Error::invalid(&self.path, "too many snapshots (65536)"));
-            }
-            let id = entries
-                .iter()
-                .filter_map(|e| e.id.parse::<u64>().ok())
-                .max()
-                .unwrap_or(0)
-                + 1;
             let budget = m.tx_budget(0);
             m.transaction(budget, |m, tx| {
-                let l1 = m.l1.clone();
-                for &e in &l1 {
-                    let t = e & OFFSET_MASK;
-                    if t != 0 {
-                        let table = m.load_l2(t)?.clone();
-                        m.adjust_data(tx, &table, 1)?;
-                    }
-                }
-                // The old active L1 (and its L2 tables) become the snapshot's.
-                let new_l1 = m.private_copies(&l1)?;
-                let entry = SnapshotEntry {
-                    l1_table_offset: m.header.l1_table_offset,
-                    l1_size: m.header.l1_size,
-                    id: id.to_string(),
-                    name: name.clone(),
-                    date_sec: sec,
-                    date_nsec: nsec,
-                    vm_clock_nsec,
-                    vm_state_size: 0,
-                    disk_size: Some(m.header.size),
-                    icount: Some(-1),
-                    extra_unknown: Vec::new(),
-                };
-                let info = SnapshotInfo::from(&entry);
-                entries.push(entry);
-                let switch = Switch {
-                    l1: Some(new_l1),
-                    snapshots: Some(entries),
-                    size: None,
-                    keep_old_l1: true,
-                };
-                Ok((switch, info))
+                m.create_change(tx, &self.path, name, vm_clock_nsec)
             })
         })
     }
@@ -321,41 +428,8 @@ impl Qcow2 {
     pub fn snapshot_delete(&self, name: &str) -> Result<SnapshotInfo> {
         self.require_writable()?;
         self.exclusive(|m| {
-            let mut entries = m.snapshot_entries()?;
-            let (index, entry) = self.find(&entries, name)?;
-            let entry = entry.clone();
-            let sn_l1 = m.snapshot_l1(&entry)?;
             let budget = m.tx_budget(0);
-            m.transaction(budget, |m, tx| {
-                for &e in &sn_l1 {
-                    let t = e & OFFSET_MASK;
-                    if t != 0 {
-                        let table = m.load_l2(t)?.clone();
-                        m.adjust_data(tx, &table, -1)?;
-                        m.tx_decrement(tx, t)?;
-                    }
-                }
-                let cs = m.geo.cluster_size;
-                let n = (entry.l1_size as u64 * 8).div_ceil(cs);
-                tx.frees_after
-                    .extend((0..n).map(|k| entry.l1_table_offset + k * cs));
-                // Tables the active state owns get copies with exact COPIED flags.
-                let l1 = m.l1.clone();
-                for &e in &l1 {
-                    let t = e & OFFSET_MASK;
-                    if t != 0 {
-                        m.tx_decrement(tx, t)?;
-                    }
-                }
-                let new_l1 = m.private_copies(&l1)?;
-                entries.remove(index);
-                let switch = Switch {
-                    l1: Some(new_l1),
-                    snapshots: Some(entries),
-                    ..Default::default()
-                };
-                Ok((switch, SnapshotInfo::from(&entry)))
-            })
+            m.transaction(budget, |m, tx| m.delete_change(tx, &self.path, name))
         })
     }
 
@@ -364,40 +438,8 @@ impl Qcow2 {
     pub fn snapshot_apply(&self, name: &str) -> Result<SnapshotInfo> {
         self.require_writable()?;
         let info = self.exclusive(|m| {
-            let entries = m.snapshot_entries()?;
-            let (_, entry) = self.find(&entries, name)?;
-            let entry = entry.clone();
-            let sn_l1 = m.snapshot_l1(&entry)?;
-            let budget = m.tx_budget(sn_l1.len()) + sn_l1.len() as u64;
-            m.transaction(budget, |m, tx| {
-                // Drop the old active view.
-                let old = m.l1.clone();
-                for &e in &old {
-                    let t = e & OFFSET_MASK;
-                    if t != 0 {
-                        let table = m.load_l2(t)?.clone();
-                        m.adjust_data(tx, &table, -1)?;
-                        m.tx_decrement(tx, t)?;
-                    }
-                }
-                // Take the snapshot's view, with private L2 copies.
-                for &e in &sn_l1 {
-                    let t = e & OFFSET_MASK;
-                    if t != 0 {
-                        m.check_host(t, "snapshot L1 entry", entry.l1_table_offset)?;
-                        let table = m.load_l2(t)?.clone();
-                        m.adjust_data(tx, &table, 1)?;
-                    }
-                }
-                let new_l1 = m.private_copies(&sn_l1)?;
-                let size = entry.disk_size.unwrap_or(m.header.size);
-                let switch = Switch {
-                    l1: Some(new_l1),
-                    size: Some(size),
-                    ..Default::default()
-                };
-                Ok((switch, SnapshotInfo::from(&entry)))
-            })
+            let budget = m.tx_budget(2 * m.l1.len());
+            m.transaction(budget, |m, tx| m.apply_change(tx, &self.path, name))
         })?;
         let size = self.meta.lock().header.size;
         self.size.store(size, std::sync::atomic::Ordering::SeqCst);
