@@ -107,6 +107,60 @@ pub enum ImgCommand {
     Resize(ResizeArgs),
     /// Time many reads or writes (qemu-img bench).
     Bench(BenchArgs),
+    /// Create, list, apply or delete internal snapshots (qemu-img snapshot).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `strata img snapshot` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Record the image's current contents as a new internal snapshot.
+    Create(SnapshotCreateArgs),
+    /// List the internal snapshots (qemu-img snapshot -l).
+    List(SnapshotListArgs),
+    /// Revert the image to an internal snapshot (its current contents are lost).
+    Apply(SnapshotNameArgs),
+    /// Delete an internal snapshot.
+    Delete(SnapshotNameArgs),
+}
+
+/// `strata img snapshot create`.
+#[derive(Debug, Args)]
+pub struct SnapshotCreateArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// The qcow2 image.
+    pub file: PathBuf,
+    /// Name of the new snapshot (default: the time, YYYYMMDDhhmmss).
+    pub name: Option<String>,
+}
+
+/// `strata img snapshot list`.
+#[derive(Debug, Args)]
+pub struct SnapshotListArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// Open without taking locks (the image may be in use).
+    #[arg(short = 'U', long)]
+    pub force_share: bool,
+    /// The qcow2 image.
+    pub file: PathBuf,
+}
+
+/// `strata img snapshot apply` and `strata img snapshot delete`.
+#[derive(Debug, Args)]
+pub struct SnapshotNameArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// The qcow2 image.
+    pub file: PathBuf,
+    /// The snapshot's name, or its ID.
+    #[arg(value_name = "NAME")]
+    pub name: String,
 }
 
 /// `strata img bench`.

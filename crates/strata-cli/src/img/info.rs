@@ -8,16 +8,16 @@ use anyhow::Result;
 use serde::Serialize;
 use strata_image::chain::resolve_backing;
 use strata_image::qcow2::header::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
-use strata_image::qcow2::snapshot_table::{read_table, SnapshotEntry};
 use strata_image::qcow2::Qcow2;
 use strata_image::raw::RawImage;
 use strata_image::storage::Storage;
 use strata_image::Image;
 
+use super::snapshot::{table, SnapshotRecord};
 use super::{format_of, open, shown, OpenSpec};
 use crate::cli::InfoArgs;
 use crate::exit::OK;
-use crate::output::{human_size, local_time, Output};
+use crate::output::{human_size, Output};
 
 /// A validated `info` request.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ struct ImageInfo {
     format: &'static str,
     actual_size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    snapshots: Option<Vec<SnapshotInfo>>,
+    snapshots: Option<Vec<SnapshotRecord>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     format_specific: Option<FormatSpecific>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,35 +98,6 @@ struct Qcow2Data {
     extended_l2: Option<bool>,
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "kebab-case")]
-struct SnapshotInfo {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    icount: Option<i64>,
-    vm_clock_nsec: u64,
-    name: String,
-    date_sec: u32,
-    date_nsec: u32,
-    vm_clock_sec: u64,
-    id: String,
-    vm_state_size: u64,
-}
-
-impl From<&SnapshotEntry> for SnapshotInfo {
-    fn from(s: &SnapshotEntry) -> Self {
-        SnapshotInfo {
-            icount: s.icount.filter(|&i| i != -1),
-            vm_clock_nsec: s.vm_clock_nsec % 1_000_000_000,
-            name: s.name.clone(),
-            date_sec: s.date_sec,
-            date_nsec: s.date_nsec,
-            vm_clock_sec: s.vm_clock_nsec / 1_000_000_000,
-            id: s.id.clone(),
-            vm_state_size: s.vm_state_size,
-        }
-    }
-}
-
 fn qcow2_data(h: &Header) -> Qcow2Data {
     let v3 = h.version >= 3;
     Qcow2Data {
@@ -176,9 +147,9 @@ fn describe(img: &dyn Image, filename: &str) -> Result<ImageInfo> {
             info.backing_filename = Some(name.clone());
             info.backing_filename_format = h.backing_format();
         }
-        if h.nb_snapshots > 0 {
-            let (snaps, _) = read_table(q.storage().as_ref(), h.snapshots_offset, h.nb_snapshots)?;
-            info.snapshots = Some(snaps.iter().map(SnapshotInfo::from).collect());
+        let snaps = q.snapshots()?;
+        if !snaps.is_empty() {
+            info.snapshots = Some(snaps.iter().map(SnapshotRecord::from).collect());
         }
         q.storage()
     } else if let Some(r) = any.downcast_ref::<RawImage>() {
@@ -271,31 +242,9 @@ fn human(i: &ImageInfo) -> String {
         line("cleanly shut down: no".to_string());
     }
     if let Some(snaps) = &i.snapshots {
-        line("Snapshot list:".to_string());
-        line(format!(
-            "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}",
-            "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"
-        ));
-        for sn in snaps {
-            let secs = sn.vm_clock_sec;
-            let clock = format!(
-                "{:04}:{:02}:{:02}.{:03}",
-                secs / 3600,
-                (secs / 60) % 60,
-                secs % 60,
-                sn.vm_clock_nsec / 1_000_000
-            );
-            let icount = sn.icount.map(|c| c.to_string()).unwrap_or_default();
-            line(format!(
-                "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}",
-                sn.id,
-                sn.name,
-                human_size(sn.vm_state_size),
-                local_time(sn.date_sec),
-                clock,
-                icount
-            ));
-        }
+        table(snaps)
+            .split_terminator('\n')
+            .for_each(|l| line(l.to_string()));
     }
     if let Some(FormatSpecific {
         data: FormatData::Qcow2(d),

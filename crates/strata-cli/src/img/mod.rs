@@ -14,6 +14,7 @@ mod map;
 mod options;
 mod rebase;
 mod resize;
+mod snapshot;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub fn run(cmd: ImgCommand, out: &Output) -> Result<u8> {
         ImgCommand::Rebase(a) => rebase::run(a, out),
         ImgCommand::Resize(a) => resize::run(a, out),
         ImgCommand::Bench(a) => bench::run(a, out),
+        ImgCommand::Snapshot(c) => snapshot::run(c, out),
     }
 }
 
