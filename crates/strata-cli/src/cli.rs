@@ -344,7 +344,7 @@ pub struct ConvertArgs {
     /// Target format options, as for create (repeatable).
     #[arg(short = 'o', value_name = "OPT[,OPT…]")]
     pub options: Vec<String>,
-    /// Copy from this internal snapshot of the source.
+    /// Copy this internal snapshot of the source (name or ID) instead of its current contents.
     #[arg(short = 's', value_name = "SNAPSHOT")]
     pub snapshot: Option<String>,
     /// The target's backing file: copy only what the source's top image holds.

@@ -1,8 +1,8 @@
-//! `strata img snapshot`, judged by the QEMU tools: snapshots strata makes
-//! are listed by `qemu-img snapshot -l` and `qemu-img info` as strata lists
-//! them; applying and deleting leave what `qemu-img compare` and
-//! `qemu-img check` expect; snapshots qemu-img made are listed, applied and
-//! deleted by strata as qemu-img does.
+//! `strata img snapshot` and `strata img convert -s`, judged by the QEMU
+//! tools: snapshots strata makes are listed by `qemu-img snapshot -l` and
+//! `qemu-img info` as strata lists them; applying and deleting leave what
+//! `qemu-img compare` and `qemu-img check` expect; snapshots qemu-img made
+//! are listed, applied, deleted and converted by strata as qemu-img does.
 
 mod common;
 
@@ -249,6 +249,173 @@ fn qemu_made_snapshots_are_listed_applied_and_deleted() {
 }
 
 #[test]
+fn convert_snapshot_equals_qemu_img_convert_l() {
+    let d = tmp();
+    let p = d.path();
+    qemu_made(p);
+    // To raw, by name and by ID.
+    ok(
+        p,
+        &[
+            "img", "convert", "-s", "s1", "-O", "raw", "q.qcow2", "c1.raw",
+        ],
+    );
+    assert_same(p, "c1.raw", "s1.raw");
+    assert_eq!(
+        std::fs::read(p.join("c1.raw")).expect("read"),
+        std::fs::read(p.join("s1.raw")).expect("read")
+    );
+    ok(p, &["img", "convert", "-s", "2", "q.qcow2", "c2.raw"]);
+    assert_same(p, "c2.raw", "s2.raw");
+    // To compressed qcow2, with format options.
+    ok(
+        p,
+        &[
+            "img",
+            "convert",
+            "-s",
+            "s2",
+            "-O",
+            "qcow2",
+            "-c",
+            "-o",
+            "cluster_size=4K",
+            "q.qcow2",
+            "c2.qcow2",
+        ],
+    );
+    assert_same(p, "c2.qcow2", "s2.raw");
+    assert_clean(p, "c2.qcow2");
+    let info = qemu_img(p, &["info", "--output=json", "c2.qcow2"]).json();
+    assert_eq!(info["cluster-size"], 4096);
+    let check = qemu_img(p, &["check", "--output=json", "c2.qcow2"]).json();
+    assert!(
+        check["compressed-clusters"].as_u64().unwrap_or(0) > 0,
+        "nothing compressed: {check:#}"
+    );
+    // The source is untouched: its snapshots and its current contents.
+    assert_lists_agree(p, "q.qcow2");
+    assert_clean(p, "q.qcow2");
+    assert_differ(p, "q.qcow2", "s2.raw");
+    qemu_img(p, &["convert", "-O", "raw", "q.qcow2", "now.raw"]);
+    ok(p, &["img", "convert", "q.qcow2", "now2.raw"]);
+    assert_same(p, "now.raw", "now2.raw");
+}
+
+#[test]
+fn convert_snapshot_keeps_its_size_and_works_over_a_backing_file() {
+    let d = tmp();
+    let p = d.path();
+    // A snapshot taken before the image grew has the old size, as
+    // `qemu-img snapshot -a` restores it. (`qemu-img convert -l` copies it
+    // at the image's current size instead, zero past the snapshot's end.)
+    image(p, "g.qcow2");
+    qemu_io(p, "qcow2", "g.qcow2", &["write -P 7 4032k 64k"]);
+    qemu_img(p, &["snapshot", "-c", "small", "g.qcow2"]);
+    qemu_img(p, &["resize", "g.qcow2", "6M"]);
+    qemu_io(p, "qcow2", "g.qcow2", &["write -P 8 5M 64k"]);
+    ok(
+        p,
+        &[
+            "img",
+            "convert",
+            "-s",
+            "small",
+            "-O",
+            "qcow2",
+            "g.qcow2",
+            "small.qcow2",
+        ],
+    );
+    qemu_img(
+        p,
+        &[
+            "convert",
+            "-l",
+            "snapshot.name=small",
+            "-O",
+            "raw",
+            "g.qcow2",
+            "small.raw",
+        ],
+    );
+    assert_same(p, "small.qcow2", "small.raw");
+    std::fs::copy(p.join("g.qcow2"), p.join("applied.qcow2")).expect("copy");
+    qemu_img(p, &["snapshot", "-a", "small", "applied.qcow2"]);
+    assert_same(p, "small.qcow2", "applied.qcow2");
+    let size = |f: &str| qemu_img(p, &["info", "--output=json", f]).json()["virtual-size"].clone();
+    assert_eq!(size("small.qcow2"), size("applied.qcow2"));
+    assert_eq!(size("small.qcow2"), 4 * MIB);
+
+    // Over a backing file: the snapshot of the overlay shows the base
+    // through; -B copies only what the overlay's snapshot holds.
+    image(p, "base.qcow2");
+    qemu_io(p, "qcow2", "base.qcow2", &["write -P 1 0 4M"]);
+    qemu_img(
+        p,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    qemu_io(p, "qcow2", "top.qcow2", &["write -P 2 1M 64k"]);
+    qemu_img(p, &["snapshot", "-c", "s", "top.qcow2"]);
+    qemu_io(p, "qcow2", "top.qcow2", &["write -P 3 0 2M"]);
+    qemu_img(
+        p,
+        &[
+            "convert",
+            "-l",
+            "snapshot.name=s",
+            "-O",
+            "raw",
+            "top.qcow2",
+            "s.raw",
+        ],
+    );
+    ok(p, &["img", "convert", "-s", "s", "top.qcow2", "full.raw"]);
+    assert_same(p, "full.raw", "s.raw");
+    ok(
+        p,
+        &[
+            "img",
+            "convert",
+            "-s",
+            "s",
+            "-O",
+            "qcow2",
+            "-B",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+            "thin.qcow2",
+        ],
+    );
+    assert_same(p, "thin.qcow2", "s.raw");
+    assert_clean(p, "thin.qcow2");
+    let map = qemu_img(p, &["map", "--output=json", "thin.qcow2"]).json();
+    let own: u64 = map
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["depth"] == 0 && e["data"] == true)
+        .map(|e| e["length"].as_u64().expect("length"))
+        .sum();
+    assert_eq!(
+        own,
+        64 << 10,
+        "thin copy holds only the overlay's cluster: {map:#}"
+    );
+}
+
+#[test]
 fn errors_name_the_file_and_the_snapshot() {
     let d = tmp();
     let p = d.path();
@@ -301,6 +468,37 @@ fn errors_name_the_file_and_the_snapshot() {
     strata(p, &["img", "snapshot", "apply", "a.qcow2"]).one_error(2, "NAME");
     strata(p, &["img", "snapshot", "rename", "a.qcow2"]).one_error(2, "rename");
     assert_eq!(std::fs::read(p.join("a.qcow2")).expect("read"), before);
+}
+
+#[test]
+fn convert_snapshot_errors_name_the_file_and_the_snapshot() {
+    let d = tmp();
+    let p = d.path();
+    image(p, "a.qcow2");
+    ok(p, &["img", "snapshot", "create", "a.qcow2", "s1"]);
+    qemu_img(p, &["create", "-f", "raw", "r.raw", "1M"]);
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["-s", "nope", "a.qcow2"], 1, "a.qcow2"),
+        (
+            &["-s", "nope", "-O", "qcow2", "-c", "a.qcow2"],
+            1,
+            "a.qcow2",
+        ),
+        (&["-s", "s1", "r.raw"], 1, "r.raw"),
+        (&["-s", "s1", "missing.qcow2"], 1, "missing.qcow2"),
+    ];
+    for (args, code, file) in cases {
+        let mut all = vec!["img", "convert"];
+        all.extend_from_slice(args);
+        all.push("out.img");
+        let line = strata(p, &all).one_error(*code, file);
+        let snapshot = args[1];
+        assert!(line.contains(&format!("'{snapshot}'")), "{line}");
+        assert!(!p.join("out.img").exists(), "{args:?} left a target");
+    }
+    strata(p, &["img", "convert", "-s", "", "a.qcow2", "out.img"]).one_error(2, "-s");
+    assert!(!p.join("out.img").exists());
+    assert_clean(p, "a.qcow2");
 }
 
 /// qemu-img looks a snapshot up by ID before name when applying (and in

@@ -1,6 +1,7 @@
 //! `strata img convert`: copy an image's guest contents into a new image,
 //! optionally compressed, optionally over a backing file (`-B`, copying
-//! only what the source's top image holds).
+//! only what the source's top image holds), optionally from an internal
+//! snapshot of the source (`-s`) instead of its current contents.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use strata_image::{Format, Image};
 
 use super::create::create_raw;
 use super::options::{self, FormatOptions};
+use super::snapshot::qcow2_for;
 use super::{format_of, open, shown, OpenSpec};
 use crate::cli::ConvertArgs;
 use crate::exit::{usage, OK};
@@ -30,6 +32,8 @@ struct Request {
     opts: FormatOptions,
     /// The target's backing file as stored, and its format if given.
     backing: Option<(String, Option<Format>)>,
+    /// Copy this internal snapshot (name or ID) of the source.
+    snapshot: Option<String>,
 }
 
 impl Request {
@@ -59,13 +63,10 @@ impl Request {
         if dst_format == Format::Qcow2 {
             options::validate_qcow2(&opts.qcow2(0, backing.clone()), &shown(&a.dst))?;
         }
-        // Accepted on the command line, not implemented by the engine yet.
-        if let Some(s) = a.snapshot {
-            bail!(
-                "{}: converting from an internal snapshot (-s {s}) is not supported yet",
-                shown(&a.src)
-            );
+        if a.snapshot.as_deref() == Some("") {
+            return Err(usage("-s needs a snapshot name or ID"));
         }
+        // Accepted on the command line, not implemented by the engine yet.
         if let Some(b) = a.bitmap {
             bail!("{}: copying only the clusters dirty in a bitmap (--bitmap {b}) is not supported yet", shown(&a.src));
         }
@@ -80,6 +81,7 @@ impl Request {
             compress: a.compress,
             opts,
             backing,
+            snapshot: a.snapshot,
         })
     }
 }
@@ -94,7 +96,11 @@ pub fn run(a: ConvertArgs, out: &Output) -> Result<u8> {
             backing: true,
             ..Default::default()
         },
-    )?;
+    );
+    let src = match &req.snapshot {
+        Some(name) => src.with_context(|| format!("cannot convert snapshot '{name}'"))?,
+        None => src?,
+    };
     let mut backing = req.backing.clone();
     if let Some((name, fmt @ None)) = &mut backing {
         // Record the backing file's real format, as qemu-img wants one.
@@ -109,6 +115,18 @@ pub fn run(a: ConvertArgs, out: &Output) -> Result<u8> {
         .with_context(|| format!("{}: cannot use backing file {name}", shown(&req.dst)))?;
         *fmt = Some(b.format());
     }
+    let view = match &req.snapshot {
+        Some(name) => {
+            let doing = format!("convert snapshot '{name}'");
+            let q = qcow2_for(src.as_ref(), &shown(&req.src), &doing)?;
+            Some(q.snapshot_view(name)?)
+        }
+        None => None,
+    };
+    let src: &dyn Image = match &view {
+        Some(v) => v,
+        None => src.as_ref(),
+    };
     let size = src.size();
     match req.dst_format {
         Format::Qcow2 => {
@@ -120,7 +138,7 @@ pub fn run(a: ConvertArgs, out: &Output) -> Result<u8> {
         Format::Raw => create_raw(&req.dst, size, req.opts.preallocation.unwrap_or_default())?,
     }
     // From here on a failure removes the half-written target.
-    let result = copy(&req, src.as_ref(), out);
+    let result = copy(&req, src, out);
     if result.is_err() {
         let _ = std::fs::remove_file(&req.dst);
     }
