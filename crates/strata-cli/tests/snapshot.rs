@@ -519,3 +519,37 @@ fn apply_prefers_an_id_to_a_name_as_qemu_img() {
     ok(p, &["img", "snapshot", "apply", "b.qcow2", "2"]);
     assert_same(p, "a.qcow2", "b.qcow2");
 }
+
+/// A snapshot created without a name is named after the local time, as the
+/// engine documents (and as QEMU names them); the engine formats UTC.
+#[test]
+#[ignore = "engine bug: time_name formats the creation time in UTC, not local time as documented"]
+fn unnamed_snapshot_is_named_after_the_local_time() {
+    let d = tmp();
+    let p = d.path();
+    image(p, "a.qcow2");
+    let in_tokyo = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .current_dir(p)
+            .env("TZ", "JST-9")
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(out.status.success(), "{program} {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let created = in_tokyo(
+        env!("CARGO_BIN_EXE_strata"),
+        &["img", "snapshot", "create", "--output", "json", "a.qcow2"],
+    );
+    let created: Value = serde_json::from_str(&created).expect("JSON");
+    let listed = in_tokyo("qemu-img", &["snapshot", "-l", "a.qcow2"]);
+    let row = listed.lines().nth(2).expect("one snapshot row");
+    // ID, TAG, VM_SIZE ("0 B"), then DATE: local `YYYY-MM-DD hh:mm:ss`.
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    let local: String = format!("{}{}", cols[4], cols[5])
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    assert_eq!(created["name"], local.as_str(), "{listed}");
+}
