@@ -504,7 +504,7 @@ fn convert_snapshot_errors_name_the_file_and_the_snapshot() {
 /// qemu-img looks a snapshot up by ID before name when applying (and in
 /// `convert -l ID_OR_NAME`); the engine looks by name first.
 #[test]
-#[ignore = "engine bug: snapshot_apply/snapshot_view find a name before an ID; qemu-img finds the ID first"]
+
 fn apply_prefers_an_id_to_a_name_as_qemu_img() {
     let d = tmp();
     let p = d.path();
@@ -523,7 +523,7 @@ fn apply_prefers_an_id_to_a_name_as_qemu_img() {
 /// A snapshot created without a name is named after the local time, as the
 /// engine documents (and as QEMU names them); the engine formats UTC.
 #[test]
-#[ignore = "engine bug: time_name formats the creation time in UTC, not local time as documented"]
+
 fn unnamed_snapshot_is_named_after_the_local_time() {
     let d = tmp();
     let p = d.path();

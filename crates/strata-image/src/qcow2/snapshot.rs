@@ -357,7 +357,7 @@ fn now() -> (u32, u32) {
 
 /// A name made from the local time, `YYYYMMDDhhmmss` (made unique with a suffix).
 fn time_name(taken: &[SnapshotEntry], secs: u32) -> String {
-    let base = format_utc(secs);
+    let base = format_local(secs);
     if !taken.iter().any(|e| e.name == base) {
         return base;
     }
@@ -367,29 +367,30 @@ fn time_name(taken: &[SnapshotEntry], secs: u32) -> String {
         .expect("a free name")
 }
 
-/// `YYYYMMDDhhmmss` in UTC (civil-from-days, no time zone database needed).
-fn format_utc(secs: u32) -> String {
-    let days = secs as i64 / 86400;
-    let rem = secs as i64 % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+/// `YYYYMMDDhhmmss` in the local time zone.
+fn format_local(secs: u32) -> String {
+    let t = secs as libc::time_t;
+    // SAFETY: `tm` is a plain C struct (all-zero is valid) that localtime_r
+    // fills; both pointers are valid for the duration of the call.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return secs.to_string();
+    }
     format!(
-        "{y:04}{m:02}{d:02}{:02}{:02}{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
     )
 }
 
-/// The entry called `name` (or, failing that, with ID `name`) and its index.
-fn find<'a>(
+/// The entry with ID `name` or, failing that, called `name`, and its index
+/// (QEMU looks IDs up first too).
+pub(crate) fn find<'a>(
     path: &str,
     entries: &'a [SnapshotEntry],
     name: &str,
@@ -397,8 +398,8 @@ fn find<'a>(
     entries
         .iter()
         .enumerate()
-        .find(|(_, e)| e.name == name)
-        .or_else(|| entries.iter().enumerate().find(|(_, e)| e.id == name))
+        .find(|(_, e)| e.id == name)
+        .or_else(|| entries.iter().enumerate().find(|(_, e)| e.name == name))
         .ok_or_else(|| Error::invalid(path, format!("snapshot '{name}' not found")))
 }
 

@@ -24,11 +24,7 @@ impl Qcow2 {
     pub fn snapshot_view(&self, name: &str) -> Result<SnapshotView<'_>> {
         let m = self.meta.lock();
         let entries = m.snapshot_entries()?;
-        let entry = entries
-            .iter()
-            .find(|e| e.name == name)
-            .or_else(|| entries.iter().find(|e| e.id == name))
-            .ok_or_else(|| Error::invalid(&self.path, format!("snapshot '{name}' not found")))?;
+        let (_, entry) = super::snapshot::find(&self.path, &entries, name)?;
         let l1 = m.snapshot_l1(entry)?;
         let size = entry.disk_size.unwrap_or(m.header.size);
         Ok(SnapshotView {
