@@ -110,6 +110,17 @@ pub enum ImgCommand {
     /// Create, list, apply or delete internal snapshots (qemu-img snapshot).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Run a group of snapshot actions on many images, all or nothing.
+    Transaction(TransactionArgs),
+}
+
+/// `strata img transaction`.
+#[derive(Debug, Args)]
+pub struct TransactionArgs {
+    /// JSON array of actions ("-" for stdin); relative paths are relative
+    /// to the current directory.
+    #[arg(long = "file", value_name = "ACTIONS.json")]
+    pub file: PathBuf,
 }
 
 /// `strata img snapshot` subcommands.

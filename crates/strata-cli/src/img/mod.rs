@@ -15,6 +15,7 @@ mod options;
 mod rebase;
 mod resize;
 mod snapshot;
+mod transaction;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub fn run(cmd: ImgCommand, out: &Output) -> Result<u8> {
         ImgCommand::Resize(a) => resize::run(a, out),
         ImgCommand::Bench(a) => bench::run(a, out),
         ImgCommand::Snapshot(c) => snapshot::run(c, out),
+        ImgCommand::Transaction(a) => transaction::run(a, out),
     }
 }
 

@@ -4,6 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{lock, LockMode, Storage};
 use crate::error::{Error, Result};
@@ -14,6 +15,9 @@ pub struct FileStorage {
     file: File,
     name: String,
     writable: bool,
+    /// Something was written since the last sync (a sync with nothing to
+    /// make durable is skipped: metadata write-back asks for several).
+    unsynced: AtomicBool,
 }
 
 impl FileStorage {
@@ -29,6 +33,7 @@ impl FileStorage {
             file,
             name,
             writable,
+            unsynced: AtomicBool::new(writable),
         })
     }
 
@@ -49,6 +54,7 @@ impl FileStorage {
             file,
             name,
             writable: true,
+            unsynced: AtomicBool::new(true),
         })
     }
 
@@ -90,15 +96,23 @@ impl Storage for FileStorage {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.unsynced.store(true, Ordering::Release);
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| Error::io(&self.name, "write", offset, e))
     }
 
     fn flush(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io(&self.name, "flush", 0, e))
+        // Clear first: a write that lands after this point sets it again and
+        // is made durable by the next flush; one that completed before is
+        // covered by this sync.
+        if !self.unsynced.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|e| {
+            self.unsynced.store(true, Ordering::Release);
+            Error::io(&self.name, "flush", 0, e)
+        })
     }
 
     fn len(&self) -> Result<u64> {
@@ -110,12 +124,14 @@ impl Storage for FileStorage {
     }
 
     fn set_len(&self, len: u64) -> Result<()> {
+        self.unsynced.store(true, Ordering::Release);
         self.file
             .set_len(len)
             .map_err(|e| Error::io(&self.name, "truncate", len, e))
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.unsynced.store(true, Ordering::Release);
         if self
             .fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len)
             .is_ok()
@@ -131,6 +147,7 @@ impl Storage for FileStorage {
         if offset >= file_len {
             return Ok(());
         }
+        self.unsynced.store(true, Ordering::Release);
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         if self
             .fallocate(mode, offset, end.min(file_len) - offset)
@@ -142,6 +159,7 @@ impl Storage for FileStorage {
     }
 
     fn allocate(&self, offset: u64, len: u64) -> Result<()> {
+        self.unsynced.store(true, Ordering::Release);
         if self.fallocate(0, offset, len).is_ok() {
             return Ok(());
         }
