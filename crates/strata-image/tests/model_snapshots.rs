@@ -180,3 +180,18 @@ fn snapshot_model_v2() {
         250,
     );
 }
+
+#[test]
+fn snapshot_model_lazy_refcounts() {
+    run_case(
+        "lazy",
+        CreateOptions {
+            lazy_refcounts: true,
+            cluster_size: 16384,
+            ..Default::default()
+        },
+        true,
+        6,
+        200,
+    );
+}

@@ -6,7 +6,7 @@
 use super::header::MAX_REFTABLE_BYTES;
 use super::meta::{to_be_bytes, Meta};
 use super::types::OFFSET_MASK;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Reads entry `i` of a refcount block of `bits`-wide entries.
 pub(crate) fn get_entry(block: &[u8], i: u64, bits: u32) -> u64 {
@@ -112,17 +112,29 @@ impl Meta {
         Ok(())
     }
 
-    /// Adds one reference to `cluster`.
+    /// Adds one reference to `cluster` (one cache lookup when its block exists).
     pub fn increment(&mut self, cluster: u64) -> Result<()> {
-        let rc = self.refcount(cluster)?;
-        if rc >= self.geo.max_refcount() {
-            return Err(self.corrupt(format!(
-                "refcount of cluster at {:#x} would overflow {} bits",
-                cluster << self.geo.cluster_bits,
-                self.geo.refcount_bits
-            )));
+        let off = self.block_offset(self.block_index(cluster))?;
+        if off == 0 {
+            return self.set_refcount(cluster, 1);
         }
-        self.set_refcount(cluster, rc + 1)
+        self.load_rb(off)?;
+        let (bits, max) = (self.geo.refcount_bits, self.geo.max_refcount());
+        let i = cluster % self.geo.rb_entries;
+        let slot = self.rb.get(off).expect("loaded");
+        let rc = get_entry(&slot.data, i, bits);
+        if rc >= max {
+            return Err(Error::corrupt(
+                &self.path,
+                format!(
+                    "refcount of cluster at {:#x} would overflow {bits} bits",
+                    cluster << self.geo.cluster_bits
+                ),
+            ));
+        }
+        set_entry(&mut slot.data, i, bits, rc + 1);
+        slot.dirty = true;
+        Ok(())
     }
 
     /// Drops one reference to the cluster at host offset `host`.
@@ -376,19 +388,21 @@ impl Meta {
         let file_clusters = self.st.len()?.div_ceil(self.geo.cluster_size);
         let mut end = file_clusters;
         // Refcounted clusters beyond the file's end (rare) also count.
-        let rt_cover = self.rt.len() as u64 * self.geo.rb_entries;
-        let mut bi = self.block_index(file_clusters);
-        while bi < self.rt.len() as u64 {
-            if self.block_offset(bi)? != 0 {
-                let first = (bi * self.geo.rb_entries).max(file_clusters);
-                let last = ((bi + 1) * self.geo.rb_entries).min(rt_cover);
-                for c in first..last {
-                    if self.refcount(c)? != 0 {
-                        end = end.max(c + 1);
-                    }
-                }
+        let (bits, per_block) = (self.geo.refcount_bits, self.geo.rb_entries);
+        for bi in self.block_index(file_clusters)..self.rt.len() as u64 {
+            let off = self.block_offset(bi)?;
+            if off == 0 {
+                continue;
             }
-            bi += 1;
+            self.load_rb(off)?;
+            let block = &self.rb.get(off).expect("loaded").data;
+            let first = file_clusters.saturating_sub(bi * per_block);
+            if let Some(last) = (first..per_block)
+                .rev()
+                .find(|&i| get_entry(block, i, bits) != 0)
+            {
+                end = end.max(bi * per_block + last + 1);
+            }
         }
         Ok(end)
     }
