@@ -209,6 +209,9 @@ impl Member<'_> {
 struct Opened {
     canonical: Vec<PathBuf>,
     images: HashMap<PathBuf, Arc<dyn Image>>,
+    /// The overlay of each external action, decided once (a generated name
+    /// comes from the clock and must not change between check and use).
+    overlays: HashMap<usize, PathBuf>,
 }
 
 /// Checks everything that can be checked before writing: every file exists
@@ -233,6 +236,7 @@ fn validate(actions: &[Action]) -> Result<Opened> {
     let mut internal_on: HashMap<&PathBuf, usize> = HashMap::new();
     let mut external_on: HashMap<&PathBuf, usize> = HashMap::new();
     let mut overlays: Vec<PathBuf> = Vec::new();
+    let mut overlay_of: HashMap<usize, PathBuf> = HashMap::new();
     for (i, a) in actions.iter().enumerate() {
         let c = &canonical[i];
         let internal = matches!(
@@ -317,6 +321,7 @@ fn validate(actions: &[Action]) -> Result<Opened> {
                     ));
                 }
                 let abs = absolute(&path);
+                overlay_of.insert(i, path.clone());
                 if overlays.contains(&abs) || canonical.contains(&abs) {
                     return Err(action_error(
                         i,
@@ -329,7 +334,11 @@ fn validate(actions: &[Action]) -> Result<Opened> {
             _ => {}
         }
     }
-    Ok(Opened { canonical, images })
+    Ok(Opened {
+        canonical,
+        images,
+        overlays: overlay_of,
+    })
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -385,13 +394,8 @@ pub fn run(actions: &[Action], fault: Option<Fault>) -> Result<Vec<Outcome>> {
                         .prepare_snapshot_delete(name)
                         .map_err(|e| action_error(i, a, e))?,
                 )),
-                Action::SnapshotExternal {
-                    file,
-                    overlay,
-                    name,
-                    reuse,
-                } => {
-                    let path = overlay_path(file, overlay.as_deref(), name.as_deref());
+                Action::SnapshotExternal { file, reuse, .. } => {
+                    let path = opened.overlays[&i].clone();
                     if !*reuse {
                         external::create_overlay(file, img.format(), img.size(), &path)
                             .map_err(|e| action_error(i, a, e))?;
