@@ -9,6 +9,7 @@
 //! writes are serialised by the allocation mutex; the metadata mutex is only
 //! held for table lookups and updates.
 
+pub mod bitmaps;
 mod cache;
 pub mod check;
 mod compress;
@@ -26,6 +27,7 @@ mod snapshot_view;
 mod types;
 mod zero;
 
+pub use bitmaps::BitmapInfo;
 pub use check::{CheckMode, CheckReport};
 pub use create::{create, CreateOptions, Preallocation};
 pub use header::{CompressionType, Header};
