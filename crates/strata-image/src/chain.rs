@@ -32,6 +32,9 @@ pub struct ChainOptions {
     pub lock: bool,
     /// L2 cache bytes per qcow2 layer.
     pub cache_bytes: u64,
+    /// Open the top image writable for bitmap changes only (guest writes
+    /// refused, bitmaps kept consistent).
+    pub bitmaps_only: bool,
 }
 
 impl Default for ChainOptions {
@@ -43,6 +46,7 @@ impl Default for ChainOptions {
             backing: true,
             lock: true,
             cache_bytes: 32 << 20,
+            bitmaps_only: false,
         }
     }
 }
@@ -146,7 +150,8 @@ pub fn open(path: &Path, opts: &ChainOptions) -> Result<Arc<dyn Image>> {
     }
     let mut below: Option<Arc<dyn Image>> = None;
     while let Some(layer) = layers.pop() {
-        below = Some(open_layer(layer, below, opts)?);
+        let top = layers.is_empty();
+        below = Some(open_layer(layer, below, opts, top)?);
     }
     Ok(below.expect("at least one layer"))
 }
@@ -155,6 +160,7 @@ fn open_layer(
     layer: Layer,
     backing: Option<Arc<dyn Image>>,
     opts: &ChainOptions,
+    top: bool,
 ) -> Result<Arc<dyn Image>> {
     Ok(match layer.format {
         Format::Raw => {
@@ -173,6 +179,7 @@ fn open_layer(
                 lock: opts.lock,
                 cache_bytes: opts.cache_bytes,
                 allow_corrupt: false,
+                bitmaps_only: opts.bitmaps_only && top,
             };
             Arc::new(Qcow2::open(layer.storage, backing, &o)?)
         }

@@ -4,57 +4,6 @@
 
 mod common;
 use common::*;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// Dirty extents of `bitmap` as qemu-nbd serves them.
-fn nbd_dirty(img: &Path, bitmap: &str, dir: &Path) -> Vec<(u64, u64)> {
-    let sock = dir.join(format!("{bitmap}.sock"));
-    let mut srv = Command::new("qemu-nbd")
-        .args([
-            "-r",
-            "-t",
-            "-B",
-            bitmap,
-            "--socket",
-            s(&sock),
-            "-f",
-            "qcow2",
-            s(img),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-nbd");
-    let t = Instant::now();
-    while !sock.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "qemu-nbd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let uri = format!("nbd+unix:///?socket={}", s(&sock));
-    let out = run(
-        "nbdinfo",
-        &[&format!("--map=qemu:dirty-bitmap:{bitmap}"), &uri],
-    );
-    let _ = srv.kill();
-    let _ = srv.wait();
-    let mut v: Vec<(u64, u64)> = Vec::new();
-    for line in out.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() >= 3 && f[2] == "1" {
-            let (start, len) = (f[0].parse().unwrap(), f[1].parse().unwrap());
-            match v.last_mut() {
-                Some(last) if last.0 + last.1 == start => last.1 += len,
-                _ => v.push((start, len)),
-            }
-        }
-    }
-    v
-}
 
 #[test]
 fn qemu_bitmaps_read_exactly() {

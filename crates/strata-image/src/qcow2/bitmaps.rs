@@ -9,6 +9,7 @@ use super::meta::{from_be_bytes, Meta};
 use super::types::OFFSET_MASK;
 use super::Qcow2;
 use crate::error::{Error, Result};
+use crate::image::Image;
 
 /// Directory flag bit 0: the bitmap was not saved correctly.
 pub const FLAG_IN_USE: u32 = 1 << 0;
@@ -160,47 +161,96 @@ impl Meta {
         Ok(out)
     }
 
-    /// The dirty extents of a bitmap: `(start, length)` in guest bytes.
-    pub fn bitmap_extents(&self, b: &BitmapInfo) -> Result<Vec<(u64, u64)>> {
+    /// A bitmap's data: bit `i` (LSB first within each byte) covers guest
+    /// bytes `[i * granularity, (i + 1) * granularity)`.
+    pub fn bitmap_bytes(&self, b: &BitmapInfo) -> Result<Vec<u8>> {
         let cs = self.geo.cluster_size;
+        let len = self.header.size.div_ceil(b.granularity).div_ceil(8);
         let mut raw = vec![0u8; b.table_size as usize * 8];
         self.st.read_at(&mut raw, b.table_offset)?;
-        let table = from_be_bytes(&raw);
-        let size = self.header.size;
-        let bits_per_cluster = cs * 8;
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        let mut push = |start: u64, len: u64| match out.last_mut() {
-            Some(last) if last.0 + last.1 == start => last.1 += len,
-            _ => out.push((start, len)),
-        };
-        let mut data = vec![0u8; cs as usize];
-        for (k, &e) in table.iter().enumerate() {
+        let mut out = vec![0u8; (b.table_size as u64 * cs) as usize];
+        for (k, &e) in from_be_bytes(&raw).iter().enumerate() {
+            let chunk = &mut out[k * cs as usize..(k + 1) * cs as usize];
             let host = e & OFFSET_MASK;
-            let first_bit = k as u64 * bits_per_cluster;
-            if host == 0 {
-                if e & 1 != 0 {
-                    let start = first_bit * b.granularity;
-                    push(start, (bits_per_cluster * b.granularity).min(size - start));
-                }
-                continue;
+            if host != 0 {
+                self.st.read_at(chunk, host)?;
+            } else if e & 1 != 0 {
+                chunk.fill(0xff);
             }
-            self.st.read_at(&mut data, host)?;
-            for (byte_i, &byte) in data.iter().enumerate() {
-                if byte == 0 {
-                    continue;
-                }
-                for bit in 0..8 {
-                    if byte & (1 << bit) != 0 {
-                        let start = (first_bit + byte_i as u64 * 8 + bit) * b.granularity;
-                        if start < size {
-                            push(start, b.granularity.min(size - start));
-                        }
-                    }
-                }
+        }
+        out.truncate(len as usize);
+        // Bits past the end of the disk must read as clean.
+        let bits = self.header.size.div_ceil(b.granularity);
+        if !bits.is_multiple_of(8) {
+            if let Some(last) = out.last_mut() {
+                *last &= (1u8 << (bits % 8)) - 1;
             }
         }
         Ok(out)
     }
+
+    /// The dirty extents of a bitmap: `(start, length)` in guest bytes.
+    pub fn bitmap_extents(&self, b: &BitmapInfo) -> Result<Vec<(u64, u64)>> {
+        Ok(extents(
+            &self.bitmap_bytes(b)?,
+            b.granularity,
+            self.header.size,
+        ))
+    }
+}
+
+/// Dirty extents of bitmap data, merged, clipped to `size`.
+pub(crate) fn extents(bits: &[u8], granularity: u64, size: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (i, &byte) in bits.iter().enumerate() {
+        if byte == 0 {
+            continue;
+        }
+        for bit in 0..8u64 {
+            if byte & (1 << bit) == 0 {
+                continue;
+            }
+            let start = (i as u64 * 8 + bit) * granularity;
+            if start >= size {
+                break;
+            }
+            let len = granularity.min(size - start);
+            match out.last_mut() {
+                Some(last) if last.0 + last.1 == start => last.1 += len,
+                _ => out.push((start, len)),
+            }
+        }
+    }
+    out
+}
+
+/// Serialises a bitmap directory (entries padded to 8 bytes, no extra data).
+pub(crate) fn write_directory(entries: &[BitmapInfo]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let start = out.len();
+        out.extend_from_slice(&e.table_offset.to_be_bytes());
+        out.extend_from_slice(&e.table_size.to_be_bytes());
+        out.extend_from_slice(&e.flags.to_be_bytes());
+        out.push(1); // dirty tracking bitmap
+        out.push(e.granularity.trailing_zeros() as u8);
+        out.extend_from_slice(&(e.name.len() as u16).to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(e.name.as_bytes());
+        let len = out.len() - start;
+        out.resize(start + len.div_ceil(8) * 8, 0);
+    }
+    out
+}
+
+/// The bitmaps extension payload for a directory of `count` entries.
+pub(crate) fn extension(count: usize, dir_size: u64, dir_offset: u64) -> Vec<u8> {
+    let mut ext = Vec::with_capacity(24);
+    ext.extend_from_slice(&(count as u32).to_be_bytes());
+    ext.extend_from_slice(&0u32.to_be_bytes());
+    ext.extend_from_slice(&dir_size.to_be_bytes());
+    ext.extend_from_slice(&dir_offset.to_be_bytes());
+    ext
 }
 
 impl Qcow2 {
@@ -219,5 +269,211 @@ impl Qcow2 {
             .find(|b| b.name == name)
             .ok_or_else(|| Error::invalid(&self.path, format!("bitmap '{name}' not found")))?;
         m.bitmap_extents(b)
+    }
+}
+
+/// Longest bitmap name QEMU accepts.
+const MAX_NAME: usize = 1023;
+/// Most bitmaps QEMU accepts in one image.
+const MAX_BITMAPS: usize = 65535;
+
+impl Qcow2 {
+    /// Runs `f` on the full set of bitmaps (with their data) and stores the
+    /// result as one shadow commit. Needs a bitmaps-only writable open.
+    fn change_bitmaps<T>(
+        &self,
+        f: impl FnOnce(&mut Vec<(BitmapInfo, Vec<u8>)>) -> Result<T>,
+    ) -> Result<T> {
+        self.require_writable()?;
+        if self.guest_writes {
+            return Err(Error::invalid(
+                &self.path,
+                "bitmap changes need the image opened for bitmap changes only (strata does not track guest writes in bitmaps yet)",
+            ));
+        }
+        self.exclusive(|m| {
+            let dir = m.bitmap_directory()?;
+            let mut set = Vec::with_capacity(dir.len());
+            for b in dir {
+                let bits = m.bitmap_bytes(&b)?;
+                set.push((b, bits));
+            }
+            let value = f(&mut set)?;
+            let cs = m.geo.cluster_size;
+            let clusters: u64 = set
+                .iter()
+                .map(|(_, bits)| 2 * (bits.len() as u64).div_ceil(cs) + 2)
+                .sum();
+            let budget = m.tx_budget(0) + clusters + 8;
+            m.transaction(budget, |_, _| {
+                let switch = super::shadow::Switch {
+                    bitmaps: Some(set),
+                    ..Default::default()
+                };
+                Ok((switch, value))
+            })
+        })
+    }
+
+    fn find_bitmap<'a>(
+        &self,
+        set: &'a mut [(BitmapInfo, Vec<u8>)],
+        name: &str,
+    ) -> Result<&'a mut (BitmapInfo, Vec<u8>)> {
+        set.iter_mut()
+            .find(|(b, _)| b.name == name)
+            .ok_or_else(|| Error::invalid(&self.path, format!("bitmap '{name}' not found")))
+    }
+
+    /// Adds an empty bitmap; granularity defaults to the cluster size (at
+    /// least 4 KiB), as QEMU's.
+    pub fn bitmap_add(
+        &self,
+        name: &str,
+        granularity: Option<u64>,
+        enabled: bool,
+    ) -> Result<BitmapInfo> {
+        let size = self.size();
+        let gran = granularity.unwrap_or(self.geo.cluster_size.max(4096));
+        if !gran.is_power_of_two() || !(512..=(1u64 << 31)).contains(&gran) {
+            return Err(Error::invalid(
+                &self.path,
+                format!("bitmap granularity {gran} must be a power of two from 512 to 2G"),
+            ));
+        }
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(Error::invalid(
+                &self.path,
+                format!("invalid bitmap name '{name}'"),
+            ));
+        }
+        self.change_bitmaps(|set| {
+            if set.iter().any(|(b, _)| b.name == name) {
+                return Err(Error::invalid(
+                    &self.path,
+                    format!("a bitmap named '{name}' already exists"),
+                ));
+            }
+            if set.len() >= MAX_BITMAPS {
+                return Err(Error::invalid(&self.path, "too many bitmaps (65535)"));
+            }
+            let info = BitmapInfo {
+                name: name.to_string(),
+                granularity: gran,
+                flags: if enabled { FLAG_AUTO } else { 0 },
+                table_offset: 0,
+                table_size: 0,
+            };
+            set.push((
+                info.clone(),
+                vec![0u8; size.div_ceil(gran).div_ceil(8) as usize],
+            ));
+            Ok(info)
+        })
+    }
+
+    /// Removes a bitmap (also one left in use by an unclean QEMU).
+    pub fn bitmap_remove(&self, name: &str) -> Result<()> {
+        self.change_bitmaps(|set| {
+            let before = set.len();
+            set.retain(|(b, _)| b.name != name);
+            if set.len() == before {
+                return Err(Error::invalid(
+                    &self.path,
+                    format!("bitmap '{name}' not found"),
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    /// Clears every bit of a bitmap.
+    pub fn bitmap_clear(&self, name: &str) -> Result<()> {
+        self.change_bitmaps(|set| {
+            let (b, bits) = self.find_bitmap(set, name)?;
+            self.refuse_in_use(b)?;
+            bits.fill(0);
+            Ok(())
+        })
+    }
+
+    /// Enables (tracking) or disables a bitmap.
+    pub fn bitmap_set_enabled(&self, name: &str, enabled: bool) -> Result<()> {
+        self.change_bitmaps(|set| {
+            let (b, _) = self.find_bitmap(set, name)?;
+            self.refuse_in_use(b)?;
+            b.flags = if enabled {
+                b.flags | FLAG_AUTO
+            } else {
+                b.flags & !FLAG_AUTO
+            };
+            Ok(())
+        })
+    }
+
+    /// Sets in bitmap `target` every granule that overlaps one of `extents`
+    /// (dirty extents of another bitmap, of this image or another one).
+    pub fn bitmap_merge(&self, target: &str, extents: &[(u64, u64)]) -> Result<()> {
+        self.change_bitmaps(|set| {
+            let (b, bits) = self.find_bitmap(set, target)?;
+            self.refuse_in_use(b)?;
+            let total = bits.len() as u64 * 8;
+            for &(start, len) in extents {
+                if len == 0 {
+                    continue;
+                }
+                let first = start / b.granularity;
+                let last = ((start + len - 1) / b.granularity).min(total.saturating_sub(1));
+                for i in first..=last {
+                    bits[(i / 8) as usize] |= 1 << (i % 8);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn refuse_in_use(&self, b: &BitmapInfo) -> Result<()> {
+        if b.in_use() {
+            return Err(Error::invalid(
+                &self.path,
+                format!("bitmap '{}' is marked in use (left inconsistent by an unclean shutdown): remove it", b.name),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extents_merge_and_clip() {
+        // bits 1,2 and 9 of a 10-granule disk whose last granule is short.
+        let bits = [0b0000_0110, 0b0000_0010];
+        assert_eq!(extents(&bits, 100, 950), vec![(100, 200), (900, 50)]);
+    }
+
+    #[test]
+    fn directory_entries_are_padded_and_parse_back() {
+        let e = BitmapInfo {
+            name: "abc".into(),
+            granularity: 65536,
+            flags: FLAG_AUTO,
+            table_offset: 0x30000,
+            table_size: 1,
+        };
+        let d = write_directory(&[
+            e.clone(),
+            BitmapInfo {
+                name: "longer-name".into(),
+                ..e.clone()
+            },
+        ]);
+        assert_eq!(d.len() % 8, 0);
+        assert_eq!(&d[24..27], b"abc");
+        assert_eq!(d[17], 16);
+        assert_eq!(be16(&d, 18), 3);
+        assert_eq!(be16(&d, 32 + 18), 11);
     }
 }

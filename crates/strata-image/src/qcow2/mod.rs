@@ -58,6 +58,10 @@ pub struct OpenOptions {
     pub cache_bytes: u64,
     /// Allow a writable open of an image marked corrupt (for repair only).
     pub allow_corrupt: bool,
+    /// Writable for bitmap changes only (as `qemu-img bitmap`): persistent
+    /// bitmaps stay consistent and guest writes are refused, since strata
+    /// does not track writes in bitmaps yet.
+    pub bitmaps_only: bool,
 }
 
 impl Default for OpenOptions {
@@ -67,6 +71,7 @@ impl Default for OpenOptions {
             lock: true,
             cache_bytes: 32 << 20,
             allow_corrupt: false,
+            bitmaps_only: false,
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct Qcow2 {
     geo: Geometry,
     size: AtomicU64,
     writable: bool,
+    /// Guest writes are allowed (false for a bitmaps-only open).
+    guest_writes: bool,
     backing: Option<Arc<dyn Image>>,
     gate: RwLock<()>,
     alloc: Mutex<()>,
@@ -123,15 +130,21 @@ impl Qcow2 {
         let mut meta = Meta::load(st.clone(), path.clone(), header, opts.cache_bytes)?;
         if opts.writable {
             // Autoclear bits we do not maintain must be cleared before writing.
-            // Bitmaps (bit 0) are not maintained yet: every autoclear bit is unknown.
-            let unknown = meta.header.autoclear;
+            // Bitmaps (bit 0) are not maintained by guest writes yet: unless
+            // only bitmaps will change, every autoclear bit is unknown.
+            let keep = if opts.bitmaps_only {
+                AUTOCLEAR_BITMAPS
+            } else {
+                0
+            };
+            let unknown = meta.header.autoclear & !keep;
             if unknown != 0 {
                 if unknown & AUTOCLEAR_BITMAPS != 0 {
                     tracing::warn!(
                         "{path}: bitmaps are not maintained yet; they become inconsistent"
                     );
                 }
-                meta.header.autoclear = 0;
+                meta.header.autoclear &= keep;
                 meta.write_header()?;
                 st.flush()?;
             }
@@ -146,6 +159,7 @@ impl Qcow2 {
             geo,
             size: AtomicU64::new(size),
             writable: opts.writable,
+            guest_writes: opts.writable && !opts.bitmaps_only,
             backing,
             gate: RwLock::new(()),
             alloc: Mutex::new(()),
@@ -223,8 +237,21 @@ impl Qcow2 {
         f(&mut self.meta.lock())
     }
 
-    fn check_write(&self, offset: u64, len: u64) -> Result<()> {
+    /// Refuses unless guest writes are allowed (not a bitmaps-only open).
+    fn require_guest_writes(&self) -> Result<()> {
         self.require_writable()?;
+        if self.guest_writes {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                &self.path,
+                "opened for bitmap changes only: guest writes are refused",
+            ))
+        }
+    }
+
+    fn check_write(&self, offset: u64, len: u64) -> Result<()> {
+        self.require_guest_writes()?;
         check_range(&self.path, self.size(), offset, len)
     }
 
@@ -251,7 +278,7 @@ impl Qcow2 {
     /// Drops every cluster of the active state: afterwards the whole image
     /// reads from its backing file (what `commit` leaves in the top image).
     pub fn make_empty(&self) -> Result<()> {
-        self.require_writable()?;
+        self.require_guest_writes()?;
         let geo = self.geo;
         self.exclusive(|m| {
             for i in 0..m.l1.len() as u64 {
@@ -274,7 +301,7 @@ impl Qcow2 {
 
     /// Grows the virtual size (the L1 table moves when it must grow).
     pub fn grow(&self, new_size: u64) -> Result<()> {
-        self.require_writable()?;
+        self.require_guest_writes()?;
         self.exclusive(|m| create::grow(m, new_size))?;
         self.size.store(new_size, Ordering::SeqCst);
         Ok(())

@@ -15,7 +15,8 @@
 
 use std::collections::HashMap;
 
-use super::header::Header;
+use super::bitmaps::{self, BitmapInfo};
+use super::header::{Header, AUTOCLEAR_BITMAPS, EXT_BITMAPS};
 use super::meta::{to_be_bytes, Meta};
 use super::snapshot_table::{read_table, write_table, SnapshotEntry};
 use super::types::OFFSET_MASK;
@@ -32,6 +33,8 @@ pub(crate) struct Switch {
     pub size: Option<u64>,
     /// The old active L1 table lives on (it became a snapshot's).
     pub keep_old_l1: bool,
+    /// The new set of persistent bitmaps, with their data.
+    pub bitmaps: Option<Vec<(BitmapInfo, Vec<u8>)>>,
 }
 
 /// State saved when a transaction begins.
@@ -125,6 +128,12 @@ impl Meta {
             Some(t) if !t.is_empty() => Some(self.alloc_clusters(clusters_for(t.len() as u64))?),
             _ => None,
         };
+        // Fresh clusters for the new bitmaps (tables, data, directory).
+        let mut bitmap_writes: Vec<(u64, Vec<u8>)> = Vec::new();
+        let bitmap_ext = match &switch.bitmaps {
+            Some(set) => Some(self.prepare_bitmaps(tx, set, &mut bitmap_writes)?),
+            None => None,
+        };
         // Fresh clusters for the refcount table and every changed durable block.
         let rt_clusters = self.header.refcount_table_clusters as u64;
         let rt_at = self.alloc_clusters(rt_clusters)?;
@@ -170,6 +179,9 @@ impl Meta {
         if let (Some(t), Some(at)) = (&table, table_at) {
             self.st.write_at(t, at)?;
         }
+        for (at, bytes) in &bitmap_writes {
+            self.st.write_at(bytes, *at)?;
+        }
         self.st.flush()?;
         // The header that switches to all of it, and what the old state used.
         let old = self.header.clone();
@@ -197,6 +209,15 @@ impl Meta {
         if let Some(size) = switch.size {
             new.size = size;
         }
+        if let Some(ext) = bitmap_ext {
+            let present = ext.is_some();
+            new.set_extension(EXT_BITMAPS, ext);
+            if present {
+                new.autoclear |= AUTOCLEAR_BITMAPS;
+            } else {
+                new.autoclear &= !AUTOCLEAR_BITMAPS;
+            }
+        }
         tx.frees_after.extend(moved.keys().copied());
         tx.frees_after
             .extend((0..rt_clusters).map(|k| old.refcount_table_offset + k * cs));
@@ -207,6 +228,72 @@ impl Meta {
             moved,
             l1: switch.l1,
         })
+    }
+
+    /// Allocates and fills fresh clusters for a new set of bitmaps (data
+    /// clusters only where bits are set, tables, directory); queues the old
+    /// structures for release. Returns the new extension payload (`None`: no
+    /// bitmaps left).
+    fn prepare_bitmaps(
+        &mut self,
+        tx: &mut Tx,
+        set: &[(BitmapInfo, Vec<u8>)],
+        writes: &mut Vec<(u64, Vec<u8>)>,
+    ) -> Result<Option<Vec<u8>>> {
+        let cs = self.geo.cluster_size;
+        for old in self.bitmap_directory()? {
+            let mut raw = vec![0u8; old.table_size as usize * 8];
+            self.st.read_at(&mut raw, old.table_offset)?;
+            for e in super::meta::from_be_bytes(&raw) {
+                if e & OFFSET_MASK != 0 {
+                    tx.frees_after.push(e & OFFSET_MASK);
+                }
+            }
+            let n = (old.table_size as u64 * 8).div_ceil(cs);
+            tx.frees_after
+                .extend((0..n).map(|k| old.table_offset + k * cs));
+        }
+        if let Some(ext) = self.header.extension(EXT_BITMAPS) {
+            if self.header.autoclear & AUTOCLEAR_BITMAPS != 0 && ext.len() >= 24 {
+                let size = u64::from_be_bytes(ext[8..16].try_into().expect("8 bytes"));
+                let at = u64::from_be_bytes(ext[16..24].try_into().expect("8 bytes"));
+                tx.frees_after
+                    .extend((0..size.div_ceil(cs)).map(|k| at + k * cs));
+            }
+        }
+        if set.is_empty() {
+            return Ok(None);
+        }
+        let mut entries = Vec::with_capacity(set.len());
+        for (info, bits) in set {
+            let mut table = Vec::new();
+            for chunk in bits.chunks(cs as usize) {
+                if chunk.iter().all(|&b| b == 0) {
+                    table.push(0u64);
+                    continue;
+                }
+                let at = self.alloc_clusters(1)?;
+                let mut data = chunk.to_vec();
+                data.resize(cs as usize, 0);
+                writes.push((at, data));
+                table.push(at);
+            }
+            let want = self.header.size.div_ceil(info.granularity).div_ceil(cs * 8);
+            table.resize(want as usize, 0);
+            let table_bytes = super::meta::to_be_bytes(&table);
+            let table_at = self.alloc_clusters((table_bytes.len() as u64).div_ceil(cs).max(1))?;
+            writes.push((table_at, table_bytes));
+            entries.push(BitmapInfo {
+                table_offset: table_at,
+                table_size: table.len() as u32,
+                ..info.clone()
+            });
+        }
+        let dir = bitmaps::write_directory(&entries);
+        let dir_at = self.alloc_clusters((dir.len() as u64).div_ceil(cs))?;
+        let ext = bitmaps::extension(entries.len(), dir.len() as u64, dir_at);
+        writes.push((dir_at, dir));
+        Ok(Some(ext))
     }
 
     /// The switch: one header write (and a sync). Before it returns Ok the

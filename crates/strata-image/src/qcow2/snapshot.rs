@@ -154,7 +154,7 @@ impl Meta {
     /// Runs `body` as one shadow transaction: begin, body, prepare, switch,
     /// finish; on any error before the switch the in-memory state is
     /// reloaded from the untouched durable image.
-    fn transaction<T>(
+    pub(crate) fn transaction<T>(
         &mut self,
         budget: u64,
         body: impl FnOnce(&mut Meta, &mut Tx) -> Result<(Switch, T)>,
@@ -249,8 +249,8 @@ impl Meta {
         let switch = Switch {
             l1: Some(new_l1),
             snapshots: Some(entries),
-            size: None,
             keep_old_l1: true,
+            ..Default::default()
         };
         Ok((switch, info))
     }
@@ -437,7 +437,7 @@ impl Qcow2 {
     /// Reverts the active state to an internal snapshot (by name or ID);
     /// what only the old active state referenced is released.
     pub fn snapshot_apply(&self, name: &str) -> Result<SnapshotInfo> {
-        self.require_writable()?;
+        self.require_guest_writes()?;
         let info = self.exclusive(|m| {
             let budget = m.tx_budget(2 * m.l1.len());
             m.transaction(budget, |m, tx| m.apply_change(tx, &self.path, name))

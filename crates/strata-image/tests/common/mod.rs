@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use strata_image::qcow2::{CreateOptions, Qcow2};
 use strata_image::{ChainOptions, Image};
@@ -220,4 +221,54 @@ pub fn qemu_read_snapshot(path: &Path, name: &str, dir: &Path) -> Vec<u8> {
         ],
     );
     std::fs::read(&out).expect("converted snapshot")
+}
+
+/// Dirty extents of `bitmap` as qemu-nbd serves them.
+pub fn nbd_dirty(img: &Path, bitmap: &str, dir: &Path) -> Vec<(u64, u64)> {
+    let sock = dir.join(format!("{bitmap}.sock"));
+    // A socket left by an earlier run would look ready before qemu-nbd is.
+    let _ = std::fs::remove_file(&sock);
+    let mut srv = Command::new("qemu-nbd")
+        .args([
+            "-r",
+            "-t",
+            "-B",
+            bitmap,
+            "--socket",
+            s(&sock),
+            "-f",
+            "qcow2",
+            s(img),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-nbd");
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "qemu-nbd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uri = format!("nbd+unix:///?socket={}", s(&sock));
+    let out = run(
+        "nbdinfo",
+        &[&format!("--map=qemu:dirty-bitmap:{bitmap}"), &uri],
+    );
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let mut v: Vec<(u64, u64)> = Vec::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 3 && f[2] == "1" {
+            let (start, len) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+            match v.last_mut() {
+                Some(last) if last.0 + last.1 == start => last.1 += len,
+                _ => v.push((start, len)),
+            }
+        }
+    }
+    v
 }
