@@ -110,6 +110,9 @@ pub enum ImgCommand {
     /// Create, list, apply or delete internal snapshots (qemu-img snapshot).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// List and read persistent dirty bitmaps (qemu-img bitmap).
+    #[command(subcommand)]
+    Bitmap(BitmapCommand),
     /// Run a group of snapshot actions on many images, all or nothing.
     Transaction(TransactionArgs),
 }
@@ -170,6 +173,107 @@ pub struct SnapshotNameArgs {
     /// The qcow2 image.
     pub file: PathBuf,
     /// The snapshot's name, or its ID.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// `strata img bitmap` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BitmapCommand {
+    /// Add a persistent dirty bitmap (not supported yet).
+    Add(BitmapAddArgs),
+    /// Remove a bitmap (not supported yet).
+    Remove(BitmapNameArgs),
+    /// Mark every cluster of a bitmap clean (not supported yet).
+    Clear(BitmapNameArgs),
+    /// Make a bitmap track writes (not supported yet).
+    Enable(BitmapNameArgs),
+    /// Make a bitmap stop tracking writes (not supported yet).
+    Disable(BitmapNameArgs),
+    /// Add the dirty bits of another bitmap into one (not supported yet).
+    Merge(BitmapMergeArgs),
+    /// List the persistent bitmaps: name, granularity, flags.
+    List(BitmapListArgs),
+    /// Print the dirty extents of one bitmap, in guest bytes.
+    Dump(BitmapDumpArgs),
+}
+
+/// `strata img bitmap add`.
+#[derive(Debug, Args)]
+pub struct BitmapAddArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// Bytes of guest data one bit covers (a power of two, 512 to 2G).
+    #[arg(short = 'g', long, value_name = "GRANULARITY", value_parser = parse_size)]
+    pub granularity: Option<u64>,
+    /// Create the bitmap disabled (not tracking writes).
+    #[arg(long)]
+    pub disabled: bool,
+    /// The qcow2 image.
+    pub file: PathBuf,
+    /// Name of the new bitmap.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// `strata img bitmap remove|clear|enable|disable`.
+#[derive(Debug, Args)]
+pub struct BitmapNameArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// The qcow2 image.
+    pub file: PathBuf,
+    /// The bitmap's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// `strata img bitmap merge`.
+#[derive(Debug, Args)]
+pub struct BitmapMergeArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// The bitmap whose dirty bits are added.
+    #[arg(long, value_name = "NAME")]
+    pub source: String,
+    /// The image holding the source bitmap (default: FILE).
+    #[arg(long, value_name = "FILE")]
+    pub source_file: Option<PathBuf>,
+    /// The qcow2 image.
+    pub file: PathBuf,
+    /// The bitmap that receives the dirty bits.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+}
+
+/// `strata img bitmap list`.
+#[derive(Debug, Args)]
+pub struct BitmapListArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// Open without taking locks (the image may be in use).
+    #[arg(short = 'U', long)]
+    pub force_share: bool,
+    /// The qcow2 image.
+    pub file: PathBuf,
+}
+
+/// `strata img bitmap dump`.
+#[derive(Debug, Args)]
+pub struct BitmapDumpArgs {
+    /// Format of the image (probed when not given).
+    #[arg(short = 'f', value_enum, value_name = "FMT")]
+    pub format: Option<FormatArg>,
+    /// Open without taking locks (the image may be in use).
+    #[arg(short = 'U', long)]
+    pub force_share: bool,
+    /// The qcow2 image.
+    pub file: PathBuf,
+    /// The bitmap's name.
     #[arg(value_name = "NAME")]
     pub name: String,
 }

@@ -1,5 +1,6 @@
 //! `strata img info`: what an image is, from its header alone (the backing
-//! chain is opened only with `--backing-chain`), in qemu-img's shapes.
+//! chain is opened only with `--backing-chain`), in qemu-img's shapes,
+//! persistent bitmaps included.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use strata_image::raw::RawImage;
 use strata_image::storage::Storage;
 use strata_image::Image;
 
+use super::bitmap::{info_block, records as bitmap_records, BitmapRecord};
 use super::snapshot::{table, SnapshotRecord};
 use super::{format_of, open, shown, OpenSpec};
 use crate::cli::InfoArgs;
@@ -34,14 +36,15 @@ struct ImageInfo {
     children: Vec<ChildInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     backing_filename_format: Option<String>,
+    /// Here, as qemu-img prints it (its key order is its hash table's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshots: Option<Vec<SnapshotRecord>>,
     virtual_size: u64,
     filename: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster_size: Option<u64>,
     format: &'static str,
     actual_size: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    snapshots: Option<Vec<SnapshotRecord>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     format_specific: Option<FormatSpecific>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,6 +94,9 @@ struct Qcow2Data {
     compression_type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     lazy_refcounts: Option<bool>,
+    /// Absent when the image has no (consistent) bitmaps, as in qemu-img.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bitmaps: Option<Vec<BitmapRecord>>,
     refcount_bits: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     corrupt: Option<bool>,
@@ -98,9 +104,10 @@ struct Qcow2Data {
     extended_l2: Option<bool>,
 }
 
-fn qcow2_data(h: &Header) -> Qcow2Data {
+fn qcow2_data(h: &Header, bitmaps: Vec<BitmapRecord>) -> Qcow2Data {
     let v3 = h.version >= 3;
     Qcow2Data {
+        bitmaps: (!bitmaps.is_empty()).then_some(bitmaps),
         compat: if v3 { "1.1" } else { "0.10" },
         compression_type: h.compression.name(),
         lazy_refcounts: v3.then_some(h.compatible & 1 != 0),
@@ -139,7 +146,7 @@ fn describe(img: &dyn Image, filename: &str) -> Result<ImageInfo> {
         info.dirty_flag = h.incompatible & INCOMPAT_DIRTY != 0;
         info.format_specific = Some(FormatSpecific {
             kind: "qcow2",
-            data: FormatData::Qcow2(qcow2_data(&h)),
+            data: FormatData::Qcow2(qcow2_data(&h, bitmap_records(q)?)),
         });
         if let Some(name) = &h.backing_file {
             let full = resolve_backing(std::path::Path::new(filename), name);
@@ -256,6 +263,11 @@ fn human(i: &ImageInfo) -> String {
         line(format!("    compression type: {}", d.compression_type));
         if let Some(l) = d.lazy_refcounts {
             line(format!("    lazy refcounts: {l}"));
+        }
+        if let Some(b) = &d.bitmaps {
+            info_block(b, 4)
+                .split_terminator('\n')
+                .for_each(|l| line(l.to_string()));
         }
         line(format!("    refcount bits: {}", d.refcount_bits));
         if let Some(c) = d.corrupt {

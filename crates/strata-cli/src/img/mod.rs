@@ -3,6 +3,7 @@
 //! touches any file, then runs it and reports through [`Output`].
 
 mod bench;
+mod bitmap;
 mod check;
 mod commit;
 mod compare;
@@ -44,6 +45,7 @@ pub fn run(cmd: ImgCommand, out: &Output) -> Result<u8> {
         ImgCommand::Resize(a) => resize::run(a, out),
         ImgCommand::Bench(a) => bench::run(a, out),
         ImgCommand::Snapshot(c) => snapshot::run(c, out),
+        ImgCommand::Bitmap(c) => bitmap::run(c, out),
         ImgCommand::Transaction(a) => transaction::run(a, out),
     }
 }

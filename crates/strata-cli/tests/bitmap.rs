@@ -1,0 +1,493 @@
+//! `strata img bitmap` and the bitmaps of `strata img info`, judged by the
+//! QEMU tools: `qemu-img info` (human and JSON) for names, granularities and
+//! flags, and qemu-nbd's `qemu:dirty-bitmap:NAME` context (read with
+//! nbdinfo) for the dirty extents. Bitmap changes are refused without the
+//! image being touched.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A 64 MiB qcow2 with four bitmaps made by qemu-img and written by qemu-io:
+/// "b0" (64K, enabled), "fine" (512, enabled), "coarse" (1M, enabled) and
+/// "off" (64K, added disabled after the first writes, enabled for one write
+/// at 40M, then disabled again).
+fn image(p: &Path, name: &str) {
+    qemu_img(p, &["create", "-q", "-f", "qcow2", name, "64M"]);
+    qemu_img(p, &["bitmap", "--add", name, "b0"]);
+    qemu_img(p, &["bitmap", "--add", "-g", "512", name, "fine"]);
+    qemu_img(p, &["bitmap", "--add", "-g", "1M", name, "coarse"]);
+    qemu_io(
+        p,
+        "qcow2",
+        name,
+        &[
+            "write 100k 300k",
+            "write 5M 64k",
+            "write 63M 1k",
+            "write 33M 3M",
+        ],
+    );
+    qemu_img(p, &["bitmap", "--add", "--disable", name, "off"]);
+    qemu_img(p, &["bitmap", "--enable", name, "off"]);
+    qemu_io(p, "qcow2", name, &["write 40M 4k"]);
+    qemu_img(p, &["bitmap", "--disable", name, "off"]);
+    qemu_io(p, "qcow2", name, &["write 7M 512"]);
+}
+
+/// `strata img info` prints exactly what `qemu-img info` prints, human and JSON.
+fn assert_info_like_qemu(p: &Path, file: &str) {
+    let s = ok(p, &["img", "info", file]).stdout;
+    let q = qemu_img(p, &["info", file]).stdout;
+    assert_eq!(s, q, "human info differs from qemu-img info");
+    let s = ok(p, &["img", "info", "--output", "json", file]);
+    let q = qemu_img(p, &["info", "--output=json", file]);
+    assert_eq!(s.json(), q.json());
+    assert_eq!(s.stdout, q.stdout, "JSON text differs from qemu-img's");
+}
+
+/// The "bitmaps" array of `qemu-img info --output=json` (null when absent).
+fn qemu_bitmaps(p: &Path, file: &str) -> Value {
+    qemu_img(p, &["info", "-U", "--output=json", file]).json()["format-specific"]["data"]["bitmaps"]
+        .clone()
+}
+
+/// Dirty extents of `bitmap` as qemu-nbd exports them, adjacent ones merged.
+fn nbd_dirty(p: &Path, file: &str, bitmap: &str) -> Vec<(u64, u64)> {
+    let sock = p.join(format!("{bitmap}.sock"));
+    let sock_s = sock.to_str().expect("utf-8 path");
+    let mut srv = Command::new("qemu-nbd")
+        .args([
+            "-r", "-t", "-B", bitmap, "--socket", sock_s, "-f", "qcow2", file,
+        ])
+        .current_dir(p)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-nbd");
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "qemu-nbd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uri = format!("nbd+unix:///?socket={sock_s}");
+    // The socket file appears just before qemu-nbd listens on it.
+    let map = loop {
+        let r = run_in(
+            p,
+            "nbdinfo",
+            &[&format!("--map=qemu:dirty-bitmap:{bitmap}"), &uri],
+        );
+        if r.code == 0 || t.elapsed() > Duration::from_secs(10) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let map = map.expect(0);
+    let mut v: Vec<(u64, u64)> = Vec::new();
+    for line in map.stdout.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 3 && f[2] == "1" {
+            let start: u64 = f[0].parse().expect("start");
+            let len: u64 = f[1].parse().expect("length");
+            match v.last_mut() {
+                Some(last) if last.0 + last.1 == start => last.1 += len,
+                _ => v.push((start, len)),
+            }
+        }
+    }
+    v
+}
+
+/// Extents as `bitmap dump --output json` prints them.
+fn as_json(extents: &[(u64, u64)]) -> Value {
+    Value::Array(
+        extents
+            .iter()
+            .map(|&(s, l)| json!({"start": s, "length": l}))
+            .collect(),
+    )
+}
+
+/// Sets the "in use" flag of every bitmap in the directory, as a QEMU that
+/// died with the image open leaves it (qcow2.txt: bitmaps extension, magic
+/// 0x23852875; directory entries with flags at +12).
+fn mark_in_use(path: &Path) {
+    let b = std::fs::read(path).expect("read image");
+    let be32 = |at: usize| u32::from_be_bytes(b[at..at + 4].try_into().expect("4"));
+    let be64 = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().expect("8"));
+    let mut at = be32(100) as usize; // v3 header length: extensions follow
+    loop {
+        let (magic, len) = (be32(at), be32(at + 4) as usize);
+        assert_ne!(magic, 0, "no bitmaps extension");
+        if magic == 0x2385_2875 {
+            break;
+        }
+        at += 8 + len.div_ceil(8) * 8;
+    }
+    let nb = be32(at + 8) as usize;
+    let mut e = be64(at + 24) as usize;
+    for _ in 0..nb {
+        let flags = be32(e + 12) | 1;
+        poke(path, (e + 12) as u64, &flags.to_be_bytes());
+        let (name, extra) = (
+            u16::from_be_bytes([b[e + 18], b[e + 19]]) as usize,
+            be32(e + 20) as usize,
+        );
+        e += (24 + extra + name).div_ceil(8) * 8;
+    }
+}
+
+#[test]
+fn info_shows_bitmaps_as_qemu_img() {
+    let d = tmp();
+    let p = d.path();
+    image(p, "a.qcow2");
+    assert_info_like_qemu(p, "a.qcow2");
+    let info = ok(p, &["img", "info", "--output", "json", "a.qcow2"]);
+    assert_eq!(
+        info.json()["format-specific"]["data"]["bitmaps"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+    // Placed where qemu-img puts it: after lazy-refcounts.
+    assert!(
+        info.stdout
+            .contains("\"lazy-refcounts\": false,\n            \"bitmaps\": ["),
+        "{}",
+        info.stdout
+    );
+    let human = ok(p, &["img", "info", "a.qcow2"]).stdout;
+    assert!(human.contains("        [3]:\n            flags:\n            name: off\n"));
+
+    // Internal snapshots and a backing chain do not disturb the block.
+    qemu_img(p, &["snapshot", "-c", "s1", "a.qcow2"]);
+    qemu_img(
+        p,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "a.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    qemu_img(p, &["bitmap", "--add", "-g", "128K", "top.qcow2", "t"]);
+    assert_info_like_qemu(p, "a.qcow2");
+    assert_info_like_qemu(p, "top.qcow2");
+    let s = ok(p, &["img", "info", "--backing-chain", "top.qcow2"]).stdout;
+    let q = qemu_img(p, &["info", "--backing-chain", "top.qcow2"]).stdout;
+    assert_eq!(s, q);
+}
+
+#[test]
+fn info_without_bitmaps_as_qemu_img() {
+    let d = tmp();
+    let p = d.path();
+    qemu_img(p, &["create", "-q", "-f", "qcow2", "a.qcow2", "8M"]);
+    assert_info_like_qemu(p, "a.qcow2");
+    assert!(!ok(p, &["img", "info", "a.qcow2"])
+        .stdout
+        .contains("bitmaps"));
+    qemu_img(
+        p,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=0.10",
+            "old.qcow2",
+            "8M",
+        ],
+    );
+    assert_info_like_qemu(p, "old.qcow2");
+    // A writable strata open leaves the bitmaps inconsistent (the extension
+    // stays, its autoclear bit goes): neither tool shows them any more.
+    image(p, "w.qcow2");
+    ok(
+        p,
+        &[
+            "img",
+            "write",
+            "w.qcow2",
+            "--offset",
+            "0",
+            "--pattern",
+            "1",
+            "--length",
+            "512",
+        ],
+    );
+    assert_eq!(qemu_bitmaps(p, "w.qcow2"), Value::Null);
+    assert_info_like_qemu(p, "w.qcow2");
+    let list = ok(p, &["img", "bitmap", "list", "--output", "json", "w.qcow2"]);
+    assert_eq!(list.json(), json!([]));
+    assert_eq!(ok(p, &["img", "bitmap", "list", "w.qcow2"]).stdout, "");
+}
+
+#[test]
+fn list_matches_qemu_img_info() {
+    let d = tmp();
+    let p = d.path();
+    image(p, "a.qcow2");
+    let r = ok(p, &["img", "bitmap", "list", "--output", "json", "a.qcow2"]);
+    let want = qemu_bitmaps(p, "a.qcow2");
+    assert_eq!(want.as_array().map(Vec::len), Some(4));
+    assert_eq!(r.json(), want);
+    // Same text as qemu-img's array, keys in its order.
+    let q = qemu_img(p, &["info", "--output=json", "a.qcow2"]).stdout;
+    let indented: String = r
+        .stdout
+        .lines()
+        .map(|l| format!("            {l}\n"))
+        .collect();
+    assert!(
+        q.contains(&format!("\"bitmaps\": {},", indented.trim())),
+        "{}",
+        r.stdout
+    );
+    let human = ok(p, &["img", "bitmap", "list", "a.qcow2"]).stdout;
+    let want = "\
+NAME    GRANULARITY  FLAGS
+b0            65536  auto
+fine            512  auto
+coarse      1048576  auto
+off           65536  -
+";
+    assert_eq!(human, want);
+}
+
+#[test]
+fn dump_matches_qemu_nbd() {
+    let d = tmp();
+    let p = d.path();
+    image(p, "a.qcow2");
+    for name in ["b0", "fine", "coarse", "off"] {
+        let theirs = nbd_dirty(p, "a.qcow2", name);
+        let r = ok(
+            p,
+            &["img", "bitmap", "dump", "--output", "json", "a.qcow2", name],
+        );
+        assert_eq!(r.json(), as_json(&theirs), "bitmap {name}");
+        let human = ok(p, &["img", "bitmap", "dump", "a.qcow2", name]).stdout;
+        let want: String = theirs.iter().map(|(s, l)| format!("{s} {l}\n")).collect();
+        assert_eq!(human, want, "bitmap {name}");
+    }
+    // The oracle saw something: whole 64K granules around each write,
+    // and "off" only the write it was enabled for.
+    const M: u64 = 1 << 20;
+    let k64 = 65536;
+    let b0 = [
+        (k64, 6 * k64),
+        (5 * M, k64),
+        (7 * M, k64),
+        (33 * M, 3 * M),
+        (40 * M, k64),
+        (63 * M, k64),
+    ];
+    assert_eq!(nbd_dirty(p, "a.qcow2", "b0"), b0);
+    assert_eq!(nbd_dirty(p, "a.qcow2", "off"), [(40 * M, k64)]);
+    // No dirty extents: an empty array, no lines.
+    qemu_img(p, &["bitmap", "--add", "a.qcow2", "new"]);
+    let r = ok(
+        p,
+        &[
+            "img", "bitmap", "dump", "--output", "json", "a.qcow2", "new",
+        ],
+    );
+    assert_eq!((r.json(), r.stdout.as_str()), (json!([]), "[\n]\n"));
+    assert_eq!(
+        ok(p, &["img", "bitmap", "dump", "a.qcow2", "new"]).stdout,
+        ""
+    );
+    // Reading changed nothing: qemu-img still finds the bitmaps consistent.
+    assert_eq!(qemu_bitmaps(p, "a.qcow2").as_array().map(Vec::len), Some(5));
+    assert_clean(p, "a.qcow2");
+}
+
+#[test]
+fn bitmaps_in_use_as_qemu_sees_them() {
+    let d = tmp();
+    let p = d.path();
+    image(p, "a.qcow2");
+    mark_in_use(&p.join("a.qcow2"));
+    assert_info_like_qemu(p, "a.qcow2");
+    let flags = &qemu_bitmaps(p, "a.qcow2")[0]["flags"];
+    assert_eq!(flags, &json!(["in-use", "auto"]));
+    let list = ok(p, &["img", "bitmap", "list", "--output", "json", "a.qcow2"]);
+    assert_eq!(list.json(), qemu_bitmaps(p, "a.qcow2"));
+    // qemu-nbd refuses to export an inconsistent bitmap; so does dump.
+    let sock = p.join("x.sock");
+    let sock = sock.to_str().expect("utf-8 path");
+    let nbd = run_in(
+        p,
+        "timeout",
+        &[
+            "20", "qemu-nbd", "-r", "-B", "b0", "--socket", sock, "a.qcow2",
+        ],
+    );
+    assert_ne!(nbd.code, 0);
+    assert!(nbd.stderr.contains("inconsistent"), "{}", nbd.stderr);
+    let r = strata(p, &["img", "bitmap", "dump", "a.qcow2", "b0"]);
+    let line = r.one_error(1, "a.qcow2");
+    assert!(
+        line.contains("'b0'") && line.contains("inconsistent"),
+        "{line}"
+    );
+}
+
+#[test]
+fn read_commands_honour_force_share() {
+    let d = tmp();
+    let p = d.path();
+    image(p, "a.qcow2");
+    // qemu-io holds the image open for writing (and its lock) a while.
+    let mut holder = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "sleep 5000", "a.qcow2"])
+        .current_dir(p)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(p.join("qemu-io.err")).expect("err file"))
+        .spawn()
+        .expect("qemu-io");
+    // Let it take the lock before anyone else opens the image.
+    std::thread::sleep(Duration::from_millis(400));
+    let t = Instant::now();
+    let locked = loop {
+        let r = strata(p, &["img", "bitmap", "list", "a.qcow2"]);
+        if r.code != 0 || t.elapsed() > Duration::from_secs(4) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let shared = [
+        strata(p, &["img", "bitmap", "list", "-U", "a.qcow2"]),
+        strata(
+            p,
+            &[
+                "img",
+                "bitmap",
+                "list",
+                "--force-share",
+                "--output",
+                "json",
+                "a.qcow2",
+            ],
+        ),
+    ];
+    // A writer marks its bitmaps in use: -U gets past the lock, to that.
+    let shared_dump = strata(p, &["img", "bitmap", "dump", "-U", "a.qcow2", "off"]);
+    let dump = strata(p, &["img", "bitmap", "dump", "a.qcow2", "off"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let err = std::fs::read_to_string(p.join("qemu-io.err")).unwrap_or_default();
+    assert_eq!(locked.code, 1, "qemu-io did not hold the lock: {err}");
+    locked.one_error(1, "a.qcow2");
+    dump.one_error(1, "lock");
+    for r in shared {
+        assert!(r.expect(0).stdout.contains("off"));
+    }
+    shared_dump.one_error(1, "inconsistent");
+}
+
+#[test]
+fn errors_are_one_line_naming_file_and_bitmap() {
+    let d = tmp();
+    let p = d.path();
+    image(p, "a.qcow2");
+    qemu_img(p, &["create", "-q", "-f", "raw", "r.img", "1M"]);
+    let before = std::fs::read(p.join("a.qcow2")).expect("read");
+
+    let line = strata(p, &["img", "bitmap", "dump", "a.qcow2", "nope"]).one_error(1, "a.qcow2");
+    assert!(
+        line.contains("'nope'") && line.contains("not found"),
+        "{line}"
+    );
+    let raw: [(&[&str], &str); 3] = [
+        (&["img", "bitmap", "list", "r.img"], "r.img"),
+        (&["img", "bitmap", "dump", "r.img", "b0"], "r.img"),
+        (
+            &["img", "bitmap", "list", "-f", "raw", "a.qcow2"],
+            "a.qcow2",
+        ),
+    ];
+    for (args, file) in raw {
+        let line = strata(p, args).one_error(1, file);
+        assert!(
+            line.contains("a raw image has no persistent bitmaps"),
+            "{line}"
+        );
+    }
+    strata(p, &["img", "bitmap", "list", "missing.qcow2"]).one_error(1, "missing.qcow2");
+    strata(p, &["img", "bitmap", "dump", "missing.qcow2", "b0"]).one_error(1, "missing.qcow2");
+
+    // Changes: parsed as CLI.md says, then refused, the image untouched.
+    let changes: [(&[&str], &str); 8] = [
+        (&["add", "a.qcow2", "n1"], "'n1'"),
+        (&["add", "-g", "1M", "--disabled", "a.qcow2", "n2"], "'n2'"),
+        (&["remove", "a.qcow2", "b0"], "remove bitmap 'b0'"),
+        (&["clear", "a.qcow2", "b0"], "clear bitmap 'b0'"),
+        (&["enable", "a.qcow2", "off"], "enable bitmap 'off'"),
+        (&["disable", "a.qcow2", "b0"], "disable bitmap 'b0'"),
+        (
+            &["merge", "a.qcow2", "b0", "--source", "fine"],
+            "'fine' into bitmap 'b0'",
+        ),
+        (
+            &[
+                "merge",
+                "a.qcow2",
+                "b0",
+                "--source",
+                "x",
+                "--source-file",
+                "r.img",
+            ],
+            "'x' of r.img into bitmap 'b0'",
+        ),
+    ];
+    for (c, what) in changes {
+        let mut args = vec!["img", "bitmap"];
+        args.extend_from_slice(c);
+        let line = strata(p, &args).one_error(1, "a.qcow2: ");
+        assert!(
+            line.contains("bitmap changes are not supported yet"),
+            "{line}"
+        );
+        assert!(line.contains(what), "{line}");
+    }
+    assert!(
+        std::fs::read(p.join("a.qcow2")).expect("read") == before,
+        "image changed"
+    );
+    assert_eq!(qemu_bitmaps(p, "a.qcow2").as_array().map(Vec::len), Some(4));
+
+    // Usage errors: status 2, before any file is looked at.
+    for args in [
+        &["img", "bitmap", "add", "-g", "1000", "a.qcow2", "x"][..],
+        &["img", "bitmap", "add", "-g", "256", "a.qcow2", "x"],
+        &["img", "bitmap", "add", "-g", "4G", "a.qcow2", "x"],
+        &["img", "bitmap", "merge", "a.qcow2", "b0"],
+        &["img", "bitmap", "dump", "a.qcow2"],
+        &["img", "bitmap", "dump", "a.qcow2", ""],
+        &["img", "bitmap", "frob", "a.qcow2"],
+    ] {
+        strata(p, args).one_error(2, "");
+    }
+}
