@@ -441,7 +441,22 @@ pub fn run(actions: &[Action], fault: Option<Fault>) -> Result<Vec<Outcome>> {
         }
     }
     // Finish: release what the old states used.
-    members.into_iter().map(Member::finish).collect()
+    // Finish every member even if one fails (they are all committed: the
+    // new state stands everywhere; a failed finish only leaks clusters).
+    let mut out = Vec::new();
+    let mut first_error = None;
+    for m in members {
+        match m.finish() {
+            Ok(o) => out.push(o),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 /// Aborts every member (newest first); returns the original error, with

@@ -256,3 +256,54 @@ fn regression_flush_syncs_in_place_overwrites() {
     img.read_at(&mut b, 0).unwrap();
     assert_eq!(b, [2u8; 100]);
 }
+
+/// Regression: a write of metadata that failed once (a transient EIO or
+/// ENOSPC) left its table marked clean, so the next successful flush made
+/// an L2 entry durable before the refcount it relies on. Every write of a
+/// flush fails once in turn; a second flush must then leave a clean image
+/// holding the data.
+#[test]
+fn regression_transient_metadata_write_failure() {
+    let opts = CreateOptions {
+        size: SIZE,
+        cluster_size: 4096,
+        ..Default::default()
+    };
+    let initial = fresh(&opts);
+    let data = pattern(300_000, 5);
+    let probe = FaultStorage::new("p", initial.clone(), FaultConfig::default());
+    let (w0, w1) = {
+        let img = open(Arc::new(probe.clone()), true).unwrap();
+        img.write_at(&data, 12_345).unwrap();
+        let w0 = probe.writes();
+        img.flush().unwrap();
+        (w0, probe.writes())
+    };
+    assert!(w1 - w0 >= 3, "the flush wrote only {} times", w1 - w0);
+    for n in w0..w1 {
+        let config = FaultConfig {
+            fail_write: Some(n),
+            transient: true,
+            ..Default::default()
+        };
+        let fs = FaultStorage::new("t", initial.clone(), config);
+        {
+            let img = open(Arc::new(fs.clone()), true).unwrap();
+            img.write_at(&data, 12_345).unwrap();
+            assert!(img.flush().is_err(), "write {n} of the flush did not fail");
+            img.flush().unwrap();
+        }
+        let d = tmp();
+        let path = at(&d, "t.qcow2");
+        std::fs::write(&path, fs.crash_image(|_| false)).unwrap();
+        assert_qemu_clean(&path);
+        let img = open(
+            Arc::new(MemoryStorage::from_bytes("t", fs.crash_image(|_| false))),
+            false,
+        )
+        .unwrap();
+        let mut back = vec![0u8; data.len()];
+        img.read_at(&mut back, 12_345).unwrap();
+        assert!(back == data, "failed write {n}: flushed data lost");
+    }
+}

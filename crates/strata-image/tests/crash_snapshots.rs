@@ -8,6 +8,7 @@ use common::*;
 use std::sync::Arc;
 use strata_image::qcow2::{self, CreateOptions, OpenOptions, Qcow2};
 use strata_image::storage::{FaultConfig, FaultStorage, MemoryStorage, Storage};
+use strata_image::Image;
 
 const SIZE: u64 = 2 << 20;
 
@@ -195,4 +196,31 @@ fn crash_during_delete() {
         },
         Op::Delete,
     );
+}
+
+/// Regression: a snapshot entry whose L1 table is too small for its disk
+/// size was applied unchecked (the next write past it panicked, and the
+/// image no longer opened). Now apply refuses it and changes nothing.
+#[test]
+fn regression_hostile_snapshot_l1_size() {
+    let bytes = initial(&CreateOptions {
+        size: SIZE,
+        cluster_size: 4096,
+        ..Default::default()
+    });
+    let mut bytes = bytes;
+    let table = u64::from_be_bytes(bytes[64..72].try_into().unwrap()) as usize;
+    bytes[table + 8..table + 12].copy_from_slice(&0u32.to_be_bytes()); // l1_size of "a"
+    let before = bytes.clone();
+    let mem = MemoryStorage::from_bytes("h.qcow2", bytes);
+    {
+        let img = open(Arc::new(mem.clone()), true).unwrap();
+        let err = img.snapshot_apply("a").unwrap_err().to_string();
+        assert!(err.contains("too few for its disk size"), "{err}");
+        img.write_at(&[7u8; 4096], SIZE - 4096).unwrap();
+        img.write_at(&[0u8; 4096], SIZE - 4096).unwrap();
+    }
+    let (names, _) = state(mem.snapshot());
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(state(mem.snapshot()).1, state(before).1);
 }

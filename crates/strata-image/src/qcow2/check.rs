@@ -61,7 +61,7 @@ impl Counter {
             return;
         }
         let first = off >> self.cluster_bits;
-        let last = (off + len - 1) >> self.cluster_bits;
+        let last = off.saturating_add(len - 1) >> self.cluster_bits;
         for c in first..=last {
             match self.refs.get_mut(c as usize) {
                 Some(r) => *r = r.saturating_add(1),
@@ -182,6 +182,14 @@ fn count_bitmaps(m: &mut Meta, cnt: &mut Counter, rep: &mut CheckReport) -> Resu
         let name_size = u16::from_be_bytes([dir[at + 18], dir[at + 19]]) as usize;
         let extra = u32::from_be_bytes(dir[at + 20..at + 24].try_into().expect("4")) as usize;
         cnt.add(rep, table_off, table_size * 8);
+        if table_off.saturating_add(table_size * 8) > m.st.len()? {
+            rep.corruptions += 1;
+            rep.messages.push(format!(
+                "ERROR bitmap table at {table_off:#x} lies past the end of the file"
+            ));
+            at += (24 + extra + name_size).div_ceil(8) * 8;
+            continue;
+        }
         let mut table = vec![0u8; (table_size * 8) as usize];
         m.st.read_at(&mut table, table_off)?;
         for e in from_be_bytes(&table) {
@@ -217,6 +225,14 @@ fn count_all(m: &mut Meta, rep: &mut CheckReport) -> Result<Counter> {
         cnt.add(rep, m.header.snapshots_offset, bytes);
         for s in snaps {
             cnt.add(rep, s.l1_table_offset, s.l1_size as u64 * 8);
+            if s.l1_table_offset.saturating_add(s.l1_size as u64 * 8) > m.st.len()? {
+                rep.corruptions += 1;
+                rep.messages.push(format!(
+                    "ERROR snapshot '{}' L1 table at {:#x} lies past the end of the file",
+                    s.name, s.l1_table_offset
+                ));
+                continue;
+            }
             let mut raw = vec![0u8; s.l1_size as usize * 8];
             m.st.read_at(&mut raw, s.l1_table_offset)?;
             count_l1(m, &mut cnt, rep, &from_be_bytes(&raw), false)?;
@@ -442,12 +458,14 @@ pub(crate) fn check(m: &mut Meta, mode: CheckMode) -> Result<CheckReport> {
             fix_leaks(m, &diffs)?;
         }
         check_copied(m, &mut CheckReport::default(), true)?;
-        m.header.incompatible &= !INCOMPAT_CORRUPT;
-        m.write_header()?;
+        // The repairs are durable before the corrupt bit goes.
         let lazy = std::mem::replace(&mut m.lazy, false);
         let r = m.flush();
         m.lazy = lazy;
         r?;
+        m.header.incompatible &= !INCOMPAT_CORRUPT;
+        m.write_header()?;
+        m.st.flush()?;
     } else {
         fix_leaks(m, &diffs)?;
     }

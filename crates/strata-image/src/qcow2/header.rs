@@ -365,13 +365,13 @@ impl Header {
                     "backing file name length {backing_size} at offset 16 exceeds {MAX_BACKING_NAME}"
                 )));
             }
-            let end = backing_offset as usize + backing_size;
-            if backing_offset >= cluster_size || end as u64 > cluster_size || end > first.len() {
+            let end = backing_offset.saturating_add(backing_size as u64);
+            if backing_offset >= cluster_size || end > cluster_size || end > first.len() as u64 {
                 return Err(bad(format!(
                     "backing file name at offset {backing_offset} (length {backing_size}) lies outside the first cluster"
                 )));
             }
-            let raw = &first[backing_offset as usize..end];
+            let raw = &first[backing_offset as usize..end as usize];
             let name = std::str::from_utf8(raw).map_err(|_| {
                 bad(format!(
                     "backing file name at offset {backing_offset} is not UTF-8"

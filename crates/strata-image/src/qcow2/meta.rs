@@ -44,6 +44,9 @@ pub(crate) struct Meta {
     pub compressed_tail: u64,
     /// A shadow transaction is open: no table may be written in place.
     pub in_tx: bool,
+    /// The caller holds the I/O gate exclusively: no request can still be
+    /// using a cluster, so queued releases may make clusters reusable.
+    pub release_ok: bool,
     /// L2 cache budget in bytes (kept to rebuild the state after an abort).
     pub cache_bytes: u64,
 }
@@ -106,6 +109,7 @@ impl Meta {
             marked_dirty,
             compressed_tail: 0,
             in_tx: false,
+            release_ok: false,
             cache_bytes,
         })
     }
@@ -202,7 +206,12 @@ impl Meta {
     /// Makes the L2 table for `l1_index` private to the active state (allocating
     /// or copying it when needed) and returns its host offset.
     pub fn writable_l2(&mut self, l1_index: u64) -> Result<u64> {
-        let entry = self.l1[l1_index as usize];
+        let Some(&entry) = self.l1.get(l1_index as usize) else {
+            return Err(self.corrupt(format!(
+                "guest offset needs L1 entry {l1_index}, the L1 table has {}",
+                self.l1.len()
+            )));
+        };
         let old = self.l2_offset(l1_index)?;
         if old != 0 && entry & COPIED != 0 {
             return Ok(old);
@@ -272,6 +281,11 @@ impl Meta {
     /// data, then refcount blocks, then the refcount table, then L2 tables,
     /// then the L1 table, then deferred refcount decrements.
     pub fn flush(&mut self) -> Result<()> {
+        if self.in_tx {
+            // A shadow transaction owns every dirty table until it commits
+            // or aborts: nothing may be written in place meanwhile.
+            return self.st.flush();
+        }
         let refcounts_due = !self.lazy && (self.rb.any_dirty() || !self.rt_dirty.is_empty());
         let tables_due = self.l2.any_dirty() || self.l1_dirty;
         // Guest data goes to the file without passing through here, so the
@@ -287,13 +301,17 @@ impl Meta {
             self.write_refcounts()?;
         }
         if self.l2.any_dirty() {
-            for off in self.l2.dirty_offsets() {
-                let slot = self.l2.get(off).expect("dirty slot");
-                let bytes = to_be_bytes(&slot.data);
-                slot.dirty = false;
+            // A table is clean only once it is durable: after a failed write
+            // or sync it stays dirty and the next flush writes it again.
+            let dirty = self.l2.dirty_offsets();
+            for &off in &dirty {
+                let bytes = to_be_bytes(&self.l2.get(off).expect("dirty slot").data);
                 self.st.write_at(&bytes, off)?;
             }
             self.st.flush()?;
+            for off in dirty {
+                self.l2.get(off).expect("dirty slot").dirty = false;
+            }
         }
         if self.l1_dirty {
             let bytes = to_be_bytes(&self.l1);
@@ -301,7 +319,7 @@ impl Meta {
             self.st.flush()?;
             self.l1_dirty = false;
         }
-        if !self.pending_free.is_empty() {
+        if !self.pending_free.is_empty() && self.release_ok {
             let pending = std::mem::take(&mut self.pending_free);
             for host in pending {
                 self.decrement(host)?;
@@ -317,16 +335,19 @@ impl Meta {
     /// entries (then syncs): a block is durable before anything points at it.
     pub fn write_refcounts(&mut self) -> Result<()> {
         if self.rb.any_dirty() {
-            for off in self.rb.dirty_offsets() {
-                let slot = self.rb.get(off).expect("dirty slot");
-                slot.dirty = false;
-                let bytes = slot.data.clone();
+            // Clean only once durable (see the L2 tables in `flush`).
+            let dirty = self.rb.dirty_offsets();
+            for &off in &dirty {
+                let bytes = self.rb.get(off).expect("dirty slot").data.clone();
                 self.st.write_at(&bytes, off)?;
             }
             self.st.flush()?;
+            for off in dirty {
+                self.rb.get(off).expect("dirty slot").dirty = false;
+            }
         }
         if !self.rt_dirty.is_empty() {
-            let mut idx = std::mem::take(&mut self.rt_dirty);
+            let mut idx = self.rt_dirty.clone();
             idx.sort_unstable();
             idx.dedup();
             for i in idx {
@@ -334,12 +355,17 @@ impl Meta {
                 self.st.write_at(&self.rt[i].to_be_bytes(), at)?;
             }
             self.st.flush()?;
+            self.rt_dirty.clear();
         }
         Ok(())
     }
 
     /// Flushes, then writes lazy refcounts and clears the dirty bit (clean close).
     pub fn close(&mut self) -> Result<()> {
+        if self.in_tx {
+            return Ok(());
+        }
+        self.release_ok = true;
         self.flush()?;
         if self.lazy && (self.rb.any_dirty() || !self.rt_dirty.is_empty() || self.marked_dirty) {
             self.lazy = false;

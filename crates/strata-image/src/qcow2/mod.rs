@@ -234,7 +234,11 @@ impl Qcow2 {
     fn exclusive<T>(&self, f: impl FnOnce(&mut Meta) -> Result<T>) -> Result<T> {
         let _g = self.gate.write();
         let _a = self.alloc.lock();
-        f(&mut self.meta.lock())
+        let mut m = self.meta.lock();
+        m.release_ok = true;
+        let r = f(&mut m);
+        m.release_ok = false;
+        r
     }
 
     /// Refuses unless guest writes are allowed (not a bitmaps-only open).
@@ -259,6 +263,8 @@ impl Qcow2 {
     /// (no data is touched: this is `rebase -u`).
     pub fn set_backing(&self, name: Option<&str>, format: Option<&str>) -> Result<()> {
         self.require_writable()?;
+        let _g = self.gate.write();
+        let _a = self.alloc.lock();
         let mut m = self.meta.lock();
         m.flush()?;
         let old = m.header.clone();
@@ -326,14 +332,15 @@ impl Image for Qcow2 {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(&self.path, self.size(), offset, buf.len() as u64)?;
+        // The size only changes under the exclusive gate: check it inside.
         let _g = self.gate.read();
+        check_range(&self.path, self.size(), offset, buf.len() as u64)?;
         self.read_inner(buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.check_write(offset, buf.len() as u64)?;
         let _g = self.gate.read();
+        self.check_write(offset, buf.len() as u64)?;
         self.write_inner(buf, offset)
     }
 
@@ -351,7 +358,9 @@ impl Image for Qcow2 {
         if !self.writable {
             return Ok(());
         }
-        self.meta.lock().flush()
+        // Exclusive, so the releases it applies cannot pull a cluster from
+        // under a request still in flight.
+        self.exclusive(|m| m.flush())
     }
 
     fn resize(&self, new_size: u64) -> Result<()> {
@@ -380,7 +389,7 @@ impl Image for Qcow2 {
         if !self.writable {
             return Ok(());
         }
-        self.meta.lock().close()
+        self.exclusive(|m| m.close())
     }
 }
 

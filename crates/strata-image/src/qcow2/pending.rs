@@ -99,7 +99,12 @@ impl PendingChange<'_> {
     /// After every member committed: releases what the old state used.
     pub fn finish(mut self) -> Result<()> {
         let (tx, p) = self.state.take().expect("pending state");
-        self.image.meta.lock().tx_finish(tx, p)
+        // This change holds the gate exclusively: releases are safe.
+        let mut m = self.image.meta.lock();
+        m.release_ok = true;
+        let r = m.tx_finish(tx, p);
+        m.release_ok = false;
+        r
     }
 
     /// Leaves the image exactly as before: switches back if committed, then
@@ -114,6 +119,8 @@ impl PendingChange<'_> {
         };
         let mut m = self.image.meta.lock();
         if self.committed {
+            // If switching back fails the transaction stays open (`in_tx`),
+            // so nothing is ever written in place from this state.
             m.tx_unswitch(&p)?;
         }
         m.tx_abort(&tx)

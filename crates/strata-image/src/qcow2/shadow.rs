@@ -103,7 +103,17 @@ impl Meta {
         let header = super::read_header(self.st.as_ref())?;
         let fresh = Meta::load(self.st.clone(), self.path.clone(), header, self.cache_bytes)?;
         *self = fresh;
-        if self.st.len()? > tx.file_len {
+        // Give back the appended space, unless the header on disk points
+        // into it (a switch whose outcome is unknown): then keep it all.
+        let h = &self.header;
+        let cs = self.geo.cluster_size;
+        let tables = [
+            h.l1_table_offset,
+            h.refcount_table_offset,
+            h.snapshots_offset,
+        ];
+        let safe = tables.iter().all(|&t| t + cs <= tx.file_len || t == 0);
+        if safe && self.st.len()? > tx.file_len {
             self.st.set_len(tx.file_len)?;
             self.st.flush()?;
         }
@@ -300,11 +310,18 @@ impl Meta {
     /// old state is durable; after, the new one.
     pub fn tx_switch(&mut self, p: &Prepared) -> Result<()> {
         self.header = p.new.clone();
-        let r = self.write_header().and_then(|()| self.st.flush());
-        if r.is_err() {
+        if let Err(e) = self.write_header() {
             self.header = p.old.clone();
+            return Err(e);
         }
-        r
+        if let Err(e) = self.st.flush() {
+            // The new header may or may not be durable: put the old one back
+            // (its structures are all intact) before reporting the failure.
+            self.header = p.old.clone();
+            let _ = self.write_header().and_then(|()| self.st.flush());
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Switches back to the old state after [`Meta::tx_switch`] (the old

@@ -326,8 +326,18 @@ impl Meta {
                 self.adjust_data(tx, &table, 1)?;
             }
         }
-        let new_l1 = self.private_copies(&sn_l1)?;
         let size = entry.disk_size.unwrap_or(self.header.size);
+        if (sn_l1.len() as u64) < self.geo.l1_entries_for(size) {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "snapshot '{}' has {} L1 entries, too few for its disk size {size}",
+                    entry.name,
+                    sn_l1.len()
+                ),
+            ));
+        }
+        let new_l1 = self.private_copies(&sn_l1)?;
         let switch = Switch {
             l1: Some(new_l1),
             size: Some(size),
@@ -438,12 +448,13 @@ impl Qcow2 {
     /// what only the old active state referenced is released.
     pub fn snapshot_apply(&self, name: &str) -> Result<SnapshotInfo> {
         self.require_guest_writes()?;
-        let info = self.exclusive(|m| {
+        self.exclusive(|m| {
             let budget = m.tx_budget(2 * m.l1.len());
-            m.transaction(budget, |m, tx| m.apply_change(tx, &self.path, name))
-        })?;
-        let size = self.meta.lock().header.size;
-        self.size.store(size, std::sync::atomic::Ordering::SeqCst);
-        Ok(info)
+            let info = m.transaction(budget, |m, tx| m.apply_change(tx, &self.path, name))?;
+            // Still exclusive: no request sees the new size before the new L1.
+            self.size
+                .store(m.header.size, std::sync::atomic::Ordering::SeqCst);
+            Ok(info)
+        })
     }
 }

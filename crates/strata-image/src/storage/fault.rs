@@ -21,6 +21,9 @@ pub struct FaultConfig {
     pub fail_write: Option<u64>,
     /// Fail every flush.
     pub fail_flush: bool,
+    /// The injected write failure is transient: that one write fails, the
+    /// storage stays alive and later writes succeed.
+    pub transient: bool,
     /// Fail the flush with this 0-based index (its writes stay unflushed),
     /// and everything after it: a power cut just before that flush.
     pub fail_flush_at: Option<u64>,
@@ -126,7 +129,7 @@ impl FaultStorage {
         let index = st.writes;
         st.writes += 1;
         if st.dead || st.config.fail_write == Some(index) {
-            st.dead = true;
+            st.dead = !st.config.transient;
             return Err(Error::io(&self.name, "write", offset, injected()));
         }
         apply(&mut st.live, &op);
