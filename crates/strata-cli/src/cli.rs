@@ -180,17 +180,17 @@ pub struct SnapshotNameArgs {
 /// `strata img bitmap` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum BitmapCommand {
-    /// Add a persistent dirty bitmap (not supported yet).
+    /// Add a persistent dirty bitmap .
     Add(BitmapAddArgs),
-    /// Remove a bitmap (not supported yet).
+    /// Remove a bitmap .
     Remove(BitmapNameArgs),
-    /// Mark every cluster of a bitmap clean (not supported yet).
+    /// Mark every cluster of a bitmap clean .
     Clear(BitmapNameArgs),
-    /// Make a bitmap track writes (not supported yet).
+    /// Make a bitmap track writes .
     Enable(BitmapNameArgs),
-    /// Make a bitmap stop tracking writes (not supported yet).
+    /// Make a bitmap stop tracking writes .
     Disable(BitmapNameArgs),
-    /// Add the dirty bits of another bitmap into one (not supported yet).
+    /// Add the dirty bits of another bitmap into one .
     Merge(BitmapMergeArgs),
     /// List the persistent bitmaps: name, granularity, flags.
     List(BitmapListArgs),

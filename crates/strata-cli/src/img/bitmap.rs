@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use strata_image::qcow2::{BitmapInfo, Qcow2};
+use strata_image::ChainOptions;
 use strata_image::Image;
 
 use super::{format_of, open, shown, OpenSpec};
@@ -34,9 +35,28 @@ enum Action {
     List,
     /// Print the dirty extents of this bitmap.
     Dump(String),
-    /// Change the bitmaps (refused: not supported yet); the text says what,
-    /// as in "add bitmap 'b0'".
-    Change(String),
+    /// Change the bitmaps; the text says what, as in "add bitmap 'b0'".
+    Change(Change, String),
+}
+
+/// A change to the persistent bitmaps (done on a bitmaps-only writable
+/// open: guest writes refused, bitmaps kept consistent, as qemu-img bitmap).
+#[derive(Debug)]
+enum Change {
+    Add {
+        name: String,
+        granularity: Option<u64>,
+        enabled: bool,
+    },
+    Remove(String),
+    Clear(String),
+    Enable(String),
+    Disable(String),
+    Merge {
+        target: String,
+        source: String,
+        source_file: Option<PathBuf>,
+    },
 }
 
 impl Action {
@@ -45,7 +65,7 @@ impl Action {
         match self {
             Action::List => "list bitmaps".to_string(),
             Action::Dump(n) => format!("dump bitmap '{n}'"),
-            Action::Change(what) => what.clone(),
+            Action::Change(_, what) => what.clone(),
         }
     }
 }
@@ -85,10 +105,10 @@ impl Request {
             backing: false,
             force_share,
         };
-        let change = |format, file, what: String| Request {
+        let change = |format, file, change: Change, what: String| Request {
             file,
             spec: read(format, false),
-            action: Action::Change(what),
+            action: Action::Change(change, what),
         };
         Ok(match cmd {
             BitmapCommand::List(a) => Request {
@@ -103,24 +123,34 @@ impl Request {
             },
             BitmapCommand::Add(a) => {
                 let name = named(a.name)?;
-                a.granularity.map(granularity).transpose()?;
-                change(a.format, a.file, format!("add bitmap '{name}'"))
+                let g = a.granularity.map(granularity).transpose()?;
+                let what = format!("add bitmap '{name}'");
+                let c = Change::Add {
+                    name,
+                    granularity: g,
+                    enabled: !a.disabled,
+                };
+                change(a.format, a.file, c, what)
             }
             BitmapCommand::Remove(a) => {
-                let what = format!("remove bitmap '{}'", named(a.name)?);
-                change(a.format, a.file, what)
+                let name = named(a.name)?;
+                let what = format!("remove bitmap '{name}'");
+                change(a.format, a.file, Change::Remove(name), what)
             }
             BitmapCommand::Clear(a) => {
-                let what = format!("clear bitmap '{}'", named(a.name)?);
-                change(a.format, a.file, what)
+                let name = named(a.name)?;
+                let what = format!("clear bitmap '{name}'");
+                change(a.format, a.file, Change::Clear(name), what)
             }
             BitmapCommand::Enable(a) => {
-                let what = format!("enable bitmap '{}'", named(a.name)?);
-                change(a.format, a.file, what)
+                let name = named(a.name)?;
+                let what = format!("enable bitmap '{name}'");
+                change(a.format, a.file, Change::Enable(name), what)
             }
             BitmapCommand::Disable(a) => {
-                let what = format!("disable bitmap '{}'", named(a.name)?);
-                change(a.format, a.file, what)
+                let name = named(a.name)?;
+                let what = format!("disable bitmap '{name}'");
+                change(a.format, a.file, Change::Disable(name), what)
             }
             BitmapCommand::Merge(a) => {
                 let target = named(a.target)?;
@@ -130,10 +160,16 @@ impl Request {
                 }
                 let from = a
                     .source_file
-                    .map(|f| format!(" of {}", shown(&f)))
+                    .as_ref()
+                    .map(|f| format!(" of {}", shown(f)))
                     .unwrap_or_default();
                 let what = format!("merge bitmap '{source}'{from} into bitmap '{target}'");
-                change(a.format, a.file, what)
+                let c = Change::Merge {
+                    target,
+                    source,
+                    source_file: a.source_file,
+                };
+                change(a.format, a.file, c, what)
             }
         })
     }
@@ -150,14 +186,59 @@ fn qcow2_for<'a>(img: &'a dyn Image, file: &str, doing: &str) -> Result<&'a Qcow
     })
 }
 
+/// Opens the image for bitmap changes only and makes `change`.
+fn apply_change(req: &Request, change: &Change, file: &str, doing: &str) -> Result<u8> {
+    let opts = ChainOptions {
+        writable: true,
+        bitmaps_only: true,
+        backing: false,
+        format: req.spec.format,
+        ..Default::default()
+    };
+    let img = strata_image::open(&req.file, &opts).with_context(|| format!("cannot {doing}"))?;
+    let q = qcow2_for(img.as_ref(), file, doing)?;
+    let done = match change {
+        Change::Add {
+            name,
+            granularity,
+            enabled,
+        } => q.bitmap_add(name, *granularity, *enabled).map(|_| ()),
+        Change::Remove(name) => q.bitmap_remove(name),
+        Change::Clear(name) => q.bitmap_clear(name),
+        Change::Enable(name) => q.bitmap_set_enabled(name, true),
+        Change::Disable(name) => q.bitmap_set_enabled(name, false),
+        Change::Merge {
+            target,
+            source,
+            source_file,
+        } => {
+            let extents = match source_file {
+                None => q.bitmap_dirty(source)?,
+                Some(other) => {
+                    let read = ChainOptions {
+                        backing: false,
+                        ..Default::default()
+                    };
+                    let src = strata_image::open(other, &read)
+                        .with_context(|| format!("cannot {doing}"))?;
+                    qcow2_for(src.as_ref(), &shown(other), doing)?.bitmap_dirty(source)?
+                }
+            };
+            q.bitmap_merge(target, &extents)
+        }
+    };
+    done.with_context(|| format!("cannot {doing}"))?;
+    img.close()?;
+    Ok(OK)
+}
+
 /// Runs `strata img bitmap …`.
 pub fn run(cmd: BitmapCommand, out: &Output) -> Result<u8> {
     let req = Request::new(cmd)?;
     let file = shown(&req.file);
     let doing = req.action.doing();
-    if let Action::Change(_) = req.action {
-        // Opening for writing would leave every bitmap inconsistent.
-        bail!("{file}: cannot {doing}: bitmap changes are not supported yet");
+    if let Action::Change(change, _) = &req.action {
+        return apply_change(&req, change, &file, &doing);
     }
     let img = open(&req.file, req.spec).with_context(|| format!("cannot {doing}"))?;
     let q = qcow2_for(img.as_ref(), &file, &doing)?;
@@ -193,7 +274,7 @@ pub fn run(cmd: BitmapCommand, out: &Output) -> Result<u8> {
                 out.text(&text)?;
             }
         }
-        Action::Change(_) => unreachable!("refused above"),
+        Action::Change(..) => unreachable!("handled above"),
     }
     Ok(OK)
 }
