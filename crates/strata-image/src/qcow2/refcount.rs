@@ -357,26 +357,49 @@ impl Meta {
             new_rt[bi as usize] = off;
             self.rb.insert(off, vec![0u8; cs as usize], true);
         }
+        let new_blocks: Vec<u64> = (0..blocks.len() as u64)
+            .map(|j| (blocks_start + j) << self.geo.cluster_bits)
+            .collect();
         let old_rt = std::mem::replace(&mut self.rt, new_rt);
-        for c in end..blocks_start + blocks.len() as u64 {
-            if let Err(e) = self.set_refcount(c, 1) {
-                self.rt = old_rt;
+        let mut header_written = false;
+        let switched = (|| -> Result<()> {
+            for c in end..blocks_start + blocks.len() as u64 {
+                self.set_refcount(c, 1)?;
+            }
+            // Blocks first, then the table, then the header.
+            let lazy = std::mem::replace(&mut self.lazy, false);
+            self.rt_dirty.clear();
+            let r = self.write_refcounts();
+            self.lazy = lazy;
+            r?;
+            let new_offset = end << self.geo.cluster_bits;
+            self.st.write_at(&to_be_bytes(&self.rt), new_offset)?;
+            self.st.flush()?;
+            self.header.refcount_table_offset = new_offset;
+            self.header.refcount_table_clusters = table_clusters as u32;
+            self.write_header()?;
+            header_written = true;
+            self.st.flush()
+        })();
+        if let Err(e) = switched {
+            if header_written {
+                // Only the last sync failed: the new table and its blocks are
+                // complete and durable, so whichever header the disk holds is
+                // valid; memory stays with the new one.
                 return Err(e);
             }
+            // The old table is still the one on disk: go back to it, and
+            // forget the new blocks (nothing durable points at them). Raised
+            // counts in old blocks only leak.
+            self.rt = old_rt;
+            self.rt_dirty.clear();
+            self.header.refcount_table_offset = old_offset;
+            self.header.refcount_table_clusters = old_clusters as u32;
+            for off in new_blocks {
+                self.rb.remove(off);
+            }
+            return Err(e);
         }
-        // Blocks first, then the table, then the header.
-        let lazy = std::mem::replace(&mut self.lazy, false);
-        self.rt_dirty.clear();
-        let r = self.write_refcounts();
-        self.lazy = lazy;
-        r?;
-        let new_offset = end << self.geo.cluster_bits;
-        self.st.write_at(&to_be_bytes(&self.rt), new_offset)?;
-        self.st.flush()?;
-        self.header.refcount_table_offset = new_offset;
-        self.header.refcount_table_clusters = table_clusters as u32;
-        self.write_header()?;
-        self.st.flush()?;
         for k in 0..old_clusters {
             self.pending_free.push(old_offset + k * cs);
         }
