@@ -101,11 +101,6 @@ impl FaultStorage {
         self.state.lock().config = config;
     }
 
-    /// Number of writes since the last successful flush.
-    pub fn pending_writes(&self) -> usize {
-        self.state.lock().pending.len()
-    }
-
     /// The image a crash leaves now: the durable bytes plus the unflushed
     /// writes for which `keep(index)` is true, applied in order.
     pub fn crash_image(&self, mut keep: impl FnMut(usize) -> bool) -> Vec<u8> {
