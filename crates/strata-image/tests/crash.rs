@@ -8,7 +8,7 @@
 mod common;
 use common::*;
 use std::sync::Arc;
-use strata_image::qcow2::{self, CreateOptions, OpenOptions, Qcow2};
+use strata_image::qcow2::{self, CreateOptions, Qcow2};
 use strata_image::storage::{FaultConfig, FaultStorage, MemoryStorage, Storage};
 use strata_image::Image;
 
@@ -85,15 +85,7 @@ fn fresh(opts: &CreateOptions) -> Vec<u8> {
 }
 
 fn open(st: Arc<dyn Storage>, writable: bool) -> strata_image::Result<Qcow2> {
-    Qcow2::open(
-        st,
-        None,
-        &OpenOptions {
-            writable,
-            lock: false,
-            ..Default::default()
-        },
-    )
+    open_qcow2(st, writable)
 }
 
 fn verify(name: &str, n: u64, variant: &str, image: Vec<u8>, out: &Outcome, lazy: bool) {
@@ -144,16 +136,7 @@ fn crash_everywhere(name: &str, opts: CreateOptions, seed: u64) {
     let flushes = probe.flushes();
     assert!(total > 20, "{name}: workload made only {total} writes");
     // A crash at every write, and just before every flush.
-    let faults = (0..total)
-        .map(|n| FaultConfig {
-            fail_write: Some(n),
-            ..Default::default()
-        })
-        .chain((0..flushes).map(|n| FaultConfig {
-            fail_flush_at: Some(n),
-            ..Default::default()
-        }));
-    for (n, config) in faults.enumerate() {
+    for (n, config) in every_fault(total, flushes).enumerate() {
         let n = n as u64;
         let fs = FaultStorage::new("crash.qcow2", initial.clone(), config);
         let out = {

@@ -6,22 +6,14 @@
 mod common;
 use common::*;
 use std::sync::Arc;
-use strata_image::qcow2::{self, CreateOptions, OpenOptions, Qcow2};
+use strata_image::qcow2::{self, CreateOptions, Qcow2};
 use strata_image::storage::{FaultConfig, FaultStorage, MemoryStorage, Storage};
 use strata_image::Image;
 
 const SIZE: u64 = 2 << 20;
 
 fn open(st: Arc<dyn Storage>, writable: bool) -> strata_image::Result<Qcow2> {
-    Qcow2::open(
-        st,
-        None,
-        &OpenOptions {
-            writable,
-            lock: false,
-            ..Default::default()
-        },
-    )
+    open_qcow2(st, writable)
 }
 
 /// An image with data and two snapshots, as bytes.

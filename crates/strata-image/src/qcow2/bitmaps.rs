@@ -4,6 +4,9 @@
 //! only trusted while autoclear bit 0 says it is consistent, as the spec
 //! requires.
 
+use std::sync::Arc;
+
+use super::bitmap_track::{needs_clusters, Tracker};
 use super::header::{AUTOCLEAR_BITMAPS, EXT_BITMAPS};
 use super::meta::{from_be_bytes, Meta};
 use super::types::OFFSET_MASK;
@@ -263,12 +266,77 @@ impl Qcow2 {
     /// The dirty extents of bitmap `name`: `(start, length)` in guest bytes.
     pub fn bitmap_dirty(&self, name: &str) -> Result<Vec<(u64, u64)>> {
         let m = self.meta.lock();
+        if let Some(extents) = m.tracker.as_ref().and_then(|t| t.extents(name)) {
+            return Ok(extents);
+        }
         let dir = m.bitmap_directory()?;
         let b = dir
             .iter()
             .find(|b| b.name == name)
             .ok_or_else(|| Error::invalid(&self.path, format!("bitmap '{name}' not found")))?;
         m.bitmap_extents(b)
+    }
+}
+
+/// Runs `f` on the full set of bitmaps (with their data) and stores the
+/// result as one shadow commit; tracking restarts on the new bitmaps. The
+/// caller holds every lock.
+pub(crate) fn rewrite_bitmaps<T>(
+    m: &mut Meta,
+    f: impl FnOnce(&mut Vec<(BitmapInfo, Vec<u8>)>) -> Result<T>,
+) -> Result<T> {
+    // Every marked bit on disk first (and speculative ones trimmed), so
+    // the data read back is exactly the tracked state.
+    m.flush()?;
+    let dir = m.bitmap_directory()?;
+    let mut set = Vec::with_capacity(dir.len());
+    for b in dir {
+        let bits = m.bitmap_bytes(&b)?;
+        set.push((b, bits));
+    }
+    let value = f(&mut set)?;
+    let cs = m.geo.cluster_size;
+    let clusters: u64 = set
+        .iter()
+        .map(|(_, bits)| 2 * (bits.len() as u64).div_ceil(cs) + 2)
+        .sum();
+    let budget = m.tx_budget(0) + clusters + 8;
+    let value = m.transaction(budget, |_, _| {
+        let switch = super::shadow::Switch {
+            bitmaps: Some(set),
+            ..Default::default()
+        };
+        Ok((switch, value))
+    })?;
+    if m.track {
+        let dir = m.bitmap_directory()?;
+        m.tracker = Tracker::load(m, &dir)?.map(Arc::new);
+    }
+    Ok(value)
+}
+
+/// Starts tracking guest writes in the enabled bitmaps of a writable open:
+/// gives every one of their data clusters storage first if some have none
+/// (one shadow commit), so that setting a bit is always an in-place write.
+pub(crate) fn start_tracking(m: &mut Meta) -> Result<()> {
+    m.track = true;
+    let dir = m.bitmap_directory()?;
+    if dir.is_empty() {
+        return Ok(());
+    }
+    if needs_clusters(m, &dir)? {
+        rewrite_bitmaps(m, |_| Ok(()))?;
+    }
+    let dir = m.bitmap_directory()?;
+    m.tracker = Tracker::load(m, &dir)?.map(Arc::new);
+    Ok(())
+}
+
+impl Qcow2 {
+    /// Syncs made so far to make bitmap bits durable before in-place
+    /// writes (the cost of crash-consistent tracking).
+    pub fn bitmap_syncs(&self) -> u64 {
+        self.meta.lock().tracker.as_ref().map_or(0, |t| t.syncs())
     }
 }
 
@@ -279,40 +347,13 @@ const MAX_BITMAPS: usize = 65535;
 
 impl Qcow2 {
     /// Runs `f` on the full set of bitmaps (with their data) and stores the
-    /// result as one shadow commit. Needs a bitmaps-only writable open.
+    /// result as one shadow commit.
     fn change_bitmaps<T>(
         &self,
         f: impl FnOnce(&mut Vec<(BitmapInfo, Vec<u8>)>) -> Result<T>,
     ) -> Result<T> {
         self.require_writable()?;
-        if self.guest_writes {
-            return Err(Error::invalid(
-                &self.path,
-                "bitmap changes need the image opened for bitmap changes only (strata does not track guest writes in bitmaps yet)",
-            ));
-        }
-        self.exclusive(|m| {
-            let dir = m.bitmap_directory()?;
-            let mut set = Vec::with_capacity(dir.len());
-            for b in dir {
-                let bits = m.bitmap_bytes(&b)?;
-                set.push((b, bits));
-            }
-            let value = f(&mut set)?;
-            let cs = m.geo.cluster_size;
-            let clusters: u64 = set
-                .iter()
-                .map(|(_, bits)| 2 * (bits.len() as u64).div_ceil(cs) + 2)
-                .sum();
-            let budget = m.tx_budget(0) + clusters + 8;
-            m.transaction(budget, |_, _| {
-                let switch = super::shadow::Switch {
-                    bitmaps: Some(set),
-                    ..Default::default()
-                };
-                Ok((switch, value))
-            })
-        })
+        self.exclusive(|m| rewrite_bitmaps(m, f))
     }
 
     fn find_bitmap<'a>(

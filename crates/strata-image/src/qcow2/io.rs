@@ -141,6 +141,16 @@ pub(crate) fn map_runs_in(
     Ok(runs)
 }
 
+/// True when writing `runs` puts data into a cluster whose mapping is
+/// already durable (so a crash right after could expose it): an owned data
+/// cluster not allocated since the last metadata write-back.
+fn writes_in_place(m: &Meta, runs: &[Run]) -> bool {
+    runs.iter().any(|r| match r.kind {
+        Cluster::Data { host, copied: true } => !m.fresh.contains(&m.geo.cluster_start(host)),
+        _ => false,
+    })
+}
+
 /// True when a cluster with this entry needs a new host cluster to be written.
 fn needs_new_cluster(entry: u64, geo: &Geometry) -> bool {
     match decode_l2(entry, geo) {
@@ -227,7 +237,20 @@ impl Qcow2 {
         if buf.is_empty() {
             return Ok(());
         }
-        let runs = map_runs(&mut self.meta.lock(), offset, buf.len() as u64)?;
+        let len = buf.len() as u64;
+        let (runs, persist) = {
+            let mut m = self.meta.lock();
+            let runs = map_runs(&mut m, offset, len)?;
+            let persist = match &m.tracker {
+                Some(t) if t.mark(offset, len) && writes_in_place(&m, &runs) => Some(t.clone()),
+                _ => None,
+            };
+            (runs, persist)
+        };
+        if let Some(t) = persist {
+            // The bits must be durable before data a durable mapping reaches.
+            t.persist_range(self.st.as_ref(), offset, len)?;
+        }
         if runs
             .iter()
             .all(|r| matches!(r.kind, Cluster::Data { copied: true, .. }))
@@ -304,7 +327,12 @@ impl Qcow2 {
                         last_l1 = l1;
                     }
                 }
-                m.alloc_clusters(olds.len() as u64)?
+                let host = m.alloc_clusters(olds.len() as u64)?;
+                if m.tracker.is_some() {
+                    m.fresh
+                        .extend((0..olds.len() as u64).map(|i| host + i * cs));
+                }
+                host
             };
             let k = olds.len() as u64;
             self.inflight.begin(first, k);
@@ -637,6 +665,10 @@ impl Qcow2 {
             self.inflight.wait(cluster);
         };
         let mut m = self.meta.lock();
+        if let Some(t) = &m.tracker {
+            // A new mapping: the bits go out with the next metadata flush.
+            t.mark(offset, data.len() as u64);
+        }
         let l1 = cluster / self.geo.l2_entries;
         m.writable_l2(l1)?;
         let (old, _) = m.l2_entry(offset)?;

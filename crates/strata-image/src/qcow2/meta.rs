@@ -4,7 +4,10 @@
 //!
 //! Everything here runs under the image's metadata mutex; data I/O does not.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+
+use super::bitmap_track::Tracker;
 
 use super::cache::TableCache;
 use super::header::{Header, INCOMPAT_DIRTY};
@@ -49,6 +52,15 @@ pub(crate) struct Meta {
     pub release_ok: bool,
     /// L2 cache budget in bytes (kept to rebuild the state after an abort).
     pub cache_bytes: u64,
+    /// Guest writes are tracked in enabled bitmaps (a writable open that
+    /// allows guest writes).
+    pub track: bool,
+    /// Change tracking in the enabled bitmaps (`None`: none is enabled).
+    pub tracker: Option<Arc<Tracker>>,
+    /// Host clusters allocated since the last metadata write-back: their
+    /// mappings are not durable yet, so data written into them needs no
+    /// bitmap sync first (kept only while tracking).
+    pub fresh: HashSet<u64>,
 }
 
 /// Serialises u64 entries as big-endian bytes.
@@ -111,6 +123,9 @@ impl Meta {
             in_tx: false,
             release_ok: false,
             cache_bytes,
+            track: false,
+            tracker: None,
+            fresh: HashSet::new(),
         })
     }
 
@@ -290,7 +305,17 @@ impl Meta {
         let tables_due = self.l2.any_dirty() || self.l1_dirty;
         // Guest data goes to the file without passing through here, so the
         // first sync is unconditional: it is what makes data writes durable.
-        self.st.flush()?;
+        // Marked bitmap bits ride on it, before any L2 entry that could make
+        // changed data reachable (design.md §5b).
+        match self.tracker.clone() {
+            Some(t) => {
+                if self.release_ok {
+                    t.trim();
+                }
+                t.persist_with(self.st.as_ref(), || self.st.flush())?;
+            }
+            None => self.st.flush()?,
+        }
         if self.lazy && tables_due && !self.marked_dirty && self.rb.any_dirty() {
             self.header.incompatible |= INCOMPAT_DIRTY;
             self.write_header()?;
@@ -319,6 +344,8 @@ impl Meta {
             self.st.flush()?;
             self.l1_dirty = false;
         }
+        // Every installed mapping is durable now.
+        self.fresh.clear();
         if !self.pending_free.is_empty() && self.release_ok {
             let pending = std::mem::take(&mut self.pending_free);
             for host in pending {

@@ -9,6 +9,7 @@
 //! writes are serialised by the allocation mutex; the metadata mutex is only
 //! held for table lookups and updates.
 
+mod bitmap_track;
 pub mod bitmaps;
 mod cache;
 pub mod check;
@@ -58,9 +59,8 @@ pub struct OpenOptions {
     pub cache_bytes: u64,
     /// Allow a writable open of an image marked corrupt (for repair only).
     pub allow_corrupt: bool,
-    /// Writable for bitmap changes only (as `qemu-img bitmap`): persistent
-    /// bitmaps stay consistent and guest writes are refused, since strata
-    /// does not track writes in bitmaps yet.
+    /// Writable for bitmap changes only (as `qemu-img bitmap`): guest
+    /// writes are refused.
     pub bitmaps_only: bool,
 }
 
@@ -129,22 +129,12 @@ impl Qcow2 {
         let size = header.size;
         let mut meta = Meta::load(st.clone(), path.clone(), header, opts.cache_bytes)?;
         if opts.writable {
-            // Autoclear bits we do not maintain must be cleared before writing.
-            // Bitmaps (bit 0) are not maintained by guest writes yet: unless
-            // only bitmaps will change, every autoclear bit is unknown.
-            let keep = if opts.bitmaps_only {
-                AUTOCLEAR_BITMAPS
-            } else {
-                0
-            };
-            let unknown = meta.header.autoclear & !keep;
+            // Autoclear bits we do not maintain must be cleared before
+            // writing. Bitmaps (bit 0) are maintained: guest writes are
+            // tracked in every enabled bitmap.
+            let unknown = meta.header.autoclear & !AUTOCLEAR_BITMAPS;
             if unknown != 0 {
-                if unknown & AUTOCLEAR_BITMAPS != 0 {
-                    tracing::warn!(
-                        "{path}: bitmaps are not maintained yet; they become inconsistent"
-                    );
-                }
-                meta.header.autoclear &= keep;
+                meta.header.autoclear &= AUTOCLEAR_BITMAPS;
                 meta.write_header()?;
                 st.flush()?;
             }
@@ -166,6 +156,9 @@ impl Qcow2 {
             inflight: inflight::InFlight::default(),
             meta: Mutex::new(meta),
         };
+        if img.guest_writes {
+            img.exclusive(bitmaps::start_tracking)?;
+        }
         Ok(img)
     }
 
@@ -306,8 +299,15 @@ impl Qcow2 {
     }
 
     /// Grows the virtual size (the L1 table moves when it must grow).
+    /// Refused while the image has persistent bitmaps.
     pub fn grow(&self, new_size: u64) -> Result<()> {
         self.require_guest_writes()?;
+        if !self.bitmaps()?.is_empty() {
+            return Err(Error::invalid(
+                &self.path,
+                "the image has persistent bitmaps: remove them before resizing",
+            ));
+        }
         self.exclusive(|m| create::grow(m, new_size))?;
         self.size.store(new_size, Ordering::SeqCst);
         Ok(())

@@ -101,7 +101,10 @@ impl Meta {
         self.l2.clear();
         self.rb.clear();
         let header = super::read_header(self.st.as_ref())?;
-        let fresh = Meta::load(self.st.clone(), self.path.clone(), header, self.cache_bytes)?;
+        let mut fresh = Meta::load(self.st.clone(), self.path.clone(), header, self.cache_bytes)?;
+        // The bitmaps the old state tracks are still the durable ones.
+        fresh.tracker = self.tracker.take();
+        fresh.track = self.track;
         *self = fresh;
         // Give back the appended space, unless the header on disk points
         // into it (a switch whose outcome is unknown): then keep it all.
@@ -278,7 +281,9 @@ impl Meta {
         for (info, bits) in set {
             let mut table = Vec::new();
             for chunk in bits.chunks(cs as usize) {
-                if chunk.iter().all(|&b| b == 0) {
+                // An enabled bitmap gets every data cluster, so that tracking
+                // sets bits in place (design.md §5b).
+                if !info.enabled() && chunk.iter().all(|&b| b == 0) {
                     table.push(0u64);
                     continue;
                 }

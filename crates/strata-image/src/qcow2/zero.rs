@@ -22,6 +22,12 @@ impl Qcow2 {
         if len == 0 {
             return Ok(());
         }
+        if let Some(t) = &self.meta.lock().tracker {
+            // Whole clusters change mappings (their bits go out with the next
+            // metadata flush); partial ones are written through `write_inner`,
+            // which makes the bits durable first where it must.
+            t.mark(offset, len);
+        }
         let cs = self.geo.cluster_size;
         let end = offset + len;
         let first_full = offset.div_ceil(cs) * cs;

@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata_image::qcow2::{CreateOptions, Qcow2};
+use strata_image::qcow2::{CreateOptions, OpenOptions, Qcow2};
+use strata_image::storage::{FaultConfig, Storage};
 use strata_image::{ChainOptions, Image};
 
 /// Runs a peer tool; panics with its output when it fails.
@@ -271,4 +272,31 @@ pub fn nbd_dirty(img: &Path, bitmap: &str, dir: &Path) -> Vec<(u64, u64)> {
         }
     }
     v
+}
+
+/// Opens a qcow2 image on `st` without locks (in-memory crash tests).
+pub fn open_qcow2(st: Arc<dyn Storage>, writable: bool) -> strata_image::Result<Qcow2> {
+    Qcow2::open(
+        st,
+        None,
+        &OpenOptions {
+            writable,
+            lock: false,
+            ..Default::default()
+        },
+    )
+}
+
+/// The crash points of a run that made `writes` writes and `flushes`
+/// flushes: a failure at every write, then at every flush.
+pub fn every_fault(writes: u64, flushes: u64) -> impl Iterator<Item = FaultConfig> {
+    (0..writes)
+        .map(|n| FaultConfig {
+            fail_write: Some(n),
+            ..Default::default()
+        })
+        .chain((0..flushes).map(|n| FaultConfig {
+            fail_flush_at: Some(n),
+            ..Default::default()
+        }))
 }
