@@ -114,9 +114,14 @@ fn bad_json_and_bitmaps() {
             "only qcow2",
         ),
         (
-            r#"[{"action": "bitmap-add", "file": "a.qcow2", "name": "cbt"}]"#,
+            r#"[{"action": "bitmap-remove", "file": "a.qcow2", "name": "cbt"}]"#,
             1,
-            "not supported yet",
+            "bitmap 'cbt' not found",
+        ),
+        (
+            r#"[{"action": "bitmap-clear", "file": "a.qcow2", "name": "cbt", "granularity": 512}]"#,
+            2,
+            "belong to bitmap-add",
         ),
     ] {
         std::fs::write(p.join("t.json"), json).unwrap();
@@ -124,4 +129,50 @@ fn bad_json_and_bitmaps() {
         assert!(r.stderr.contains(want), "{json}: {}", r.stderr);
     }
     assert!(!snapshot_names(p, "a.qcow2").contains("cbt"));
+}
+
+#[test]
+fn bitmap_actions_with_a_snapshot() {
+    let d = tmp();
+    let p = d.path();
+    setup(p);
+    qemu_img(p, &["bitmap", "--add", "b.qcow2", "old"]);
+    qemu_io(p, "qcow2", "b.qcow2", &["write -P 1 2M 4k"]);
+    std::fs::write(
+        p.join("t.json"),
+        r#"[
+  {"action": "bitmap-add", "file": "a.qcow2", "name": "cbt", "granularity": 4096},
+  {"action": "bitmap-merge", "file": "a.qcow2", "target": "cbt",
+   "sources": [{"file": "b.qcow2", "name": "old"}]},
+  {"action": "snapshot-internal", "file": "a.qcow2", "name": "s9"},
+  {"action": "bitmap-disable", "file": "b.qcow2", "name": "old"}
+]"#,
+    )
+    .unwrap();
+    let r = ok(
+        p,
+        &["img", "transaction", "--output", "json", "--file", "t.json"],
+    );
+    assert_eq!(r.json()[0]["bitmap"], "cbt");
+    assert_eq!(r.json()[2]["snapshot"], "s9");
+    assert!(snapshot_names(p, "a.qcow2").contains("s9"));
+    let info = qemu_img(p, &["info", "--output=json", "a.qcow2"]).json();
+    let bitmaps = &info["format-specific"]["data"]["bitmaps"];
+    assert_eq!(bitmaps[0]["name"], "cbt");
+    assert_eq!(bitmaps[0]["granularity"], 4096);
+    let info = qemu_img(p, &["info", "--output=json", "b.qcow2"]).json();
+    assert_eq!(
+        info["format-specific"]["data"]["bitmaps"][0]["flags"],
+        serde_json::json!([])
+    );
+    let dump = ok(
+        p,
+        &[
+            "img", "bitmap", "dump", "--output", "json", "a.qcow2", "cbt",
+        ],
+    );
+    assert_eq!(dump.json()[0]["start"], 2 << 20, "{}", dump.stdout);
+    for f in ["a.qcow2", "b.qcow2"] {
+        qemu_img(p, &["check", f]);
+    }
 }

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod chain;
+pub mod dirty;
 pub mod error;
 pub mod image;
 pub mod ops;
@@ -21,5 +22,6 @@ pub mod storage;
 pub mod transaction;
 
 pub use chain::{open, ChainOptions};
+pub use dirty::dirty_since;
 pub use error::{Error, Result};
 pub use image::{Extent, Format, Image};

@@ -22,31 +22,6 @@ fn bitmaps_only(path: &Path) -> Arc<dyn Image> {
     .expect("bitmaps-only open")
 }
 
-fn qemu_bitmaps(path: &Path) -> Vec<(String, u64, Vec<String>)> {
-    let info: serde_json::Value =
-        serde_json::from_str(&run("qemu-img", &["info", "--output=json", "-U", s(path)])).unwrap();
-    info["format-specific"]["data"]["bitmaps"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|b| {
-                    let flags = b["flags"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|f| f.as_str().unwrap().to_string())
-                        .collect();
-                    (
-                        b["name"].as_str().unwrap().to_string(),
-                        b["granularity"].as_u64().unwrap(),
-                        flags,
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn strata_dirty(path: &Path, name: &str) -> Vec<(u64, u64)> {
     let i = open_ro(path);
     qcow2(&i).bitmap_dirty(name).unwrap()

@@ -199,13 +199,13 @@ fn validation_refuses_before_writing() {
                     file: p[0].clone(),
                     name: Some("ok".into()),
                 },
-                Action::Bitmap {
-                    op: strata_image::transaction::BitmapOp::Add,
-                    file: p[1].clone(),
-                    name: "cbt".into(),
-                },
+                Action::bitmap(
+                    strata_image::transaction::BitmapOp::Disable,
+                    p[1].clone(),
+                    "cbt",
+                ),
             ],
-            "action 2 (bitmap-add): dirty bitmaps are not supported yet",
+            "action 2 (bitmap-disable): bitmap 'cbt' not found",
         ),
     ];
     for (acts, want) in cases {

@@ -5,16 +5,16 @@
 //! qemu-nbd refuses to export it, for a bitmap marked in use). Also the
 //! records that `info` prints.
 //!
-//! The image is always opened read-only: a writable open would mark the
-//! bitmaps inconsistent, since the engine does not maintain them yet. For
-//! the same reason `add`, `remove`, `clear`, `enable`, `disable` and `merge`
-//! are checked and then refused without opening anything.
+//! `list` and `dump` open the image read-only; `add`, `remove`, `clear`,
+//! `enable`, `disable` and `merge` open it for bitmap changes only (guest
+//! writes refused), as `qemu-img bitmap` does, and make each change one
+//! atomic commit.
 
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use strata_image::qcow2::{BitmapInfo, Qcow2};
+use strata_image::qcow2::{BitmapEdit, BitmapInfo, Qcow2};
 use strata_image::ChainOptions;
 use strata_image::Image;
 
@@ -43,15 +43,9 @@ enum Action {
 /// open: guest writes refused, bitmaps kept consistent, as qemu-img bitmap).
 #[derive(Debug)]
 enum Change {
-    Add {
-        name: String,
-        granularity: Option<u64>,
-        enabled: bool,
-    },
-    Remove(String),
-    Clear(String),
-    Enable(String),
-    Disable(String),
+    /// Anything but a merge.
+    Edit(BitmapEdit),
+    /// A merge, whose source extents are read once the image is open.
     Merge {
         target: String,
         source: String,
@@ -125,32 +119,52 @@ impl Request {
                 let name = named(a.name)?;
                 let g = a.granularity.map(granularity).transpose()?;
                 let what = format!("add bitmap '{name}'");
-                let c = Change::Add {
+                let c = Change::Edit(BitmapEdit::Add {
                     name,
                     granularity: g,
                     enabled: !a.disabled,
-                };
+                });
                 change(a.format, a.file, c, what)
             }
             BitmapCommand::Remove(a) => {
                 let name = named(a.name)?;
                 let what = format!("remove bitmap '{name}'");
-                change(a.format, a.file, Change::Remove(name), what)
+                change(
+                    a.format,
+                    a.file,
+                    Change::Edit(BitmapEdit::Remove(name)),
+                    what,
+                )
             }
             BitmapCommand::Clear(a) => {
                 let name = named(a.name)?;
                 let what = format!("clear bitmap '{name}'");
-                change(a.format, a.file, Change::Clear(name), what)
+                change(
+                    a.format,
+                    a.file,
+                    Change::Edit(BitmapEdit::Clear(name)),
+                    what,
+                )
             }
             BitmapCommand::Enable(a) => {
                 let name = named(a.name)?;
                 let what = format!("enable bitmap '{name}'");
-                change(a.format, a.file, Change::Enable(name), what)
+                change(
+                    a.format,
+                    a.file,
+                    Change::Edit(BitmapEdit::SetEnabled(name, true)),
+                    what,
+                )
             }
             BitmapCommand::Disable(a) => {
                 let name = named(a.name)?;
                 let what = format!("disable bitmap '{name}'");
-                change(a.format, a.file, Change::Disable(name), what)
+                change(
+                    a.format,
+                    a.file,
+                    Change::Edit(BitmapEdit::SetEnabled(name, false)),
+                    what,
+                )
             }
             BitmapCommand::Merge(a) => {
                 let target = named(a.target)?;
@@ -198,15 +212,7 @@ fn apply_change(req: &Request, change: &Change, file: &str, doing: &str) -> Resu
     let img = strata_image::open(&req.file, &opts).with_context(|| format!("cannot {doing}"))?;
     let q = qcow2_for(img.as_ref(), file, doing)?;
     let done = match change {
-        Change::Add {
-            name,
-            granularity,
-            enabled,
-        } => q.bitmap_add(name, *granularity, *enabled).map(|_| ()),
-        Change::Remove(name) => q.bitmap_remove(name),
-        Change::Clear(name) => q.bitmap_clear(name),
-        Change::Enable(name) => q.bitmap_set_enabled(name, true),
-        Change::Disable(name) => q.bitmap_set_enabled(name, false),
+        Change::Edit(edit) => q.bitmap_edit(edit),
         Change::Merge {
             target,
             source,

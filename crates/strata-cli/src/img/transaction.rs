@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use strata_image::transaction::{self, Action, BitmapOp, Outcome};
+use strata_image::transaction::{self, Action, BitmapOp, BitmapSource, Outcome};
 
 use crate::cli::TransactionArgs;
 use crate::exit::{usage, OK};
@@ -42,8 +42,8 @@ enum JsonAction {
     BitmapMerge(JsonBitmap),
 }
 
-/// The fields of a bitmap action (parsed now, refused by the engine until
-/// bitmaps are implemented).
+/// The fields of a bitmap action (QMP's `block-dirty-bitmap-*` arguments,
+/// with `file` for the node).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonBitmap {
@@ -54,20 +54,54 @@ struct JsonBitmap {
     granularity: Option<u64>,
     #[serde(default)]
     disabled: Option<bool>,
-    #[serde(default)]
-    sources: Option<Vec<String>>,
+    #[serde(default, alias = "bitmaps")]
+    sources: Option<Vec<JsonSource>>,
+}
+
+/// A merge source: a bitmap of the same image, or `{file, name}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum JsonSource {
+    Same(String),
+    Other { file: PathBuf, name: String },
 }
 
 impl JsonAction {
     /// The engine's action; refuses what the JSON may say but strata cannot do.
     fn into_action(self, index: usize) -> Result<Action> {
-        let bitmap = |op, b: JsonBitmap| {
-            let _ = (b.granularity, b.disabled, b.sources);
-            Action::Bitmap {
+        let bitmap = |op, b: JsonBitmap| -> Result<Action> {
+            let merge = op == BitmapOp::Merge;
+            if merge != b.sources.is_some() {
+                return Err(usage(format!(
+                    "action {}: 'sources' belongs to bitmap-merge, and bitmap-merge needs it",
+                    index + 1
+                )));
+            }
+            if op != BitmapOp::Add && (b.granularity.is_some() || b.disabled.is_some()) {
+                return Err(usage(format!(
+                    "action {}: 'granularity' and 'disabled' belong to bitmap-add",
+                    index + 1
+                )));
+            }
+            Ok(Action::Bitmap {
                 op,
                 file: b.file,
                 name: b.name,
-            }
+                granularity: b.granularity,
+                disabled: b.disabled.unwrap_or(false),
+                sources: b
+                    .sources
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|s| match s {
+                        JsonSource::Same(name) => BitmapSource { file: None, name },
+                        JsonSource::Other { file, name } => BitmapSource {
+                            file: Some(file),
+                            name,
+                        },
+                    })
+                    .collect(),
+            })
         };
         Ok(match self {
             JsonAction::SnapshotInternal { file, name } => Action::SnapshotInternal { file, name },
@@ -94,12 +128,12 @@ impl JsonAction {
             JsonAction::SnapshotDeleteInternal { file, name } => {
                 Action::SnapshotDeleteInternal { file, name }
             }
-            JsonAction::BitmapAdd(b) => bitmap(BitmapOp::Add, b),
-            JsonAction::BitmapRemove(b) => bitmap(BitmapOp::Remove, b),
-            JsonAction::BitmapEnable(b) => bitmap(BitmapOp::Enable, b),
-            JsonAction::BitmapDisable(b) => bitmap(BitmapOp::Disable, b),
-            JsonAction::BitmapClear(b) => bitmap(BitmapOp::Clear, b),
-            JsonAction::BitmapMerge(b) => bitmap(BitmapOp::Merge, b),
+            JsonAction::BitmapAdd(b) => bitmap(BitmapOp::Add, b)?,
+            JsonAction::BitmapRemove(b) => bitmap(BitmapOp::Remove, b)?,
+            JsonAction::BitmapEnable(b) => bitmap(BitmapOp::Enable, b)?,
+            JsonAction::BitmapDisable(b) => bitmap(BitmapOp::Disable, b)?,
+            JsonAction::BitmapClear(b) => bitmap(BitmapOp::Clear, b)?,
+            JsonAction::BitmapMerge(b) => bitmap(BitmapOp::Merge, b)?,
         })
     }
 }
@@ -115,6 +149,8 @@ struct Done {
     id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     overlay: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bitmap: Option<String>,
 }
 
 /// Runs `strata img transaction`.
@@ -146,6 +182,7 @@ pub fn run(a: TransactionArgs, out: &Output) -> Result<u8> {
                 snapshot: None,
                 id: None,
                 overlay: None,
+                bitmap: None,
             };
             match o {
                 Outcome::Internal { name, id } => {
@@ -153,6 +190,7 @@ pub fn run(a: TransactionArgs, out: &Output) -> Result<u8> {
                     d.id = Some(id);
                 }
                 Outcome::External { overlay } => d.overlay = Some(overlay.display().to_string()),
+                Outcome::Bitmap { name } => d.bitmap = Some(name),
             }
             d
         })
@@ -165,7 +203,10 @@ pub fn run(a: TransactionArgs, out: &Output) -> Result<u8> {
                 ("snapshot-external", _, Some(o)) => format!("overlay {o} created"),
                 ("snapshot-delete-internal", Some(n), _) => format!("snapshot '{n}' deleted"),
                 (_, Some(n), _) => format!("snapshot '{n}' created"),
-                _ => "done".to_string(),
+                (a, _, _) => match &d.bitmap {
+                    Some(b) => format!("{a} '{b}' done"),
+                    None => "done".to_string(),
+                },
             };
             out.say(&format!("{}: {what}", d.file))?;
         }

@@ -62,6 +62,49 @@ impl BitmapInfo {
     }
 }
 
+/// One change to the set of bitmaps of an image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BitmapEdit {
+    /// Add an empty bitmap (granularity: the cluster size, at least 4 KiB,
+    /// when `None`).
+    Add {
+        /// Name (unique in the image, 1 to 1023 bytes).
+        name: String,
+        /// Bytes one bit covers: a power of two from 512 to 2 GiB.
+        granularity: Option<u64>,
+        /// Tracks writes from the start.
+        enabled: bool,
+    },
+    /// Remove a bitmap.
+    Remove(String),
+    /// Clear every bit.
+    Clear(String),
+    /// Enable (true) or disable a bitmap.
+    SetEnabled(String, bool),
+    /// Set the granules overlapping `extents` (guest bytes) in `target`.
+    Merge {
+        /// The bitmap that receives the bits.
+        target: String,
+        /// Dirty extents `(start, length)`, e.g. of another bitmap.
+        extents: Vec<(u64, u64)>,
+    },
+}
+
+/// Sets in `bits` every granule that overlaps one of `extents`.
+pub(crate) fn set_extents(bits: &mut [u8], granularity: u64, extents: &[(u64, u64)]) {
+    let total = bits.len() as u64 * 8;
+    for &(start, len) in extents {
+        if len == 0 || total == 0 {
+            continue;
+        }
+        let first = start / granularity;
+        let last = ((start + len - 1) / granularity).min(total - 1);
+        for i in first..=last {
+            bits[(i / 8) as usize] |= 1 << (i % 8);
+        }
+    }
+}
+
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
@@ -288,19 +331,9 @@ pub(crate) fn rewrite_bitmaps<T>(
     // Every marked bit on disk first (and speculative ones trimmed), so
     // the data read back is exactly the tracked state.
     m.flush()?;
-    let dir = m.bitmap_directory()?;
-    let mut set = Vec::with_capacity(dir.len());
-    for b in dir {
-        let bits = m.bitmap_bytes(&b)?;
-        set.push((b, bits));
-    }
+    let mut set = m.bitmap_set()?;
     let value = f(&mut set)?;
-    let cs = m.geo.cluster_size;
-    let clusters: u64 = set
-        .iter()
-        .map(|(_, bits)| 2 * (bits.len() as u64).div_ceil(cs) + 2)
-        .sum();
-    let budget = m.tx_budget(0) + clusters + 8;
+    let budget = m.tx_budget(0) + m.bitmap_budget()? + 8;
     let value = m.transaction(budget, |_, _| {
         let switch = super::shadow::Switch {
             bitmaps: Some(set),
@@ -308,11 +341,39 @@ pub(crate) fn rewrite_bitmaps<T>(
         };
         Ok((switch, value))
     })?;
-    if m.track {
-        let dir = m.bitmap_directory()?;
-        m.tracker = Tracker::load(m, &dir)?.map(Arc::new);
-    }
+    m.reload_tracker()?;
     Ok(value)
+}
+
+impl Meta {
+    /// Every bitmap with its data, as on disk.
+    pub(crate) fn bitmap_set(&self) -> Result<Vec<(BitmapInfo, Vec<u8>)>> {
+        let dir = self.bitmap_directory()?;
+        let mut set = Vec::with_capacity(dir.len());
+        for b in dir {
+            let bits = self.bitmap_bytes(&b)?;
+            set.push((b, bits));
+        }
+        Ok(set)
+    }
+
+    /// Clusters a rewrite of every bitmap may allocate (data, tables and
+    /// directory, for the old set and a bitmap as large as any).
+    pub(crate) fn bitmap_budget(&self) -> Result<u64> {
+        let cs = self.geo.cluster_size;
+        let per = |gran: u64| 2 * self.header.size.div_ceil(gran).div_ceil(8).div_ceil(cs) + 2;
+        let dir = self.bitmap_directory()?;
+        Ok(dir.iter().map(|b| per(b.granularity)).sum::<u64>() + 2 * per(512) + 8)
+    }
+
+    /// Restarts tracking on the bitmaps as they are now (after a switch).
+    pub(crate) fn reload_tracker(&mut self) -> Result<()> {
+        if self.track {
+            let dir = self.bitmap_directory()?;
+            self.tracker = Tracker::load(self, &dir)?.map(Arc::new);
+        }
+        Ok(())
+    }
 }
 
 /// Starts tracking guest writes in the enabled bitmaps of a writable open:
@@ -327,9 +388,7 @@ pub(crate) fn start_tracking(m: &mut Meta) -> Result<()> {
     if needs_clusters(m, &dir)? {
         rewrite_bitmaps(m, |_| Ok(()))?;
     }
-    let dir = m.bitmap_directory()?;
-    m.tracker = Tracker::load(m, &dir)?.map(Arc::new);
-    Ok(())
+    m.reload_tracker()
 }
 
 impl Qcow2 {
@@ -356,14 +415,9 @@ impl Qcow2 {
         self.exclusive(|m| rewrite_bitmaps(m, f))
     }
 
-    fn find_bitmap<'a>(
-        &self,
-        set: &'a mut [(BitmapInfo, Vec<u8>)],
-        name: &str,
-    ) -> Result<&'a mut (BitmapInfo, Vec<u8>)> {
-        set.iter_mut()
-            .find(|(b, _)| b.name == name)
-            .ok_or_else(|| Error::invalid(&self.path, format!("bitmap '{name}' not found")))
+    /// Makes one change to the bitmaps (one atomic commit).
+    pub fn bitmap_edit(&self, edit: &BitmapEdit) -> Result<()> {
+        self.change_bitmaps(|set| self.apply_edit(set, edit))
     }
 
     /// Adds an empty bitmap; granularity defaults to the cluster size (at
@@ -374,103 +428,119 @@ impl Qcow2 {
         granularity: Option<u64>,
         enabled: bool,
     ) -> Result<BitmapInfo> {
-        let size = self.size();
-        let gran = granularity.unwrap_or(self.geo.cluster_size.max(4096));
-        if !gran.is_power_of_two() || !(512..=(1u64 << 31)).contains(&gran) {
-            return Err(Error::invalid(
-                &self.path,
-                format!("bitmap granularity {gran} must be a power of two from 512 to 2G"),
-            ));
-        }
-        if name.is_empty() || name.len() > MAX_NAME {
-            return Err(Error::invalid(
-                &self.path,
-                format!("invalid bitmap name '{name}'"),
-            ));
-        }
         self.change_bitmaps(|set| {
-            if set.iter().any(|(b, _)| b.name == name) {
-                return Err(Error::invalid(
-                    &self.path,
-                    format!("a bitmap named '{name}' already exists"),
-                ));
-            }
-            if set.len() >= MAX_BITMAPS {
-                return Err(Error::invalid(&self.path, "too many bitmaps (65535)"));
-            }
-            let info = BitmapInfo {
-                name: name.to_string(),
-                granularity: gran,
-                flags: if enabled { FLAG_AUTO } else { 0 },
-                table_offset: 0,
-                table_size: 0,
-            };
-            set.push((
-                info.clone(),
-                vec![0u8; size.div_ceil(gran).div_ceil(8) as usize],
-            ));
-            Ok(info)
+            self.apply_edit(
+                set,
+                &BitmapEdit::Add {
+                    name: name.to_string(),
+                    granularity,
+                    enabled,
+                },
+            )?;
+            Ok(set.last().expect("just added").0.clone())
         })
     }
 
     /// Removes a bitmap (also one left in use by an unclean QEMU).
     pub fn bitmap_remove(&self, name: &str) -> Result<()> {
-        self.change_bitmaps(|set| {
-            let before = set.len();
-            set.retain(|(b, _)| b.name != name);
-            if set.len() == before {
-                return Err(Error::invalid(
-                    &self.path,
-                    format!("bitmap '{name}' not found"),
-                ));
-            }
-            Ok(())
-        })
+        self.bitmap_edit(&BitmapEdit::Remove(name.to_string()))
     }
 
     /// Clears every bit of a bitmap.
     pub fn bitmap_clear(&self, name: &str) -> Result<()> {
-        self.change_bitmaps(|set| {
-            let (b, bits) = self.find_bitmap(set, name)?;
-            self.refuse_in_use(b)?;
-            bits.fill(0);
-            Ok(())
-        })
+        self.bitmap_edit(&BitmapEdit::Clear(name.to_string()))
     }
 
     /// Enables (tracking) or disables a bitmap.
     pub fn bitmap_set_enabled(&self, name: &str, enabled: bool) -> Result<()> {
-        self.change_bitmaps(|set| {
-            let (b, _) = self.find_bitmap(set, name)?;
-            self.refuse_in_use(b)?;
-            b.flags = if enabled {
-                b.flags | FLAG_AUTO
-            } else {
-                b.flags & !FLAG_AUTO
-            };
-            Ok(())
-        })
+        self.bitmap_edit(&BitmapEdit::SetEnabled(name.to_string(), enabled))
     }
 
     /// Sets in bitmap `target` every granule that overlaps one of `extents`
     /// (dirty extents of another bitmap, of this image or another one).
     pub fn bitmap_merge(&self, target: &str, extents: &[(u64, u64)]) -> Result<()> {
-        self.change_bitmaps(|set| {
-            let (b, bits) = self.find_bitmap(set, target)?;
-            self.refuse_in_use(b)?;
-            let total = bits.len() as u64 * 8;
-            for &(start, len) in extents {
-                if len == 0 {
-                    continue;
-                }
-                let first = start / b.granularity;
-                let last = ((start + len - 1) / b.granularity).min(total.saturating_sub(1));
-                for i in first..=last {
-                    bits[(i / 8) as usize] |= 1 << (i % 8);
-                }
-            }
-            Ok(())
+        self.bitmap_edit(&BitmapEdit::Merge {
+            target: target.to_string(),
+            extents: extents.to_vec(),
         })
+    }
+
+    /// Applies one edit to a set of bitmaps (with their data).
+    pub(crate) fn apply_edit(
+        &self,
+        set: &mut Vec<(BitmapInfo, Vec<u8>)>,
+        edit: &BitmapEdit,
+    ) -> Result<()> {
+        let find = |set: &'_ mut Vec<(BitmapInfo, Vec<u8>)>, name: &str| -> Result<usize> {
+            set.iter()
+                .position(|(b, _)| b.name == name)
+                .ok_or_else(|| Error::invalid(&self.path, format!("bitmap '{name}' not found")))
+        };
+        match edit {
+            BitmapEdit::Add {
+                name,
+                granularity,
+                enabled,
+            } => {
+                let gran = granularity.unwrap_or(self.geo.cluster_size.max(4096));
+                if !gran.is_power_of_two() || !(512..=(1u64 << 31)).contains(&gran) {
+                    return Err(Error::invalid(
+                        &self.path,
+                        format!("bitmap granularity {gran} must be a power of two from 512 to 2G"),
+                    ));
+                }
+                if name.is_empty() || name.len() > MAX_NAME {
+                    return Err(Error::invalid(
+                        &self.path,
+                        format!("invalid bitmap name '{name}'"),
+                    ));
+                }
+                if set.iter().any(|(b, _)| &b.name == name) {
+                    return Err(Error::invalid(
+                        &self.path,
+                        format!("a bitmap named '{name}' already exists"),
+                    ));
+                }
+                if set.len() >= MAX_BITMAPS {
+                    return Err(Error::invalid(&self.path, "too many bitmaps (65535)"));
+                }
+                let info = BitmapInfo {
+                    name: name.clone(),
+                    granularity: gran,
+                    flags: if *enabled { FLAG_AUTO } else { 0 },
+                    table_offset: 0,
+                    table_size: 0,
+                };
+                let bytes = self.size().div_ceil(gran).div_ceil(8) as usize;
+                set.push((info, vec![0u8; bytes]));
+            }
+            BitmapEdit::Remove(name) => {
+                let i = find(set, name)?;
+                set.remove(i);
+            }
+            BitmapEdit::Clear(name) => {
+                let i = find(set, name)?;
+                self.refuse_in_use(&set[i].0)?;
+                set[i].1.fill(0);
+            }
+            BitmapEdit::SetEnabled(name, enabled) => {
+                let i = find(set, name)?;
+                let b = &mut set[i].0;
+                self.refuse_in_use(b)?;
+                b.flags = if *enabled {
+                    b.flags | FLAG_AUTO
+                } else {
+                    b.flags & !FLAG_AUTO
+                };
+            }
+            BitmapEdit::Merge { target, extents } => {
+                let i = find(set, target)?;
+                let (b, bits) = &mut set[i];
+                self.refuse_in_use(b)?;
+                set_extents(bits, b.granularity, extents);
+            }
+        }
+        Ok(())
     }
 
     fn refuse_in_use(&self, b: &BitmapInfo) -> Result<()> {

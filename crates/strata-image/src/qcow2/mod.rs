@@ -28,11 +28,11 @@ mod snapshot_view;
 mod types;
 mod zero;
 
-pub use bitmaps::BitmapInfo;
+pub use bitmaps::{BitmapEdit, BitmapInfo};
 pub use check::{CheckMode, CheckReport};
 pub use create::{create, CreateOptions, Preallocation};
 pub use header::{CompressionType, Header};
-pub use pending::PendingChange;
+pub use pending::{PendingChange, SnapshotChange};
 pub use snapshot::SnapshotInfo;
 pub use snapshot_view::SnapshotView;
 

@@ -1,4 +1,4 @@
-//! A snapshot change prepared on one image and waiting for the rest of a
+//! A snapshot or bitmap change prepared on one image and waiting for the rest of a
 //! multi-image transaction: everything is written to fresh clusters and
 //! synced, the header still points at the old state. Then either
 //! `commit` (the header switch), later `finish` (release what the old state
@@ -10,6 +10,8 @@
 
 use parking_lot::{MutexGuard, RwLockWriteGuard};
 
+use super::bitmaps::BitmapEdit;
+use super::meta::Meta;
 use super::shadow::{Prepared, Switch, Tx};
 use super::snapshot::SnapshotInfo;
 use super::Qcow2;
@@ -23,38 +25,69 @@ pub struct PendingChange<'a> {
     _alloc: MutexGuard<'a, ()>,
     state: Option<(Tx, Prepared)>,
     committed: bool,
-    info: SnapshotInfo,
+    info: Option<SnapshotInfo>,
 }
 
-/// Which change to prepare.
-enum Change<'n> {
-    Create(Option<&'n str>),
-    Delete(&'n str),
+/// The internal-snapshot part of a pending change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotChange {
+    /// Create a snapshot (`None`: named after the time).
+    Create(Option<String>),
+    /// Delete the snapshot with this name or ID.
+    Delete(String),
 }
 
 impl Qcow2 {
     /// Prepares an internal snapshot create (see [`Qcow2::snapshot_create`]).
     pub fn prepare_snapshot_create(&self, name: Option<&str>) -> Result<PendingChange<'_>> {
-        self.prepare(Change::Create(name))
+        self.prepare_change(Some(SnapshotChange::Create(name.map(str::to_string))), &[])
     }
 
     /// Prepares an internal snapshot delete (see [`Qcow2::snapshot_delete`]).
     pub fn prepare_snapshot_delete(&self, name: &str) -> Result<PendingChange<'_>> {
-        self.prepare(Change::Delete(name))
+        self.prepare_change(Some(SnapshotChange::Delete(name.to_string())), &[])
     }
 
-    fn prepare(&self, change: Change<'_>) -> Result<PendingChange<'_>> {
+    /// Prepares an internal snapshot change and bitmap edits (applied in
+    /// order) as one shadow commit.
+    pub fn prepare_change(
+        &self,
+        snapshot: Option<SnapshotChange>,
+        edits: &[BitmapEdit],
+    ) -> Result<PendingChange<'_>> {
         self.require_writable()?;
         let gate = self.gate.write();
         let alloc = self.alloc.lock();
         let mut m = self.meta.lock();
-        let budget = m.tx_budget(0);
-        let mut tx = m.tx_begin(budget)?;
-        let run = |m: &mut super::meta::Meta, tx: &mut Tx| -> Result<(Prepared, SnapshotInfo)> {
-            let (switch, info): (Switch, SnapshotInfo) = match change {
-                Change::Create(name) => m.create_change(tx, &self.path, name, 0)?,
-                Change::Delete(name) => m.delete_change(tx, &self.path, name)?,
+        // The gate is held exclusively: the flush in `tx_begin` may release
+        // clusters and trim speculative bitmap bits.
+        m.release_ok = true;
+        let mut budget = m.tx_budget(0);
+        if !edits.is_empty() {
+            budget += m.bitmap_budget()? + edits.len() as u64 * 4;
+        }
+        let begun = m.tx_begin(budget);
+        m.release_ok = false;
+        let mut tx = begun?;
+        let run = |m: &mut Meta, tx: &mut Tx| -> Result<(Prepared, Option<SnapshotInfo>)> {
+            let (mut switch, info) = match &snapshot {
+                Some(SnapshotChange::Create(name)) => {
+                    let (s, i) = m.create_change(tx, &self.path, name.as_deref(), 0)?;
+                    (s, Some(i))
+                }
+                Some(SnapshotChange::Delete(name)) => {
+                    let (s, i) = m.delete_change(tx, &self.path, name)?;
+                    (s, Some(i))
+                }
+                None => (Switch::default(), None),
             };
+            if !edits.is_empty() {
+                let mut set = m.bitmap_set()?;
+                for e in edits {
+                    self.apply_edit(&mut set, e)?;
+                }
+                switch.bitmaps = Some(set);
+            }
             Ok((m.tx_prepare(tx, switch)?, info))
         };
         match run(&mut m, &mut tx) {
@@ -78,9 +111,10 @@ impl Qcow2 {
 }
 
 impl PendingChange<'_> {
-    /// The snapshot this change creates or deletes.
-    pub fn info(&self) -> &SnapshotInfo {
-        &self.info
+    /// The snapshot this change creates or deletes (none for a change of
+    /// bitmaps only).
+    pub fn info(&self) -> Option<&SnapshotInfo> {
+        self.info.as_ref()
     }
 
     /// The image this change is for.
@@ -102,7 +136,7 @@ impl PendingChange<'_> {
         // This change holds the gate exclusively: releases are safe.
         let mut m = self.image.meta.lock();
         m.release_ok = true;
-        let r = m.tx_finish(tx, p);
+        let r = m.tx_finish(tx, p).and_then(|()| m.reload_tracker());
         m.release_ok = false;
         r
     }

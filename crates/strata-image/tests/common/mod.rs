@@ -300,3 +300,29 @@ pub fn every_fault(writes: u64, flushes: u64) -> impl Iterator<Item = FaultConfi
             ..Default::default()
         }))
 }
+
+/// `(name, granularity, flags)` of every bitmap, as qemu-img info lists them.
+pub fn qemu_bitmaps(path: &Path) -> Vec<(String, u64, Vec<String>)> {
+    let info: serde_json::Value =
+        serde_json::from_str(&run("qemu-img", &["info", "--output=json", "-U", s(path)])).unwrap();
+    info["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| {
+                    let flags = b["flags"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|f| f.as_str().unwrap().to_string())
+                        .collect();
+                    (
+                        b["name"].as_str().unwrap().to_string(),
+                        b["granularity"].as_u64().unwrap(),
+                        flags,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
