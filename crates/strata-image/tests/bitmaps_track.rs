@@ -168,3 +168,38 @@ fn bitmap_changes_on_a_normal_open_keep_tracking() {
     qemu_apply(&b, &second);
     same_bitmaps(&a, &b, d.path(), "after changes on an open image");
 }
+
+#[test]
+fn applying_a_snapshot_marks_what_it_changes() {
+    let d = tmp();
+    let img_path = at(&d, "s.qcow2");
+    prepared(&img_path);
+    {
+        let img = open_rw(&img_path);
+        let q = qcow2(&img);
+        q.snapshot_create(Some("s1"), 0).unwrap();
+        // Changed after the snapshot: one data cluster rewritten, one
+        // allocated, one zeroed; then the bitmaps start clean.
+        Op::Write(1 << 20, 100, 1).strata(img.as_ref());
+        Op::Write(14 << 20, 64 << 10, 2).strata(img.as_ref());
+        Op::Zero(20 << 20, 64 << 10, true).strata(img.as_ref());
+        for name in ["b64k", "b4k", "b512"] {
+            q.bitmap_clear(name).unwrap();
+        }
+        q.snapshot_apply("s1").unwrap();
+        // Tracking goes on after the switch.
+        Op::Write(30 << 20, 512, 3).strata(img.as_ref());
+    }
+    assert_qemu_clean(&img_path);
+    let want = vec![
+        (1 << 20, 64 << 10),
+        (14 << 20, 64 << 10),
+        (20 << 20, 64 << 10),
+        (30 << 20, 64 << 10),
+    ];
+    assert_eq!(nbd_dirty(&img_path, "b64k", d.path()), want);
+    let mut fine = want.clone();
+    fine[3].1 = 512;
+    assert_eq!(nbd_dirty(&img_path, "b512", d.path()), fine);
+    assert!(nbd_dirty(&img_path, "off", d.path()).is_empty());
+}

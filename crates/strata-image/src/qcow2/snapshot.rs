@@ -307,8 +307,28 @@ impl Meta {
         let (_, entry) = find(path, &entries, name)?;
         let entry = entry.clone();
         let sn_l1 = self.snapshot_l1(&entry)?;
-        // Drop the old active view.
         let old = self.l1.clone();
+        // Every enabled bitmap marks the clusters the switch changes, in
+        // the same commit (a crash cannot keep one without the other).
+        let mut bitmaps = None;
+        let mut set = self.bitmap_set()?;
+        if set.iter().any(|(b, _)| b.enabled() && !b.in_use()) {
+            if entry.disk_size.is_some_and(|s| s != self.header.size) {
+                return Err(Error::invalid(
+                    path,
+                    format!(
+                        "snapshot '{}' has another disk size and the image has bitmaps: remove them first",
+                        entry.name
+                    ),
+                ));
+            }
+            let changed = self.changed_between(&old, &sn_l1)?;
+            for (b, bits) in set.iter_mut().filter(|(b, _)| b.enabled() && !b.in_use()) {
+                super::bitmaps::set_extents(bits, b.granularity, &changed);
+            }
+            bitmaps = Some(set);
+        }
+        // Drop the old active view.
         for &e in &old {
             let t = e & OFFSET_MASK;
             if t != 0 {
@@ -341,9 +361,47 @@ impl Meta {
         let switch = Switch {
             l1: Some(new_l1),
             size: Some(size),
+            bitmaps,
             ..Default::default()
         };
         Ok((switch, SnapshotInfo::from(&entry)))
+    }
+
+    /// Guest ranges (whole clusters) whose mapping differs between the
+    /// views of two L1 tables: where their contents may differ.
+    fn changed_between(&mut self, a: &[u64], b: &[u64]) -> Result<Vec<(u64, u64)>> {
+        let geo = self.geo;
+        let words = geo.l2_entries as usize * geo.l2_words;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for i in 0..a.len().max(b.len()) {
+            let ta = a.get(i).map_or(0, |e| e & OFFSET_MASK);
+            let tb = b.get(i).map_or(0, |e| e & OFFSET_MASK);
+            if ta == tb {
+                continue;
+            }
+            let mut load = |t: u64| -> Result<Vec<u64>> {
+                Ok(if t == 0 {
+                    vec![0; words]
+                } else {
+                    self.load_l2(t)?.clone()
+                })
+            };
+            let (ea, eb) = (load(ta)?, load(tb)?);
+            for j in 0..geo.l2_entries as usize {
+                let k = j * geo.l2_words;
+                let same = ea[k] & !COPIED == eb[k] & !COPIED
+                    && ea[k + 1..k + geo.l2_words] == eb[k + 1..k + geo.l2_words];
+                if same {
+                    continue;
+                }
+                let start = i as u64 * geo.l2_span() + j as u64 * geo.cluster_size;
+                match out.last_mut() {
+                    Some(last) if last.0 + last.1 == start => last.1 += geo.cluster_size,
+                    _ => out.push((start, geo.cluster_size)),
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Clusters a transaction may allocate: every L2 table of two views,
@@ -449,8 +507,9 @@ impl Qcow2 {
     pub fn snapshot_apply(&self, name: &str) -> Result<SnapshotInfo> {
         self.require_guest_writes()?;
         self.exclusive(|m| {
-            let budget = m.tx_budget(2 * m.l1.len());
+            let budget = m.tx_budget(2 * m.l1.len()) + m.bitmap_budget()?;
             let info = m.transaction(budget, |m, tx| m.apply_change(tx, &self.path, name))?;
+            m.reload_tracker()?;
             // Still exclusive: no request sees the new size before the new L1.
             self.size
                 .store(m.header.size, std::sync::atomic::Ordering::SeqCst);
