@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use strata_image::transaction::{run as run_tx, Action, BitmapOp, BitmapSource, Fault, Phase};
+use strata_image::ops::{commit, no_progress, CommitOptions};
 use strata_image::{dirty_since, ChainOptions, Image};
 
 /// `(name, flags)` of every bitmap, as qemu-img info lists them.
@@ -236,9 +237,37 @@ fn external_snapshots_hand_tracking_to_the_overlay() {
         err.contains("'nope' not found in the backing chain"),
         "{err}"
     );
+    let before = dirty_since(chain.as_ref(), "c").unwrap();
     drop(chain);
+    // Commit top and mid into base: base's own bitmap now holds it all,
+    // and the chain still answers the same.
+    {
+        let chain = strata_image::open(
+            &top,
+            &ChainOptions {
+                writable: true,
+                writable_backing: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let opts = CommitOptions {
+            base_depth: 2,
+            keep_top: false,
+        };
+        commit(chain.as_ref(), &opts, &no_progress).unwrap();
+    }
+    for p in [&base, &mid, &top] {
+        assert_qemu_clean(p);
+    }
+    assert_eq!(nbd_dirty(&base, "c", d.path()), before);
+    assert_eq!(
+        dirty_since(open_chain(&top, false).as_ref(), "c").unwrap(),
+        before
+    );
     // A middle layer without the bitmap: changes there went untracked.
     run("qemu-img", &["bitmap", "--remove", s(&mid), "c"]);
+    run("qemu-io", &["-c", "write 0 1k", s(&mid)]);
     let chain = open_chain(&top, false);
     let err = dirty_since(chain.as_ref(), "c").unwrap_err().to_string();
     assert!(

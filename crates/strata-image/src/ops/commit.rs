@@ -1,11 +1,14 @@
 //! `commit`: merge what the layers above a base image hold into that base,
 //! then (unless told not to) empty the top image, as qemu-img commit does.
+//! The bitmaps of the committed layers are merged into the base's bitmaps
+//! of the same names (made, disabled, where the base has none), so what
+//! changed since each bitmap stays known if the upper layers go away.
 
 use super::copy::parallel_chunks;
 use super::{Progress, CHUNK};
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::qcow2::Qcow2;
+use crate::qcow2::{BitmapEdit, Qcow2};
 
 /// Options of [`commit`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -62,6 +65,7 @@ pub fn commit(top: &dyn Image, opts: &CommitOptions, progress: Progress) -> Resu
         base.write_at(data, pos)
     })?;
     base.flush()?;
+    merge_bitmaps(top, base, opts.base_depth)?;
     if !opts.keep_top {
         match top.as_any().downcast_ref::<Qcow2>() {
             Some(q) => q.make_empty()?,
@@ -74,4 +78,54 @@ pub fn commit(top: &dyn Image, opts: &CommitOptions, progress: Progress) -> Resu
         }
     }
     Ok(())
+}
+
+/// Merges every consistent bitmap of the layers above the base into the
+/// base's bitmap of the same name, as one commit in the base. Data is
+/// already durable in the base, and the upper layers keep their bitmaps,
+/// so a crash before this leaves every change still recorded above.
+fn merge_bitmaps(top: &dyn Image, base: &dyn Image, base_depth: u32) -> Result<()> {
+    let mut found: Vec<(String, u64, Vec<(u64, u64)>)> = Vec::new();
+    for depth in 0..base_depth {
+        let Some(q) = chain_member(top, depth).and_then(|l| l.as_any().downcast_ref::<Qcow2>())
+        else {
+            continue;
+        };
+        for b in q.bitmaps()?.into_iter().filter(|b| !b.in_use()) {
+            let extents = q.bitmap_dirty(&b.name)?;
+            match found.iter_mut().find(|(n, _, _)| n == &b.name) {
+                Some(f) => f.2.extend(extents),
+                None => found.push((b.name, b.granularity, extents)),
+            }
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    let Some(qb) = base.as_any().downcast_ref::<Qcow2>() else {
+        tracing::warn!(
+            "{}: a raw base keeps no bitmaps; those of the committed layers are not merged",
+            base.path()
+        );
+        return Ok(());
+    };
+    let have = qb.bitmaps()?;
+    let mut edits = Vec::new();
+    for (name, granularity, extents) in found {
+        match have.iter().find(|b| b.name == name) {
+            // Left inconsistent by an unclean QEMU: nothing to merge into.
+            Some(b) if b.in_use() => continue,
+            Some(_) => {}
+            None => edits.push(BitmapEdit::Add {
+                name: name.clone(),
+                granularity: Some(granularity),
+                enabled: false,
+            }),
+        }
+        edits.push(BitmapEdit::Merge {
+            target: name,
+            extents,
+        });
+    }
+    qb.bitmap_edits(&edits)
 }

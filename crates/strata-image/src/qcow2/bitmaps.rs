@@ -417,7 +417,12 @@ impl Qcow2 {
 
     /// Makes one change to the bitmaps (one atomic commit).
     pub fn bitmap_edit(&self, edit: &BitmapEdit) -> Result<()> {
-        self.change_bitmaps(|set| self.apply_edit(set, edit))
+        self.bitmap_edits(std::slice::from_ref(edit))
+    }
+
+    /// Makes several changes to the bitmaps, in order, as one atomic commit.
+    pub fn bitmap_edits(&self, edits: &[BitmapEdit]) -> Result<()> {
+        self.change_bitmaps(|set| edits.iter().try_for_each(|e| self.apply_edit(set, e)))
     }
 
     /// Adds an empty bitmap; granularity defaults to the cluster size (at
