@@ -6,8 +6,8 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use strata_image::transaction::{run as run_tx, Action, BitmapOp, BitmapSource, Fault, Phase};
 use strata_image::ops::{commit, no_progress, CommitOptions};
+use strata_image::transaction::{run as run_tx, Action, BitmapOp, BitmapSource, Fault, Phase};
 use strata_image::{dirty_since, ChainOptions, Image};
 
 /// `(name, flags)` of every bitmap, as qemu-img info lists them.

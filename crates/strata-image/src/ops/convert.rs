@@ -70,6 +70,39 @@ pub fn convert(
     })
 }
 
+/// Copies exactly the guest ranges `dirty` of `src` into `dst`, zeros
+/// included (the target's backing file holds older contents there): the
+/// data of an incremental backup, with `dirty` from a bitmap
+/// ([`crate::dirty_since`]).
+pub fn convert_dirty(
+    src: &dyn Image,
+    dst: &dyn Image,
+    dirty: &[(u64, u64)],
+    progress: Progress,
+) -> Result<()> {
+    let size = src.size().min(dst.size());
+    let total: u64 = dirty.iter().map(|&(_, l)| l).sum();
+    let mut ranges = Vec::new();
+    let mut skipped = 0;
+    for &(start, len) in dirty {
+        if start >= size {
+            continue;
+        }
+        for ext in src.block_status(start, len.min(size - start))? {
+            if ext.zero {
+                dst.write_zeroes(ext.start, ext.length, false)?;
+                skipped += ext.length;
+            } else {
+                ranges.push((ext.start, ext.length));
+            }
+        }
+    }
+    parallel_chunks(&ranges, CHUNK, total, skipped, progress, &|data, pos| {
+        src.read_at(data, pos)?;
+        dst.write_at(data, pos)
+    })
+}
+
 fn as_qcow2(img: &dyn Image) -> Option<&Qcow2> {
     let any: &dyn std::any::Any = img.as_any();
     any.downcast_ref::<Qcow2>()

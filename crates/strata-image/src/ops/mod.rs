@@ -11,7 +11,7 @@ mod rebase;
 
 pub use commit::{commit, CommitOptions};
 pub use compare::{compare, CompareResult};
-pub use convert::{convert, ConvertOptions};
+pub use convert::{convert, convert_dirty, ConvertOptions};
 pub use rebase::{rebase, RebaseOptions};
 
 /// Progress callback: `(bytes done, bytes total)`.
