@@ -80,12 +80,16 @@ pub fn commit(top: &dyn Image, opts: &CommitOptions, progress: Progress) -> Resu
     Ok(())
 }
 
+/// A bitmap of a committed layer: name, granularity, dirty extents.
+type Found = (String, u64, Vec<(u64, u64)>);
+
 /// Merges every consistent bitmap of the layers above the base into the
 /// base's bitmap of the same name, as one commit in the base. Data is
 /// already durable in the base, and the upper layers keep their bitmaps,
 /// so a crash before this leaves every change still recorded above.
 fn merge_bitmaps(top: &dyn Image, base: &dyn Image, base_depth: u32) -> Result<()> {
-    let mut found: Vec<(String, u64, Vec<(u64, u64)>)> = Vec::new();
+    // (name, granularity, dirty extents) of every bitmap found above the base.
+    let mut found: Vec<Found> = Vec::new();
     for depth in 0..base_depth {
         let Some(q) = chain_member(top, depth).and_then(|l| l.as_any().downcast_ref::<Qcow2>())
         else {
