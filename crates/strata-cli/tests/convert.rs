@@ -254,7 +254,7 @@ fn refused_requests_leave_no_target() {
         ),
         (&["-O", "raw", "-o", "compat=1.1"], 2, "compat"),
         (&["-O", "qcow2", "-s", "snap1"], 1, "'snap1' not found"),
-        (&["-O", "qcow2", "--bitmap", "b0"], 1, "not supported yet"),
+        (&["-O", "qcow2", "--bitmap", "b0"], 2, "--bitmap needs -B"),
         (&["-O", "vdi"], 2, "vdi"),
         (&["-O", "qcow2", "-B", "missing.qcow2"], 1, "missing.qcow2"),
     ];

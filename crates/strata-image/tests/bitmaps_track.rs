@@ -203,3 +203,40 @@ fn applying_a_snapshot_marks_what_it_changes() {
     assert_eq!(nbd_dirty(&img_path, "b512", d.path()), fine);
     assert!(nbd_dirty(&img_path, "off", d.path()).is_empty());
 }
+
+#[test]
+fn mark_ahead_amortises_sequential_overwrites() {
+    let d = tmp();
+    let p = at(&d, "seq.qcow2");
+    run("qemu-img", &["create", "-q", "-f", "qcow2", s(&p), "128M"]);
+    run("qemu-io", &["-c", "write -P 1 0 128M", s(&p)]);
+    run("qemu-img", &["bitmap", "--add", s(&p), "cbt"]);
+    {
+        let img = open_rw(&p);
+        // 16 MiB of sequential in-place 64 KiB overwrites: the first write
+        // syncs, then each window doubles (1, 2, 4, 8 MiB ahead).
+        for k in 0..256u64 {
+            img.write_at(&[2; 65536], (8 << 20) + k * 65536).unwrap();
+        }
+        let seq = qcow2(&img).bitmap_syncs();
+        assert!(
+            (1..=6).contains(&seq),
+            "{seq} syncs for a sequential stream"
+        );
+        // Scattered first writes (past the stream's last window, and
+        // further apart than a first window) each need their own sync.
+        for k in 0..20u64 {
+            img.write_at(&[3; 512], (48 << 20) + k * (2 << 20)).unwrap();
+        }
+        let scattered = qcow2(&img).bitmap_syncs() - seq;
+        assert_eq!(scattered, 20);
+        // A second write to a granule already durable costs nothing.
+        img.write_at(&[4; 512], 48 << 20).unwrap();
+        assert_eq!(qcow2(&img).bitmap_syncs(), seq + 20);
+    }
+    // The bits marked ahead of the stream are gone after the close.
+    let mut want = vec![(8 << 20, 16 << 20)];
+    want.extend((0..20u64).map(|k| ((48 << 20) + k * (2 << 20), 64 << 10)));
+    assert_eq!(nbd_dirty(&p, "cbt", d.path()), want);
+    assert_qemu_clean(&p);
+}
