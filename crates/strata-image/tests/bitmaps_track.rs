@@ -210,7 +210,8 @@ fn mark_ahead_amortises_sequential_overwrites() {
     let p = at(&d, "seq.qcow2");
     run("qemu-img", &["create", "-q", "-f", "qcow2", s(&p), "128M"]);
     run("qemu-io", &["-c", "write -P 1 0 128M", s(&p)]);
-    run("qemu-img", &["bitmap", "--add", s(&p), "cbt"]);
+    // 512-byte granules: one 512-byte sector of bitmap covers 2 MiB.
+    run("qemu-img", &["bitmap", "--add", "-g", "512", s(&p), "cbt"]);
     {
         let img = open_rw(&p);
         // 16 MiB of sequential in-place 64 KiB overwrites: the first write
@@ -223,20 +224,22 @@ fn mark_ahead_amortises_sequential_overwrites() {
             (1..=6).contains(&seq),
             "{seq} syncs for a sequential stream"
         );
-        // Scattered first writes (past the stream's last window, and
-        // further apart than a first window) each need their own sync.
+        // Scattered first writes, each in a bitmap sector of its own and
+        // past the stream's last window, each need their own sync.
         for k in 0..20u64 {
-            img.write_at(&[3; 512], (48 << 20) + k * (2 << 20)).unwrap();
+            img.write_at(&[3; 512], (48 << 20) + k * (4 << 20)).unwrap();
         }
         let scattered = qcow2(&img).bitmap_syncs() - seq;
         assert_eq!(scattered, 20);
-        // A second write to a granule already durable costs nothing.
-        img.write_at(&[4; 512], 48 << 20).unwrap();
+        // Another first write in a sector already written costs nothing.
+        img.write_at(&[4; 512], (48 << 20) + 4096).unwrap();
         assert_eq!(qcow2(&img).bitmap_syncs(), seq + 20);
     }
     // The bits marked ahead of the stream are gone after the close.
     let mut want = vec![(8 << 20, 16 << 20)];
-    want.extend((0..20u64).map(|k| ((48 << 20) + k * (2 << 20), 64 << 10)));
+    want.push((48 << 20, 512));
+    want.push(((48 << 20) + 4096, 512));
+    want.extend((1..20u64).map(|k| ((48 << 20) + k * (4 << 20), 512)));
     assert_eq!(nbd_dirty(&p, "cbt", d.path()), want);
     assert_qemu_clean(&p);
 }

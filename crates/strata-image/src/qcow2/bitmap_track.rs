@@ -18,8 +18,12 @@
 //! mapping is durable has to make its bits durable first: the writer calls
 //! [`Tracker::persist_range`], where the first writer in writes every
 //! pending bit of every bitmap and syncs once for all who wait (group
-//! commit), marking ahead on sequential streams so a long overwrite syncs
-//! rarely.
+//! commit). It also marks ahead: every other bit of the bitmap sectors it
+//! writes (so later first writes nearby need no sync), and a window ahead of
+//! a sequential stream that doubles while the stream goes on. Bits marked
+//! ahead are on disk only; the next flush that holds the image exclusively
+//! writes the exact bits again, so they survive only a crash (as a
+//! superset).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -249,23 +253,35 @@ impl Tracker {
         if self.is_durable(off, len) {
             return Ok(());
         }
-        // A stream that continues where the last window ended gets a larger
-        // window; any other write starts small again.
+        // The sector written anyway carries every bit it holds: set them all
+        // ahead, so the next first write near this one needs no sync.
         let end = off + len;
+        let per = SECTOR * 8;
+        let mut covered = u64::MAX;
+        for t in &self.maps {
+            if let Some((g0, g1)) = t.span(off, len) {
+                let last = ((g1 / per + 1) * per).min(t.granules) - 1;
+                t.mark_ahead(g0 / per * per, last);
+                covered = covered.min((last + 1) << t.gran_bits);
+            }
+        }
+        let covered = covered.min(self.disk_size).max(end);
+        // Then a window past that: larger for a stream that continues where
+        // the last window ended, small again for any other write.
         stream.window = if off == stream.end && stream.window > 0 {
             (stream.window * 2).min(AHEAD_MAX)
         } else {
             AHEAD_MIN
         };
-        let ahead_end = end.saturating_add(stream.window).min(self.disk_size);
-        if ahead_end > end {
+        let ahead_end = covered.saturating_add(stream.window).min(self.disk_size);
+        if ahead_end > covered {
             for t in &self.maps {
-                if let Some((g0, g1)) = t.span(end, ahead_end - end) {
+                if let Some((g0, g1)) = t.span(covered, ahead_end - covered) {
                     t.mark_ahead(g0, g1);
                 }
             }
         }
-        stream.end = ahead_end.max(end);
+        stream.end = ahead_end;
         let written = self.write_dirty(st)?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.sync_and_commit(written, || st.flush())
