@@ -3,8 +3,9 @@
 # sequential write and read of 1 GiB, 4 KiB random writes into a fresh image,
 # convert qcow2->raw and raw->qcow2 of 2 GiB, commit of a 1 GiB overlay.
 #
-# Each workload runs RUNS times per tool after one warm-up run (hyperfine; fresh files prepared
-# before every run and not timed); the table gives medians and the ratio
+# Each workload runs RUNS rounds after one warm-up round, each round timing strata once and
+# qemu once (hyperfine; fresh files prepared before every run and not timed), so noise on
+# this shared machine falls on both alike; the table gives medians and the ratio
 # qemu/strata (above 1: strata is faster). Usage: bench/img-vs-qemu.sh
 # Env: RUNS (default 5), BENCH_DIR (default a new dir under /var/tmp),
 #      SIZE_GIB (default 1; the convert/commit sources are twice that).
@@ -22,8 +23,14 @@ SZ=$((GIB << 30))
 MB=$((GIB * 1024))
 
 hf() { # name, prepare, strata command, qemu command
-  hyperfine -N -r "$RUNS" -w 1 --style none --prepare "sh -c '$2; sync'" \
-    -n strata "$3" -n qemu "$4" --export-json "$D/json/$1.json" >/dev/null
+  # Interleaved: each round times strata once and qemu once, so a noisy
+  # phase of this shared machine hits both tools, not a block of one.
+  hyperfine -N -r 1 -w 1 --style none --prepare "sh -c '$2; sync'" \
+    -n strata "$3" -n qemu "$4" >/dev/null 2>&1
+  for i in $(seq "$RUNS"); do
+    hyperfine -N -r 1 --style none --prepare "sh -c '$2; sync'" \
+      -n strata "$3" -n qemu "$4" --export-json "$D/json/$1.$i.json" >/dev/null 2>&1
+  done
 }
 
 echo "workdir $D, $RUNS runs each"
@@ -75,9 +82,13 @@ order = ["seq-write", "seq-read", "rand-4k-write", "convert-qcow2-raw", "convert
 print("| workload | strata (median s) | qemu (median s) | qemu/strata |")
 print("|---|---|---|---|")
 for name in order:
-    p = os.path.join(d, name + ".json")
-    if not os.path.exists(p):
+    times = {}
+    for f in sorted(os.listdir(d)):
+        if f.startswith(name + ".") and f[len(name) + 1:-5].isdigit():
+            for x in json.load(open(os.path.join(d, f)))["results"]:
+                times.setdefault(x["command"], []).extend(x["times"])
+    if not times:
         continue
-    r = {x["command"]: statistics.median(x["times"]) for x in json.load(open(p))["results"]}
+    r = {c: statistics.median(t) for c, t in times.items()}
     print(f"| {name} | {r['strata']:.3f} | {r['qemu']:.3f} | {r['qemu'] / r['strata']:.2f}x |")
 PY

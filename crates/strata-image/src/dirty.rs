@@ -42,7 +42,7 @@ pub fn dirty_since(top: &dyn Image, name: &str) -> Result<Vec<(u64, u64)>> {
                     return Err(Error::invalid(
                         img.path(),
                         format!(
-                            "bitmap '{name}' is inconsistent (left in use by an unclean shutdown)"
+                            "bitmap '{name}' is inconsistent (left in use by an unclean shutdown): remove it and take a full backup"
                         ),
                     ));
                 }

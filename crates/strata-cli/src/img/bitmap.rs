@@ -262,7 +262,7 @@ pub fn run(cmd: BitmapCommand, out: &Output) -> Result<u8> {
             // As qemu-nbd: a bitmap left in use was not saved, its bits are stale.
             let dir = q.bitmaps()?;
             if dir.iter().any(|b| &b.name == name && b.in_use()) {
-                bail!("{file}: cannot {doing}: it is inconsistent (marked in use: it was not saved correctly)");
+                bail!("{file}: cannot {doing}: it is inconsistent (marked in use: it was not saved correctly); remove it with `strata img bitmap remove {file} {name}` and start a new one");
             }
             // The engine's error names the file and the bitmap.
             let extents = q.bitmap_dirty(name)?;

@@ -18,6 +18,11 @@ pub struct FileStorage {
     /// Something was written since the last sync (a sync with nothing to
     /// make durable is skipped: metadata write-back asks for several).
     unsynced: AtomicBool,
+    /// Serialises writes. Buffered writes to one file hold its inode lock
+    /// exclusively in the kernel (ext4, XFS, btrfs) anyway, and there the
+    /// waiters spin on the CPU the writer needs (measured: a third of the
+    /// CPU time of a 2 GiB convert on 2 cores); here they sleep instead.
+    write_lock: parking_lot::Mutex<()>,
 }
 
 impl FileStorage {
@@ -34,6 +39,7 @@ impl FileStorage {
             name,
             writable,
             unsynced: AtomicBool::new(writable),
+            write_lock: parking_lot::Mutex::new(()),
         })
     }
 
@@ -55,6 +61,7 @@ impl FileStorage {
             name,
             writable: true,
             unsynced: AtomicBool::new(true),
+            write_lock: parking_lot::Mutex::new(()),
         })
     }
 
@@ -97,6 +104,7 @@ impl Storage for FileStorage {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.unsynced.store(true, Ordering::Release);
+        let _w = self.write_lock.lock();
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| Error::io(&self.name, "write", offset, e))
