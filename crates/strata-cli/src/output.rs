@@ -179,25 +179,13 @@ fn trim_zeros(s: &str) -> String {
 
 /// Seconds since the Epoch as local `YYYY-MM-DD HH:MM:SS`.
 pub fn local_time(secs: u32) -> String {
-    let t = secs as libc::time_t;
-    // SAFETY: `tm` is a plain C struct for which all-zero is valid, and
-    // localtime_r only writes into the struct we pass.
-    let tm = unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&t, &mut tm).is_null() {
-            return format!("@{secs}");
-        }
-        tm
-    };
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
+    match strata_image::localtime::local_time(secs.into()) {
+        Some(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            t.year, t.month, t.day, t.hour, t.minute, t.second
+        ),
+        None => format!("@{secs}"),
+    }
 }
 
 /// `0x…` hex as C's `%#x` prints it (`0` for zero).

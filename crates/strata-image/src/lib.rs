@@ -15,6 +15,7 @@ pub mod chain;
 pub mod dirty;
 pub mod error;
 pub mod image;
+pub mod localtime;
 pub mod ops;
 pub mod qcow2;
 pub mod raw;

@@ -437,23 +437,13 @@ fn time_name(taken: &[SnapshotEntry], secs: u32) -> String {
 
 /// `YYYYMMDDhhmmss` in the local time zone.
 fn format_local(secs: u32) -> String {
-    let t = secs as libc::time_t;
-    // SAFETY: `tm` is a plain C struct (all-zero is valid) that localtime_r
-    // fills; both pointers are valid for the duration of the call.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
-        return secs.to_string();
+    match crate::localtime::local_time(secs.into()) {
+        Some(t) => format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}",
+            t.year, t.month, t.day, t.hour, t.minute, t.second
+        ),
+        None => secs.to_string(),
     }
-    format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
 }
 
 /// The entry with ID `name` or, failing that, called `name`, and its index
