@@ -59,6 +59,52 @@ pub enum Command {
     /// Work on one image file (qemu-img's job).
     #[command(subcommand)]
     Img(ImgCommand),
+    /// Machines: define, list, show and undefine domains (virsh's job).
+    #[command(subcommand)]
+    Domain(DomainCommand),
+}
+
+/// `strata domain` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Define a domain from libvirt domain XML (or change its definition).
+    Define(DomainDefineArgs),
+    /// List the defined domains.
+    List,
+    /// Print a domain's XML.
+    Dumpxml(DomainDumpxmlArgs),
+    /// Remove a domain's definition (its disk files stay).
+    Undefine(DomainUndefineArgs),
+}
+
+/// `strata domain define`.
+#[derive(Debug, Args)]
+pub struct DomainDefineArgs {
+    /// The domain XML file.
+    pub file: PathBuf,
+}
+
+/// `strata domain dumpxml`.
+#[derive(Debug, Args)]
+pub struct DomainDumpxmlArgs {
+    /// The domain.
+    pub domain: String,
+    /// Include secrets (passwords) in the XML.
+    #[arg(long)]
+    pub security_info: bool,
+}
+
+/// `strata domain undefine`.
+#[derive(Debug, Args)]
+pub struct DomainUndefineArgs {
+    /// The domain.
+    pub domain: String,
+    /// Also drop the metadata of its snapshots (images are not touched).
+    #[arg(long)]
+    pub snapshots_metadata: bool,
+    /// Also drop the metadata of its checkpoints (bitmaps are not touched).
+    #[arg(long)]
+    pub checkpoints_metadata: bool,
 }
 
 /// Image formats accepted on the command line.

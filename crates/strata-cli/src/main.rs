@@ -1,8 +1,10 @@
 //! The `strata` command line: parses arguments, sets up logging, dispatches
 //! to a command and turns its outcome into an exit status. The commands
-//! live in [`img`]; the work itself lives in `strata-image`.
+//! live in [`img`] and [`domain`]; the work itself lives in `strata-image`
+//! and `strata-core`.
 
 mod cli;
+mod domain;
 mod exit;
 mod img;
 mod output;
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
     let out = Output::new(&cli.global);
     let result = match cli.command {
         Command::Img(cmd) => img::run(cmd, &out),
+        Command::Domain(cmd) => domain::run(cmd, cli.global.state_dir.as_deref(), &out),
     };
     match result {
         Ok(status) => ExitCode::from(status),

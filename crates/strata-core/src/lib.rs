@@ -1,0 +1,15 @@
+//! strata's machine layer: named domains with several disks, defined from
+//! libvirt domain XML and kept in a metadata store in the state directory,
+//! with the snapshot tree and checkpoint chain built on `strata-image`.
+
+#![deny(missing_docs)]
+
+pub mod domain;
+pub mod error;
+pub mod lock;
+pub mod store;
+pub mod xml;
+
+pub use domain::{Disk, Domain};
+pub use error::{Error, Result};
+pub use store::Store;

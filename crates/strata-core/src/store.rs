@@ -1,0 +1,367 @@
+//! The metadata store: one SQLite database, `STATE/strata.db` (mode 0600,
+//! in a 0700 folder), holding domains, snapshots and checkpoints. The schema
+//! version is SQLite's `user_version`; [`MIGRATIONS`] brings an older store
+//! up to date when it is opened, and a store made by a newer strata is
+//! refused. Writers take SQLite's write lock at the start of a transaction
+//! (`BEGIN IMMEDIATE`) and wait for each other, so two strata processes
+//! never interleave their changes.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+
+/// Schema changes, in order; version N is reached by applying the first N.
+const MIGRATIONS: &[&str] = &[
+    // 1: domains, snapshots, checkpoints.
+    "CREATE TABLE domains (
+         name TEXT PRIMARY KEY NOT NULL,
+         uuid TEXT NOT NULL UNIQUE,
+         xml TEXT NOT NULL,
+         defined_at INTEGER NOT NULL
+     );
+     CREATE TABLE snapshots (
+         domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+         name TEXT NOT NULL,
+         parent TEXT,
+         created INTEGER NOT NULL,
+         is_current INTEGER NOT NULL DEFAULT 0,
+         xml TEXT NOT NULL,
+         PRIMARY KEY (domain, name)
+     );
+     CREATE TABLE checkpoints (
+         domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+         name TEXT NOT NULL,
+         parent TEXT,
+         created INTEGER NOT NULL,
+         xml TEXT NOT NULL,
+         PRIMARY KEY (domain, name)
+     );",
+];
+
+/// A domain as `domain list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DomainSummary {
+    /// Name.
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// Snapshots in its tree.
+    pub snapshots: u64,
+    /// Checkpoints in its chain.
+    pub checkpoints: u64,
+}
+
+/// Whether `define` made a new domain or replaced a definition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Defined {
+    /// A new domain.
+    New,
+    /// The definition of an existing domain (same name and UUID) changed.
+    Updated,
+}
+
+/// An open metadata store.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+/// The default state folder: `$XDG_STATE_HOME/strata`, else
+/// `~/.local/state/strata`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => Some(PathBuf::from(x).join("strata")),
+        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/strata")),
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, migrating its schema.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::Io {
+                path: dir.to_path_buf(),
+                op: "create the state folder",
+                source: e,
+            })?;
+        let path = dir.join("strata.db");
+        let fresh = !path.exists();
+        let sql = |e| store_error(&path, e);
+        let conn = Connection::open(&path).map_err(sql)?;
+        if fresh {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| Error::Io {
+                    path: path.clone(),
+                    op: "set permissions on",
+                    source: e,
+                },
+            )?;
+        }
+        conn.busy_timeout(Duration::from_secs(30)).map_err(sql)?;
+        conn.execute_batch("PRAGMA foreign_keys = ON;")
+            .map_err(sql)?;
+        let mut store = Store {
+            conn,
+            dir: dir.to_path_buf(),
+            path,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The state folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn sql(&self, e: rusqlite::Error) -> Error {
+        store_error(&self.path, e)
+    }
+
+    /// Runs `f` in a write transaction (taken at once, waiting for other
+    /// writers), committed when `f` succeeds and rolled back otherwise.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &dyn Fn(rusqlite::Error) -> Error) -> Result<T>,
+    ) -> Result<T> {
+        let path = self.path.clone();
+        let sql = |e| store_error(&path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let value = f(&tx, &sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(value)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let shown = self.path.display().to_string();
+        self.write(|tx, sql| {
+            let version: usize = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(sql)?;
+            if version > MIGRATIONS.len() {
+                return Err(Error::invalid(
+                    shown,
+                    format!(
+                        "made by a newer strata (schema version {version}, this one knows {})",
+                        MIGRATIONS.len()
+                    ),
+                ));
+            }
+            for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+                tx.execute_batch(m)
+                    .and_then(|()| tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)))
+                    .map_err(sql)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Defines a domain, or replaces the definition of the one with the same
+    /// name and UUID. A name or UUID already used by another domain is refused.
+    pub fn define(&mut self, dom: &Domain) -> Result<Defined> {
+        let (name, uuid) = (dom.name(), dom.uuid());
+        let xml = dom.to_xml(true);
+        self.write(|tx, sql| {
+            let by_name: Option<String> = tx
+                .query_row("SELECT uuid FROM domains WHERE name = ?1", [&name], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(sql)?;
+            let by_uuid: Option<String> = tx
+                .query_row("SELECT name FROM domains WHERE uuid = ?1", [&uuid], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(sql)?;
+            match (by_name, by_uuid) {
+                (Some(u), _) if u != uuid => Err(Error::invalid(
+                    format!("domain '{name}'"),
+                    format!("already exists with uuid {u}"),
+                )),
+                (None, Some(other)) => Err(Error::invalid(
+                    format!("domain '{name}'"),
+                    format!("uuid {uuid} is already used by domain '{other}'"),
+                )),
+                (Some(_), _) => {
+                    tx.execute(
+                        "UPDATE domains SET xml = ?2 WHERE name = ?1",
+                        params![name, xml],
+                    )
+                    .map_err(sql)?;
+                    Ok(Defined::Updated)
+                }
+                (None, None) => {
+                    tx.execute(
+                        "INSERT INTO domains (name, uuid, xml, defined_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![name, uuid, xml, now()],
+                    )
+                    .map_err(sql)?;
+                    Ok(Defined::New)
+                }
+            }
+        })
+    }
+
+    /// Every domain, by name.
+    pub fn list(&self) -> Result<Vec<DomainSummary>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT d.name, d.uuid,
+                        (SELECT COUNT(*) FROM snapshots s WHERE s.domain = d.name),
+                        (SELECT COUNT(*) FROM checkpoints c WHERE c.domain = d.name)
+                 FROM domains d ORDER BY d.name",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(DomainSummary {
+                    name: r.get(0)?,
+                    uuid: r.get(1)?,
+                    snapshots: r.get(2)?,
+                    checkpoints: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// The domain called `name`.
+    pub fn domain(&self, name: &str) -> Result<Domain> {
+        let xml: Option<String> = self
+            .conn
+            .query_row("SELECT xml FROM domains WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        let xml = xml.ok_or_else(|| Error::NoDomain(name.to_string()))?;
+        Domain::from_xml(&xml, &format!("stored definition of domain '{name}'"))
+    }
+
+    /// Removes a domain's definition. Refused while it has snapshots or
+    /// checkpoints, unless their metadata may go too (the disk files and
+    /// the snapshots inside images are never touched).
+    pub fn undefine(&mut self, name: &str, snapshots: bool, checkpoints: bool) -> Result<()> {
+        self.write(|tx, sql| {
+            let exists: Option<String> = tx
+                .query_row("SELECT name FROM domains WHERE name = ?1", [name], |r| r.get(0))
+                .optional()
+                .map_err(sql)?;
+            if exists.is_none() {
+                return Err(Error::NoDomain(name.to_string()));
+            }
+            let count = |table: &str| -> Result<u64> {
+                tx.query_row(
+                    &format!("SELECT COUNT(*) FROM {table} WHERE domain = ?1"),
+                    [name],
+                    |r| r.get(0),
+                )
+                .map_err(sql)
+            };
+            let (ns, nc) = (count("snapshots")?, count("checkpoints")?);
+            if ns > 0 && !snapshots {
+                return Err(Error::invalid(
+                    format!("domain '{name}'"),
+                    format!("has {ns} snapshot(s): undefine refuses without --snapshots-metadata (which drops their metadata, keeping the disk files)"),
+                ));
+            }
+            if nc > 0 && !checkpoints {
+                return Err(Error::invalid(
+                    format!("domain '{name}'"),
+                    format!("has {nc} checkpoint(s): undefine refuses without --checkpoints-metadata (which drops their metadata, keeping the bitmaps)"),
+                ));
+            }
+            tx.execute("DELETE FROM domains WHERE name = ?1", [name])
+                .map_err(sql)?;
+            Ok(())
+        })
+    }
+}
+
+fn store_error(path: &Path, e: rusqlite::Error) -> Error {
+    Error::Store {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(name: &str, uuid: &str) -> Domain {
+        Domain::from_xml(
+            &format!("<domain><name>{name}</name><uuid>{uuid}</uuid><foo bar='1'/></domain>"),
+            "t",
+        )
+        .unwrap()
+    }
+
+    const U1: &str = "11111111-2222-3333-4444-555555555555";
+    const U2: &str = "11111111-2222-3333-4444-666666666666";
+
+    #[test]
+    fn define_list_get_undefine() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        let mut s = Store::open(&dir).unwrap();
+        assert_eq!(s.define(&vm("a", U1)).unwrap(), Defined::New);
+        assert_eq!(s.define(&vm("a", U1)).unwrap(), Defined::Updated);
+        let err = s.define(&vm("a", U2)).unwrap_err().to_string();
+        assert!(err.contains("already exists with uuid"), "{err}");
+        let err = s.define(&vm("b", U1)).unwrap_err().to_string();
+        assert!(err.contains("already used by domain 'a'"), "{err}");
+        assert_eq!(s.list().unwrap().len(), 1);
+        assert!(s
+            .domain("a")
+            .unwrap()
+            .to_xml(true)
+            .contains("<foo bar=\"1\"/>"));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("strata.db")), 0o600);
+        drop(s);
+        // Reopening migrates nothing and keeps everything.
+        let mut s = Store::open(&dir).unwrap();
+        s.undefine("a", false, false).unwrap();
+        assert!(matches!(s.domain("a"), Err(Error::NoDomain(_))));
+        assert!(matches!(
+            s.undefine("a", false, false),
+            Err(Error::NoDomain(_))
+        ));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        drop(Store::open(d.path()).unwrap());
+        let c = Connection::open(d.path().join("strata.db")).unwrap();
+        c.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(c);
+        let err = Store::open(d.path()).unwrap_err().to_string();
+        assert!(err.contains("newer strata") && err.contains("99"), "{err}");
+    }
+}
