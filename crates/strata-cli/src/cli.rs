@@ -62,6 +62,148 @@ pub enum Command {
     /// Machines: define, list, show and undefine domains (virsh's job).
     #[command(subcommand)]
     Domain(DomainCommand),
+    /// A machine's snapshot tree (virsh snapshot-*).
+    #[command(subcommand)]
+    Snapshot(DomSnapshotCommand),
+}
+
+/// `strata snapshot` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DomSnapshotCommand {
+    /// Snapshot a domain's disks, all or nothing.
+    Create(DomSnapshotCreateArgs),
+    /// List a domain's snapshots.
+    List(DomSnapshotListArgs),
+    /// Print a snapshot's XML.
+    Dumpxml(DomSnapshotDumpxmlArgs),
+    /// Show, or set, the current snapshot.
+    Current(DomSnapshotCurrentArgs),
+    /// Print a snapshot's parent.
+    Parent(DomSnapshotNameArgs),
+    /// Show facts about a snapshot.
+    Info(DomSnapshotInfoArgs),
+}
+
+/// `strata snapshot create`.
+#[derive(Debug, Args)]
+pub struct DomSnapshotCreateArgs {
+    /// The domain.
+    pub domain: String,
+    /// Snapshot name (default: the time, in seconds since the Epoch).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Disks only (external snapshots by default).
+    #[arg(long)]
+    pub disk_only: bool,
+    /// Per disk: vda[,snapshot=internal|external|no][,file=PATH][,driver=qcow2].
+    #[arg(long, value_name = "SPEC")]
+    pub diskspec: Vec<String>,
+    /// Change the disks but record no metadata.
+    #[arg(long)]
+    pub no_metadata: bool,
+    /// Use existing external overlay files.
+    #[arg(long)]
+    pub reuse_external: bool,
+    /// All disks or none (always so in strata).
+    #[arg(long)]
+    pub atomic: bool,
+    /// Needs a running machine.
+    #[arg(long)]
+    pub live: bool,
+    /// Needs a running machine.
+    #[arg(long)]
+    pub halt: bool,
+    /// Take the snapshot from an XML file.
+    #[arg(long, value_name = "FILE")]
+    pub xmlfile: Option<PathBuf>,
+    /// Define metadata for an existing snapshot from XML.
+    #[arg(long)]
+    pub redefine: bool,
+    /// With --redefine: make it current.
+    #[arg(long)]
+    pub current: bool,
+}
+
+/// `strata snapshot list`.
+#[derive(Debug, Args)]
+pub struct DomSnapshotListArgs {
+    /// The domain.
+    pub domain: String,
+    /// Draw the tree.
+    #[arg(long)]
+    pub tree: bool,
+    /// Show each snapshot's parent.
+    #[arg(long)]
+    pub parent: bool,
+    /// Names only.
+    #[arg(long)]
+    pub name: bool,
+    /// Only snapshots without a parent.
+    #[arg(long)]
+    pub roots: bool,
+    /// Only snapshots without children.
+    #[arg(long)]
+    pub leaves: bool,
+    /// Only snapshots with children.
+    #[arg(long)]
+    pub no_leaves: bool,
+    /// Only the current snapshot.
+    #[arg(long)]
+    pub current: bool,
+    /// Only snapshots with an external disk.
+    #[arg(long)]
+    pub external: bool,
+    /// Only snapshots with internal disks only.
+    #[arg(long)]
+    pub internal: bool,
+}
+
+/// `strata snapshot dumpxml`.
+#[derive(Debug, Args)]
+pub struct DomSnapshotDumpxmlArgs {
+    /// The domain.
+    pub domain: String,
+    /// The snapshot.
+    pub snapshot: String,
+    /// Include secrets.
+    #[arg(long)]
+    pub security_info: bool,
+}
+
+/// `strata snapshot current`.
+#[derive(Debug, Args)]
+pub struct DomSnapshotCurrentArgs {
+    /// The domain.
+    pub domain: String,
+    /// Make this snapshot current.
+    pub snapshot: Option<String>,
+    /// Print the name only (not the XML).
+    #[arg(long)]
+    pub name: bool,
+}
+
+/// A domain and one of its snapshots.
+#[derive(Debug, Args)]
+pub struct DomSnapshotNameArgs {
+    /// The domain.
+    pub domain: String,
+    /// The snapshot.
+    pub snapshot: String,
+}
+
+/// `strata snapshot info`.
+#[derive(Debug, Args)]
+pub struct DomSnapshotInfoArgs {
+    /// The domain.
+    pub domain: String,
+    /// The snapshot.
+    pub snapshot: Option<String>,
+    /// The current snapshot.
+    #[arg(long)]
+    pub current: bool,
 }
 
 /// `strata domain` subcommands.

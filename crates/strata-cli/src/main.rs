@@ -1,6 +1,6 @@
 //! The `strata` command line: parses arguments, sets up logging, dispatches
 //! to a command and turns its outcome into an exit status. The commands
-//! live in [`img`] and [`domain`]; the work itself lives in `strata-image`
+//! live in [`img`], [`domain`] and [`snapshot`]; the work itself lives in `strata-image`
 //! and `strata-core`.
 
 mod cli;
@@ -10,6 +10,7 @@ mod img;
 mod output;
 mod progress;
 mod size;
+mod snapshot;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Img(cmd) => img::run(cmd, &out),
         Command::Domain(cmd) => domain::run(cmd, cli.global.state_dir.as_deref(), &out),
+        Command::Snapshot(cmd) => snapshot::run(cmd, cli.global.state_dir.as_deref(), &out),
     };
     match result {
         Ok(status) => ExitCode::from(status),

@@ -9,13 +9,6 @@ use std::path::Path;
 
 const SCHEMA: &str = "/usr/share/libvirt/schemas/domain.rng";
 
-/// `args` with the test's state folder (`state`, under the test folder).
-fn st<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["--state-dir", "state"];
-    v.extend_from_slice(args);
-    v
-}
-
 /// `xmllint --c14n` of a file: attribute order and quoting normalised.
 fn canonical(p: &Path, file: &str) -> String {
     run_in(p, "xmllint", &["--c14n", file]).expect(0).stdout

@@ -95,6 +95,11 @@ impl Domain {
         Ok(dom)
     }
 
+    /// A definition already checked (as stored with a snapshot).
+    pub(crate) fn from_element(xml: Element) -> Domain {
+        Domain { xml }
+    }
+
     /// The domain's name.
     pub fn name(&self) -> String {
         self.xml.child_text("name").unwrap_or_default()

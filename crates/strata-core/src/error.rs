@@ -12,6 +12,14 @@ pub enum Error {
     /// No domain with this name.
     #[error("domain '{0}' not found")]
     NoDomain(String),
+    /// No snapshot with this name in the domain.
+    #[error("domain '{domain}': snapshot '{name}' not found")]
+    NoSnapshot {
+        /// The domain.
+        domain: String,
+        /// The snapshot asked for.
+        name: String,
+    },
     /// A request that cannot be carried out as asked.
     #[error("{what}: {problem}")]
     Invalid {

@@ -7,6 +7,8 @@
 pub mod domain;
 pub mod error;
 pub mod lock;
+pub mod snapshot;
+pub mod snapshot_create;
 pub mod store;
 pub mod xml;
 

@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
+use crate::snapshot::SnapshotDef;
 
 /// Schema changes, in order; version N is reached by applying the first N.
 const MIGRATIONS: &[&str] = &[
@@ -289,6 +290,107 @@ impl Store {
             }
             tx.execute("DELETE FROM domains WHERE name = ?1", [name])
                 .map_err(sql)?;
+            Ok(())
+        })
+    }
+}
+
+/// One snapshot as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRow {
+    /// Name.
+    pub name: String,
+    /// Parent snapshot.
+    pub parent: Option<String>,
+    /// Creation time, seconds since the Epoch.
+    pub created: i64,
+    /// The domain's current snapshot.
+    pub current: bool,
+    /// The snapshot XML (with secrets).
+    pub xml: String,
+}
+
+impl Store {
+    /// Every snapshot of `domain`, oldest first.
+    pub fn snapshots(&self, domain: &str) -> Result<Vec<SnapshotRow>> {
+        self.domain(domain)?;
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT name, parent, created, is_current, xml FROM snapshots
+                 WHERE domain = ?1 ORDER BY created, rowid",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = st
+            .query_map([domain], |r| {
+                Ok(SnapshotRow {
+                    name: r.get(0)?,
+                    parent: r.get(1)?,
+                    created: r.get(2)?,
+                    current: r.get::<_, i64>(3)? != 0,
+                    xml: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Snapshot `name` of `domain`.
+    pub fn snapshot(&self, domain: &str, name: &str) -> Result<SnapshotRow> {
+        self.snapshots(domain)?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::NoSnapshot {
+                domain: domain.to_string(),
+                name: name.to_string(),
+            })
+    }
+
+    /// Records a new snapshot, makes it current and, when given, stores the
+    /// domain's new definition (disks moved to overlays), all at once.
+    pub fn add_snapshot(
+        &mut self,
+        domain: &str,
+        def: &SnapshotDef,
+        new_domain: Option<&Domain>,
+    ) -> Result<()> {
+        let xml = def.to_xml(true);
+        let dom_xml = new_domain.map(|d| d.to_xml(true));
+        self.write(|tx, sql| {
+            tx.execute(
+                "UPDATE snapshots SET is_current = 0 WHERE domain = ?1",
+                [domain],
+            )
+            .map_err(sql)?;
+            tx.execute(
+                "INSERT INTO snapshots (domain, name, parent, created, is_current, xml)
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5)",
+                params![domain, def.name, def.parent, def.creation_time as i64, xml],
+            )
+            .map_err(sql)?;
+            if let Some(x) = &dom_xml {
+                tx.execute(
+                    "UPDATE domains SET xml = ?2 WHERE name = ?1",
+                    params![domain, x],
+                )
+                .map_err(sql)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Makes `name` the current snapshot (none with `None`).
+    pub fn set_current(&mut self, domain: &str, name: Option<&str>) -> Result<()> {
+        if let Some(n) = name {
+            self.snapshot(domain, n)?;
+        }
+        self.write(|tx, sql| {
+            tx.execute(
+                "UPDATE snapshots SET is_current = (name IS ?2) WHERE domain = ?1",
+                params![domain, name],
+            )
+            .map_err(sql)?;
             Ok(())
         })
     }

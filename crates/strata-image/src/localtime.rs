@@ -16,6 +16,8 @@ pub struct LocalTime {
     pub minute: i32,
     /// Second, 0–60.
     pub second: i32,
+    /// Offset from UTC in seconds (east positive).
+    pub utc_offset: i64,
 }
 
 /// Seconds since the Epoch in the local time zone (`None` if the C library
@@ -37,5 +39,6 @@ pub fn local_time(secs: u64) -> Option<LocalTime> {
         hour: tm.tm_hour,
         minute: tm.tm_min,
         second: tm.tm_sec,
+        utc_offset: tm.tm_gmtoff,
     })
 }

@@ -218,3 +218,10 @@ pub fn peek_u64(path: &Path, offset: u64) -> u64 {
     f.read_exact_at(&mut b, offset).expect("peek");
     u64::from_be_bytes(b)
 }
+
+/// `args` after `--state-dir state` (a state folder inside the test folder).
+pub fn st<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--state-dir", "state"];
+    v.extend_from_slice(args);
+    v
+}

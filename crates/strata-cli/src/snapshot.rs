@@ -1,0 +1,291 @@
+//! `strata snapshot`: a machine's snapshot tree, as virsh's snapshot-*
+//! commands present it (create, list with filters and `--tree`, dumpxml,
+//! current, parent, info). Revert and delete come next (issue 5).
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use strata_core::snapshot::{DiskMode, SnapshotDef};
+use strata_core::snapshot_create::{self, CreateRequest, DiskSpec};
+use strata_core::store::SnapshotRow;
+use strata_core::Store;
+
+use crate::cli::DomSnapshotCommand;
+use crate::domain::state_dir;
+use crate::exit::{usage, OK};
+use crate::output::Output;
+
+/// One snapshot of `snapshot list --output json`.
+#[derive(Debug, Serialize)]
+struct Listed {
+    name: String,
+    parent: Option<String>,
+    creation_time: i64,
+    state: String,
+    current: bool,
+    location: &'static str,
+}
+
+fn location(def: &SnapshotDef) -> &'static str {
+    if def.is_external() {
+        "external"
+    } else {
+        "internal"
+    }
+}
+
+/// `2026-11-22 09:20:00 +0000`, as virsh prints creation times.
+fn virsh_time(secs: i64) -> String {
+    match strata_image::localtime::local_time(secs.max(0) as u64) {
+        Some(t) => {
+            let off = t.utc_offset;
+            let sign = if off < 0 { '-' } else { '+' };
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02} {sign}{:02}{:02}",
+                t.year,
+                t.month,
+                t.day,
+                t.hour,
+                t.minute,
+                t.second,
+                off.abs() / 3600,
+                off.abs() % 3600 / 60
+            )
+        }
+        None => secs.to_string(),
+    }
+}
+
+/// Runs `strata snapshot …`.
+pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
+    let mut store = Store::open(&state_dir(state)?)?;
+    match cmd {
+        DomSnapshotCommand::Create(a) => {
+            if a.live || a.halt {
+                bail!(
+                    "domain '{}': --live and --halt need a running machine (strata runs none yet)",
+                    a.domain
+                );
+            }
+            if a.redefine || a.xmlfile.is_some() || a.current {
+                bail!(
+                    "domain '{}': --xmlfile, --redefine and --current are not supported yet",
+                    a.domain
+                );
+            }
+            let diskspecs = a
+                .diskspec
+                .iter()
+                .map(|s| DiskSpec::parse(s).map_err(|e| usage(e.to_string())))
+                .collect::<Result<Vec<_>>>()?;
+            let req = CreateRequest {
+                name: a.name,
+                description: a.description,
+                disk_only: a.disk_only,
+                diskspecs,
+                no_metadata: a.no_metadata,
+                reuse_external: a.reuse_external,
+            };
+            let def = snapshot_create::create(&mut store, &a.domain, &req)?;
+            if out.json() {
+                out.print_json(&serde_json::json!({
+                    "name": def.name,
+                    "disks": def.disks,
+                }))?;
+            } else {
+                out.say(&format!("Domain snapshot {} created", def.name))?;
+            }
+        }
+        DomSnapshotCommand::List(a) => {
+            let rows = store.snapshots(&a.domain)?;
+            let has_children = |n: &str| rows.iter().any(|r| r.parent.as_deref() == Some(n));
+            if a.tree {
+                out.text(&tree(&rows))?;
+                return Ok(OK);
+            }
+            let mut listed = Vec::new();
+            for r in &rows {
+                let def = SnapshotDef::from_xml(&r.xml, &r.name)?;
+                let keep = (!a.roots || r.parent.is_none())
+                    && (!a.leaves || !has_children(&r.name))
+                    && (!a.no_leaves || has_children(&r.name))
+                    && (!a.current || r.current)
+                    && (!a.external || def.is_external())
+                    && (!a.internal || !def.is_external());
+                if keep {
+                    listed.push(Listed {
+                        name: r.name.clone(),
+                        parent: r.parent.clone(),
+                        creation_time: r.created,
+                        state: def.state.clone(),
+                        current: r.current,
+                        location: location(&def),
+                    });
+                }
+            }
+            if out.json() {
+                out.print_json(&listed)?;
+            } else if a.name {
+                let text: String = listed.iter().map(|l| format!("{}\n", l.name)).collect();
+                out.text(&format!("{text}\n"))?;
+            } else {
+                out.text(&table(&listed, a.parent))?;
+            }
+        }
+        DomSnapshotCommand::Dumpxml(a) => {
+            let row = store.snapshot(&a.domain, &a.snapshot)?;
+            let def = SnapshotDef::from_xml(&row.xml, &a.snapshot)?;
+            out.text(&def.to_xml(a.security_info))?;
+        }
+        DomSnapshotCommand::Current(a) => match a.snapshot {
+            Some(name) => {
+                store.set_current(&a.domain, Some(&name))?;
+                out.say(&format!("Snapshot {name} set as current"))?;
+            }
+            None => {
+                let rows = store.snapshots(&a.domain)?;
+                let Some(cur) = rows.iter().find(|r| r.current) else {
+                    bail!("domain '{}' has no current snapshot", a.domain);
+                };
+                if a.name || out.json() {
+                    if out.json() {
+                        out.print_json(&serde_json::json!({ "name": cur.name }))?;
+                    } else {
+                        out.text(&format!("{}\n", cur.name))?;
+                    }
+                } else {
+                    let def = SnapshotDef::from_xml(&cur.xml, &cur.name)?;
+                    out.text(&def.to_xml(false))?;
+                }
+            }
+        },
+        DomSnapshotCommand::Parent(a) => {
+            let row = store.snapshot(&a.domain, &a.snapshot)?;
+            match row.parent {
+                Some(p) => out.text(&format!("{p}\n"))?,
+                None => bail!(
+                    "domain '{}': snapshot '{}' has no parent",
+                    a.domain,
+                    a.snapshot
+                ),
+            }
+        }
+        DomSnapshotCommand::Info(a) => {
+            let rows = store.snapshots(&a.domain)?;
+            let row = match (&a.snapshot, a.current) {
+                (Some(n), false) => store.snapshot(&a.domain, n)?,
+                (None, true) => match rows.iter().find(|r| r.current) {
+                    Some(r) => r.clone(),
+                    None => bail!("domain '{}' has no current snapshot", a.domain),
+                },
+                _ => return Err(usage("give a snapshot name or --current, not both")),
+            };
+            let def = SnapshotDef::from_xml(&row.xml, &row.name)?;
+            let children = rows
+                .iter()
+                .filter(|r| r.parent.as_deref() == Some(&row.name))
+                .count();
+            let descendants = descendants(&rows, &row.name);
+            let info = serde_json::json!({
+                "name": row.name,
+                "domain": a.domain,
+                "current": row.current,
+                "state": def.state,
+                "location": location(&def),
+                "parent": row.parent,
+                "children": children,
+                "descendants": descendants,
+                "metadata": true,
+                "disks": def.disks.iter().filter(|d| d.mode != DiskMode::No).count(),
+            });
+            if out.json() {
+                out.print_json(&info)?;
+            } else {
+                let yes = |b: bool| if b { "yes" } else { "no" };
+                out.text(&format!(
+                    "{:<15} {}\n{:<15} {}\n{:<15} {}\n{:<15} {}\n{:<15} {}\n{:<15} {}\n{:<15} {}\n{:<15} {}\n{:<15} {}\n\n",
+                    "Name:", row.name,
+                    "Domain:", a.domain,
+                    "Current:", yes(row.current),
+                    "State:", def.state,
+                    "Location:", location(&def),
+                    "Parent:", row.parent.as_deref().unwrap_or("-"),
+                    "Children:", children,
+                    "Descendants:", descendants,
+                    "Metadata:", "yes",
+                ))?;
+            }
+        }
+    }
+    Ok(OK)
+}
+
+fn descendants(rows: &[SnapshotRow], name: &str) -> usize {
+    rows.iter()
+        .filter(|r| r.parent.as_deref() == Some(name))
+        .map(|r| 1 + descendants(rows, &r.name))
+        .sum()
+}
+
+/// virsh snapshot-list's table.
+fn table(listed: &[Listed], parent: bool) -> String {
+    let w = listed
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let mut rows: Vec<[String; 3]> = vec![[
+        "Name".into(),
+        "Creation Time".into(),
+        if parent { "Parent" } else { "State" }.into(),
+    ]];
+    for l in listed {
+        rows.push([
+            l.name.clone(),
+            virsh_time(l.creation_time),
+            if parent {
+                l.parent.clone().unwrap_or_default()
+            } else {
+                l.state.clone()
+            },
+        ]);
+    }
+    let t = rows.iter().map(|r| r[1].len()).max().unwrap_or(0);
+    let mut s = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        let line = format!(" {:<w$}   {:<t$}   {}", r[0], r[1], r[2]);
+        s.push_str(line.trim_end());
+        s.push('\n');
+        if i == 0 {
+            s.push_str(&"-".repeat(w + t + 17));
+            s.push('\n');
+        }
+    }
+    s.push('\n');
+    s
+}
+
+/// virsh snapshot-list --tree.
+fn tree(rows: &[SnapshotRow]) -> String {
+    fn walk(rows: &[SnapshotRow], name: &str, prefix: &str, out: &mut String) {
+        let kids: Vec<&SnapshotRow> = rows
+            .iter()
+            .filter(|r| r.parent.as_deref() == Some(name))
+            .collect();
+        for (i, k) in kids.iter().enumerate() {
+            let last = i + 1 == kids.len();
+            out.push_str(&format!("{prefix}  |\n{prefix}  +- {}\n", k.name));
+            let next = format!("{prefix}{}", if last { "    " } else { "  | " });
+            walk(rows, &k.name, &next, out);
+        }
+    }
+    let mut out = String::new();
+    for r in rows.iter().filter(|r| r.parent.is_none()) {
+        out.push_str(&format!("{}\n", r.name));
+        walk(rows, &r.name, "", &mut out);
+        out.push('\n');
+    }
+    out
+}

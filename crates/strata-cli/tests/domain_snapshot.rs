@@ -1,0 +1,217 @@
+//! `strata snapshot` on a two-disk domain, judged by QEMU and libvirt:
+//! internal snapshots appear in `qemu-img snapshot -l`, external ones make
+//! overlays whose backing files are the old images (the domain then points
+//! at the overlays), the tree and current snapshot follow libvirt's rules,
+//! snapshot XML validates against libvirt's schema, and a failing create
+//! changes nothing.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+const SCHEMA: &str = "/usr/share/libvirt/schemas/domainsnapshot.rng";
+
+fn setup(p: &Path) {
+    for (disk, byte) in [("vda", "1"), ("vdb", "2")] {
+        qemu_img(
+            p,
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                &format!("{disk}.qcow2"),
+                "8M",
+            ],
+        );
+        qemu_io(
+            p,
+            "qcow2",
+            &format!("{disk}.qcow2"),
+            &[&format!("write -P {byte} 0 1M")],
+        );
+    }
+    let dir = p.display();
+    std::fs::write(
+        p.join("vm.xml"),
+        format!(
+            "<domain type='kvm'><name>vm</name><memory>1048576</memory>\
+             <os><type>hvm</type></os><devices>\
+             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+             <source file='{dir}/vda.qcow2'/><target dev='vda'/></disk>\
+             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+             <source file='{dir}/vdb.qcow2'/><target dev='vdb'/></disk>\
+             <disk type='file' device='cdrom'><target dev='sda'/></disk>\
+             </devices></domain>"
+        ),
+    )
+    .unwrap();
+    ok(p, &st(&["domain", "define", "vm.xml"]));
+}
+
+fn qemu_names(p: &Path, file: &str) -> Vec<String> {
+    qemu_img(p, &["snapshot", "-l", file])
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("ID"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn internal_external_and_mixed_snapshots() {
+    let d = tmp();
+    let p = d.path();
+    setup(p);
+    // A full snapshot of a machine that is off: internal on every disk.
+    let r = ok(
+        p,
+        &st(&[
+            "snapshot",
+            "create",
+            "vm",
+            "--name",
+            "s1",
+            "--description",
+            "first",
+        ]),
+    );
+    assert_eq!(r.stdout, "Domain snapshot s1 created\n");
+    assert_eq!(qemu_names(p, "vda.qcow2"), ["s1"]);
+    assert_eq!(qemu_names(p, "vdb.qcow2"), ["s1"]);
+    // Disk-only: external, overlays named as libvirt names them.
+    ok(
+        p,
+        &st(&["snapshot", "create", "vm", "--name", "s2", "--disk-only"]),
+    );
+    for disk in ["vda", "vdb"] {
+        let info = qemu_img(p, &["info", "--output=json", &format!("{disk}.s2")]).json();
+        assert!(
+            info["backing-filename"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("{disk}.qcow2")),
+            "{info}"
+        );
+    }
+    let dom = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout;
+    assert!(dom.contains("vda.s2") && dom.contains("vdb.s2"), "{dom}");
+    // Mixed: internal in vda's overlay, vdb left out.
+    ok(
+        p,
+        &st(&[
+            "snapshot",
+            "create",
+            "vm",
+            "--name",
+            "s3",
+            "--diskspec",
+            "vda,snapshot=internal",
+            "--diskspec",
+            "vdb,snapshot=no",
+        ]),
+    );
+    assert_eq!(qemu_names(p, "vda.s2"), ["s3"]);
+    assert!(qemu_names(p, "vdb.s2").is_empty());
+    // The tree, the current snapshot, parents.
+    let names = ok(p, &st(&["snapshot", "list", "vm", "--name"])).stdout;
+    assert_eq!(names, "s1\ns2\ns3\n\n");
+    let tree = ok(p, &st(&["snapshot", "list", "vm", "--tree"])).stdout;
+    assert_eq!(tree, "s1\n  |\n  +- s2\n      |\n      +- s3\n\n");
+    assert_eq!(
+        ok(p, &st(&["snapshot", "parent", "vm", "s3"])).stdout,
+        "s2\n"
+    );
+    assert_eq!(
+        ok(p, &st(&["snapshot", "current", "vm", "--name"])).stdout,
+        "s3\n"
+    );
+    let ext = ok(
+        p,
+        &st(&["--output", "json", "snapshot", "list", "vm", "--external"]),
+    )
+    .json();
+    assert_eq!(ext.as_array().unwrap().len(), 1);
+    assert_eq!(ext[0]["name"], "s2");
+    let leaves = ok(p, &st(&["snapshot", "list", "vm", "--leaves", "--name"])).stdout;
+    assert_eq!(leaves, "s3\n\n");
+    let info = ok(p, &st(&["snapshot", "info", "vm", "s1"])).stdout;
+    assert!(
+        info.contains("Descendants:    2") && info.contains("Current:        no"),
+        "{info}"
+    );
+    // Every snapshot's XML validates against libvirt's schema.
+    for s in ["s1", "s2", "s3"] {
+        let xml = ok(p, &st(&["snapshot", "dumpxml", "vm", s])).stdout;
+        let f = format!("{s}.xml");
+        std::fs::write(p.join(&f), &xml).unwrap();
+        run_in(p, "xmllint", &["--noout", "--relaxng", SCHEMA, &f]).expect(0);
+    }
+    let s2 = std::fs::read_to_string(p.join("s2.xml")).unwrap();
+    assert!(s2.contains("<parent><name>s1</name></parent>"), "{s2}");
+    assert!(s2.contains("snapshot=\"external\""), "{s2}");
+    for f in ["vda.qcow2", "vdb.qcow2", "vda.s2", "vdb.s2"] {
+        qemu_img(p, &["check", f]);
+    }
+}
+
+#[test]
+fn a_failing_create_changes_nothing() {
+    let d = tmp();
+    let p = d.path();
+    setup(p);
+    ok(p, &st(&["snapshot", "create", "vm", "--name", "s1"]));
+    // vdb's overlay name is taken: the whole snapshot is refused.
+    std::fs::write(p.join("taken.qcow2"), b"x").unwrap();
+    let before_dom = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout;
+    let r = strata(
+        p,
+        &st(&[
+            "snapshot",
+            "create",
+            "vm",
+            "--name",
+            "s2",
+            "--diskspec",
+            "vda,snapshot=internal",
+            "--diskspec",
+            "vdb,file=taken.qcow2",
+        ]),
+    )
+    .expect(1);
+    assert!(
+        r.stderr.contains("taken.qcow2") && r.stderr.contains("s2"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(qemu_names(p, "vda.qcow2"), ["s1"]);
+    assert_eq!(
+        ok(p, &st(&["snapshot", "list", "vm", "--name"])).stdout,
+        "s1\n\n"
+    );
+    assert_eq!(ok(p, &st(&["domain", "dumpxml", "vm"])).stdout, before_dom);
+    for (args, want) in [
+        (
+            vec!["snapshot", "create", "vm", "--name", "s1"],
+            "already exists",
+        ),
+        (
+            vec!["snapshot", "create", "vm", "--live"],
+            "running machine",
+        ),
+        (
+            vec!["snapshot", "create", "vm", "--diskspec", "vdz"],
+            "'vdz'",
+        ),
+        (
+            vec!["snapshot", "dumpxml", "vm", "nope"],
+            "snapshot 'nope' not found",
+        ),
+        (vec!["snapshot", "list", "nope"], "domain 'nope' not found"),
+    ] {
+        let r = strata(p, &st(&args));
+        assert_ne!(r.code, 0, "{args:?}");
+        assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+    }
+}
