@@ -204,12 +204,109 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
         domain: Some(dom.element().clone()),
     };
     let moved = def.is_external().then_some(&new_dom);
-    if req.no_metadata {
-        if let Some(d) = moved {
-            store.define(d)?;
-        }
-    } else {
-        store.add_snapshot(domain, &def, moved)?;
+    let recorded = match (req.no_metadata, moved) {
+        (true, Some(d)) => store.define(d).map(|_| ()),
+        (true, None) => Ok(()),
+        (false, _) => store.add_snapshot(domain, &def, moved),
+    };
+    if let Err(e) = recorded {
+        // The disks changed but the metadata did not: take the disks back.
+        undo_disks(&actions, &def.name);
+        return Err(e);
     }
     Ok(def)
+}
+
+/// Undoes what a committed snapshot transaction did to the disks: deletes
+/// the internal snapshots and the overlays it created (best effort; each
+/// failure is logged with the file).
+fn undo_disks(actions: &[Action], name: &str) {
+    let mut back = Vec::new();
+    for a in actions {
+        match a {
+            Action::SnapshotInternal { file, .. } => back.push(Action::SnapshotDeleteInternal {
+                file: file.clone(),
+                name: name.to_string(),
+            }),
+            Action::SnapshotExternal {
+                overlay: Some(o),
+                reuse: false,
+                ..
+            } => {
+                if let Err(e) = std::fs::remove_file(o) {
+                    tracing::error!("{}: cannot remove the new overlay: {e}", o.display());
+                }
+            }
+            _ => {}
+        }
+    }
+    if !back.is_empty() {
+        if let Err(e) = transaction::run(&back, None) {
+            tracing::error!("snapshot '{name}': cannot delete the new internal snapshots: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_image::qcow2::{CreateOptions, Qcow2};
+
+    fn snapshots_of(path: &std::path::Path) -> Vec<String> {
+        let img = strata_image::open(path, &Default::default()).unwrap();
+        let q = img.as_any().downcast_ref::<Qcow2>().unwrap();
+        q.snapshots().unwrap().into_iter().map(|s| s.name).collect()
+    }
+
+    #[test]
+    fn undo_takes_the_disks_back() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.qcow2"), d.path().join("b.qcow2"));
+        for p in [&a, &b] {
+            let opts = CreateOptions {
+                size: 1 << 20,
+                ..Default::default()
+            };
+            Qcow2::create_file(p, &opts).unwrap();
+        }
+        let overlay = d.path().join("b.s1");
+        let actions = vec![
+            Action::SnapshotInternal {
+                file: a.clone(),
+                name: Some("s1".into()),
+            },
+            Action::SnapshotExternal {
+                file: b.clone(),
+                overlay: Some(overlay.clone()),
+                name: Some("s1".into()),
+                reuse: false,
+            },
+        ];
+        transaction::run(&actions, None).unwrap();
+        assert_eq!(snapshots_of(&a), ["s1"]);
+        assert!(overlay.exists());
+        undo_disks(&actions, "s1");
+        assert!(snapshots_of(&a).is_empty());
+        assert!(!overlay.exists());
+    }
+
+    #[test]
+    fn diskspecs_parse_as_virsh_writes_them() {
+        let d = DiskSpec::parse("vdb,file=/x/y.qcow2").unwrap();
+        assert_eq!(d.mode, Some(DiskMode::External));
+        assert_eq!(
+            DiskSpec::parse("vda,snapshot=no").unwrap().mode,
+            Some(DiskMode::No)
+        );
+        for bad in [
+            "",
+            ",snapshot=no",
+            "vda,snapshot=maybe",
+            "vda,driver=raw",
+            "vda,x=1",
+            "vda,oops",
+        ] {
+            assert!(DiskSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
 }
