@@ -80,6 +80,8 @@ pub enum DomSnapshotCommand {
     Current(DomSnapshotCurrentArgs),
     /// Print a snapshot's parent.
     Parent(DomSnapshotNameArgs),
+    /// Bring the disks back to a snapshot (the snapshot becomes current).
+    Revert(DomSnapshotRevertArgs),
     /// Show facts about a snapshot.
     Info(DomSnapshotInfoArgs),
 }
@@ -192,6 +194,27 @@ pub struct DomSnapshotNameArgs {
     pub domain: String,
     /// The snapshot.
     pub snapshot: String,
+}
+
+/// `strata snapshot revert`.
+#[derive(Debug, Args)]
+pub struct DomSnapshotRevertArgs {
+    /// The domain.
+    pub domain: String,
+    /// The snapshot.
+    pub snapshot: Option<String>,
+    /// The current snapshot.
+    #[arg(long)]
+    pub current: bool,
+    /// Start the machine afterwards (needs a hypervisor).
+    #[arg(long)]
+    pub running: bool,
+    /// Start the machine paused afterwards (needs a hypervisor).
+    #[arg(long)]
+    pub paused: bool,
+    /// Revert even where it is risky.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `strata snapshot info`.

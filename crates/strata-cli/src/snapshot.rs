@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use strata_core::snapshot::{DiskMode, SnapshotDef};
 use strata_core::snapshot_create::{self, CreateRequest, DiskSpec};
+use strata_core::snapshot_revert;
 use strata_core::store::SnapshotRow;
 use strata_core::Store;
 
@@ -169,6 +170,35 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                     a.domain,
                     a.snapshot
                 ),
+            }
+        }
+        DomSnapshotCommand::Revert(a) => {
+            if a.running || a.paused {
+                bail!(
+                    "domain '{}': --running and --paused need a hypervisor to start the machine (strata runs none yet)",
+                    a.domain
+                );
+            }
+            let name = match (a.snapshot, a.current) {
+                (Some(n), false) => n,
+                (None, true) => match store.snapshots(&a.domain)?.into_iter().find(|r| r.current) {
+                    Some(r) => r.name,
+                    None => bail!("domain '{}' has no current snapshot", a.domain),
+                },
+                _ => return Err(usage("give a snapshot name or --current, not both")),
+            };
+            let moved = snapshot_revert::revert(&mut store, &a.domain, &name)?;
+            if out.json() {
+                let disks: Vec<_> = moved
+                    .iter()
+                    .map(|(t, f)| serde_json::json!({"disk": t, "source": f}))
+                    .collect();
+                out.print_json(&serde_json::json!({"name": name, "new_overlays": disks}))?;
+            } else {
+                out.say(&format!(
+                    "Domain '{}' reverted to snapshot {name}",
+                    a.domain
+                ))?;
             }
         }
         DomSnapshotCommand::Info(a) => {

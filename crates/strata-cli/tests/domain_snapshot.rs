@@ -215,3 +215,67 @@ fn a_failing_create_changes_nothing() {
         assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
     }
 }
+
+#[test]
+fn revert_internal_and_external_keeps_every_branch() {
+    let d = tmp();
+    let p = d.path();
+    setup(p);
+    ok(p, &st(&["snapshot", "create", "vm", "--name", "s1"]));
+    qemu_img(p, &["convert", "-O", "raw", "vda.qcow2", "at-s1.raw"]);
+    qemu_io(p, "qcow2", "vda.qcow2", &["write -P 7 0 2M"]);
+    // Internal: the snapshot is applied; s1 becomes current.
+    let r = ok(p, &st(&["snapshot", "revert", "vm", "s1"]));
+    assert_eq!(r.stdout, "Domain 'vm' reverted to snapshot s1\n");
+    qemu_img(p, &["compare", "vda.qcow2", "at-s1.raw"]);
+    assert_eq!(
+        ok(p, &st(&["snapshot", "current", "vm", "--name"])).stdout,
+        "s1\n"
+    );
+    // External: a fresh overlay over the snapshot's image; the branch being
+    // left (vda.s2 with its writes) stays as it was.
+    ok(
+        p,
+        &st(&["snapshot", "create", "vm", "--name", "s2", "--disk-only"]),
+    );
+    qemu_io(p, "qcow2", "vda.s2", &["write -P 8 4M 1M"]);
+    let left = std::fs::read(p.join("vda.s2")).unwrap();
+    let r = ok(
+        p,
+        &st(&["--output", "json", "snapshot", "revert", "vm", "s2"]),
+    )
+    .json();
+    assert_eq!(r["new_overlays"].as_array().unwrap().len(), 2);
+    let dom = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout;
+    assert!(
+        dom.contains("vda.s2.1") && dom.contains("vdb.s2.1"),
+        "{dom}"
+    );
+    qemu_img(p, &["compare", "vda.s2.1", "at-s1.raw"]);
+    assert_eq!(std::fs::read(p.join("vda.s2")).unwrap(), left);
+    for f in [
+        "vda.qcow2",
+        "vdb.qcow2",
+        "vda.s2",
+        "vdb.s2",
+        "vda.s2.1",
+        "vdb.s2.1",
+    ] {
+        qemu_img(p, &["check", f]);
+    }
+    // s1 lives inside vda.qcow2, now the backing file of two overlays:
+    // applying it would change them, so the revert is refused, changing nothing.
+    let r = strata(p, &st(&["snapshot", "revert", "vm", "s1"])).expect(1);
+    assert!(
+        r.stderr.contains("backing file") && r.stderr.contains("vda"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(ok(p, &st(&["domain", "dumpxml", "vm"])).stdout, dom);
+    assert_eq!(
+        ok(p, &st(&["snapshot", "current", "vm", "--name"])).stdout,
+        "s2\n"
+    );
+    let r = strata(p, &st(&["snapshot", "revert", "vm", "s2", "--running"])).expect(1);
+    assert!(r.stderr.contains("hypervisor"), "{}", r.stderr);
+}

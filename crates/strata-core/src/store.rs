@@ -380,6 +380,25 @@ impl Store {
         })
     }
 
+    /// After a revert: `name` becomes current and the domain definition is
+    /// replaced, at once.
+    pub fn revert_to(&mut self, domain: &str, name: &str, dom: &Domain) -> Result<()> {
+        let xml = dom.to_xml(true);
+        self.write(|tx, sql| {
+            tx.execute(
+                "UPDATE snapshots SET is_current = (name = ?2) WHERE domain = ?1",
+                params![domain, name],
+            )
+            .map_err(sql)?;
+            tx.execute(
+                "UPDATE domains SET xml = ?2 WHERE name = ?1",
+                params![domain, xml],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+    }
+
     /// Makes `name` the current snapshot (none with `None`).
     pub fn set_current(&mut self, domain: &str, name: Option<&str>) -> Result<()> {
         if let Some(n) = name {

@@ -78,6 +78,15 @@ pub enum Action {
         /// Snapshot name or ID.
         name: String,
     },
+    /// Apply (revert to) an internal snapshot: the image's current state
+    /// becomes the snapshot's. (An extension: QEMU's transaction has no
+    /// such action.)
+    SnapshotApplyInternal {
+        /// The image.
+        file: PathBuf,
+        /// Snapshot name or ID.
+        name: String,
+    },
     /// A dirty-bitmap action.
     Bitmap {
         /// Which one.
@@ -116,6 +125,7 @@ impl Action {
             Action::SnapshotInternal { .. } => "snapshot-internal",
             Action::SnapshotExternal { .. } => "snapshot-external",
             Action::SnapshotDeleteInternal { .. } => "snapshot-delete-internal",
+            Action::SnapshotApplyInternal { .. } => "snapshot-apply-internal",
             Action::Bitmap { op, .. } => match op {
                 BitmapOp::Add => "bitmap-add",
                 BitmapOp::Remove => "bitmap-remove",
@@ -133,6 +143,7 @@ impl Action {
             Action::SnapshotInternal { file, .. }
             | Action::SnapshotExternal { file, .. }
             | Action::SnapshotDeleteInternal { file, .. }
+            | Action::SnapshotApplyInternal { file, .. }
             | Action::Bitmap { file, .. } => file,
         }
     }
@@ -337,7 +348,9 @@ struct Opened {
 fn is_internal(a: &Action) -> bool {
     matches!(
         a,
-        Action::SnapshotInternal { .. } | Action::SnapshotDeleteInternal { .. }
+        Action::SnapshotInternal { .. }
+            | Action::SnapshotDeleteInternal { .. }
+            | Action::SnapshotApplyInternal { .. }
     )
 }
 
@@ -480,7 +493,8 @@ fn validate(actions: &[Action]) -> Result<Opened> {
                     p.actions.push(i);
                 }
             }
-            Action::SnapshotDeleteInternal { name, .. } => {
+            Action::SnapshotDeleteInternal { name, .. }
+            | Action::SnapshotApplyInternal { name, .. } => {
                 if !as_qcow2(img)
                     .snapshots()?
                     .iter()
@@ -490,7 +504,10 @@ fn validate(actions: &[Action]) -> Result<Opened> {
                 }
                 let k = plan_of(&mut units);
                 if let Unit::Image(_, p) = &mut units[k] {
-                    p.snapshot = Some(SnapshotChange::Delete(name.clone()));
+                    p.snapshot = Some(match a {
+                        Action::SnapshotApplyInternal { .. } => SnapshotChange::Apply(name.clone()),
+                        _ => SnapshotChange::Delete(name.clone()),
+                    });
                     p.actions.push(i);
                 }
             }

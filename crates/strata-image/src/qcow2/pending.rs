@@ -35,6 +35,8 @@ pub enum SnapshotChange {
     Create(Option<String>),
     /// Delete the snapshot with this name or ID.
     Delete(String),
+    /// Apply (revert to) the snapshot with this name or ID.
+    Apply(String),
 }
 
 impl Qcow2 {
@@ -73,6 +75,10 @@ impl Qcow2 {
             let (mut switch, info) = match &snapshot {
                 Some(SnapshotChange::Create(name)) => {
                     let (s, i) = m.create_change(tx, &self.path, name.as_deref(), 0)?;
+                    (s, Some(i))
+                }
+                Some(SnapshotChange::Apply(name)) => {
+                    let (s, i) = m.apply_change(tx, &self.path, name)?;
                     (s, Some(i))
                 }
                 Some(SnapshotChange::Delete(name)) => {
@@ -138,6 +144,10 @@ impl PendingChange<'_> {
         m.release_ok = true;
         let r = m.tx_finish(tx, p).and_then(|()| m.reload_tracker());
         m.release_ok = false;
+        // An applied snapshot may have another size; the gate is still held.
+        self.image
+            .size
+            .store(m.header.size, std::sync::atomic::Ordering::SeqCst);
         r
     }
 

@@ -1,0 +1,107 @@
+//! `snapshot revert` of a machine that is not running, in one all-or-nothing
+//! image transaction:
+//! - a disk snapshotted internally gets the snapshot applied in the image
+//!   that holds it. That image must still be the disk's active one: if an
+//!   external snapshot was taken since, the image is the backing file of
+//!   newer overlays, and changing it would change what they read, so the
+//!   revert is refused (libvirt refuses it too);
+//! - a disk snapshotted externally gets a fresh overlay on top of the
+//!   snapshot's image (as libvirt 9.9+ does), so the state being left stays
+//!   intact in its own overlay, on its own branch.
+//!
+//! The snapshot then becomes current and the domain's disks point where the
+//! revert left them.
+
+use std::path::{Path, PathBuf};
+
+use strata_image::ops::external::default_overlay;
+use strata_image::transaction::{self, Action};
+
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+use crate::lock::DomainLock;
+use crate::snapshot::{DiskMode, SnapshotDef};
+use crate::store::Store;
+
+/// A free overlay name for a revert to snapshot `snap` over `base`:
+/// `vda.s1.1`, `vda.s1.2`, …
+fn revert_overlay(base: &Path, snap: &str) -> PathBuf {
+    (1..)
+        .map(|k| default_overlay(base, &format!("{snap}.{k}")))
+        .find(|p| !p.exists())
+        .expect("a free name")
+}
+
+/// Reverts domain `domain` to snapshot `name`; returns the disks' new
+/// sources `(target, file)`.
+pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String, PathBuf)>> {
+    let _lock = DomainLock::acquire(store.dir(), domain)?;
+    let dom = store.domain(domain)?;
+    let row = store.snapshot(domain, name)?;
+    let def = SnapshotDef::from_xml(&row.xml, &format!("snapshot '{name}'"))?;
+    let what = format!("domain '{domain}': revert to snapshot '{name}'");
+    let then = def
+        .domain
+        .clone()
+        .map(Domain::from_element)
+        .ok_or_else(|| Error::invalid(&what, "the snapshot has no domain definition"))?;
+    let now_disks = dom.disks();
+    let then_disks = then.disks();
+    let mut actions = Vec::new();
+    let mut new_dom = dom.clone();
+    let mut moved = Vec::new();
+    for d in def.disks.iter().filter(|d| d.mode != DiskMode::No) {
+        let disk_what = format!("{what}: disk '{}'", d.name);
+        let then_src = then_disks
+            .iter()
+            .find(|t| t.target == d.name)
+            .and_then(|t| t.source.clone())
+            .ok_or_else(|| Error::invalid(&disk_what, "not in the snapshot's domain definition"))?;
+        let now_src = now_disks
+            .iter()
+            .find(|t| t.target == d.name)
+            .and_then(|t| t.source.clone());
+        match d.mode {
+            DiskMode::Internal => {
+                if now_src.as_deref() != Some(then_src.as_path()) {
+                    return Err(Error::invalid(
+                        &disk_what,
+                        format!(
+                            "the snapshot is inside {}, which is now the backing file of {} (an external snapshot was taken since); applying it would change what the newer images read",
+                            then_src.display(),
+                            now_src.map(|p| p.display().to_string()).unwrap_or_else(|| "nothing".into())
+                        ),
+                    ));
+                }
+                actions.push(Action::SnapshotApplyInternal {
+                    file: then_src.clone(),
+                    name: name.to_string(),
+                });
+            }
+            DiskMode::External => {
+                let overlay = revert_overlay(&then_src, name);
+                actions.push(Action::SnapshotExternal {
+                    file: then_src.clone(),
+                    overlay: Some(overlay.clone()),
+                    name: None,
+                    reuse: false,
+                });
+                new_dom.set_disk_source(&d.name, &overlay, "qcow2")?;
+                moved.push((d.name.clone(), overlay));
+            }
+            DiskMode::No => {}
+        }
+    }
+    if actions.is_empty() {
+        return Err(Error::invalid(what, "no disk took part in the snapshot"));
+    }
+    transaction::run(&actions, None).map_err(|e| Error::invalid(&what, e.to_string()))?;
+    if let Err(e) = store.revert_to(domain, name, &new_dom) {
+        // The internal applies cannot be undone, but new overlays can go.
+        for (_, o) in &moved {
+            let _ = std::fs::remove_file(o);
+        }
+        return Err(e);
+    }
+    Ok(moved)
+}
