@@ -82,6 +82,8 @@ pub enum DomSnapshotCommand {
     Parent(DomSnapshotNameArgs),
     /// Bring the disks back to a snapshot (the snapshot becomes current).
     Revert(DomSnapshotRevertArgs),
+    /// Delete a snapshot (its children move up to its parent).
+    Delete(DomSnapshotDeleteArgs),
     /// Show facts about a snapshot.
     Info(DomSnapshotInfoArgs),
 }
@@ -215,6 +217,27 @@ pub struct DomSnapshotRevertArgs {
     /// Revert even where it is risky.
     #[arg(long)]
     pub force: bool,
+}
+
+/// `strata snapshot delete`.
+#[derive(Debug, Args)]
+pub struct DomSnapshotDeleteArgs {
+    /// The domain.
+    pub domain: String,
+    /// The snapshot.
+    pub snapshot: Option<String>,
+    /// The current snapshot.
+    #[arg(long)]
+    pub current: bool,
+    /// Also delete all its descendants.
+    #[arg(long)]
+    pub children: bool,
+    /// Delete only its descendants.
+    #[arg(long)]
+    pub children_only: bool,
+    /// Drop only the metadata; images are not touched.
+    #[arg(long)]
+    pub metadata: bool,
 }
 
 /// `strata snapshot info`.

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use strata_core::snapshot::{DiskMode, SnapshotDef};
 use strata_core::snapshot_create::{self, CreateRequest, DiskSpec};
+use strata_core::snapshot_delete::{self, DeleteRequest};
 use strata_core::snapshot_revert;
 use strata_core::store::SnapshotRow;
 use strata_core::Store;
@@ -179,14 +180,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                     a.domain
                 );
             }
-            let name = match (a.snapshot, a.current) {
-                (Some(n), false) => n,
-                (None, true) => match store.snapshots(&a.domain)?.into_iter().find(|r| r.current) {
-                    Some(r) => r.name,
-                    None => bail!("domain '{}' has no current snapshot", a.domain),
-                },
-                _ => return Err(usage("give a snapshot name or --current, not both")),
-            };
+            let name = pick(&store, &a.domain, a.snapshot, a.current)?;
             let moved = snapshot_revert::revert(&mut store, &a.domain, &name)?;
             if out.json() {
                 let disks: Vec<_> = moved
@@ -201,16 +195,28 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 ))?;
             }
         }
+        DomSnapshotCommand::Delete(a) => {
+            let name = pick(&store, &a.domain, a.snapshot, a.current)?;
+            let req = DeleteRequest {
+                children: a.children,
+                children_only: a.children_only,
+                metadata_only: a.metadata,
+            };
+            let gone = snapshot_delete::delete(&mut store, &a.domain, &name, req)?;
+            if out.json() {
+                out.print_json(&serde_json::json!({ "deleted": gone }))?;
+            } else if a.children_only {
+                out.say(&format!("Domain snapshot {name} children deleted"))?;
+            } else if a.metadata {
+                out.say(&format!("Domain snapshot {name} metadata deleted"))?;
+            } else {
+                out.say(&format!("Domain snapshot {name} deleted"))?;
+            }
+        }
         DomSnapshotCommand::Info(a) => {
             let rows = store.snapshots(&a.domain)?;
-            let row = match (&a.snapshot, a.current) {
-                (Some(n), false) => store.snapshot(&a.domain, n)?,
-                (None, true) => match rows.iter().find(|r| r.current) {
-                    Some(r) => r.clone(),
-                    None => bail!("domain '{}' has no current snapshot", a.domain),
-                },
-                _ => return Err(usage("give a snapshot name or --current, not both")),
-            };
+            let name = pick(&store, &a.domain, a.snapshot.clone(), a.current)?;
+            let row = store.snapshot(&a.domain, &name)?;
             let def = SnapshotDef::from_xml(&row.xml, &row.name)?;
             let children = rows
                 .iter()
@@ -249,6 +255,18 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
         }
     }
     Ok(OK)
+}
+
+/// The snapshot named, or the current one with `--current`.
+fn pick(store: &Store, domain: &str, name: Option<String>, current: bool) -> Result<String> {
+    match (name, current) {
+        (Some(n), false) => Ok(n),
+        (None, true) => match store.snapshots(domain)?.into_iter().find(|r| r.current) {
+            Some(r) => Ok(r.name),
+            None => bail!("domain '{domain}' has no current snapshot"),
+        },
+        _ => Err(usage("give a snapshot name or --current, not both")),
+    }
 }
 
 fn descendants(rows: &[SnapshotRow], name: &str) -> usize {

@@ -279,3 +279,68 @@ fn revert_internal_and_external_keeps_every_branch() {
     let r = strata(p, &st(&["snapshot", "revert", "vm", "s2", "--running"])).expect(1);
     assert!(r.stderr.contains("hypervisor"), "{}", r.stderr);
 }
+
+#[test]
+fn delete_reparents_and_moves_current() {
+    let d = tmp();
+    let p = d.path();
+    setup(p);
+    for s in ["s1", "s2", "s3"] {
+        ok(p, &st(&["snapshot", "create", "vm", "--name", s]));
+        qemu_io(
+            p,
+            "qcow2",
+            "vda.qcow2",
+            &[&format!("write -P 9 {s_off} 64k", s_off = s.len() << 20)],
+        );
+    }
+    qemu_img(p, &["convert", "-O", "raw", "vda.qcow2", "now.raw"]);
+    // Deleting the middle one: gone from the images, s3 re-parented to s1,
+    // and the current state untouched.
+    assert_eq!(
+        ok(p, &st(&["snapshot", "delete", "vm", "s2"])).stdout,
+        "Domain snapshot s2 deleted\n"
+    );
+    assert_eq!(qemu_names(p, "vda.qcow2"), ["s1", "s3"]);
+    assert_eq!(qemu_names(p, "vdb.qcow2"), ["s1", "s3"]);
+    assert_eq!(
+        ok(p, &st(&["snapshot", "parent", "vm", "s3"])).stdout,
+        "s1\n"
+    );
+    qemu_img(p, &["compare", "vda.qcow2", "now.raw"]);
+    // Deleting the current one makes its parent current.
+    ok(p, &st(&["snapshot", "delete", "vm", "--current"]));
+    assert_eq!(
+        ok(p, &st(&["snapshot", "current", "vm", "--name"])).stdout,
+        "s1\n"
+    );
+    // External snapshots: only --metadata for now; the files stay.
+    ok(
+        p,
+        &st(&["snapshot", "create", "vm", "--name", "e1", "--disk-only"]),
+    );
+    let r = strata(p, &st(&["snapshot", "delete", "vm", "e1"])).expect(1);
+    assert!(r.stderr.contains("--metadata"), "{}", r.stderr);
+    ok(p, &st(&["snapshot", "delete", "vm", "e1", "--metadata"]));
+    assert!(p.join("vda.e1").exists());
+    assert_eq!(
+        ok(p, &st(&["snapshot", "list", "vm", "--name"])).stdout,
+        "s1\n\n"
+    );
+    // --children-only --metadata on s1 with no children left: nothing to drop.
+    ok(
+        p,
+        &st(&[
+            "snapshot",
+            "delete",
+            "vm",
+            "s1",
+            "--children-only",
+            "--metadata",
+        ]),
+    );
+    assert_eq!(qemu_names(p, "vda.qcow2"), ["s1"]);
+    for f in ["vda.qcow2", "vdb.qcow2", "vda.e1", "vdb.e1"] {
+        qemu_img(p, &["check", f]);
+    }
+}

@@ -9,6 +9,7 @@ pub mod error;
 pub mod lock;
 pub mod snapshot;
 pub mod snapshot_create;
+pub mod snapshot_delete;
 pub mod snapshot_revert;
 pub mod store;
 pub mod xml;

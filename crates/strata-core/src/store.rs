@@ -399,6 +399,58 @@ impl Store {
         })
     }
 
+    /// Drops the metadata of snapshots `names`, at once: each survivor whose
+    /// parent goes gets its nearest surviving ancestor as parent, and if the
+    /// current snapshot goes, its nearest surviving ancestor becomes current.
+    pub fn delete_snapshots(&mut self, domain: &str, names: &[String]) -> Result<()> {
+        let rows = self.snapshots(domain)?;
+        let survivor = |mut p: Option<String>| {
+            while let Some(n) = p.clone() {
+                if !names.contains(&n) {
+                    break;
+                }
+                p = rows
+                    .iter()
+                    .find(|r| r.name == n)
+                    .and_then(|r| r.parent.clone());
+            }
+            p
+        };
+        let new_current = rows
+            .iter()
+            .find(|r| r.current && names.contains(&r.name))
+            .map(|r| survivor(r.parent.clone()));
+        let reparent: Vec<(String, Option<String>)> = rows
+            .iter()
+            .filter(|r| !names.contains(&r.name))
+            .map(|r| (r.name.clone(), survivor(r.parent.clone())))
+            .collect();
+        self.write(|tx, sql| {
+            for n in names {
+                tx.execute(
+                    "DELETE FROM snapshots WHERE domain = ?1 AND name = ?2",
+                    params![domain, n],
+                )
+                .map_err(sql)?;
+            }
+            for (n, p) in &reparent {
+                tx.execute(
+                    "UPDATE snapshots SET parent = ?3 WHERE domain = ?1 AND name = ?2",
+                    params![domain, n, p],
+                )
+                .map_err(sql)?;
+            }
+            if let Some(cur) = &new_current {
+                tx.execute(
+                    "UPDATE snapshots SET is_current = (name IS ?2) WHERE domain = ?1",
+                    params![domain, cur],
+                )
+                .map_err(sql)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Makes `name` the current snapshot (none with `None`).
     pub fn set_current(&mut self, domain: &str, name: Option<&str>) -> Result<()> {
         if let Some(n) = name {
