@@ -65,6 +65,66 @@ pub enum Command {
     /// A machine's snapshot tree (virsh snapshot-*).
     #[command(subcommand)]
     Snapshot(DomSnapshotCommand),
+    /// A machine's checkpoints for incremental backup (virsh checkpoint-*).
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+}
+
+/// `strata checkpoint` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Start tracking changes on every disk (a bitmap per disk).
+    Create(CheckpointCreateArgs),
+    /// List a domain's checkpoints.
+    List(CheckpointListArgs),
+    /// Print a checkpoint's XML.
+    Dumpxml(CheckpointDumpxmlArgs),
+    /// Print a checkpoint's parent.
+    Parent(DomSnapshotNameArgs),
+}
+
+/// `strata checkpoint create`.
+#[derive(Debug, Args)]
+pub struct CheckpointCreateArgs {
+    /// The domain.
+    pub domain: String,
+    /// Checkpoint name (default: the time in seconds).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Per disk: vda[,checkpoint=bitmap|no][,bitmap=NAME].
+    #[arg(long, value_name = "SPEC")]
+    pub diskspec: Vec<String>,
+}
+
+/// `strata checkpoint list`.
+#[derive(Debug, Args)]
+pub struct CheckpointListArgs {
+    /// The domain.
+    pub domain: String,
+    /// Names only.
+    #[arg(long)]
+    pub name: bool,
+    /// Show each checkpoint's parent.
+    #[arg(long)]
+    pub parent: bool,
+}
+
+/// `strata checkpoint dumpxml`.
+#[derive(Debug, Args)]
+pub struct CheckpointDumpxmlArgs {
+    /// The domain.
+    pub domain: String,
+    /// The checkpoint.
+    pub checkpoint: String,
+    /// Add each disk's bytes changed since the checkpoint.
+    #[arg(long)]
+    pub size: bool,
+    /// Leave out the domain definition.
+    #[arg(long)]
+    pub no_domain: bool,
 }
 
 /// `strata snapshot` subcommands.

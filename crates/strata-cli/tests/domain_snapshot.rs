@@ -7,63 +7,14 @@
 
 mod common;
 use common::*;
-use std::path::Path;
 
 const SCHEMA: &str = "/usr/share/libvirt/schemas/domainsnapshot.rng";
-
-fn setup(p: &Path) {
-    for (disk, byte) in [("vda", "1"), ("vdb", "2")] {
-        qemu_img(
-            p,
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                &format!("{disk}.qcow2"),
-                "8M",
-            ],
-        );
-        qemu_io(
-            p,
-            "qcow2",
-            &format!("{disk}.qcow2"),
-            &[&format!("write -P {byte} 0 1M")],
-        );
-    }
-    let dir = p.display();
-    std::fs::write(
-        p.join("vm.xml"),
-        format!(
-            "<domain type='kvm'><name>vm</name><memory>1048576</memory>\
-             <os><type>hvm</type></os><devices>\
-             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
-             <source file='{dir}/vda.qcow2'/><target dev='vda'/></disk>\
-             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
-             <source file='{dir}/vdb.qcow2'/><target dev='vdb'/></disk>\
-             <disk type='file' device='cdrom'><target dev='sda'/></disk>\
-             </devices></domain>"
-        ),
-    )
-    .unwrap();
-    ok(p, &st(&["domain", "define", "vm.xml"]));
-}
-
-fn qemu_names(p: &Path, file: &str) -> Vec<String> {
-    qemu_img(p, &["snapshot", "-l", file])
-        .stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("ID"))
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
-        .collect()
-}
 
 #[test]
 fn internal_external_and_mixed_snapshots() {
     let d = tmp();
     let p = d.path();
-    setup(p);
+    setup_vm(p);
     // A full snapshot of a machine that is off: internal on every disk.
     let r = ok(
         p,
@@ -160,7 +111,7 @@ fn internal_external_and_mixed_snapshots() {
 fn a_failing_create_changes_nothing() {
     let d = tmp();
     let p = d.path();
-    setup(p);
+    setup_vm(p);
     ok(p, &st(&["snapshot", "create", "vm", "--name", "s1"]));
     // vdb's overlay name is taken: the whole snapshot is refused.
     std::fs::write(p.join("taken.qcow2"), b"x").unwrap();
@@ -220,7 +171,7 @@ fn a_failing_create_changes_nothing() {
 fn revert_internal_and_external_keeps_every_branch() {
     let d = tmp();
     let p = d.path();
-    setup(p);
+    setup_vm(p);
     ok(p, &st(&["snapshot", "create", "vm", "--name", "s1"]));
     qemu_img(p, &["convert", "-O", "raw", "vda.qcow2", "at-s1.raw"]);
     qemu_io(p, "qcow2", "vda.qcow2", &["write -P 7 0 2M"]);
@@ -284,7 +235,7 @@ fn revert_internal_and_external_keeps_every_branch() {
 fn delete_reparents_and_moves_current() {
     let d = tmp();
     let p = d.path();
-    setup(p);
+    setup_vm(p);
     for s in ["s1", "s2", "s3"] {
         ok(p, &st(&["snapshot", "create", "vm", "--name", s]));
         qemu_io(

@@ -4,6 +4,7 @@
 
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod domain;
 pub mod error;
 pub mod lock;
@@ -17,3 +18,11 @@ pub mod xml;
 pub use domain::{Disk, Domain};
 pub use error::{Error, Result};
 pub use store::Store;
+
+/// Seconds since the Epoch, now.
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

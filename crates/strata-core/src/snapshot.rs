@@ -135,23 +135,13 @@ impl SnapshotDef {
 
     /// Reads snapshot XML (as strata or libvirt wrote it); `what` names it.
     pub fn from_xml(text: &str, what: &str) -> Result<SnapshotDef> {
-        let root = Element::parse(text, what)?;
+        let root = Element::parse_root(text, what, "domainsnapshot")?;
         let bad = |problem: String| Error::Xml {
             what: what.to_string(),
             problem,
         };
-        if root.name != "domainsnapshot" {
-            return Err(bad(format!(
-                "the root element is <{}>, not <domainsnapshot>",
-                root.name
-            )));
-        }
         let mut disks = Vec::new();
-        for d in root
-            .child("disks")
-            .into_iter()
-            .flat_map(|d| d.elements().filter(|e| e.name == "disk"))
-        {
+        for d in root.disks_in("disks") {
             let name = d
                 .attr("name")
                 .ok_or_else(|| bad("a <disk> has no name".into()))?;

@@ -85,18 +85,11 @@ pub struct CreateRequest {
     pub reuse_external: bool,
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Creates a snapshot of domain `domain`; returns its metadata.
 pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<SnapshotDef> {
     let _lock = DomainLock::acquire(store.dir(), domain)?;
     let dom = store.domain(domain)?;
-    let created = now();
+    let created = crate::now();
     let name = req.name.clone().unwrap_or_else(|| created.to_string());
     let what = format!("domain '{domain}': snapshot '{name}'");
     if name.is_empty() || name.contains('/') {

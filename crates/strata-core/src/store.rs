@@ -208,7 +208,7 @@ impl Store {
                 (None, None) => {
                     tx.execute(
                         "INSERT INTO domains (name, uuid, xml, defined_at) VALUES (?1, ?2, ?3, ?4)",
-                        params![name, uuid, xml, now()],
+                        params![name, uuid, xml, crate::now() as i64],
                     )
                     .map_err(sql)?;
                     Ok(Defined::New)
@@ -451,6 +451,39 @@ impl Store {
         })
     }
 
+    /// Every checkpoint of `domain`, oldest first: `(name, xml)`.
+    pub fn checkpoints(&self, domain: &str) -> Result<Vec<(String, String)>> {
+        self.domain(domain)?;
+        let mut st = self
+            .conn
+            .prepare("SELECT name, xml FROM checkpoints WHERE domain = ?1 ORDER BY created, rowid")
+            .map_err(|e| self.sql(e))?;
+        let rows = st
+            .query_map([domain], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Records a new checkpoint.
+    pub fn add_checkpoint(
+        &mut self,
+        domain: &str,
+        name: &str,
+        parent: Option<&str>,
+        created: u64,
+        xml: &str,
+    ) -> Result<()> {
+        self.write(|tx, sql| {
+            tx.execute(
+                "INSERT INTO checkpoints (domain, name, parent, created, xml) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![domain, name, parent, created as i64, xml],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+    }
+
     /// Makes `name` the current snapshot (none with `None`).
     pub fn set_current(&mut self, domain: &str, name: Option<&str>) -> Result<()> {
         if let Some(n) = name {
@@ -472,13 +505,6 @@ fn store_error(path: &Path, e: rusqlite::Error) -> Error {
         path: path.to_path_buf(),
         source: e,
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -113,6 +113,25 @@ impl Element {
         })
     }
 
+    /// Parses a document whose root must be `<root>`.
+    pub fn parse_root(text: &str, what: &str, root: &str) -> Result<Element> {
+        let el = Element::parse(text, what)?;
+        if el.name != root {
+            return Err(Error::Xml {
+                what: what.to_string(),
+                problem: format!("the root element is <{}>, not <{root}>", el.name),
+            });
+        }
+        Ok(el)
+    }
+
+    /// The `<disk>` children of child `<list>` (as in `<disks>`).
+    pub fn disks_in(&self, list: &str) -> impl Iterator<Item = &Element> {
+        self.child(list)
+            .into_iter()
+            .flat_map(|d| d.elements().filter(|e| e.name == "disk"))
+    }
+
     /// The document as text (no declaration), with a final newline.
     pub fn to_xml(&self) -> String {
         let mut w = Writer::new(Vec::new());

@@ -12,6 +12,45 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::qcow2::Qcow2;
 
+/// One layer's path and its copy of a bitmap (`None`: the layer lacks it).
+type Layer = (String, Option<Vec<(u64, u64)>>);
+
+/// Bitmap `name` in each layer of `top`'s chain, top first: the layer's
+/// path and its dirty extents (`None` where the layer lacks the bitmap).
+/// A layer whose copy is inconsistent (left in use) is an error.
+fn layers(top: &dyn Image, name: &str) -> Result<Vec<Layer>> {
+    let mut out = Vec::new();
+    let mut layer: Option<&dyn Image> = Some(top);
+    while let Some(img) = layer {
+        let q = img.as_any().downcast_ref::<Qcow2>();
+        let bitmap = match q {
+            Some(q) => q.bitmaps()?.into_iter().find(|b| b.name == name),
+            None => None,
+        };
+        let extents = match (bitmap, q) {
+            (Some(b), _) if b.in_use() => {
+                return Err(Error::invalid(
+                    img.path(),
+                    format!(
+                        "bitmap '{name}' is inconsistent (left in use by an unclean shutdown): remove it and take a full backup"
+                    ),
+                ))
+            }
+            (Some(_), Some(q)) => Some(q.bitmap_dirty(name)?),
+            _ => None,
+        };
+        out.push((img.path().to_string(), extents));
+        layer = img.backing().map(|b| b.as_ref());
+    }
+    if out.iter().all(|(_, e)| e.is_none()) {
+        return Err(Error::invalid(
+            top.path(),
+            format!("bitmap '{name}' not found in the backing chain"),
+        ));
+    }
+    Ok(out)
+}
+
 /// The guest ranges `(start, length)` changed since bitmap `name` was
 /// made, merged over every layer of `top`'s chain that holds it; sorted,
 /// non-overlapping, at each layer's granularity.
@@ -20,49 +59,37 @@ pub fn dirty_since(top: &dyn Image, name: &str) -> Result<Vec<(u64, u64)>> {
     // The first layer without the bitmap, once the run from the top ended
     // (or before it began).
     let mut lacking: Option<String> = None;
-    let mut found = false;
-    let mut layer: Option<&dyn Image> = Some(top);
-    while let Some(img) = layer {
-        let q = img.as_any().downcast_ref::<Qcow2>();
-        let bitmap = match q {
-            Some(q) => q.bitmaps()?.into_iter().find(|b| b.name == name),
-            None => None,
-        };
-        match (bitmap, q) {
-            (Some(b), Some(q)) => {
+    for (path, extents) in layers(top, name)? {
+        match extents {
+            Some(e) => {
                 if let Some(gap) = &lacking {
                     return Err(Error::invalid(
-                        img.path(),
+                        &path,
                         format!(
                             "bitmap '{name}' is here but not in {gap}, above it in the backing chain: changes made there were not tracked"
                         ),
                     ));
                 }
-                if b.in_use() {
-                    return Err(Error::invalid(
-                        img.path(),
-                        format!(
-                            "bitmap '{name}' is inconsistent (left in use by an unclean shutdown): remove it and take a full backup"
-                        ),
-                    ));
-                }
-                found = true;
-                all.extend(q.bitmap_dirty(name)?);
+                all.extend(e);
             }
-            _ => {
-                if lacking.is_none() {
-                    lacking = Some(img.path().to_string());
-                }
+            None => {
+                lacking.get_or_insert(path);
             }
         }
-        layer = img.backing().map(|b| b.as_ref());
     }
-    if !found {
-        return Err(Error::invalid(
-            top.path(),
-            format!("bitmap '{name}' not found in the backing chain"),
-        ));
-    }
+    Ok(union(all, top.size()))
+}
+
+/// The union of bitmap `name` over every layer of `top`'s chain that holds
+/// it, with no continuity asked of the layers: for a bitmap that was
+/// disabled before the upper layers existed (a closed checkpoint
+/// interval), where their lack of it is expected. Errors only when no
+/// layer has it, or a layer's copy is inconsistent.
+pub fn dirty_in_layers(top: &dyn Image, name: &str) -> Result<Vec<(u64, u64)>> {
+    let all = layers(top, name)?
+        .into_iter()
+        .flat_map(|(_, e)| e.unwrap_or_default())
+        .collect();
     Ok(union(all, top.size()))
 }
 

@@ -225,3 +225,54 @@ pub fn st<'a>(args: &[&'a str]) -> Vec<&'a str> {
     v.extend_from_slice(args);
     v
 }
+
+/// Two 8 MiB qcow2 disks holding data and a domain `vm` using them (plus a
+/// CD-ROM without media), defined in the `state` folder.
+pub fn setup_vm(p: &Path) {
+    for (disk, byte) in [("vda", "1"), ("vdb", "2")] {
+        qemu_img(
+            p,
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                &format!("{disk}.qcow2"),
+                "8M",
+            ],
+        );
+        qemu_io(
+            p,
+            "qcow2",
+            &format!("{disk}.qcow2"),
+            &[&format!("write -P {byte} 0 1M")],
+        );
+    }
+    let dir = p.display();
+    std::fs::write(
+        p.join("vm.xml"),
+        format!(
+            "<domain type='kvm'><name>vm</name><memory>1048576</memory>\
+             <os><type>hvm</type></os><devices>\
+             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+             <source file='{dir}/vda.qcow2'/><target dev='vda'/></disk>\
+             <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+             <source file='{dir}/vdb.qcow2'/><target dev='vdb'/></disk>\
+             <disk type='file' device='cdrom'><target dev='sda'/></disk>\
+             </devices></domain>"
+        ),
+    )
+    .unwrap();
+    ok(p, &st(&["domain", "define", "vm.xml"]));
+}
+
+/// Internal snapshot names of `file`, as `qemu-img snapshot -l` lists them.
+pub fn qemu_names(p: &Path, file: &str) -> Vec<String> {
+    qemu_img(p, &["snapshot", "-l", file])
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("ID"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect()
+}

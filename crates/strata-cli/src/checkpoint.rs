@@ -1,0 +1,101 @@
+//! `strata checkpoint`: points in time from which a machine's disks track
+//! changes (a persistent bitmap per disk), as virsh's checkpoint-* commands
+//! present them: create, list, dumpxml (`--size`: bytes changed since),
+//! parent. Delete and redefine come next (issue 5).
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use strata_core::checkpoint::{self, CheckpointRequest};
+use strata_core::Store;
+
+use crate::cli::CheckpointCommand;
+use crate::domain::state_dir;
+use crate::exit::OK;
+use crate::output::Output;
+
+/// Runs `strata checkpoint …`.
+pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
+    let mut store = Store::open(&state_dir(state)?)?;
+    match cmd {
+        CheckpointCommand::Create(a) => {
+            let req = CheckpointRequest {
+                name: a.name,
+                description: a.description,
+                diskspecs: a.diskspec,
+            };
+            let def = checkpoint::create(&mut store, &a.domain, &req)?;
+            if out.json() {
+                out.print_json(&serde_json::json!({ "name": def.name }))?;
+            } else {
+                out.say(&format!("Domain checkpoint {} created", def.name))?;
+            }
+        }
+        CheckpointCommand::List(a) => {
+            let all = checkpoint::checkpoints(&store, &a.domain)?;
+            if out.json() {
+                let v: Vec<_> = all
+                    .iter()
+                    .map(|c| serde_json::json!({"name": c.name, "parent": c.parent, "creation_time": c.creation_time}))
+                    .collect();
+                out.print_json(&v)?;
+            } else if a.name {
+                let text: String = all.iter().map(|c| format!("{}\n", c.name)).collect();
+                out.text(&format!("{text}\n"))?;
+            } else {
+                let w = all.iter().map(|c| c.name.len()).max().unwrap_or(0).max(4);
+                let mut s = format!(
+                    " {:<w$}   {}\n{}\n",
+                    "Name",
+                    if a.parent { "Parent" } else { "Creation Time" },
+                    "-".repeat(w + 32)
+                );
+                for c in &all {
+                    let col = if a.parent {
+                        c.parent.clone().unwrap_or_default()
+                    } else {
+                        c.creation_time.to_string()
+                    };
+                    s.push_str(format!(" {:<w$}   {col}", c.name).trim_end());
+                    s.push('\n');
+                }
+                out.text(&format!("{s}\n"))?;
+            }
+        }
+        CheckpointCommand::Dumpxml(a) => {
+            let all = checkpoint::checkpoints(&store, &a.domain)?;
+            let Some(def) = all.iter().find(|c| c.name == a.checkpoint) else {
+                bail!(
+                    "domain '{}': checkpoint '{}' not found",
+                    a.domain,
+                    a.checkpoint
+                );
+            };
+            let sizes = if a.size {
+                Some(checkpoint::sizes(&store, &a.domain, &a.checkpoint)?)
+            } else {
+                None
+            };
+            out.text(&def.to_xml(sizes.as_deref(), !a.no_domain))?;
+        }
+        CheckpointCommand::Parent(a) => {
+            let all = checkpoint::checkpoints(&store, &a.domain)?;
+            match all.iter().find(|c| c.name == a.snapshot) {
+                Some(c) => match &c.parent {
+                    Some(p) => out.text(&format!("{p}\n"))?,
+                    None => bail!(
+                        "domain '{}': checkpoint '{}' has no parent",
+                        a.domain,
+                        a.snapshot
+                    ),
+                },
+                None => bail!(
+                    "domain '{}': checkpoint '{}' not found",
+                    a.domain,
+                    a.snapshot
+                ),
+            }
+        }
+    }
+    Ok(OK)
+}

@@ -1,0 +1,322 @@
+//! Checkpoints, in libvirt's domaincheckpoint XML: a point in time from
+//! which changes are tracked, kept as one persistent dirty bitmap per disk
+//! (named after the checkpoint). As libvirt's incremental-backup internals
+//! describe, creating a checkpoint adds its bitmaps enabled and disables
+//! those of the previous checkpoint, so each bitmap covers one interval;
+//! "changed since X" is the union of X's bitmap and those of every later
+//! checkpoint, over every layer of the disk's chain (`dirty_since`), which
+//! keeps working across external snapshots.
+
+use std::path::Path;
+
+use strata_image::transaction::{self, Action, BitmapOp};
+
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+use crate::lock::DomainLock;
+use crate::store::Store;
+use crate::xml::{Element, Node};
+
+/// One disk of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointDisk {
+    /// Disk target.
+    pub name: String,
+    /// The bitmap (`None`: the disk is not part of the checkpoint).
+    pub bitmap: Option<String>,
+}
+
+/// A checkpoint's metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointDef {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Seconds since the Epoch.
+    pub creation_time: u64,
+    /// The previous checkpoint.
+    pub parent: Option<String>,
+    /// The disks.
+    pub disks: Vec<CheckpointDisk>,
+    /// The domain definition when it was made.
+    pub domain: Option<Element>,
+}
+
+/// A checkpoint name as libvirt's schema allows it.
+fn valid_name(n: &str) -> bool {
+    let mut c = n.chars();
+    matches!(c.next(), Some(f) if f.is_ascii_alphanumeric() || f == '_' || f == '-')
+        && c.all(|x| x.is_ascii_alphanumeric() || "_-.".contains(x))
+}
+
+impl CheckpointDef {
+    /// The XML; `sizes` gives each disk's changed bytes (`dumpxml --size`).
+    pub fn to_xml(&self, sizes: Option<&[(String, u64)]>, with_domain: bool) -> String {
+        let mut root = Element::new("domaincheckpoint");
+        let text = |name: &str, t: &str| {
+            let mut e = Element::new(name);
+            e.set_text(t);
+            Node::Element(e)
+        };
+        root.children.push(text("name", &self.name));
+        if let Some(d) = &self.description {
+            root.children.push(text("description", d));
+        }
+        if let Some(p) = &self.parent {
+            let mut parent = Element::new("parent");
+            parent.children.push(text("name", p));
+            root.children.push(Node::Element(parent));
+        }
+        root.children
+            .push(text("creationTime", &self.creation_time.to_string()));
+        let mut disks = Element::new("disks");
+        for d in &self.disks {
+            let mut e = Element::new("disk");
+            e.set_attr("name", &d.name);
+            match &d.bitmap {
+                Some(b) => {
+                    e.set_attr("checkpoint", "bitmap");
+                    e.set_attr("bitmap", b);
+                    if let Some((_, size)) =
+                        sizes.and_then(|s| s.iter().find(|(n, _)| n == &d.name))
+                    {
+                        e.set_attr("size", &size.to_string());
+                    }
+                }
+                None => e.set_attr("checkpoint", "no"),
+            }
+            disks.children.push(Node::Element(e));
+        }
+        root.children.push(Node::Element(disks));
+        if with_domain {
+            if let Some(dom) = &self.domain {
+                let xml = Domain::from_element(dom.clone()).to_xml(false);
+                if let Ok(el) = Element::parse(&xml, "domain") {
+                    root.children.push(Node::Element(el));
+                }
+            }
+        }
+        root.to_xml()
+    }
+
+    /// Reads checkpoint XML; `what` names it in errors.
+    pub fn from_xml(text: &str, what: &str) -> Result<CheckpointDef> {
+        let root = Element::parse_root(text, what, "domaincheckpoint")?;
+        let bad = |problem: String| Error::Xml {
+            what: what.to_string(),
+            problem,
+        };
+        let mut disks = Vec::new();
+        for d in root.disks_in("disks") {
+            let name = d
+                .attr("name")
+                .ok_or_else(|| bad("a <disk> has no name".into()))?;
+            let bitmap = match d.attr("checkpoint") {
+                Some("no") => None,
+                _ => Some(d.attr("bitmap").unwrap_or(name).to_string()),
+            };
+            disks.push(CheckpointDisk {
+                name: name.to_string(),
+                bitmap,
+            });
+        }
+        Ok(CheckpointDef {
+            name: root.child_text("name").unwrap_or_default(),
+            description: root.child_text("description"),
+            creation_time: root
+                .child_text("creationTime")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0),
+            parent: root.child("parent").and_then(|p| p.child_text("name")),
+            disks,
+            domain: root.child("domain").cloned(),
+        })
+    }
+}
+
+/// What `checkpoint create` makes.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointRequest {
+    /// Name (default: the time in seconds, as libvirt).
+    pub name: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Per disk: `vda[,checkpoint=bitmap|no][,bitmap=NAME]`.
+    pub diskspecs: Vec<String>,
+}
+
+/// The checkpoints of `domain`, oldest first, parsed.
+pub fn checkpoints(store: &Store, domain: &str) -> Result<Vec<CheckpointDef>> {
+    store
+        .checkpoints(domain)?
+        .into_iter()
+        .map(|(name, xml)| CheckpointDef::from_xml(&xml, &format!("checkpoint '{name}'")))
+        .collect()
+}
+
+/// Creates a checkpoint: one transaction adds a bitmap per disk and
+/// disables the previous checkpoint's bitmaps in the disks' active images.
+pub fn create(store: &mut Store, domain: &str, req: &CheckpointRequest) -> Result<CheckpointDef> {
+    let _lock = DomainLock::acquire(store.dir(), domain)?;
+    let dom = store.domain(domain)?;
+    let created = crate::now();
+    let name = req.name.clone().unwrap_or_else(|| created.to_string());
+    let what = format!("domain '{domain}': checkpoint '{name}'");
+    if !valid_name(&name) {
+        return Err(Error::invalid(
+            what,
+            "a checkpoint name is letters, digits, '_', '-' and '.' (not first)",
+        ));
+    }
+    let existing = checkpoints(store, domain)?;
+    if existing.iter().any(|c| c.name == name) {
+        return Err(Error::invalid(what, "already exists"));
+    }
+    let parent = existing.last();
+    let mut actions = Vec::new();
+    let mut disks = Vec::new();
+    for d in dom.disks().into_iter().filter(|d| d.device == "disk") {
+        let spec = req
+            .diskspecs
+            .iter()
+            .find(|s| s.split(',').next() == Some(d.target.as_str()));
+        let mut bitmap = Some(name.clone());
+        for kv in spec.into_iter().flat_map(|s| s.split(',').skip(1)) {
+            match kv.split_once('=') {
+                Some(("checkpoint", "no")) => bitmap = None,
+                Some(("checkpoint", "bitmap")) => {}
+                Some(("bitmap", b)) if !b.is_empty() => bitmap = bitmap.map(|_| b.to_string()),
+                _ => {
+                    return Err(Error::invalid(
+                        &what,
+                        format!("diskspec part '{kv}' is not checkpoint=bitmap|no or bitmap=NAME"),
+                    ))
+                }
+            }
+        }
+        if d.format.as_deref().is_some_and(|f| f != "qcow2") {
+            bitmap = None;
+        }
+        if let (Some(b), Some(src)) = (&bitmap, &d.source) {
+            actions.push(Action::Bitmap {
+                op: BitmapOp::Add,
+                file: src.clone(),
+                name: b.clone(),
+                granularity: None,
+                disabled: false,
+                sources: Vec::new(),
+            });
+            if let Some(prev) = parent.and_then(|p| p.disks.iter().find(|x| x.name == d.target)) {
+                if let Some(pb) = &prev.bitmap {
+                    if enabled_in(src, pb)? {
+                        actions.push(Action::bitmap(BitmapOp::Disable, src.clone(), pb.clone()));
+                    }
+                }
+            }
+        }
+        disks.push(CheckpointDisk {
+            name: d.target.clone(),
+            bitmap,
+        });
+    }
+    if actions.is_empty() {
+        return Err(Error::invalid(
+            what,
+            "no qcow2 disk takes part in the checkpoint",
+        ));
+    }
+    transaction::run(&actions, None).map_err(|e| Error::invalid(&what, e.to_string()))?;
+    let def = CheckpointDef {
+        name,
+        description: req.description.clone(),
+        creation_time: created,
+        parent: parent.map(|p| p.name.clone()),
+        disks,
+        domain: Some(dom.element().clone()),
+    };
+    store.add_checkpoint(
+        domain,
+        &def.name,
+        def.parent.as_deref(),
+        created,
+        &def.to_xml(None, true),
+    )?;
+    Ok(def)
+}
+
+/// True when image `file` has an enabled bitmap `name`.
+fn enabled_in(file: &Path, name: &str) -> Result<bool> {
+    let img = strata_image::open(
+        file,
+        &strata_image::ChainOptions {
+            backing: false,
+            ..Default::default()
+        },
+    )?;
+    Ok(
+        match img.as_any().downcast_ref::<strata_image::qcow2::Qcow2>() {
+            Some(q) => q.bitmaps()?.iter().any(|b| b.name == name && b.enabled()),
+            None => false,
+        },
+    )
+}
+
+/// Bytes changed since checkpoint `name`, per disk: the union of its bitmap
+/// and those of every later checkpoint, through each disk's whole chain.
+pub fn sizes(store: &Store, domain: &str, name: &str) -> Result<Vec<(String, u64)>> {
+    let all = checkpoints(store, domain)?;
+    let at = all.iter().position(|c| c.name == name).ok_or_else(|| {
+        Error::invalid(
+            format!("domain '{domain}'"),
+            format!("checkpoint '{name}' not found"),
+        )
+    })?;
+    let dom = store.domain(domain)?;
+    let mut out = Vec::new();
+    for d in &all[at].disks {
+        if d.bitmap.is_none() {
+            continue;
+        }
+        let Some(src) = dom
+            .disks()
+            .into_iter()
+            .find(|x| x.target == d.name)
+            .and_then(|x| x.source)
+        else {
+            continue;
+        };
+        let chain = strata_image::open(&src, &Default::default())?;
+        let mut ranges = Vec::new();
+        let last = all.len() - 1;
+        for (k, c) in all.iter().enumerate().skip(at) {
+            if let Some(b) = c
+                .disks
+                .iter()
+                .find(|x| x.name == d.name)
+                .and_then(|x| x.bitmap.clone())
+            {
+                // The newest checkpoint's bitmap is still tracking: every
+                // layer from the top must hold it. Older ones were closed
+                // before later layers existed.
+                ranges.extend(if k == last {
+                    strata_image::dirty_since(chain.as_ref(), &b)?
+                } else {
+                    strata_image::dirty::dirty_in_layers(chain.as_ref(), &b)?
+                });
+            }
+        }
+        ranges.sort_unstable();
+        let mut total = 0u64;
+        let mut end = 0u64;
+        for (s, l) in ranges {
+            let (s, e) = (s.max(end), s + l);
+            if e > s {
+                total += e - s;
+                end = e;
+            }
+        }
+        out.push((d.name.clone(), total));
+    }
+    Ok(out)
+}
