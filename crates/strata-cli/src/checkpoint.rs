@@ -1,7 +1,8 @@
 //! `strata checkpoint`: points in time from which a machine's disks track
 //! changes (a persistent bitmap per disk), as virsh's checkpoint-* commands
 //! present them: create, list, dumpxml (`--size`: bytes changed since),
-//! parent. Delete and redefine come next (issue 5).
+//! parent, delete (the deleted intervals fold into the parent's bitmap).
+//! Redefine comes next (issue 5).
 
 use std::path::Path;
 
@@ -77,6 +78,19 @@ pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result
                 None
             };
             out.text(&def.to_xml(sizes.as_deref(), !a.no_domain))?;
+        }
+        CheckpointCommand::Delete(a) => {
+            let how = checkpoint::CheckpointDelete {
+                children: a.children,
+                children_only: a.children_only,
+                metadata_only: a.metadata,
+            };
+            let gone = checkpoint::delete(&mut store, &a.domain, &a.checkpoint, how)?;
+            if out.json() {
+                out.print_json(&serde_json::json!({ "deleted": gone }))?;
+            } else {
+                out.say(&format!("Domain checkpoint {} deleted", a.checkpoint))?;
+            }
         }
         CheckpointCommand::Parent(a) => {
             let all = checkpoint::checkpoints(&store, &a.domain)?;

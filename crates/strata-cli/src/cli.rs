@@ -81,6 +81,26 @@ pub enum CheckpointCommand {
     Dumpxml(CheckpointDumpxmlArgs),
     /// Print a checkpoint's parent.
     Parent(DomSnapshotNameArgs),
+    /// Delete a checkpoint (its changes fold into its parent's).
+    Delete(CheckpointDeleteArgs),
+}
+
+/// `strata checkpoint delete`.
+#[derive(Debug, Args)]
+pub struct CheckpointDeleteArgs {
+    /// The domain.
+    pub domain: String,
+    /// The checkpoint.
+    pub checkpoint: String,
+    /// Also delete all later checkpoints.
+    #[arg(long)]
+    pub children: bool,
+    /// Delete only the later checkpoints.
+    #[arg(long)]
+    pub children_only: bool,
+    /// Drop only the metadata; bitmaps are not touched.
+    #[arg(long)]
+    pub metadata: bool,
 }
 
 /// `strata checkpoint create`.

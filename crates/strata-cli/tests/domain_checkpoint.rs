@@ -104,3 +104,54 @@ fn checkpoints_track_changes_across_an_external_snapshot() {
         assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
     }
 }
+
+#[test]
+fn deleting_a_checkpoint_folds_it_into_its_parent() {
+    let d = tmp();
+    let p = d.path();
+    setup_vm(p);
+    ok(p, &st(&["checkpoint", "create", "vm", "--name", "c1"]));
+    qemu_io(p, "qcow2", "vda.qcow2", &["write -P 3 1M 64k"]);
+    ok(p, &st(&["checkpoint", "create", "vm", "--name", "c2"]));
+    qemu_io(p, "qcow2", "vda.qcow2", &["write -P 4 3M 64k"]);
+    ok(
+        p,
+        &st(&["snapshot", "create", "vm", "--name", "s1", "--disk-only"]),
+    );
+    qemu_io(p, "qcow2", "vda.s1", &["write -P 5 5M 64k"]);
+    let size = |c: &str| {
+        let xml = ok(p, &st(&["checkpoint", "dumpxml", "vm", c, "--size"])).stdout;
+        size_of(&xml, "vda")
+    };
+    assert_eq!(size("c1"), 192 << 10);
+    let r = ok(p, &st(&["checkpoint", "delete", "vm", "c2"]));
+    assert_eq!(r.stdout, "Domain checkpoint c2 deleted\n");
+    // c2's bits live on in c1, in every layer; c1 tracks in the top now.
+    assert_eq!(size("c1"), 192 << 10);
+    assert_eq!(
+        bitmaps(p, "vda.qcow2"),
+        [("c1".to_string(), "[]".to_string())]
+    );
+    assert_eq!(
+        bitmaps(p, "vda.s1"),
+        [("c1".to_string(), "[\"auto\"]".to_string())]
+    );
+    qemu_io(p, "qcow2", "vda.s1", &["write -P 6 6M 64k"]);
+    assert_eq!(size("c1"), 256 << 10);
+    assert_eq!(
+        ok(p, &st(&["checkpoint", "list", "vm", "--name"])).stdout,
+        "c1\n\n"
+    );
+    // A new checkpoint after the delete has c1 as parent; deleting c1 with
+    // its children removes every bitmap.
+    ok(p, &st(&["checkpoint", "create", "vm", "--name", "c3"]));
+    assert_eq!(
+        ok(p, &st(&["checkpoint", "parent", "vm", "c3"])).stdout,
+        "c1\n"
+    );
+    ok(p, &st(&["checkpoint", "delete", "vm", "c1", "--children"]));
+    for f in ["vda.qcow2", "vdb.qcow2", "vda.s1", "vdb.s1"] {
+        assert!(bitmaps(p, f).is_empty(), "{f}: {:?}", bitmaps(p, f));
+        qemu_img(p, &["check", f]);
+    }
+}

@@ -151,7 +151,12 @@ pub fn checkpoints(store: &Store, domain: &str) -> Result<Vec<CheckpointDef>> {
     store
         .checkpoints(domain)?
         .into_iter()
-        .map(|(name, xml)| CheckpointDef::from_xml(&xml, &format!("checkpoint '{name}'")))
+        .map(|(name, parent, xml)| {
+            // The tree lives in the store (deletes re-parent there).
+            let mut def = CheckpointDef::from_xml(&xml, &format!("checkpoint '{name}'"))?;
+            def.parent = parent;
+            Ok(def)
+        })
         .collect()
 }
 
@@ -247,19 +252,7 @@ pub fn create(store: &mut Store, domain: &str, req: &CheckpointRequest) -> Resul
 
 /// True when image `file` has an enabled bitmap `name`.
 fn enabled_in(file: &Path, name: &str) -> Result<bool> {
-    let img = strata_image::open(
-        file,
-        &strata_image::ChainOptions {
-            backing: false,
-            ..Default::default()
-        },
-    )?;
-    Ok(
-        match img.as_any().downcast_ref::<strata_image::qcow2::Qcow2>() {
-            Some(q) => q.bitmaps()?.iter().any(|b| b.name == name && b.enabled()),
-            None => false,
-        },
-    )
+    Ok(bitmaps_of(file)?.iter().any(|(n, on)| n == name && *on))
 }
 
 /// Bytes changed since checkpoint `name`, per disk: the union of its bitmap
@@ -319,4 +312,181 @@ pub fn sizes(store: &Store, domain: &str, name: &str) -> Result<Vec<(String, u64
         out.push((d.name.clone(), total));
     }
     Ok(out)
+}
+
+/// The image files of the chain under `source`, top first.
+fn layer_files(source: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let top = strata_image::open(source, &Default::default())?;
+    let mut out = Vec::new();
+    let mut layer: Option<&dyn strata_image::Image> = Some(top.as_ref());
+    while let Some(img) = layer {
+        out.push(std::path::PathBuf::from(img.path()));
+        layer = img.backing().map(|b| b.as_ref());
+    }
+    Ok(out)
+}
+
+/// `(name, enabled)` of every bitmap of one image file.
+fn bitmaps_of(file: &Path) -> Result<Vec<(String, bool)>> {
+    let img = strata_image::open(
+        file,
+        &strata_image::ChainOptions {
+            backing: false,
+            ..Default::default()
+        },
+    )?;
+    Ok(
+        match img.as_any().downcast_ref::<strata_image::qcow2::Qcow2>() {
+            Some(q) => q
+                .bitmaps()?
+                .into_iter()
+                .map(|b| {
+                    let on = b.enabled();
+                    (b.name, on)
+                })
+                .collect(),
+            None => Vec::new(),
+        },
+    )
+}
+
+/// What `checkpoint delete` removes besides (or instead of) the checkpoint.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckpointDelete {
+    /// The checkpoint and all later ones.
+    pub children: bool,
+    /// Only the later ones.
+    pub children_only: bool,
+    /// Metadata only: bitmaps are not touched.
+    pub metadata_only: bool,
+}
+
+/// Deletes checkpoint `name` (and what `how` adds), keeping "changed since"
+/// exact for what remains: in every layer of every disk, the bits of the
+/// deleted checkpoints' bitmaps are merged into the surviving parent's
+/// bitmap (made there, disabled, where it is missing), which is enabled
+/// again where a deleted one was still tracking; then the deleted bitmaps
+/// are removed. All of it is one transaction. Returns the names deleted.
+pub fn delete(
+    store: &mut Store,
+    domain: &str,
+    name: &str,
+    how: CheckpointDelete,
+) -> Result<Vec<String>> {
+    let _lock = DomainLock::acquire(store.dir(), domain)?;
+    let all = checkpoints(store, domain)?;
+    let what = format!("domain '{domain}': delete checkpoint '{name}'");
+    if how.children && how.children_only {
+        return Err(Error::invalid(
+            what,
+            "--children and --children-only exclude each other",
+        ));
+    }
+    let Some(at) = all.iter().position(|c| c.name == name) else {
+        return Err(Error::invalid(
+            format!("domain '{domain}'"),
+            format!("checkpoint '{name}' not found"),
+        ));
+    };
+    let mut gone: Vec<&CheckpointDef> = Vec::new();
+    if !how.children_only {
+        gone.push(&all[at]);
+    }
+    if how.children || how.children_only {
+        let mut frontier = vec![name.to_string()];
+        while let Some(n) = frontier.pop() {
+            for c in all
+                .iter()
+                .filter(|c| c.parent.as_deref() == Some(n.as_str()))
+            {
+                gone.push(c);
+                frontier.push(c.name.clone());
+            }
+        }
+    }
+    let names: Vec<String> = gone.iter().map(|c| c.name.clone()).collect();
+    // The survivor that takes the deleted intervals: the nearest kept ancestor.
+    let mut heir = if how.children_only {
+        Some(name.to_string())
+    } else {
+        all[at].parent.clone()
+    };
+    while let Some(h) = heir.clone() {
+        if !names.contains(&h) {
+            break;
+        }
+        heir = all
+            .iter()
+            .find(|c| c.name == h)
+            .and_then(|c| c.parent.clone());
+    }
+    if !how.metadata_only && !names.is_empty() {
+        let heir_def = heir
+            .as_ref()
+            .and_then(|h| all.iter().find(|c| &c.name == h));
+        let dom = store.domain(domain)?;
+        let mut actions = Vec::new();
+        for disk in dom.disks().into_iter().filter(|d| d.device == "disk") {
+            let Some(src) = disk.source.clone() else {
+                continue;
+            };
+            let bitmap_of = |c: &CheckpointDef| {
+                c.disks
+                    .iter()
+                    .find(|x| x.name == disk.target)
+                    .and_then(|x| x.bitmap.clone())
+            };
+            let doomed: Vec<String> = gone.iter().filter_map(|c| bitmap_of(c)).collect();
+            if doomed.is_empty() {
+                continue;
+            }
+            let keep = heir_def.and_then(bitmap_of);
+            for file in layer_files(&src)? {
+                let present = bitmaps_of(&file)?;
+                let here: Vec<&(String, bool)> =
+                    present.iter().filter(|(n, _)| doomed.contains(n)).collect();
+                if here.is_empty() {
+                    continue;
+                }
+                if let Some(k) = &keep {
+                    let tracking = here.iter().any(|(_, enabled)| *enabled);
+                    if !present.iter().any(|(n, _)| n == k) {
+                        actions.push(Action::Bitmap {
+                            op: BitmapOp::Add,
+                            file: file.clone(),
+                            name: k.clone(),
+                            granularity: None,
+                            disabled: true,
+                            sources: Vec::new(),
+                        });
+                    }
+                    actions.push(Action::Bitmap {
+                        op: BitmapOp::Merge,
+                        file: file.clone(),
+                        name: k.clone(),
+                        granularity: None,
+                        disabled: false,
+                        sources: here
+                            .iter()
+                            .map(|(n, _)| transaction::BitmapSource {
+                                file: None,
+                                name: n.clone(),
+                            })
+                            .collect(),
+                    });
+                    if tracking {
+                        actions.push(Action::bitmap(BitmapOp::Enable, file.clone(), k.clone()));
+                    }
+                }
+                for (n, _) in here {
+                    actions.push(Action::bitmap(BitmapOp::Remove, file.clone(), n.clone()));
+                }
+            }
+        }
+        if !actions.is_empty() {
+            transaction::run(&actions, None).map_err(|e| Error::invalid(&what, e.to_string()))?;
+        }
+    }
+    store.delete_checkpoints(domain, &names, heir.as_deref())?;
+    Ok(names)
 }

@@ -451,15 +451,17 @@ impl Store {
         })
     }
 
-    /// Every checkpoint of `domain`, oldest first: `(name, xml)`.
-    pub fn checkpoints(&self, domain: &str) -> Result<Vec<(String, String)>> {
+    /// Every checkpoint of `domain`, oldest first: `(name, parent, xml)`.
+    pub fn checkpoints(&self, domain: &str) -> Result<Vec<(String, Option<String>, String)>> {
         self.domain(domain)?;
         let mut st = self
             .conn
-            .prepare("SELECT name, xml FROM checkpoints WHERE domain = ?1 ORDER BY created, rowid")
+            .prepare(
+                "SELECT name, parent, xml FROM checkpoints WHERE domain = ?1 ORDER BY created, rowid",
+            )
             .map_err(|e| self.sql(e))?;
         let rows = st
-            .query_map([domain], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([domain], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .map_err(|e| self.sql(e))?;
         rows.collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| self.sql(e))
@@ -480,6 +482,31 @@ impl Store {
                 params![domain, name, parent, created as i64, xml],
             )
             .map_err(sql)?;
+            Ok(())
+        })
+    }
+
+    /// Drops the metadata of checkpoints `names`; their surviving children
+    /// get `heir` as parent.
+    pub fn delete_checkpoints(
+        &mut self,
+        domain: &str,
+        names: &[String],
+        heir: Option<&str>,
+    ) -> Result<()> {
+        self.write(|tx, sql| {
+            for n in names {
+                tx.execute(
+                    "DELETE FROM checkpoints WHERE domain = ?1 AND name = ?2",
+                    params![domain, n],
+                )
+                .map_err(sql)?;
+                tx.execute(
+                    "UPDATE checkpoints SET parent = ?3 WHERE domain = ?1 AND parent = ?2",
+                    params![domain, n, heir],
+                )
+                .map_err(sql)?;
+            }
             Ok(())
         })
     }
