@@ -231,7 +231,7 @@ pub fn create(store: &mut Store, domain: &str, req: &CheckpointRequest) -> Resul
             "no qcow2 disk takes part in the checkpoint",
         ));
     }
-    transaction::run(&actions, None).map_err(|e| Error::invalid(&what, e.to_string()))?;
+    crate::faults::run(&actions).map_err(|e| Error::invalid(&what, e.to_string()))?;
     let def = CheckpointDef {
         name,
         description: req.description.clone(),
@@ -484,7 +484,7 @@ pub fn delete(
             }
         }
         if !actions.is_empty() {
-            transaction::run(&actions, None).map_err(|e| Error::invalid(&what, e.to_string()))?;
+            crate::faults::run(&actions).map_err(|e| Error::invalid(&what, e.to_string()))?;
         }
     }
     store.delete_checkpoints(domain, &names, heir.as_deref())?;

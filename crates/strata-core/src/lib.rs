@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod domain;
 pub mod error;
+pub mod faults;
 pub mod lock;
 pub mod snapshot;
 pub mod snapshot_create;

@@ -186,7 +186,7 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
     if actions.is_empty() {
         return Err(Error::invalid(what, "no disk takes part in the snapshot"));
     }
-    transaction::run(&actions, None).map_err(|e| Error::invalid(what.clone(), e.to_string()))?;
+    crate::faults::run(&actions).map_err(|e| Error::invalid(what.clone(), e.to_string()))?;
     let def = SnapshotDef {
         name,
         description: req.description.clone(),

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::lock::DomainLock;
 use crate::snapshot::{DiskMode, SnapshotDef};
 use crate::store::{SnapshotRow, Store};
-use strata_image::transaction::{self, Action};
+use strata_image::transaction::Action;
 
 /// What to delete besides (or instead of) the snapshot itself.
 #[derive(Clone, Copy, Debug, Default)]
@@ -99,7 +99,7 @@ pub fn delete(
             });
         }
         if !actions.is_empty() {
-            transaction::run(&actions, None).map_err(|e| Error::invalid(&what, e.to_string()))?;
+            crate::faults::run(&actions).map_err(|e| Error::invalid(&what, e.to_string()))?;
         }
     }
     store.delete_snapshots(domain, &set)?;

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use strata_image::ops::external::default_overlay;
-use strata_image::transaction::{self, Action};
+use strata_image::transaction::Action;
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
@@ -95,7 +95,7 @@ pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String
     if actions.is_empty() {
         return Err(Error::invalid(what, "no disk took part in the snapshot"));
     }
-    transaction::run(&actions, None).map_err(|e| Error::invalid(&what, e.to_string()))?;
+    crate::faults::run(&actions).map_err(|e| Error::invalid(&what, e.to_string()))?;
     if let Err(e) = store.revert_to(domain, name, &new_dom) {
         // The internal applies cannot be undone, but new overlays can go.
         for (_, o) in &moved {

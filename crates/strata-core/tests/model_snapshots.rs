@@ -8,9 +8,10 @@
 //! delete of an external snapshot with its disks) happens and changes
 //! nothing.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use strata_core::snapshot::{DiskMode, SnapshotDef};
 use strata_core::snapshot_create::{self, CreateRequest, DiskSpec};
@@ -32,18 +33,7 @@ impl Rng {
     }
 }
 
-fn qemu(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("qemu-img");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+use common::qemu_img as qemu;
 
 /// Guest contents of an image chain (or of an internal snapshot in it), by qemu-img.
 fn read(dir: &Path, file: &Path, snapshot: Option<&str>) -> Vec<u8> {
