@@ -10,8 +10,12 @@ RUNS=${RUNS:-9}
 command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null; }
 cargo build --release -q -p strata-cli
 S=$PWD/target/release/strata
-D=${BENCH_DIR:-$(mktemp -d /var/tmp/strata-dom.XXXXXX)}
-trap 'rm -rf "$D"' EXIT
+if [ -n "${BENCH_DIR:-}" ]; then
+  D=$BENCH_DIR; mkdir -p "$D"   # the caller's folder: leave it in place
+else
+  D=$(mktemp -d /var/tmp/strata-dom.XXXXXX)
+  trap 'rm -rf "$D"' EXIT
+fi
 echo "workdir $D, $RUNS runs each"
 
 # 1. A domain with one disk and 1,000 internal snapshots.

@@ -299,16 +299,10 @@ pub fn sizes(store: &Store, domain: &str, name: &str) -> Result<Vec<(String, u64
                 });
             }
         }
-        ranges.sort_unstable();
-        let mut total = 0u64;
-        let mut end = 0u64;
-        for (s, l) in ranges {
-            let (s, e) = (s.max(end), s + l);
-            if e > s {
-                total += e - s;
-                end = e;
-            }
-        }
+        let total = strata_image::dirty::union(ranges, chain.size())
+            .iter()
+            .map(|&(_, l)| l)
+            .sum();
         out.push((d.name.clone(), total));
     }
     Ok(out)

@@ -146,6 +146,9 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
             ));
         }
         let source = d.source.clone().unwrap_or_default();
+        let overlay = spec
+            .and_then(|s| s.file.clone())
+            .unwrap_or_else(|| default_overlay(&source, &name));
         match mode {
             DiskMode::No => {}
             DiskMode::Internal => {
@@ -161,9 +164,6 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
                 });
             }
             DiskMode::External => {
-                let overlay = spec
-                    .and_then(|s| s.file.clone())
-                    .unwrap_or_else(|| default_overlay(&source, &name));
                 actions.push(Action::SnapshotExternal {
                     file: source.clone(),
                     overlay: Some(overlay.clone()),
@@ -176,10 +176,7 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
         snap_disks.push(SnapshotDisk {
             name: d.target.clone(),
             mode,
-            source: (mode == DiskMode::External).then(|| {
-                spec.and_then(|s| s.file.clone())
-                    .unwrap_or_else(|| default_overlay(&source, &name))
-            }),
+            source: (mode == DiskMode::External).then(|| overlay.clone()),
             driver: (mode == DiskMode::External).then(|| "qcow2".to_string()),
         });
     }

@@ -93,8 +93,8 @@ pub fn dirty_in_layers(top: &dyn Image, name: &str) -> Result<Vec<(u64, u64)>> {
     Ok(union(all, top.size()))
 }
 
-/// Sorts and merges ranges, clipped to `size`.
-fn union(mut v: Vec<(u64, u64)>, size: u64) -> Vec<(u64, u64)> {
+/// Sorts and merges ranges `(start, length)`, clipped to `size`.
+pub fn union(mut v: Vec<(u64, u64)>, size: u64) -> Vec<(u64, u64)> {
     v.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
     for (s, l) in v {
