@@ -68,6 +68,46 @@ pub enum Command {
     /// A machine's checkpoints for incremental backup (virsh checkpoint-*).
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
+    /// Back up a machine's disks, full or incremental (virsh backup-*).
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+/// `strata backup` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up the disks (push mode: to target files), waiting for the end.
+    Begin(BackupBeginArgs),
+    /// Show the domain's running or last backup job.
+    Status(BackupDomainArgs),
+    /// Stop the domain's running backup job; its files are removed.
+    Abort(BackupDomainArgs),
+    /// Print the domainbackup XML of the running or last backup job.
+    Dumpxml(BackupDomainArgs),
+}
+
+/// `strata backup begin`.
+#[derive(Debug, Args)]
+pub struct BackupBeginArgs {
+    /// The domain.
+    pub domain: String,
+    /// domainbackup XML (default: a full push backup of every disk to
+    /// SOURCE.TIME in qcow2).
+    #[arg(long, value_name = "FILE")]
+    pub backupxml: Option<std::path::PathBuf>,
+    /// domaincheckpoint XML: create this checkpoint with the backup.
+    #[arg(long, value_name = "FILE")]
+    pub checkpointxml: Option<std::path::PathBuf>,
+    /// Write into target files that already exist.
+    #[arg(long)]
+    pub reuse_external: bool,
+}
+
+/// A backup command that names only the domain.
+#[derive(Debug, Args)]
+pub struct BackupDomainArgs {
+    /// The domain.
+    pub domain: String,
 }
 
 /// `strata checkpoint` subcommands.

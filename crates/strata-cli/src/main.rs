@@ -1,8 +1,9 @@
 //! The `strata` command line: parses arguments, sets up logging, dispatches
 //! to a command and turns its outcome into an exit status. The commands
-//! live in [`img`], [`domain`], [`snapshot`] and [`checkpoint`]; the work itself lives in `strata-image`
+//! live in [`img`], [`domain`], [`snapshot`], [`checkpoint`] and [`backup`]; the work itself lives in `strata-image`
 //! and `strata-core`.
 
+mod backup;
 mod checkpoint;
 mod cli;
 mod domain;
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
         Command::Domain(cmd) => domain::run(cmd, cli.global.state_dir.as_deref(), &out),
         Command::Snapshot(cmd) => snapshot::run(cmd, cli.global.state_dir.as_deref(), &out),
         Command::Checkpoint(cmd) => checkpoint::run(cmd, cli.global.state_dir.as_deref(), &out),
+        Command::Backup(cmd) => backup::run(cmd, cli.global.state_dir.as_deref(), &out),
     };
     match result {
         Ok(status) => ExitCode::from(status),

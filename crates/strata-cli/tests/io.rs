@@ -380,3 +380,42 @@ fn out_of_range_and_bad_requests_fail_cleanly() {
     .one_error(1, "nope.qcow2");
     assert!(!p.join("nope.qcow2").exists());
 }
+
+/// Write-zeroes on a fresh version-3 image without a backing file marks the
+/// clusters zero (present, reading as zero), as QEMU does, rather than
+/// leaving them unallocated: rebased onto another image later (an
+/// incremental backup), they must still read as zero.
+#[test]
+fn write_zeroes_without_a_backing_file_marks_clusters_as_qemu_does() {
+    let d = tmp();
+    let p = d.path();
+    for f in ["s.qcow2", "q.qcow2", "base.qcow2"] {
+        qemu_img(p, &["create", "-q", "-f", "qcow2", f, "4M"]);
+    }
+    ok(
+        p,
+        &[
+            "img", "write", "s.qcow2", "--offset", "1M", "--zero", "--length", "1M",
+        ],
+    );
+    qemu_io(p, "qcow2", "q.qcow2", &["write -z 1M 1M"]);
+    let map = |f: &str| qemu_img(p, &["map", "--output=json", f]).stdout;
+    assert_eq!(map("s.qcow2"), map("q.qcow2"));
+    assert!(
+        map("s.qcow2").contains("\"present\": true"),
+        "{}",
+        map("s.qcow2")
+    );
+    // Over a backing file full of data, the zeros still read as zeros.
+    qemu_io(p, "qcow2", "base.qcow2", &["write -P 7 0 4M"]);
+    qemu_img(
+        p,
+        &["rebase", "-u", "-F", "qcow2", "-b", "base.qcow2", "s.qcow2"],
+    );
+    qemu_io(
+        p,
+        "qcow2",
+        "s.qcow2",
+        &["read -P 0 1M 1M", "read -P 7 0 1M"],
+    );
+}

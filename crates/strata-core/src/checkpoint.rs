@@ -107,14 +107,16 @@ impl CheckpointDef {
             what: what.to_string(),
             problem,
         };
+        let own_name = root.child_text("name").unwrap_or_default();
         let mut disks = Vec::new();
         for d in root.disks_in("disks") {
             let name = d
                 .attr("name")
                 .ok_or_else(|| bad("a <disk> has no name".into()))?;
+            // A disk's bitmap is named after the checkpoint unless given.
             let bitmap = match d.attr("checkpoint") {
                 Some("no") => None,
-                _ => Some(d.attr("bitmap").unwrap_or(name).to_string()),
+                _ => Some(d.attr("bitmap").unwrap_or(&own_name).to_string()),
             };
             disks.push(CheckpointDisk {
                 name: name.to_string(),
@@ -122,7 +124,7 @@ impl CheckpointDef {
             });
         }
         Ok(CheckpointDef {
-            name: root.child_text("name").unwrap_or_default(),
+            name: own_name,
             description: root.child_text("description"),
             creation_time: root
                 .child_text("creationTime")
@@ -146,6 +148,34 @@ pub struct CheckpointRequest {
     pub diskspecs: Vec<String>,
 }
 
+impl CheckpointRequest {
+    /// The request a domaincheckpoint XML makes (`--xmlfile`, or a backup's
+    /// `--checkpointxml`): its name, description and per-disk choices.
+    pub fn from_xml(text: &str, what: &str) -> Result<CheckpointRequest> {
+        let root = Element::parse_root(text, what, "domaincheckpoint")?;
+        let mut diskspecs = Vec::new();
+        for d in root.disks_in("disks") {
+            let name = d.attr("name").ok_or_else(|| Error::Xml {
+                what: what.to_string(),
+                problem: "a <disk> has no name".into(),
+            })?;
+            let mut spec = match d.attr("checkpoint") {
+                Some("no") => format!("{name},checkpoint=no"),
+                _ => format!("{name},checkpoint=bitmap"),
+            };
+            if let Some(b) = d.attr("bitmap") {
+                spec.push_str(&format!(",bitmap={b}"));
+            }
+            diskspecs.push(spec);
+        }
+        Ok(CheckpointRequest {
+            name: root.child_text("name").filter(|n| !n.is_empty()),
+            description: root.child_text("description"),
+            diskspecs,
+        })
+    }
+}
+
 /// The checkpoints of `domain`, oldest first, parsed.
 pub fn checkpoints(store: &Store, domain: &str) -> Result<Vec<CheckpointDef>> {
     store
@@ -163,7 +193,17 @@ pub fn checkpoints(store: &Store, domain: &str) -> Result<Vec<CheckpointDef>> {
 /// Creates a checkpoint: one transaction adds a bitmap per disk and
 /// disables the previous checkpoint's bitmaps in the disks' active images.
 pub fn create(store: &mut Store, domain: &str, req: &CheckpointRequest) -> Result<CheckpointDef> {
-    let _lock = DomainLock::acquire(store.dir(), domain)?;
+    let lock = DomainLock::acquire(store.dir(), domain)?;
+    create_locked(store, domain, req, &lock)
+}
+
+/// [`create`], for a caller that holds the domain's lock.
+pub(crate) fn create_locked(
+    store: &mut Store,
+    domain: &str,
+    req: &CheckpointRequest,
+    _lock: &DomainLock,
+) -> Result<CheckpointDef> {
     let dom = store.domain(domain)?;
     let created = crate::now();
     let name = req.name.clone().unwrap_or_else(|| created.to_string());
@@ -258,6 +298,19 @@ fn enabled_in(file: &Path, name: &str) -> Result<bool> {
 /// Bytes changed since checkpoint `name`, per disk: the union of its bitmap
 /// and those of every later checkpoint, through each disk's whole chain.
 pub fn sizes(store: &Store, domain: &str, name: &str) -> Result<Vec<(String, u64)>> {
+    Ok(changed_ranges(store, domain, name)?
+        .into_iter()
+        .map(|(disk, ranges)| (disk, ranges.iter().map(|&(_, l)| l).sum()))
+        .collect())
+}
+
+/// Per disk target, guest ranges `(offset, length)`.
+pub type DiskRanges = Vec<(String, Vec<(u64, u64)>)>;
+
+/// The guest ranges changed since checkpoint `name`, per disk of the
+/// checkpoint that is still in the domain: the union of its bitmap and
+/// those of every later checkpoint, through each disk's whole chain.
+pub fn changed_ranges(store: &Store, domain: &str, name: &str) -> Result<DiskRanges> {
     let all = checkpoints(store, domain)?;
     let at = all.iter().position(|c| c.name == name).ok_or_else(|| {
         Error::invalid(
@@ -299,11 +352,10 @@ pub fn sizes(store: &Store, domain: &str, name: &str) -> Result<Vec<(String, u64
                 });
             }
         }
-        let total = strata_image::dirty::union(ranges, chain.size())
-            .iter()
-            .map(|&(_, l)| l)
-            .sum();
-        out.push((d.name.clone(), total));
+        out.push((
+            d.name.clone(),
+            strata_image::dirty::union(ranges, chain.size()),
+        ));
     }
     Ok(out)
 }

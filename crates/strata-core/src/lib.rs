@@ -4,6 +4,8 @@
 
 #![deny(missing_docs)]
 
+pub mod backup;
+pub mod backup_push;
 pub mod checkpoint;
 pub mod domain;
 pub mod error;

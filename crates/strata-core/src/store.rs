@@ -16,6 +16,9 @@ use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::snapshot::SnapshotDef;
 
+mod jobs;
+pub use jobs::{Job, JobState};
+
 /// Schema changes, in order; version N is reached by applying the first N.
 const MIGRATIONS: &[&str] = &[
     // 1: domains, snapshots, checkpoints.
@@ -41,6 +44,21 @@ const MIGRATIONS: &[&str] = &[
          created INTEGER NOT NULL,
          xml TEXT NOT NULL,
          PRIMARY KEY (domain, name)
+     );",
+    // 2: the last (or running) job of each domain.
+    "CREATE TABLE jobs (
+         domain TEXT PRIMARY KEY NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+         kind TEXT NOT NULL,
+         state TEXT NOT NULL,
+         pid INTEGER NOT NULL,
+         started INTEGER NOT NULL,
+         ended INTEGER,
+         total INTEGER NOT NULL,
+         done INTEGER NOT NULL,
+         abort_requested INTEGER NOT NULL DEFAULT 0,
+         files TEXT NOT NULL,
+         xml TEXT NOT NULL,
+         error TEXT
      );",
 ];
 

@@ -101,8 +101,17 @@ impl Qcow2 {
         let mut pos = start;
         while pos < end {
             let l1_index = (pos >> geo.cluster_bits) / geo.l2_entries;
-            if m.l2_offset(l1_index)? == 0 && (!has_backing || (!geo.v3 && discard)) {
-                // Unallocated without a backing file already reads as zero.
+            // A whole unallocated L2 table already reads as zero without a
+            // backing file (or, for discard on version 2, as the backing).
+            // Write-zeroes on version 3 still marks the clusters zero, as
+            // QEMU does: the image may later get a backing file (an
+            // incremental backup rebased onto the previous one).
+            let skip = if discard {
+                !has_backing || !geo.v3
+            } else {
+                !has_backing && !geo.v3
+            };
+            if m.l2_offset(l1_index)? == 0 && skip {
                 pos = ((l1_index + 1) * geo.l2_span()).min(end);
                 continue;
             }

@@ -1,0 +1,112 @@
+//! `strata backup`: backups of a machine's disks as virsh's backup-begin,
+//! domjobinfo, domjobabort and backup-dumpxml present them. Push mode, for
+//! a machine that is not running: `begin` copies and waits for the end;
+//! `status` and `abort` work on it from another process.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use strata_core::backup_push::{self, BeginRequest};
+use strata_core::store::{Job, JobState};
+use strata_core::Store;
+
+use crate::cli::BackupCommand;
+use crate::domain::state_dir;
+use crate::exit::OK;
+use crate::output::{human_size, Output};
+use crate::progress::Progress;
+
+/// How long `abort` waits for the job's process to stop.
+const ABORT_WAIT: Duration = Duration::from_secs(60);
+
+/// Runs `strata backup …`.
+pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
+    let mut store = Store::open(&state_dir(state)?)?;
+    match cmd {
+        BackupCommand::Begin(a) => {
+            let read = |f: &Option<std::path::PathBuf>| -> Result<Option<String>> {
+                f.as_ref()
+                    .map(|p| {
+                        std::fs::read_to_string(p)
+                            .with_context(|| format!("cannot read {}", p.display()))
+                    })
+                    .transpose()
+            };
+            let req = BeginRequest {
+                backup_xml: read(&a.backupxml)?,
+                checkpoint_xml: read(&a.checkpointxml)?,
+                reuse_external: a.reuse_external,
+            };
+            let bar = Progress::new(out, "backing up");
+            let job = backup_push::begin(&mut store, &a.domain, &req, &|d, t| bar.update(d, t))?;
+            bar.finish();
+            if out.json() {
+                out.print_json(&job)?;
+            } else {
+                out.say(&format!(
+                    "Backup of domain '{}' completed: {} copied",
+                    a.domain,
+                    human_size(job.total)
+                ))?;
+            }
+        }
+        BackupCommand::Status(a) => match backup_push::status(&mut store, &a.domain)? {
+            None if out.json() => out.print_json(&serde_json::Value::Null)?,
+            None => out.text("Job type:         None\n\n")?,
+            Some(job) if out.json() => out.print_json(&job)?,
+            Some(job) => out.text(&describe(&job))?,
+        },
+        BackupCommand::Abort(a) => {
+            let job = backup_push::abort(&mut store, &a.domain, ABORT_WAIT)?;
+            if out.json() {
+                out.print_json(&job)?;
+            } else {
+                out.say(&format!(
+                    "Backup of domain '{}' {}",
+                    a.domain,
+                    job.state.as_str()
+                ))?;
+            }
+        }
+        BackupCommand::Dumpxml(a) => match store.job(&a.domain)? {
+            Some(job) if job.kind == "backup" => out.text(&job.xml)?,
+            _ => bail!("domain '{}': no backup job has run", a.domain),
+        },
+    }
+    Ok(OK)
+}
+
+/// A job as `virsh domjobinfo` shows one.
+fn describe(job: &Job) -> String {
+    let kind = match job.state {
+        JobState::Running | JobState::Finishing => "Unbounded",
+        JobState::Completed => "Completed",
+        JobState::Failed => "Failed",
+        JobState::Aborted => "Cancelled",
+    };
+    let end = job.ended.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(job.started)
+    });
+    let mut s = format!(
+        "{:<17} {kind}\n{:<17} Backup\n{:<17} {} s\n{:<17} {}\n{:<17} {}\n{:<17} {}\n",
+        "Job type:",
+        "Operation:",
+        "Time elapsed:",
+        end.saturating_sub(job.started),
+        "Data processed:",
+        human_size(job.done),
+        "Data remaining:",
+        human_size(job.total.saturating_sub(job.done)),
+        "Data total:",
+        human_size(job.total),
+    );
+    if let Some(e) = &job.error {
+        s.push_str(&format!("{:<17} {e}\n", "Error message:"));
+    }
+    s.push('\n');
+    s
+}

@@ -1,0 +1,219 @@
+//! The job table: the last (or running) long job of each domain — for now
+//! push backups — with its progress, so that `backup status` and
+//! `backup abort` in another process can see and stop it.
+
+use std::path::PathBuf;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::Store;
+use crate::error::{Error, Result};
+
+/// Where a job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Copying.
+    Running,
+    /// Copy done; recording the outcome (no longer abortable).
+    Finishing,
+    /// Done.
+    Completed,
+    /// Ended by an error.
+    Failed,
+    /// Ended by `abort`.
+    Aborted,
+}
+
+impl JobState {
+    /// The word stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Finishing => "finishing",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Aborted => "aborted",
+        }
+    }
+
+    fn parse(s: &str) -> JobState {
+        match s {
+            "running" => JobState::Running,
+            "finishing" => JobState::Finishing,
+            "completed" => JobState::Completed,
+            "aborted" => JobState::Aborted,
+            _ => JobState::Failed,
+        }
+    }
+
+    /// True while the job's process works on it.
+    pub fn active(self) -> bool {
+        matches!(self, JobState::Running | JobState::Finishing)
+    }
+}
+
+/// A domain's job as stored.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Job {
+    /// The domain.
+    pub domain: String,
+    /// What it does (`backup`).
+    pub kind: String,
+    /// Where it is.
+    pub state: JobState,
+    /// The process running it.
+    pub pid: u32,
+    /// Seconds since the Epoch when it started.
+    pub started: u64,
+    /// … and when it ended.
+    pub ended: Option<u64>,
+    /// Bytes to process.
+    pub total: u64,
+    /// Bytes processed.
+    pub done: u64,
+    /// `abort` asked the job to stop.
+    pub abort_requested: bool,
+    /// Files the job created (removed again if it does not complete).
+    pub files: Vec<PathBuf>,
+    /// The job's definition (for backups: the domainbackup XML).
+    pub xml: String,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl Store {
+    /// The last job of `domain`, if any.
+    pub fn job(&self, domain: &str) -> Result<Option<Job>> {
+        self.domain(domain)?;
+        let row = self
+            .conn
+            .query_row(
+                "SELECT kind, state, pid, started, ended, total, done, abort_requested, files, xml, error
+                 FROM jobs WHERE domain = ?1",
+                [domain],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, bool>(7)?,
+                        r.get::<_, String>(8)?,
+                        r.get::<_, String>(9)?,
+                        r.get::<_, Option<String>>(10)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        Ok(row.map(
+            |(kind, state, pid, started, ended, total, done, abort, files, xml, error)| Job {
+                domain: domain.to_string(),
+                kind,
+                state: JobState::parse(&state),
+                pid: pid as u32,
+                started: started as u64,
+                ended: ended.map(|e| e as u64),
+                total: total as u64,
+                done: done as u64,
+                abort_requested: abort,
+                files: serde_json::from_str(&files).unwrap_or_default(),
+                xml,
+                error,
+            },
+        ))
+    }
+
+    /// Records `job` as the domain's job, replacing a finished one; refused
+    /// while another is active.
+    pub fn start_job(&mut self, job: &Job) -> Result<()> {
+        let files = serde_json::to_string(&job.files).unwrap_or_else(|_| "[]".into());
+        self.write(|tx, sql| {
+            let state: Option<String> = tx
+                .query_row(
+                    "SELECT state FROM jobs WHERE domain = ?1",
+                    [&job.domain],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql)?;
+            if state.is_some_and(|s| JobState::parse(&s).active()) {
+                return Err(Error::invalid(
+                    format!("domain '{}'", job.domain),
+                    "a job is already running (see `backup status`)",
+                ));
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO jobs
+                 (domain, kind, state, pid, started, ended, total, done, abort_requested, files, xml, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, 0, ?8, ?9, NULL)",
+                params![
+                    job.domain,
+                    job.kind,
+                    job.state.as_str(),
+                    job.pid as i64,
+                    job.started as i64,
+                    job.total as i64,
+                    job.done as i64,
+                    files,
+                    job.xml
+                ],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+    }
+
+    /// Records progress of the domain's job; returns true when an abort
+    /// was requested.
+    pub fn job_progress(&mut self, domain: &str, done: u64) -> Result<bool> {
+        self.write(|tx, sql| {
+            tx.execute(
+                "UPDATE jobs SET done = ?2 WHERE domain = ?1",
+                params![domain, done as i64],
+            )
+            .map_err(sql)?;
+            tx.query_row(
+                "SELECT abort_requested FROM jobs WHERE domain = ?1",
+                [domain],
+                |r| r.get(0),
+            )
+            .map_err(sql)
+        })
+    }
+
+    /// Moves the domain's job to `state` (a final state records the end
+    /// time, and `error`).
+    pub fn set_job_state(
+        &mut self,
+        domain: &str,
+        state: JobState,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let ended = (!state.active()).then(crate::now);
+        self.write(|tx, sql| {
+            tx.execute(
+                "UPDATE jobs SET state = ?2, ended = ?3, error = ?4 WHERE domain = ?1",
+                params![domain, state.as_str(), ended.map(|e| e as i64), error],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+    }
+
+    /// Asks the domain's running job to stop.
+    pub fn request_abort(&mut self, domain: &str) -> Result<()> {
+        self.write(|tx, sql| {
+            tx.execute(
+                "UPDATE jobs SET abort_requested = 1 WHERE domain = ?1",
+                [domain],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,65 @@
+//! `backup abort` from another connection stops a running push backup at
+//! its next batch: the job ends aborted, the target files it made are gone
+//! and the checkpoint it was to create is not.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use strata_core::backup_push::{self, BeginRequest};
+use strata_core::store::JobState;
+use strata_core::{Domain, Store};
+
+#[test]
+fn abort_stops_a_running_backup_and_removes_its_files() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let disk = dir.join("vda.qcow2");
+    let disk_s = disk.to_str().unwrap();
+    common::qemu_img(&["create", "-q", "-f", "qcow2", disk_s, "400M"]);
+    // More than one batch (256 MiB) of data, so there is a next batch.
+    let out = Command::new("qemu-io")
+        .args(["-c", "write -P 9 0 300M", disk_s])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let xml = format!(
+        "<domain><name>vm</name><devices><disk type='file' device='disk'>\
+         <driver type='qcow2'/><source file='{disk_s}'/><target dev='vda'/></disk></devices></domain>"
+    );
+    let state = dir.join("state");
+    let mut store = Store::open(&state).unwrap();
+    store
+        .define(&Domain::from_xml(&xml, "vm.xml").unwrap())
+        .unwrap();
+    let target = dir.join("vda.bak");
+    let req = BeginRequest {
+        backup_xml: Some(format!(
+            "<domainbackup><disks><disk name='vda' type='file'><target file='{}'/></disk></disks></domainbackup>",
+            target.display()
+        )),
+        checkpoint_xml: Some("<domaincheckpoint><name>c1</name></domaincheckpoint>".into()),
+        reuse_external: false,
+    };
+    let asked = AtomicBool::new(false);
+    let err = backup_push::begin(&mut store, "vm", &req, &|done, _| {
+        // Once copying has started, ask (as `backup abort` in another
+        // process does) and give the job's poller time to see it.
+        if done > 0 && !asked.swap(true, Ordering::SeqCst) {
+            Store::open(&state).unwrap().request_abort("vm").unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("aborted"), "{err}");
+    let job = store.job("vm").unwrap().unwrap();
+    assert_eq!(job.state, JobState::Aborted, "{job:?}");
+    assert!(job.done < job.total, "{job:?}");
+    assert!(!target.exists());
+    assert!(store.checkpoints("vm").unwrap().is_empty());
+    // The disk has no new bitmap either.
+    let info = String::from_utf8(common::qemu_img(&["info", disk_s])).unwrap();
+    assert!(!info.contains("bitmaps"), "{info}");
+}
