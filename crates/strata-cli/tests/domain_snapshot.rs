@@ -168,7 +168,7 @@ fn a_failing_create_changes_nothing() {
 }
 
 #[test]
-fn revert_internal_and_external_keeps_every_branch() {
+fn revert_internal_and_external_keeps_every_snapshot() {
     let d = tmp();
     let p = d.path();
     setup_vm(p);
@@ -183,14 +183,15 @@ fn revert_internal_and_external_keeps_every_branch() {
         ok(p, &st(&["snapshot", "current", "vm", "--name"])).stdout,
         "s1\n"
     );
-    // External: a fresh overlay over the snapshot's image; the branch being
-    // left (vda.s2 with its writes) stays as it was.
+    // External: a fresh overlay over the snapshot's image, which stays as
+    // it was; the state being left (vda.s2 with its writes, in no
+    // snapshot) is discarded, as any revert discards it.
     ok(
         p,
         &st(&["snapshot", "create", "vm", "--name", "s2", "--disk-only"]),
     );
     qemu_io(p, "qcow2", "vda.s2", &["write -P 8 4M 1M"]);
-    let left = std::fs::read(p.join("vda.s2")).unwrap();
+    let base = std::fs::read(p.join("vda.qcow2")).unwrap();
     let r = ok(
         p,
         &st(&["--output", "json", "snapshot", "revert", "vm", "s2"]),
@@ -203,18 +204,12 @@ fn revert_internal_and_external_keeps_every_branch() {
         "{dom}"
     );
     qemu_img(p, &["compare", "vda.s2.1", "at-s1.raw"]);
-    assert_eq!(std::fs::read(p.join("vda.s2")).unwrap(), left);
-    for f in [
-        "vda.qcow2",
-        "vdb.qcow2",
-        "vda.s2",
-        "vdb.s2",
-        "vda.s2.1",
-        "vdb.s2.1",
-    ] {
+    assert_eq!(std::fs::read(p.join("vda.qcow2")).unwrap(), base);
+    assert!(!p.join("vda.s2").exists() && !p.join("vdb.s2").exists());
+    for f in ["vda.qcow2", "vdb.qcow2", "vda.s2.1", "vdb.s2.1"] {
         qemu_img(p, &["check", f]);
     }
-    // s1 lives inside vda.qcow2, now the backing file of two overlays:
+    // s1 lives inside vda.qcow2, now the backing file of an overlay:
     // applying it would change them, so the revert is refused, changing nothing.
     let r = strata(p, &st(&["snapshot", "revert", "vm", "s1"])).expect(1);
     assert!(
@@ -265,18 +260,38 @@ fn delete_reparents_and_moves_current() {
         ok(p, &st(&["snapshot", "current", "vm", "--name"])).stdout,
         "s1\n"
     );
-    // External snapshots: only --metadata for now; the files stay.
+    // An external snapshot deleted with its disks: the overlay (with the
+    // writes made since) is merged back into the image below and goes;
+    // the domain points at that image again.
     ok(
         p,
         &st(&["snapshot", "create", "vm", "--name", "e1", "--disk-only"]),
     );
-    let r = strata(p, &st(&["snapshot", "delete", "vm", "e1"])).expect(1);
-    assert!(r.stderr.contains("--metadata"), "{}", r.stderr);
-    ok(p, &st(&["snapshot", "delete", "vm", "e1", "--metadata"]));
-    assert!(p.join("vda.e1").exists());
+    qemu_io(p, "qcow2", "vda.e1", &["write -P 5 6M 64k"]);
+    qemu_img(p, &["convert", "-O", "raw", "vda.e1", "now.raw"]);
+    ok(p, &st(&["snapshot", "delete", "vm", "e1"]));
+    assert!(!p.join("vda.e1").exists() && !p.join("vdb.e1").exists());
+    let dom = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout;
+    assert!(dom.contains("vda.qcow2") && !dom.contains(".e1"), "{dom}");
+    qemu_img(p, &["compare", "vda.qcow2", "now.raw"]);
+    assert_eq!(qemu_names(p, "vda.qcow2"), ["s1"]);
+    assert_eq!(
+        ok(p, &st(&["snapshot", "current", "vm", "--name"])).stdout,
+        "s1
+"
+    );
+    // With --metadata the files stay as they are.
+    ok(
+        p,
+        &st(&["snapshot", "create", "vm", "--name", "e2", "--disk-only"]),
+    );
+    ok(p, &st(&["snapshot", "delete", "vm", "e2", "--metadata"]));
+    assert!(p.join("vda.e2").exists());
     assert_eq!(
         ok(p, &st(&["snapshot", "list", "vm", "--name"])).stdout,
-        "s1\n\n"
+        "s1
+
+"
     );
     // --children-only --metadata on s1 with no children left: nothing to drop.
     ok(
@@ -291,7 +306,7 @@ fn delete_reparents_and_moves_current() {
         ]),
     );
     assert_eq!(qemu_names(p, "vda.qcow2"), ["s1"]);
-    for f in ["vda.qcow2", "vdb.qcow2", "vda.e1", "vdb.e1"] {
+    for f in ["vda.qcow2", "vdb.qcow2", "vda.e2", "vdb.e2"] {
         qemu_img(p, &["check", f]);
     }
 }

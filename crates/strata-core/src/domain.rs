@@ -96,7 +96,7 @@ impl Domain {
     }
 
     /// A definition already checked (as stored with a snapshot).
-    pub(crate) fn from_element(xml: Element) -> Domain {
+    pub fn from_element(xml: Element) -> Domain {
         Domain { xml }
     }
 

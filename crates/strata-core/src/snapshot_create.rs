@@ -197,7 +197,20 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
     let recorded = match (req.no_metadata, moved) {
         (true, Some(d)) => store.define(d).map(|_| ()),
         (true, None) => Ok(()),
-        (false, _) => store.add_snapshot(domain, &def, moved),
+        (false, _) => {
+            let made: Vec<PathBuf> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::SnapshotExternal {
+                        overlay: Some(o),
+                        reuse: false,
+                        ..
+                    } => Some(o.clone()),
+                    _ => None,
+                })
+                .collect();
+            store.add_snapshot(domain, &def, moved, &made)
+        }
     };
     if let Err(e) = recorded {
         // The disks changed but the metadata did not: take the disks back.

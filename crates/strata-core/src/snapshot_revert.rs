@@ -10,7 +10,9 @@
 //!   intact in its own overlay, on its own branch.
 //!
 //! The snapshot then becomes current and the domain's disks point where the
-//! revert left them.
+//! revert left them. As with any revert, the state left behind is
+//! discarded: overlays strata made that no snapshot needs any more are
+//! deleted.
 
 use std::path::{Path, PathBuf};
 
@@ -96,12 +98,15 @@ pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String
         return Err(Error::invalid(what, "no disk took part in the snapshot"));
     }
     crate::faults::run(&actions).map_err(|e| Error::invalid(&what, e.to_string()))?;
-    if let Err(e) = store.revert_to(domain, name, &new_dom) {
+    let made: Vec<PathBuf> = moved.iter().map(|(_, o)| o.clone()).collect();
+    if let Err(e) = store.revert_to(domain, name, &new_dom, &made) {
         // The internal applies cannot be undone, but new overlays can go.
-        for (_, o) in &moved {
+        for o in &made {
             let _ = std::fs::remove_file(o);
         }
         return Err(e);
     }
+    // The state left behind goes, unless a snapshot still needs it.
+    crate::refs::collect_or_warn(store, domain);
     Ok(moved)
 }

@@ -17,7 +17,9 @@ use crate::error::{Error, Result};
 use crate::snapshot::SnapshotDef;
 
 mod jobs;
+mod made;
 pub use jobs::{Job, JobState};
+use made::record_made;
 
 /// Schema changes, in order; version N is reached by applying the first N.
 const MIGRATIONS: &[&str] = &[
@@ -59,6 +61,15 @@ const MIGRATIONS: &[&str] = &[
          files TEXT NOT NULL,
          xml TEXT NOT NULL,
          error TEXT
+     );",
+    // 3: the image files strata made for a domain (overlays), which it may
+    // delete again once nothing references them; `owned` 0: handed to the
+    // user by a metadata-only delete (kept, with their backing chains).
+    "CREATE TABLE made_files (
+         domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+         path TEXT NOT NULL,
+         owned INTEGER NOT NULL DEFAULT 1,
+         PRIMARY KEY (domain, path)
      );",
 ];
 
@@ -366,16 +377,19 @@ impl Store {
     }
 
     /// Records a new snapshot, makes it current and, when given, stores the
-    /// domain's new definition (disks moved to overlays), all at once.
+    /// domain's new definition (disks moved to overlays) and the files made
+    /// for it, all at once.
     pub fn add_snapshot(
         &mut self,
         domain: &str,
         def: &SnapshotDef,
         new_domain: Option<&Domain>,
+        made: &[PathBuf],
     ) -> Result<()> {
         let xml = def.to_xml(true);
         let dom_xml = new_domain.map(|d| d.to_xml(true));
         self.write(|tx, sql| {
+            record_made(tx, sql, domain, made)?;
             tx.execute(
                 "UPDATE snapshots SET is_current = 0 WHERE domain = ?1",
                 [domain],
@@ -398,11 +412,18 @@ impl Store {
         })
     }
 
-    /// After a revert: `name` becomes current and the domain definition is
-    /// replaced, at once.
-    pub fn revert_to(&mut self, domain: &str, name: &str, dom: &Domain) -> Result<()> {
+    /// After a revert: `name` becomes current, the domain definition is
+    /// replaced and the files made for it are recorded, at once.
+    pub fn revert_to(
+        &mut self,
+        domain: &str,
+        name: &str,
+        dom: &Domain,
+        made: &[PathBuf],
+    ) -> Result<()> {
         let xml = dom.to_xml(true);
         self.write(|tx, sql| {
+            record_made(tx, sql, domain, made)?;
             tx.execute(
                 "UPDATE snapshots SET is_current = (name = ?2) WHERE domain = ?1",
                 params![domain, name],
@@ -421,6 +442,20 @@ impl Store {
     /// parent goes gets its nearest surviving ancestor as parent, and if the
     /// current snapshot goes, its nearest surviving ancestor becomes current.
     pub fn delete_snapshots(&mut self, domain: &str, names: &[String]) -> Result<()> {
+        self.delete_snapshots_rewriting(domain, names, &[], None)
+    }
+
+    /// [`Store::delete_snapshots`], also replacing, in the same transaction,
+    /// the XML of surviving snapshots (`rewrites`: name, XML) and the
+    /// domain definition (after an overlay was merged away).
+    pub fn delete_snapshots_rewriting(
+        &mut self,
+        domain: &str,
+        names: &[String],
+        rewrites: &[(String, String)],
+        new_domain: Option<&Domain>,
+    ) -> Result<()> {
+        let dom_xml = new_domain.map(|d| d.to_xml(true));
         let rows = self.snapshots(domain)?;
         let survivor = |mut p: Option<String>| {
             while let Some(n) = p.clone() {
@@ -455,6 +490,20 @@ impl Store {
                 tx.execute(
                     "UPDATE snapshots SET parent = ?3 WHERE domain = ?1 AND name = ?2",
                     params![domain, n, p],
+                )
+                .map_err(sql)?;
+            }
+            for (n, x) in rewrites {
+                tx.execute(
+                    "UPDATE snapshots SET xml = ?3 WHERE domain = ?1 AND name = ?2",
+                    params![domain, n, x],
+                )
+                .map_err(sql)?;
+            }
+            if let Some(x) = &dom_xml {
+                tx.execute(
+                    "UPDATE domains SET xml = ?2 WHERE name = ?1",
+                    params![domain, x],
                 )
                 .map_err(sql)?;
             }

@@ -188,3 +188,63 @@ fn checkpoint_create_is_all_or_nothing() {
         checkpoint::create(s, "vm", &req).map(|_| ())
     });
 }
+
+#[test]
+fn external_delete_with_merge_is_all_or_nothing() {
+    // A checkpoint's bitmaps, handed to vda's overlay by the external
+    // snapshot; writes in the overlay. Deleting e1 merges vda's overlay
+    // back (its bitmap merged and enabled there, the guard snapshot
+    // deleted) and deletes vdb's internal snapshot, in the final
+    // transaction: a fault at any of its actions puts everything back.
+    let prep = |s: &mut Store| {
+        let req = CheckpointRequest {
+            name: Some("c1".into()),
+            ..Default::default()
+        };
+        checkpoint::create(s, "vm", &req).unwrap();
+        snap(s, "e1", [DiskMode::External, DiskMode::Internal]);
+        let img = strata_image::open(
+            &s.domain("vm").unwrap().disks()[0].source.clone().unwrap(),
+            &strata_image::ChainOptions {
+                writable: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        img.write_at(&[9; 65536], 1 << 20).unwrap();
+        img.close().unwrap();
+    };
+    every_fault("external delete", 4, prep, |s| {
+        snapshot_delete::delete(s, "vm", "e1", Default::default()).map(|_| ())
+    });
+    // And without a fault it merges: vda is back on its first image, which
+    // reads as the overlay did, with the checkpoint still tracking there.
+    let d = tempfile::tempdir().unwrap();
+    let mut store = setup(d.path());
+    prep(&mut store);
+    let overlay = store.domain("vm").unwrap().disks()[0]
+        .source
+        .clone()
+        .unwrap();
+    let o = overlay.to_str().unwrap();
+    let raw = |src: &str, name: &str| {
+        let out = d.path().join(name);
+        qemu(&["convert", "-U", "-O", "raw", src, out.to_str().unwrap()]);
+        std::fs::read(out).unwrap()
+    };
+    let want = raw(o, "want.raw");
+    snapshot_delete::delete(&mut store, "vm", "e1", Default::default()).unwrap();
+    assert!(!overlay.exists());
+    let base = d.path().join("vda.qcow2");
+    let b = base.to_str().unwrap();
+    assert_eq!(
+        store.domain("vm").unwrap().disks()[0].source,
+        Some(base.clone())
+    );
+    assert!(raw(b, "got.raw") == want);
+    let info = qemu(&["info", "-U", "--output=json", b]);
+    assert!(info.contains("\"auto\""), "c1 is enabled again: {info}");
+    assert!(!info.contains("strata-merge-guard"), "{info}");
+    let sizes = checkpoint::sizes(&store, "vm", "c1").unwrap();
+    assert_eq!(sizes[0], ("vda".to_string(), 65536));
+}

@@ -254,6 +254,7 @@ fn external_snapshots_hand_tracking_to_the_overlay() {
         let opts = CommitOptions {
             base_depth: 2,
             keep_top: false,
+            skip_bitmaps: false,
         };
         commit(chain.as_ref(), &opts, &no_progress).unwrap();
     }

@@ -68,6 +68,7 @@ pub fn run(a: CommitArgs, out: &Output) -> Result<u8> {
     let opts = CommitOptions {
         base_depth,
         keep_top: req.keep_top,
+        skip_bitmaps: false,
     };
     ops::commit(top.as_ref(), &opts, &|d, t| bar.update(d, t))?;
     bar.finish();

@@ -17,6 +17,9 @@ pub struct CommitOptions {
     pub base_depth: u32,
     /// Leave the top image as it is (qemu-img's `-d`; implied by `-b`).
     pub keep_top: bool,
+    /// Leave the base's bitmaps alone (the caller merges them itself, in a
+    /// transaction of its own).
+    pub skip_bitmaps: bool,
 }
 
 /// The image `depth` levels below `top`.
@@ -65,7 +68,9 @@ pub fn commit(top: &dyn Image, opts: &CommitOptions, progress: Progress) -> Resu
         base.write_at(data, pos)
     })?;
     base.flush()?;
-    merge_bitmaps(top, base, opts.base_depth)?;
+    if !opts.skip_bitmaps {
+        merge_bitmaps(top, base, opts.base_depth)?;
+    }
     if !opts.keep_top {
         match top.as_any().downcast_ref::<Qcow2>() {
             Some(q) => q.make_empty()?,
