@@ -6,13 +6,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use strata_core::backup_push::{self, BeginRequest};
 use strata_core::store::{Job, JobState};
 use strata_core::Store;
 
 use crate::cli::BackupCommand;
-use crate::domain::state_dir;
+use crate::domain::{read_xml, state_dir};
 use crate::exit::OK;
 use crate::output::{human_size, Output};
 use crate::progress::Progress;
@@ -25,17 +25,12 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
     let mut store = Store::open(&state_dir(state)?)?;
     match cmd {
         BackupCommand::Begin(a) => {
-            let read = |f: &Option<std::path::PathBuf>| -> Result<Option<String>> {
-                f.as_ref()
-                    .map(|p| {
-                        std::fs::read_to_string(p)
-                            .with_context(|| format!("cannot read {}", p.display()))
-                    })
-                    .transpose()
+            let text = |f: &Option<std::path::PathBuf>| -> Result<Option<String>> {
+                Ok(read_xml(f.as_deref())?.map(|(_, t)| t))
             };
             let req = BeginRequest {
-                backup_xml: read(&a.backupxml)?,
-                checkpoint_xml: read(&a.checkpointxml)?,
+                backup_xml: text(&a.backupxml)?,
+                checkpoint_xml: text(&a.checkpointxml)?,
                 reuse_external: a.reuse_external,
             };
             let bar = Progress::new(out, "backing up");

@@ -1,39 +1,83 @@
 //! `strata checkpoint`: points in time from which a machine's disks track
 //! changes (a persistent bitmap per disk), as virsh's checkpoint-* commands
 //! present them: create, list, dumpxml (`--size`: bytes changed since),
-//! parent, delete (the deleted intervals fold into the parent's bitmap).
-//! Redefine comes next (issue 5).
+//! parent, delete (the deleted intervals fold into the parent's bitmap),
+//! and create from XML or `--redefine` (metadata only).
 
 use std::path::Path;
 
 use anyhow::{bail, Result};
 use strata_core::checkpoint::{self, CheckpointRequest};
+use strata_core::checkpoint_redefine;
 use strata_core::Store;
 
 use crate::cli::CheckpointCommand;
-use crate::domain::state_dir;
+use crate::domain::{read_xml, state_dir};
 use crate::exit::OK;
 use crate::output::Output;
+use crate::tree;
 
 /// Runs `strata checkpoint …`.
 pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
     let mut store = Store::open(&state_dir(state)?)?;
     match cmd {
         CheckpointCommand::Create(a) => {
-            let req = CheckpointRequest {
-                name: a.name,
-                description: a.description,
-                diskspecs: a.diskspec,
+            let xml = read_xml(a.xmlfile.as_deref())?;
+            let def = match &xml {
+                Some((_, text)) if a.redefine => {
+                    checkpoint_redefine::redefine(&mut store, &a.domain, text)?
+                }
+                _ => {
+                    let mut req = CheckpointRequest {
+                        name: a.name,
+                        description: a.description,
+                        diskspecs: a.diskspec,
+                    };
+                    if let Some((file, text)) = &xml {
+                        let from = CheckpointRequest::from_xml(text, file)?;
+                        req.name = req.name.or(from.name);
+                        req.description = req.description.or(from.description);
+                        for spec in from.diskspecs {
+                            let disk = spec.split(',').next().unwrap_or_default().to_string();
+                            if !req
+                                .diskspecs
+                                .iter()
+                                .any(|s| s.split(',').next() == Some(&disk))
+                            {
+                                req.diskspecs.push(spec);
+                            }
+                        }
+                    }
+                    checkpoint::create(&mut store, &a.domain, &req)?
+                }
             };
-            let def = checkpoint::create(&mut store, &a.domain, &req)?;
             if out.json() {
                 out.print_json(&serde_json::json!({ "name": def.name }))?;
             } else {
-                out.say(&format!("Domain checkpoint {} created", def.name))?;
+                let from = xml.map(|(f, _)| format!(" from '{f}'")).unwrap_or_default();
+                out.say(&format!("Domain checkpoint {} created{from}", def.name))?;
             }
         }
         CheckpointCommand::List(a) => {
-            let all = checkpoint::checkpoints(&store, &a.domain)?;
+            let mut all = checkpoint::checkpoints(&store, &a.domain)?;
+            let nodes: Vec<tree::Node> = all
+                .iter()
+                .map(|c| (c.name.clone(), c.parent.clone()))
+                .collect();
+            if a.tree {
+                out.text(&tree::draw(&nodes, None))?;
+                return Ok(OK);
+            }
+            if a.topological {
+                let order = tree::topological(&nodes);
+                all = order.into_iter().map(|i| all[i].clone()).collect();
+            }
+            let has_children = |n: &str| nodes.iter().any(|(_, p)| p.as_deref() == Some(n));
+            all.retain(|c| {
+                (!a.roots || c.parent.is_none())
+                    && (!a.leaves || !has_children(&c.name))
+                    && (!a.no_leaves || has_children(&c.name))
+            });
             if out.json() {
                 let v: Vec<_> = all
                     .iter()

@@ -157,6 +157,13 @@ pub struct CheckpointCreateArgs {
     /// Per disk: vda[,checkpoint=bitmap|no][,bitmap=NAME].
     #[arg(long, value_name = "SPEC")]
     pub diskspec: Vec<String>,
+    /// domaincheckpoint XML saying the name, description and disks.
+    #[arg(long, value_name = "FILE")]
+    pub xmlfile: Option<std::path::PathBuf>,
+    /// Record the checkpoint from --xmlfile as given, touching no disk
+    /// (its bitmaps must exist).
+    #[arg(long, requires = "xmlfile")]
+    pub redefine: bool,
 }
 
 /// `strata checkpoint list`.
@@ -170,6 +177,21 @@ pub struct CheckpointListArgs {
     /// Show each checkpoint's parent.
     #[arg(long)]
     pub parent: bool,
+    /// Draw the tree.
+    #[arg(long)]
+    pub tree: bool,
+    /// Only checkpoints without a parent.
+    #[arg(long)]
+    pub roots: bool,
+    /// Only checkpoints without children.
+    #[arg(long)]
+    pub leaves: bool,
+    /// Only checkpoints with children.
+    #[arg(long)]
+    pub no_leaves: bool,
+    /// Parents before children.
+    #[arg(long)]
+    pub topological: bool,
 }
 
 /// `strata checkpoint dumpxml`.
@@ -283,6 +305,18 @@ pub struct DomSnapshotListArgs {
     /// Only snapshots with internal disks only.
     #[arg(long)]
     pub internal: bool,
+    /// Only disk-only snapshots.
+    #[arg(long)]
+    pub disk_only: bool,
+    /// Only the children of this snapshot (with --tree: its tree).
+    #[arg(long, value_name = "NAME")]
+    pub from: Option<String>,
+    /// With --from: every descendant, not only the children.
+    #[arg(long, requires = "from")]
+    pub descendants: bool,
+    /// Parents before children.
+    #[arg(long)]
+    pub topological: bool,
 }
 
 /// `strata snapshot dumpxml`.

@@ -104,3 +104,14 @@ fn list_table(listed: &[Listed]) -> String {
     s.push('\n');
     s
 }
+
+/// Reads an XML file given with `--xmlfile` and the like: `(name as
+/// given, text)`, or `None` when no file was given.
+pub fn read_xml(file: Option<&std::path::Path>) -> Result<Option<(String, String)>> {
+    file.map(|f| {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        Ok((f.display().to_string(), text))
+    })
+    .transpose()
+}

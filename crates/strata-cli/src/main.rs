@@ -13,6 +13,7 @@ mod output;
 mod progress;
 mod size;
 mod snapshot;
+mod tree;
 
 use std::process::ExitCode;
 

@@ -9,14 +9,15 @@ use serde::Serialize;
 use strata_core::snapshot::{DiskMode, SnapshotDef};
 use strata_core::snapshot_create::{self, CreateRequest, DiskSpec};
 use strata_core::snapshot_delete::{self, DeleteRequest};
-use strata_core::snapshot_revert;
 use strata_core::store::SnapshotRow;
 use strata_core::Store;
+use strata_core::{snapshot_redefine, snapshot_revert};
 
 use crate::cli::DomSnapshotCommand;
-use crate::domain::state_dir;
+use crate::domain::{read_xml, state_dir};
 use crate::exit::{usage, OK};
 use crate::output::Output;
+use crate::tree;
 
 /// One snapshot of `snapshot list --output json`.
 #[derive(Debug, Serialize)]
@@ -70,25 +71,51 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                     a.domain
                 );
             }
-            if a.redefine || a.xmlfile.is_some() || a.current {
-                bail!(
-                    "domain '{}': --xmlfile, --redefine and --current are not supported yet",
-                    a.domain
-                );
+            if a.current && !a.redefine {
+                return Err(usage("--current needs --redefine"));
             }
-            let diskspecs = a
+            let xml = read_xml(a.xmlfile.as_deref())?;
+            if xml.is_none() && a.redefine {
+                return Err(usage("--redefine needs --xmlfile"));
+            }
+            if a.redefine {
+                let (file, text) = xml.expect("checked above");
+                let def = snapshot_redefine::redefine(&mut store, &a.domain, &text, a.current)?;
+                if out.json() {
+                    out.print_json(&serde_json::json!({ "name": def.name }))?;
+                } else {
+                    out.say(&format!(
+                        "Domain snapshot {} created from '{file}'",
+                        def.name
+                    ))?;
+                }
+                return Ok(OK);
+            }
+            let mut diskspecs = a
                 .diskspec
                 .iter()
                 .map(|s| DiskSpec::parse(s).map_err(|e| usage(e.to_string())))
                 .collect::<Result<Vec<_>>>()?;
-            let req = CreateRequest {
+            let mut req = CreateRequest {
                 name: a.name,
                 description: a.description,
                 disk_only: a.disk_only,
-                diskspecs,
+                diskspecs: Vec::new(),
                 no_metadata: a.no_metadata,
                 reuse_external: a.reuse_external,
             };
+            if let Some((file, text)) = &xml {
+                let from = snapshot_redefine::request_from_xml(text, file)?;
+                req.name = req.name.or(from.name);
+                req.description = req.description.or(from.description);
+                // --diskspec options win over the XML's disks.
+                for d in from.diskspecs {
+                    if !diskspecs.iter().any(|s| s.target == d.target) {
+                        diskspecs.push(d);
+                    }
+                }
+            }
+            req.diskspecs = diskspecs;
             let def = snapshot_create::create(&mut store, &a.domain, &req)?;
             if out.json() {
                 out.print_json(&serde_json::json!({
@@ -96,25 +123,47 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                     "disks": def.disks,
                 }))?;
             } else {
-                out.say(&format!("Domain snapshot {} created", def.name))?;
+                let from = xml.map(|(f, _)| format!(" from '{f}'")).unwrap_or_default();
+                out.say(&format!("Domain snapshot {} created{from}", def.name))?;
             }
         }
         DomSnapshotCommand::List(a) => {
             let rows = store.snapshots(&a.domain)?;
-            let has_children = |n: &str| rows.iter().any(|r| r.parent.as_deref() == Some(n));
+            let nodes: Vec<tree::Node> = rows
+                .iter()
+                .map(|r| (r.name.clone(), r.parent.clone()))
+                .collect();
+            if let Some(f) = &a.from {
+                store.snapshot(&a.domain, f)?;
+                if a.roots {
+                    return Err(usage("--roots and --from exclude each other"));
+                }
+            }
             if a.tree {
-                out.text(&tree(&rows))?;
+                out.text(&tree::draw(&nodes, a.from.as_deref()))?;
                 return Ok(OK);
             }
+            let has_children = |n: &str| rows.iter().any(|r| r.parent.as_deref() == Some(n));
+            let under = a
+                .from
+                .as_deref()
+                .map(|f| tree::below(&nodes, f, a.descendants));
+            let order: Vec<usize> = if a.topological {
+                tree::topological(&nodes)
+            } else {
+                (0..rows.len()).collect()
+            };
             let mut listed = Vec::new();
-            for r in &rows {
-                let def = SnapshotDef::from_xml(&r.xml, &r.name)?;
+            for r in order.into_iter().map(|i| &rows[i]) {
+                let def = r.def()?;
                 let keep = (!a.roots || r.parent.is_none())
+                    && under.as_ref().is_none_or(|u| u.contains(&r.name))
                     && (!a.leaves || !has_children(&r.name))
                     && (!a.no_leaves || has_children(&r.name))
                     && (!a.current || r.current)
                     && (!a.external || def.is_external())
-                    && (!a.internal || !def.is_external());
+                    && (!a.internal || !def.is_external())
+                    && (!a.disk_only || def.state == "disk-snapshot");
                 if keep {
                     listed.push(Listed {
                         name: r.name.clone(),
@@ -137,7 +186,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
         }
         DomSnapshotCommand::Dumpxml(a) => {
             let row = store.snapshot(&a.domain, &a.snapshot)?;
-            let def = SnapshotDef::from_xml(&row.xml, &a.snapshot)?;
+            let def = row.def()?;
             out.text(&def.to_xml(a.security_info))?;
         }
         DomSnapshotCommand::Current(a) => match a.snapshot {
@@ -157,7 +206,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                         out.text(&format!("{}\n", cur.name))?;
                     }
                 } else {
-                    let def = SnapshotDef::from_xml(&cur.xml, &cur.name)?;
+                    let def = cur.def()?;
                     out.text(&def.to_xml(false))?;
                 }
             }
@@ -217,7 +266,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
             let rows = store.snapshots(&a.domain)?;
             let name = pick(&store, &a.domain, a.snapshot.clone(), a.current)?;
             let row = store.snapshot(&a.domain, &name)?;
-            let def = SnapshotDef::from_xml(&row.xml, &row.name)?;
+            let def = row.def()?;
             let children = rows
                 .iter()
                 .filter(|r| r.parent.as_deref() == Some(&row.name))
@@ -313,27 +362,4 @@ fn table(listed: &[Listed], parent: bool) -> String {
     }
     s.push('\n');
     s
-}
-
-/// virsh snapshot-list --tree.
-fn tree(rows: &[SnapshotRow]) -> String {
-    fn walk(rows: &[SnapshotRow], name: &str, prefix: &str, out: &mut String) {
-        let kids: Vec<&SnapshotRow> = rows
-            .iter()
-            .filter(|r| r.parent.as_deref() == Some(name))
-            .collect();
-        for (i, k) in kids.iter().enumerate() {
-            let last = i + 1 == kids.len();
-            out.push_str(&format!("{prefix}  |\n{prefix}  +- {}\n", k.name));
-            let next = format!("{prefix}{}", if last { "    " } else { "  | " });
-            walk(rows, &k.name, &next, out);
-        }
-    }
-    let mut out = String::new();
-    for r in rows.iter().filter(|r| r.parent.is_none()) {
-        out.push_str(&format!("{}\n", r.name));
-        walk(rows, &r.name, "", &mut out);
-        out.push('\n');
-    }
-    out
 }

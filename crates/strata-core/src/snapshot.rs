@@ -1,7 +1,8 @@
 //! Snapshot metadata in libvirt's domainsnapshot XML: name, description,
-//! state, creation time, parent, memory (always `no` for a machine that is
-//! not running), the disks with how each was snapshotted, and the full
-//! domain definition at snapshot time.
+//! state, creation time, parent, memory (`no` for the snapshots strata
+//! takes of a machine that is not running; kept as given when redefined),
+//! the disks with how each was snapshotted, and the full domain definition
+//! at snapshot time.
 
 use std::path::PathBuf;
 
@@ -69,6 +70,8 @@ pub struct SnapshotDef {
     pub creation_time: u64,
     /// The parent snapshot.
     pub parent: Option<String>,
+    /// The `<memory>` element as given (`None`: `snapshot='no'`).
+    pub memory: Option<Element>,
     /// The disks.
     pub disks: Vec<SnapshotDisk>,
     /// The domain definition at snapshot time.
@@ -102,9 +105,11 @@ impl SnapshotDef {
             add(parent);
         }
         add(text("creationTime", &self.creation_time.to_string()));
-        let mut memory = Element::new("memory");
-        memory.set_attr("snapshot", "no");
-        add(memory);
+        add(self.memory.clone().unwrap_or_else(|| {
+            let mut memory = Element::new("memory");
+            memory.set_attr("snapshot", "no");
+            memory
+        }));
         let mut disks = Element::new("disks");
         for d in &self.disks {
             let mut e = Element::new("disk");
@@ -182,9 +187,23 @@ impl SnapshotDef {
                 .child("parent")
                 .and_then(|p| p.child_text("name"))
                 .filter(|p| !p.is_empty()),
+            // The plain `snapshot='no'` is the default; anything else stays.
+            memory: root
+                .child("memory")
+                .filter(|m| m.attrs.len() != 1 || m.attr("snapshot") != Some("no"))
+                .cloned(),
             disks,
             domain: root.child("domain").cloned(),
         })
+    }
+
+    /// True when the snapshot holds a running machine's memory (reverting
+    /// to it needs a hypervisor).
+    pub fn has_memory(&self) -> bool {
+        self.memory
+            .as_ref()
+            .and_then(|m| m.attr("snapshot"))
+            .is_some_and(|m| m != "no")
     }
 }
 
@@ -200,6 +219,7 @@ mod tests {
             state: "shutoff".into(),
             creation_time: 1_700_000_000,
             parent: Some("s0".into()),
+            memory: None,
             disks: vec![
                 SnapshotDisk {
                     name: "vda".into(),

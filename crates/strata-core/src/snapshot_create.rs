@@ -187,9 +187,16 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
     let def = SnapshotDef {
         name,
         description: req.description.clone(),
-        state: "shutoff".into(),
+        // As libvirt records them: a disk-only snapshot, or the state of a
+        // machine that is not running.
+        state: if req.disk_only {
+            "disk-snapshot".into()
+        } else {
+            "shutoff".into()
+        },
         creation_time: created,
         parent: existing.iter().find(|s| s.current).map(|s| s.name.clone()),
+        memory: None,
         disks: snap_disks,
         domain: Some(dom.element().clone()),
     };

@@ -172,7 +172,7 @@ fn rewrite_references(
         if row.name == deleted {
             continue;
         }
-        let mut def = SnapshotDef::from_xml(&row.xml, &format!("snapshot '{}'", row.name))?;
+        let mut def = row.def()?;
         let mut changed = false;
         if let Some(el) = def.domain.clone() {
             let mut then = Domain::from_element(el);

@@ -42,6 +42,12 @@ pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String
     let row = store.snapshot(domain, name)?;
     let def = SnapshotDef::from_xml(&row.xml, &format!("snapshot '{name}'"))?;
     let what = format!("domain '{domain}': revert to snapshot '{name}'");
+    if def.has_memory() {
+        return Err(Error::invalid(
+            what,
+            "the snapshot holds a running machine's memory: reverting to it needs a hypervisor (strata runs none yet)",
+        ));
+    }
     let then = def
         .domain
         .clone()

@@ -339,6 +339,16 @@ pub struct SnapshotRow {
     pub xml: String,
 }
 
+impl SnapshotRow {
+    /// The snapshot's definition, its parent as the store has it (deletes
+    /// re-parent in the store, not in the XML).
+    pub fn def(&self) -> Result<SnapshotDef> {
+        let mut def = SnapshotDef::from_xml(&self.xml, &format!("snapshot '{}'", self.name))?;
+        def.parent = self.parent.clone();
+        Ok(def)
+    }
+}
+
 impl Store {
     /// Every snapshot of `domain`, oldest first.
     pub fn snapshots(&self, domain: &str) -> Result<Vec<SnapshotRow>> {
@@ -534,7 +544,7 @@ impl Store {
             .map_err(|e| self.sql(e))
     }
 
-    /// Records a new checkpoint.
+    /// Records a checkpoint (replacing one of the same name: redefine).
     pub fn add_checkpoint(
         &mut self,
         domain: &str,
@@ -545,7 +555,7 @@ impl Store {
     ) -> Result<()> {
         self.write(|tx, sql| {
             tx.execute(
-                "INSERT INTO checkpoints (domain, name, parent, created, xml) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO checkpoints (domain, name, parent, created, xml) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![domain, name, parent, created as i64, xml],
             )
             .map_err(sql)?;
@@ -574,6 +584,49 @@ impl Store {
                 )
                 .map_err(sql)?;
             }
+            Ok(())
+        })
+    }
+
+    /// Records (or replaces) snapshot `def` as given, keeping whether it
+    /// was current unless `current` makes it so.
+    pub fn redefine_snapshot(
+        &mut self,
+        domain: &str,
+        def: &SnapshotDef,
+        current: bool,
+    ) -> Result<()> {
+        let xml = def.to_xml(true);
+        self.write(|tx, sql| {
+            let was: bool = tx
+                .query_row(
+                    "SELECT is_current FROM snapshots WHERE domain = ?1 AND name = ?2",
+                    params![domain, def.name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql)?
+                .unwrap_or(false);
+            if current {
+                tx.execute(
+                    "UPDATE snapshots SET is_current = 0 WHERE domain = ?1",
+                    [domain],
+                )
+                .map_err(sql)?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO snapshots (domain, name, parent, created, is_current, xml)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    domain,
+                    def.name,
+                    def.parent,
+                    def.creation_time as i64,
+                    was || current,
+                    xml
+                ],
+            )
+            .map_err(sql)?;
             Ok(())
         })
     }
