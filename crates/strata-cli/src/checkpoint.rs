@@ -65,7 +65,11 @@ pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result
                 .map(|c| (c.name.clone(), c.parent.clone()))
                 .collect();
             if a.tree {
-                out.text(&tree::draw(&nodes, None))?;
+                if out.json() {
+                    out.print_json(&tree::nested(&nodes, None))?;
+                } else {
+                    out.text(&tree::draw(&nodes, None))?;
+                }
                 return Ok(OK);
             }
             if a.topological {
@@ -140,6 +144,7 @@ pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result
             let all = checkpoint::checkpoints(&store, &a.domain)?;
             match all.iter().find(|c| c.name == a.snapshot) {
                 Some(c) => match &c.parent {
+                    Some(p) if out.json() => out.print_json(&serde_json::json!({ "parent": p }))?,
                     Some(p) => out.text(&format!("{p}\n"))?,
                     None => bail!(
                         "domain '{}': checkpoint '{}' has no parent",

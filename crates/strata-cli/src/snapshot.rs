@@ -140,7 +140,11 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 }
             }
             if a.tree {
-                out.text(&tree::draw(&nodes, a.from.as_deref()))?;
+                if out.json() {
+                    out.print_json(&tree::nested(&nodes, a.from.as_deref()))?;
+                } else {
+                    out.text(&tree::draw(&nodes, a.from.as_deref()))?;
+                }
                 return Ok(OK);
             }
             let has_children = |n: &str| rows.iter().any(|r| r.parent.as_deref() == Some(n));
@@ -214,6 +218,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
         DomSnapshotCommand::Parent(a) => {
             let row = store.snapshot(&a.domain, &a.snapshot)?;
             match row.parent {
+                Some(p) if out.json() => out.print_json(&serde_json::json!({ "parent": p }))?,
                 Some(p) => out.text(&format!("{p}\n"))?,
                 None => bail!(
                     "domain '{}': snapshot '{}' has no parent",

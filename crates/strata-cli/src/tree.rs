@@ -38,6 +38,28 @@ pub fn draw(nodes: &[Node], from: Option<&str>) -> String {
     out
 }
 
+/// The tree as JSON: `[{"name", "children": […]}]` from each root (or from
+/// `from`).
+pub fn nested(nodes: &[Node], from: Option<&str>) -> serde_json::Value {
+    fn node(nodes: &[Node], name: &str) -> serde_json::Value {
+        let kids: Vec<serde_json::Value> = nodes
+            .iter()
+            .filter(|(_, p)| p.as_deref() == Some(name))
+            .map(|(k, _)| node(nodes, k))
+            .collect();
+        serde_json::json!({ "name": name, "children": kids })
+    }
+    let roots: Vec<serde_json::Value> = match from {
+        Some(f) => vec![node(nodes, f)],
+        None => nodes
+            .iter()
+            .filter(|(_, p)| p.is_none())
+            .map(|(n, _)| node(nodes, n))
+            .collect(),
+    };
+    serde_json::Value::Array(roots)
+}
+
 /// The names below `name`: its children, or with `all` every descendant.
 pub fn below(nodes: &[Node], name: &str, all: bool) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -111,5 +133,9 @@ mod tests {
         assert_eq!(all, ["b", "c", "d"]);
         assert_eq!(below(&nodes, "a", false).len(), 2);
         assert_eq!(draw(&nodes, Some("b")), "b\n  |\n  +- c\n\n");
+        assert_eq!(
+            nested(&nodes, Some("b")).to_string(),
+            r#"[{"children":[{"children":[],"name":"c"}],"name":"b"}]"#
+        );
     }
 }

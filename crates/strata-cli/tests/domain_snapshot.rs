@@ -310,3 +310,74 @@ fn delete_reparents_and_moves_current() {
         qemu_img(p, &["check", f]);
     }
 }
+
+#[test]
+fn reuse_external_uses_the_given_overlay_and_never_deletes_it() {
+    let d = tmp();
+    let p = d.path();
+    setup_vm(p);
+    let dir = p.display();
+    // The user's own overlays, made beforehand over the disks' images.
+    for (base, mine) in [("vda.qcow2", "mine.qcow2"), ("vdb.qcow2", "vdb.mine")] {
+        qemu_img(
+            p,
+            &[
+                "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, mine,
+            ],
+        );
+    }
+    // Without --reuse-external an existing file is refused.
+    let spec = format!("vda,file={dir}/mine.qcow2");
+    strata(
+        p,
+        &st(&[
+            "snapshot",
+            "create",
+            "vm",
+            "--name",
+            "e1",
+            "--disk-only",
+            "--diskspec",
+            &spec,
+        ]),
+    )
+    .one_error(1, "mine.qcow2");
+    ok(
+        p,
+        &st(&[
+            "snapshot",
+            "create",
+            "vm",
+            "--name",
+            "e1",
+            "--disk-only",
+            "--diskspec",
+            &spec,
+            "--diskspec",
+            "vdb,file=vdb.mine",
+            "--reuse-external",
+        ]),
+    );
+    let dom = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout;
+    assert!(dom.contains("mine.qcow2"), "{dom}");
+    qemu_io(p, "qcow2", "mine.qcow2", &["write -P 6 0 64k"]);
+    // Deleting the snapshot does not merge away (and delete) a file strata
+    // did not make: the disk stays on it, reading the same.
+    ok(p, &st(&["snapshot", "delete", "vm", "e1"]));
+    assert!(p.join("mine.qcow2").exists());
+    qemu_io(
+        p,
+        "qcow2",
+        "mine.qcow2",
+        &["read -P 6 0 64k", "read -P 1 64k 64k"],
+    );
+    let dom = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout;
+    assert!(dom.contains("mine.qcow2"), "{dom}");
+    assert!(
+        p.join("vdb.mine").exists() && dom.contains("vdb.mine"),
+        "{dom}"
+    );
+    for f in ["mine.qcow2", "vdb.mine", "vda.qcow2", "vdb.qcow2"] {
+        assert_clean(p, f);
+    }
+}

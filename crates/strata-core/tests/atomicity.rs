@@ -248,3 +248,26 @@ fn external_delete_with_merge_is_all_or_nothing() {
     let sizes = checkpoint::sizes(&store, "vm", "c1").unwrap();
     assert_eq!(sizes[0], ("vda".to_string(), 65536));
 }
+
+#[test]
+fn external_revert_is_all_or_nothing() {
+    // Reverting to an external snapshot makes a fresh overlay per disk (and
+    // then discards the state left): a fault at either disk's overlay
+    // leaves the old overlays, their data and the metadata as they were.
+    let prep = |s: &mut Store| {
+        snap(s, "e0", [DiskMode::External, DiskMode::External]);
+        let img = strata_image::open(
+            &s.domain("vm").unwrap().disks()[1].source.clone().unwrap(),
+            &strata_image::ChainOptions {
+                writable: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        img.write_at(&[7; 4096], 8192).unwrap();
+        img.close().unwrap();
+    };
+    every_fault("external revert", 2, prep, |s| {
+        snapshot_revert::revert(s, "vm", "e0").map(|_| ())
+    });
+}
