@@ -71,6 +71,40 @@ pub enum Command {
     /// Back up a machine's disks, full or incremental (virsh backup-*).
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Serve images over NBD (as qemu-nbd).
+    #[command(subcommand)]
+    Nbd(NbdCommand),
+}
+
+/// `strata nbd` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NbdCommand {
+    /// Serve exports until stopped (or, without --persistent, until the
+    /// first client leaves).
+    Serve(NbdServeArgs),
+}
+
+/// `strata nbd serve`.
+#[derive(Debug, Args)]
+pub struct NbdServeArgs {
+    /// Listen on this unix socket (made mode 0600, removed at the end).
+    #[arg(long, value_name = "PATH", conflicts_with = "bind")]
+    pub socket: Option<PathBuf>,
+    /// Listen on TCP at ADDR:PORT (loopback unless --insecure).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub bind: Option<String>,
+    /// Allow a TCP address other than loopback without TLS.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Clients served at once.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub shared: usize,
+    /// Keep serving after the first client leaves.
+    #[arg(long)]
+    pub persistent: bool,
+    /// FILE, or name=NAME,file=FILE[,format=qcow2|raw][,readonly].
+    #[arg(required = true, value_name = "EXPORT")]
+    pub exports: Vec<String>,
 }
 
 /// `strata backup` subcommands.

@@ -1,6 +1,6 @@
 //! The `strata` command line: parses arguments, sets up logging, dispatches
 //! to a command and turns its outcome into an exit status. The commands
-//! live in [`img`], [`domain`], [`snapshot`], [`checkpoint`] and [`backup`]; the work itself lives in `strata-image`
+//! live in [`img`], [`domain`], [`snapshot`], [`checkpoint`], [`backup`] and [`nbd`]; the work itself lives in `strata-image`
 //! and `strata-core`.
 
 mod backup;
@@ -9,6 +9,7 @@ mod cli;
 mod domain;
 mod exit;
 mod img;
+mod nbd;
 mod output;
 mod progress;
 mod size;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         Command::Snapshot(cmd) => snapshot::run(cmd, cli.global.state_dir.as_deref(), &out),
         Command::Checkpoint(cmd) => checkpoint::run(cmd, cli.global.state_dir.as_deref(), &out),
         Command::Backup(cmd) => backup::run(cmd, cli.global.state_dir.as_deref(), &out),
+        Command::Nbd(cmd) => nbd::run(cmd),
     };
     match result {
         Ok(status) => ExitCode::from(status),

@@ -1,0 +1,183 @@
+//! `strata nbd serve`: image chains served over NBD, as qemu-nbd serves
+//! them, on a unix socket or TCP (loopback unless `--insecure`, since TLS
+//! is not built yet), until a signal (or, without `--persistent`, until the
+//! first client leaves); then every export is flushed and closed, which
+//! releases its image locks.
+
+mod export;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use strata_image::{ChainOptions, Format};
+use strata_nbd::{Config, Exports, Listener};
+
+use crate::cli::{NbdCommand, NbdServeArgs};
+use crate::exit::{usage, OK};
+use export::ImageExport;
+
+/// One `EXPORT` argument.
+#[derive(Debug, PartialEq, Eq)]
+struct ExportSpec {
+    name: String,
+    file: PathBuf,
+    format: Option<Format>,
+    read_only: bool,
+}
+
+impl ExportSpec {
+    /// `FILE`, or `name=NAME,file=FILE[,format=qcow2|raw][,readonly]`.
+    fn parse(s: &str) -> Result<ExportSpec> {
+        if !s.contains('=') {
+            return Ok(ExportSpec {
+                name: String::new(),
+                file: PathBuf::from(s),
+                format: None,
+                read_only: false,
+            });
+        }
+        let mut spec = ExportSpec {
+            name: String::new(),
+            file: PathBuf::new(),
+            format: None,
+            read_only: false,
+        };
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("name", v)) => spec.name = v.to_string(),
+                Some(("file", v)) => spec.file = PathBuf::from(v),
+                Some(("format", v)) => {
+                    spec.format = Some(Format::parse(v).ok_or_else(|| {
+                        usage(format!("export '{s}': format '{v}' is not qcow2 or raw"))
+                    })?)
+                }
+                None if part == "readonly" => spec.read_only = true,
+                Some((k @ ("snapshot" | "bitmap"), _)) => {
+                    return Err(usage(format!("export '{s}': {k}= is not supported yet")))
+                }
+                None if part == "allocation-depth" => {
+                    return Err(usage(format!(
+                        "export '{s}': allocation-depth is not supported yet"
+                    )))
+                }
+                _ => {
+                    return Err(usage(format!(
+                        "export '{s}': '{part}' is not name=, file=, format= or readonly"
+                    )))
+                }
+            }
+        }
+        if spec.file.as_os_str().is_empty() {
+            return Err(usage(format!("export '{s}' names no file=")));
+        }
+        Ok(spec)
+    }
+}
+
+/// Runs `strata nbd …`.
+pub fn run(cmd: NbdCommand) -> Result<u8> {
+    match cmd {
+        NbdCommand::Serve(a) => serve(a),
+    }
+}
+
+fn serve(a: NbdServeArgs) -> Result<u8> {
+    let specs = a
+        .exports
+        .iter()
+        .map(|s| ExportSpec::parse(s))
+        .collect::<Result<Vec<_>>>()?;
+    let mut exports = Exports::new();
+    for spec in &specs {
+        if exports.all().any(|(n, _)| *n == spec.name) {
+            return Err(usage(format!("export name '{}' is used twice", spec.name)));
+        }
+        let img = strata_image::open(
+            &spec.file,
+            &ChainOptions {
+                writable: !spec.read_only,
+                format: spec.format,
+                ..Default::default()
+            },
+        )?;
+        exports.add(spec.name.clone(), Arc::new(ImageExport::new(img)));
+    }
+    let config = Config {
+        max_clients: a.shared.max(1),
+        persistent: a.persistent,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the I/O runtime")?;
+    let socket = a.socket.clone();
+    let served = rt.block_on(async {
+        let listener = match (&a.socket, &a.bind) {
+            (Some(path), _) => Listener::unix(path)
+                .with_context(|| format!("cannot listen on {}", path.display()))?,
+            (None, Some(addr)) => {
+                let addr: SocketAddr = addr
+                    .parse()
+                    .map_err(|_| usage(format!("--bind '{addr}' is not ADDR:PORT")))?;
+                if !addr.ip().is_loopback() && !a.insecure {
+                    bail!(
+                        "--bind {addr}: a non-loopback address needs TLS, which is not built yet; --insecure serves without it"
+                    );
+                }
+                Listener::Tcp(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen on {addr}"))?,
+                )
+            }
+            (None, None) => return Err(usage("give --socket PATH or --bind ADDR:PORT")),
+        };
+        strata_nbd::serve(exports, listener, config, stop_signal())
+            .await
+            .map_err(|e| anyhow!("serving: {e}"))
+    });
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
+    served?;
+    Ok(OK)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_specs_parse() {
+        let s = ExportSpec::parse("name=a,file=/x.qcow2,format=qcow2,readonly").unwrap();
+        assert_eq!(
+            s,
+            ExportSpec {
+                name: "a".into(),
+                file: "/x.qcow2".into(),
+                format: Some(Format::Qcow2),
+                read_only: true,
+            }
+        );
+        assert_eq!(ExportSpec::parse("disk.raw").unwrap().name, "");
+        assert!(ExportSpec::parse("name=a").is_err());
+        assert!(ExportSpec::parse("file=x,colour=red").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! strata's NBD server: the fixed newstyle handshake with structured
+//! replies and metadata contexts, and a transmission phase with many
+//! requests in flight and replies out of order. It serves anything that
+//! implements [`Export`] and knows nothing of image formats.
+
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod export;
+mod handshake;
+pub mod proto;
+pub mod server;
+mod transmission;
+
+pub use error::{Error, Result};
+pub use export::{BlockSizes, Errno, Export, Failure, Outcome, StatusExtent};
+pub use server::{serve, Config, Exports, Listener};

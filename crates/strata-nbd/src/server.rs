@@ -1,0 +1,160 @@
+//! The server: a table of named exports, listeners on a unix socket or
+//! TCP, a limit on clients at once, and shutdown. Each connection runs the
+//! handshake then transmission on its own task; a failing or misbehaving
+//! client ends only its own connection. Without `persistent` the server
+//! ends when its first client leaves (as qemu-nbd does). On shutdown no new
+//! client is taken, each connection stops reading requests, lets those in
+//! flight finish and flushes; then the exports are dropped (releasing
+//! whatever they hold, such as image locks).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{watch, Semaphore};
+
+use crate::export::Export;
+use crate::handshake::handshake;
+use crate::transmission;
+
+/// The exports a server offers, by name (`""` is the default: the export
+/// named so, or else the first).
+#[derive(Clone, Default)]
+pub struct Exports {
+    list: Vec<(String, Arc<dyn Export>)>,
+}
+
+impl Exports {
+    /// No exports yet.
+    pub fn new() -> Exports {
+        Exports::default()
+    }
+
+    /// Adds `export` as `name`.
+    pub fn add(&mut self, name: impl Into<String>, export: Arc<dyn Export>) {
+        self.list.push((name.into(), export));
+    }
+
+    /// The export a client names.
+    pub fn find(&self, name: &str) -> Option<Arc<dyn Export>> {
+        self.list
+            .iter()
+            .find(|(n, _)| n == name)
+            .or_else(|| self.list.first().filter(|_| name.is_empty()))
+            .map(|(_, e)| e.clone())
+    }
+
+    /// Every export, in order.
+    pub fn all(&self) -> impl Iterator<Item = &(String, Arc<dyn Export>)> {
+        self.list.iter()
+    }
+}
+
+/// How the server runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Clients served at once (further ones wait to be accepted).
+    pub max_clients: usize,
+    /// Keep serving after the first client leaves.
+    pub persistent: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_clients: 1,
+            persistent: false,
+        }
+    }
+}
+
+/// Where the server listens.
+pub enum Listener {
+    /// A unix socket.
+    Unix(UnixListener),
+    /// A TCP socket.
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// Binds a unix socket at `path` (mode 0600).
+    pub fn unix(path: &Path) -> std::io::Result<Listener> {
+        use std::os::unix::fs::PermissionsExt;
+        let l = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(Listener::Unix(l))
+    }
+}
+
+/// Serves `exports` on `listener` until `shutdown` completes (or, without
+/// `persistent`, until the first client leaves).
+pub async fn serve(
+    exports: Exports,
+    listener: Listener,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let exports = Arc::new(exports);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(config.max_clients.max(1)));
+    let (left_tx, mut left_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+            _ = &mut shutdown => break,
+            _ = left_rx.recv(), if !config.persistent => break,
+        };
+        let accepted = tokio::select! {
+            a = accept(&listener) => a,
+            _ = &mut shutdown => break,
+            _ = left_rx.recv(), if !config.persistent => break,
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                continue;
+            }
+        };
+        let (exports, stop, left) = (exports.clone(), stop_rx.clone(), left_tx.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = connection(stream, &exports, stop).await {
+                tracing::info!("client: {e}");
+            }
+            let _ = left.send(());
+        });
+    }
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// A connected client's stream.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+async fn accept(l: &Listener) -> std::io::Result<Box<dyn Stream>> {
+    Ok(match l {
+        Listener::Unix(u) => Box::new(u.accept().await?.0),
+        Listener::Tcp(t) => {
+            let (s, _) = t.accept().await?;
+            s.set_nodelay(true)?;
+            Box::new(s)
+        }
+    })
+}
+
+async fn connection(
+    mut stream: Box<dyn Stream>,
+    exports: &Exports,
+    stop: watch::Receiver<bool>,
+) -> crate::Result<()> {
+    match handshake(&mut stream, exports).await? {
+        Some(neg) => transmission::serve(stream, neg, stop).await,
+        None => Ok(()),
+    }
+}

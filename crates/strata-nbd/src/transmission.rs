@@ -1,0 +1,451 @@
+//! The transmission phase: requests are read in order, each runs on its
+//! own task (the export's I/O on a blocking thread), and replies go out as
+//! they complete, so many requests are in flight and replies may come out
+//! of order. Errors get the protocol's error numbers; a broken request
+//! header ends the connection. `NBD_CMD_DISC`, the end of the stream or a
+//! server shutdown stop the reading; in-flight requests finish first.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::sync::{watch, Mutex, Semaphore};
+
+use crate::error::{Error, Result};
+use crate::export::{Errno, Export, Failure, Outcome, StatusExtent};
+use crate::handshake::Negotiated;
+use crate::proto::{self, cflag, chunk, cmd};
+
+/// Requests in flight per connection.
+const IN_FLIGHT: u32 = 64;
+/// Most extents in one block status chunk.
+const MAX_EXTENTS: usize = 1 << 20;
+
+/// One request header.
+#[derive(Clone, Copy, Debug)]
+struct Request {
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+    offset: u64,
+    length: u64,
+}
+
+/// Serves requests until the client leaves or `stop` turns true.
+pub(crate) async fn serve<S>(io: S, neg: Negotiated, mut stop: watch::Receiver<bool>) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(io);
+    let out = Arc::new(Mutex::new(wr));
+    let neg = Arc::new(neg);
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT as usize));
+    let max = neg.export.block_sizes().maximum.max(1 << 20) as u64;
+    let result = loop {
+        let mut head = [0u8; 28];
+        let got = tokio::select! {
+            r = rd.read_exact(&mut head) => r,
+            _ = stop.wait_for(|s| *s) => break Ok(()),
+        };
+        match got {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
+            Err(e) => break Err(e.into()),
+        }
+        let magic = u32::from_be_bytes(head[0..4].try_into().expect("4 bytes"));
+        if magic != proto::REQUEST_MAGIC {
+            break Err(Error::protocol(format!("request magic {magic:#x}")));
+        }
+        let req = Request {
+            flags: u16::from_be_bytes([head[4], head[5]]),
+            kind: u16::from_be_bytes([head[6], head[7]]),
+            cookie: u64::from_be_bytes(head[8..16].try_into().expect("8 bytes")),
+            offset: u64::from_be_bytes(head[16..24].try_into().expect("8 bytes")),
+            length: u32::from_be_bytes(head[24..28].try_into().expect("4 bytes")) as u64,
+        };
+        if req.kind == cmd::DISC {
+            break Ok(());
+        }
+        let payload = if req.kind == cmd::WRITE {
+            if req.length > max {
+                // Too big to read into memory: the protocol allows a hard
+                // disconnect.
+                break Err(Error::protocol(format!(
+                    "write of {} bytes exceeds the maximum payload",
+                    req.length
+                )));
+            }
+            let mut data = vec![0u8; req.length as usize];
+            if let Err(e) = rd.read_exact(&mut data).await {
+                break Err(e.into());
+            }
+            data
+        } else {
+            Vec::new()
+        };
+        let permit = slots.clone().acquire_owned().await.expect("never closed");
+        let (neg, out) = (neg.clone(), out.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = handle(&neg, req, payload, &out).await {
+                tracing::debug!("reply to request {:#x}: {e}", req.cookie);
+            }
+        });
+    };
+    // Let every request in flight finish, then make writes durable.
+    let _all = slots.acquire_many(IN_FLIGHT).await.expect("never closed");
+    if !neg.export.read_only() {
+        let export = neg.export.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || export.flush()).await {
+            tracing::warn!("export '{}': flush at disconnect: {e}", neg.name);
+        }
+    }
+    let _ = out.lock().await.shutdown().await;
+    result
+}
+
+/// Checks a request against the export and the negotiation.
+fn validate(neg: &Negotiated, req: &Request) -> Outcome<()> {
+    let allowed = cflag::FUA
+        | match req.kind {
+            cmd::READ if neg.structured => cflag::DF,
+            cmd::WRITE_ZEROES => cflag::NO_HOLE | cflag::FAST_ZERO,
+            cmd::BLOCK_STATUS => cflag::REQ_ONE,
+            _ => 0,
+        };
+    if req.flags & !allowed != 0 {
+        return Err(Failure::new(
+            Errno::Inval,
+            format!(
+                "flags {:#x} are not valid for command {}",
+                req.flags, req.kind
+            ),
+        ));
+    }
+    let export = neg.export.as_ref();
+    let ranged = matches!(
+        req.kind,
+        cmd::READ | cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES | cmd::CACHE | cmd::BLOCK_STATUS
+    );
+    if ranged {
+        let end = req.offset.checked_add(req.length);
+        if end.is_none_or(|e| e > export.size()) {
+            return Err(Failure::new(
+                Errno::Inval,
+                format!(
+                    "range {}+{} is past the end of the export ({} bytes)",
+                    req.offset,
+                    req.length,
+                    export.size()
+                ),
+            ));
+        }
+        let min = export.block_sizes().minimum as u64;
+        if min > 1 && (req.offset % min != 0 || req.length % min != 0) {
+            return Err(Failure::new(
+                Errno::Inval,
+                format!(
+                    "range {}+{} is not aligned to {min}",
+                    req.offset, req.length
+                ),
+            ));
+        }
+    }
+    match req.kind {
+        cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES if export.read_only() => {
+            Err(Failure::new(Errno::Perm, "the export is read-only"))
+        }
+        cmd::READ if req.length > export.block_sizes().maximum as u64 => Err(Failure::new(
+            Errno::Inval,
+            format!("read of {} bytes exceeds the maximum payload", req.length),
+        )),
+        cmd::BLOCK_STATUS if neg.contexts.is_empty() => Err(Failure::new(
+            Errno::Inval,
+            "no metadata context was selected",
+        )),
+        cmd::BLOCK_STATUS if req.length == 0 => {
+            Err(Failure::new(Errno::Inval, "block status of zero bytes"))
+        }
+        cmd::READ
+        | cmd::WRITE
+        | cmd::FLUSH
+        | cmd::TRIM
+        | cmd::CACHE
+        | cmd::WRITE_ZEROES
+        | cmd::BLOCK_STATUS => Ok(()),
+        k => Err(Failure::new(Errno::Inval, format!("unknown command {k}"))),
+    }
+}
+
+/// Runs `f` with the export on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    export: &Arc<dyn Export>,
+    f: impl FnOnce(&dyn Export) -> Outcome<T> + Send + 'static,
+) -> Outcome<T> {
+    let export = export.clone();
+    tokio::task::spawn_blocking(move || f(export.as_ref()))
+        .await
+        .unwrap_or_else(|e| Err(Failure::new(Errno::Io, format!("the request failed: {e}"))))
+}
+
+/// Carries out one request and sends its reply.
+async fn handle<W>(
+    neg: &Negotiated,
+    req: Request,
+    payload: Vec<u8>,
+    out: &Mutex<WriteHalf<W>>,
+) -> Result<()>
+where
+    W: AsyncWrite,
+{
+    let r = Reply {
+        structured: neg.structured,
+        cookie: req.cookie,
+    };
+    if let Err(f) = validate(neg, &req) {
+        return r.error(out, &f).await;
+    }
+    let fua = req.flags & cflag::FUA != 0;
+    let (off, len) = (req.offset, req.length);
+    let done = match req.kind {
+        cmd::READ => return read(neg, req, r, out).await,
+        cmd::BLOCK_STATUS => return block_status(neg, req, r, out).await,
+        cmd::WRITE => blocking(&neg.export, move |e| e.write_at(&payload, off, fua)).await,
+        cmd::WRITE_ZEROES => {
+            let may_trim = req.flags & cflag::NO_HOLE == 0;
+            let fast = req.flags & cflag::FAST_ZERO != 0;
+            blocking(&neg.export, move |e| {
+                e.write_zeroes(off, len, may_trim, fast, fua)
+            })
+            .await
+        }
+        cmd::TRIM => blocking(&neg.export, move |e| e.trim(off, len, fua)).await,
+        cmd::FLUSH => blocking(&neg.export, |e| e.flush()).await,
+        cmd::CACHE => blocking(&neg.export, move |e| e.cache(off, len)).await,
+        _ => Ok(()),
+    };
+    match done {
+        Ok(()) => r.ok(out).await,
+        Err(f) => r.error(out, &f).await,
+    }
+}
+
+/// `NBD_CMD_READ`: with structured replies, holes (by `base:allocation`)
+/// go as hole chunks and the rest as data chunks.
+async fn read<W: AsyncWrite>(
+    neg: &Negotiated,
+    req: Request,
+    r: Reply,
+    out: &Mutex<WriteHalf<W>>,
+) -> Result<()> {
+    let (off, len) = (req.offset, req.length);
+    let holes = r.structured
+        && req.flags & cflag::DF == 0
+        && neg.export.contexts().iter().any(|c| c == "base:allocation");
+    let pieces: Vec<(u64, u64, bool)> = if holes {
+        match blocking(&neg.export, move |e| {
+            e.block_status("base:allocation", off, len)
+        })
+        .await
+        {
+            Ok(ext) => {
+                let mut at = off;
+                let mut v = Vec::new();
+                for x in ext {
+                    let n = x.length.min(off + len - at);
+                    if n == 0 {
+                        break;
+                    }
+                    v.push((at, n, x.flags & proto::STATE_ZERO != 0));
+                    at += n;
+                }
+                if at < off + len {
+                    v.push((at, off + len - at, false));
+                }
+                v
+            }
+            Err(_) => vec![(off, len, false)],
+        }
+    } else {
+        vec![(off, len, false)]
+    };
+    let data_len: u64 = pieces.iter().filter(|p| !p.2).map(|p| p.1).sum();
+    let mut buf = vec![0u8; data_len as usize];
+    let wanted: Vec<(u64, u64)> = pieces.iter().filter(|p| !p.2).map(|p| (p.0, p.1)).collect();
+    let read = {
+        let export = neg.export.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut at = 0usize;
+            for (o, n) in wanted {
+                export.read_at(&mut buf[at..at + n as usize], o)?;
+                at += n as usize;
+            }
+            Ok::<_, Failure>(buf)
+        })
+        .await
+        .unwrap_or_else(|e| Err(Failure::new(Errno::Io, format!("the read failed: {e}"))))
+    };
+    let buf = match read {
+        Ok(b) => b,
+        Err(f) => return r.error(out, &f).await,
+    };
+    let mut w = out.lock().await;
+    if !r.structured {
+        let mut head = simple_head(0, r.cookie);
+        head.extend_from_slice(&buf);
+        w.write_all(&head).await?;
+        return Ok(w.flush().await?);
+    }
+    let mut at = 0usize;
+    let last = pieces.len().saturating_sub(1);
+    if pieces.is_empty() {
+        w.write_all(&chunk_head(chunk::FLAG_DONE, chunk::NONE, r.cookie, 0))
+            .await?;
+    }
+    for (i, (o, n, hole)) in pieces.into_iter().enumerate() {
+        let flags = if i == last { chunk::FLAG_DONE } else { 0 };
+        if hole {
+            let mut m = chunk_head(flags, chunk::OFFSET_HOLE, r.cookie, 12);
+            m.extend_from_slice(&o.to_be_bytes());
+            m.extend_from_slice(&(n as u32).to_be_bytes());
+            w.write_all(&m).await?;
+        } else {
+            let mut m = chunk_head(flags, chunk::OFFSET_DATA, r.cookie, 8 + n as u32);
+            m.extend_from_slice(&o.to_be_bytes());
+            w.write_all(&m).await?;
+            w.write_all(&buf[at..at + n as usize]).await?;
+            at += n as usize;
+        }
+    }
+    Ok(w.flush().await?)
+}
+
+/// `NBD_CMD_BLOCK_STATUS`: one chunk per selected context.
+async fn block_status<W: AsyncWrite>(
+    neg: &Negotiated,
+    req: Request,
+    r: Reply,
+    out: &Mutex<WriteHalf<W>>,
+) -> Result<()> {
+    let one = req.flags & cflag::REQ_ONE != 0;
+    let mut chunks = Vec::new();
+    for (id, name) in &neg.contexts {
+        let (n, off, len) = (name.clone(), req.offset, req.length);
+        let ext = match blocking(&neg.export, move |e| e.block_status(&n, off, len)).await {
+            Ok(e) => e,
+            Err(f) => return r.error(out, &f).await,
+        };
+        let ext = shape(ext, len, one);
+        if ext.is_empty() {
+            let f = Failure::new(Errno::Io, format!("context '{name}' reported nothing"));
+            return r.error(out, &f).await;
+        }
+        let mut payload = id.to_be_bytes().to_vec();
+        for x in ext {
+            payload.extend_from_slice(&(x.length as u32).to_be_bytes());
+            payload.extend_from_slice(&x.flags.to_be_bytes());
+        }
+        chunks.push(payload);
+    }
+    let mut w = out.lock().await;
+    let last = chunks.len() - 1;
+    for (i, p) in chunks.into_iter().enumerate() {
+        let flags = if i == last { chunk::FLAG_DONE } else { 0 };
+        let mut m = chunk_head(flags, chunk::BLOCK_STATUS, r.cookie, p.len() as u32);
+        m.extend_from_slice(&p);
+        w.write_all(&m).await?;
+    }
+    Ok(w.flush().await?)
+}
+
+/// Extents as the reply may carry them: nonzero, each under 4 GiB, the sum
+/// of all but the last under `len`, one (within `len`) with `one`.
+fn shape(ext: Vec<StatusExtent>, len: u64, one: bool) -> Vec<StatusExtent> {
+    const MAX_EXTENT: u64 = u32::MAX as u64 & !0xffff;
+    let mut out = Vec::new();
+    let mut sum = 0u64;
+    for x in ext.into_iter().filter(|x| x.length > 0) {
+        let mut rest = x.length;
+        while rest > 0 && sum < len && out.len() < MAX_EXTENTS {
+            let n = rest.min(MAX_EXTENT);
+            out.push(StatusExtent {
+                length: n,
+                flags: x.flags,
+            });
+            sum += n;
+            rest -= n;
+        }
+        if sum >= len || out.len() >= MAX_EXTENTS {
+            break;
+        }
+    }
+    if one {
+        out.truncate(1);
+        if let Some(x) = out.first_mut() {
+            x.length = x.length.min(len);
+        }
+    }
+    out
+}
+
+/// How to answer one request.
+#[derive(Clone, Copy)]
+struct Reply {
+    structured: bool,
+    cookie: u64,
+}
+
+impl Reply {
+    /// Success without payload.
+    async fn ok<W: AsyncWrite>(&self, out: &Mutex<WriteHalf<W>>) -> Result<()> {
+        let m = if self.structured {
+            chunk_head(chunk::FLAG_DONE, chunk::NONE, self.cookie, 0)
+        } else {
+            simple_head(0, self.cookie)
+        };
+        let mut w = out.lock().await;
+        w.write_all(&m).await?;
+        Ok(w.flush().await?)
+    }
+
+    /// An error; with structured replies as an error chunk with the message
+    /// (reads must not get a simple reply then).
+    async fn error<W: AsyncWrite>(&self, out: &Mutex<WriteHalf<W>>, f: &Failure) -> Result<()> {
+        tracing::debug!("request {:#x}: {:?}: {}", self.cookie, f.errno, f.message);
+        let m = if self.structured {
+            let msg = &f.message.as_bytes()[..f.message.len().min(4096)];
+            let mut m = chunk_head(
+                chunk::FLAG_DONE,
+                chunk::ERROR,
+                self.cookie,
+                6 + msg.len() as u32,
+            );
+            m.extend_from_slice(&(f.errno as u32).to_be_bytes());
+            m.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+            m.extend_from_slice(msg);
+            m
+        } else {
+            simple_head(f.errno as u32, self.cookie)
+        };
+        let mut w = out.lock().await;
+        w.write_all(&m).await?;
+        Ok(w.flush().await?)
+    }
+}
+
+fn simple_head(error: u32, cookie: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(16);
+    m.extend_from_slice(&proto::SIMPLE_REPLY_MAGIC.to_be_bytes());
+    m.extend_from_slice(&error.to_be_bytes());
+    m.extend_from_slice(&cookie.to_be_bytes());
+    m
+}
+
+fn chunk_head(flags: u16, kind: u16, cookie: u64, len: u32) -> Vec<u8> {
+    let mut m = Vec::with_capacity(20);
+    m.extend_from_slice(&proto::STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    m.extend_from_slice(&flags.to_be_bytes());
+    m.extend_from_slice(&kind.to_be_bytes());
+    m.extend_from_slice(&cookie.to_be_bytes());
+    m.extend_from_slice(&len.to_be_bytes());
+    m
+}
