@@ -161,6 +161,111 @@ fn reads_maps_and_lists_match_qemu_nbd() {
 }
 
 #[test]
+fn bitmap_and_allocation_depth_contexts_match_qemu_nbd() {
+    let d = tmp();
+    let p = d.path();
+    // A backing chain: data in the base, a bitmap in the top recording the
+    // top's writes, zeroes and discards.
+    sample(p, "base.qcow2");
+    qemu_img(
+        p,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "top.qcow2",
+        ],
+    );
+    qemu_img(p, &["bitmap", "--add", "-g", "64k", "top.qcow2", "b1"]);
+    qemu_io(
+        p,
+        "qcow2",
+        "top.qcow2",
+        &[
+            "write -P 4 2M 100k",
+            "write -z 21M 64k",
+            "write -P 5 40M 1M",
+            "discard 1M 64k",
+        ],
+    );
+    let ours = strata_nbd(
+        p,
+        "s.sock",
+        &["name=t,file=top.qcow2,readonly,bitmap=b1,allocation-depth"],
+    );
+    let abs = p.join("q.sock").display().to_string();
+    let theirs = Server::start(
+        p,
+        "qemu-nbd",
+        &[
+            "-t",
+            "-r",
+            "-f",
+            "qcow2",
+            "-B",
+            "b1",
+            "-A",
+            "-x",
+            "t",
+            "-k",
+            &abs,
+            "top.qcow2",
+        ],
+        "q.sock",
+    );
+    for ctx in [
+        "base:allocation",
+        "qemu:dirty-bitmap:b1",
+        "qemu:allocation-depth",
+    ] {
+        let map = |uri: &str| {
+            run_in(p, "nbdinfo", &[&format!("--map={ctx}"), uri])
+                .expect(0)
+                .stdout
+        };
+        let (a, b) = (map(&ours.uri(p, "t")), map(&theirs.uri(p, "t")));
+        assert_eq!(a, b, "{ctx}");
+        assert!(a.lines().count() > 2, "{ctx}: {a}");
+    }
+    let v = run_in(p, "nbdinfo", &["--json", &ours.uri(p, "t")])
+        .expect(0)
+        .json();
+    let mut contexts: Vec<String> = v["exports"][0]["contexts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    contexts.sort();
+    assert_eq!(
+        contexts,
+        [
+            "base:allocation",
+            "qemu:allocation-depth",
+            "qemu:dirty-bitmap:b1"
+        ]
+    );
+    // A bitmap that is not there is refused when the server starts.
+    strata(
+        p,
+        &[
+            "nbd",
+            "serve",
+            "--socket",
+            "x.sock",
+            "file=top.qcow2,readonly,bitmap=nope",
+        ],
+    )
+    .one_error(1, "nope");
+    assert!(ours.stop().success());
+}
+
+#[test]
 fn several_exports_are_listed() {
     let d = tmp();
     let p = d.path();

@@ -7,8 +7,10 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
-use tokio::sync::{watch, Mutex, Semaphore};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, WriteHalf,
+};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::error::{Error, Result};
 use crate::export::{Errno, Export, Failure, Outcome, StatusExtent};
@@ -19,6 +21,10 @@ use crate::proto::{self, cflag, chunk, cmd};
 const IN_FLIGHT: u32 = 64;
 /// Most extents in one block status chunk.
 const MAX_EXTENTS: usize = 1 << 20;
+/// Socket buffer sizes (requests and replies coalesce in them).
+const IO_BUFFER: usize = 256 << 10;
+/// Requests up to this size run on the connection's own task.
+const INLINE_MAX: u64 = 256 << 10;
 
 /// One request header.
 #[derive(Clone, Copy, Debug)]
@@ -35,8 +41,15 @@ pub(crate) async fn serve<S>(io: S, neg: Negotiated, mut stop: watch::Receiver<b
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (mut rd, wr) = tokio::io::split(io);
-    let out = Arc::new(Mutex::new(wr));
+    let (rd, wr) = tokio::io::split(io);
+    let mut rd = BufReader::with_capacity(IO_BUFFER, rd);
+    // Replies go, whole, to the connection's writer task, which coalesces
+    // them.
+    let (out, replies) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(write_replies(
+        BufWriter::with_capacity(IO_BUFFER, wr),
+        replies,
+    ));
     let neg = Arc::new(neg);
     let slots = Arc::new(Semaphore::new(IN_FLIGHT as usize));
     let max = neg.export.block_sizes().maximum.max(1 << 20) as u64;
@@ -86,9 +99,9 @@ where
         let (neg, out) = (neg.clone(), out.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = handle(&neg, req, payload, &out).await {
-                tracing::debug!("reply to request {:#x}: {e}", req.cookie);
-            }
+            let reply = handle(&neg, req, payload).await;
+            // A closed channel means the connection is going away.
+            let _ = out.send(reply);
         });
     };
     // Let every request in flight finish, then make writes durable.
@@ -99,8 +112,27 @@ where
             tracing::warn!("export '{}': flush at disconnect: {e}", neg.name);
         }
     }
-    let _ = out.lock().await.shutdown().await;
+    drop(out);
+    match writer.await {
+        Ok(Err(e)) if result.is_ok() => return Err(e.into()),
+        _ => {}
+    }
     result
+}
+
+/// Writes replies as they come, many per system call when they queue up.
+async fn write_replies<W: AsyncWrite>(
+    mut w: BufWriter<WriteHalf<W>>,
+    mut replies: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    while let Some(m) = replies.recv().await {
+        w.write_all(&m).await?;
+        while let Ok(m) = replies.try_recv() {
+            w.write_all(&m).await?;
+        }
+        w.flush().await?;
+    }
+    w.shutdown().await
 }
 
 /// Checks a request against the export and the negotiation.
@@ -176,185 +208,161 @@ fn validate(neg: &Negotiated, req: &Request) -> Outcome<()> {
     }
 }
 
-/// Runs `f` with the export on a blocking thread.
-async fn blocking<T: Send + 'static>(
+/// Runs `f` with the export: small requests right here (page-cache I/O
+/// takes microseconds, less than a thread hand-off), large ones and
+/// flushes on a blocking thread so they do not hold up the rest.
+async fn run_io<T: Send + 'static>(
     export: &Arc<dyn Export>,
+    inline: bool,
     f: impl FnOnce(&dyn Export) -> Outcome<T> + Send + 'static,
 ) -> Outcome<T> {
+    if inline {
+        return f(export.as_ref());
+    }
     let export = export.clone();
     tokio::task::spawn_blocking(move || f(export.as_ref()))
         .await
         .unwrap_or_else(|e| Err(Failure::new(Errno::Io, format!("the request failed: {e}"))))
 }
 
-/// Carries out one request and sends its reply.
-async fn handle<W>(
-    neg: &Negotiated,
-    req: Request,
-    payload: Vec<u8>,
-    out: &Mutex<WriteHalf<W>>,
-) -> Result<()>
-where
-    W: AsyncWrite,
-{
+/// True when a request of `len` bytes runs inline.
+fn small(len: u64) -> bool {
+    len <= INLINE_MAX
+}
+
+/// Carries out one request; returns its whole reply.
+async fn handle(neg: &Negotiated, req: Request, payload: Vec<u8>) -> Vec<u8> {
     let r = Reply {
         structured: neg.structured,
         cookie: req.cookie,
     };
     if let Err(f) = validate(neg, &req) {
-        return r.error(out, &f).await;
+        return r.error(&f);
     }
     let fua = req.flags & cflag::FUA != 0;
     let (off, len) = (req.offset, req.length);
+    // Zeroing and discarding are metadata work, done inline.
     let done = match req.kind {
-        cmd::READ => return read(neg, req, r, out).await,
-        cmd::BLOCK_STATUS => return block_status(neg, req, r, out).await,
-        cmd::WRITE => blocking(&neg.export, move |e| e.write_at(&payload, off, fua)).await,
+        cmd::READ => return read(neg, req, r).await,
+        cmd::BLOCK_STATUS => return block_status(neg, req, r).await,
+        cmd::WRITE => {
+            run_io(&neg.export, small(len) && !fua, move |e| {
+                e.write_at(&payload, off, fua)
+            })
+            .await
+        }
         cmd::WRITE_ZEROES => {
             let may_trim = req.flags & cflag::NO_HOLE == 0;
             let fast = req.flags & cflag::FAST_ZERO != 0;
-            blocking(&neg.export, move |e| {
+            run_io(&neg.export, !fua, move |e| {
                 e.write_zeroes(off, len, may_trim, fast, fua)
             })
             .await
         }
-        cmd::TRIM => blocking(&neg.export, move |e| e.trim(off, len, fua)).await,
-        cmd::FLUSH => blocking(&neg.export, |e| e.flush()).await,
-        cmd::CACHE => blocking(&neg.export, move |e| e.cache(off, len)).await,
+        cmd::TRIM => run_io(&neg.export, !fua, move |e| e.trim(off, len, fua)).await,
+        cmd::FLUSH => run_io(&neg.export, false, |e| e.flush()).await,
+        cmd::CACHE => run_io(&neg.export, false, move |e| e.cache(off, len)).await,
         _ => Ok(()),
     };
     match done {
-        Ok(()) => r.ok(out).await,
-        Err(f) => r.error(out, &f).await,
+        Ok(()) => r.ok(),
+        Err(f) => r.error(&f),
     }
 }
 
 /// `NBD_CMD_READ`: with structured replies, holes (by `base:allocation`)
 /// go as hole chunks and the rest as data chunks.
-async fn read<W: AsyncWrite>(
-    neg: &Negotiated,
-    req: Request,
-    r: Reply,
-    out: &Mutex<WriteHalf<W>>,
-) -> Result<()> {
+async fn read(neg: &Negotiated, req: Request, r: Reply) -> Vec<u8> {
     let (off, len) = (req.offset, req.length);
     let holes = r.structured
         && req.flags & cflag::DF == 0
         && neg.export.contexts().iter().any(|c| c == "base:allocation");
-    let pieces: Vec<(u64, u64, bool)> = if holes {
-        match blocking(&neg.export, move |e| {
-            e.block_status("base:allocation", off, len)
-        })
-        .await
-        {
-            Ok(ext) => {
-                let mut at = off;
-                let mut v = Vec::new();
+    let inline = small(len);
+    let structured = r.structured;
+    let cookie = r.cookie;
+    let built = run_io(&neg.export, inline, move |e| {
+        // The pieces: (offset, length, reads as zero).
+        let mut pieces: Vec<(u64, u64, bool)> = Vec::new();
+        if holes {
+            let mut at = off;
+            if let Ok(ext) = e.block_status("base:allocation", off, len) {
                 for x in ext {
                     let n = x.length.min(off + len - at);
                     if n == 0 {
                         break;
                     }
-                    v.push((at, n, x.flags & proto::STATE_ZERO != 0));
+                    match pieces.last_mut() {
+                        Some(p) if p.2 == (x.flags & proto::STATE_ZERO != 0) => p.1 += n,
+                        _ => pieces.push((at, n, x.flags & proto::STATE_ZERO != 0)),
+                    }
                     at += n;
                 }
-                if at < off + len {
-                    v.push((at, off + len - at, false));
-                }
-                v
             }
-            Err(_) => vec![(off, len, false)],
-        }
-    } else {
-        vec![(off, len, false)]
-    };
-    let data_len: u64 = pieces.iter().filter(|p| !p.2).map(|p| p.1).sum();
-    let mut buf = vec![0u8; data_len as usize];
-    let wanted: Vec<(u64, u64)> = pieces.iter().filter(|p| !p.2).map(|p| (p.0, p.1)).collect();
-    let read = {
-        let export = neg.export.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut at = 0usize;
-            for (o, n) in wanted {
-                export.read_at(&mut buf[at..at + n as usize], o)?;
-                at += n as usize;
+            if at < off + len {
+                pieces.push((at, off + len - at, false));
             }
-            Ok::<_, Failure>(buf)
-        })
-        .await
-        .unwrap_or_else(|e| Err(Failure::new(Errno::Io, format!("the read failed: {e}"))))
-    };
-    let buf = match read {
-        Ok(b) => b,
-        Err(f) => return r.error(out, &f).await,
-    };
-    let mut w = out.lock().await;
-    if !r.structured {
-        let mut head = simple_head(0, r.cookie);
-        head.extend_from_slice(&buf);
-        w.write_all(&head).await?;
-        return Ok(w.flush().await?);
-    }
-    let mut at = 0usize;
-    let last = pieces.len().saturating_sub(1);
-    if pieces.is_empty() {
-        w.write_all(&chunk_head(chunk::FLAG_DONE, chunk::NONE, r.cookie, 0))
-            .await?;
-    }
-    for (i, (o, n, hole)) in pieces.into_iter().enumerate() {
-        let flags = if i == last { chunk::FLAG_DONE } else { 0 };
-        if hole {
-            let mut m = chunk_head(flags, chunk::OFFSET_HOLE, r.cookie, 12);
-            m.extend_from_slice(&o.to_be_bytes());
-            m.extend_from_slice(&(n as u32).to_be_bytes());
-            w.write_all(&m).await?;
         } else {
-            let mut m = chunk_head(flags, chunk::OFFSET_DATA, r.cookie, 8 + n as u32);
-            m.extend_from_slice(&o.to_be_bytes());
-            w.write_all(&m).await?;
-            w.write_all(&buf[at..at + n as usize]).await?;
-            at += n as usize;
+            pieces.push((off, len, false));
         }
-    }
-    Ok(w.flush().await?)
+        let data: u64 = pieces.iter().filter(|p| !p.2).map(|p| p.1).sum();
+        let mut m = Vec::with_capacity(32 * pieces.len() + data as usize);
+        if !structured {
+            m.extend_from_slice(&simple_head(0, cookie));
+            m.resize(16 + len as usize, 0);
+            e.read_at(&mut m[16..], off)?;
+            return Ok(m);
+        }
+        let last = pieces.len().saturating_sub(1);
+        for (i, (o, n, zero)) in pieces.iter().copied().enumerate() {
+            let flags = if i == last { chunk::FLAG_DONE } else { 0 };
+            if zero {
+                m.extend_from_slice(&chunk_head(flags, chunk::OFFSET_HOLE, cookie, 12));
+                m.extend_from_slice(&o.to_be_bytes());
+                m.extend_from_slice(&(n as u32).to_be_bytes());
+            } else {
+                m.extend_from_slice(&chunk_head(flags, chunk::OFFSET_DATA, cookie, 8 + n as u32));
+                m.extend_from_slice(&o.to_be_bytes());
+                let at = m.len();
+                m.resize(at + n as usize, 0);
+                e.read_at(&mut m[at..], o)?;
+            }
+        }
+        if pieces.is_empty() {
+            m.extend_from_slice(&chunk_head(chunk::FLAG_DONE, chunk::NONE, cookie, 0));
+        }
+        Ok(m)
+    })
+    .await;
+    built.unwrap_or_else(|f| r.error(&f))
 }
 
 /// `NBD_CMD_BLOCK_STATUS`: one chunk per selected context.
-async fn block_status<W: AsyncWrite>(
-    neg: &Negotiated,
-    req: Request,
-    r: Reply,
-    out: &Mutex<WriteHalf<W>>,
-) -> Result<()> {
+async fn block_status(neg: &Negotiated, req: Request, r: Reply) -> Vec<u8> {
     let one = req.flags & cflag::REQ_ONE != 0;
-    let mut chunks = Vec::new();
-    for (id, name) in &neg.contexts {
+    let mut m = Vec::new();
+    let last = neg.contexts.len() - 1;
+    for (i, (id, name)) in neg.contexts.iter().enumerate() {
         let (n, off, len) = (name.clone(), req.offset, req.length);
-        let ext = match blocking(&neg.export, move |e| e.block_status(&n, off, len)).await {
-            Ok(e) => e,
-            Err(f) => return r.error(out, &f).await,
+        let ext = match run_io(&neg.export, true, move |e| e.block_status(&n, off, len)).await {
+            Ok(e) => shape(e, len, one),
+            Err(f) => return r.error(&f),
         };
-        let ext = shape(ext, len, one);
         if ext.is_empty() {
-            let f = Failure::new(Errno::Io, format!("context '{name}' reported nothing"));
-            return r.error(out, &f).await;
+            return r.error(&Failure::new(
+                Errno::Io,
+                format!("context '{name}' reported nothing"),
+            ));
         }
-        let mut payload = id.to_be_bytes().to_vec();
-        for x in ext {
-            payload.extend_from_slice(&(x.length as u32).to_be_bytes());
-            payload.extend_from_slice(&x.flags.to_be_bytes());
-        }
-        chunks.push(payload);
-    }
-    let mut w = out.lock().await;
-    let last = chunks.len() - 1;
-    for (i, p) in chunks.into_iter().enumerate() {
         let flags = if i == last { chunk::FLAG_DONE } else { 0 };
-        let mut m = chunk_head(flags, chunk::BLOCK_STATUS, r.cookie, p.len() as u32);
-        m.extend_from_slice(&p);
-        w.write_all(&m).await?;
+        let size = 4 + 8 * ext.len() as u32;
+        m.extend_from_slice(&chunk_head(flags, chunk::BLOCK_STATUS, r.cookie, size));
+        m.extend_from_slice(&id.to_be_bytes());
+        for x in ext {
+            m.extend_from_slice(&(x.length as u32).to_be_bytes());
+            m.extend_from_slice(&x.flags.to_be_bytes());
+        }
     }
-    Ok(w.flush().await?)
+    m
 }
 
 /// Extents as the reply may carry them: nonzero, each under 4 GiB, the sum
@@ -396,39 +404,32 @@ struct Reply {
 
 impl Reply {
     /// Success without payload.
-    async fn ok<W: AsyncWrite>(&self, out: &Mutex<WriteHalf<W>>) -> Result<()> {
-        let m = if self.structured {
+    fn ok(&self) -> Vec<u8> {
+        if self.structured {
             chunk_head(chunk::FLAG_DONE, chunk::NONE, self.cookie, 0)
         } else {
             simple_head(0, self.cookie)
-        };
-        let mut w = out.lock().await;
-        w.write_all(&m).await?;
-        Ok(w.flush().await?)
+        }
     }
 
     /// An error; with structured replies as an error chunk with the message
     /// (reads must not get a simple reply then).
-    async fn error<W: AsyncWrite>(&self, out: &Mutex<WriteHalf<W>>, f: &Failure) -> Result<()> {
+    fn error(&self, f: &Failure) -> Vec<u8> {
         tracing::debug!("request {:#x}: {:?}: {}", self.cookie, f.errno, f.message);
-        let m = if self.structured {
-            let msg = &f.message.as_bytes()[..f.message.len().min(4096)];
-            let mut m = chunk_head(
-                chunk::FLAG_DONE,
-                chunk::ERROR,
-                self.cookie,
-                6 + msg.len() as u32,
-            );
-            m.extend_from_slice(&(f.errno as u32).to_be_bytes());
-            m.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-            m.extend_from_slice(msg);
-            m
-        } else {
-            simple_head(f.errno as u32, self.cookie)
-        };
-        let mut w = out.lock().await;
-        w.write_all(&m).await?;
-        Ok(w.flush().await?)
+        if !self.structured {
+            return simple_head(f.errno as u32, self.cookie);
+        }
+        let msg = &f.message.as_bytes()[..f.message.len().min(4096)];
+        let mut m = chunk_head(
+            chunk::FLAG_DONE,
+            chunk::ERROR,
+            self.cookie,
+            6 + msg.len() as u32,
+        );
+        m.extend_from_slice(&(f.errno as u32).to_be_bytes());
+        m.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        m.extend_from_slice(msg);
+        m
     }
 }
 

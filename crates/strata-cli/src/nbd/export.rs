@@ -1,7 +1,11 @@
 //! An image chain as an NBD export: reads, writes, zeroes and discards go
-//! to the engine; `base:allocation` comes from the chain's block status
-//! as qemu-nbd reports it (a hole where no layer stores data, zero where
-//! the bytes read as zero).
+//! to the engine. Metadata contexts, as qemu-nbd reports them:
+//! `base:allocation` from the chain's block status (a hole where no layer
+//! stores data, zero where the bytes read as zero); `qemu:dirty-bitmap:NAME`
+//! for each bitmap named at export time, through the chain (the union over
+//! the layers that hold it, taken when the export opens, so such exports
+//! are read-only); `qemu:allocation-depth` (0 unallocated, 1 the top layer,
+//! 2 its backing file, …).
 
 use strata_image::Image;
 use strata_nbd::proto::{STATE_HOLE, STATE_ZERO};
@@ -9,25 +13,75 @@ use strata_nbd::{Errno, Export, Failure, Outcome, StatusExtent};
 
 /// The `base:allocation` context.
 pub const BASE_ALLOCATION: &str = "base:allocation";
+/// The `qemu:allocation-depth` context.
+pub const ALLOCATION_DEPTH: &str = "qemu:allocation-depth";
+/// Prefix of the `qemu:dirty-bitmap:NAME` contexts.
+pub const DIRTY_BITMAP: &str = "qemu:dirty-bitmap:";
+/// `NBD_STATE_DIRTY` of the dirty-bitmap contexts.
+const STATE_DIRTY: u32 = 1;
 
 /// An open image chain served over NBD.
 pub struct ImageExport {
     img: std::sync::Arc<dyn Image>,
     read_only: bool,
     description: String,
+    /// Exported bitmaps: name and dirty ranges (sorted, disjoint).
+    bitmaps: Vec<(String, Vec<(u64, u64)>)>,
+    allocation_depth: bool,
 }
 
 impl ImageExport {
-    /// Serves `img` (read-only unless it was opened writable).
-    pub fn new(img: std::sync::Arc<dyn Image>) -> ImageExport {
+    /// Serves `img` (read-only unless it was opened writable), with the
+    /// dirty bitmaps `bitmaps` (found through the chain; the image must be
+    /// read-only then) and, if asked, the allocation depth.
+    pub fn new(
+        img: std::sync::Arc<dyn Image>,
+        bitmaps: &[String],
+        allocation_depth: bool,
+    ) -> strata_image::Result<ImageExport> {
         let read_only = !img.writable();
         let description = img.path().to_string();
-        ImageExport {
+        let bitmaps = bitmaps
+            .iter()
+            .map(|b| Ok((b.clone(), strata_image::dirty_since(img.as_ref(), b)?)))
+            .collect::<strata_image::Result<_>>()?;
+        Ok(ImageExport {
             img,
             read_only,
             description,
-        }
+            bitmaps,
+            allocation_depth,
+        })
     }
+}
+
+/// Extents of `[offset, offset+len)` from sorted disjoint `ranges`: dirty
+/// inside them, clean between.
+fn range_extents(ranges: &[(u64, u64)], offset: u64, len: u64) -> Vec<StatusExtent> {
+    let end = offset + len;
+    let mut out: Vec<StatusExtent> = Vec::new();
+    let mut push = |length: u64, flags: u32| {
+        if length == 0 {
+            return;
+        }
+        match out.last_mut() {
+            Some(l) if l.flags == flags => l.length += length,
+            _ => out.push(StatusExtent { length, flags }),
+        }
+    };
+    let first = ranges.partition_point(|&(s, l)| s + l <= offset);
+    let mut at = offset;
+    for &(s, l) in &ranges[first..] {
+        if s >= end {
+            break;
+        }
+        let (s, e) = (s.max(at), (s + l).min(end));
+        push(s - at, 0);
+        push(e - s, STATE_DIRTY);
+        at = e;
+    }
+    push(end - at, 0);
+    out
 }
 
 fn failed(e: strata_image::Error) -> Failure {
@@ -58,7 +112,16 @@ impl Export for ImageExport {
     }
 
     fn contexts(&self) -> Vec<String> {
-        vec![BASE_ALLOCATION.to_string()]
+        let mut c = vec![BASE_ALLOCATION.to_string()];
+        if self.allocation_depth {
+            c.push(ALLOCATION_DEPTH.to_string());
+        }
+        c.extend(
+            self.bitmaps
+                .iter()
+                .map(|(b, _)| format!("{DIRTY_BITMAP}{b}")),
+        );
+        c
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Outcome<()> {
@@ -105,15 +168,32 @@ impl Export for ImageExport {
     }
 
     fn block_status(&self, context: &str, offset: u64, len: u64) -> Outcome<Vec<StatusExtent>> {
-        if context != BASE_ALLOCATION {
-            return Err(Failure::new(
-                Errno::Inval,
-                format!("no metadata context '{context}'"),
-            ));
+        if let Some(b) = context.strip_prefix(DIRTY_BITMAP) {
+            if let Some((_, ranges)) = self.bitmaps.iter().find(|(n, _)| n == b) {
+                return Ok(range_extents(ranges, offset, len));
+            }
         }
+        let depth = match context {
+            BASE_ALLOCATION => false,
+            ALLOCATION_DEPTH if self.allocation_depth => true,
+            _ => {
+                return Err(Failure::new(
+                    Errno::Inval,
+                    format!("no metadata context '{context}'"),
+                ))
+            }
+        };
         let mut out: Vec<StatusExtent> = Vec::new();
         for e in self.img.block_status(offset, len).map_err(failed)? {
-            let flags = if e.data { 0 } else { STATE_HOLE } | if e.zero { STATE_ZERO } else { 0 };
+            let flags = if depth {
+                if e.present {
+                    e.depth + 1
+                } else {
+                    0
+                }
+            } else {
+                (if e.data { 0 } else { STATE_HOLE }) | if e.zero { STATE_ZERO } else { 0 }
+            };
             match out.last_mut() {
                 Some(last) if last.flags == flags => last.length += e.length,
                 _ => out.push(StatusExtent {
@@ -123,5 +203,22 @@ impl Export for ImageExport {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_ranges_become_extents() {
+        let r = [(0, 10), (20, 5), (40, 10)];
+        let ext: Vec<(u64, u32)> = range_extents(&r, 5, 40)
+            .into_iter()
+            .map(|e| (e.length, e.flags))
+            .collect();
+        assert_eq!(ext, [(5, 1), (10, 0), (5, 1), (15, 0), (5, 1)]);
+        assert_eq!(range_extents(&r, 10, 10)[0].flags, 0);
+        assert_eq!(range_extents(&[], 0, 7)[0].length, 7);
     }
 }

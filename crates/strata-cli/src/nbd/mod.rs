@@ -25,25 +25,26 @@ struct ExportSpec {
     file: PathBuf,
     format: Option<Format>,
     read_only: bool,
+    bitmaps: Vec<String>,
+    allocation_depth: bool,
 }
 
 impl ExportSpec {
-    /// `FILE`, or `name=NAME,file=FILE[,format=qcow2|raw][,readonly]`.
+    /// `FILE`, or `name=NAME,file=FILE[,format=qcow2|raw][,readonly]
+    /// [,bitmap=NAME]…[,allocation-depth]`.
     fn parse(s: &str) -> Result<ExportSpec> {
-        if !s.contains('=') {
-            return Ok(ExportSpec {
-                name: String::new(),
-                file: PathBuf::from(s),
-                format: None,
-                read_only: false,
-            });
-        }
         let mut spec = ExportSpec {
             name: String::new(),
             file: PathBuf::new(),
             format: None,
             read_only: false,
+            bitmaps: Vec::new(),
+            allocation_depth: false,
         };
+        if !s.contains('=') {
+            spec.file = PathBuf::from(s);
+            return Ok(spec);
+        }
         for part in s.split(',') {
             match part.split_once('=') {
                 Some(("name", v)) => spec.name = v.to_string(),
@@ -54,23 +55,29 @@ impl ExportSpec {
                     })?)
                 }
                 None if part == "readonly" => spec.read_only = true,
-                Some((k @ ("snapshot" | "bitmap"), _)) => {
-                    return Err(usage(format!("export '{s}': {k}= is not supported yet")))
-                }
-                None if part == "allocation-depth" => {
+                Some(("bitmap", v)) if !v.is_empty() => spec.bitmaps.push(v.to_string()),
+                None if part == "allocation-depth" => spec.allocation_depth = true,
+                Some(("snapshot", _)) => {
                     return Err(usage(format!(
-                        "export '{s}': allocation-depth is not supported yet"
+                        "export '{s}': snapshot= is not supported yet"
                     )))
                 }
                 _ => {
                     return Err(usage(format!(
-                        "export '{s}': '{part}' is not name=, file=, format= or readonly"
+                        "export '{s}': '{part}' is not name=, file=, format=, readonly, bitmap= or allocation-depth"
                     )))
                 }
             }
         }
         if spec.file.as_os_str().is_empty() {
             return Err(usage(format!("export '{s}' names no file=")));
+        }
+        if !spec.bitmaps.is_empty() && !spec.read_only {
+            // The bitmap is read when the export opens: writes would not
+            // show in it.
+            return Err(usage(format!(
+                "export '{s}': bitmap= needs readonly (the bitmap is taken as the export opens)"
+            )));
         }
         Ok(spec)
     }
@@ -102,7 +109,9 @@ fn serve(a: NbdServeArgs) -> Result<u8> {
                 ..Default::default()
             },
         )?;
-        exports.add(spec.name.clone(), Arc::new(ImageExport::new(img)));
+        let export = ImageExport::new(img, &spec.bitmaps, spec.allocation_depth)
+            .with_context(|| format!("export '{}'", spec.file.display()))?;
+        exports.add(spec.name.clone(), Arc::new(export));
     }
     let config = Config {
         max_clients: a.shared.max(1),
@@ -174,7 +183,16 @@ mod tests {
                 file: "/x.qcow2".into(),
                 format: Some(Format::Qcow2),
                 read_only: true,
+                bitmaps: Vec::new(),
+                allocation_depth: false,
             }
+        );
+        let b = ExportSpec::parse("file=x,readonly,bitmap=b1,bitmap=b2,allocation-depth").unwrap();
+        assert_eq!(b.bitmaps, ["b1", "b2"]);
+        assert!(b.allocation_depth);
+        assert!(
+            ExportSpec::parse("file=x,bitmap=b1").is_err(),
+            "bitmap needs readonly"
         );
         assert_eq!(ExportSpec::parse("disk.raw").unwrap().name, "");
         assert!(ExportSpec::parse("name=a").is_err());
