@@ -5,6 +5,7 @@
 
 #![deny(missing_docs)]
 
+mod buffers;
 pub mod error;
 pub mod export;
 mod handshake;

@@ -12,6 +12,7 @@ use tokio::io::{
 };
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use crate::buffers::Buffers;
 use crate::error::{Error, Result};
 use crate::export::{Errno, Export, Failure, Outcome, StatusExtent};
 use crate::handshake::Negotiated;
@@ -46,13 +47,20 @@ where
     // Replies go, whole, to the connection's writer task, which coalesces
     // them.
     let (out, replies) = mpsc::unbounded_channel::<Vec<u8>>();
+    let buffers = Arc::new(Buffers::default());
     let writer = tokio::spawn(write_replies(
         BufWriter::with_capacity(IO_BUFFER, wr),
         replies,
+        buffers.clone(),
     ));
-    let neg = Arc::new(neg);
+    let allocation = neg.export.contexts().iter().any(|c| c == "base:allocation");
+    let conn = Arc::new(Conn {
+        neg,
+        buffers,
+        allocation,
+    });
     let slots = Arc::new(Semaphore::new(IN_FLIGHT as usize));
-    let max = neg.export.block_sizes().maximum.max(1 << 20) as u64;
+    let max = conn.neg.export.block_sizes().maximum.max(1 << 20) as u64;
     let result = loop {
         let mut head = [0u8; 28];
         let got = tokio::select! {
@@ -96,20 +104,20 @@ where
             Vec::new()
         };
         let permit = slots.clone().acquire_owned().await.expect("never closed");
-        let (neg, out) = (neg.clone(), out.clone());
+        let (conn, out) = (conn.clone(), out.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let reply = handle(&neg, req, payload).await;
+            let reply = handle(&conn, req, payload).await;
             // A closed channel means the connection is going away.
             let _ = out.send(reply);
         });
     };
     // Let every request in flight finish, then make writes durable.
     let _all = slots.acquire_many(IN_FLIGHT).await.expect("never closed");
-    if !neg.export.read_only() {
-        let export = neg.export.clone();
+    if !conn.neg.export.read_only() {
+        let export = conn.neg.export.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || export.flush()).await {
-            tracing::warn!("export '{}': flush at disconnect: {e}", neg.name);
+            tracing::warn!("export '{}': flush at disconnect: {e}", conn.neg.name);
         }
     }
     drop(out);
@@ -124,11 +132,14 @@ where
 async fn write_replies<W: AsyncWrite>(
     mut w: BufWriter<WriteHalf<W>>,
     mut replies: mpsc::UnboundedReceiver<Vec<u8>>,
+    buffers: Arc<Buffers>,
 ) -> std::io::Result<()> {
     while let Some(m) = replies.recv().await {
         w.write_all(&m).await?;
+        buffers.give(m);
         while let Ok(m) = replies.try_recv() {
             w.write_all(&m).await?;
+            buffers.give(m);
         }
         w.flush().await?;
     }
@@ -230,8 +241,17 @@ fn small(len: u64) -> bool {
     len <= INLINE_MAX
 }
 
+/// A connection's state shared by its request tasks.
+struct Conn {
+    neg: Negotiated,
+    buffers: Arc<Buffers>,
+    /// The export offers `base:allocation` (reads report holes).
+    allocation: bool,
+}
+
 /// Carries out one request; returns its whole reply.
-async fn handle(neg: &Negotiated, req: Request, payload: Vec<u8>) -> Vec<u8> {
+async fn handle(conn: &Conn, req: Request, payload: Vec<u8>) -> Vec<u8> {
+    let neg = &conn.neg;
     let r = Reply {
         structured: neg.structured,
         cookie: req.cookie,
@@ -243,7 +263,7 @@ async fn handle(neg: &Negotiated, req: Request, payload: Vec<u8>) -> Vec<u8> {
     let (off, len) = (req.offset, req.length);
     // Zeroing and discarding are metadata work, done inline.
     let done = match req.kind {
-        cmd::READ => return read(neg, req, r).await,
+        cmd::READ => return read(conn, req, r).await,
         cmd::BLOCK_STATUS => return block_status(neg, req, r).await,
         cmd::WRITE => {
             run_io(&neg.export, small(len) && !fua, move |e| {
@@ -271,64 +291,70 @@ async fn handle(neg: &Negotiated, req: Request, payload: Vec<u8>) -> Vec<u8> {
 }
 
 /// `NBD_CMD_READ`: with structured replies, holes (by `base:allocation`)
-/// go as hole chunks and the rest as data chunks.
-async fn read(neg: &Negotiated, req: Request, r: Reply) -> Vec<u8> {
+/// go as hole chunks and the rest as data chunks. The reply is built in a
+/// reused buffer.
+async fn read(conn: &Conn, req: Request, r: Reply) -> Vec<u8> {
     let (off, len) = (req.offset, req.length);
-    let holes = r.structured
-        && req.flags & cflag::DF == 0
-        && neg.export.contexts().iter().any(|c| c == "base:allocation");
-    let inline = small(len);
+    let holes = r.structured && req.flags & cflag::DF == 0 && conn.allocation;
     let structured = r.structured;
     let cookie = r.cookie;
-    let built = run_io(&neg.export, inline, move |e| {
+    let buffers = conn.buffers.clone();
+    let built = run_io(&conn.neg.export, small(len), move |e| {
+        if !structured {
+            let mut m = buffers.take(16 + len as usize);
+            m[..16].copy_from_slice(&simple_head(0, cookie));
+            e.read_at(&mut m[16..], off)?;
+            return Ok(m);
+        }
+        if len == 0 {
+            return Ok(chunk_head(chunk::FLAG_DONE, chunk::NONE, cookie, 0));
+        }
         // The pieces: (offset, length, reads as zero).
         let mut pieces: Vec<(u64, u64, bool)> = Vec::new();
+        let mut at = off;
         if holes {
-            let mut at = off;
             if let Ok(ext) = e.block_status("base:allocation", off, len) {
                 for x in ext {
                     let n = x.length.min(off + len - at);
                     if n == 0 {
                         break;
                     }
+                    let zero = x.flags & proto::STATE_ZERO != 0;
                     match pieces.last_mut() {
-                        Some(p) if p.2 == (x.flags & proto::STATE_ZERO != 0) => p.1 += n,
-                        _ => pieces.push((at, n, x.flags & proto::STATE_ZERO != 0)),
+                        Some(p) if p.2 == zero => p.1 += n,
+                        _ => pieces.push((at, n, zero)),
                     }
                     at += n;
                 }
             }
-            if at < off + len {
-                pieces.push((at, off + len - at, false));
-            }
-        } else {
-            pieces.push((off, len, false));
         }
-        let data: u64 = pieces.iter().filter(|p| !p.2).map(|p| p.1).sum();
-        let mut m = Vec::with_capacity(32 * pieces.len() + data as usize);
-        if !structured {
-            m.extend_from_slice(&simple_head(0, cookie));
-            m.resize(16 + len as usize, 0);
-            e.read_at(&mut m[16..], off)?;
-            return Ok(m);
+        if at < off + len {
+            pieces.push((at, off + len - at, false));
         }
-        let last = pieces.len().saturating_sub(1);
-        for (i, (o, n, zero)) in pieces.iter().copied().enumerate() {
+        let total: usize = pieces
+            .iter()
+            .map(|&(_, n, zero)| if zero { 32 } else { 28 + n as usize })
+            .sum();
+        let mut m = buffers.take(total);
+        let mut w = 0usize;
+        let last = pieces.len() - 1;
+        for (i, (o, n, zero)) in pieces.into_iter().enumerate() {
             let flags = if i == last { chunk::FLAG_DONE } else { 0 };
-            if zero {
-                m.extend_from_slice(&chunk_head(flags, chunk::OFFSET_HOLE, cookie, 12));
-                m.extend_from_slice(&o.to_be_bytes());
-                m.extend_from_slice(&(n as u32).to_be_bytes());
+            let (kind, size) = if zero {
+                (chunk::OFFSET_HOLE, 12)
             } else {
-                m.extend_from_slice(&chunk_head(flags, chunk::OFFSET_DATA, cookie, 8 + n as u32));
-                m.extend_from_slice(&o.to_be_bytes());
-                let at = m.len();
-                m.resize(at + n as usize, 0);
-                e.read_at(&mut m[at..], o)?;
+                (chunk::OFFSET_DATA, 8 + n as u32)
+            };
+            m[w..w + 20].copy_from_slice(&chunk_head(flags, kind, cookie, size));
+            m[w + 20..w + 28].copy_from_slice(&o.to_be_bytes());
+            w += 28;
+            if zero {
+                m[w..w + 4].copy_from_slice(&(n as u32).to_be_bytes());
+                w += 4;
+            } else {
+                e.read_at(&mut m[w..w + n as usize], o)?;
+                w += n as usize;
             }
-        }
-        if pieces.is_empty() {
-            m.extend_from_slice(&chunk_head(chunk::FLAG_DONE, chunk::NONE, cookie, 0));
         }
         Ok(m)
     })
