@@ -1,11 +1,13 @@
 //! strata's NBD server: the fixed newstyle handshake with structured
 //! replies and metadata contexts, and a transmission phase with many
 //! requests in flight and replies out of order. It serves anything that
-//! implements [`Export`] and knows nothing of image formats.
+//! implements [`Export`] and knows nothing of image formats. A small
+//! blocking [`Client`] comes with it.
 
 #![deny(missing_docs)]
 
 mod buffers;
+pub mod client;
 pub mod error;
 pub mod export;
 mod handshake;
@@ -13,6 +15,7 @@ pub mod proto;
 pub mod server;
 mod transmission;
 
+pub use client::{Client, ServerError};
 pub use error::{Error, Result};
 pub use export::{BlockSizes, Errno, Export, Failure, Outcome, StatusExtent};
 pub use server::{serve, Config, Exports, Listener};
