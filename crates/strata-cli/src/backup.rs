@@ -80,12 +80,7 @@ fn describe(job: &Job) -> String {
         JobState::Failed => "Failed",
         JobState::Aborted => "Cancelled",
     };
-    let end = job.ended.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(job.started)
-    });
+    let end = job.ended.unwrap_or_else(strata_core::now);
     let mut s = format!(
         "{:<17} {kind}\n{:<17} Backup\n{:<17} {} s\n{:<17} {}\n{:<17} {}\n{:<17} {}\n",
         "Job type:",

@@ -44,7 +44,8 @@ pub struct BeginRequest {
 /// One disk's copy.
 struct Plan {
     disk: String,
-    source: PathBuf,
+    /// The disk's chain, opened once for planning and copying.
+    src: std::sync::Arc<dyn strata_image::Image>,
     target: PathBuf,
     format: Format,
     size: u64,
@@ -121,6 +122,8 @@ pub fn begin(
         total,
         progress,
     );
+    // Close the sources (and their locks): the checkpoint writes to them.
+    drop(plans);
     let finished = copied.and_then(|()| {
         store.set_job_state(domain, JobState::Finishing, None)?;
         match &cp {
@@ -243,7 +246,7 @@ fn plan(
         }
         plans.push(Plan {
             disk: d.name.clone(),
-            source,
+            src: chain,
             target,
             format,
             size,
@@ -352,13 +355,12 @@ fn copy_one(
             ),
         ));
     }
-    let src = strata_image::open(&p.source, &ChainOptions::default())?;
     for batch in batches(&p.ranges, BATCH) {
         if abort.load(Ordering::Acquire) {
             return Err(Error::invalid(what, ABORTED));
         }
         let at = *base;
-        convert_dirty(src.as_ref(), dst.as_ref(), &batch, &|d, _| {
+        convert_dirty(p.src.as_ref(), dst.as_ref(), &batch, &|d, _| {
             progress(at + d, 0)
         })?;
         *base += batch.iter().map(|&(_, l)| l).sum::<u64>();

@@ -28,7 +28,7 @@ pub use error::{Error, Result};
 pub use store::Store;
 
 /// Seconds since the Epoch, now.
-pub(crate) fn now() -> u64 {
+pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

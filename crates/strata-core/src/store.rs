@@ -227,11 +227,7 @@ impl Store {
                     format!("uuid {uuid} is already used by domain '{other}'"),
                 )),
                 (Some(_), _) => {
-                    tx.execute(
-                        "UPDATE domains SET xml = ?2 WHERE name = ?1",
-                        params![name, xml],
-                    )
-                    .map_err(sql)?;
+                    set_domain_xml(tx, sql, &name, &xml)?;
                     Ok(Defined::Updated)
                 }
                 (None, None) => {
@@ -412,11 +408,7 @@ impl Store {
             )
             .map_err(sql)?;
             if let Some(x) = &dom_xml {
-                tx.execute(
-                    "UPDATE domains SET xml = ?2 WHERE name = ?1",
-                    params![domain, x],
-                )
-                .map_err(sql)?;
+                set_domain_xml(tx, sql, domain, x)?;
             }
             Ok(())
         })
@@ -439,11 +431,7 @@ impl Store {
                 params![domain, name],
             )
             .map_err(sql)?;
-            tx.execute(
-                "UPDATE domains SET xml = ?2 WHERE name = ?1",
-                params![domain, xml],
-            )
-            .map_err(sql)?;
+            set_domain_xml(tx, sql, domain, &xml)?;
             Ok(())
         })
     }
@@ -511,11 +499,7 @@ impl Store {
                 .map_err(sql)?;
             }
             if let Some(x) = &dom_xml {
-                tx.execute(
-                    "UPDATE domains SET xml = ?2 WHERE name = ?1",
-                    params![domain, x],
-                )
-                .map_err(sql)?;
+                set_domain_xml(tx, sql, domain, x)?;
             }
             if let Some(cur) = &new_current {
                 tx.execute(
@@ -645,6 +629,21 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// Replaces the stored definition of `domain`.
+fn set_domain_xml(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &dyn Fn(rusqlite::Error) -> Error,
+    domain: &str,
+    xml: &str,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE domains SET xml = ?2 WHERE name = ?1",
+        params![domain, xml],
+    )
+    .map_err(sql)?;
+    Ok(())
 }
 
 fn store_error(path: &Path, e: rusqlite::Error) -> Error {

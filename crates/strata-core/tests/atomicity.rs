@@ -110,6 +110,23 @@ fn every_fault(
     }
 }
 
+/// Writes `data` at `offset` of disk `index` of domain `vm` (its active image).
+fn write_disk(store: &Store, index: usize, data: &[u8], offset: u64) {
+    let img = strata_image::open(
+        &store.domain("vm").unwrap().disks()[index]
+            .source
+            .clone()
+            .unwrap(),
+        &strata_image::ChainOptions {
+            writable: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    img.write_at(data, offset).unwrap();
+    img.close().unwrap();
+}
+
 fn snap(store: &mut Store, name: &str, modes: [DiskMode; 2]) {
     let req = CreateRequest {
         name: Some(name.into()),
@@ -151,16 +168,7 @@ fn snapshot_create_is_all_or_nothing() {
 fn snapshot_revert_and_delete_are_all_or_nothing() {
     let prep = |s: &mut Store| {
         snap(s, "s0", [DiskMode::Internal, DiskMode::Internal]);
-        let img = strata_image::open(
-            &s.domain("vm").unwrap().disks()[0].source.clone().unwrap(),
-            &strata_image::ChainOptions {
-                writable: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        img.write_at(&[9; 4096], 0).unwrap();
-        img.close().unwrap();
+        write_disk(s, 0, &[9; 4096], 0);
     };
     every_fault("revert", 2, prep, |s| {
         snapshot_revert::revert(s, "vm", "s0").map(|_| ())
@@ -203,16 +211,7 @@ fn external_delete_with_merge_is_all_or_nothing() {
         };
         checkpoint::create(s, "vm", &req).unwrap();
         snap(s, "e1", [DiskMode::External, DiskMode::Internal]);
-        let img = strata_image::open(
-            &s.domain("vm").unwrap().disks()[0].source.clone().unwrap(),
-            &strata_image::ChainOptions {
-                writable: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        img.write_at(&[9; 65536], 1 << 20).unwrap();
-        img.close().unwrap();
+        write_disk(s, 0, &[9; 65536], 1 << 20);
     };
     every_fault("external delete", 4, prep, |s| {
         snapshot_delete::delete(s, "vm", "e1", Default::default()).map(|_| ())
@@ -256,16 +255,7 @@ fn external_revert_is_all_or_nothing() {
     // leaves the old overlays, their data and the metadata as they were.
     let prep = |s: &mut Store| {
         snap(s, "e0", [DiskMode::External, DiskMode::External]);
-        let img = strata_image::open(
-            &s.domain("vm").unwrap().disks()[1].source.clone().unwrap(),
-            &strata_image::ChainOptions {
-                writable: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        img.write_at(&[7; 4096], 8192).unwrap();
-        img.close().unwrap();
+        write_disk(s, 1, &[7; 4096], 8192);
     };
     every_fault("external revert", 2, prep, |s| {
         snapshot_revert::revert(s, "vm", "e0").map(|_| ())

@@ -35,14 +35,14 @@ impl Buffers {
     }
 
     /// Returns a sent buffer to the pool.
-    pub(crate) fn give(&self, mut b: Vec<u8>) {
-        if b.capacity() < MIN_KEPT {
+    pub(crate) fn give(&self, b: Vec<u8>) {
+        if b.len() < MIN_KEPT {
             return;
         }
         // The buffer keeps its (initialised) length for the next `take`.
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         if free.len() < KEEP {
-            free.push(std::mem::take(&mut b));
+            free.push(b);
         }
     }
 }

@@ -224,11 +224,8 @@ fn transmission_flags(export: &dyn Export, structured: bool) -> u16 {
         f |= tflag::READ_ONLY;
     } else {
         f |= tflag::SEND_TRIM | tflag::SEND_WRITE_ZEROES | tflag::SEND_FAST_ZERO;
-        if export.multi_conn() {
-            f |= tflag::CAN_MULTI_CONN;
-        }
     }
-    if export.read_only() && export.multi_conn() {
+    if export.multi_conn() {
         f |= tflag::CAN_MULTI_CONN;
     }
     if structured {
