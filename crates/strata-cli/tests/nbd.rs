@@ -7,90 +7,12 @@
 //! never disturbing another client or the image.
 
 mod common;
+use common::nbd::*;
 use common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// A server process, stopped (SIGTERM) when dropped.
-struct Server {
-    child: Child,
-    socket: String,
-}
-
-impl Server {
-    fn wait_ready(mut self, p: &Path) -> Server {
-        let until = Instant::now() + Duration::from_secs(10);
-        while !p.join(&self.socket).exists() {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("server exited early: {st}");
-            }
-            assert!(Instant::now() < until, "server never listened");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self
-    }
-
-    fn uri(&self, p: &Path, name: &str) -> String {
-        format!(
-            "nbd+unix:///{name}?socket={}",
-            p.join(&self.socket).display()
-        )
-    }
-
-    /// Stops the server and returns its exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let st = self.child.wait().unwrap();
-        std::mem::forget(self);
-        st
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// Starts `program args…` in `p` and waits for it to listen on `socket`.
-    fn start(p: &Path, program: &str, args: &[&str], socket: &str) -> Server {
-        let child = Command::new(program)
-            .args(args)
-            .current_dir(p)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        Server {
-            child,
-            socket: socket.to_string(),
-        }
-        .wait_ready(p)
-    }
-}
-
-fn strata_nbd(p: &Path, socket: &str, exports: &[&str]) -> Server {
-    let mut args = vec!["nbd", "serve", "--socket", socket, "--persistent"];
-    args.extend_from_slice(&["--shared", "8"]);
-    args.extend_from_slice(exports);
-    Server::start(p, env!("CARGO_BIN_EXE_strata"), &args, socket)
-}
-
-fn qemu_nbd(p: &Path, socket: &str, file: &str, read_only: bool) -> Server {
-    let abs = p.join(socket).display().to_string();
-    let mut args = vec!["-t", "-f", "qcow2", "-k", &abs];
-    args.extend_from_slice(&["--cache=writeback", "--discard=unmap"]);
-    if read_only {
-        args.push("-r");
-    }
-    args.push(file);
-    Server::start(p, "qemu-nbd", &args, socket)
-}
+use std::time::Duration;
 
 /// A qcow2 image with data, zero clusters, a discarded range and holes.
 fn sample(p: &Path, name: &str) {
@@ -115,7 +37,7 @@ fn reads_maps_and_lists_match_qemu_nbd() {
     let p = d.path();
     sample(p, "d.qcow2");
     let ours = strata_nbd(p, "s.sock", &["name=disk,file=d.qcow2,readonly"]);
-    let theirs = qemu_nbd(p, "q.sock", "d.qcow2", true);
+    let theirs = qemu_nbd(p, "q.sock", "d.qcow2", true, &[]);
     let map = |uri: &str| run_in(p, "nbdinfo", &["--map", uri]).expect(0).stdout;
     assert_eq!(map(&ours.uri(p, "disk")), map(&theirs.uri(p, "")));
     let info = run_in(p, "nbdinfo", &["--json", &ours.uri(p, "disk")]).expect(0);
@@ -308,7 +230,7 @@ fn writes_zeroes_and_discards_land_as_through_qemu_nbd() {
     sample(p, "s.qcow2");
     sample(p, "q.qcow2");
     let ours = strata_nbd(p, "s.sock", &["s.qcow2"]);
-    let theirs = qemu_nbd(p, "q.sock", "q.qcow2", false);
+    let theirs = qemu_nbd(p, "q.sock", "q.qcow2", false, &[]);
     let cmds = [
         "write -P 5 0 64k",
         "write -P 6 1000k 300k",

@@ -4,40 +4,17 @@
 //! order, block status and errors.
 
 mod common;
+use common::nbd::*;
 use common::*;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// `strata nbd serve --socket s.sock --persistent EXPORT`, ready.
-fn serve(p: &Path, export: &str) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args([
-            "nbd",
-            "serve",
-            "--socket",
-            "s.sock",
-            "--persistent",
-            "--shared",
-            "4",
-            export,
-        ])
-        .current_dir(p)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let until = Instant::now() + Duration::from_secs(10);
-    while !p.join("s.sock").exists() {
-        assert!(Instant::now() < until, "server never listened");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
+fn serve(p: &Path, export: &str) -> Server {
+    strata_nbd(p, "s.sock", &[export])
 }
 
-fn stop(mut child: Child) {
-    let pid = child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(child.wait().unwrap().success());
+fn stop(server: Server) {
+    assert!(server.stop().success());
 }
 
 fn uri(p: &Path) -> String {

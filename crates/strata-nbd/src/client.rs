@@ -1,6 +1,6 @@
 //! A small blocking NBD client, for tests and for strata's own use: fixed
-//! newstyle with `NBD_OPT_GO`, structured replies and metadata contexts,
-//! one request at a time over a unix socket or TCP.
+//! newstyle with `NBD_OPT_GO`, structured replies or extended headers, and
+//! metadata contexts, one request at a time over a unix socket or TCP.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -22,6 +22,19 @@ pub struct Client {
     flags: u16,
     contexts: Vec<(u32, String)>,
     cookie: u64,
+    extended: bool,
+}
+
+/// What to ask for in the handshake.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options<'a> {
+    /// The export's name.
+    pub export: &'a str,
+    /// Metadata contexts to select.
+    pub contexts: &'a [&'a str],
+    /// Negotiate extended headers (64-bit lengths) instead of structured
+    /// replies; fails if the server refuses.
+    pub extended_headers: bool,
 }
 
 /// Why a request failed on the server: its error number and message.
@@ -37,17 +50,35 @@ pub struct ServerError {
 impl Client {
     /// Connects to `export` on the unix socket `path`, selecting `contexts`.
     pub fn unix(path: &Path, export: &str, contexts: &[&str]) -> Result<Client> {
-        Client::handshake(Box::new(UnixStream::connect(path)?), export, contexts)
+        Client::unix_with(
+            path,
+            &Options {
+                export,
+                contexts,
+                extended_headers: false,
+            },
+        )
+    }
+
+    /// Connects over the unix socket `path` as `opts` say.
+    pub fn unix_with(path: &Path, opts: &Options) -> Result<Client> {
+        Client::handshake(Box::new(UnixStream::connect(path)?), opts)
     }
 
     /// Connects to `export` at TCP `addr`, selecting `contexts`.
     pub fn tcp(addr: &str, export: &str, contexts: &[&str]) -> Result<Client> {
         let s = TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
-        Client::handshake(Box::new(s), export, contexts)
+        let opts = Options {
+            export,
+            contexts,
+            extended_headers: false,
+        };
+        Client::handshake(Box::new(s), &opts)
     }
 
-    fn handshake(mut io: Box<dyn Conn>, export: &str, contexts: &[&str]) -> Result<Client> {
+    fn handshake(mut io: Box<dyn Conn>, opts: &Options) -> Result<Client> {
+        let (export, contexts) = (opts.export, opts.contexts);
         let mut hello = [0u8; 18];
         io.read_exact(&mut hello)?;
         if be64(&hello[0..8]) != proto::NBDMAGIC || be64(&hello[8..16]) != proto::IHAVEOPT {
@@ -57,8 +88,13 @@ impl Client {
             return Err(Error::protocol("the server does not speak fixed newstyle"));
         }
         io.write_all(&(proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES).to_be_bytes())?;
-        option(&mut io, opt::STRUCTURED_REPLY, &[])?;
-        expect_ack(&mut io, opt::STRUCTURED_REPLY)?;
+        let headers = if opts.extended_headers {
+            opt::EXTENDED_HEADERS
+        } else {
+            opt::STRUCTURED_REPLY
+        };
+        option(&mut io, headers, &[])?;
+        expect_ack(&mut io, headers)?;
         let mut selected = Vec::new();
         if !contexts.is_empty() {
             let mut d = string(export);
@@ -103,6 +139,7 @@ impl Client {
             flags,
             contexts: selected,
             cookie: 0,
+            extended: opts.extended_headers,
         })
     }
 
@@ -121,15 +158,38 @@ impl Client {
         self.contexts.iter().map(|(_, n)| n.clone()).collect()
     }
 
-    fn send(&mut self, flags: u16, kind: u16, offset: u64, len: u32, data: &[u8]) -> Result<u64> {
+    /// Sends a request with effect length `len`, or with payload `data`
+    /// when it is not empty.
+    fn send(&mut self, flags: u16, kind: u16, offset: u64, len: u64, data: &[u8]) -> Result<u64> {
         self.cookie += 1;
-        let mut m = Vec::with_capacity(28 + data.len());
-        m.extend_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
+        let mut m = Vec::with_capacity(32 + data.len());
+        let magic = if self.extended {
+            proto::EXTENDED_REQUEST_MAGIC
+        } else {
+            proto::REQUEST_MAGIC
+        };
+        let flags = if self.extended && !data.is_empty() {
+            flags | proto::cflag::PAYLOAD_LEN
+        } else {
+            flags
+        };
+        m.extend_from_slice(&magic.to_be_bytes());
         m.extend_from_slice(&flags.to_be_bytes());
         m.extend_from_slice(&kind.to_be_bytes());
         m.extend_from_slice(&self.cookie.to_be_bytes());
         m.extend_from_slice(&offset.to_be_bytes());
-        m.extend_from_slice(&len.to_be_bytes());
+        let len = if data.is_empty() {
+            len
+        } else {
+            data.len() as u64
+        };
+        if self.extended {
+            m.extend_from_slice(&len.to_be_bytes());
+        } else {
+            let len = u32::try_from(len)
+                .map_err(|_| Error::protocol(format!("{len} bytes needs extended headers")))?;
+            m.extend_from_slice(&len.to_be_bytes());
+        }
         m.extend_from_slice(data);
         self.io.write_all(&m)?;
         Ok(self.cookie)
@@ -167,19 +227,29 @@ impl Client {
                     }),
                 };
             }
-            if magic != proto::STRUCTURED_REPLY_MAGIC {
+            let extended = magic == proto::EXTENDED_REPLY_MAGIC;
+            if magic != proto::STRUCTURED_REPLY_MAGIC && !extended {
                 return Ok(Err(Error::protocol(format!("reply magic {magic:#x}"))));
             }
-            let mut h = [0u8; 16];
-            if let Err(e) = self.io.read_exact(&mut h) {
+            let mut h = [0u8; 28];
+            let h = &mut h[..if extended { 28 } else { 16 }];
+            if let Err(e) = self.io.read_exact(h) {
                 return Ok(Err(e.into()));
             }
             let flags = u16::from_be_bytes([h[0], h[1]]);
             let kind = u16::from_be_bytes([h[2], h[3]]);
-            let len = u32::from_be_bytes(h[12..16].try_into().expect("4 bytes")) as usize;
+            let len = if extended {
+                be64(&h[20..28])
+            } else {
+                u32::from_be_bytes(h[12..16].try_into().expect("4 bytes")) as u64
+            };
             if be64(&h[4..12]) != cookie {
                 return Ok(Err(Error::protocol("reply to an unknown request")));
             }
+            if len > 64 << 20 {
+                return Ok(Err(Error::protocol(format!("a reply of {len} bytes"))));
+            }
+            let len = len as usize;
             let mut payload = vec![0u8; len];
             if let Err(e) = self.io.read_exact(&mut payload) {
                 return Ok(Err(e.into()));
@@ -208,7 +278,7 @@ impl Client {
     }
 
     /// Runs a request without reply payload.
-    fn simple(&mut self, flags: u16, kind: u16, offset: u64, len: u32, data: &[u8]) -> Result<()> {
+    fn simple(&mut self, flags: u16, kind: u16, offset: u64, len: u64, data: &[u8]) -> Result<()> {
         let c = self.send(flags, kind, offset, len, data)?;
         match self.receive(c, |_, _, _| Ok(())) {
             Ok(r) => r,
@@ -219,7 +289,7 @@ impl Client {
     /// Reads `buf.len()` bytes at `offset`.
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let len = buf.len();
-        let c = self.send(0, cmd::READ, offset, len as u32, &[])?;
+        let c = self.send(0, cmd::READ, offset, len as u64, &[])?;
         let mut out = vec![0u8; len];
         let r = self.receive(c, |_, kind, p| {
             let at = p
@@ -262,17 +332,17 @@ impl Client {
     /// Writes `data` at `offset` (durable before returning with `fua`).
     pub fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
         let f = if fua { proto::cflag::FUA } else { 0 };
-        self.simple(f, cmd::WRITE, offset, data.len() as u32, data)
+        self.simple(f, cmd::WRITE, offset, data.len() as u64, data)
     }
 
     /// Makes `[offset, offset+len)` read as zeros.
-    pub fn write_zeroes(&mut self, offset: u64, len: u32, no_hole: bool) -> Result<()> {
+    pub fn write_zeroes(&mut self, offset: u64, len: u64, no_hole: bool) -> Result<()> {
         let f = if no_hole { proto::cflag::NO_HOLE } else { 0 };
         self.simple(f, cmd::WRITE_ZEROES, offset, len, &[])
     }
 
     /// Discards `[offset, offset+len)`.
-    pub fn trim(&mut self, offset: u64, len: u32) -> Result<()> {
+    pub fn trim(&mut self, offset: u64, len: u64) -> Result<()> {
         self.simple(0, cmd::TRIM, offset, len, &[])
     }
 
@@ -286,7 +356,7 @@ impl Client {
         &mut self,
         context: &str,
         offset: u64,
-        len: u32,
+        len: u64,
     ) -> Result<Vec<StatusExtent>> {
         let id = self
             .contexts
@@ -297,14 +367,26 @@ impl Client {
         let c = self.send(0, cmd::BLOCK_STATUS, offset, len, &[])?;
         let mut out = Vec::new();
         let r = self.receive(c, |_, kind, p| {
-            if kind != chunk::BLOCK_STATUS || p.len() < 12 || (p.len() - 4) % 8 != 0 {
+            let (head, step) = match kind {
+                chunk::BLOCK_STATUS => (4, 8),
+                chunk::BLOCK_STATUS_EXT => (8, 16),
+                k => return Err(Error::protocol(format!("chunk type {k} in block status"))),
+            };
+            if p.len() < head + step || (p.len() - head) % step != 0 {
                 return Err(Error::protocol("malformed block status chunk"));
             }
             if u32::from_be_bytes(p[0..4].try_into().expect("4 bytes")) == id {
-                for d in p[4..].chunks_exact(8) {
-                    out.push(StatusExtent {
-                        length: u32::from_be_bytes(d[0..4].try_into().expect("4 bytes")) as u64,
-                        flags: u32::from_be_bytes(d[4..8].try_into().expect("4 bytes")),
+                for d in p[head..].chunks_exact(step) {
+                    out.push(if step == 8 {
+                        StatusExtent {
+                            length: u32::from_be_bytes(d[0..4].try_into().expect("4")) as u64,
+                            flags: u32::from_be_bytes(d[4..8].try_into().expect("4")),
+                        }
+                    } else {
+                        StatusExtent {
+                            length: be64(&d[0..8]),
+                            flags: be64(&d[8..16]) as u32,
+                        }
                     });
                 }
             }
@@ -369,7 +451,7 @@ fn reply(io: &mut Box<dyn Conn>, o: u32) -> Result<(u32, Vec<u8>)> {
 fn expect_ack(io: &mut Box<dyn Conn>, o: u32) -> Result<()> {
     match reply(io, o)? {
         (rep::ACK, _) => Ok(()),
-        (k, d) => Err(refused("STRUCTURED_REPLY", k, &d)),
+        (k, d) => Err(refused(&format!("option {o}"), k, &d)),
     }
 }
 

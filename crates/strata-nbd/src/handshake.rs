@@ -24,17 +24,36 @@ pub(crate) struct Negotiated {
     pub export: Arc<dyn Export>,
     /// Its name.
     pub name: String,
-    /// Structured replies were negotiated.
-    pub structured: bool,
+    /// The reply headers negotiated.
+    pub headers: Headers,
     /// Selected metadata contexts: `(id, name)`.
     pub contexts: Vec<(u32, String)>,
+}
+
+/// The message headers of the transmission phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Headers {
+    /// Compact requests, simple replies.
+    #[default]
+    Simple,
+    /// Compact requests, structured replies (`NBD_OPT_STRUCTURED_REPLY`).
+    Structured,
+    /// 32-byte extended requests and replies (`NBD_OPT_EXTENDED_HEADERS`).
+    Extended,
+}
+
+impl Headers {
+    /// Replies may carry chunks (structured or extended).
+    pub fn chunked(self) -> bool {
+        self != Headers::Simple
+    }
 }
 
 /// Option-haggling state.
 #[derive(Default)]
 struct State {
     no_zeroes: bool,
-    structured: bool,
+    headers: Headers,
     /// Contexts selected, and for which export.
     meta: Option<(String, Vec<(u32, String)>)>,
 }
@@ -75,12 +94,18 @@ where
         io.read_exact(&mut data).await?;
         match option {
             opt::EXPORT_NAME => {
+                if st.headers == Headers::Extended {
+                    // The client must not; there is no way to say so.
+                    return Err(Error::protocol(
+                        "EXPORT_NAME after extended headers were negotiated",
+                    ));
+                }
                 let name = String::from_utf8_lossy(&data).into_owned();
                 let Some(export) = exports.find(&name) else {
                     // No way to report an error: the session ends.
                     return Err(Error::protocol(format!("no export named '{name}'")));
                 };
-                let flags = transmission_flags(export.as_ref(), st.structured);
+                let flags = transmission_flags(export.as_ref(), &st, &name);
                 let mut out = Vec::with_capacity(134);
                 out.extend_from_slice(&export.size().to_be_bytes());
                 out.extend_from_slice(&flags.to_be_bytes());
@@ -135,7 +160,7 @@ where
                     .await?;
                     continue;
                 };
-                let flags = transmission_flags(export.as_ref(), st.structured);
+                let flags = transmission_flags(export.as_ref(), &st, &name);
                 let mut e = Vec::with_capacity(12);
                 e.extend_from_slice(&info::EXPORT.to_be_bytes());
                 e.extend_from_slice(&export.size().to_be_bytes());
@@ -165,26 +190,32 @@ where
                     return Ok(Some(chosen(export, name, &st)));
                 }
             }
-            opt::STRUCTURED_REPLY => {
-                if !data.is_empty() {
-                    error(
-                        io,
-                        option,
-                        rep::ERR_INVALID,
-                        "STRUCTURED_REPLY takes no data",
-                    )
-                    .await?;
-                } else if st.structured {
-                    error(
-                        io,
-                        option,
-                        rep::ERR_INVALID,
-                        "structured replies already negotiated",
-                    )
-                    .await?;
+            opt::STRUCTURED_REPLY | opt::EXTENDED_HEADERS => {
+                let extended = option == opt::EXTENDED_HEADERS;
+                let refusal = if !data.is_empty() {
+                    Some((rep::ERR_INVALID, "the option takes no data"))
+                } else if st.headers == Headers::Extended && !extended {
+                    Some((
+                        rep::ERR_EXT_HEADER_REQD,
+                        "extended headers are already negotiated",
+                    ))
+                } else if st.headers == Headers::Extended
+                    || (st.headers == Headers::Structured && !extended)
+                {
+                    Some((rep::ERR_INVALID, "already negotiated"))
                 } else {
-                    st.structured = true;
-                    reply(io, option, rep::ACK, &[]).await?;
+                    None
+                };
+                match refusal {
+                    Some((kind, message)) => error(io, option, kind, message).await?,
+                    None => {
+                        st.headers = if extended {
+                            Headers::Extended
+                        } else {
+                            Headers::Structured
+                        };
+                        reply(io, option, rep::ACK, &[]).await?;
+                    }
                 }
             }
             opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
@@ -209,16 +240,21 @@ fn chosen(export: Arc<dyn Export>, name: String, st: &State) -> Negotiated {
         Some((n, c)) if *n == name => c.clone(),
         _ => Vec::new(),
     };
+    tracing::debug!(
+        "export '{name}': transmission with {:?} headers, contexts {:?}",
+        st.headers,
+        contexts
+    );
     Negotiated {
         export,
         name,
-        structured: st.structured,
+        headers: st.headers,
         contexts,
     }
 }
 
-/// The transmission flags of `export`.
-fn transmission_flags(export: &dyn Export, structured: bool) -> u16 {
+/// The transmission flags of `export` (named `name`) for this client.
+fn transmission_flags(export: &dyn Export, st: &State, name: &str) -> u16 {
     let mut f = tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_FUA | tflag::SEND_CACHE;
     if export.read_only() {
         f |= tflag::READ_ONLY;
@@ -228,8 +264,14 @@ fn transmission_flags(export: &dyn Export, structured: bool) -> u16 {
     if export.multi_conn() {
         f |= tflag::CAN_MULTI_CONN;
     }
-    if structured {
+    if st.headers.chunked() {
         f |= tflag::SEND_DF;
+    }
+    // Block status filtered by context ids: with extended headers, and
+    // only when contexts were selected for this export.
+    let selected = matches!(&st.meta, Some((n, c)) if n == name && !c.is_empty());
+    if st.headers == Headers::Extended && selected {
+        f |= tflag::BLOCK_STAT_PAYLOAD;
     }
     f
 }
@@ -277,7 +319,7 @@ where
         // Replaces the selection even when it fails.
         st.meta = None;
     }
-    if !st.structured {
+    if !st.headers.chunked() {
         return error(
             io,
             option,

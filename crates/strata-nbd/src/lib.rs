@@ -15,7 +15,7 @@ pub mod proto;
 pub mod server;
 mod transmission;
 
-pub use client::{Client, ServerError};
+pub use client::{Client, Options, ServerError};
 pub use error::{Error, Result};
 pub use export::{BlockSizes, Errno, Export, Failure, Outcome, StatusExtent};
 pub use server::{serve, Config, Exports, Listener};

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::buffers::Buffers;
 use crate::error::{Error, Result};
 use crate::export::{Errno, Export, Failure, Outcome, StatusExtent};
-use crate::handshake::Negotiated;
+use crate::handshake::{Headers, Negotiated};
 use crate::proto::{self, cflag, chunk, cmd};
 
 /// Requests in flight per connection.
@@ -34,7 +34,44 @@ struct Request {
     kind: u16,
     cookie: u64,
     offset: u64,
+    /// The effect length (for writes, the payload's length).
     length: u64,
+}
+
+impl Request {
+    /// Decodes a compact (28-byte) or extended (32-byte) header, checking
+    /// its magic.
+    fn parse(head: &[u8], extended: bool) -> Result<Request> {
+        let be16 = |i: usize| u16::from_be_bytes([head[i], head[i + 1]]);
+        let be32 = |i: usize| u32::from_be_bytes(head[i..i + 4].try_into().expect("4 bytes"));
+        let be64 = |i: usize| u64::from_be_bytes(head[i..i + 8].try_into().expect("8 bytes"));
+        let want = if extended {
+            proto::EXTENDED_REQUEST_MAGIC
+        } else {
+            proto::REQUEST_MAGIC
+        };
+        if be32(0) != want {
+            return Err(Error::protocol(format!("request magic {:#x}", be32(0))));
+        }
+        Ok(Request {
+            flags: be16(4),
+            kind: be16(6),
+            cookie: be64(8),
+            offset: be64(16),
+            length: if extended { be64(24) } else { be32(24) as u64 },
+        })
+    }
+
+    /// Bytes of payload following the header: a write's always (QEMU's
+    /// client sends them without `NBD_CMD_FLAG_PAYLOAD_LEN`, and qemu-nbd
+    /// takes them so), any other command's with that flag.
+    fn payload(&self, extended: bool) -> u64 {
+        if self.kind == cmd::WRITE || (extended && self.flags & cflag::PAYLOAD_LEN != 0) {
+            self.length
+        } else {
+            0
+        }
+    }
 }
 
 /// Serves requests until the client leaves or `stop` turns true.
@@ -60,11 +97,13 @@ where
         allocation,
     });
     let slots = Arc::new(Semaphore::new(IN_FLIGHT as usize));
+    let extended = conn.neg.headers == Headers::Extended;
     let max = conn.neg.export.block_sizes().maximum.max(1 << 20) as u64;
     let result = loop {
-        let mut head = [0u8; 28];
+        let mut head = [0u8; 32];
+        let head = &mut head[..if extended { 32 } else { 28 }];
         let got = tokio::select! {
-            r = rd.read_exact(&mut head) => r,
+            r = rd.read_exact(head) => r,
             _ = stop.wait_for(|s| *s) => break Ok(()),
         };
         match got {
@@ -72,37 +111,25 @@ where
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
             Err(e) => break Err(e.into()),
         }
-        let magic = u32::from_be_bytes(head[0..4].try_into().expect("4 bytes"));
-        if magic != proto::REQUEST_MAGIC {
-            break Err(Error::protocol(format!("request magic {magic:#x}")));
-        }
-        let req = Request {
-            flags: u16::from_be_bytes([head[4], head[5]]),
-            kind: u16::from_be_bytes([head[6], head[7]]),
-            cookie: u64::from_be_bytes(head[8..16].try_into().expect("8 bytes")),
-            offset: u64::from_be_bytes(head[16..24].try_into().expect("8 bytes")),
-            length: u32::from_be_bytes(head[24..28].try_into().expect("4 bytes")) as u64,
+        let req = match Request::parse(head, extended) {
+            Ok(r) => r,
+            Err(e) => break Err(e),
         };
         if req.kind == cmd::DISC {
             break Ok(());
         }
-        let payload = if req.kind == cmd::WRITE {
-            if req.length > max {
-                // Too big to read into memory: the protocol allows a hard
-                // disconnect.
-                break Err(Error::protocol(format!(
-                    "write of {} bytes exceeds the maximum payload",
-                    req.length
-                )));
-            }
-            let mut data = vec![0u8; req.length as usize];
-            if let Err(e) = rd.read_exact(&mut data).await {
-                break Err(e.into());
-            }
-            data
-        } else {
-            Vec::new()
-        };
+        let size = req.payload(extended);
+        if size > max {
+            // Too big to read into memory: the protocol allows a hard
+            // disconnect.
+            break Err(Error::protocol(format!(
+                "a payload of {size} bytes exceeds the maximum"
+            )));
+        }
+        let mut payload = vec![0u8; size as usize];
+        if let Err(e) = rd.read_exact(&mut payload).await {
+            break Err(e.into());
+        }
         let permit = slots.clone().acquire_owned().await.expect("never closed");
         let (conn, out) = (conn.clone(), out.clone());
         tokio::spawn(async move {
@@ -148,10 +175,13 @@ async fn write_replies<W: AsyncWrite>(
 
 /// Checks a request against the export and the negotiation.
 fn validate(neg: &Negotiated, req: &Request) -> Outcome<()> {
+    let extended = neg.headers == Headers::Extended;
     let allowed = cflag::FUA
         | match req.kind {
-            cmd::READ if neg.structured => cflag::DF,
+            cmd::READ if neg.headers.chunked() => cflag::DF,
+            cmd::WRITE if extended => cflag::PAYLOAD_LEN,
             cmd::WRITE_ZEROES => cflag::NO_HOLE | cflag::FAST_ZERO,
+            cmd::BLOCK_STATUS if extended => cflag::REQ_ONE | cflag::PAYLOAD_LEN,
             cmd::BLOCK_STATUS => cflag::REQ_ONE,
             _ => 0,
         };
@@ -250,21 +280,39 @@ struct Conn {
 }
 
 /// Carries out one request; returns its whole reply.
-async fn handle(conn: &Conn, req: Request, payload: Vec<u8>) -> Vec<u8> {
+async fn handle(conn: &Conn, mut req: Request, payload: Vec<u8>) -> Vec<u8> {
     let neg = &conn.neg;
     let r = Reply {
-        structured: neg.structured,
+        headers: neg.headers,
         cookie: req.cookie,
+        offset: req.offset,
     };
+    // The payload form of block status carries the effect length.
+    let mut contexts = None;
+    if req.kind == cmd::BLOCK_STATUS
+        && req.flags & cflag::PAYLOAD_LEN != 0
+        && neg.headers == Headers::Extended
+    {
+        match filter_contexts(neg, &payload) {
+            Ok((length, ids)) => {
+                req.length = length;
+                contexts = Some(ids);
+            }
+            Err(f) => return r.error(&f),
+        }
+    }
     if let Err(f) = validate(neg, &req) {
         return r.error(&f);
+    }
+    if req.kind == cmd::BLOCK_STATUS {
+        let contexts = contexts.unwrap_or_else(|| neg.contexts.clone());
+        return block_status(neg, req, &contexts, r).await;
     }
     let fua = req.flags & cflag::FUA != 0;
     let (off, len) = (req.offset, req.length);
     // Zeroing and discarding are metadata work, done inline.
     let done = match req.kind {
         cmd::READ => return read(conn, req, r).await,
-        cmd::BLOCK_STATUS => return block_status(neg, req, r).await,
         cmd::WRITE => {
             run_io(&neg.export, small(len) && !fua, move |e| {
                 e.write_at(&payload, off, fua)
@@ -295,19 +343,17 @@ async fn handle(conn: &Conn, req: Request, payload: Vec<u8>) -> Vec<u8> {
 /// reused buffer.
 async fn read(conn: &Conn, req: Request, r: Reply) -> Vec<u8> {
     let (off, len) = (req.offset, req.length);
-    let holes = r.structured && req.flags & cflag::DF == 0 && conn.allocation;
-    let structured = r.structured;
-    let cookie = r.cookie;
+    let holes = r.headers.chunked() && req.flags & cflag::DF == 0 && conn.allocation;
     let buffers = conn.buffers.clone();
     let built = run_io(&conn.neg.export, small(len), move |e| {
-        if !structured {
+        if !r.headers.chunked() {
             let mut m = buffers.take(16 + len as usize);
-            m[..16].copy_from_slice(&simple_head(0, cookie));
+            m[..16].copy_from_slice(&simple_head(0, r.cookie));
             e.read_at(&mut m[16..], off)?;
             return Ok(m);
         }
         if len == 0 {
-            return Ok(chunk_head(chunk::FLAG_DONE, chunk::NONE, cookie, 0));
+            return Ok(r.head(chunk::FLAG_DONE, chunk::NONE, 0));
         }
         // The pieces: (offset, length, reads as zero).
         let mut pieces: Vec<(u64, u64, bool)> = Vec::new();
@@ -331,9 +377,10 @@ async fn read(conn: &Conn, req: Request, r: Reply) -> Vec<u8> {
         if at < off + len {
             pieces.push((at, off + len - at, false));
         }
+        let h = r.head_len();
         let total: usize = pieces
             .iter()
-            .map(|&(_, n, zero)| if zero { 32 } else { 28 + n as usize })
+            .map(|&(_, n, zero)| h + 8 + if zero { 4 } else { n as usize })
             .sum();
         let mut m = buffers.take(total);
         let mut w = 0usize;
@@ -343,11 +390,11 @@ async fn read(conn: &Conn, req: Request, r: Reply) -> Vec<u8> {
             let (kind, size) = if zero {
                 (chunk::OFFSET_HOLE, 12)
             } else {
-                (chunk::OFFSET_DATA, 8 + n as u32)
+                (chunk::OFFSET_DATA, 8 + n)
             };
-            m[w..w + 20].copy_from_slice(&chunk_head(flags, kind, cookie, size));
-            m[w + 20..w + 28].copy_from_slice(&o.to_be_bytes());
-            w += 28;
+            w += r.head_into(&mut m[w..], flags, kind, size);
+            m[w..w + 8].copy_from_slice(&o.to_be_bytes());
+            w += 8;
             if zero {
                 m[w..w + 4].copy_from_slice(&(n as u32).to_be_bytes());
                 w += 4;
@@ -362,15 +409,48 @@ async fn read(conn: &Conn, req: Request, r: Reply) -> Vec<u8> {
     built.unwrap_or_else(|f| r.error(&f))
 }
 
-/// `NBD_CMD_BLOCK_STATUS`: one chunk per selected context.
-async fn block_status(neg: &Negotiated, req: Request, r: Reply) -> Vec<u8> {
+/// The payload form of `NBD_CMD_BLOCK_STATUS` (extended headers): an
+/// effect length, then the ids of the contexts wanted, each selected and
+/// none twice.
+fn filter_contexts(neg: &Negotiated, payload: &[u8]) -> Outcome<(u64, Vec<(u32, String)>)> {
+    let bad = |m: String| Failure::new(Errno::Inval, m);
+    if payload.len() < 12 || (payload.len() - 8) % 4 != 0 {
+        return Err(bad(format!(
+            "a block status payload of {} bytes is not 8 + 4n (n > 0)",
+            payload.len()
+        )));
+    }
+    let length = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
+    let mut chosen: Vec<(u32, String)> = Vec::new();
+    for b in payload[8..].chunks_exact(4) {
+        let id = u32::from_be_bytes(b.try_into().expect("4 bytes"));
+        let Some(c) = neg.contexts.iter().find(|(i, _)| *i == id) else {
+            return Err(bad(format!("context id {id} was not selected")));
+        };
+        if chosen.iter().any(|(i, _)| *i == id) {
+            return Err(bad(format!("context id {id} is asked for twice")));
+        }
+        chosen.push(c.clone());
+    }
+    Ok((length, chosen))
+}
+
+/// `NBD_CMD_BLOCK_STATUS`: one chunk per context asked for; 64-bit
+/// descriptors with extended headers.
+async fn block_status(
+    neg: &Negotiated,
+    req: Request,
+    contexts: &[(u32, String)],
+    r: Reply,
+) -> Vec<u8> {
     let one = req.flags & cflag::REQ_ONE != 0;
+    let extended = r.headers == Headers::Extended;
     let mut m = Vec::new();
-    let last = neg.contexts.len() - 1;
-    for (i, (id, name)) in neg.contexts.iter().enumerate() {
+    let last = contexts.len() - 1;
+    for (i, (id, name)) in contexts.iter().enumerate() {
         let (n, off, len) = (name.clone(), req.offset, req.length);
         let ext = match run_io(&neg.export, true, move |e| e.block_status(&n, off, len)).await {
-            Ok(e) => shape(e, len, one),
+            Ok(e) => shape(e, len, one, extended),
             Err(f) => return r.error(&f),
         };
         if ext.is_empty() {
@@ -380,27 +460,38 @@ async fn block_status(neg: &Negotiated, req: Request, r: Reply) -> Vec<u8> {
             ));
         }
         let flags = if i == last { chunk::FLAG_DONE } else { 0 };
-        let size = 4 + 8 * ext.len() as u32;
-        m.extend_from_slice(&chunk_head(flags, chunk::BLOCK_STATUS, r.cookie, size));
-        m.extend_from_slice(&id.to_be_bytes());
-        for x in ext {
-            m.extend_from_slice(&(x.length as u32).to_be_bytes());
-            m.extend_from_slice(&x.flags.to_be_bytes());
+        let count = ext.len() as u64;
+        if extended {
+            m.extend_from_slice(&r.head(flags, chunk::BLOCK_STATUS_EXT, 8 + 16 * count));
+            m.extend_from_slice(&id.to_be_bytes());
+            m.extend_from_slice(&(count as u32).to_be_bytes());
+            for x in ext {
+                m.extend_from_slice(&x.length.to_be_bytes());
+                m.extend_from_slice(&(x.flags as u64).to_be_bytes());
+            }
+        } else {
+            m.extend_from_slice(&r.head(flags, chunk::BLOCK_STATUS, 4 + 8 * count));
+            m.extend_from_slice(&id.to_be_bytes());
+            for x in ext {
+                m.extend_from_slice(&(x.length as u32).to_be_bytes());
+                m.extend_from_slice(&x.flags.to_be_bytes());
+            }
         }
     }
     m
 }
 
-/// Extents as the reply may carry them: nonzero, each under 4 GiB, the sum
-/// of all but the last under `len`, one (within `len`) with `one`.
-fn shape(ext: Vec<StatusExtent>, len: u64, one: bool) -> Vec<StatusExtent> {
-    const MAX_EXTENT: u64 = u32::MAX as u64 & !0xffff;
+/// Extents as the reply may carry them: nonzero, each under 4 GiB unless
+/// `wide` (64-bit descriptors), the sum of all but the last under `len`,
+/// one (within `len`) with `one`.
+fn shape(ext: Vec<StatusExtent>, len: u64, one: bool, wide: bool) -> Vec<StatusExtent> {
+    let max_extent = if wide { u64::MAX } else { u32::MAX as u64 } & !0xffff;
     let mut out = Vec::new();
     let mut sum = 0u64;
     for x in ext.into_iter().filter(|x| x.length > 0) {
         let mut rest = x.length;
         while rest > 0 && sum < len && out.len() < MAX_EXTENTS {
-            let n = rest.min(MAX_EXTENT);
+            let n = rest.min(max_extent);
             out.push(StatusExtent {
                 length: n,
                 flags: x.flags,
@@ -421,41 +512,76 @@ fn shape(ext: Vec<StatusExtent>, len: u64, one: bool) -> Vec<StatusExtent> {
     out
 }
 
-/// How to answer one request.
+/// How to answer one request: which headers, and what they echo.
 #[derive(Clone, Copy)]
 struct Reply {
-    structured: bool,
+    headers: Headers,
     cookie: u64,
+    /// The request's offset (extended replies repeat it).
+    offset: u64,
 }
 
 impl Reply {
     /// Success without payload.
     fn ok(&self) -> Vec<u8> {
-        if self.structured {
-            chunk_head(chunk::FLAG_DONE, chunk::NONE, self.cookie, 0)
+        if self.headers.chunked() {
+            self.head(chunk::FLAG_DONE, chunk::NONE, 0)
         } else {
             simple_head(0, self.cookie)
         }
     }
 
-    /// An error; with structured replies as an error chunk with the message
-    /// (reads must not get a simple reply then).
+    /// An error; in chunks as an error chunk with the message (reads must
+    /// not get a simple reply then).
     fn error(&self, f: &Failure) -> Vec<u8> {
         tracing::debug!("request {:#x}: {:?}: {}", self.cookie, f.errno, f.message);
-        if !self.structured {
+        if !self.headers.chunked() {
             return simple_head(f.errno as u32, self.cookie);
         }
         let msg = &f.message.as_bytes()[..f.message.len().min(4096)];
-        let mut m = chunk_head(
-            chunk::FLAG_DONE,
-            chunk::ERROR,
-            self.cookie,
-            6 + msg.len() as u32,
-        );
+        let mut m = self.head(chunk::FLAG_DONE, chunk::ERROR, 6 + msg.len() as u64);
         m.extend_from_slice(&(f.errno as u32).to_be_bytes());
         m.extend_from_slice(&(msg.len() as u16).to_be_bytes());
         m.extend_from_slice(msg);
         m
+    }
+
+    /// Length of a chunk header: 20 structured, 32 extended.
+    fn head_len(&self) -> usize {
+        if self.headers == Headers::Extended {
+            32
+        } else {
+            20
+        }
+    }
+
+    /// A chunk header for a payload of `len` bytes.
+    fn head(&self, flags: u16, kind: u16, len: u64) -> Vec<u8> {
+        let mut m = vec![0u8; self.head_len()];
+        self.head_into(&mut m, flags, kind, len);
+        m
+    }
+
+    /// Writes a chunk header at the start of `out`; returns its length.
+    fn head_into(&self, out: &mut [u8], flags: u16, kind: u16, len: u64) -> usize {
+        let extended = self.headers == Headers::Extended;
+        let magic = if extended {
+            proto::EXTENDED_REPLY_MAGIC
+        } else {
+            proto::STRUCTURED_REPLY_MAGIC
+        };
+        out[0..4].copy_from_slice(&magic.to_be_bytes());
+        out[4..6].copy_from_slice(&flags.to_be_bytes());
+        out[6..8].copy_from_slice(&kind.to_be_bytes());
+        out[8..16].copy_from_slice(&self.cookie.to_be_bytes());
+        if extended {
+            out[16..24].copy_from_slice(&self.offset.to_be_bytes());
+            out[24..32].copy_from_slice(&len.to_be_bytes());
+            32
+        } else {
+            out[16..20].copy_from_slice(&(len as u32).to_be_bytes());
+            20
+        }
     }
 }
 
@@ -464,15 +590,5 @@ fn simple_head(error: u32, cookie: u64) -> Vec<u8> {
     m.extend_from_slice(&proto::SIMPLE_REPLY_MAGIC.to_be_bytes());
     m.extend_from_slice(&error.to_be_bytes());
     m.extend_from_slice(&cookie.to_be_bytes());
-    m
-}
-
-fn chunk_head(flags: u16, kind: u16, cookie: u64, len: u32) -> Vec<u8> {
-    let mut m = Vec::with_capacity(20);
-    m.extend_from_slice(&proto::STRUCTURED_REPLY_MAGIC.to_be_bytes());
-    m.extend_from_slice(&flags.to_be_bytes());
-    m.extend_from_slice(&kind.to_be_bytes());
-    m.extend_from_slice(&cookie.to_be_bytes());
-    m.extend_from_slice(&len.to_be_bytes());
     m
 }

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use strata_nbd::proto::{STATE_HOLE, STATE_ZERO};
 use strata_nbd::{
-    serve, Client, Config, Errno, Error, Export, Exports, Failure, Listener, Outcome, StatusExtent,
+    serve, Client, Config, Errno, Error, Export, Exports, Failure, Listener, Options, Outcome,
+    StatusExtent,
 };
 
 /// A disk in memory; a 4 KiB block is a hole until written.
@@ -130,38 +131,46 @@ fn client_and_server_agree() {
     exports.add("ro", Arc::new(Memory::new(64 << 10, true)));
     let (stop, server) = start(&sock, exports);
 
-    let mut c = Client::unix(&sock, "disk", &["base:allocation", "x-none:thing"]).unwrap();
-    assert_eq!(c.size(), 1 << 20);
-    assert_eq!(c.contexts(), ["base:allocation"]);
-    c.write(8192, &[7u8; 8192], false).unwrap();
-    c.write(65536, &[9u8; 4096], true).unwrap();
-    c.flush().unwrap();
-    // A read over holes and data: hole chunks fill zeros.
-    let mut buf = vec![1u8; 80 << 10];
-    c.read(0, &mut buf).unwrap();
-    assert!(buf[..8192].iter().all(|&b| b == 0));
-    assert!(buf[8192..16384].iter().all(|&b| b == 7));
-    assert!(buf[16384..65536].iter().all(|&b| b == 0));
-    assert!(buf[65536..69632].iter().all(|&b| b == 9));
-    let ext = c.block_status("base:allocation", 0, 80 << 10).unwrap();
-    let flags: Vec<(u64, u32)> = ext.iter().map(|e| (e.length, e.flags)).collect();
-    assert_eq!(
-        flags,
-        [(8192, 3), (8192, 0), (49152, 3), (4096, 0), (12288, 3)]
-    );
-    c.write_zeroes(8192, 4096, false).unwrap();
-    c.trim(65536, 4096).unwrap();
-    let mut small = [1u8; 8];
-    c.read(8192, &mut small).unwrap();
-    assert_eq!(small, [0; 8]);
-    assert!(disk.data.lock().unwrap()[12288] == 7, "the rest stays");
-    // Errors come back by number, and the session goes on.
-    let e = c.read(1 << 20, &mut small).unwrap_err();
-    assert!(matches!(&e, Error::Server(s) if s.errno == 22), "{e}");
-    assert!(e.to_string().contains("past the end"), "{e}");
-    c.read(12288, &mut small).unwrap();
-    assert_eq!(small, [7; 8]);
-    c.disconnect().unwrap();
+    // Compact then extended headers.
+    for extended_headers in [false, true] {
+        let opts = Options {
+            export: "disk",
+            contexts: &["base:allocation", "x-none:thing"],
+            extended_headers,
+        };
+        let mut c = Client::unix_with(&sock, &opts).unwrap();
+        assert_eq!(c.size(), 1 << 20);
+        assert_eq!(c.contexts(), ["base:allocation"]);
+        c.write(8192, &[7u8; 8192], false).unwrap();
+        c.write(65536, &[9u8; 4096], true).unwrap();
+        c.flush().unwrap();
+        // A read over holes and data: hole chunks fill zeros.
+        let mut buf = vec![1u8; 80 << 10];
+        c.read(0, &mut buf).unwrap();
+        assert!(buf[..8192].iter().all(|&b| b == 0));
+        assert!(buf[8192..16384].iter().all(|&b| b == 7));
+        assert!(buf[16384..65536].iter().all(|&b| b == 0));
+        assert!(buf[65536..69632].iter().all(|&b| b == 9));
+        let ext = c.block_status("base:allocation", 0, 80 << 10).unwrap();
+        let flags: Vec<(u64, u32)> = ext.iter().map(|e| (e.length, e.flags)).collect();
+        assert_eq!(
+            flags,
+            [(8192, 3), (8192, 0), (49152, 3), (4096, 0), (12288, 3)]
+        );
+        c.write_zeroes(8192, 4096, false).unwrap();
+        c.trim(65536, 4096).unwrap();
+        let mut small = [1u8; 8];
+        c.read(8192, &mut small).unwrap();
+        assert_eq!(small, [0; 8]);
+        assert!(disk.data.lock().unwrap()[12288] == 7, "the rest stays");
+        // Errors come back by number, and the session goes on.
+        let e = c.read(1 << 20, &mut small).unwrap_err();
+        assert!(matches!(&e, Error::Server(s) if s.errno == 22), "{e}");
+        assert!(e.to_string().contains("past the end"), "{e}");
+        c.read(12288, &mut small).unwrap();
+        assert_eq!(small, [7; 8]);
+        c.disconnect().unwrap();
+    }
 
     // A read-only export refuses writes with EPERM.
     let mut r = Client::unix(&sock, "ro", &[]).unwrap();

@@ -6,6 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod nbd;
+
 /// What a finished process left behind.
 #[derive(Debug)]
 pub struct Run {
