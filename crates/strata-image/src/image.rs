@@ -118,6 +118,9 @@ pub trait Image: Send + Sync + std::fmt::Debug {
     fn actual_size(&self) -> Result<u64>;
     /// The driver as `Any`, to reach format-specific features.
     fn as_any(&self) -> &dyn std::any::Any;
+    /// The driver as a shared `Any`, to keep a format-specific handle
+    /// (`Arc::downcast`).
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
     /// Flushes and releases what the image holds (locks stay until drop).
     fn close(&self) -> Result<()> {
         self.flush()

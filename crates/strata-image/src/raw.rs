@@ -130,4 +130,8 @@ impl Image for RawImage {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
 }

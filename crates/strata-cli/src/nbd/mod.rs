@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use strata_image::{ChainOptions, Format};
+use strata_image::qcow2::Qcow2;
+use strata_image::{ChainOptions, Format, Image};
 use strata_nbd::{Config, Exports, Listener};
 
 use crate::cli::{NbdCommand, NbdServeArgs};
@@ -27,11 +28,14 @@ struct ExportSpec {
     read_only: bool,
     bitmaps: Vec<String>,
     allocation_depth: bool,
+    /// An internal snapshot to serve instead of the active state.
+    snapshot: Option<String>,
 }
 
 impl ExportSpec {
     /// `FILE`, or `name=NAME,file=FILE[,format=qcow2|raw][,readonly]
-    /// [,bitmap=NAME]…[,allocation-depth]`.
+    /// [,snapshot=SNAPNAME][,bitmap=NAME]…[,allocation-depth]`. A snapshot
+    /// is served read-only, as qemu-nbd `-l` serves it.
     fn parse(s: &str) -> Result<ExportSpec> {
         let mut spec = ExportSpec {
             name: String::new(),
@@ -40,6 +44,7 @@ impl ExportSpec {
             read_only: false,
             bitmaps: Vec::new(),
             allocation_depth: false,
+            snapshot: None,
         };
         if !s.contains('=') {
             spec.file = PathBuf::from(s);
@@ -57,20 +62,24 @@ impl ExportSpec {
                 None if part == "readonly" => spec.read_only = true,
                 Some(("bitmap", v)) if !v.is_empty() => spec.bitmaps.push(v.to_string()),
                 None if part == "allocation-depth" => spec.allocation_depth = true,
-                Some(("snapshot", _)) => {
-                    return Err(usage(format!(
-                        "export '{s}': snapshot= is not supported yet"
-                    )))
+                Some(("snapshot", v)) if !v.is_empty() => {
+                    spec.snapshot = Some(v.to_string());
+                    spec.read_only = true;
                 }
                 _ => {
                     return Err(usage(format!(
-                        "export '{s}': '{part}' is not name=, file=, format=, readonly, bitmap= or allocation-depth"
+                        "export '{s}': '{part}' is not name=, file=, format=, readonly, snapshot=, bitmap= or allocation-depth"
                     )))
                 }
             }
         }
         if spec.file.as_os_str().is_empty() {
             return Err(usage(format!("export '{s}' names no file=")));
+        }
+        if spec.snapshot.is_some() && !spec.bitmaps.is_empty() {
+            return Err(usage(format!(
+                "export '{s}': bitmap= tracks the active state, not a snapshot"
+            )));
         }
         if !spec.bitmaps.is_empty() && !spec.read_only {
             // The bitmap is read when the export opens: writes would not
@@ -81,6 +90,18 @@ impl ExportSpec {
         }
         Ok(spec)
     }
+}
+
+/// The internal snapshot `name` of the qcow2 image `img`, read without
+/// applying it; the view keeps the image open.
+fn snapshot_of(img: Arc<dyn Image>, name: &str) -> Result<Arc<dyn Image>> {
+    let path = img.path().to_string();
+    let q = img.into_any().downcast::<Qcow2>().map_err(|_| {
+        usage(format!(
+            "{path}: snapshot '{name}': only qcow2 images hold internal snapshots"
+        ))
+    })?;
+    Ok(Arc::new(q.shared_snapshot_view(name)?))
 }
 
 /// Runs `strata nbd …`.
@@ -109,6 +130,11 @@ fn serve(a: NbdServeArgs) -> Result<u8> {
                 ..Default::default()
             },
         )?;
+        let img = match &spec.snapshot {
+            Some(name) => snapshot_of(img, name)
+                .with_context(|| format!("export '{}'", spec.file.display()))?,
+            None => img,
+        };
         let export = ImageExport::new(img, &spec.bitmaps, spec.allocation_depth)
             .with_context(|| format!("export '{}'", spec.file.display()))?;
         exports.add(spec.name.clone(), Arc::new(export));
@@ -185,8 +211,13 @@ mod tests {
                 read_only: true,
                 bitmaps: Vec::new(),
                 allocation_depth: false,
+                snapshot: None,
             }
         );
+        let s = ExportSpec::parse("file=x,snapshot=s1").unwrap();
+        assert_eq!(s.snapshot.as_deref(), Some("s1"));
+        assert!(s.read_only, "a snapshot is served read-only");
+        assert!(ExportSpec::parse("file=x,snapshot=s1,bitmap=b").is_err());
         let b = ExportSpec::parse("file=x,readonly,bitmap=b1,bitmap=b2,allocation-depth").unwrap();
         assert_eq!(b.bitmaps, ["b1", "b2"]);
         assert!(b.allocation_depth);

@@ -385,6 +385,10 @@ impl Image for Qcow2 {
         self
     }
 
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+
     fn close(&self) -> Result<()> {
         if !self.writable {
             return Ok(());

@@ -1,8 +1,10 @@
 //! Reading an internal snapshot without applying it: a read-only [`Image`]
 //! over the snapshot's L1 table (for `convert -s` and NBD exports). The
 //! backing chain below the image shows through unallocated clusters, as it
-//! does for the active state.
+//! does for the active state. A view borrows its image, or shares it (an
+//! owned view lives as long as it is served).
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use super::io::map_runs_in;
@@ -13,25 +15,62 @@ use crate::image::{check_range, Extent, Format, Image};
 /// An internal snapshot of a qcow2 image, opened read-only.
 #[derive(Debug)]
 pub struct SnapshotView<'a> {
-    image: &'a Qcow2,
+    image: Base<'a>,
     l1: Vec<u64>,
     size: u64,
     label: String,
 }
 
+/// The image under a view.
+#[derive(Debug)]
+enum Base<'a> {
+    Borrowed(&'a Qcow2),
+    Shared(Arc<Qcow2>),
+}
+
+impl Deref for Base<'_> {
+    type Target = Qcow2;
+
+    fn deref(&self) -> &Qcow2 {
+        match self {
+            Base::Borrowed(q) => q,
+            Base::Shared(q) => q,
+        }
+    }
+}
+
 impl Qcow2 {
     /// Opens the snapshot called `name` (or with that ID) for reading.
     pub fn snapshot_view(&self, name: &str) -> Result<SnapshotView<'_>> {
-        let m = self.meta.lock();
-        let entries = m.snapshot_entries()?;
-        let (_, entry) = super::snapshot::find(&self.path, &entries, name)?;
-        let l1 = m.snapshot_l1(entry)?;
-        let size = entry.disk_size.unwrap_or(m.header.size);
+        SnapshotView::new(Base::Borrowed(self), name)
+    }
+
+    /// As [`Qcow2::snapshot_view`], sharing the image: the view keeps it
+    /// open.
+    pub fn shared_snapshot_view(self: &Arc<Self>, name: &str) -> Result<SnapshotView<'static>> {
+        SnapshotView::new(Base::Shared(self.clone()), name)
+    }
+}
+
+impl<'a> SnapshotView<'a> {
+    fn new(image: Base<'a>, name: &str) -> Result<SnapshotView<'a>> {
+        let (l1, size, label) = {
+            let m = image.meta.lock();
+            let entries = m.snapshot_entries()?;
+            let (_, entry) = super::snapshot::find(&image.path, &entries, name)?;
+            let l1 = m.snapshot_l1(entry)?;
+            let size = entry.disk_size.unwrap_or(m.header.size);
+            (
+                l1,
+                size,
+                format!("{} (snapshot {})", image.path, entry.name),
+            )
+        };
         Ok(SnapshotView {
-            image: self,
+            image,
             l1,
             size,
-            label: format!("{} (snapshot {})", self.path, entry.name),
+            label,
         })
     }
 }
@@ -110,5 +149,9 @@ impl Image for SnapshotView<'_> {
     fn as_any(&self) -> &dyn std::any::Any {
         // A view offers no format-specific features (nothing to write).
         &()
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        Arc::new(())
     }
 }
