@@ -1,19 +1,31 @@
 //! `strata backup`: backups of a machine's disks as virsh's backup-begin,
-//! domjobinfo, domjobabort and backup-dumpxml present them. Push mode, for
-//! a machine that is not running: `begin` copies and waits for the end;
+//! domjobinfo, domjobabort and backup-dumpxml present them, for a machine
+//! that is not running. Push mode: `begin` copies and waits for the end.
+//! Pull mode: `begin` serves each disk over NBD (with the changes since a
+//! checkpoint as a dirty-bitmap context) until `backup abort` or a signal.
 //! `status` and `abort` work on it from another process.
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use strata_core::backup::{BackupDef, BackupMode, BackupServer};
+use strata_core::backup_pull::{self, PullBackup};
 use strata_core::backup_push::{self, BeginRequest};
 use strata_core::store::{Job, JobState};
 use strata_core::Store;
+use strata_image::ChainOptions;
+use strata_nbd::{Config, Exports};
 
 use crate::cli::BackupCommand;
 use crate::domain::{read_xml, state_dir};
 use crate::exit::OK;
+use crate::nbd::export::ImageExport;
+use crate::nbd::{serve_until, stop_signal, Endpoint};
 use crate::output::{human_size, Output};
 use crate::progress::Progress;
 
@@ -33,6 +45,16 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
                 checkpoint_xml: text(&a.checkpointxml)?,
                 reuse_external: a.reuse_external,
             };
+            let pull = match &req.backup_xml {
+                Some(x) => {
+                    let what = format!("domain '{}': backup: --backupxml", a.domain);
+                    BackupDef::from_xml(x, &what)?.mode == BackupMode::Pull
+                }
+                None => false,
+            };
+            if pull {
+                return serve_pull(&mut store, &a.domain, &req, out);
+            }
             let bar = Progress::new(out, "backing up");
             let job = backup_push::begin(&mut store, &a.domain, &req, &|d, t| bar.update(d, t))?;
             bar.finish();
@@ -70,6 +92,103 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
         },
     }
     Ok(OK)
+}
+
+/// A pull backup: begins it, serves its exports until `backup abort` or a
+/// signal, and ends the job.
+fn serve_pull(store: &mut Store, domain: &str, req: &BeginRequest, out: &Output) -> Result<u8> {
+    let pull = backup_pull::begin(store, domain, req)?;
+    let served = exports_of(&pull).and_then(|(exports, endpoint)| {
+        let config = Config {
+            max_clients: PULL_CLIENTS,
+            persistent: true,
+        };
+        let names: Vec<String> = pull
+            .disks
+            .iter()
+            .map(|d| match &d.bitmap {
+                Some((b, _)) => format!("{} (bitmap {b})", d.export_name),
+                None => d.export_name.clone(),
+            })
+            .collect();
+        let dir = store.dir().to_path_buf();
+        serve_until(exports, &endpoint, config, |shown| {
+            let _ = out.say(&format!(
+                "Backup of domain '{domain}' served on {shown}: {}",
+                names.join(", ")
+            ));
+            async move {
+                tokio::select! {
+                    _ = stop_signal() => {}
+                    _ = aborted(dir, domain.to_string()) => {}
+                }
+            }
+        })
+    });
+    let job = pull.end(
+        store,
+        served.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
+    )?;
+    served?;
+    if out.json() {
+        out.print_json(&job)?;
+    } else {
+        out.say(&format!("Backup of domain '{domain}' ended"))?;
+    }
+    Ok(OK)
+}
+
+/// Clients a pull backup serves at once.
+const PULL_CLIENTS: usize = 8;
+
+/// Each disk's chain as a read-only export, and where to listen.
+fn exports_of(pull: &PullBackup) -> Result<(Exports, Endpoint)> {
+    if pull.tls {
+        bail!("<server tls='yes'>: strata's NBD server has no TLS yet");
+    }
+    let mut exports = Exports::new();
+    for d in &pull.disks {
+        let img = strata_image::open(&d.source, &ChainOptions::default())
+            .with_context(|| format!("disk '{}'", d.disk))?;
+        let mut e = ImageExport::new(img, &[], false)?;
+        if let Some((name, ranges)) = &d.bitmap {
+            e.add_dirty_ranges(name, ranges.clone());
+        }
+        exports.add(d.export_name.clone(), Arc::new(e));
+    }
+    let endpoint = match &pull.server {
+        BackupServer::Unix { socket } => Endpoint::Unix(socket.clone()),
+        BackupServer::Tcp { name, port } => {
+            let port = port.unwrap_or(NBD_PORT);
+            let addr = (name.as_str(), port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| anyhow!("<server name='{name}'>: cannot resolve the address"))?;
+            Endpoint::Tcp {
+                addr,
+                insecure: false,
+            }
+        }
+    };
+    Ok((exports, endpoint))
+}
+
+/// NBD's registered port.
+const NBD_PORT: u16 = 10809;
+
+/// Completes when `backup abort` asks the job in `dir` for `domain` to
+/// stop (looked at every 100 ms on a connection of its own).
+async fn aborted(dir: PathBuf, domain: String) {
+    let Ok(mut st) = Store::open(&dir) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(true) = PullBackup::abort_requested(&mut st, &domain) {
+            return;
+        }
+    }
 }
 
 /// A job as `virsh domjobinfo` shows one.

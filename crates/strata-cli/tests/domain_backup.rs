@@ -221,8 +221,8 @@ fn bad_requests_change_nothing() {
             "disk 'vdz' is not a disk of the domain",
         ),
         (
-            "<domainbackup mode='pull'><server name='localhost'/></domainbackup>".to_string(),
-            "NBD server",
+            "<domainbackup><server name='localhost'/></domainbackup>".to_string(),
+            "<server> is for mode='pull' only",
         ),
         (
             format!("<domainbackup><disks><disk name='vda' type='file'><target file='{dir}/t'/><driver type='vmdk'/></disk></disks></domainbackup>"),

@@ -43,11 +43,34 @@ pub struct BackupDisk {
     pub export_bitmap: Option<String>,
 }
 
+/// Where a pull-mode backup's NBD server listens (`<server>`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "transport", rename_all = "lowercase")]
+pub enum BackupServer {
+    /// TCP at `name` (a host name or address), port `port` (10809 unless
+    /// given).
+    Tcp {
+        /// Host name or address.
+        name: String,
+        /// Port, if given.
+        port: Option<u16>,
+    },
+    /// A unix socket.
+    Unix {
+        /// The socket's absolute path.
+        socket: PathBuf,
+    },
+}
+
 /// A backup's definition.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct BackupDef {
     /// Push or pull.
     pub mode: BackupMode,
+    /// Pull mode: where the NBD server listens.
+    pub server: Option<BackupServer>,
+    /// Pull mode: `tls='yes'` on the server.
+    pub tls: bool,
     /// The checkpoint an incremental backup starts from (every disk).
     pub incremental: Option<String>,
     /// The disks listed (`None`: every disk takes part).
@@ -59,6 +82,8 @@ impl BackupDef {
     pub fn full_push() -> BackupDef {
         BackupDef {
             mode: BackupMode::Push,
+            server: None,
+            tls: false,
             incremental: None,
             disks: None,
         }
@@ -86,8 +111,15 @@ impl BackupDef {
                 Some(out)
             }
         };
+        let (server, tls) = match root.child("server") {
+            Some(e) if mode == BackupMode::Pull => server_from(e, &bad)?,
+            Some(_) => return Err(bad("<server> is for mode='pull' only".into())),
+            None => (None, false),
+        };
         Ok(BackupDef {
             mode,
+            server,
+            tls,
             incremental: root.child_text("incremental").filter(|s| !s.is_empty()),
             disks,
         })
@@ -106,6 +138,26 @@ impl BackupDef {
         if let Some(i) = &self.incremental {
             let mut e = Element::new("incremental");
             e.set_text(i);
+            root.children.push(Node::Element(e));
+        }
+        if let Some(server) = &self.server {
+            let mut e = Element::new("server");
+            if self.tls {
+                e.set_attr("tls", "yes");
+            }
+            match server {
+                BackupServer::Tcp { name, port } => {
+                    e.set_attr("transport", "tcp");
+                    e.set_attr("name", name);
+                    if let Some(p) = port {
+                        e.set_attr("port", &p.to_string());
+                    }
+                }
+                BackupServer::Unix { socket } => {
+                    e.set_attr("transport", "unix");
+                    e.set_attr("socket", &socket.display().to_string());
+                }
+            }
             root.children.push(Node::Element(e));
         }
         if let Some(disks) = &self.disks {
@@ -184,6 +236,7 @@ impl BackupDef {
                     PathBuf::from(p)
                 }));
             } else {
+                d.kind = Some(d.kind.unwrap_or_else(|| "file".into()));
                 d.export_name = Some(d.export_name.unwrap_or_else(|| d.name.clone()));
                 if d.incremental.is_some() {
                     d.export_bitmap = Some(
@@ -194,8 +247,16 @@ impl BackupDef {
             }
             out.push(d);
         }
+        if self.mode == BackupMode::Pull && self.server.is_none() {
+            return Err(Error::invalid(
+                what,
+                "mode='pull' needs a <server> (transport='unix' socket=PATH, or name=HOST port=PORT)",
+            ));
+        }
         Ok(BackupDef {
             mode: self.mode,
+            server: self.server.clone(),
+            tls: self.tls,
             incremental: self.incremental.clone(),
             disks: Some(out),
         })
@@ -214,6 +275,49 @@ fn not_taking_part(name: &str) -> BackupDisk {
         export_name: None,
         export_bitmap: None,
     }
+}
+
+/// `<server>`: where a pull backup listens, and whether with TLS.
+fn server_from(e: &Element, bad: &dyn Fn(String) -> Error) -> Result<(Option<BackupServer>, bool)> {
+    let tls = match e.attr("tls") {
+        None | Some("no") => false,
+        Some("yes") => true,
+        Some(v) => return Err(bad(format!("<server tls='{v}'> is not yes or no"))),
+    };
+    let server = match e.attr("transport") {
+        None | Some("tcp") => {
+            let name = e
+                .attr("name")
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| bad("<server> over TCP names no host (name=)".into()))?;
+            let port = match e.attr("port") {
+                None => None,
+                Some(p) => Some(
+                    p.parse::<u16>()
+                        .map_err(|_| bad(format!("<server port='{p}'> is not a port")))?,
+                ),
+            };
+            BackupServer::Tcp {
+                name: name.to_string(),
+                port,
+            }
+        }
+        Some("unix") => {
+            let socket = e
+                .attr("socket")
+                .filter(|s| s.starts_with('/'))
+                .ok_or_else(|| bad("<server transport='unix'> needs an absolute socket=".into()))?;
+            BackupServer::Unix {
+                socket: PathBuf::from(socket),
+            }
+        }
+        Some(t) => {
+            return Err(bad(format!(
+                "<server transport='{t}'> is not tcp or unix (fd is not supported)"
+            )))
+        }
+    };
+    Ok((Some(server), tls))
 }
 
 fn disk_from(d: &Element, bad: &dyn Fn(String) -> Error) -> Result<BackupDisk> {
@@ -281,6 +385,8 @@ fn disk_to(d: &BackupDisk, mode: BackupMode) -> Element {
     }
     match mode {
         BackupMode::Pull => {
+            // The schema pairs backup='yes' with a type.
+            e.set_attr("type", d.kind.as_deref().unwrap_or("file"));
             if let Some(n) = &d.export_name {
                 e.set_attr("exportname", n);
             }

@@ -59,40 +59,13 @@ pub fn begin(
     req: &BeginRequest,
     progress: Progress,
 ) -> Result<Job> {
-    let lock = DomainLock::acquire(store.dir(), domain)?;
-    let what = format!("domain '{domain}': backup");
-    reap(store, domain, &lock)?;
-    let dom = store.domain(domain)?;
-    let def = match &req.backup_xml {
-        Some(x) => BackupDef::from_xml(x, &format!("{what}: --backupxml"))?,
-        None => BackupDef::full_push(),
-    };
-    if def.mode == BackupMode::Pull {
-        return Err(Error::invalid(
-            what,
-            "mode='pull' exports the disks over NBD, which needs strata's NBD server (not built yet); use push mode",
-        ));
-    }
-    let start = crate::now();
-    let def = def.resolve(&dom, start, &what)?;
-    let cp = match &req.checkpoint_xml {
-        Some(x) => Some(CheckpointRequest::from_xml(
-            x,
-            &format!("{what}: --checkpointxml"),
-        )?),
-        None => None,
-    };
-    if let Some(name) = cp.as_ref().and_then(|c| c.name.as_ref()) {
-        if checkpoint::checkpoints(store, domain)?
-            .iter()
-            .any(|c| &c.name == name)
-        {
-            return Err(Error::invalid(
-                what,
-                format!("checkpoint '{name}' already exists"),
-            ));
-        }
-    }
+    let Prepared {
+        lock,
+        what,
+        def,
+        start,
+        checkpoint: cp,
+    } = prepare(store, domain, req, BackupMode::Push)?;
     let plans = plan(store, domain, &def, req.reuse_external, &what)?;
     let total = plans.iter().flat_map(|p| &p.ranges).map(|&(_, l)| l).sum();
     let files: Vec<PathBuf> = if req.reuse_external {
@@ -100,20 +73,13 @@ pub fn begin(
     } else {
         plans.iter().map(|p| p.target.clone()).collect()
     };
-    store.start_job(&Job {
-        domain: domain.to_string(),
-        kind: "backup".into(),
-        state: JobState::Running,
-        pid: std::process::id(),
-        started: start,
-        ended: None,
+    store.start_job(&Job::backup(
+        domain,
+        start,
         total,
-        done: 0,
-        abort_requested: false,
-        files: files.clone(),
-        xml: def.to_xml(),
-        error: None,
-    })?;
+        files.clone(),
+        def.to_xml(),
+    ))?;
     let copied = copy_all(
         store.dir(),
         domain,
@@ -147,6 +113,72 @@ pub fn begin(
     store
         .job(domain)?
         .ok_or_else(|| Error::invalid(what, "the job's record vanished"))
+}
+
+/// A backup request checked and resolved, under the domain lock.
+pub(crate) struct Prepared {
+    pub lock: DomainLock,
+    /// Names the backup in errors.
+    pub what: String,
+    /// The definition, every default resolved.
+    pub def: BackupDef,
+    /// When it started.
+    pub start: u64,
+    /// The checkpoint to create with it.
+    pub checkpoint: Option<CheckpointRequest>,
+}
+
+/// Takes the domain lock, reaps a dead job, reads and resolves the backup
+/// XML (which must be of `mode`) and the checkpoint XML, and refuses a
+/// checkpoint name already taken.
+pub(crate) fn prepare(
+    store: &mut Store,
+    domain: &str,
+    req: &BeginRequest,
+    mode: BackupMode,
+) -> Result<Prepared> {
+    let lock = DomainLock::acquire(store.dir(), domain)?;
+    let what = format!("domain '{domain}': backup");
+    reap(store, domain, &lock)?;
+    let dom = store.domain(domain)?;
+    let def = match &req.backup_xml {
+        Some(x) => BackupDef::from_xml(x, &format!("{what}: --backupxml"))?,
+        None => BackupDef::full_push(),
+    };
+    if def.mode != mode {
+        let problem = match mode {
+            BackupMode::Push => "mode='pull' is served by `strata backup begin` itself; this call only copies (push)",
+            BackupMode::Pull => "this is a push backup; pull mode needs mode='pull' and a <server>",
+        };
+        return Err(Error::invalid(what, problem));
+    }
+    let start = crate::now();
+    let def = def.resolve(&dom, start, &what)?;
+    let checkpoint = match &req.checkpoint_xml {
+        Some(x) => Some(CheckpointRequest::from_xml(
+            x,
+            &format!("{what}: --checkpointxml"),
+        )?),
+        None => None,
+    };
+    if let Some(name) = checkpoint.as_ref().and_then(|c| c.name.as_ref()) {
+        if checkpoint::checkpoints(store, domain)?
+            .iter()
+            .any(|c| &c.name == name)
+        {
+            return Err(Error::invalid(
+                what,
+                format!("checkpoint '{name}' already exists"),
+            ));
+        }
+    }
+    Ok(Prepared {
+        lock,
+        what,
+        def,
+        start,
+        checkpoint,
+    })
 }
 
 /// The problem an aborted copy reports.
@@ -222,22 +254,7 @@ fn plan(
                 .filter(|e| !e.zero)
                 .map(|e| (e.start, e.length))
                 .collect(),
-            Some(cp) => {
-                if !changed.iter().any(|(n, _)| n == cp) {
-                    changed.push((cp.clone(), checkpoint::changed_ranges(store, domain, cp)?));
-                }
-                let (_, per_disk) = changed.iter().find(|(n, _)| n == cp).expect("just added");
-                per_disk
-                    .iter()
-                    .find(|(n, _)| n == &d.name)
-                    .map(|(_, r)| r.clone())
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            &disk_what,
-                            format!("checkpoint '{cp}' has no bitmap for this disk"),
-                        )
-                    })?
-            }
+            Some(cp) => disk_changes(store, domain, &mut changed, cp, &d.name, &disk_what)?,
         };
         if format == Format::Raw && d.incremental.is_some() && !reuse {
             tracing::warn!(
@@ -257,6 +274,35 @@ fn plan(
         return Err(Error::invalid(what, "no disk takes part"));
     }
     Ok(plans)
+}
+
+/// The ranges of `disk` changed since checkpoint `cp`; `cache` keeps each
+/// checkpoint's answer for every disk.
+pub(crate) fn disk_changes(
+    store: &Store,
+    domain: &str,
+    cache: &mut Vec<(String, checkpoint::DiskRanges)>,
+    cp: &str,
+    disk: &str,
+    what: &str,
+) -> Result<Vec<(u64, u64)>> {
+    if !cache.iter().any(|(n, _)| n == cp) {
+        cache.push((
+            cp.to_string(),
+            checkpoint::changed_ranges(store, domain, cp)?,
+        ));
+    }
+    cache
+        .iter()
+        .find(|(n, _)| n == cp)
+        .and_then(|(_, per_disk)| per_disk.iter().find(|(n, _)| n == disk))
+        .map(|(_, r)| r.clone())
+        .ok_or_else(|| {
+            Error::invalid(
+                what,
+                format!("checkpoint '{cp}' has no bitmap for this disk"),
+            )
+        })
 }
 
 /// Copies every disk, reporting progress to the store (and `progress`)
@@ -402,7 +448,7 @@ fn remove(files: &[PathBuf]) {
 /// Marks a job whose process ended without finishing it as failed and
 /// removes the files it made; the caller holds the domain lock, so no
 /// process works on it.
-fn reap(store: &mut Store, domain: &str, _lock: &DomainLock) -> Result<()> {
+pub(crate) fn reap(store: &mut Store, domain: &str, _lock: &DomainLock) -> Result<()> {
     if let Some(job) = store.job(domain)?.filter(|j| j.state.active()) {
         remove(&job.files);
         let why = if job.abort_requested {

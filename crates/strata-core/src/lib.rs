@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod backup;
+pub mod backup_pull;
 pub mod backup_push;
 pub mod checkpoint;
 pub mod checkpoint_redefine;

@@ -55,6 +55,15 @@ impl ImageExport {
     }
 }
 
+impl ImageExport {
+    /// Adds the context `qemu:dirty-bitmap:NAME` reporting `ranges`
+    /// (sorted, disjoint) as dirty: for a backup's changes since a
+    /// checkpoint, worked out by the caller.
+    pub fn add_dirty_ranges(&mut self, name: &str, ranges: Vec<(u64, u64)>) {
+        self.bitmaps.push((name.to_string(), ranges));
+    }
+}
+
 /// Extents of `[offset, offset+len)` from sorted disjoint `ranges`: dirty
 /// inside them, clean between.
 fn range_extents(ranges: &[(u64, u64)], offset: u64, len: u64) -> Vec<StatusExtent> {

@@ -4,7 +4,7 @@
 //! first client leaves); then every export is flushed and closed, which
 //! releases its image locks.
 
-mod export;
+pub mod export;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -143,45 +143,84 @@ fn serve(a: NbdServeArgs) -> Result<u8> {
         max_clients: a.shared.max(1),
         persistent: a.persistent,
     };
+    let endpoint = match (&a.socket, &a.bind) {
+        (Some(path), _) => Endpoint::Unix(path.clone()),
+        (None, Some(addr)) => {
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|_| usage(format!("--bind '{addr}' is not ADDR:PORT")))?;
+            Endpoint::Tcp {
+                addr,
+                insecure: a.insecure,
+            }
+        }
+        (None, None) => return Err(usage("give --socket PATH or --bind ADDR:PORT")),
+    };
+    serve_until(exports, &endpoint, config, |_| stop_signal())?;
+    Ok(OK)
+}
+
+/// Where a server listens.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// A unix socket (made 0600, removed at the end).
+    Unix(PathBuf),
+    /// TCP; a non-loopback address needs `insecure` (no TLS yet).
+    Tcp {
+        /// The address and port.
+        addr: SocketAddr,
+        /// Serve a non-loopback address without TLS.
+        insecure: bool,
+    },
+}
+
+/// Serves `exports` on `endpoint` until `stop(ready)` completes, where
+/// `ready` says what is listening (for a message); then closes every
+/// export, which releases its image locks.
+pub fn serve_until<F>(
+    exports: Exports,
+    endpoint: &Endpoint,
+    config: Config,
+    stop: impl FnOnce(&str) -> F,
+) -> Result<()>
+where
+    F: std::future::Future<Output = ()>,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the I/O runtime")?;
-    let socket = a.socket.clone();
     let served = rt.block_on(async {
-        let listener = match (&a.socket, &a.bind) {
-            (Some(path), _) => Listener::unix(path)
-                .with_context(|| format!("cannot listen on {}", path.display()))?,
-            (None, Some(addr)) => {
-                let addr: SocketAddr = addr
-                    .parse()
-                    .map_err(|_| usage(format!("--bind '{addr}' is not ADDR:PORT")))?;
-                if !addr.ip().is_loopback() && !a.insecure {
+        let (listener, shown) = match endpoint {
+            Endpoint::Unix(path) => (
+                Listener::unix(path)
+                    .with_context(|| format!("cannot listen on {}", path.display()))?,
+                format!("unix socket {}", path.display()),
+            ),
+            Endpoint::Tcp { addr, insecure } => {
+                if !addr.ip().is_loopback() && !insecure {
                     bail!(
-                        "--bind {addr}: a non-loopback address needs TLS, which is not built yet; --insecure serves without it"
+                        "{addr}: a non-loopback address needs TLS, which is not built yet; --insecure serves without it"
                     );
                 }
-                Listener::Tcp(
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .with_context(|| format!("cannot listen on {addr}"))?,
-                )
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                (Listener::Tcp(l), format!("{addr}"))
             }
-            (None, None) => return Err(usage("give --socket PATH or --bind ADDR:PORT")),
         };
-        strata_nbd::serve(exports, listener, config, stop_signal())
+        strata_nbd::serve(exports, listener, config, stop(&shown))
             .await
             .map_err(|e| anyhow!("serving: {e}"))
     });
-    if let Some(path) = socket {
+    if let Endpoint::Unix(path) = endpoint {
         let _ = std::fs::remove_file(path);
     }
-    served?;
-    Ok(OK)
+    served
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn stop_signal() {
+pub async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),

@@ -82,6 +82,26 @@ pub struct Job {
     pub error: Option<String>,
 }
 
+impl Job {
+    /// A backup job of this process, running from `started`.
+    pub fn backup(domain: &str, started: u64, total: u64, files: Vec<PathBuf>, xml: String) -> Job {
+        Job {
+            domain: domain.to_string(),
+            kind: "backup".into(),
+            state: JobState::Running,
+            pid: std::process::id(),
+            started,
+            ended: None,
+            total,
+            done: 0,
+            abort_requested: false,
+            files,
+            xml,
+            error: None,
+        }
+    }
+}
+
 impl Store {
     /// The last job of `domain`, if any.
     pub fn job(&self, domain: &str) -> Result<Option<Job>> {
