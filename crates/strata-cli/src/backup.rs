@@ -19,7 +19,7 @@ use strata_core::backup_push::{self, BeginRequest};
 use strata_core::store::{Job, JobState};
 use strata_core::Store;
 use strata_image::ChainOptions;
-use strata_nbd::{Config, Exports};
+use strata_nbd::{Config, Exports, Tls};
 
 use crate::cli::BackupCommand;
 use crate::domain::{read_xml, state_dir};
@@ -45,15 +45,31 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
                 checkpoint_xml: text(&a.checkpointxml)?,
                 reuse_external: a.reuse_external,
             };
-            let pull = match &req.backup_xml {
+            let def = match &req.backup_xml {
                 Some(x) => {
                     let what = format!("domain '{}': backup: --backupxml", a.domain);
-                    BackupDef::from_xml(x, &what)?.mode == BackupMode::Pull
+                    Some(BackupDef::from_xml(x, &what)?)
                 }
-                None => false,
+                None => None,
             };
-            if pull {
-                return serve_pull(&mut store, &a.domain, &req, out);
+            if let Some(def) = def.filter(|d| d.mode == BackupMode::Pull) {
+                // Credentials are checked before anything is recorded.
+                let tls = match (def.tls, &a.tls_creds) {
+                    (true, Some(dir)) => Some(
+                        Tls::x509_dir(dir)
+                            .with_context(|| format!("--tls-creds {}", dir.display()))?,
+                    ),
+                    (true, None) => bail!(
+                        "domain '{}': <server tls='yes'> needs the server's TLS credentials: --tls-creds DIR",
+                        a.domain
+                    ),
+                    (false, Some(_)) => bail!("--tls-creds is for <server tls='yes'>"),
+                    (false, None) => None,
+                };
+                return serve_pull(&mut store, &a.domain, &req, tls, out);
+            }
+            if a.tls_creds.is_some() {
+                bail!("--tls-creds is for a pull backup with <server tls='yes'>");
             }
             let bar = Progress::new(out, "backing up");
             let job = backup_push::begin(&mut store, &a.domain, &req, &|d, t| bar.update(d, t))?;
@@ -96,12 +112,19 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
 
 /// A pull backup: begins it, serves its exports until `backup abort` or a
 /// signal, and ends the job.
-fn serve_pull(store: &mut Store, domain: &str, req: &BeginRequest, out: &Output) -> Result<u8> {
+fn serve_pull(
+    store: &mut Store,
+    domain: &str,
+    req: &BeginRequest,
+    tls: Option<Tls>,
+    out: &Output,
+) -> Result<u8> {
     let pull = backup_pull::begin(store, domain, req)?;
     let served = exports_of(&pull).and_then(|(exports, endpoint)| {
         let config = Config {
             max_clients: PULL_CLIENTS,
             persistent: true,
+            tls,
         };
         let names: Vec<String> = pull
             .disks
@@ -143,9 +166,6 @@ const PULL_CLIENTS: usize = 8;
 
 /// Each disk's chain as a read-only export, and where to listen.
 fn exports_of(pull: &PullBackup) -> Result<(Exports, Endpoint)> {
-    if pull.tls {
-        bail!("<server tls='yes'>: strata's NBD server has no TLS yet");
-    }
     let mut exports = Exports::new();
     for d in &pull.disks {
         let img = strata_image::open(&d.source, &ChainOptions::default())

@@ -96,6 +96,11 @@ pub struct NbdServeArgs {
     /// Allow a TCP address other than loopback without TLS.
     #[arg(long)]
     pub insecure: bool,
+    /// Require TLS, with x509 credentials in DIR laid out as QEMU's
+    /// tls-creds-x509 (ca-cert.pem, server-cert.pem, server-key.pem,
+    /// optional ca-crl.pem); clients must present a certificate.
+    #[arg(long, value_name = "DIR")]
+    pub tls_creds: Option<PathBuf>,
     /// Clients served at once.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub shared: usize,
@@ -135,6 +140,10 @@ pub struct BackupBeginArgs {
     /// Write into target files that already exist.
     #[arg(long)]
     pub reuse_external: bool,
+    /// Pull mode with `<server tls='yes'>`: x509 credentials in DIR, as for
+    /// `nbd serve --tls-creds`.
+    #[arg(long, value_name = "DIR")]
+    pub tls_creds: Option<std::path::PathBuf>,
 }
 
 /// A backup command that names only the domain.

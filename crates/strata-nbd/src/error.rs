@@ -12,6 +12,9 @@ pub enum Error {
     /// The peer broke the protocol; the connection is dropped.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// TLS credentials could not be loaded.
+    #[error("TLS credentials: {0}")]
+    Tls(String),
     /// The server answered a request with an error (client side).
     #[error(transparent)]
     Server(#[from] crate::client::ServerError),

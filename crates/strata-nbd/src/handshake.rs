@@ -58,9 +58,31 @@ struct State {
     meta: Option<(String, Vec<(u32, String)>)>,
 }
 
-/// Runs the handshake on `io`; `None` when the client left without
-/// choosing an export.
-pub(crate) async fn handshake<S>(io: &mut S, exports: &Exports) -> Result<Option<Negotiated>>
+/// Where TLS stands in a handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TlsState {
+    /// The server has no TLS: STARTTLS is refused.
+    Off,
+    /// TLS is required and not started: only STARTTLS and ABORT go.
+    Required,
+    /// The session runs over TLS.
+    Done,
+}
+
+/// How option haggling ended.
+pub(crate) enum Step {
+    /// An export was chosen: transmission follows.
+    Go(Negotiated),
+    /// STARTTLS was acknowledged: the TLS handshake follows, then option
+    /// haggling starts over on the TLS stream.
+    StartTls,
+    /// The client left without choosing an export.
+    Left,
+}
+
+/// Sends the greeting and reads the client's flags; returns whether the
+/// client asked for no zeroes.
+pub(crate) async fn greet<S>(io: &mut S) -> Result<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -74,8 +96,22 @@ where
     if client & !(proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES) != 0 {
         return Err(Error::protocol(format!("unknown client flags {client:#x}")));
     }
+    Ok(client & proto::FLAG_C_NO_ZEROES != 0)
+}
+
+/// Option haggling on `io` until an export is chosen, TLS starts or the
+/// client leaves. Everything negotiated before STARTTLS is forgotten.
+pub(crate) async fn options<S>(
+    io: &mut S,
+    exports: &Exports,
+    no_zeroes: bool,
+    tls: TlsState,
+) -> Result<Step>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut st = State {
-        no_zeroes: client & proto::FLAG_C_NO_ZEROES != 0,
+        no_zeroes,
         ..Default::default()
     };
     loop {
@@ -92,6 +128,13 @@ where
         }
         let mut data = vec![0u8; len as usize];
         io.read_exact(&mut data).await?;
+        if tls == TlsState::Required && !matches!(option, opt::STARTTLS | opt::ABORT) {
+            if option == opt::EXPORT_NAME {
+                return Err(Error::protocol("EXPORT_NAME before STARTTLS"));
+            }
+            error(io, option, rep::ERR_TLS_REQD, "this server requires TLS").await?;
+            continue;
+        }
         match option {
             opt::EXPORT_NAME => {
                 if st.headers == Headers::Extended {
@@ -114,11 +157,11 @@ where
                 }
                 io.write_all(&out).await?;
                 io.flush().await?;
-                return Ok(Some(chosen(export, name, &st)));
+                return Ok(Step::Go(chosen(export, name, &st)));
             }
             opt::ABORT => {
                 reply(io, option, rep::ACK, &[]).await?;
-                return Ok(None);
+                return Ok(Step::Left);
             }
             opt::LIST => {
                 if !data.is_empty() {
@@ -137,13 +180,19 @@ where
                 reply(io, option, rep::ACK, &[]).await?;
             }
             opt::STARTTLS => {
-                error(
-                    io,
-                    option,
-                    rep::ERR_POLICY,
-                    "this server has no TLS configured",
-                )
-                .await?;
+                let refusal = match tls {
+                    _ if !data.is_empty() => Some((rep::ERR_INVALID, "STARTTLS takes no data")),
+                    TlsState::Off => Some((rep::ERR_POLICY, "this server has no TLS configured")),
+                    TlsState::Done => Some((rep::ERR_INVALID, "TLS is already started")),
+                    TlsState::Required => None,
+                };
+                match refusal {
+                    Some((kind, message)) => error(io, option, kind, message).await?,
+                    None => {
+                        reply(io, option, rep::ACK, &[]).await?;
+                        return Ok(Step::StartTls);
+                    }
+                }
             }
             opt::INFO | opt::GO => {
                 let Some((name, requests)) = parse_info(&data) else {
@@ -187,7 +236,7 @@ where
                 reply(io, option, rep::INFO, &d).await?;
                 reply(io, option, rep::ACK, &[]).await?;
                 if option == opt::GO {
-                    return Ok(Some(chosen(export, name, &st)));
+                    return Ok(Step::Go(chosen(export, name, &st)));
                 }
             }
             opt::STRUCTURED_REPLY | opt::EXTENDED_HEADERS => {

@@ -13,9 +13,11 @@ pub mod export;
 mod handshake;
 pub mod proto;
 pub mod server;
+pub mod tls;
 mod transmission;
 
 pub use client::{Client, Options, ServerError};
 pub use error::{Error, Result};
 pub use export::{BlockSizes, Errno, Export, Failure, Outcome, StatusExtent};
 pub use server::{serve, Config, Exports, Listener};
+pub use tls::Tls;

@@ -15,7 +15,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 
 use crate::export::Export;
-use crate::handshake::handshake;
+use crate::handshake::{greet, options, Step, TlsState};
+use crate::tls::Tls;
 use crate::transmission;
 
 /// The exports a server offers, by name (`""` is the default: the export
@@ -52,12 +53,15 @@ impl Exports {
 }
 
 /// How the server runs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// Clients served at once (further ones wait to be accepted).
     pub max_clients: usize,
     /// Keep serving after the first client leaves.
     pub persistent: bool,
+    /// Require TLS with these credentials (`None`: plain, STARTTLS
+    /// refused).
+    pub tls: Option<Tls>,
 }
 
 impl Default for Config {
@@ -65,6 +69,7 @@ impl Default for Config {
         Config {
             max_clients: 1,
             persistent: false,
+            tls: None,
         }
     }
 }
@@ -120,9 +125,10 @@ pub async fn serve(
             }
         };
         let (exports, stop, left) = (exports.clone(), stop_rx.clone(), left_tx.clone());
+        let tls = config.tls.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection(stream, &exports, stop).await {
+            if let Err(e) = connection(stream, &exports, tls.as_ref(), stop).await {
                 tracing::info!("client: {e}");
             }
             let _ = left.send(());
@@ -151,10 +157,27 @@ async fn accept(l: &Listener) -> std::io::Result<Box<dyn Stream>> {
 async fn connection(
     mut stream: Box<dyn Stream>,
     exports: &Exports,
+    tls: Option<&Tls>,
     stop: watch::Receiver<bool>,
 ) -> crate::Result<()> {
-    match handshake(&mut stream, exports).await? {
-        Some(neg) => transmission::serve(stream, neg, stop).await,
-        None => Ok(()),
+    let no_zeroes = greet(&mut stream).await?;
+    let state = if tls.is_some() {
+        TlsState::Required
+    } else {
+        TlsState::Off
+    };
+    match options(&mut stream, exports, no_zeroes, state).await? {
+        Step::Go(neg) => transmission::serve(stream, neg, stop).await,
+        Step::Left => Ok(()),
+        Step::StartTls => {
+            let Some(tls) = tls else {
+                return Err(crate::Error::protocol("STARTTLS without TLS"));
+            };
+            let mut secure = tls.acceptor.accept(stream).await?;
+            match options(&mut secure, exports, no_zeroes, TlsState::Done).await? {
+                Step::Go(neg) => transmission::serve(secure, neg, stop).await,
+                _ => Ok(()),
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! `strata nbd serve`: image chains served over NBD, as qemu-nbd serves
-//! them, on a unix socket or TCP (loopback unless `--insecure`, since TLS
-//! is not built yet), until a signal (or, without `--persistent`, until the
+//! them, on a unix socket or TCP (loopback unless TLS is required with
+//! `--tls-creds` or `--insecure` is given), until a signal (or, without `--persistent`, until the
 //! first client leaves); then every export is flushed and closed, which
 //! releases its image locks.
 
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use strata_image::qcow2::Qcow2;
 use strata_image::{ChainOptions, Format, Image};
-use strata_nbd::{Config, Exports, Listener};
+use strata_nbd::{Config, Exports, Listener, Tls};
 
 use crate::cli::{NbdCommand, NbdServeArgs};
 use crate::exit::{usage, OK};
@@ -139,9 +139,16 @@ fn serve(a: NbdServeArgs) -> Result<u8> {
             .with_context(|| format!("export '{}'", spec.file.display()))?;
         exports.add(spec.name.clone(), Arc::new(export));
     }
+    let tls = match &a.tls_creds {
+        Some(dir) => {
+            Some(Tls::x509_dir(dir).with_context(|| format!("--tls-creds {}", dir.display()))?)
+        }
+        None => None,
+    };
     let config = Config {
         max_clients: a.shared.max(1),
         persistent: a.persistent,
+        tls,
     };
     let endpoint = match (&a.socket, &a.bind) {
         (Some(path), _) => Endpoint::Unix(path.clone()),
@@ -165,7 +172,7 @@ fn serve(a: NbdServeArgs) -> Result<u8> {
 pub enum Endpoint {
     /// A unix socket (made 0600, removed at the end).
     Unix(PathBuf),
-    /// TCP; a non-loopback address needs `insecure` (no TLS yet).
+    /// TCP; a non-loopback address needs TLS or `insecure`.
     Tcp {
         /// The address and port.
         addr: SocketAddr,
@@ -198,9 +205,9 @@ where
                 format!("unix socket {}", path.display()),
             ),
             Endpoint::Tcp { addr, insecure } => {
-                if !addr.ip().is_loopback() && !insecure {
+                if !addr.ip().is_loopback() && !insecure && config.tls.is_none() {
                     bail!(
-                        "{addr}: a non-loopback address needs TLS, which is not built yet; --insecure serves without it"
+                        "{addr}: a non-loopback address needs TLS (--tls-creds); --insecure serves without it"
                     );
                 }
                 let l = tokio::net::TcpListener::bind(addr)

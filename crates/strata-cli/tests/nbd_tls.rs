@@ -1,0 +1,216 @@
+//! TLS (`--tls-creds`, x509 laid out as QEMU's tls-creds-x509): QEMU's
+//! client (`--object tls-creds-x509`) and nbdinfo (`nbds+unix://` with
+//! `tls-certificates=`) read and write through it; a client without TLS
+//! is told TLS is required, and one whose certificate another CA signed is
+//! refused.
+
+mod common;
+use common::nbd::*;
+use common::*;
+use std::path::Path;
+
+/// Runs openssl in `p`.
+fn openssl(p: &Path, args: &[&str]) {
+    let r = run_in(p, "openssl", args);
+    assert_eq!(r.code, 0, "openssl {args:?}: {}", r.stderr);
+}
+
+/// A CA in `ca/` and certificates it signs: `server/` (for localhost) and
+/// `client/`, each with the CA's certificate, as QEMU lays them out.
+fn credentials(p: &Path, ca: &str) {
+    for dir in [ca, &format!("{ca}/server"), &format!("{ca}/client")] {
+        std::fs::create_dir_all(p.join(dir)).unwrap();
+    }
+    let f = |name: &str| format!("{ca}/{name}");
+    openssl(
+        p,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &f("ca-key.pem"),
+            "-out",
+            &f("ca-cert.pem"),
+            "-days",
+            "30",
+            "-subj",
+            "/CN=strata test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    for (who, usage, extra) in [
+        (
+            "server",
+            "serverAuth",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        ),
+        ("client", "clientAuth", ""),
+    ] {
+        let ext = format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n{extra}"
+        );
+        std::fs::write(p.join(f(&format!("{who}.ext"))), ext).unwrap();
+        let key = f(&format!("{who}/{who}-key.pem"));
+        let csr = f(&format!("{who}.csr"));
+        openssl(
+            p,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={who}"),
+            ],
+        );
+        openssl(
+            p,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &f("ca-cert.pem"),
+                "-CAkey",
+                &f("ca-key.pem"),
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-sha256",
+                "-extfile",
+                &f(&format!("{who}.ext")),
+                "-out",
+                &f(&format!("{who}/{who}-cert.pem")),
+            ],
+        );
+        std::fs::copy(
+            p.join(f("ca-cert.pem")),
+            p.join(f(&format!("{who}/ca-cert.pem"))),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn qemu_and_nbdinfo_connect_with_x509() {
+    let d = tmp();
+    let p = d.path();
+    credentials(p, "ca");
+    credentials(p, "other");
+    qemu_img(p, &["create", "-q", "-f", "qcow2", "d.qcow2", "64M"]);
+    qemu_io(
+        p,
+        "qcow2",
+        "d.qcow2",
+        &["write -P 7 1M 2M", "write -P 9 40M 64k"],
+    );
+    std::fs::copy(p.join("d.qcow2"), p.join("orig.qcow2")).unwrap();
+    qemu_img(p, &["create", "-q", "-f", "qcow2", "w.qcow2", "64M"]);
+    let ours = strata_nbd(
+        p,
+        "s.sock",
+        &[
+            "--tls-creds",
+            "ca/server",
+            "name=d,file=d.qcow2,readonly",
+            "name=w,file=w.qcow2",
+        ],
+    );
+    let sock = p.join("s.sock").display().to_string();
+    let qemu_tls = "tls-creds-x509,id=tls0,endpoint=client,dir=ca/client";
+    let over_tls = |export: &str| {
+        format!(
+            "json:{{\"driver\":\"nbd\",\"server\":{{\"type\":\"unix\",\"path\":\"{sock}\"}},\
+             \"export\":\"{export}\",\"tls-creds\":\"tls0\",\"tls-hostname\":\"localhost\"}}"
+        )
+    };
+    // QEMU: compare, then writes read back.
+    let r = qemu_img(
+        p,
+        &[
+            "compare",
+            "--object",
+            qemu_tls,
+            "-f",
+            "qcow2",
+            "orig.qcow2",
+            &over_tls("d"),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let w = over_tls("w");
+    let io = run_in(
+        p,
+        "qemu-io",
+        &[
+            "--object",
+            qemu_tls,
+            "-c",
+            "write -P 5 4M 1M",
+            "-c",
+            "read -P 5 4M 1M",
+            &w,
+        ],
+    );
+    assert_eq!(io.code, 0, "{}{}", io.stdout, io.stderr);
+    assert!(!io.stdout.contains("fail"), "{}", io.stdout);
+    // nbdinfo over TLS sees the export; without TLS it is told to use it.
+    let secure = format!("nbds+unix:///d?socket={sock}&tls-certificates=ca/client");
+    let info = run_in(p, "nbdinfo", &["--json", &secure]).expect(0).json();
+    assert_eq!(info["TLS"], true, "{info}");
+    assert_eq!(info["exports"][0]["export-size"], 64u64 << 20);
+    let plain = run_in(p, "nbdinfo", &[&format!("nbd+unix:///d?socket={sock}")]);
+    // (libnbd words NBD_REP_ERR_TLS_REQD as qemu-nbd's own: "not
+    // supported".)
+    assert_ne!(plain.code, 0);
+    assert!(plain.stderr.contains("opt_go"), "{}", plain.stderr);
+    // On the wire: before STARTTLS, options other than it and ABORT get
+    // NBD_REP_ERR_TLS_REQD; STARTTLS with data is invalid.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let mut hello = [0u8; 18];
+        s.read_exact(&mut hello).unwrap();
+        s.write_all(&3u32.to_be_bytes()).unwrap();
+        for (opt, data, want) in [
+            (3u32, &[][..], 0x8000_0005u32),
+            (5, &[1u8][..], 0x8000_0003),
+        ] {
+            let mut m = 0x4948_4156_454F_5054u64.to_be_bytes().to_vec();
+            m.extend_from_slice(&opt.to_be_bytes());
+            m.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            m.extend_from_slice(data);
+            s.write_all(&m).unwrap();
+            let mut h = [0u8; 20];
+            s.read_exact(&mut h).unwrap();
+            let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+            assert_eq!(kind, want, "option {opt}");
+            let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+            s.read_exact(&mut vec![0u8; len]).unwrap();
+        }
+    }
+    // A certificate from another CA is refused.
+    let wrong = format!("nbds+unix:///d?socket={sock}&tls-certificates=other/client");
+    assert_ne!(run_in(p, "nbdinfo", &[&wrong]).code, 0);
+    // And the server goes on.
+    run_in(p, "nbdinfo", &["--size", &secure]).expect(0);
+    assert!(ours.stop().success());
+    assert_clean(p, "w.qcow2");
+    qemu_io(
+        p,
+        "qcow2",
+        "w.qcow2",
+        &["read -P 5 4M 1M", "read -P 0 0 4M"],
+    );
+}
