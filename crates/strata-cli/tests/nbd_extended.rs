@@ -243,7 +243,7 @@ fn extended_replies_match_qemu_nbd() {
     let mut q = Ext::connect(p, "q.sock", &contexts);
     let mut s = Ext::connect(p, "s.sock", &contexts);
     assert_eq!(s.contexts.len(), 2);
-    // Read-only, flush, block status payload form, DF, multi-conn...
+    // Read-only, flush, DF and the block status payload form, as qemu-nbd.
     let shown = 0x1000 | 0x0080 | 0x0002 | 0x0004;
     assert_eq!(s.flags & shown, q.flags & shown);
     assert_ne!(s.flags & 0x1000, 0, "NBD_FLAG_BLOCK_STATUS_PAYLOAD");

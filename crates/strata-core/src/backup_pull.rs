@@ -69,12 +69,7 @@ pub fn begin(store: &mut Store, domain: &str, req: &BeginRequest) -> Result<Pull
     let mut cache = Vec::new();
     for d in def.disks.iter().flatten().filter(|d| d.backup) {
         let disk_what = format!("{what}: disk '{}'", d.name);
-        let source = dom
-            .disks()
-            .into_iter()
-            .find(|x| x.target == d.name)
-            .and_then(|x| x.source)
-            .ok_or_else(|| Error::invalid(&disk_what, "has no image"))?;
+        let source = backup_push::disk_source(&dom, &d.name, &disk_what)?;
         let export_name = d.export_name.clone().unwrap_or_else(|| d.name.clone());
         if disks
             .iter()
@@ -135,7 +130,7 @@ impl PullBackup {
     /// True once `backup abort` asked this job to stop (`store` is a
     /// connection of the caller's, e.g. on a polling thread).
     pub fn abort_requested(store: &mut Store, domain: &str) -> Result<bool> {
-        store.job_progress(domain, 0)
+        Ok(store.job(domain)?.is_some_and(|j| j.abort_requested))
     }
 
     /// Ends the job: completed when `outcome` is fine, failed with its

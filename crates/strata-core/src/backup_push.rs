@@ -197,12 +197,7 @@ fn plan(
     let mut changed: Vec<(String, checkpoint::DiskRanges)> = Vec::new();
     for d in def.disks.iter().flatten().filter(|d| d.backup) {
         let disk_what = format!("{what}: disk '{}'", d.name);
-        let source = dom
-            .disks()
-            .into_iter()
-            .find(|x| x.target == d.name)
-            .and_then(|x| x.source)
-            .ok_or_else(|| Error::invalid(&disk_what, "has no image"))?;
+        let source = disk_source(&dom, &d.name, &disk_what)?;
         let target = d
             .target
             .clone()
@@ -274,6 +269,15 @@ fn plan(
         return Err(Error::invalid(what, "no disk takes part"));
     }
     Ok(plans)
+}
+
+/// The image of `dom`'s disk `disk` (`what` names it in errors).
+pub(crate) fn disk_source(dom: &crate::domain::Domain, disk: &str, what: &str) -> Result<PathBuf> {
+    dom.disks()
+        .into_iter()
+        .find(|x| x.target == disk)
+        .and_then(|x| x.source)
+        .ok_or_else(|| Error::invalid(what, "has no image"))
 }
 
 /// The ranges of `disk` changed since checkpoint `cp`; `cache` keeps each
