@@ -101,6 +101,11 @@ pub struct NbdServeArgs {
     /// optional ca-crl.pem); clients must present a certificate.
     #[arg(long, value_name = "DIR")]
     pub tls_creds: Option<PathBuf>,
+    /// Require TLS with a pre-shared key: FILE holds USERNAME:HEXKEY lines
+    /// as psktool writes them (a folder means its keys.psk, as QEMU's
+    /// tls-creds-psk lays it out).
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_creds")]
+    pub tls_psk: Option<PathBuf>,
     /// Clients served at once.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub shared: usize,

@@ -2,7 +2,11 @@
 //! client (`--object tls-creds-x509`) and nbdinfo (`nbds+unix://` with
 //! `tls-certificates=`) read and write through it; a client without TLS
 //! is told TLS is required, and one whose certificate another CA signed is
-//! refused.
+//! refused. TLS-PSK (`--tls-psk`, a psktool keys file): QEMU's client
+//! (`--object tls-creds-psk`, over TLS 1.3 and 1.2) and nbdinfo
+//! (`tls-psk-file=`) get in with their username's key; a wrong key or an
+//! unknown username is refused; a bad keys file stops the server at start,
+//! naming the file and line.
 
 mod common;
 use common::nbd::*;
@@ -102,12 +106,9 @@ fn credentials(p: &Path, ca: &str) {
     }
 }
 
-#[test]
-fn qemu_and_nbdinfo_connect_with_x509() {
-    let d = tmp();
-    let p = d.path();
-    credentials(p, "ca");
-    credentials(p, "other");
+/// The images both tests serve: `d.qcow2` with data (and `orig.qcow2`, a
+/// copy to compare with) read-only, and an empty `w.qcow2` to write.
+fn images(p: &Path) {
     qemu_img(p, &["create", "-q", "-f", "qcow2", "d.qcow2", "64M"]);
     qemu_io(
         p,
@@ -117,6 +118,26 @@ fn qemu_and_nbdinfo_connect_with_x509() {
     );
     std::fs::copy(p.join("d.qcow2"), p.join("orig.qcow2")).unwrap();
     qemu_img(p, &["create", "-q", "-f", "qcow2", "w.qcow2", "64M"]);
+}
+
+/// Checks what the clients wrote to `w.qcow2`, from the file.
+fn written(p: &Path) {
+    assert_clean(p, "w.qcow2");
+    qemu_io(
+        p,
+        "qcow2",
+        "w.qcow2",
+        &["read -P 5 4M 1M", "read -P 0 0 4M"],
+    );
+}
+
+#[test]
+fn qemu_and_nbdinfo_connect_with_x509() {
+    let d = tmp();
+    let p = d.path();
+    credentials(p, "ca");
+    credentials(p, "other");
+    images(p);
     let ours = strata_nbd(
         p,
         "s.sock",
@@ -206,11 +227,155 @@ fn qemu_and_nbdinfo_connect_with_x509() {
     // And the server goes on.
     run_in(p, "nbdinfo", &["--size", &secure]).expect(0);
     assert!(ours.stop().success());
-    assert_clean(p, "w.qcow2");
-    qemu_io(
+    written(p);
+}
+
+/// Writes `keys.psk` in `dir` with `user:key` lines.
+fn psk_file(p: &Path, dir: &str, lines: &[(&str, &str)]) {
+    std::fs::create_dir_all(p.join(dir)).unwrap();
+    let text: String = lines.iter().map(|(u, k)| format!("{u}:{k}\n")).collect();
+    std::fs::write(p.join(dir).join("keys.psk"), text).unwrap();
+}
+
+/// A fresh random 32-byte key, in hex.
+fn random_key(p: &Path) -> String {
+    let r = run_in(p, "openssl", &["rand", "-hex", "32"]).expect(0);
+    r.stdout.trim().to_string()
+}
+
+#[test]
+fn qemu_and_nbdinfo_connect_with_psk() {
+    let d = tmp();
+    let p = d.path();
+    let (alice, qemu, other) = (random_key(p), random_key(p), random_key(p));
+    psk_file(p, "server", &[("alice", &alice), ("qemu", &qemu)]);
+    psk_file(p, "alice", &[("alice", &alice)]);
+    psk_file(p, "qemu", &[("qemu", &qemu)]);
+    psk_file(p, "wrong", &[("alice", &other), ("mallory", &alice)]);
+    images(p);
+    let ours = Server::start_logging(
         p,
-        "qcow2",
-        "w.qcow2",
-        &["read -P 5 4M 1M", "read -P 0 0 4M"],
+        env!("CARGO_BIN_EXE_strata"),
+        &[
+            "nbd",
+            "serve",
+            "--socket",
+            "s.sock",
+            "--persistent",
+            "--tls-psk",
+            "server/keys.psk",
+            "name=d,file=d.qcow2,readonly",
+            "name=w,file=w.qcow2",
+        ],
+        "s.sock",
+        Some("server.log"),
     );
+    let sock = p.join("s.sock").display().to_string();
+    let over_tls = |export: &str| {
+        format!(
+            "json:{{\"driver\":\"nbd\",\"server\":{{\"type\":\"unix\",\"path\":\"{sock}\"}},\
+             \"export\":\"{export}\",\"tls-creds\":\"tls0\"}}"
+        )
+    };
+    // QEMU with a username (TLS 1.3, GnuTLS's default), then QEMU's
+    // default username "qemu" forced down to TLS 1.2.
+    let alice_creds = "tls-creds-psk,id=tls0,endpoint=client,dir=alice,username=alice";
+    let r = qemu_img(
+        p,
+        &[
+            "compare",
+            "--object",
+            alice_creds,
+            "-f",
+            "qcow2",
+            "orig.qcow2",
+            &over_tls("d"),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let tls12 = "tls-creds-psk,id=tls0,endpoint=client,dir=qemu,priority=NORMAL:-VERS-TLS1.3";
+    let io = run_in(
+        p,
+        "qemu-io",
+        &[
+            "--object",
+            tls12,
+            "-c",
+            "write -P 5 4M 1M",
+            "-c",
+            "read -P 5 4M 1M",
+            &over_tls("w"),
+        ],
+    );
+    assert_eq!(io.code, 0, "{}{}", io.stdout, io.stderr);
+    assert!(!io.stdout.contains("fail"), "{}", io.stdout);
+    // nbdinfo: the username in the URI, the key from the file.
+    let uri = |user: &str, dir: &str| {
+        format!("nbds+unix://{user}@/d?socket={sock}&tls-psk-file={dir}/keys.psk")
+    };
+    let info = run_in(p, "nbdinfo", &["--json", &uri("alice", "alice")])
+        .expect(0)
+        .json();
+    assert_eq!(info["TLS"], true, "{info}");
+    assert_eq!(info["exports"][0]["export-size"], 64u64 << 20);
+    // A wrong key, or a username the server does not know, is refused;
+    // and the server goes on.
+    for (user, dir) in [("alice", "wrong"), ("mallory", "wrong")] {
+        let r = run_in(p, "nbdinfo", &["--size", &uri(user, dir)]);
+        assert_ne!(r.code, 0, "{user} with {dir}/keys.psk got in");
+    }
+    let wrong = "tls-creds-psk,id=tls0,endpoint=client,dir=wrong,username=alice";
+    let r = run_in(p, "qemu-img", &["info", "--object", wrong, &over_tls("d")]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    let size = run_in(p, "nbdinfo", &["--size", &uri("qemu", "qemu")]).expect(0);
+    assert_eq!(size.stdout.trim(), (64u64 << 20).to_string());
+    assert!(ours.stop().success());
+    written(p);
+}
+
+#[test]
+fn bad_psk_files_are_refused_at_start() {
+    let d = tmp();
+    let p = d.path();
+    qemu_img(p, &["create", "-q", "-f", "qcow2", "d.qcow2", "1M"]);
+    for (text, says) in [
+        (
+            "alice:0g\n",
+            "keys.psk: line 1: the key is not an even number of hex digits",
+        ),
+        (
+            "alice:00\nalice:01\n",
+            "keys.psk: line 2: username 'alice' appears twice",
+        ),
+        ("", "keys.psk: holds no key"),
+    ] {
+        std::fs::write(p.join("keys.psk"), text).unwrap();
+        let r = strata(
+            p,
+            &[
+                "nbd",
+                "serve",
+                "--socket",
+                "s.sock",
+                "--tls-psk",
+                ".",
+                "d.qcow2",
+            ],
+        );
+        r.one_error(1, says);
+        assert!(!p.join("s.sock").exists());
+    }
+    let r = strata(
+        p,
+        &[
+            "nbd",
+            "serve",
+            "--socket",
+            "s.sock",
+            "--tls-psk",
+            "missing.psk",
+            "d.qcow2",
+        ],
+    );
+    r.one_error(1, "missing.psk");
 }

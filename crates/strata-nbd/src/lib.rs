@@ -12,6 +12,7 @@ pub mod error;
 pub mod export;
 mod handshake;
 pub mod proto;
+mod psk;
 pub mod server;
 pub mod tls;
 mod transmission;

@@ -10,13 +10,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 
 use crate::export::Export;
 use crate::handshake::{greet, options, Step, TlsState};
-use crate::tls::Tls;
+use crate::tls::{Stream, Tls};
 use crate::transmission;
 
 /// The exports a server offers, by name (`""` is the default: the export
@@ -139,10 +138,6 @@ pub async fn serve(
     Ok(())
 }
 
-/// A connected client's stream.
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
-
 async fn accept(l: &Listener) -> std::io::Result<Box<dyn Stream>> {
     Ok(match l {
         Listener::Unix(u) => Box::new(u.accept().await?.0),
@@ -173,7 +168,7 @@ async fn connection(
             let Some(tls) = tls else {
                 return Err(crate::Error::protocol("STARTTLS without TLS"));
             };
-            let mut secure = tls.acceptor.accept(stream).await?;
+            let mut secure = tls.accept(stream).await?;
             match options(&mut secure, exports, no_zeroes, TlsState::Done).await? {
                 Step::Go(neg) => transmission::serve(secure, neg, stop).await,
                 _ => Ok(()),

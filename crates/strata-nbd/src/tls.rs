@@ -1,9 +1,10 @@
-//! TLS for the server (`NBD_OPT_STARTTLS`), with rustls and the ring
-//! provider: x509 credentials in a folder laid out as QEMU's
+//! TLS for the server (`NBD_OPT_STARTTLS`). x509 credentials go through
+//! rustls and the ring provider: a folder laid out as QEMU's
 //! `tls-creds-x509` lays them out for a server (`ca-cert.pem`,
-//! `server-cert.pem`, `server-key.pem`, and `ca-crl.pem` if present).
-//! Clients must present a certificate signed by that CA, as QEMU's
-//! `verify-peer=on` (its default) asks.
+//! `server-cert.pem`, `server-key.pem`, and `ca-crl.pem` if present), and
+//! clients must present a certificate signed by that CA, as QEMU's
+//! `verify-peer=on` (its default) asks. Pre-shared keys go through OpenSSL
+//! (see `psk`), since rustls has none.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,15 +13,30 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Error, Result};
+use crate::psk;
 
 /// Server-side TLS credentials.
 #[derive(Clone)]
 pub struct Tls {
-    pub(crate) acceptor: TlsAcceptor,
+    kind: Kind,
 }
+
+/// Which TLS library serves which credentials.
+#[derive(Clone)]
+enum Kind {
+    /// x509 through rustls.
+    X509(TlsAcceptor),
+    /// Pre-shared keys through OpenSSL.
+    Psk(openssl::ssl::SslContext),
+}
+
+/// A stream TLS can run over, and what it yields.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,7 +82,46 @@ impl Tls {
             .with_single_cert(chain, key)
             .map_err(|e| bad(&cert, e))?;
         Ok(Tls {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            kind: Kind::X509(TlsAcceptor::from(Arc::new(config))),
+        })
+    }
+
+    /// Loads pre-shared keys from `path`, a keys file as GnuTLS's `psktool`
+    /// writes it (`USERNAME:HEXKEY` lines); given a folder, its `keys.psk`
+    /// (the layout of QEMU's `tls-creds-psk`).
+    pub fn psk_file(path: &Path) -> Result<Tls> {
+        let file = if path.is_dir() {
+            path.join("keys.psk")
+        } else {
+            path.to_path_buf()
+        };
+        let keys = psk::read_keys(&file)?;
+        Ok(Tls {
+            kind: Kind::Psk(psk::context(keys)?),
+        })
+    }
+
+    /// Runs the server side of the TLS handshake over `stream`.
+    pub(crate) async fn accept<S: Stream>(&self, stream: S) -> Result<Box<dyn Stream>> {
+        Ok(match &self.kind {
+            Kind::X509(acceptor) => Box::new(acceptor.accept(stream).await?),
+            Kind::Psk(context) => {
+                let ssl = openssl::ssl::Ssl::new(context)
+                    .map_err(|e| Error::Tls(format!("OpenSSL: {e}")))?;
+                let mut secure = tokio_openssl::SslStream::new(ssl, stream)
+                    .map_err(|e| Error::Tls(format!("OpenSSL: {e}")))?;
+                std::pin::Pin::new(&mut secure)
+                    .accept()
+                    .await
+                    .map_err(|e| Error::Protocol(format!("TLS-PSK handshake: {e}")))?;
+                let ssl = secure.ssl();
+                tracing::debug!(
+                    "TLS-PSK: {} {}",
+                    ssl.version_str(),
+                    ssl.current_cipher().map_or("?", |c| c.name())
+                );
+                Box::new(secure)
+            }
         })
     }
 }

@@ -1,6 +1,7 @@
 //! `strata nbd serve`: image chains served over NBD, as qemu-nbd serves
 //! them, on a unix socket or TCP (loopback unless TLS is required with
-//! `--tls-creds` or `--insecure` is given), until a signal (or, without `--persistent`, until the
+//! `--tls-creds` or `--tls-psk`, or `--insecure` is given), until a signal
+//! (or, without `--persistent`, until the
 //! first client leaves); then every export is flushed and closed, which
 //! releases its image locks.
 
@@ -139,11 +140,14 @@ fn serve(a: NbdServeArgs) -> Result<u8> {
             .with_context(|| format!("export '{}'", spec.file.display()))?;
         exports.add(spec.name.clone(), Arc::new(export));
     }
-    let tls = match &a.tls_creds {
-        Some(dir) => {
+    let tls = match (&a.tls_creds, &a.tls_psk) {
+        (Some(dir), _) => {
             Some(Tls::x509_dir(dir).with_context(|| format!("--tls-creds {}", dir.display()))?)
         }
-        None => None,
+        (None, Some(file)) => {
+            Some(Tls::psk_file(file).with_context(|| format!("--tls-psk {}", file.display()))?)
+        }
+        (None, None) => None,
     };
     let config = Config {
         max_clients: a.shared.max(1),
@@ -207,7 +211,7 @@ where
             Endpoint::Tcp { addr, insecure } => {
                 if !addr.ip().is_loopback() && !insecure && config.tls.is_none() {
                     bail!(
-                        "{addr}: a non-loopback address needs TLS (--tls-creds); --insecure serves without it"
+                        "{addr}: a non-loopback address needs TLS (--tls-creds or --tls-psk); --insecure serves without it"
                     );
                 }
                 let l = tokio::net::TcpListener::bind(addr)
