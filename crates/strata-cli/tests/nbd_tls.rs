@@ -253,22 +253,14 @@ fn qemu_and_nbdinfo_connect_with_psk() {
     psk_file(p, "qemu", &[("qemu", &qemu)]);
     psk_file(p, "wrong", &[("alice", &other), ("mallory", &alice)]);
     images(p);
-    let ours = Server::start_logging(
+    let ours = strata_nbd_logged(
         p,
-        env!("CARGO_BIN_EXE_strata"),
         &[
-            "nbd",
-            "serve",
-            "--socket",
-            "s.sock",
-            "--persistent",
             "--tls-psk",
             "server/keys.psk",
             "name=d,file=d.qcow2,readonly",
             "name=w,file=w.qcow2",
         ],
-        "s.sock",
-        Some("server.log"),
     );
     let sock = p.join("s.sock").display().to_string();
     let over_tls = |export: &str| {

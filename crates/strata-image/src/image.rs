@@ -121,6 +121,12 @@ pub trait Image: Send + Sync + std::fmt::Debug {
     /// The driver as a shared `Any`, to keep a format-specific handle
     /// (`Arc::downcast`).
     fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
+    /// The file holding this layer's data at the host offsets
+    /// [`Image::block_status`] reports (`Extent::offset`), when it is a
+    /// plain file: for readers that move bytes from it without copying.
+    fn host_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
     /// Flushes and releases what the image holds (locks stay until drop).
     fn close(&self) -> Result<()> {
         self.flush()

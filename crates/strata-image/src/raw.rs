@@ -123,6 +123,10 @@ impl Image for RawImage {
         None
     }
 
+    fn host_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.st.as_fd()
+    }
+
     fn actual_size(&self) -> Result<u64> {
         self.st.allocated_bytes()
     }

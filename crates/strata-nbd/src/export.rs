@@ -58,6 +58,45 @@ pub struct StatusExtent {
     pub flags: u32,
 }
 
+/// Where a stretch of an export's bytes lies, so that a read can send it
+/// from the file to the socket without copying (see [`Export::placement`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// `len` bytes of the open file `fd` from `offset`.
+    File {
+        /// The file (open as long as the export lives).
+        fd: std::os::fd::RawFd,
+        /// Where in the file.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+    },
+    /// `len` bytes that read as zero.
+    Zero {
+        /// How many bytes.
+        len: u64,
+    },
+    /// `len` bytes to read with [`Export::read_at`] (compressed, say).
+    Read {
+        /// How many bytes.
+        len: u64,
+    },
+}
+
+impl Placement {
+    /// The stretch's length.
+    pub fn len(&self) -> u64 {
+        match *self {
+            Placement::File { len, .. } | Placement::Zero { len } | Placement::Read { len } => len,
+        }
+    }
+
+    /// True for an empty stretch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Block size constraints (`NBD_INFO_BLOCK_SIZE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockSizes {
@@ -122,6 +161,14 @@ pub trait Export: Send + Sync + 'static {
     /// Prefetches `[offset, offset+len)` (a hint).
     fn cache(&self, _offset: u64, _len: u64) -> Outcome<()> {
         Ok(())
+    }
+    /// Where `[offset, offset+len)` lies: consecutive placements covering
+    /// exactly the range (their zeros as `base:allocation` reports them).
+    /// `None`, the default, when the export cannot tell, or when its bytes
+    /// may move while a reply is on its way (any writable export); reads
+    /// then go through [`Export::read_at`]. Called on the same threads.
+    fn placement(&self, _offset: u64, _len: u64) -> Outcome<Option<Vec<Placement>>> {
+        Ok(None)
     }
     /// Status of `[offset, offset+len)` in context `context` (one of
     /// [`Export::contexts`]): consecutive extents from `offset`, at least

@@ -13,12 +13,15 @@ pub mod export;
 mod handshake;
 pub mod proto;
 mod psk;
+mod read;
+mod reply;
 pub mod server;
+mod splice;
 pub mod tls;
 mod transmission;
 
 pub use client::{Client, Options, ServerError};
 pub use error::{Error, Result};
-pub use export::{BlockSizes, Errno, Export, Failure, Outcome, StatusExtent};
+pub use export::{BlockSizes, Errno, Export, Failure, Outcome, Placement, StatusExtent};
 pub use server::{serve, Config, Exports, Listener};
 pub use tls::Tls;

@@ -7,6 +7,7 @@
 //! flight finish and flushes; then the exports are dropped (releasing
 //! whatever they hold, such as image locks).
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -116,7 +117,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
             _ = left_rx.recv(), if !config.persistent => break,
         };
-        let stream = match accepted {
+        let (stream, fd) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("accept: {e}");
@@ -127,7 +128,7 @@ pub async fn serve(
         let tls = config.tls.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection(stream, &exports, tls.as_ref(), stop).await {
+            if let Err(e) = connection(stream, fd, &exports, tls.as_ref(), stop).await {
                 tracing::info!("client: {e}");
             }
             let _ = left.send(());
@@ -138,19 +139,27 @@ pub async fn serve(
     Ok(())
 }
 
-async fn accept(l: &Listener) -> std::io::Result<Box<dyn Stream>> {
+/// The next client: its stream, and the socket's descriptor (which lives
+/// as long as the stream).
+async fn accept(l: &Listener) -> std::io::Result<(Box<dyn Stream>, RawFd)> {
     Ok(match l {
-        Listener::Unix(u) => Box::new(u.accept().await?.0),
+        Listener::Unix(u) => {
+            let s = u.accept().await?.0;
+            let fd = s.as_raw_fd();
+            (Box::new(s), fd)
+        }
         Listener::Tcp(t) => {
             let (s, _) = t.accept().await?;
             s.set_nodelay(true)?;
-            Box::new(s)
+            let fd = s.as_raw_fd();
+            (Box::new(s), fd)
         }
     })
 }
 
 async fn connection(
     mut stream: Box<dyn Stream>,
+    fd: RawFd,
     exports: &Exports,
     tls: Option<&Tls>,
     stop: watch::Receiver<bool>,
@@ -162,7 +171,7 @@ async fn connection(
         TlsState::Off
     };
     match options(&mut stream, exports, no_zeroes, state).await? {
-        Step::Go(neg) => transmission::serve(stream, neg, stop).await,
+        Step::Go(neg) => transmission::serve(stream, Some(fd), neg, stop).await,
         Step::Left => Ok(()),
         Step::StartTls => {
             let Some(tls) = tls else {
@@ -170,7 +179,8 @@ async fn connection(
             };
             let mut secure = tls.accept(stream).await?;
             match options(&mut secure, exports, no_zeroes, TlsState::Done).await? {
-                Step::Go(neg) => transmission::serve(secure, neg, stop).await,
+                // Spliced replies would bypass TLS.
+                Step::Go(neg) => transmission::serve(secure, None, neg, stop).await,
                 _ => Ok(()),
             }
         }

@@ -5,6 +5,7 @@
 //! header ends the connection. `NBD_CMD_DISC`, the end of the stream or a
 //! server shutdown stop the reading; in-flight requests finish first.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{
@@ -12,11 +13,18 @@ use tokio::io::{
 };
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use std::os::fd::{OwnedFd, RawFd};
+
+use tokio::io::unix::AsyncFd;
+
 use crate::buffers::Buffers;
 use crate::error::{Error, Result};
 use crate::export::{Errno, Export, Failure, Outcome, StatusExtent};
 use crate::handshake::{Headers, Negotiated};
 use crate::proto::{self, cflag, chunk, cmd};
+use crate::read::read;
+use crate::reply::{Out, Reply};
+use crate::splice::{self, Pipes};
 
 /// Requests in flight per connection.
 const IN_FLIGHT: u32 = 64;
@@ -29,13 +37,13 @@ const INLINE_MAX: u64 = 256 << 10;
 
 /// One request header.
 #[derive(Clone, Copy, Debug)]
-struct Request {
-    flags: u16,
-    kind: u16,
-    cookie: u64,
-    offset: u64,
+pub(crate) struct Request {
+    pub(crate) flags: u16,
+    pub(crate) kind: u16,
+    pub(crate) cookie: u64,
+    pub(crate) offset: u64,
     /// The effect length (for writes, the payload's length).
-    length: u64,
+    pub(crate) length: u64,
 }
 
 impl Request {
@@ -75,26 +83,42 @@ impl Request {
 }
 
 /// Serves requests until the client leaves or `stop` turns true.
-pub(crate) async fn serve<S>(io: S, neg: Negotiated, mut stop: watch::Receiver<bool>) -> Result<()>
+pub(crate) async fn serve<S>(
+    io: S,
+    socket: Option<RawFd>,
+    neg: Negotiated,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(io);
     let mut rd = BufReader::with_capacity(IO_BUFFER, rd);
     // Replies go, whole, to the connection's writer task, which coalesces
-    // them.
-    let (out, replies) = mpsc::unbounded_channel::<Vec<u8>>();
+    // them; on a plain socket it can splice pipes into it.
+    let (out, replies) = mpsc::unbounded_channel::<Out>();
     let buffers = Arc::new(Buffers::default());
+    let sock = socket.and_then(|fd| {
+        splice::socket(fd)
+            .inspect_err(|e| tracing::debug!("no splicing: {e}"))
+            .ok()
+    });
+    let pipes = sock.as_ref().map(|_| Arc::new(Pipes::default()));
     let writer = tokio::spawn(write_replies(
         BufWriter::with_capacity(IO_BUFFER, wr),
+        sock,
         replies,
         buffers.clone(),
+        pipes.clone(),
     ));
     let allocation = neg.export.contexts().iter().any(|c| c == "base:allocation");
     let conn = Arc::new(Conn {
         neg,
         buffers,
+        pipes,
         allocation,
+        spliced: AtomicU64::new(0),
+        copied: AtomicU64::new(0),
     });
     let slots = Arc::new(Semaphore::new(IN_FLIGHT as usize));
     let extended = conn.neg.headers == Headers::Extended;
@@ -141,6 +165,12 @@ where
     };
     // Let every request in flight finish, then make writes durable.
     let _all = slots.acquire_many(IN_FLIGHT).await.expect("never closed");
+    tracing::debug!(
+        "export '{}': {} reads spliced, {} copied",
+        conn.neg.name,
+        conn.spliced.load(Ordering::Relaxed),
+        conn.copied.load(Ordering::Relaxed)
+    );
     if !conn.neg.export.read_only() {
         let export = conn.neg.export.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || export.flush()).await {
@@ -155,18 +185,38 @@ where
     result
 }
 
-/// Writes replies as they come, many per system call when they queue up.
+/// Writes replies as they come, many per system call when they queue up;
+/// replies in pipes are spliced into `sock` (the same socket).
 async fn write_replies<W: AsyncWrite>(
     mut w: BufWriter<WriteHalf<W>>,
-    mut replies: mpsc::UnboundedReceiver<Vec<u8>>,
+    sock: Option<AsyncFd<OwnedFd>>,
+    mut replies: mpsc::UnboundedReceiver<Out>,
     buffers: Arc<Buffers>,
+    pipes: Option<Arc<Pipes>>,
 ) -> std::io::Result<()> {
-    while let Some(m) = replies.recv().await {
-        w.write_all(&m).await?;
-        buffers.give(m);
-        while let Ok(m) = replies.try_recv() {
-            w.write_all(&m).await?;
-            buffers.give(m);
+    while let Some(mut m) = replies.recv().await {
+        loop {
+            match m {
+                Out::Bytes(b) => {
+                    w.write_all(&b).await?;
+                    buffers.give(b);
+                }
+                Out::Pipes(list) => {
+                    let (Some(sock), Some(pipes)) = (&sock, &pipes) else {
+                        return Err(std::io::Error::other("a pipe reply without a socket"));
+                    };
+                    // What is buffered goes first.
+                    w.flush().await?;
+                    for (pipe, len) in list {
+                        pipe.drain(sock, len).await?;
+                        pipes.give(pipe);
+                    }
+                }
+            }
+            match replies.try_recv() {
+                Ok(next) => m = next,
+                Err(_) => break,
+            }
         }
         w.flush().await?;
     }
@@ -252,7 +302,7 @@ fn validate(neg: &Negotiated, req: &Request) -> Outcome<()> {
 /// Runs `f` with the export: small requests right here (page-cache I/O
 /// takes microseconds, less than a thread hand-off), large ones and
 /// flushes on a blocking thread so they do not hold up the rest.
-async fn run_io<T: Send + 'static>(
+pub(crate) async fn run_io<T: Send + 'static>(
     export: &Arc<dyn Export>,
     inline: bool,
     f: impl FnOnce(&dyn Export) -> Outcome<T> + Send + 'static,
@@ -267,20 +317,39 @@ async fn run_io<T: Send + 'static>(
 }
 
 /// True when a request of `len` bytes runs inline.
-fn small(len: u64) -> bool {
+pub(crate) fn small(len: u64) -> bool {
     len <= INLINE_MAX
 }
 
 /// A connection's state shared by its request tasks.
-struct Conn {
-    neg: Negotiated,
-    buffers: Arc<Buffers>,
+pub(crate) struct Conn {
+    pub(crate) neg: Negotiated,
+    pub(crate) buffers: Arc<Buffers>,
+    /// Pipes for spliced read replies, when the writer can splice (a plain
+    /// socket).
+    pub(crate) pipes: Option<Arc<Pipes>>,
     /// The export offers `base:allocation` (reads report holes).
-    allocation: bool,
+    pub(crate) allocation: bool,
+    /// Reads answered from a pipe, and by copying (for the log).
+    pub(crate) spliced: AtomicU64,
+    pub(crate) copied: AtomicU64,
 }
 
 /// Carries out one request; returns its whole reply.
-async fn handle(conn: &Conn, mut req: Request, payload: Vec<u8>) -> Vec<u8> {
+async fn handle(conn: &Conn, req: Request, payload: Vec<u8>) -> Out {
+    if req.kind == cmd::READ && validate(&conn.neg, &req).is_ok() {
+        let r = Reply {
+            headers: conn.neg.headers,
+            cookie: req.cookie,
+            offset: req.offset,
+        };
+        return read(conn, req, r).await;
+    }
+    Out::Bytes(answer(conn, req, payload).await)
+}
+
+/// Carries out a request other than a valid read; returns its reply.
+async fn answer(conn: &Conn, mut req: Request, payload: Vec<u8>) -> Vec<u8> {
     let neg = &conn.neg;
     let r = Reply {
         headers: neg.headers,
@@ -312,7 +381,6 @@ async fn handle(conn: &Conn, mut req: Request, payload: Vec<u8>) -> Vec<u8> {
     let (off, len) = (req.offset, req.length);
     // Zeroing and discarding are metadata work, done inline.
     let done = match req.kind {
-        cmd::READ => return read(conn, req, r).await,
         cmd::WRITE => {
             run_io(&neg.export, small(len) && !fua, move |e| {
                 e.write_at(&payload, off, fua)
@@ -336,77 +404,6 @@ async fn handle(conn: &Conn, mut req: Request, payload: Vec<u8>) -> Vec<u8> {
         Ok(()) => r.ok(),
         Err(f) => r.error(&f),
     }
-}
-
-/// `NBD_CMD_READ`: with structured replies, holes (by `base:allocation`)
-/// go as hole chunks and the rest as data chunks. The reply is built in a
-/// reused buffer.
-async fn read(conn: &Conn, req: Request, r: Reply) -> Vec<u8> {
-    let (off, len) = (req.offset, req.length);
-    let holes = r.headers.chunked() && req.flags & cflag::DF == 0 && conn.allocation;
-    let buffers = conn.buffers.clone();
-    let built = run_io(&conn.neg.export, small(len), move |e| {
-        if !r.headers.chunked() {
-            let mut m = buffers.take(16 + len as usize);
-            m[..16].copy_from_slice(&simple_head(0, r.cookie));
-            e.read_at(&mut m[16..], off)?;
-            return Ok(m);
-        }
-        if len == 0 {
-            return Ok(r.head(chunk::FLAG_DONE, chunk::NONE, 0));
-        }
-        // The pieces: (offset, length, reads as zero).
-        let mut pieces: Vec<(u64, u64, bool)> = Vec::new();
-        let mut at = off;
-        if holes {
-            if let Ok(ext) = e.block_status("base:allocation", off, len) {
-                for x in ext {
-                    let n = x.length.min(off + len - at);
-                    if n == 0 {
-                        break;
-                    }
-                    let zero = x.flags & proto::STATE_ZERO != 0;
-                    match pieces.last_mut() {
-                        Some(p) if p.2 == zero => p.1 += n,
-                        _ => pieces.push((at, n, zero)),
-                    }
-                    at += n;
-                }
-            }
-        }
-        if at < off + len {
-            pieces.push((at, off + len - at, false));
-        }
-        let h = r.head_len();
-        let total: usize = pieces
-            .iter()
-            .map(|&(_, n, zero)| h + 8 + if zero { 4 } else { n as usize })
-            .sum();
-        let mut m = buffers.take(total);
-        let mut w = 0usize;
-        let last = pieces.len() - 1;
-        for (i, (o, n, zero)) in pieces.into_iter().enumerate() {
-            let flags = if i == last { chunk::FLAG_DONE } else { 0 };
-            let (kind, size) = if zero {
-                (chunk::OFFSET_HOLE, 12)
-            } else {
-                (chunk::OFFSET_DATA, 8 + n)
-            };
-            w += r.head_into(&mut m[w..], flags, kind, size);
-            m[w..w + 8].copy_from_slice(&o.to_be_bytes());
-            w += 8;
-            if zero {
-                m[w..w + 4].copy_from_slice(&(n as u32).to_be_bytes());
-                w += 4;
-            } else {
-                e.read_at(&mut m[w..w + n as usize], o)?;
-                w += n as usize;
-            }
-        }
-        Ok(m)
-    })
-    .await;
-    built.unwrap_or_else(|f| r.error(&f))
 }
 
 /// The payload form of `NBD_CMD_BLOCK_STATUS` (extended headers): an
@@ -510,85 +507,4 @@ fn shape(ext: Vec<StatusExtent>, len: u64, one: bool, wide: bool) -> Vec<StatusE
         }
     }
     out
-}
-
-/// How to answer one request: which headers, and what they echo.
-#[derive(Clone, Copy)]
-struct Reply {
-    headers: Headers,
-    cookie: u64,
-    /// The request's offset (extended replies repeat it).
-    offset: u64,
-}
-
-impl Reply {
-    /// Success without payload.
-    fn ok(&self) -> Vec<u8> {
-        if self.headers.chunked() {
-            self.head(chunk::FLAG_DONE, chunk::NONE, 0)
-        } else {
-            simple_head(0, self.cookie)
-        }
-    }
-
-    /// An error; in chunks as an error chunk with the message (reads must
-    /// not get a simple reply then).
-    fn error(&self, f: &Failure) -> Vec<u8> {
-        tracing::debug!("request {:#x}: {:?}: {}", self.cookie, f.errno, f.message);
-        if !self.headers.chunked() {
-            return simple_head(f.errno as u32, self.cookie);
-        }
-        let msg = &f.message.as_bytes()[..f.message.len().min(4096)];
-        let mut m = self.head(chunk::FLAG_DONE, chunk::ERROR, 6 + msg.len() as u64);
-        m.extend_from_slice(&(f.errno as u32).to_be_bytes());
-        m.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-        m.extend_from_slice(msg);
-        m
-    }
-
-    /// Length of a chunk header: 20 structured, 32 extended.
-    fn head_len(&self) -> usize {
-        if self.headers == Headers::Extended {
-            32
-        } else {
-            20
-        }
-    }
-
-    /// A chunk header for a payload of `len` bytes.
-    fn head(&self, flags: u16, kind: u16, len: u64) -> Vec<u8> {
-        let mut m = vec![0u8; self.head_len()];
-        self.head_into(&mut m, flags, kind, len);
-        m
-    }
-
-    /// Writes a chunk header at the start of `out`; returns its length.
-    fn head_into(&self, out: &mut [u8], flags: u16, kind: u16, len: u64) -> usize {
-        let extended = self.headers == Headers::Extended;
-        let magic = if extended {
-            proto::EXTENDED_REPLY_MAGIC
-        } else {
-            proto::STRUCTURED_REPLY_MAGIC
-        };
-        out[0..4].copy_from_slice(&magic.to_be_bytes());
-        out[4..6].copy_from_slice(&flags.to_be_bytes());
-        out[6..8].copy_from_slice(&kind.to_be_bytes());
-        out[8..16].copy_from_slice(&self.cookie.to_be_bytes());
-        if extended {
-            out[16..24].copy_from_slice(&self.offset.to_be_bytes());
-            out[24..32].copy_from_slice(&len.to_be_bytes());
-            32
-        } else {
-            out[16..20].copy_from_slice(&(len as u32).to_be_bytes());
-            20
-        }
-    }
-}
-
-fn simple_head(error: u32, cookie: u64) -> Vec<u8> {
-    let mut m = Vec::with_capacity(16);
-    m.extend_from_slice(&proto::SIMPLE_REPLY_MAGIC.to_be_bytes());
-    m.extend_from_slice(&error.to_be_bytes());
-    m.extend_from_slice(&cookie.to_be_bytes());
-    m
 }

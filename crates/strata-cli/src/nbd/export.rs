@@ -9,7 +9,7 @@
 
 use strata_image::Image;
 use strata_nbd::proto::{STATE_HOLE, STATE_ZERO};
-use strata_nbd::{Errno, Export, Failure, Outcome, StatusExtent};
+use strata_nbd::{Errno, Export, Failure, Outcome, Placement, StatusExtent};
 
 /// The `base:allocation` context.
 pub const BASE_ALLOCATION: &str = "base:allocation";
@@ -93,6 +93,18 @@ fn range_extents(ranges: &[(u64, u64)], offset: u64, len: u64) -> Vec<StatusExte
     out
 }
 
+/// The file of the layer `depth` below `img` (0: `img` itself).
+fn layer_fd(img: &std::sync::Arc<dyn Image>, depth: u32) -> Option<std::os::fd::RawFd> {
+    let mut layer = img;
+    for _ in 0..depth {
+        layer = layer.backing()?;
+    }
+    layer
+        .host_fd()
+        .map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd))
+}
+
+/// An engine error as an NBD error.
 fn failed(e: strata_image::Error) -> Failure {
     let errno = match &e {
         strata_image::Error::ReadOnly { .. } => Errno::Perm,
@@ -174,6 +186,34 @@ impl Export for ImageExport {
 
     fn flush(&self) -> Outcome<()> {
         self.img.flush().map_err(failed)
+    }
+
+    /// A read-only chain's plain data clusters lie in its layers' files:
+    /// reads can send them without copying. (A writable image's clusters
+    /// may move, or be freed and reused, while a reply is on its way.)
+    fn placement(&self, offset: u64, len: u64) -> Outcome<Option<Vec<Placement>>> {
+        if !self.read_only {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for e in self.img.block_status(offset, len).map_err(failed)? {
+            let file = match e.offset {
+                Some(at) if e.data && !e.zero && !e.compressed => {
+                    layer_fd(&self.img, e.depth).map(|fd| (fd, at))
+                }
+                _ => None,
+            };
+            out.push(match file {
+                _ if e.zero => Placement::Zero { len: e.length },
+                Some((fd, at)) => Placement::File {
+                    fd,
+                    offset: at,
+                    len: e.length,
+                },
+                None => Placement::Read { len: e.length },
+            });
+        }
+        Ok(Some(out))
     }
 
     fn block_status(&self, context: &str, offset: u64, len: u64) -> Outcome<Vec<StatusExtent>> {

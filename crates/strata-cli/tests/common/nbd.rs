@@ -83,6 +83,20 @@ pub fn strata_nbd(p: &Path, socket: &str, exports: &[&str]) -> Server {
     Server::start(p, env!("CARGO_BIN_EXE_strata"), &args, socket)
 }
 
+/// `strata nbd serve --socket s.sock --persistent ARGS…`, logging at debug
+/// level to `server.log`.
+pub fn strata_nbd_logged(p: &Path, args: &[&str]) -> Server {
+    let mut all = vec!["nbd", "serve", "--socket", "s.sock", "--persistent"];
+    all.extend_from_slice(args);
+    Server::start_logging(
+        p,
+        env!("CARGO_BIN_EXE_strata"),
+        &all,
+        "s.sock",
+        Some("server.log"),
+    )
+}
+
 /// `qemu-nbd` serving a qcow2 `file` on `socket`, persistent, writeback,
 /// discards unmapping, plus `extra` arguments.
 pub fn qemu_nbd(p: &Path, socket: &str, file: &str, read_only: bool, extra: &[&str]) -> Server {

@@ -377,6 +377,10 @@ impl Image for Qcow2 {
         self.backing.as_ref()
     }
 
+    fn host_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.st.as_fd()
+    }
+
     fn actual_size(&self) -> Result<u64> {
         self.st.allocated_bytes()
     }

@@ -142,6 +142,10 @@ impl Image for SnapshotView<'_> {
         self.image.backing()
     }
 
+    fn host_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.image.host_fd()
+    }
+
     fn actual_size(&self) -> Result<u64> {
         self.image.actual_size()
     }

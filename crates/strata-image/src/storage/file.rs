@@ -224,6 +224,10 @@ impl Storage for FileStorage {
         Ok(out)
     }
 
+    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(&self.file))
+    }
+
     fn allocated_bytes(&self) -> Result<u64> {
         use std::os::unix::fs::MetadataExt;
         let meta = self

@@ -65,6 +65,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn data_extents(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
         Ok(vec![(offset, len, true)])
     }
+    /// The host file descriptor behind this storage, when it is a file:
+    /// for readers that move bytes from it without copying (splice).
+    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
     /// Bytes actually used on the host (for `info`'s actual-size).
     fn allocated_bytes(&self) -> Result<u64> {
         self.len()
