@@ -118,24 +118,32 @@ fn as_json(extents: &[(u64, u64)]) -> Value {
     )
 }
 
+/// Where the bitmaps extension of the image bytes `b` is (qcow2.txt: magic
+/// 0x23852875, after the v3 header): its offset, the number of bitmaps,
+/// and the directory's size and offset.
+fn bitmaps_extension(b: &[u8]) -> (usize, usize, usize, usize) {
+    let be32 = |at: usize| u32::from_be_bytes(b[at..at + 4].try_into().expect("4"));
+    let be64 = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().expect("8"));
+    let mut at = be32(100) as usize;
+    while be32(at) != 0x2385_2875 {
+        assert_ne!(be32(at), 0, "no bitmaps extension");
+        at += 8 + (be32(at + 4) as usize).div_ceil(8) * 8;
+    }
+    (
+        at,
+        be32(at + 8) as usize,
+        be64(at + 16) as usize,
+        be64(at + 24) as usize,
+    )
+}
+
 /// Sets the "in use" flag of every bitmap in the directory, as a QEMU that
 /// died with the image open leaves it (qcow2.txt: bitmaps extension, magic
 /// 0x23852875; directory entries with flags at +12).
 fn mark_in_use(path: &Path) {
     let b = std::fs::read(path).expect("read image");
     let be32 = |at: usize| u32::from_be_bytes(b[at..at + 4].try_into().expect("4"));
-    let be64 = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().expect("8"));
-    let mut at = be32(100) as usize; // v3 header length: extensions follow
-    loop {
-        let (magic, len) = (be32(at), be32(at + 4) as usize);
-        assert_ne!(magic, 0, "no bitmaps extension");
-        if magic == 0x2385_2875 {
-            break;
-        }
-        at += 8 + len.div_ceil(8) * 8;
-    }
-    let nb = be32(at + 8) as usize;
-    let mut e = be64(at + 24) as usize;
+    let (_, nb, _, mut e) = bitmaps_extension(&b);
     for _ in 0..nb {
         let flags = be32(e + 12) | 1;
         poke(path, (e + 12) as u64, &flags.to_be_bytes());
@@ -573,4 +581,131 @@ fn changes_as_qemu_sees_them() {
     }
     assert!(names(qemu_bitmaps(p, "a.qcow2")).is_empty());
     assert_clean(p, "a.qcow2");
+}
+
+/// Gives bitmap `name` the extra data `extra` (and the
+/// `extra_data_compatible` flag when `compatible`), rewriting the directory
+/// in place (it stays within its cluster) as a newer writer could leave it.
+fn add_extra(path: &Path, name: &str, extra: &[u8], compatible: bool) {
+    let b = std::fs::read(path).expect("read image");
+    let be32 = |at: usize| u32::from_be_bytes(b[at..at + 4].try_into().expect("4"));
+    let (at, nb, size, dir) = bitmaps_extension(&b);
+    let mut out = Vec::new();
+    let mut e = dir;
+    for _ in 0..nb {
+        let nlen = u16::from_be_bytes([b[e + 18], b[e + 19]]) as usize;
+        let old_extra = be32(e + 20) as usize;
+        let this = &b[e + 24 + old_extra..e + 24 + old_extra + nlen];
+        let start = out.len();
+        out.extend_from_slice(&b[e..e + 20]);
+        if this == name.as_bytes() {
+            if compatible {
+                let flags = be32(e + 12) | 4;
+                out[start + 12..start + 16].copy_from_slice(&flags.to_be_bytes());
+            }
+            out.extend_from_slice(&(extra.len() as u32).to_be_bytes());
+            out.extend_from_slice(extra);
+        } else {
+            out.extend_from_slice(&(old_extra as u32).to_be_bytes());
+            out.extend_from_slice(&b[e + 24..e + 24 + old_extra]);
+        }
+        out.extend_from_slice(this);
+        out.resize(start + (out.len() - start).div_ceil(8) * 8, 0);
+        e += (24 + old_extra + nlen).div_ceil(8) * 8;
+    }
+    assert_eq!(e - dir, size);
+    poke(path, dir as u64, &out);
+    poke(path, (at + 16) as u64, &(out.len() as u64).to_be_bytes());
+}
+
+/// The extra data of each bitmap in `path`'s directory, by name.
+fn extras(p: &Path, file: &str) -> Vec<(String, Vec<u8>, bool)> {
+    let b = std::fs::read(p.join(file)).expect("read image");
+    let be32 = |at: usize| u32::from_be_bytes(b[at..at + 4].try_into().expect("4"));
+    let (_, nb, _, mut e) = bitmaps_extension(&b);
+    let mut out = Vec::new();
+    for _ in 0..nb {
+        let nlen = u16::from_be_bytes([b[e + 18], b[e + 19]]) as usize;
+        let x = be32(e + 20) as usize;
+        let name = String::from_utf8_lossy(&b[e + 24 + x..e + 24 + x + nlen]).into_owned();
+        out.push((name, b[e + 24..e + 24 + x].to_vec(), be32(e + 12) & 4 != 0));
+        e += (24 + x + nlen).div_ceil(8) * 8;
+    }
+    out
+}
+
+#[test]
+fn extra_data_is_kept_and_guards_its_bitmap() {
+    // qcow2.txt: a bitmap whose extra data is unknown may be used only
+    // with extra_data_compatible; either way the data is left as it is.
+    // (QEMU refuses to open such images at all.)
+    let d = tmp();
+    let p = d.path();
+    qemu_img(p, &["create", "-q", "-f", "qcow2", "a.qcow2", "64M"]);
+    qemu_img(p, &["bitmap", "--add", "a.qcow2", "strange"]);
+    qemu_img(p, &["bitmap", "--add", "a.qcow2", "known"]);
+    qemu_io(p, "qcow2", "a.qcow2", &["write 0 64k"]);
+    add_extra(
+        &p.join("a.qcow2"),
+        "strange",
+        &[0xaa, 0xbb, 0xcc, 0xdd],
+        false,
+    );
+    add_extra(&p.join("a.qcow2"), "known", &[0x11, 0x22], true);
+    let r = run_in(p, "qemu-img", &["check", "a.qcow2"]);
+    assert!(
+        r.stderr.contains("extra data is not supported"),
+        "{}",
+        r.stderr
+    );
+    // The unknown one can be neither read nor changed; the image still is.
+    strata(p, &["img", "bitmap", "dump", "a.qcow2", "strange"])
+        .one_error(1, "bitmap 'strange' has extra data");
+    for verb in ["clear", "enable", "disable"] {
+        strata(p, &["img", "bitmap", verb, "a.qcow2", "strange"])
+            .one_error(1, "bitmap 'strange' has extra data");
+    }
+    // Writes and another bitmap's creation rewrite the directory: the
+    // extra data stays, the compatible bitmap tracks, the other does not.
+    ok(p, &["img", "bitmap", "add", "a.qcow2", "new"]);
+    ok(
+        p,
+        &[
+            "img",
+            "write",
+            "a.qcow2",
+            "--offset",
+            "1M",
+            "--pattern",
+            "0x5",
+            "--length",
+            "64k",
+        ],
+    );
+    let want = vec![
+        ("strange".to_string(), vec![0xaa, 0xbb, 0xcc, 0xdd], false),
+        ("known".to_string(), vec![0x11, 0x22], true),
+        ("new".to_string(), vec![], false),
+    ];
+    assert_eq!(extras(p, "a.qcow2"), want);
+    let dump = |name: &str| {
+        ok(
+            p,
+            &["img", "bitmap", "dump", "--output", "json", "a.qcow2", name],
+        )
+        .json()
+    };
+    assert_eq!(
+        dump("known"),
+        as_json(&[(0, 64 << 10), (1 << 20, 64 << 10)])
+    );
+    assert_eq!(dump("new"), as_json(&[(1 << 20, 64 << 10)]));
+    ok(p, &["img", "check", "a.qcow2"]);
+    // Removing both leaves an image QEMU opens and finds clean, with the
+    // data written.
+    ok(p, &["img", "bitmap", "remove", "a.qcow2", "strange"]);
+    ok(p, &["img", "bitmap", "remove", "a.qcow2", "known"]);
+    assert_clean(p, "a.qcow2");
+    qemu_io(p, "qcow2", "a.qcow2", &["read -P 5 1M 64k"]);
+    assert_eq!(qemu_bitmaps(p, "a.qcow2")[0]["name"], "new");
 }

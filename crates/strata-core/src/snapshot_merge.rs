@@ -265,9 +265,9 @@ fn bitmap_actions(m: &Merge) -> Result<Vec<Action>> {
     let top_maps = with_qcow2(&m.top, |q| q.bitmaps().map_err(Error::from))?.unwrap_or_default();
     let base_maps = with_qcow2(&m.base, |q| q.bitmaps().map_err(Error::from))?.unwrap_or_default();
     let mut out = Vec::new();
-    for b in top_maps.iter().filter(|b| !b.in_use()) {
+    for b in top_maps.iter().filter(|b| b.usable()) {
         match base_maps.iter().find(|x| x.name == b.name) {
-            Some(x) if x.in_use() => continue,
+            Some(x) if !x.usable() => continue,
             Some(_) => {}
             None => out.push(Action::Bitmap {
                 op: BitmapOp::Add,

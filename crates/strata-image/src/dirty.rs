@@ -28,11 +28,12 @@ fn layers(top: &dyn Image, name: &str) -> Result<Vec<Layer>> {
             None => None,
         };
         let extents = match (bitmap, q) {
-            (Some(b), _) if b.in_use() => {
+            (Some(b), _) if !b.usable() => {
                 return Err(Error::invalid(
                     img.path(),
                     format!(
-                        "bitmap '{name}' is inconsistent (left in use by an unclean shutdown): remove it and take a full backup"
+                        "bitmap '{name}' {}: remove it and take a full backup",
+                        b.unusable_why()
                     ),
                 ))
             }

@@ -360,7 +360,7 @@ fn enabled_bitmaps(img: &Arc<dyn Image>) -> Result<Vec<(String, u64)>> {
         Some(q) => Ok(q
             .bitmaps()?
             .into_iter()
-            .filter(|b| b.enabled() && !b.in_use())
+            .filter(|b| b.enabled() && b.usable())
             .map(|b| (b.name, b.granularity))
             .collect()),
         None => Ok(Vec::new()),

@@ -100,7 +100,7 @@ fn merge_bitmaps(top: &dyn Image, base: &dyn Image, base_depth: u32) -> Result<(
         else {
             continue;
         };
-        for b in q.bitmaps()?.into_iter().filter(|b| !b.in_use()) {
+        for b in q.bitmaps()?.into_iter().filter(|b| b.usable()) {
             let extents = q.bitmap_dirty(&b.name)?;
             match found.iter_mut().find(|(n, _, _)| n == &b.name) {
                 Some(f) => f.2.extend(extents),
@@ -123,7 +123,7 @@ fn merge_bitmaps(top: &dyn Image, base: &dyn Image, base_depth: u32) -> Result<(
     for (name, granularity, extents) in found {
         match have.iter().find(|b| b.name == name) {
             // Left inconsistent by an unclean QEMU: nothing to merge into.
-            Some(b) if b.in_use() => continue,
+            Some(b) if !b.usable() => continue,
             Some(_) => {}
             None => edits.push(BitmapEdit::Add {
                 name: name.clone(),

@@ -186,7 +186,7 @@ impl Tracker {
     /// [`needs_clusters`]).
     pub fn load(m: &Meta, dir: &[BitmapInfo]) -> Result<Option<Tracker>> {
         let mut maps = Vec::new();
-        for b in dir.iter().filter(|b| b.enabled() && !b.in_use()) {
+        for b in dir.iter().filter(|b| b.enabled() && b.usable()) {
             let bytes = m.bitmap_bytes(b)?;
             let granules = m.header.size.div_ceil(b.granularity);
             let nwords = granules.div_ceil(64) as usize;
@@ -392,7 +392,7 @@ impl Tracker {
 /// is not allocated (all zeros or all ones in its table entry): tracking
 /// needs every one allocated so that setting a bit is an in-place write.
 pub(crate) fn needs_clusters(m: &Meta, dir: &[BitmapInfo]) -> Result<bool> {
-    for b in dir.iter().filter(|b| b.enabled() && !b.in_use()) {
+    for b in dir.iter().filter(|b| b.enabled() && b.usable()) {
         let mut raw = vec![0u8; b.table_size as usize * 8];
         m.st.read_at(&mut raw, b.table_offset)?;
         if from_be_bytes(&raw).iter().any(|e| e & OFFSET_MASK == 0) {

@@ -36,6 +36,8 @@ pub struct BitmapInfo {
     pub table_offset: u64,
     /// Entries in the bitmap table.
     pub table_size: u32,
+    /// Type-specific extra data, kept as it is (none is defined yet).
+    pub extra: Vec<u8>,
 }
 
 impl BitmapInfo {
@@ -47,6 +49,22 @@ impl BitmapInfo {
     /// Marked in use: not saved correctly, contents not to be trusted.
     pub fn in_use(&self) -> bool {
         self.flags & FLAG_IN_USE != 0
+    }
+
+    /// May be read, tracked and edited: not in use, and without extra data
+    /// unless the `extra_data_compatible` flag says it may be ignored (a
+    /// bitmap with other extra data is only kept as it is, or removed).
+    pub fn usable(&self) -> bool {
+        !self.in_use() && (self.extra.is_empty() || self.flags & FLAG_EXTRA_DATA_COMPATIBLE != 0)
+    }
+
+    /// Why the bitmap is not [`BitmapInfo::usable`], for messages.
+    pub fn unusable_why(&self) -> &'static str {
+        if self.in_use() {
+            "is inconsistent (left in use by an unclean shutdown)"
+        } else {
+            "has extra data of a kind strata does not know"
+        }
     }
 
     /// The flag names qemu-img prints, in its order.
@@ -201,6 +219,7 @@ impl Meta {
                 flags,
                 table_offset,
                 table_size,
+                extra: dir[at + 24..at + 24 + extra].to_vec(),
             });
             at = end.div_ceil(8) * 8;
         }
@@ -270,7 +289,8 @@ pub(crate) fn extents(bits: &[u8], granularity: u64, size: u64) -> Vec<(u64, u64
     out
 }
 
-/// Serialises a bitmap directory (entries padded to 8 bytes, no extra data).
+/// Serialises a bitmap directory (entries padded to 8 bytes, each with its
+/// extra data as it was read).
 pub(crate) fn write_directory(entries: &[BitmapInfo]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in entries {
@@ -281,7 +301,8 @@ pub(crate) fn write_directory(entries: &[BitmapInfo]) -> Vec<u8> {
         out.push(1); // dirty tracking bitmap
         out.push(e.granularity.trailing_zeros() as u8);
         out.extend_from_slice(&(e.name.len() as u16).to_be_bytes());
-        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&(e.extra.len() as u32).to_be_bytes());
+        out.extend_from_slice(&e.extra);
         out.extend_from_slice(e.name.as_bytes());
         let len = out.len() - start;
         out.resize(start + len.div_ceil(8) * 8, 0);
@@ -317,6 +338,12 @@ impl Qcow2 {
             .iter()
             .find(|b| b.name == name)
             .ok_or_else(|| Error::invalid(&self.path, format!("bitmap '{name}' not found")))?;
+        if !b.usable() && !b.in_use() {
+            return Err(Error::invalid(
+                &self.path,
+                format!("bitmap '{name}' {}", b.unusable_why()),
+            ));
+        }
         m.bitmap_extents(b)
     }
 }
@@ -515,6 +542,7 @@ impl Qcow2 {
                     flags: if *enabled { FLAG_AUTO } else { 0 },
                     table_offset: 0,
                     table_size: 0,
+                    extra: Vec::new(),
                 };
                 let bytes = self.size().div_ceil(gran).div_ceil(8) as usize;
                 set.push((info, vec![0u8; bytes]));
@@ -525,13 +553,13 @@ impl Qcow2 {
             }
             BitmapEdit::Clear(name) => {
                 let i = find(set, name)?;
-                self.refuse_in_use(&set[i].0)?;
+                self.refuse_unusable(&set[i].0)?;
                 set[i].1.fill(0);
             }
             BitmapEdit::SetEnabled(name, enabled) => {
                 let i = find(set, name)?;
                 let b = &mut set[i].0;
-                self.refuse_in_use(b)?;
+                self.refuse_unusable(b)?;
                 b.flags = if *enabled {
                     b.flags | FLAG_AUTO
                 } else {
@@ -541,18 +569,22 @@ impl Qcow2 {
             BitmapEdit::Merge { target, extents } => {
                 let i = find(set, target)?;
                 let (b, bits) = &mut set[i];
-                self.refuse_in_use(b)?;
+                self.refuse_unusable(b)?;
                 set_extents(bits, b.granularity, extents);
             }
         }
         Ok(())
     }
 
-    fn refuse_in_use(&self, b: &BitmapInfo) -> Result<()> {
-        if b.in_use() {
+    fn refuse_unusable(&self, b: &BitmapInfo) -> Result<()> {
+        if !b.usable() {
             return Err(Error::invalid(
                 &self.path,
-                format!("bitmap '{}' is marked in use (left inconsistent by an unclean shutdown): remove it", b.name),
+                format!(
+                    "bitmap '{}' {}: it can only be removed",
+                    b.name,
+                    b.unusable_why()
+                ),
             ));
         }
         Ok(())
@@ -578,11 +610,13 @@ mod tests {
             flags: FLAG_AUTO,
             table_offset: 0x30000,
             table_size: 1,
+            extra: Vec::new(),
         };
         let d = write_directory(&[
             e.clone(),
             BitmapInfo {
                 name: "longer-name".into(),
+                extra: vec![1, 2, 3, 4, 5],
                 ..e.clone()
             },
         ]);
@@ -591,5 +625,31 @@ mod tests {
         assert_eq!(d[17], 16);
         assert_eq!(be16(&d, 18), 3);
         assert_eq!(be16(&d, 32 + 18), 11);
+        // Extra data sits between the fixed part and the name.
+        assert_eq!(be32(&d, 32 + 20), 5);
+        assert_eq!(&d[32 + 24..32 + 29], [1, 2, 3, 4, 5]);
+        assert_eq!(&d[32 + 29..32 + 40], b"longer-name");
+        assert_eq!(d.len(), 32 + 40);
+    }
+
+    #[test]
+    fn extra_data_decides_use() {
+        let mut e = BitmapInfo {
+            name: "x".into(),
+            granularity: 65536,
+            flags: FLAG_AUTO,
+            table_offset: 0x30000,
+            table_size: 1,
+            extra: Vec::new(),
+        };
+        assert!(e.usable());
+        e.extra = vec![9];
+        assert!(!e.usable());
+        assert!(e.unusable_why().contains("extra data"));
+        e.flags |= FLAG_EXTRA_DATA_COMPATIBLE;
+        assert!(e.usable());
+        e.flags |= FLAG_IN_USE;
+        assert!(!e.usable());
+        assert!(e.unusable_why().contains("in use"));
     }
 }

@@ -312,7 +312,7 @@ impl Meta {
         // the same commit (a crash cannot keep one without the other).
         let mut bitmaps = None;
         let mut set = self.bitmap_set()?;
-        if set.iter().any(|(b, _)| b.enabled() && !b.in_use()) {
+        if set.iter().any(|(b, _)| b.enabled() && b.usable()) {
             if entry.disk_size.is_some_and(|s| s != self.header.size) {
                 return Err(Error::invalid(
                     path,
@@ -323,7 +323,7 @@ impl Meta {
                 ));
             }
             let changed = self.changed_between(&old, &sn_l1)?;
-            for (b, bits) in set.iter_mut().filter(|(b, _)| b.enabled() && !b.in_use()) {
+            for (b, bits) in set.iter_mut().filter(|(b, _)| b.enabled() && b.usable()) {
                 super::bitmaps::set_extents(bits, b.granularity, &changed);
             }
             bitmaps = Some(set);
