@@ -60,12 +60,12 @@ pub struct StatusExtent {
 
 /// Where a stretch of an export's bytes lies, so that a read can send it
 /// from the file to the socket without copying (see [`Export::placement`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Placement {
+#[derive(Clone, Copy, Debug)]
+pub enum Placement<'a> {
     /// `len` bytes of the open file `fd` from `offset`.
     File {
-        /// The file (open as long as the export lives).
-        fd: std::os::fd::RawFd,
+        /// The file (the export's own).
+        fd: std::os::fd::BorrowedFd<'a>,
         /// Where in the file.
         offset: u64,
         /// How many bytes.
@@ -83,7 +83,7 @@ pub enum Placement {
     },
 }
 
-impl Placement {
+impl Placement<'_> {
     /// The stretch's length.
     pub fn len(&self) -> u64 {
         match *self {
@@ -167,7 +167,7 @@ pub trait Export: Send + Sync + 'static {
     /// `None`, the default, when the export cannot tell, or when its bytes
     /// may move while a reply is on its way (any writable export); reads
     /// then go through [`Export::read_at`]. Called on the same threads.
-    fn placement(&self, _offset: u64, _len: u64) -> Outcome<Option<Vec<Placement>>> {
+    fn placement(&self, _offset: u64, _len: u64) -> Outcome<Option<Vec<Placement<'_>>>> {
         Ok(None)
     }
     /// Status of `[offset, offset+len)` in context `context` (one of

@@ -56,7 +56,7 @@ fn parse_keys(text: &str) -> std::result::Result<Keys, String> {
 
 /// `hex` as bytes, if it is an even number of hex digits.
 fn unhex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if hex.len() % 2 != 0 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     (0..hex.len())
@@ -71,9 +71,12 @@ pub(crate) fn context(keys: Keys) -> Result<SslContext> {
     let mut b = SslContext::builder(SslMethod::tls_server()).map_err(ssl)?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))
         .map_err(ssl)?;
-    // TLS 1.2: the PSK key exchanges that need no certificate.
-    b.set_cipher_list("kECDHEPSK:kPSK:!aNULL:!eNULL")
-        .map_err(ssl)?;
+    // TLS 1.2: PSK key exchanges that need no certificate, with AEAD
+    // ciphers only (OpenSSL has ECDHE-PSK with ChaCha20 but not with GCM).
+    b.set_cipher_list(
+        "ECDHE-PSK-CHACHA20-POLY1305:PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256:PSK-CHACHA20-POLY1305",
+    )
+    .map_err(ssl)?;
     b.set_psk_server_callback(move |_, identity, out| {
         let Some(key) = identity.and_then(|id| keys.get(id)) else {
             tracing::info!(
@@ -112,6 +115,7 @@ mod tests {
             (":00", "line 1: has no username"),
             ("a:00\na:01", "line 2: username 'a' appears twice"),
             ("a:é0", "line 1: the key is not"),
+            ("a:ab+f", "line 1: the key is not"),
         ] {
             let e = parse_keys(bad).unwrap_err();
             assert!(e.starts_with(says), "{bad:?}: {e}");

@@ -5,7 +5,6 @@
 //! without copying (see `splice`); the others are read into a reused
 //! buffer.
 
-use std::os::fd::BorrowedFd;
 use std::sync::atomic::Ordering;
 
 use crate::buffers::Buffers;
@@ -144,7 +143,7 @@ fn spliced(
     for (i, p) in placed.iter().enumerate() {
         let hole = holes && matches!(p, Placement::Zero { .. });
         match pieces.last_mut() {
-            Some(last) if !hole && !last.hole => {
+            Some(last) if hole == last.hole => {
                 last.len += p.len();
                 last.parts.end = i + 1;
             }
@@ -187,12 +186,7 @@ fn spliced(
             let mut at = piece.offset;
             for p in &placed[piece.parts.clone()] {
                 match *p {
-                    Placement::File { fd, offset, len } => {
-                        // SAFETY: the export keeps `fd` open while it lives,
-                        // and the connection holds the export.
-                        let file = unsafe { BorrowedFd::borrow_raw(fd) };
-                        out.splice_from(file, offset, len)?;
-                    }
+                    Placement::File { fd, offset, len } => out.splice_from(fd, offset, len)?,
                     Placement::Zero { len } => {
                         let mut left = len as usize;
                         while left > 0 {

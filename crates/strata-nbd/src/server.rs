@@ -92,6 +92,24 @@ impl Listener {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit: each
+/// connection may hold up to a hundred pipes (two descriptors each) for
+/// replies in flight. Failure leaves the limit as it was (replies are then
+/// copied when pipes run out).
+pub fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the one struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// Serves `exports` on `listener` until `shutdown` completes (or, without
 /// `persistent`, until the first client leaves).
 pub async fn serve(
@@ -120,7 +138,9 @@ pub async fn serve(
         let (stream, fd) = match accepted {
             Ok(s) => s,
             Err(e) => {
+                // Out of descriptors, say: pause rather than spin.
                 tracing::warn!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };

@@ -10,15 +10,19 @@
 //! and the caller builds the reply by copying instead.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 /// The pipe size asked for (Linux's default limit for unprivileged users).
 const PIPE_SIZE: libc::c_int = 1 << 20;
-/// Pipes kept at most per connection.
-const KEEP: usize = 64;
+/// Idle pipes kept per connection.
+const KEEP: usize = 16;
+/// Pipes open at most per connection (two descriptors each); beyond, reads
+/// are copied.
+const LIVE: usize = 96;
 
 /// A pipe holding (part of) one reply.
 #[derive(Debug)]
@@ -27,6 +31,14 @@ pub(crate) struct Pipe {
     write: OwnedFd,
     /// Pages (pipe buffers) it holds.
     slots: usize,
+    /// Its connection's count of open pipes.
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The system's page size.
@@ -48,10 +60,16 @@ fn check(n: isize) -> std::io::Result<usize> {
 impl Pipe {
     /// A new non-blocking pipe, made as large as the system allows up to
     /// `PIPE_SIZE`.
-    fn new() -> std::io::Result<Pipe> {
+    fn new(live: &Arc<AtomicUsize>) -> std::io::Result<Pipe> {
+        if live.fetch_add(1, Ordering::Relaxed) >= LIVE {
+            live.fetch_sub(1, Ordering::Relaxed);
+            return Err(std::io::Error::other("too many pipes open"));
+        }
+        let live = live.clone();
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            live.fetch_sub(1, Ordering::Relaxed);
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: pipe2 just opened both, and nothing else owns them.
@@ -60,12 +78,22 @@ impl Pipe {
         unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
         // SAFETY: as above.
         let bytes = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        let bytes = usize::try_from(bytes).map_err(|_| std::io::Error::last_os_error())?;
         Ok(Pipe {
             read,
             write,
-            slots: bytes / page(),
+            slots: usize::try_from(bytes).unwrap_or(0) / page(),
+            live,
         })
+    }
+
+    /// Bytes waiting in the pipe.
+    fn holding(&self) -> std::io::Result<usize> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int to `n`.
+        if unsafe { libc::ioctl(self.read.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     /// Appends `bytes` (copied into the pipe).
@@ -136,6 +164,11 @@ impl Pipe {
                 Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(Ok(n)) => len -= n,
                 Ok(Err(e)) => return Err(e),
+                // The socket is full, unless the pipe holds less than it
+                // should (which would otherwise wait forever).
+                Err(_would_block) if self.holding()? < len => {
+                    return Err(std::io::Error::other("a reply's pipe ran dry"));
+                }
                 Err(_would_block) => {}
             }
         }
@@ -147,6 +180,7 @@ impl Pipe {
 #[derive(Debug, Default)]
 pub(crate) struct Pipes {
     free: Mutex<Vec<Pipe>>,
+    live: Arc<AtomicUsize>,
 }
 
 impl Pipes {
@@ -155,12 +189,16 @@ impl Pipes {
         let kept = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
         match kept {
             Some(p) => Ok(p),
-            None => Pipe::new(),
+            None => Pipe::new(&self.live),
         }
     }
 
-    /// Returns a drained pipe.
+    /// Returns a drained pipe (one smaller than asked for is closed: the
+    /// system is short of pipe space).
     pub(crate) fn give(&self, p: Pipe) {
+        if p.slots * page() < PIPE_SIZE as usize {
+            return;
+        }
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         if free.len() < KEEP {
             free.push(p);
@@ -223,6 +261,9 @@ impl<'a> Assembly<'a> {
     fn room(&mut self, slots: usize) -> std::io::Result<()> {
         if self.used + slots >= self.pipe.slots {
             let next = self.pool.take()?;
+            if slots >= next.slots {
+                return Err(std::io::Error::other("a pipe too small"));
+            }
             let full = std::mem::replace(&mut self.pipe, next);
             self.full.push((full, self.bytes));
             (self.bytes, self.used) = (0, 0);

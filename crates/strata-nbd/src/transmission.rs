@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, WriteHalf,
 };
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use std::os::fd::{OwnedFd, RawFd};
 
@@ -96,7 +96,9 @@ where
     let mut rd = BufReader::with_capacity(IO_BUFFER, rd);
     // Replies go, whole, to the connection's writer task, which coalesces
     // them; on a plain socket it can splice pipes into it.
-    let (out, replies) = mpsc::unbounded_channel::<Out>();
+    // Each reply carries its request's slot until it is written, so a
+    // client that does not read its replies stops having requests taken.
+    let (out, replies) = mpsc::unbounded_channel::<(Out, OwnedSemaphorePermit)>();
     let buffers = Arc::new(Buffers::default());
     let sock = socket.and_then(|fd| {
         splice::socket(fd)
@@ -157,10 +159,9 @@ where
         let permit = slots.clone().acquire_owned().await.expect("never closed");
         let (conn, out) = (conn.clone(), out.clone());
         tokio::spawn(async move {
-            let _permit = permit;
             let reply = handle(&conn, req, payload).await;
             // A closed channel means the connection is going away.
-            let _ = out.send(reply);
+            let _ = out.send((reply, permit));
         });
     };
     // Let every request in flight finish, then make writes durable.
@@ -190,11 +191,11 @@ where
 async fn write_replies<W: AsyncWrite>(
     mut w: BufWriter<WriteHalf<W>>,
     sock: Option<AsyncFd<OwnedFd>>,
-    mut replies: mpsc::UnboundedReceiver<Out>,
+    mut replies: mpsc::UnboundedReceiver<(Out, OwnedSemaphorePermit)>,
     buffers: Arc<Buffers>,
     pipes: Option<Arc<Pipes>>,
 ) -> std::io::Result<()> {
-    while let Some(mut m) = replies.recv().await {
+    while let Some((mut m, mut _slot)) = replies.recv().await {
         loop {
             match m {
                 Out::Bytes(b) => {
@@ -214,7 +215,7 @@ async fn write_replies<W: AsyncWrite>(
                 }
             }
             match replies.try_recv() {
-                Ok(next) => m = next,
+                Ok(next) => (m, _slot) = next,
                 Err(_) => break,
             }
         }

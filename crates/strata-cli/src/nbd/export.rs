@@ -94,14 +94,12 @@ fn range_extents(ranges: &[(u64, u64)], offset: u64, len: u64) -> Vec<StatusExte
 }
 
 /// The file of the layer `depth` below `img` (0: `img` itself).
-fn layer_fd(img: &std::sync::Arc<dyn Image>, depth: u32) -> Option<std::os::fd::RawFd> {
+fn layer_fd(img: &std::sync::Arc<dyn Image>, depth: u32) -> Option<std::os::fd::BorrowedFd<'_>> {
     let mut layer = img;
     for _ in 0..depth {
         layer = layer.backing()?;
     }
-    layer
-        .host_fd()
-        .map(|fd| std::os::fd::AsRawFd::as_raw_fd(&fd))
+    layer.host_fd()
 }
 
 /// An engine error as an NBD error.
@@ -191,7 +189,7 @@ impl Export for ImageExport {
     /// A read-only chain's plain data clusters lie in its layers' files:
     /// reads can send them without copying. (A writable image's clusters
     /// may move, or be freed and reused, while a reply is on its way.)
-    fn placement(&self, offset: u64, len: u64) -> Outcome<Option<Vec<Placement>>> {
+    fn placement(&self, offset: u64, len: u64) -> Outcome<Option<Vec<Placement<'_>>>> {
         if !self.read_only {
             return Ok(None);
         }

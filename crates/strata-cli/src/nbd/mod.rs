@@ -197,6 +197,7 @@ pub fn serve_until<F>(
 where
     F: std::future::Future<Output = ()>,
 {
+    strata_nbd::raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
