@@ -41,11 +41,14 @@ impl Drop for Pipe {
     }
 }
 
-/// The system's page size.
+/// The system's page size (asked once).
 fn page() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(n).unwrap_or(4096).max(512)
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(n).unwrap_or(4096).max(512)
+    })
 }
 
 /// The result of a system call returning a count.

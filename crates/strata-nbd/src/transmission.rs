@@ -338,25 +338,20 @@ pub(crate) struct Conn {
 
 /// Carries out one request; returns its whole reply.
 async fn handle(conn: &Conn, req: Request, payload: Vec<u8>) -> Out {
-    if req.kind == cmd::READ && validate(&conn.neg, &req).is_ok() {
-        let r = Reply {
-            headers: conn.neg.headers,
-            cookie: req.cookie,
-            offset: req.offset,
-        };
-        return read(conn, req, r).await;
-    }
-    Out::Bytes(answer(conn, req, payload).await)
-}
-
-/// Carries out a request other than a valid read; returns its reply.
-async fn answer(conn: &Conn, mut req: Request, payload: Vec<u8>) -> Vec<u8> {
-    let neg = &conn.neg;
     let r = Reply {
-        headers: neg.headers,
+        headers: conn.neg.headers,
         cookie: req.cookie,
         offset: req.offset,
     };
+    if req.kind == cmd::READ && validate(&conn.neg, &req).is_ok() {
+        return read(conn, req, r).await;
+    }
+    Out::Bytes(answer(conn, req, payload, r).await)
+}
+
+/// Carries out a request other than a valid read; returns its reply.
+async fn answer(conn: &Conn, mut req: Request, payload: Vec<u8>, r: Reply) -> Vec<u8> {
+    let neg = &conn.neg;
     // The payload form of block status carries the effect length.
     let mut contexts = None;
     if req.kind == cmd::BLOCK_STATUS
