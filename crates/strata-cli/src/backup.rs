@@ -125,6 +125,7 @@ fn serve_pull(
             max_clients: PULL_CLIENTS,
             persistent: true,
             tls,
+            ..Config::default()
         };
         let names: Vec<String> = pull
             .disks

@@ -106,12 +106,17 @@ pub struct NbdServeArgs {
     /// tls-creds-psk lays it out).
     #[arg(long, value_name = "FILE", conflicts_with = "tls_creds")]
     pub tls_psk: Option<PathBuf>,
-    /// Clients served at once.
+    /// Clients connected at once (0: no limit); further ones wait to be
+    /// accepted. Multi-conn is offered unless this is 1, as qemu-nbd does.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub shared: usize,
-    /// Keep serving after the first client leaves.
+    /// Keep serving after the last client leaves.
     #[arg(long)]
     pub persistent: bool,
+    /// Drop a client that has not finished its handshake within SECONDS
+    /// (0: no limit), freeing its slot.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub handshake_limit: u64,
     /// FILE, or name=NAME,file=FILE[,format=qcow2|raw][,readonly].
     #[arg(required = true, value_name = "EXPORT")]
     pub exports: Vec<String>,

@@ -53,6 +53,8 @@ impl Headers {
 #[derive(Default)]
 struct State {
     no_zeroes: bool,
+    /// More than one client may connect at once.
+    multi_conn: bool,
     headers: Headers,
     /// Contexts selected, and for which export.
     meta: Option<(String, Vec<(u32, String)>)>,
@@ -101,17 +103,21 @@ where
 
 /// Option haggling on `io` until an export is chosen, TLS starts or the
 /// client leaves. Everything negotiated before STARTTLS is forgotten.
+/// `multi_conn`: the server takes more than one client at once, so exports
+/// that can may offer multi-conn.
 pub(crate) async fn options<S>(
     io: &mut S,
     exports: &Exports,
     no_zeroes: bool,
     tls: TlsState,
+    multi_conn: bool,
 ) -> Result<Step>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut st = State {
         no_zeroes,
+        multi_conn,
         ..Default::default()
     };
     loop {
@@ -310,7 +316,7 @@ fn transmission_flags(export: &dyn Export, st: &State, name: &str) -> u16 {
     } else {
         f |= tflag::SEND_TRIM | tflag::SEND_WRITE_ZEROES | tflag::SEND_FAST_ZERO;
     }
-    if export.multi_conn() {
+    if st.multi_conn && export.multi_conn() {
         f |= tflag::CAN_MULTI_CONN;
     }
     if st.headers.chunked() {

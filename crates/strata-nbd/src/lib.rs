@@ -23,5 +23,5 @@ mod transmission;
 pub use client::{Client, Options, ServerError};
 pub use error::{Error, Result};
 pub use export::{BlockSizes, Errno, Export, Failure, Outcome, Placement, StatusExtent};
-pub use server::{raise_open_file_limit, serve, Config, Exports, Listener};
+pub use server::{raise_open_file_limit, serve, Config, Exports, Listener, HANDSHAKE_LIMIT};
 pub use tls::Tls;

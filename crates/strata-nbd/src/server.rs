@@ -1,21 +1,27 @@
 //! The server: a table of named exports, listeners on a unix socket or
 //! TCP, a limit on clients at once, and shutdown. Each connection runs the
 //! handshake then transmission on its own task; a failing or misbehaving
-//! client ends only its own connection. Without `persistent` the server
-//! ends when its first client leaves (as qemu-nbd does). On shutdown no new
+//! client ends only its own connection. A client beyond the limit waits to
+//! be accepted until a slot frees; one that does not finish its handshake
+//! in time is dropped, freeing its slot. Multi-conn is offered only when
+//! more than one client may connect at once (as qemu-nbd decides). Without
+//! `persistent` the server ends when the last client that reached
+//! transmission leaves and no other is connected (as qemu-nbd does). On shutdown no new
 //! client is taken, each connection stops reading requests, lets those in
 //! flight finish and flushes; then the exports are dropped (releasing
 //! whatever they hold, such as image locks).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 
 use crate::export::Export;
-use crate::handshake::{greet, options, Step, TlsState};
+use crate::handshake::{greet, options, Negotiated, Step, TlsState};
 use crate::tls::{Stream, Tls};
 use crate::transmission;
 
@@ -52,16 +58,32 @@ impl Exports {
     }
 }
 
+/// How long a client may take to finish its handshake by default (as
+/// qemu-nbd's `--handshake-limit`).
+pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
 /// How the server runs.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Clients served at once (further ones wait to be accepted).
+    /// Clients connected at once (further ones wait to be accepted); 0
+    /// means no limit. Multi-conn is advertised unless this is 1.
     pub max_clients: usize,
-    /// Keep serving after the first client leaves.
+    /// Keep serving after the last client leaves.
     pub persistent: bool,
     /// Require TLS with these credentials (`None`: plain, STARTTLS
     /// refused).
     pub tls: Option<Tls>,
+    /// Drop a client that has not finished its handshake (TLS included)
+    /// within this time; `None`: no limit.
+    pub handshake_limit: Option<Duration>,
+}
+
+impl Config {
+    /// True when several clients may be connected at once, so that
+    /// `NBD_FLAG_CAN_MULTI_CONN` may be offered.
+    pub fn multi_conn(&self) -> bool {
+        self.max_clients != 1
+    }
 }
 
 impl Default for Config {
@@ -70,6 +92,7 @@ impl Default for Config {
             max_clients: 1,
             persistent: false,
             tls: None,
+            handshake_limit: Some(HANDSHAKE_LIMIT),
         }
     }
 }
@@ -111,7 +134,8 @@ pub fn raise_open_file_limit() {
 }
 
 /// Serves `exports` on `listener` until `shutdown` completes (or, without
-/// `persistent`, until the first client leaves).
+/// `persistent`, until no client is connected after one that reached
+/// transmission has left).
 pub async fn serve(
     exports: Exports,
     listener: Listener,
@@ -120,20 +144,36 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let exports = Arc::new(exports);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let slots = Arc::new(Semaphore::new(config.max_clients.max(1)));
-    let (left_tx, mut left_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let limit = match config.max_clients {
+        0 => Semaphore::MAX_PERMITS,
+        n => n,
+    };
+    let slots = Arc::new(Semaphore::new(limit));
+    // Connections open now; a finished one says whether it reached
+    // transmission and whether it was the last one open.
+    let open = Arc::new(AtomicUsize::new(0));
+    let (left_tx, mut left_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let session = Arc::new(Session {
+        tls: config.tls.clone(),
+        handshake_limit: config.handshake_limit,
+        multi_conn: config.multi_conn(),
+    });
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("never closed"),
             _ = &mut shutdown => break,
-            _ = left_rx.recv(), if !config.persistent => break,
+            last = left_rx.recv(), if !config.persistent => {
+                if last == Some(true) { break } else { continue }
+            }
         };
         let accepted = tokio::select! {
             a = accept(&listener) => a,
             _ = &mut shutdown => break,
-            _ = left_rx.recv(), if !config.persistent => break,
+            last = left_rx.recv(), if !config.persistent => {
+                if last == Some(true) { break } else { continue }
+            }
         };
         let (stream, fd) = match accepted {
             Ok(s) => s,
@@ -144,19 +184,30 @@ pub async fn serve(
                 continue;
             }
         };
+        open.fetch_add(1, Ordering::SeqCst);
         let (exports, stop, left) = (exports.clone(), stop_rx.clone(), left_tx.clone());
-        let tls = config.tls.clone();
+        let (session, open) = (session.clone(), open.clone());
         tasks.spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection(stream, fd, &exports, tls.as_ref(), stop).await {
+            let mut transmitted = false;
+            if let Err(e) = connection(stream, fd, &exports, &session, stop, &mut transmitted).await
+            {
                 tracing::info!("client: {e}");
             }
-            let _ = left.send(());
+            let last = open.fetch_sub(1, Ordering::SeqCst) == 1;
+            let _ = left.send(transmitted && last);
         });
     }
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// What every connection of a server is offered.
+struct Session {
+    tls: Option<Tls>,
+    handshake_limit: Option<Duration>,
+    multi_conn: bool,
 }
 
 /// The next client: its stream, and the socket's descriptor (which lives
@@ -177,31 +228,64 @@ async fn accept(l: &Listener) -> std::io::Result<(Box<dyn Stream>, RawFd)> {
     })
 }
 
+/// One client: the handshake (within the session's limit), then
+/// transmission; `transmitted` says whether it got that far.
 async fn connection(
+    stream: Box<dyn Stream>,
+    fd: RawFd,
+    exports: &Exports,
+    session: &Session,
+    stop: watch::Receiver<bool>,
+    transmitted: &mut bool,
+) -> crate::Result<()> {
+    let shake = handshake(stream, fd, exports, session);
+    let chosen = match session.handshake_limit {
+        Some(limit) => tokio::time::timeout(limit, shake).await.map_err(|_| {
+            crate::Error::protocol(format!(
+                "handshake not finished within {} s",
+                limit.as_secs_f64()
+            ))
+        })??,
+        None => shake.await?,
+    };
+    let Some((stream, fd, neg)) = chosen else {
+        return Ok(());
+    };
+    *transmitted = true;
+    transmission::serve(stream, fd, neg, stop).await
+}
+
+/// A negotiated stream, ready for transmission: the stream, the socket to
+/// splice into (none under TLS) and what was agreed.
+type Chosen = (Box<dyn Stream>, Option<RawFd>, Negotiated);
+
+/// The handshake, through STARTTLS when the server requires TLS; `None`
+/// when the client left without choosing an export.
+async fn handshake(
     mut stream: Box<dyn Stream>,
     fd: RawFd,
     exports: &Exports,
-    tls: Option<&Tls>,
-    stop: watch::Receiver<bool>,
-) -> crate::Result<()> {
+    session: &Session,
+) -> crate::Result<Option<Chosen>> {
     let no_zeroes = greet(&mut stream).await?;
-    let state = if tls.is_some() {
+    let state = if session.tls.is_some() {
         TlsState::Required
     } else {
         TlsState::Off
     };
-    match options(&mut stream, exports, no_zeroes, state).await? {
-        Step::Go(neg) => transmission::serve(stream, Some(fd), neg, stop).await,
-        Step::Left => Ok(()),
+    let multi = session.multi_conn;
+    match options(&mut stream, exports, no_zeroes, state, multi).await? {
+        Step::Go(neg) => Ok(Some((stream, Some(fd), neg))),
+        Step::Left => Ok(None),
         Step::StartTls => {
-            let Some(tls) = tls else {
+            let Some(tls) = &session.tls else {
                 return Err(crate::Error::protocol("STARTTLS without TLS"));
             };
             let mut secure = tls.accept(stream).await?;
-            match options(&mut secure, exports, no_zeroes, TlsState::Done).await? {
+            match options(&mut secure, exports, no_zeroes, TlsState::Done, multi).await? {
                 // Spliced replies would bypass TLS.
-                Step::Go(neg) => transmission::serve(secure, None, neg, stop).await,
-                _ => Ok(()),
+                Step::Go(neg) => Ok(Some((secure, None, neg))),
+                _ => Ok(None),
             }
         }
     }

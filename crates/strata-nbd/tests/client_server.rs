@@ -111,7 +111,7 @@ fn start(
     let config = Config {
         max_clients: 4,
         persistent: true,
-        tls: None,
+        ..Config::default()
     };
     let h = std::thread::spawn(move || {
         rt.block_on(serve(exports, listener, config, async {

@@ -1,9 +1,10 @@
 //! `strata nbd serve`: image chains served over NBD, as qemu-nbd serves
 //! them, on a unix socket or TCP (loopback unless TLS is required with
 //! `--tls-creds` or `--tls-psk`, or `--insecure` is given), until a signal
-//! (or, without `--persistent`, until the
-//! first client leaves); then every export is flushed and closed, which
-//! releases its image locks.
+//! (or, without `--persistent`, until the last client leaves); then every
+//! export is flushed and closed, which releases its image locks. As with
+//! qemu-nbd, one client is served at a time unless `--shared` says more,
+//! and multi-conn is offered only then.
 
 pub mod export;
 
@@ -150,9 +151,11 @@ fn serve(a: NbdServeArgs) -> Result<u8> {
         (None, None) => None,
     };
     let config = Config {
-        max_clients: a.shared.max(1),
+        max_clients: a.shared,
         persistent: a.persistent,
         tls,
+        handshake_limit: (a.handshake_limit > 0)
+            .then(|| std::time::Duration::from_secs(a.handshake_limit)),
     };
     let endpoint = match (&a.socket, &a.bind) {
         (Some(path), _) => Endpoint::Unix(path.clone()),

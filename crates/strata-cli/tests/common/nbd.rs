@@ -58,6 +58,21 @@ impl Server {
         )
     }
 
+    /// Waits for the server to end by itself (a server without
+    /// `--persistent` ends when its last client leaves); panics after
+    /// `within`.
+    pub fn wait_exit(mut self, within: Duration) -> std::process::ExitStatus {
+        let until = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                std::mem::forget(self);
+                return st;
+            }
+            assert!(Instant::now() < until, "the server did not end by itself");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops the server (SIGTERM) and returns its exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
