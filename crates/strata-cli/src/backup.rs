@@ -45,12 +45,16 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
                 checkpoint_xml: text(&a.checkpointxml)?,
                 reuse_external: a.reuse_external,
             };
-            let def = match &req.backup_xml {
-                Some(x) => {
-                    let what = format!("domain '{}': backup: --backupxml", a.domain);
+            let def = match (&req.backup_xml, &a.backupxml) {
+                (Some(x), Some(file)) => {
+                    let what = format!(
+                        "domain '{}': backup: --backupxml {}",
+                        a.domain,
+                        file.display()
+                    );
                     Some(BackupDef::from_xml(x, &what)?)
                 }
-                None => None,
+                _ => None,
             };
             if let Some(def) = def.filter(|d| d.mode == BackupMode::Pull) {
                 // Credentials are checked before anything is recorded.

@@ -109,3 +109,54 @@ fn secrets_uuid_redefine_and_undefine() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(p.join("other/strata.db").exists());
 }
+
+/// Regression: XML nesting 200,000 elements deep (1.4 MB) overflowed the
+/// stack when the tree was dropped or written, aborting the process. Every
+/// reader of outside XML refuses it with a clear error and changes nothing.
+#[test]
+fn deeply_nested_xml_is_refused_not_a_stack_overflow() {
+    let d = tmp();
+    let p = d.path();
+    setup_vm(p);
+    let deep = |root: &str| {
+        format!(
+            "<{root}>{}{}</{root}>",
+            "<a>".repeat(200_000),
+            "</a>".repeat(200_000)
+        )
+    };
+    std::fs::write(p.join("deep.xml"), deep("domain")).unwrap();
+    std::fs::write(p.join("snap.xml"), deep("domainsnapshot")).unwrap();
+    std::fs::write(p.join("cp.xml"), deep("domaincheckpoint")).unwrap();
+    std::fs::write(p.join("backup.xml"), deep("domainbackup")).unwrap();
+    let before = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout;
+    for (args, file) in [
+        (vec!["domain", "define", "deep.xml"], "deep.xml"),
+        (
+            vec!["snapshot", "create", "vm", "--xmlfile", "snap.xml"],
+            "snap.xml",
+        ),
+        (
+            vec!["checkpoint", "create", "vm", "--xmlfile", "cp.xml"],
+            "cp.xml",
+        ),
+        (
+            vec!["backup", "begin", "vm", "--backupxml", "backup.xml"],
+            "backup.xml",
+        ),
+    ] {
+        let line = strata(p, &st(&args)).one_error(1, "deeper than 256");
+        assert!(line.contains(file), "{args:?}: {line}");
+    }
+    assert_eq!(ok(p, &st(&["domain", "dumpxml", "vm"])).stdout, before);
+    assert_eq!(
+        ok(p, &st(&["--output", "json", "domain", "list"])).json()[0]["name"],
+        "vm"
+    );
+    assert_eq!(
+        ok(p, &st(&["snapshot", "list", "vm", "--name"]))
+            .stdout
+            .trim(),
+        ""
+    );
+}

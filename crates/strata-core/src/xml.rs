@@ -1,12 +1,19 @@
 //! A small owned XML tree over quick-xml, for libvirt's formats: the whole
 //! document is kept (unknown elements, attributes, comments and text), so
-//! what strata does not understand is written back as it came.
+//! what strata does not understand is written back as it came. Documents
+//! nest at most [`MAX_DEPTH`] elements deep (as libxml2 caps them for
+//! libvirt), so walking, writing and dropping a tree, which recurse once
+//! per level, stay within any thread's stack.
 
 use quick_xml::events::{BytesCData, BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::reader::Reader;
 use quick_xml::writer::Writer;
 
 use crate::error::{Error, Result};
+
+/// How deep elements may nest (the root is at depth 1); libxml2's own
+/// default limit, which libvirt's parser inherits.
+pub const MAX_DEPTH: usize = 256;
 
 /// One node of a document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,7 +67,19 @@ impl Element {
                     let _ = e;
                     return Err(bad(&"content after the root element", at));
                 }
+                Event::Start(_) if stack.len() >= MAX_DEPTH => {
+                    return Err(bad(
+                        &format!("elements nest deeper than {MAX_DEPTH} levels"),
+                        at,
+                    ));
+                }
                 Event::Start(e) => stack.push(start(&e).map_err(|e| bad(&e, at))?),
+                Event::Empty(_) if stack.len() >= MAX_DEPTH => {
+                    return Err(bad(
+                        &format!("elements nest deeper than {MAX_DEPTH} levels"),
+                        at,
+                    ));
+                }
                 Event::Empty(e) => {
                     let el = start(&e).map_err(|e| bad(&e, at))?;
                     match stack.last_mut() {
@@ -275,6 +294,31 @@ mod tests {
         assert_eq!(el.child_text("name").as_deref(), Some("a&b"));
         assert_eq!(el.to_xml(), doc);
         assert_eq!(Element::parse(&el.to_xml(), "t").unwrap(), el);
+    }
+
+    #[test]
+    fn nesting_is_capped_at_libxml2s_depth() {
+        let nest =
+            |n: usize, inner: &str| format!("{}{inner}{}", "<a>".repeat(n), "</a>".repeat(n));
+        // As deep as allowed: parsed, written and dropped.
+        for inner in ["", "<b/>"] {
+            let depth = MAX_DEPTH - usize::from(!inner.is_empty());
+            let doc = nest(depth, inner);
+            let el = Element::parse(&doc, "ok.xml").unwrap();
+            assert_eq!(Element::parse(&el.to_xml(), "ok.xml").unwrap(), el);
+        }
+        // One deeper, or 200,000 deep (a stack overflow once): refused.
+        for doc in [
+            nest(MAX_DEPTH + 1, ""),
+            nest(MAX_DEPTH, "<b/>"),
+            nest(200_000, ""),
+        ] {
+            let err = Element::parse(&doc, "deep.xml").unwrap_err().to_string();
+            assert!(
+                err.contains("deep.xml") && err.contains("deeper than 256"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
