@@ -232,7 +232,7 @@ fn bad_requests_change_nothing() {
             format!("<domainbackup><disks><disk name='vda' type='file'><target file='{dir}/no/such/dir/t'/></disk></disks></domainbackup>"),
             "no/such/dir/t",
         ),
-        ("<domainbackup><disks>".to_string(), "--backupxml: invalid XML"),
+        ("<domainbackup><disks>".to_string(), "--backupxml b.xml: invalid XML"),
     ];
     std::fs::write(p.join("b.xml"), "").unwrap();
     let before = std::fs::read_dir(p).unwrap().count();
