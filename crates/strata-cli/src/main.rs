@@ -42,6 +42,19 @@ fn init_tracing(global: &GlobalArgs) {
 }
 
 fn main() -> ExitCode {
+    // Commands do image I/O down backing chains, one call per layer: they
+    // run on a thread with the stack the deepest chain is proven to fit.
+    match strata_image::chain::io_thread().spawn(run) {
+        // A panic was reported by the hook; exit as Rust does after one.
+        Ok(t) => t.join().unwrap_or_else(|_| ExitCode::from(101)),
+        Err(e) => {
+            eprintln!("strata: error: cannot start the command thread: {e}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn run() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return exit::clap_failure(e),

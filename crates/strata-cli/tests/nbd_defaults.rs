@@ -366,3 +366,87 @@ fn a_silent_client_is_dropped_after_the_handshake_limit() {
     ends_by_itself(server);
     drop(silent);
 }
+
+/// `l0000.qcow2` (64 KiB of 0x5a, 1 MiB) and overlays up to `l{top}.qcow2`,
+/// each backed by the one before: one overlay made by qemu-img, copied
+/// with its backing name patched (names of equal length).
+fn deep_chain(p: &Path, top: usize) {
+    qemu_img(p, &["create", "-q", "-f", "qcow2", "l0000.qcow2", "1M"]);
+    qemu_io(p, "qcow2", "l0000.qcow2", &["write -P 0x5a 0 64k"]);
+    qemu_img(
+        p,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "l0000.qcow2",
+            "-F",
+            "qcow2",
+            "t.qcow2",
+        ],
+    );
+    let template = std::fs::read(p.join("t.qcow2")).unwrap();
+    let at = template
+        .windows(11)
+        .position(|w| w == b"l0000.qcow2")
+        .expect("backing name in the header");
+    for i in 1..=top {
+        let mut img = template.clone();
+        img[at..at + 11].copy_from_slice(format!("l{:04}.qcow2", i - 1).as_bytes());
+        std::fs::write(p.join(format!("l{i:04}.qcow2")), img).unwrap();
+    }
+}
+
+/// Regression: a chain 4,000 deep (then allowed) overflowed a server
+/// thread's stack on the first read, aborting the server and every client.
+/// The deepest chain strata opens (1,024 layers) is served; one deeper is
+/// refused at start with a clear error.
+#[test]
+fn the_deepest_chain_is_served_and_a_deeper_one_refused() {
+    let d = tmp();
+    let p = d.path();
+    deep_chain(p, 1024);
+    let r = once(p, "l1023.qcow2", "nbdinfo", &["--map", "{}"]).expect(0);
+    assert_eq!(
+        r.stdout.split_whitespace().collect::<Vec<_>>(),
+        [
+            "0",
+            "65536",
+            "0",
+            "data",
+            "65536",
+            "983040",
+            "3",
+            "hole,zero"
+        ],
+        "{}",
+        r.stdout
+    );
+    once(p, "l1023.qcow2", "nbdcopy", &["{}", "copy.raw"]).expect(0);
+    let copy = std::fs::read(p.join("copy.raw")).unwrap();
+    assert!(copy[..65536].iter().all(|&b| b == 0x5a) && copy[65536..].iter().all(|&b| b == 0));
+    let r = strata(
+        p,
+        &[
+            "img",
+            "read",
+            "l1023.qcow2",
+            "--offset",
+            "0",
+            "--length",
+            "4096",
+        ],
+    );
+    assert!(
+        r.code == 0 && r.raw_stdout == vec![0x5a; 4096],
+        "{}",
+        r.stderr
+    );
+    // One layer more: refused before anything is served.
+    let r = strata(p, &["nbd", "serve", "--socket", "s.sock", "l1024.qcow2"]);
+    let line = r.one_error(1, "deeper than 1024");
+    assert!(line.contains("l1024.qcow2"), "{line}");
+    assert!(!p.join("s.sock").exists());
+}

@@ -13,8 +13,23 @@ use crate::qcow2::{self, Qcow2};
 use crate::raw::RawImage;
 use crate::storage::{FileStorage, LockMode, Storage};
 
-/// Deepest chain strata opens.
-pub const MAX_CHAIN_DEPTH: usize = 4096;
+/// The deepest chain strata opens (layers, the top one included). Reads,
+/// writes and block status go down the chain one call per layer, so a
+/// deeper chain could overflow the stack of the thread doing the I/O; this
+/// depth is proven to fit in [`CHAIN_STACK`] by the `deep_chain` tests
+/// (every operation at this depth, on a thread with that stack, in debug
+/// and release builds). No real chain comes near it.
+pub const MAX_CHAIN_DEPTH: usize = 1024;
+
+/// The stack every thread that does I/O through a chain gets: the CLI's
+/// command thread, the NBD server's runtime threads, copy workers.
+/// Reserved, not committed: untouched pages cost nothing.
+pub const CHAIN_STACK: usize = 64 << 20;
+
+/// A thread builder with [`CHAIN_STACK`], for threads that do image I/O.
+pub fn io_thread() -> std::thread::Builder {
+    std::thread::Builder::new().stack_size(CHAIN_STACK)
+}
 
 /// How to open an image and its chain.
 #[derive(Clone, Debug)]

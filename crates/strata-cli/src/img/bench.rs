@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::{format_of, open, OpenSpec};
 use crate::cli::BenchArgs;
@@ -99,7 +99,7 @@ pub fn run(a: BenchArgs, out: &Output) -> Result<u8> {
     std::thread::scope(|s| -> Result<()> {
         let workers: Vec<_> = (0..req.depth)
             .map(|_| {
-                s.spawn(|| -> Result<()> {
+                strata_image::chain::io_thread().spawn_scoped(s, || -> Result<()> {
                     let mut buf = vec![req.pattern; req.size as usize];
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -119,7 +119,8 @@ pub fn run(a: BenchArgs, out: &Output) -> Result<u8> {
                     }
                 })
             })
-            .collect();
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("cannot start a benchmark worker")?;
         for w in workers {
             w.join()
                 .map_err(|_| anyhow::anyhow!("a benchmark worker panicked"))??;

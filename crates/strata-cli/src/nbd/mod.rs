@@ -203,6 +203,8 @@ where
     strata_nbd::raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Exports do I/O down image chains, one call per layer.
+        .thread_stack_size(strata_image::chain::CHAIN_STACK)
         .build()
         .context("cannot start the I/O runtime")?;
     let served = rt.block_on(async {

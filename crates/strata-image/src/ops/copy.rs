@@ -44,8 +44,8 @@ pub(crate) fn parallel_chunks(
     let first_error = Mutex::new(None);
     progress(skipped, total);
     std::thread::scope(|s| {
-        for _ in 0..WORKERS.min(jobs.len()) {
-            s.spawn(|| {
+        for started in 0..WORKERS.min(jobs.len()) {
+            let spawned = crate::chain::io_thread().spawn_scoped(s, || {
                 let mut buf = vec![0u8; chunk as usize];
                 while !failed.load(Ordering::Relaxed) {
                     let Some(&(pos, n)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
@@ -63,6 +63,18 @@ pub(crate) fn parallel_chunks(
                     progress(d, total);
                 }
             });
+            if let Err(e) = spawned {
+                // Workers already started finish the jobs; with none, fail.
+                if started == 0 {
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(crate::Error::io("copy worker", "spawn", 0, e));
+                } else {
+                    tracing::warn!("cannot start a copy worker: {e}");
+                }
+                break;
+            }
         }
     });
     match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
