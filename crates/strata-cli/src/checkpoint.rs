@@ -112,6 +112,7 @@ pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result
             }
         }
         CheckpointCommand::Dumpxml(a) => {
+            out.no_json("checkpoint dumpxml")?;
             let all = checkpoint::checkpoints(&store, &a.domain)?;
             let Some(def) = all.iter().find(|c| c.name == a.checkpoint) else {
                 bail!(

@@ -75,6 +75,7 @@ pub fn run(cmd: DomainCommand, state: Option<&Path>, out: &Output) -> Result<u8>
             }
         }
         DomainCommand::Dumpxml(a) => {
+            out.no_json("domain dumpxml")?;
             let dom = store.domain(&a.domain)?;
             out.text(&dom.to_xml(a.security_info))?;
         }

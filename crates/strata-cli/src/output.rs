@@ -50,6 +50,18 @@ impl Output {
             .context("writing to stdout")
     }
 
+    /// Refuses `--output json` for `command`, which prints a document in
+    /// its own format (XML), as virsh does (a usage error, before any
+    /// work).
+    pub fn no_json(&self, command: &str) -> Result<()> {
+        if self.json() {
+            return Err(crate::exit::usage(format!(
+                "{command} prints XML; --output json does not apply to it"
+            )));
+        }
+        Ok(())
+    }
+
     /// Prints `value` as JSON indented by four spaces, as qemu-img does.
     pub fn print_json<T: Serialize>(&self, value: &T) -> Result<()> {
         self.text(&format!("{}\n", to_json(value)?))

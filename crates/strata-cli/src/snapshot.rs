@@ -189,6 +189,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
             }
         }
         DomSnapshotCommand::Dumpxml(a) => {
+            out.no_json("snapshot dumpxml")?;
             let row = store.snapshot(&a.domain, &a.snapshot)?;
             let def = row.def()?;
             out.text(&def.to_xml(a.security_info))?;

@@ -160,3 +160,30 @@ fn deeply_nested_xml_is_refused_not_a_stack_overflow() {
         ""
     );
 }
+
+/// `dumpxml` prints XML: `--output json` is refused as a usage error
+/// (exit 2) rather than printing XML where JSON was asked for.
+#[test]
+fn dumpxml_refuses_output_json() {
+    let d = tmp();
+    let p = d.path();
+    setup_vm(p);
+    ok(p, &st(&["snapshot", "create", "vm", "--name", "s1"]));
+    ok(p, &st(&["checkpoint", "create", "vm", "--name", "c1"]));
+    for args in [
+        vec!["domain", "dumpxml", "vm"],
+        vec!["snapshot", "dumpxml", "vm", "s1"],
+        vec!["checkpoint", "dumpxml", "vm", "c1"],
+        vec!["backup", "dumpxml", "vm"],
+    ] {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(&args);
+        let r = strata(p, &st(&all));
+        r.one_error(2, "--output json does not apply");
+        assert!(r.stdout.is_empty(), "{args:?}: {}", r.stdout);
+        // Without it, XML as before.
+        if args[0] != "backup" {
+            assert!(ok(p, &st(&args)).stdout.starts_with('<'), "{args:?}");
+        }
+    }
+}

@@ -185,3 +185,40 @@ fn bad_pull_requests_change_nothing() {
     let list = ok(p, &st(&["checkpoint", "list", "vm"])).stdout;
     assert!(!list.contains("c"), "no checkpoint: {list}");
 }
+
+/// A domain held by another strata process (here a pull backup being
+/// served) is waited for 30 s, then the command gives up naming the
+/// holder, as libvirt gives up on a domain's job lock; nothing changes.
+#[test]
+fn a_held_domain_is_waited_for_30_s_then_the_holder_is_named() {
+    let d = tmp();
+    let p = d.path();
+    setup_vm(p);
+    let dir = p.display();
+    std::fs::write(
+        p.join("b.xml"),
+        format!(
+            "<domainbackup mode='pull'><server transport='unix' socket='{dir}/b.sock'/>\
+             <disks><disk name='vda'/><disk name='vdb'/></disks></domainbackup>"
+        ),
+    )
+    .unwrap();
+    let args = st(&["backup", "begin", "vm", "--backupxml", "b.xml"]);
+    let holder = Server::start(p, env!("CARGO_BIN_EXE_strata"), &args, "b.sock");
+    let start = std::time::Instant::now();
+    let r = strata(p, &st(&["snapshot", "create", "vm", "--name", "s1"]));
+    let waited = start.elapsed();
+    let line = r.one_error(1, "busy");
+    assert!(
+        line.contains("domain 'vm'") && line.contains("backup begin vm") && line.contains("30 s"),
+        "{line}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_secs(29),
+        "gave up after {waited:?}"
+    );
+    ok(p, &st(&["backup", "abort", "vm"]));
+    drop(holder);
+    let list = ok(p, &st(&["snapshot", "list", "vm", "--name"])).stdout;
+    assert_eq!(list.trim(), "", "nothing was taken");
+}
