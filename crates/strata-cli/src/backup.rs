@@ -106,13 +106,13 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
                 ))?;
             }
         }
-        BackupCommand::Dumpxml(a) => match {
+        BackupCommand::Dumpxml(a) => {
             out.no_json("backup dumpxml")?;
-            store.job(&a.domain)?
-        } {
-            Some(job) if job.kind == "backup" => out.text(&job.xml)?,
-            _ => bail!("domain '{}': no backup job has run", a.domain),
-        },
+            match store.job(&a.domain)? {
+                Some(job) if job.kind == "backup" => out.text(&job.xml)?,
+                _ => bail!("domain '{}': no backup job has run", a.domain),
+            }
+        }
     }
     Ok(OK)
 }
