@@ -129,7 +129,10 @@ fn count_l1(
                         ));
                         continue;
                     }
-                    cnt.add(rep, host, cs);
+                    if !geo.data_file {
+                        // Clusters in an external data file are not refcounted.
+                        cnt.add(rep, host, cs);
+                    }
                     if active {
                         rep.allocated_clusters += 1;
                         if next_contiguous != 0 && host != next_contiguous {
@@ -327,7 +330,13 @@ fn check_copied(m: &mut Meta, rep: &mut CheckReport, fix: bool) -> Result<u64> {
             if !host.is_multiple_of(geo.cluster_size) {
                 continue;
             }
-            let rc = m.refcount(host >> geo.cluster_bits)?;
+            // In an external data file every mapped cluster has an implicit
+            // refcount of one.
+            let rc = if geo.data_file {
+                1
+            } else {
+                m.refcount(host >> geo.cluster_bits)?
+            };
             if (rc == 1) != (e & COPIED != 0) {
                 rep.corruptions += 1;
                 rep.messages.push(format!(

@@ -2,6 +2,7 @@
 //! entries (zero flag, freed storage); partial clusters are written with
 //! zeros (write-zeroes) or left alone (discard), as QEMU does.
 
+use super::meta::Meta;
 use super::types::{decode_l2, Cluster, COPIED, ZERO};
 use super::Qcow2;
 use crate::error::Result;
@@ -144,6 +145,10 @@ impl Qcow2 {
             };
             if let Some((e, b)) = new {
                 if (e, b) != (entry, bitmap) {
+                    if geo.data_file {
+                        let kept = keep.is_some_and(|h| e & super::types::OFFSET_MASK == h);
+                        self.zero_in_data_file(&m, entry, pos, kept)?;
+                    }
                     m.set_l2_entry(pos, e, b)?;
                     // Release the old storage unless the new entry still holds it.
                     let still_held = keep.is_some_and(|h| e & super::types::OFFSET_MASK == h);
@@ -155,5 +160,31 @@ impl Qcow2 {
             pos += cs;
         }
         Ok(explicit)
+    }
+
+    /// Before guest cluster `pos` turns into zeros (its old L2 entry was
+    /// `entry`): with a raw data file its bytes there are zeroed (kept
+    /// allocated when the mapping is `kept`); otherwise a cluster that loses
+    /// its mapping is discarded from the data file, as QEMU does.
+    fn zero_in_data_file(&self, m: &Meta, entry: u64, pos: u64, kept: bool) -> Result<()> {
+        let end = (pos + self.geo.cluster_size).min(self.size());
+        if end <= pos {
+            return Ok(());
+        }
+        let had_host = matches!(
+            decode_l2(entry, &self.geo),
+            Cluster::Data { .. } | Cluster::Zero { host: 1.. }
+        );
+        if m.header.data_file_raw() {
+            if kept {
+                self.data.write_zeroes(pos, end - pos)
+            } else {
+                self.data.punch_hole(pos, end - pos)
+            }
+        } else if had_host && !kept {
+            self.data.punch_hole(pos, end - pos)
+        } else {
+            Ok(())
+        }
     }
 }
