@@ -23,11 +23,17 @@ impl Qcow2 {
         if len == 0 {
             return Ok(());
         }
-        if let Some(t) = &self.meta.lock().tracker {
+        let persist = match &self.meta.lock().tracker {
             // Whole clusters change mappings (their bits go out with the next
             // metadata flush); partial ones are written through `write_inner`,
-            // which makes the bits durable first where it must.
-            t.mark(offset, len);
+            // which makes the bits durable first where it must. An external
+            // data file is zeroed or discarded in place, under mappings that
+            // may be durable: the bits must be durable first.
+            Some(t) => (t.mark(offset, len) && self.geo.data_file).then(|| t.clone()),
+            None => None,
+        };
+        if let Some(t) = persist {
+            t.persist_range(self.st.as_ref(), offset, len)?;
         }
         let cs = self.geo.cluster_size;
         let end = offset + len;
