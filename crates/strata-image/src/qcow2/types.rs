@@ -160,6 +160,17 @@ pub fn decode_l2(entry: u64, geo: &Geometry) -> Cluster {
     }
 }
 
+/// The host cluster a cluster holds on to, if any: a data cluster's, or a
+/// zero cluster's preallocated one. With an external data file, host
+/// offset 0 is a real cluster (guest cluster 0) when COPIED is set.
+pub fn held_host(entry: u64, geo: &Geometry) -> Option<u64> {
+    match decode_l2(entry, geo) {
+        Cluster::Data { host, .. } => Some(host),
+        Cluster::Zero { host } if host != 0 || (geo.data_file && entry & COPIED != 0) => Some(host),
+        _ => None,
+    }
+}
+
 /// Status of subcluster `sc` in an extended L2 entry.
 pub fn decode_subcluster(entry: u64, bitmap: u64, sc: u32, geo: &Geometry) -> Cluster {
     match decode_l2(entry, geo) {

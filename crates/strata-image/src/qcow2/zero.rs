@@ -3,7 +3,7 @@
 //! zeros (write-zeroes) or left alone (discard), as QEMU does.
 
 use super::meta::Meta;
-use super::types::{decode_l2, Cluster, COPIED, ZERO};
+use super::types::{decode_l2, held_host, Cluster, COPIED, ZERO};
 use super::Qcow2;
 use crate::error::Result;
 use crate::image::Image;
@@ -127,7 +127,7 @@ impl Qcow2 {
             let allocated = !matches!(kind, Cluster::Unallocated | Cluster::Zero { host: 0 });
             let keep = match kind {
                 Cluster::Data { host, copied: true } if !unmap => Some(host),
-                Cluster::Zero { host } if host != 0 && !unmap && entry & COPIED != 0 => Some(host),
+                Cluster::Zero { .. } if !unmap && entry & COPIED != 0 => held_host(entry, &geo),
                 _ => None,
             };
             let new = if geo.extended() {
