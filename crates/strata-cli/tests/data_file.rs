@@ -377,3 +377,57 @@ fn a_raw_disk_with_qcow2_metadata_gets_checkpoints_and_incremental_backups() {
         .collect();
     assert!(names.contains(&"c1"), "{info}");
 }
+
+#[test]
+fn nbd_exports_read_guest_data_from_the_data_file() {
+    let d = tmp();
+    let p = d.path();
+    ok(
+        p,
+        &[
+            "img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=n.raw",
+            "n.qcow2",
+            "4M",
+        ],
+    );
+    qemu_io(
+        p,
+        "qcow2",
+        "n.qcow2",
+        &[
+            "write -P 0x61 0 300k",
+            "write -P 0x62 2M 64k",
+            "write -z 128k 64k",
+        ],
+    );
+    let ours = nbd::strata_nbd(p, "s.sock", &["name=disk,file=n.qcow2,readonly"]);
+    let theirs = nbd::qemu_nbd(p, "q.sock", "n.qcow2", true, &[]);
+    let map = |uri: &str| run_in(p, "nbdinfo", &["--map", uri]).expect(0).stdout;
+    assert_eq!(map(&ours.uri(p, "disk")), map(&theirs.uri(p, "")));
+    // Spliced reads come from the data file, not the metadata file.
+    qemu_img(
+        p,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &ours.uri(p, "disk"),
+            "a.raw",
+        ],
+    );
+    qemu_img(
+        p,
+        &[
+            "compare", "-U", "-f", "raw", "-F", "qcow2", "a.raw", "n.qcow2",
+        ],
+    );
+    assert!(ours.stop().success());
+}

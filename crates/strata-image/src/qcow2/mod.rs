@@ -441,7 +441,8 @@ impl Image for Qcow2 {
     }
 
     fn host_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.st.as_fd()
+        // Host offsets of data clusters point into the data file, if any.
+        self.data.as_fd()
     }
 
     fn actual_size(&self) -> Result<u64> {
