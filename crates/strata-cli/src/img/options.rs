@@ -315,5 +315,10 @@ mod tests {
         assert!(o.check_for(Format::Qcow2).is_ok());
         let o = parse(&["preallocation=metadata".into()]).expect("valid");
         assert!(o.check_for(Format::Raw).is_err());
+        let o = parse(&["data_file=a,,b.raw,data_file_raw=on".into()]).expect("valid");
+        assert_eq!(o.data_file.as_deref(), Some("a,b.raw"));
+        assert_eq!(o.data_file_raw, Some(true));
+        assert!(o.check_for(Format::Raw).is_err());
+        assert!(o.check_for(Format::Qcow2).is_ok());
     }
 }
