@@ -56,22 +56,7 @@ fn checkpoint_xml(name: &str) -> String {
 fn backup_round(p: &Path, since: Option<&str>, round: usize) {
     std::fs::write(p.join("b.xml"), backup_xml(p, since, round)).unwrap();
     std::fs::write(p.join("c.xml"), checkpoint_xml(&format!("c{round}"))).unwrap();
-    let r = ok(
-        p,
-        &st(&[
-            "--output",
-            "json",
-            "backup",
-            "begin",
-            "vm",
-            "--backupxml",
-            "b.xml",
-            "--checkpointxml",
-            "c.xml",
-        ]),
-    )
-    .json();
-    assert_eq!(r["state"], "completed", "{r}");
+    let r = backup_begin(p, "b.xml", "c.xml");
     assert_eq!(r["done"], r["total"], "{r}");
     for dev in ["vda", "vdb"] {
         snapshot_contents(p, dev, &format!("{dev}.at{round}.raw"));

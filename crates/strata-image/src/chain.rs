@@ -195,6 +195,7 @@ fn open_layer(
                 cache_bytes: opts.cache_bytes,
                 allow_corrupt: false,
                 bitmaps_only: opts.bitmaps_only && top,
+                data_file: None,
             };
             Arc::new(Qcow2::open(layer.storage, backing, &o)?)
         }

@@ -62,6 +62,15 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
+    /// The external data file of a qcow2 image is missing, misnamed or
+    /// unusable (`qcow2.txt` incompatible bit 2, extension 0x44415441).
+    #[error("{path}: external data file: {what}")]
+    DataFile {
+        /// The qcow2 image that names (or should name) the data file.
+        path: String,
+        /// What is wrong.
+        what: String,
+    },
     /// A write was attempted on an image opened read-only.
     #[error("{path}: image is opened read-only")]
     ReadOnly {
@@ -108,6 +117,14 @@ impl Error {
     /// A backing-chain error.
     pub fn backing(path: &str, what: impl Into<String>) -> Self {
         Error::Backing {
+            path: path.to_string(),
+            what: what.into(),
+        }
+    }
+
+    /// An external-data-file error.
+    pub fn data_file(path: &str, what: impl Into<String>) -> Self {
+        Error::DataFile {
             path: path.to_string(),
             what: what.into(),
         }

@@ -77,27 +77,7 @@ fn verify(ctx: &str, image: Vec<u8>, before: &[u8]) {
     let img = open(Arc::new(MemoryStorage::from_bytes("c", image)), false)
         .unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
     let after = read_all(&img);
-    let dir = img.bitmaps().unwrap();
-    assert_eq!(dir.len(), 2, "{ctx}: bitmaps lost: {dir:?}");
-    for b in &dir {
-        assert!(b.enabled() && !b.in_use(), "{ctx}: {b:?}");
-        let mut bit = vec![false; SIZE.div_ceil(b.granularity) as usize];
-        for (o, l) in img.bitmap_dirty(&b.name).unwrap() {
-            for g in o / b.granularity..(o + l).div_ceil(b.granularity) {
-                bit[g as usize] = true;
-            }
-        }
-        for (g, set) in bit.iter().enumerate() {
-            let r =
-                g * b.granularity as usize..((g + 1) * b.granularity as usize).min(SIZE as usize);
-            if !set && after[r.clone()] != before[r.clone()] {
-                panic!(
-                    "{ctx}: bitmap {} misses granule {g} (bytes {r:?}) whose data changed",
-                    b.name
-                );
-            }
-        }
-    }
+    assert_changed_granules_marked(ctx, &img, 2, before, &after);
 }
 
 fn crash_everywhere(cs: u64, seed: u64) {

@@ -49,6 +49,11 @@ impl Request {
         if a.compress && dst_format != Format::Qcow2 {
             return Err(usage("-c (compression) needs a qcow2 target (-O qcow2)"));
         }
+        if a.compress && opts.data_file.is_some() {
+            return Err(usage(
+                "-c (compression) cannot be used with data_file: an external data file holds no compressed clusters",
+            ));
+        }
         let name = a.backing.or(opts.backing_file.clone());
         let backing_fmt = format_of(a.backing_format).or(opts.backing_fmt);
         let backing = match name {
@@ -143,6 +148,13 @@ pub fn run(a: ConvertArgs, out: &Output) -> Result<u8> {
         None => src.as_ref(),
     };
     let size = src.size();
+    // A data file this convert creates goes again if the copy fails.
+    let new_data_file = req
+        .opts
+        .data_file
+        .as_ref()
+        .map(|n| strata_image::qcow2::data_file::resolve(&req.dst, n))
+        .filter(|p| !p.exists());
     match req.dst_format {
         Format::Qcow2 => {
             let c = req
@@ -156,6 +168,9 @@ pub fn run(a: ConvertArgs, out: &Output) -> Result<u8> {
     let result = copy(&req, src, out);
     if result.is_err() {
         let _ = std::fs::remove_file(&req.dst);
+        if let Some(p) = new_data_file {
+            let _ = std::fs::remove_file(p);
+        }
     }
     result.map(|()| OK)
 }

@@ -98,6 +98,12 @@ struct Qcow2Data {
     #[serde(skip_serializing_if = "Option::is_none")]
     bitmaps: Option<Vec<BitmapRecord>>,
     refcount_bits: u32,
+    /// The external data file name as stored (qemu-img prints it only when set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_file: Option<String>,
+    /// Present whenever the image has the external data file bit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_file_raw: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     corrupt: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,6 +118,8 @@ fn qcow2_data(h: &Header, bitmaps: Vec<BitmapRecord>) -> Qcow2Data {
         compression_type: h.compression.name(),
         lazy_refcounts: v3.then_some(h.compatible & 1 != 0),
         refcount_bits: h.refcount_bits(),
+        data_file: h.data_file_name(),
+        data_file_raw: h.has_data_file().then_some(h.data_file_raw()),
         corrupt: v3.then_some(h.incompatible & INCOMPAT_CORRUPT != 0),
         extended_l2: v3.then_some(h.extended_l2()),
     }
@@ -270,6 +278,12 @@ fn human(i: &ImageInfo) -> String {
                 .for_each(|l| line(l.to_string()));
         }
         line(format!("    refcount bits: {}", d.refcount_bits));
+        if let Some(f) = &d.data_file {
+            line(format!("    data file: {f}"));
+        }
+        if let Some(r) = d.data_file_raw {
+            line(format!("    data file raw: {r}"));
+        }
         if let Some(c) = d.corrupt {
             line(format!("    corrupt: {c}"));
         }

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use strata_image::Extent;
+use strata_image::qcow2::Qcow2;
+use strata_image::{Extent, Image};
 
 use super::{format_of, layer, open, shown, OpenSpec};
 use crate::cli::MapArgs;
@@ -68,9 +69,15 @@ pub fn run(a: MapArgs, out: &Output) -> Result<u8> {
             out.text(&text)?;
             bail!("{file}: the image contains compressed clusters, which cannot be mapped to host offsets (use --output json)");
         };
-        let name = match e.depth {
-            0 => file.clone(),
-            d => layer(&img, d).map_or_else(|| "?".to_string(), |l| l.path().to_string()),
+        // Data of a layer with an external data file lives there.
+        let name = layer(&img, e.depth).map_or_else(
+            || "?".to_string(),
+            |l| data_file_of(l.as_ref()).unwrap_or_else(|| l.path().to_string()),
+        );
+        let name = if e.depth == 0 && name == img.path() {
+            file.clone()
+        } else {
+            name
         };
         text.push_str(&format!(
             "{:<16}{:<16}{:<16}{}\n",
@@ -82,4 +89,10 @@ pub fn run(a: MapArgs, out: &Output) -> Result<u8> {
     }
     out.text(&text)?;
     Ok(OK)
+}
+
+/// The name of the external data file of a qcow2 layer, when it has one.
+fn data_file_of(img: &dyn Image) -> Option<String> {
+    let q = img.as_any().downcast_ref::<Qcow2>()?;
+    q.data_file().map(|d| d.name().to_string())
 }

@@ -41,6 +41,10 @@ pub struct FormatOptions {
     pub backing_fmt: Option<Format>,
     /// `size=`.
     pub size: Option<u64>,
+    /// `data_file=`: external data file name.
+    pub data_file: Option<String>,
+    /// `data_file_raw=`.
+    pub data_file_raw: Option<bool>,
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool> {
@@ -76,7 +80,7 @@ fn split_list(arg: &str) -> Vec<String> {
 
 /// The names of the options, for messages.
 pub const NAMES: &str = "cluster_size, refcount_bits, compat, extended_l2, compression_type, \
-lazy_refcounts, preallocation, backing_file, backing_fmt, size";
+lazy_refcounts, preallocation, backing_file, backing_fmt, size, data_file, data_file_raw";
 
 /// Parses every `-o` argument (later ones win).
 pub fn parse(args: &[String]) -> Result<FormatOptions> {
@@ -131,6 +135,8 @@ pub fn parse(args: &[String]) -> Result<FormatOptions> {
                     o.backing_fmt = Some(Format::parse(value).ok_or_else(|| bad("qcow2 or raw"))?)
                 }
                 "size" => o.size = Some(parse_size(value).map_err(|_| bad("a size such as 1G"))?),
+                "data_file" => o.data_file = Some(value.to_string()),
+                "data_file_raw" => o.data_file_raw = Some(parse_bool(name, value)?),
                 _ => {
                     return Err(usage(format!(
                         "unknown option '{name}'; options are {NAMES}"
@@ -155,6 +161,8 @@ impl FormatOptions {
                 ("lazy_refcounts", self.lazy_refcounts.is_some()),
                 ("backing_file", self.backing_file.is_some()),
                 ("backing_fmt", self.backing_fmt.is_some()),
+                ("data_file", self.data_file.is_some()),
+                ("data_file_raw", self.data_file_raw.is_some()),
             ];
             if let Some((name, _)) = qcow2_only.iter().find(|(_, given)| *given) {
                 return Err(usage(format!("option {name} is not valid for format raw")));
@@ -186,6 +194,8 @@ impl FormatOptions {
             backing_file,
             backing_format,
             preallocation: self.preallocation.unwrap_or_default(),
+            data_file: self.data_file.clone(),
+            data_file_raw: self.data_file_raw.unwrap_or(d.data_file_raw),
         }
     }
 }
@@ -246,6 +256,12 @@ pub fn formatting_line(
             " compat=1.1"
         });
     }
+    if let Some(d) = &c.data_file {
+        s.push_str(&format!(" data_file={d}"));
+    }
+    if given.data_file_raw.is_some() {
+        s.push_str(&format!(" data_file_raw={}", onoff(c.data_file_raw)));
+    }
     s.push_str(&format!(
         " lazy_refcounts={} refcount_bits={}",
         onoff(c.lazy_refcounts),
@@ -299,5 +315,10 @@ mod tests {
         assert!(o.check_for(Format::Qcow2).is_ok());
         let o = parse(&["preallocation=metadata".into()]).expect("valid");
         assert!(o.check_for(Format::Raw).is_err());
+        let o = parse(&["data_file=a,,b.raw,data_file_raw=on".into()]).expect("valid");
+        assert_eq!(o.data_file.as_deref(), Some("a,b.raw"));
+        assert_eq!(o.data_file_raw, Some(true));
+        assert!(o.check_for(Format::Raw).is_err());
+        assert!(o.check_for(Format::Qcow2).is_ok());
     }
 }

@@ -278,3 +278,25 @@ pub fn qemu_names(p: &Path, file: &str) -> Vec<String> {
         .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
         .collect()
 }
+
+/// Runs `strata backup begin vm` with the backup and checkpoint XML files
+/// in `p` and expects a completed job; returns its JSON status.
+pub fn backup_begin(p: &Path, backup_xml: &str, checkpoint_xml: &str) -> serde_json::Value {
+    let r = ok(
+        p,
+        &st(&[
+            "--output",
+            "json",
+            "backup",
+            "begin",
+            "vm",
+            "--backupxml",
+            backup_xml,
+            "--checkpointxml",
+            checkpoint_xml,
+        ]),
+    )
+    .json();
+    assert_eq!(r["state"], "completed", "{r}");
+    r
+}

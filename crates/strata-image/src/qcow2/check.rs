@@ -8,7 +8,7 @@ use super::header::{AUTOCLEAR_BITMAPS, EXT_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_D
 use super::meta::{from_be_bytes, to_be_bytes, Meta};
 use super::refcount::set_entry;
 use super::snapshot_table::read_table;
-use super::types::{decode_l2, Cluster, COPIED, OFFSET_MASK};
+use super::types::{decode_l2, held_host, Cluster, COPIED, OFFSET_MASK};
 use crate::error::Result;
 
 /// What `check` may change.
@@ -109,8 +109,8 @@ fn count_l1(
             let entry = table[j * geo.l2_words];
             let bitmap = if geo.extended() { table[j * 2 + 1] } else { 0 };
             let guest = ((i as u64 * geo.l2_entries) + j as u64) * cs;
-            match decode_l2(entry, &geo) {
-                Cluster::Compressed { entry } => {
+            match (decode_l2(entry, &geo), held_host(entry, &geo)) {
+                (Cluster::Compressed { entry }, _) => {
                     let (off, len) = geo.compressed_span(entry);
                     cnt.add(rep, off, len);
                     if active {
@@ -121,7 +121,7 @@ fn count_l1(
                         rep.fragmented_clusters += 1;
                     }
                 }
-                Cluster::Data { host, .. } | Cluster::Zero { host } if host != 0 => {
+                (_, Some(host)) => {
                     if !host.is_multiple_of(cs) {
                         rep.corruptions += 1;
                         rep.messages.push(format!(
@@ -129,7 +129,10 @@ fn count_l1(
                         ));
                         continue;
                     }
-                    cnt.add(rep, host, cs);
+                    if !geo.data_file {
+                        // Clusters in an external data file are not refcounted.
+                        cnt.add(rep, host, cs);
+                    }
                     if active {
                         rep.allocated_clusters += 1;
                         if next_contiguous != 0 && host != next_contiguous {
@@ -327,7 +330,13 @@ fn check_copied(m: &mut Meta, rep: &mut CheckReport, fix: bool) -> Result<u64> {
             if !host.is_multiple_of(geo.cluster_size) {
                 continue;
             }
-            let rc = m.refcount(host >> geo.cluster_bits)?;
+            // In an external data file every mapped cluster has an implicit
+            // refcount of one.
+            let rc = if geo.data_file {
+                1
+            } else {
+                m.refcount(host >> geo.cluster_bits)?
+            };
             if (rc == 1) != (e & COPIED != 0) {
                 rep.corruptions += 1;
                 rep.messages.push(format!(

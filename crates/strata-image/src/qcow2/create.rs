@@ -1,10 +1,12 @@
 //! Creating a qcow2 image (the layout qemu-img makes: header, refcount table,
 //! refcount blocks, L1 table) and growing one.
 
+use super::data_file;
 use super::header::{
     feature_table, CompressionType, Extension, Header, COMPAT_LAZY_REFCOUNTS, EXT_BACKING_FORMAT,
     EXT_FEATURE_TABLE, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, MAX_BACKING_NAME, MAX_L1_BYTES,
 };
+use super::header::{AUTOCLEAR_DATA_FILE_RAW, EXT_DATA_FILE, INCOMPAT_DATA_FILE};
 use super::meta::{to_be_bytes, Meta};
 use super::refcount::set_entry;
 use super::types::Geometry;
@@ -61,6 +63,11 @@ pub struct CreateOptions {
     pub backing_format: Option<String>,
     /// What to allocate up front.
     pub preallocation: Preallocation,
+    /// External data file name, stored as given (relative names resolve
+    /// against the image's folder).
+    pub data_file: Option<String>,
+    /// The data file is kept a consistent raw image of the guest.
+    pub data_file_raw: bool,
 }
 
 impl Default for CreateOptions {
@@ -76,6 +83,8 @@ impl Default for CreateOptions {
             backing_file: None,
             backing_format: None,
             preallocation: Preallocation::Off,
+            data_file: None,
+            data_file_raw: false,
         }
     }
 }
@@ -131,7 +140,7 @@ impl CreateOptions {
                 ));
             }
         }
-        Ok(())
+        data_file::validate_create(self, path)
     }
 }
 
@@ -146,6 +155,13 @@ pub fn create(st: &dyn Storage, opts: &CreateOptions) -> Result<()> {
     }
     if opts.compression != CompressionType::Zlib {
         incompatible |= INCOMPAT_COMPRESSION;
+    }
+    let mut autoclear = 0;
+    if opts.data_file.is_some() {
+        incompatible |= INCOMPAT_DATA_FILE;
+        if opts.data_file_raw {
+            autoclear |= AUTOCLEAR_DATA_FILE_RAW;
+        }
     }
     let mut h = Header {
         version: opts.version,
@@ -164,7 +180,7 @@ pub fn create(st: &dyn Storage, opts: &CreateOptions) -> Result<()> {
         } else {
             0
         },
-        autoclear: 0,
+        autoclear,
         refcount_order: opts.refcount_bits.trailing_zeros(),
         header_length: if opts.version == 3 { 112 } else { 72 },
         compression: opts.compression,
@@ -210,6 +226,12 @@ pub fn create(st: &dyn Storage, opts: &CreateOptions) -> Result<()> {
         h.extensions.push(Extension {
             kind: EXT_BACKING_FORMAT,
             data: fmt.as_bytes().to_vec(),
+        });
+    }
+    if let Some(name) = &opts.data_file {
+        h.extensions.push(Extension {
+            kind: EXT_DATA_FILE,
+            data: name.as_bytes().to_vec(),
         });
     }
     if opts.version == 3 {
@@ -300,21 +322,37 @@ pub(crate) fn grow(m: &mut Meta, new_size: u64) -> Result<()> {
 /// Maps every guest cluster to a zeroed host cluster of its own (the data
 /// clusters of one L2 table are contiguous, after that table).
 pub(crate) fn preallocate(m: &mut Meta, mode: Preallocation) -> Result<()> {
+    preallocate_from(m, mode, 0)
+}
+
+/// As [`preallocate`], for the guest clusters from index `first` on (the
+/// ones a resize added).
+pub(crate) fn preallocate_from(m: &mut Meta, mode: Preallocation, first: u64) -> Result<()> {
     if mode == Preallocation::Off {
         return Ok(());
     }
     let geo = m.geo;
     let cs = geo.cluster_size;
     let clusters = m.header.size.div_ceil(cs);
-    let mut first = 0u64;
+    let mut first = first;
     while first < clusters {
         let l1 = first / geo.l2_entries;
         let n = (geo.l2_entries - first % geo.l2_entries).min(clusters - first);
         m.writable_l2(l1)?;
-        let host = m.alloc_clusters(n)?;
+        // An external data file maps every cluster at its guest offset.
+        let host = if geo.data_file {
+            first * cs
+        } else {
+            m.alloc_clusters(n)?
+        };
+        let bytes = if geo.data_file {
+            (n * cs).min(m.header.size - host)
+        } else {
+            n * cs
+        };
         match mode {
-            Preallocation::Falloc => m.st.allocate(host, n * cs)?,
-            Preallocation::Full => m.st.write_zeroes(host, n * cs)?,
+            Preallocation::Falloc => m.data.allocate(host, bytes)?,
+            Preallocation::Full => m.data.write_zeroes(host, bytes)?,
             _ => {}
         }
         let bitmap = if geo.extended() { 0xffff_ffff } else { 0 };
@@ -325,9 +363,9 @@ pub(crate) fn preallocate(m: &mut Meta, mode: Preallocation) -> Result<()> {
                 bitmap,
             )?;
         }
-        let end = host + n * cs;
-        if m.st.len()? < end {
-            m.st.set_len(end)?;
+        let end = host + bytes;
+        if m.data.len()? < end {
+            m.data.set_len(end)?;
         }
         first += n;
     }

@@ -21,7 +21,7 @@ pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 pub const INCOMPAT_EXTL2: u64 = 1 << 4;
 /// The incompatible bits this engine understands.
 pub const INCOMPAT_KNOWN: u64 =
-    INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
+    INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
 /// Compatible bit 0: lazy refcounts.
 pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 /// Autoclear bit 0: bitmaps extension is consistent.
@@ -156,6 +156,27 @@ impl Header {
     /// Refcount width in bits.
     pub fn refcount_bits(&self) -> u32 {
         1 << self.refcount_order
+    }
+
+    /// True when guest data lives in an external data file (incompatible bit 2).
+    pub fn has_data_file(&self) -> bool {
+        self.incompatible & INCOMPAT_DATA_FILE != 0
+    }
+
+    /// True when the external data file is a consistent raw image of the
+    /// guest (autoclear bit 1, `data_file_raw`).
+    pub fn data_file_raw(&self) -> bool {
+        self.has_data_file() && self.autoclear & AUTOCLEAR_DATA_FILE_RAW != 0
+    }
+
+    /// The external data file name as stored (header extension 0x44415441),
+    /// when the image has a data file and names it.
+    pub fn data_file_name(&self) -> Option<String> {
+        if !self.has_data_file() {
+            return None;
+        }
+        self.extension(EXT_DATA_FILE)
+            .map(|d| String::from_utf8_lossy(d).into_owned())
     }
 
     /// True when extended L2 entries are on.
@@ -321,12 +342,12 @@ impl Header {
         }
         // Unknown incompatible features.
         let unknown = h.incompatible & !INCOMPAT_KNOWN;
-        if unknown != 0 || h.incompatible & INCOMPAT_DATA_FILE != 0 {
+        if unknown != 0 {
             let mut names = Vec::new();
             let table = h.extension(EXT_FEATURE_TABLE).unwrap_or(&[]);
             for bit in 0..64u32 {
                 let mask = 1u64 << bit;
-                if (unknown | (h.incompatible & INCOMPAT_DATA_FILE)) & mask == 0 {
+                if unknown & mask == 0 {
                     continue;
                 }
                 let named = table
@@ -353,6 +374,7 @@ impl Header {
                 format!("encryption (crypt_method {})", h.crypt_method),
             ));
         }
+        super::data_file::validate(&h, path)?;
         if h.extended_l2() && cluster_bits < 14 {
             return Err(bad(format!(
                 "extended L2 entries need clusters of at least 16 KiB, cluster_bits is {cluster_bits}"

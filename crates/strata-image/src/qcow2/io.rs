@@ -132,8 +132,14 @@ pub(crate) fn map_runs_in(
             continue;
         }
         let (entry, bitmap) = m.l2_entry_in(l2, pos)?;
-        if let Cluster::Data { host, .. } = decode_l2(entry, &geo) {
-            m.check_host(host, "L2 entry", pos)?;
+        match decode_l2(entry, &geo) {
+            Cluster::Data { host, .. } => m.check_host(host, "L2 entry", pos)?,
+            Cluster::Compressed { .. } if geo.data_file => {
+                return Err(m.corrupt(format!(
+                    "compressed cluster at guest offset {pos:#x} in an image with an external data file"
+                )));
+            }
+            _ => {}
         }
         cluster_runs(&geo, entry, bitmap, pos, cend - pos, &mut runs);
         pos = cend;
@@ -143,8 +149,13 @@ pub(crate) fn map_runs_in(
 
 /// True when writing `runs` puts data into a cluster whose mapping is
 /// already durable (so a crash right after could expose it): an owned data
-/// cluster not allocated since the last metadata write-back.
+/// cluster not allocated since the last metadata write-back. With a raw
+/// external data file every write is exposed at once (the data file is
+/// the guest's disk too).
 fn writes_in_place(m: &Meta, runs: &[Run]) -> bool {
+    if m.header.data_file_raw() {
+        return true;
+    }
     runs.iter().any(|r| match r.kind {
         Cluster::Data { host, copied: true } => !m.fresh.contains(&m.geo.cluster_start(host)),
         _ => false,
@@ -198,7 +209,7 @@ impl Qcow2 {
             let at = (r.guest - base) as usize;
             let slice = &mut buf[at..at + r.len as usize];
             match r.kind {
-                Cluster::Data { host, .. } => self.st.read_at(slice, host)?,
+                Cluster::Data { host, .. } => self.data.read_at(slice, host)?,
                 Cluster::Zero { .. } => slice.fill(0),
                 Cluster::Unallocated => self.read_backing(slice, r.guest)?,
                 Cluster::Compressed { entry } => {
@@ -258,7 +269,7 @@ impl Qcow2 {
             for r in &runs {
                 if let Cluster::Data { host, .. } = r.kind {
                     let at = (r.guest - offset) as usize;
-                    self.st.write_at(&buf[at..at + r.len as usize], host)?;
+                    self.data.write_at(&buf[at..at + r.len as usize], host)?;
                 }
             }
             return Ok(());
@@ -296,7 +307,7 @@ impl Qcow2 {
                     let mut cluster = vec![0u8; cs as usize];
                     let within = (pos - cstart) as usize;
                     cluster[within..within + data.len()].copy_from_slice(data);
-                    self.st.write_at(&cluster, host)?;
+                    self.data.write_at(&cluster, host)?;
                     self.meta.lock().set_l2_entry(cstart, host | COPIED, 0)?;
                     pos = cend;
                     continue;
@@ -327,7 +338,13 @@ impl Qcow2 {
                         last_l1 = l1;
                     }
                 }
-                let host = m.alloc_clusters(olds.len() as u64)?;
+                // An external data file maps host offset == guest offset,
+                // unrefcounted.
+                let host = if geo.data_file {
+                    cstart
+                } else {
+                    m.alloc_clusters(olds.len() as u64)?
+                };
                 if m.tracker.is_some() {
                     m.fresh
                         .extend((0..olds.len() as u64).map(|i| host + i * cs));
@@ -370,14 +387,14 @@ impl Qcow2 {
         let geo = self.geo;
         let cstart = geo.cluster_start(pos);
         if !geo.extended() {
-            return self.st.write_at(data, host + (pos - cstart));
+            return self.data.write_at(data, host + (pos - cstart));
         }
         let scs = geo.subcluster_size;
         let first = ((pos - cstart) / scs) as u32;
         let last = ((pos + data.len() as u64 - 1 - cstart) / scs) as u32;
         let mask = touched_mask(first, last);
         if bitmap & mask == mask {
-            return self.st.write_at(data, host + (pos - cstart));
+            return self.data.write_at(data, host + (pos - cstart));
         }
         // Widen to whole subclusters where the touched ones are not allocated.
         let mut start = pos;
@@ -391,7 +408,7 @@ impl Qcow2 {
         let mut piece = self.old_contents(entry, bitmap, start, stop - start)?;
         let at = (pos - start) as usize;
         piece[at..at + data.len()].copy_from_slice(data);
-        self.st.write_at(&piece, host + (start - cstart))?;
+        self.data.write_at(&piece, host + (start - cstart))?;
         let new_bitmap = (bitmap | mask) & !(mask << 32);
         self.meta.lock().set_l2_entry(cstart, entry, new_bitmap)
     }
@@ -467,14 +484,14 @@ impl Qcow2 {
         }
         debug_assert!(k >= 1);
         if let Some((h, bytes)) = head {
-            self.st.write_at(&bytes, h)?;
+            self.data.write_at(&bytes, h)?;
         }
         if let Some((h, start, len)) = middle {
-            self.st
+            self.data
                 .write_at(&buf[start as usize..(start + len) as usize], h)?;
         }
         if let Some((h, bytes)) = tail {
-            self.st.write_at(&bytes, h)?;
+            self.data.write_at(&bytes, h)?;
         }
         Ok(bitmaps)
     }
@@ -505,6 +522,17 @@ impl Qcow2 {
                 offset: None,
             };
             match r.kind {
+                Cluster::Data { host, .. } if self.geo.data_file => {
+                    // QEMU does not look for holes in an external data file.
+                    push_extent(
+                        &mut out,
+                        Extent {
+                            data: true,
+                            offset: Some(host),
+                            ..base
+                        },
+                    );
+                }
                 Cluster::Data { host, .. } => {
                     // Holes in the file under allocated clusters read as zero.
                     for (h, n, is_data) in self.st.data_extents(host, r.len)? {
@@ -648,6 +676,12 @@ impl Qcow2 {
             ));
         }
         self.check_write(offset, data.len() as u64)?;
+        if self.geo.data_file {
+            return Err(Error::unsupported(
+                &self.path,
+                "compressed clusters in an image with an external data file",
+            ));
+        }
         let mut cluster = data.to_vec();
         cluster.resize(cs as usize, 0);
         let kind = self.meta.lock().header.compression;

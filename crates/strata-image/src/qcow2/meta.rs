@@ -19,6 +19,8 @@ use crate::storage::Storage;
 #[derive(Debug)]
 pub(crate) struct Meta {
     pub st: Arc<dyn Storage>,
+    /// Where guest data lives: the external data file, or `st` itself.
+    pub data: Arc<dyn Storage>,
     pub path: String,
     pub geo: Geometry,
     pub header: Header,
@@ -105,6 +107,7 @@ impl Meta {
         let lazy = header.compatible & super::header::COMPAT_LAZY_REFCOUNTS != 0;
         let marked_dirty = header.incompatible & INCOMPAT_DIRTY != 0;
         Ok(Meta {
+            data: st.clone(),
             st,
             path,
             geo,
@@ -265,8 +268,21 @@ impl Meta {
         Ok(())
     }
 
+    /// Makes guest data written so far durable (the data file first, when
+    /// the image has one), then the qcow2 file.
+    pub fn sync_data(&self) -> Result<()> {
+        if !Arc::ptr_eq(&self.data, &self.st) {
+            self.data.flush()?;
+        }
+        self.st.flush()
+    }
+
     /// Queues the release of whatever host storage an old L2 entry referenced.
+    /// Data clusters in an external data file are not refcounted: nothing to release.
     pub fn release_entry(&mut self, entry: u64) {
+        if self.geo.data_file {
+            return;
+        }
         match decode_l2(entry, &self.geo) {
             Cluster::Data { host, .. } => self.pending_free.push(host),
             Cluster::Zero { host } if host != 0 => self.pending_free.push(host),
@@ -299,7 +315,7 @@ impl Meta {
         if self.in_tx {
             // A shadow transaction owns every dirty table until it commits
             // or aborts: nothing may be written in place meanwhile.
-            return self.st.flush();
+            return self.sync_data();
         }
         let refcounts_due = !self.lazy && (self.rb.any_dirty() || !self.rt_dirty.is_empty());
         let tables_due = self.l2.any_dirty() || self.l1_dirty;
@@ -312,9 +328,9 @@ impl Meta {
                 if self.release_ok {
                     t.trim();
                 }
-                t.persist_with(self.st.as_ref(), || self.st.flush())?;
+                t.persist_with(self.st.as_ref(), || self.sync_data())?;
             }
-            None => self.st.flush()?,
+            None => self.sync_data()?,
         }
         if self.lazy && tables_due && !self.marked_dirty && self.rb.any_dirty() {
             self.header.incompatible |= INCOMPAT_DIRTY;

@@ -15,6 +15,7 @@ mod cache;
 pub mod check;
 mod compress;
 mod create;
+pub mod data_file;
 pub mod header;
 mod inflight;
 mod io;
@@ -44,7 +45,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{Error, Result};
 use crate::image::{check_range, Extent, Format, Image};
 use crate::storage::{LockMode, Storage};
-use header::{AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
+use header::{AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 use meta::Meta;
 use types::Geometry;
 
@@ -62,6 +63,9 @@ pub struct OpenOptions {
     /// Writable for bitmap changes only (as `qemu-img bitmap`): guest
     /// writes are refused.
     pub bitmaps_only: bool,
+    /// The external data file, already open (tests put it on a memory or
+    /// fault-injecting backend); `None` opens the file the header names.
+    pub data_file: Option<Arc<dyn Storage>>,
 }
 
 impl Default for OpenOptions {
@@ -72,6 +76,7 @@ impl Default for OpenOptions {
             cache_bytes: 32 << 20,
             allow_corrupt: false,
             bitmaps_only: false,
+            data_file: None,
         }
     }
 }
@@ -80,6 +85,8 @@ impl Default for OpenOptions {
 #[derive(Debug)]
 pub struct Qcow2 {
     st: Arc<dyn Storage>,
+    /// Where guest data lives: the external data file, or `st` itself.
+    data: Arc<dyn Storage>,
     path: String,
     geo: Geometry,
     size: AtomicU64,
@@ -125,16 +132,24 @@ impl Qcow2 {
                 "the image is marked corrupt (incompatible bit 1); it can only be opened read-only or repaired with `check -r all`",
             ));
         }
+        let data = match (&opts.data_file, header.has_data_file()) {
+            (Some(d), true) => d.clone(),
+            (_, true) => data_file::open(&path, &header, opts.writable, opts.lock)?
+                .unwrap_or_else(|| st.clone()),
+            (_, false) => st.clone(),
+        };
         let geo = Geometry::new(&header);
         let size = header.size;
         let mut meta = Meta::load(st.clone(), path.clone(), header, opts.cache_bytes)?;
+        meta.data = data.clone();
         if opts.writable {
             // Autoclear bits we do not maintain must be cleared before
             // writing. Bitmaps (bit 0) are maintained: guest writes are
             // tracked in every enabled bitmap.
-            let unknown = meta.header.autoclear & !AUTOCLEAR_BITMAPS;
+            let kept = AUTOCLEAR_BITMAPS | (meta.header.autoclear & AUTOCLEAR_DATA_FILE_RAW);
+            let unknown = meta.header.autoclear & !kept;
             if unknown != 0 {
-                meta.header.autoclear &= AUTOCLEAR_BITMAPS;
+                meta.header.autoclear &= kept;
                 meta.write_header()?;
                 st.flush()?;
             }
@@ -145,6 +160,7 @@ impl Qcow2 {
         }
         let img = Qcow2 {
             st,
+            data,
             path,
             geo,
             size: AtomicU64::new(size),
@@ -177,6 +193,17 @@ impl Qcow2 {
         &self.st
     }
 
+    /// The external data file's storage, when the image has one.
+    pub fn data_file(&self) -> Option<&Arc<dyn Storage>> {
+        self.geo.data_file.then_some(&self.data)
+    }
+
+    /// True when the external data file is a consistent raw image of the
+    /// guest (`data_file_raw`).
+    pub fn data_file_raw(&self) -> bool {
+        self.meta.lock().header.data_file_raw()
+    }
+
     /// Checks refcounts and tables; repairs what `mode` allows.
     pub fn check(&self, mode: CheckMode) -> Result<CheckReport> {
         if mode != CheckMode::ReadOnly {
@@ -186,8 +213,30 @@ impl Qcow2 {
     }
 
     /// Creates a qcow2 file at `path` (mode 0600; refuses to overwrite).
+    ///
+    /// With `data_file`, the data file is created too (or, when it exists,
+    /// taken over with its contents; see [`data_file`]); with
+    /// `data_file_raw` every cluster is mapped up front (preallocation
+    /// metadata at least), as qemu-img does.
     pub fn create_file(path: &std::path::Path, opts: &CreateOptions) -> Result<()> {
+        opts.validate(&path.display().to_string())?;
+        let mut opts = opts.clone();
+        if opts.data_file_raw && opts.preallocation == Preallocation::Off {
+            opts.preallocation = Preallocation::Metadata;
+        }
+        let opts = &opts;
         let st: Arc<dyn Storage> = Arc::new(crate::storage::FileStorage::create(path, false)?);
+        let data_made = match &opts.data_file {
+            Some(name) => match data_file::create(path, name, opts.size, opts.preallocation) {
+                Ok(created) => created,
+                Err(e) => {
+                    drop(st);
+                    let _ = std::fs::remove_file(path);
+                    return Err(e);
+                }
+            },
+            None => false,
+        };
         let made = create(st.as_ref(), opts).and_then(|()| {
             if opts.preallocation == Preallocation::Off {
                 return Ok(());
@@ -207,6 +256,9 @@ impl Qcow2 {
         });
         if let Err(e) = made {
             let _ = std::fs::remove_file(path);
+            if let (true, Some(name)) = (data_made, &opts.data_file) {
+                data_file::remove_created(path, name);
+            }
             return Err(e);
         }
         Ok(())
@@ -308,7 +360,18 @@ impl Qcow2 {
                 "the image has persistent bitmaps: remove them before resizing",
             ));
         }
-        self.exclusive(|m| create::grow(m, new_size))?;
+        self.exclusive(|m| {
+            let old_clusters = m.header.size.div_ceil(self.geo.cluster_size);
+            if self.geo.data_file && m.data.len()? < new_size {
+                m.data.set_len(new_size)?;
+            }
+            create::grow(m, new_size)?;
+            if m.header.data_file_raw() {
+                // The raw data file must stay mapped in full.
+                create::preallocate_from(m, Preallocation::Metadata, old_clusters)?;
+            }
+            Ok(())
+        })?;
         self.size.store(new_size, Ordering::SeqCst);
         Ok(())
     }
@@ -378,7 +441,8 @@ impl Image for Qcow2 {
     }
 
     fn host_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.st.as_fd()
+        // Host offsets of data clusters point into the data file, if any.
+        self.data.as_fd()
     }
 
     fn actual_size(&self) -> Result<u64> {

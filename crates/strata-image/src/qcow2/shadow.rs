@@ -102,6 +102,7 @@ impl Meta {
         self.rb.clear();
         let header = super::read_header(self.st.as_ref())?;
         let mut fresh = Meta::load(self.st.clone(), self.path.clone(), header, self.cache_bytes)?;
+        fresh.data = self.data.clone();
         // The bitmaps the old state tracks are still the durable ones.
         fresh.tracker = self.tracker.take();
         fresh.track = self.track;

@@ -194,6 +194,13 @@ impl Meta {
         name: Option<&str>,
         vm_clock_nsec: u64,
     ) -> Result<(Switch, SnapshotInfo)> {
+        if let Some(name) = self.header.data_file_name() {
+            // As QEMU: "Operation not supported" on any image with a data file.
+            return Err(Error::unsupported(
+                path,
+                format!("internal snapshots of an image with an external data file ({name})"),
+            ));
+        }
         let mut entries = self.snapshot_entries()?;
         let (sec, nsec) = now();
         let name = match name {

@@ -35,6 +35,10 @@ pub struct Geometry {
     pub rb_entries: u64,
     /// Version 3 features (zero flag) are available.
     pub v3: bool,
+    /// Guest data lives in an external data file at host offset == guest
+    /// offset: data clusters are not refcounted, and an L2 offset of 0 with
+    /// COPIED set maps guest cluster 0.
+    pub data_file: bool,
 }
 
 impl Geometry {
@@ -53,6 +57,7 @@ impl Geometry {
             refcount_bits: rbits,
             rb_entries: cs * 8 / rbits as u64,
             v3: h.version >= 3,
+            data_file: h.has_data_file(),
         }
     }
 
@@ -146,12 +151,23 @@ pub fn decode_l2(entry: u64, geo: &Geometry) -> Cluster {
     if !geo.extended() && entry & ZERO != 0 {
         return Cluster::Zero { host };
     }
-    if host == 0 {
+    if host == 0 && !(geo.data_file && entry & COPIED != 0) {
         return Cluster::Unallocated;
     }
     Cluster::Data {
         host,
         copied: entry & COPIED != 0,
+    }
+}
+
+/// The host cluster a cluster holds on to, if any: a data cluster's, or a
+/// zero cluster's preallocated one. With an external data file, host
+/// offset 0 is a real cluster (guest cluster 0) when COPIED is set.
+pub fn held_host(entry: u64, geo: &Geometry) -> Option<u64> {
+    match decode_l2(entry, geo) {
+        Cluster::Data { host, .. } => Some(host),
+        Cluster::Zero { host } if host != 0 || (geo.data_file && entry & COPIED != 0) => Some(host),
+        _ => None,
     }
 }
 

@@ -2,7 +2,8 @@
 //! entries (zero flag, freed storage); partial clusters are written with
 //! zeros (write-zeroes) or left alone (discard), as QEMU does.
 
-use super::types::{decode_l2, Cluster, COPIED, ZERO};
+use super::meta::Meta;
+use super::types::{decode_l2, held_host, Cluster, COPIED, ZERO};
 use super::Qcow2;
 use crate::error::Result;
 use crate::image::Image;
@@ -22,11 +23,17 @@ impl Qcow2 {
         if len == 0 {
             return Ok(());
         }
-        if let Some(t) = &self.meta.lock().tracker {
+        let persist = match &self.meta.lock().tracker {
             // Whole clusters change mappings (their bits go out with the next
             // metadata flush); partial ones are written through `write_inner`,
-            // which makes the bits durable first where it must.
-            t.mark(offset, len);
+            // which makes the bits durable first where it must. An external
+            // data file is zeroed or discarded in place, under mappings that
+            // may be durable: the bits must be durable first.
+            Some(t) => (t.mark(offset, len) && self.geo.data_file).then(|| t.clone()),
+            None => None,
+        };
+        if let Some(t) = persist {
+            t.persist_range(self.st.as_ref(), offset, len)?;
         }
         let cs = self.geo.cluster_size;
         let end = offset + len;
@@ -120,7 +127,7 @@ impl Qcow2 {
             let allocated = !matches!(kind, Cluster::Unallocated | Cluster::Zero { host: 0 });
             let keep = match kind {
                 Cluster::Data { host, copied: true } if !unmap => Some(host),
-                Cluster::Zero { host } if host != 0 && !unmap && entry & COPIED != 0 => Some(host),
+                Cluster::Zero { .. } if !unmap && entry & COPIED != 0 => held_host(entry, &geo),
                 _ => None,
             };
             let new = if geo.extended() {
@@ -144,6 +151,10 @@ impl Qcow2 {
             };
             if let Some((e, b)) = new {
                 if (e, b) != (entry, bitmap) {
+                    if geo.data_file {
+                        let kept = keep.is_some_and(|h| e & super::types::OFFSET_MASK == h);
+                        self.zero_in_data_file(&m, entry, pos, kept)?;
+                    }
                     m.set_l2_entry(pos, e, b)?;
                     // Release the old storage unless the new entry still holds it.
                     let still_held = keep.is_some_and(|h| e & super::types::OFFSET_MASK == h);
@@ -155,5 +166,31 @@ impl Qcow2 {
             pos += cs;
         }
         Ok(explicit)
+    }
+
+    /// Before guest cluster `pos` turns into zeros (its old L2 entry was
+    /// `entry`): with a raw data file its bytes there are zeroed (kept
+    /// allocated when the mapping is `kept`); otherwise a cluster that loses
+    /// its mapping is discarded from the data file, as QEMU does.
+    fn zero_in_data_file(&self, m: &Meta, entry: u64, pos: u64, kept: bool) -> Result<()> {
+        let end = (pos + self.geo.cluster_size).min(self.size());
+        if end <= pos {
+            return Ok(());
+        }
+        let had_host = matches!(
+            decode_l2(entry, &self.geo),
+            Cluster::Data { .. } | Cluster::Zero { host: 1.. }
+        );
+        if m.header.data_file_raw() {
+            if kept {
+                self.data.write_zeroes(pos, end - pos)
+            } else {
+                self.data.punch_hole(pos, end - pos)
+            }
+        } else if had_host && !kept {
+            self.data.punch_hole(pos, end - pos)
+        } else {
+            Ok(())
+        }
     }
 }

@@ -326,3 +326,36 @@ pub fn qemu_bitmaps(path: &Path) -> Vec<(String, u64, Vec<String>)> {
         })
         .unwrap_or_default()
 }
+
+/// Asserts the image has exactly the bitmaps of a crash test (`count`),
+/// each enabled and not in use, and that every granule whose bytes differ
+/// between `before` and `after` has its bit set.
+pub fn assert_changed_granules_marked(
+    ctx: &str,
+    img: &Qcow2,
+    count: usize,
+    before: &[u8],
+    after: &[u8],
+) {
+    let size = before.len() as u64;
+    let dir = img.bitmaps().unwrap();
+    assert_eq!(dir.len(), count, "{ctx}: bitmaps lost: {dir:?}");
+    for b in &dir {
+        assert!(b.enabled() && !b.in_use(), "{ctx}: {b:?}");
+        let mut bit = vec![false; size.div_ceil(b.granularity) as usize];
+        for (o, l) in img.bitmap_dirty(&b.name).unwrap() {
+            for g in o / b.granularity..(o + l).div_ceil(b.granularity) {
+                bit[g as usize] = true;
+            }
+        }
+        for (g, set) in bit.iter().enumerate() {
+            let r =
+                g * b.granularity as usize..((g + 1) * b.granularity as usize).min(size as usize);
+            assert!(
+                *set || after[r.clone()] == before[r.clone()],
+                "{ctx}: bitmap {} misses granule {g} (bytes {r:?}) whose data changed",
+                b.name
+            );
+        }
+    }
+}
