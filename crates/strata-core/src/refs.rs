@@ -7,7 +7,8 @@
 //! internal one, the image holding it). A file is needed when it is a root
 //! or in a root's backing chain. Only files strata made for the domain (its
 //! overlays, recorded in the store) are ever deleted, and only when no
-//! domain needs them.
+//! domain needs them. The same roots, with who needs each, tell a revert
+//! whether an image's current contents may change ([`dependency`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
