@@ -209,13 +209,17 @@ fn revert_internal_and_external_keeps_every_snapshot() {
     for f in ["vda.qcow2", "vdb.qcow2", "vda.s2.1", "vdb.s2.1"] {
         qemu_img(p, &["check", f]);
     }
-    // s1 lives inside vda.qcow2, now the backing file of an overlay:
-    // applying it would change them, so the revert is refused, changing nothing.
-    let r = strata(p, &st(&["snapshot", "revert", "vm", "s1"])).expect(1);
+    // s1 lives inside vda.qcow2, which s2 keeps as it was (and the current
+    // overlays are built on): applying s1 would change it, so the revert is
+    // refused, naming why, changing nothing.
+    let r = strata(p, &st(&["snapshot", "revert", "vm", "s1"]));
+    let line = r.one_error(
+        1,
+        "vda.qcow2 is the image kept as it was for external snapshot 's2' (disk 'vda')",
+    );
     assert!(
-        r.stderr.contains("backing file") && r.stderr.contains("vda"),
-        "{}",
-        r.stderr
+        line.contains("snapshot 's1'") && line.contains("disk 'vda'"),
+        "{line}"
     );
     assert_eq!(ok(p, &st(&["domain", "dumpxml", "vm"])).stdout, dom);
     assert_eq!(
@@ -224,6 +228,221 @@ fn revert_internal_and_external_keeps_every_snapshot() {
     );
     let r = strata(p, &st(&["snapshot", "revert", "vm", "s2", "--running"])).expect(1);
     assert!(r.stderr.contains("hypervisor"), "{}", r.stderr);
+}
+
+/// Everything a refused revert must leave as it was: every image file's
+/// bytes and the domain's metadata as strata shows it.
+fn everything(p: &std::path::Path) -> (Vec<(String, Vec<u8>)>, String) {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("vd"))
+        .map(|n| {
+            let bytes = std::fs::read(p.join(&n)).unwrap();
+            (n, bytes)
+        })
+        .collect();
+    files.sort();
+    let mut meta = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout;
+    meta += &ok(p, &st(&["snapshot", "list", "vm", "--tree"])).stdout;
+    meta += &ok(p, &st(&["snapshot", "current", "vm", "--name"])).stdout;
+    for s in ok(p, &st(&["snapshot", "list", "vm", "--name"]))
+        .stdout
+        .lines()
+    {
+        if !s.is_empty() {
+            meta += &ok(p, &st(&["snapshot", "dumpxml", "vm", s])).stdout;
+        }
+    }
+    (files, meta)
+}
+
+/// The domain's disk sources, as `domain dumpxml` shows them (file names).
+fn sources(p: &std::path::Path) -> Vec<String> {
+    let dom = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout;
+    dom.split("<source file='")
+        .skip(1)
+        .chain(dom.split("<source file=\"").skip(1))
+        .filter_map(|t| t.split(['\'', '"']).next())
+        .map(|f| f.rsplit('/').next().unwrap_or(f).to_string())
+        .collect()
+}
+
+#[test]
+fn revert_to_an_internal_snapshot_in_an_image_no_longer_active() {
+    let d = tmp();
+    let p = d.path();
+    setup_vm(p);
+    ok(
+        p,
+        &st(&["snapshot", "create", "vm", "--disk-only", "--name", "s1"]),
+    );
+    assert_eq!(sources(p), ["vda.s1", "vdb.s1"]);
+    qemu_io(p, "qcow2", "vda.s1", &["write -P 17 1M 1M"]);
+    qemu_io(p, "qcow2", "vdb.s1", &["write -P 33 1M 1M"]);
+    // Internal, inside the overlays.
+    ok(p, &st(&["snapshot", "create", "vm", "--name", "s2"]));
+    assert_eq!(qemu_names(p, "vda.s1"), ["s2"]);
+    assert_eq!(qemu_names(p, "vdb.s1"), ["s2"]);
+    let vda_base = std::fs::read(p.join("vda.qcow2")).unwrap();
+    let vdb_base = std::fs::read(p.join("vdb.qcow2")).unwrap();
+    // What each disk reads at s2 and at s1.
+    let at = |name: &str, base: u8, s2: Option<u8>| {
+        let two = vec![s2.unwrap_or(0); 1 << 20];
+        reference(p, name, 8 << 20, &[(0, &[base; 1 << 20]), (1 << 20, &two)])
+    };
+    at("vda-s2.raw", 1, Some(17));
+    at("vdb-s2.raw", 2, Some(33));
+    at("vda-s1.raw", 1, None);
+    at("vdb-s1.raw", 2, None);
+    let check_all = |files: &[&str]| {
+        for f in files {
+            assert_clean(p, f);
+        }
+    };
+    // The image holding s2 is active: applied in place.
+    ok(p, &st(&["snapshot", "revert", "vm", "s2"]));
+    assert_eq!(sources(p), ["vda.s1", "vdb.s1"]);
+    assert_same(p, "vda.s1", "vda-s2.raw");
+    assert_same(p, "vdb.s1", "vdb-s2.raw");
+    // Writes after s2, then back to s1: fresh overlays over the base
+    // images; vda.s1 stays (it holds s2), written state and all.
+    qemu_io(p, "qcow2", "vda.s1", &["write -P 18 2M 1M"]);
+    qemu_io(p, "qcow2", "vdb.s1", &["write -P 34 2M 1M"]);
+    ok(p, &st(&["snapshot", "revert", "vm", "s1"]));
+    assert_eq!(sources(p), ["vda.s1.1", "vdb.s1.1"]);
+    assert_same(p, "vda.s1.1", "vda-s1.raw");
+    assert_same(p, "vdb.s1.1", "vdb-s1.raw");
+    qemu_io(p, "qcow2", "vda.s1", &["read -P 18 2M 1M"]);
+    check_all(&[
+        "vda.qcow2",
+        "vdb.qcow2",
+        "vda.s1",
+        "vdb.s1",
+        "vda.s1.1",
+        "vdb.s1.1",
+    ]);
+    // Written on the s1 branch, then back to s2: nothing needs vda.s1's
+    // current state (the revert to s1 discarded it), so s2 is applied
+    // there and the disks point at vda.s1 / vdb.s1 again; the abandoned
+    // overlays go, the base images stay as s1 needs them.
+    qemu_io(p, "qcow2", "vda.s1.1", &["write -P 19 3M 1M"]);
+    let r = ok(
+        p,
+        &st(&["--output", "json", "snapshot", "revert", "vm", "s2"]),
+    )
+    .json();
+    assert_eq!(r["new_overlays"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(sources(p), ["vda.s1", "vdb.s1"]);
+    assert_eq!(
+        ok(p, &st(&["snapshot", "current", "vm", "--name"])).stdout,
+        "s2\n"
+    );
+    assert_same(p, "vda.s1", "vda-s2.raw");
+    assert_same(p, "vdb.s1", "vdb-s2.raw");
+    qemu_io(
+        p,
+        "qcow2",
+        "vda.s1",
+        &["read -P 17 1M 1M", "read -P 0 2M 2M"],
+    );
+    assert!(!p.join("vda.s1.1").exists() && !p.join("vdb.s1.1").exists());
+    assert_eq!(std::fs::read(p.join("vda.qcow2")).unwrap(), vda_base);
+    assert_eq!(std::fs::read(p.join("vdb.qcow2")).unwrap(), vdb_base);
+    assert_eq!(qemu_names(p, "vda.s1"), ["s2"]);
+    check_all(&["vda.qcow2", "vdb.qcow2", "vda.s1", "vdb.s1"]);
+    // Both snapshots still revert as they should.
+    ok(p, &st(&["snapshot", "revert", "vm", "s1"]));
+    assert_same(p, "vda.s1.1", "vda-s1.raw");
+    ok(p, &st(&["snapshot", "revert", "vm", "s2"]));
+    assert_same(p, "vdb.s1", "vdb-s2.raw");
+    assert!(!p.join("vda.s1.1").exists());
+}
+
+#[test]
+fn revert_is_refused_while_a_needed_image_depends_on_the_snapshots_image() {
+    let d = tmp();
+    let p = d.path();
+    setup_vm(p);
+    ok(
+        p,
+        &st(&["snapshot", "create", "vm", "--disk-only", "--name", "s1"]),
+    );
+    qemu_io(p, "qcow2", "vda.s1", &["write -P 17 1M 1M"]);
+    ok(p, &st(&["snapshot", "create", "vm", "--name", "s2"]));
+    // s3 keeps vda.s1 read-only under new overlays; s4 lives in them.
+    ok(
+        p,
+        &st(&["snapshot", "create", "vm", "--disk-only", "--name", "s3"]),
+    );
+    qemu_io(p, "qcow2", "vda.s3", &["write -P 18 2M 1M"]);
+    ok(p, &st(&["snapshot", "create", "vm", "--name", "s4"]));
+    let dir = std::fs::canonicalize(p).unwrap();
+    let vda_s1 = dir.join("vda.s1").display().to_string();
+    let vda_s3 = dir.join("vda.s3").display().to_string();
+    // s3 needs vda.s1 as it is.
+    let before = everything(p);
+    let line = strata(p, &st(&["snapshot", "revert", "vm", "s2"])).one_error(
+        1,
+        &format!("{vda_s1} is the image kept as it was for external snapshot 's3' (disk 'vda')"),
+    );
+    assert!(
+        line.contains("domain 'vm'")
+            && line.contains("snapshot 's2'")
+            && line.contains("disk 'vda'"),
+        "{line}"
+    );
+    assert!(
+        everything(p) == before,
+        "a refused revert changed something"
+    );
+    // Without s3 (its overlay holds s4, so it is not merged away), vda.s1
+    // is still the backing file of vda.s3, where s4 lives.
+    ok(p, &st(&["snapshot", "delete", "vm", "s3"]));
+    assert!(p.join("vda.s3").exists());
+    assert_eq!(
+        run_in(p, "qemu-img", &["info", "--output=json", "vda.s3"]).json()["backing-filename"]
+            .as_str()
+            .map(|b| b.ends_with("vda.s1")),
+        Some(true)
+    );
+    let before = everything(p);
+    let line = strata(p, &st(&["snapshot", "revert", "vm", "s2"])).one_error(
+        1,
+        &format!(
+            "{vda_s1} is the backing file of {vda_s3}, which snapshot 's4' (disk 'vda') needs"
+        ),
+    );
+    assert!(line.contains("snapshot 's2'"), "{line}");
+    assert!(
+        everything(p) == before,
+        "a refused revert changed something"
+    );
+    for f in [
+        "vda.qcow2",
+        "vdb.qcow2",
+        "vda.s1",
+        "vdb.s1",
+        "vda.s3",
+        "vdb.s3",
+    ] {
+        assert_clean(p, f);
+    }
+    // Once s4 goes, nothing needs vda.s3 but the current disk, whose state
+    // a revert discards: s2 is applied and the overlays strata made go.
+    ok(p, &st(&["snapshot", "delete", "vm", "s4"]));
+    ok(p, &st(&["snapshot", "revert", "vm", "s2"]));
+    assert_eq!(sources(p), ["vda.s1", "vdb.s1"]);
+    assert!(!p.join("vda.s3").exists() && !p.join("vdb.s3").exists());
+    qemu_io(
+        p,
+        "qcow2",
+        "vda.s1",
+        &["read -P 1 0 1M", "read -P 17 1M 1M", "read -P 0 2M 6M"],
+    );
+    for f in ["vda.qcow2", "vdb.qcow2", "vda.s1", "vdb.s1"] {
+        assert_clean(p, f);
+    }
 }
 
 #[test]

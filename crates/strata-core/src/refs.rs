@@ -7,7 +7,8 @@
 //! internal one, the image holding it). A file is needed when it is a root
 //! or in a root's backing chain. Only files strata made for the domain (its
 //! overlays, recorded in the store) are ever deleted, and only when no
-//! domain needs them.
+//! domain needs them. The same roots, with who needs each, tell a revert
+//! whether an image's current contents may change ([`dependency`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -60,6 +61,16 @@ impl Graph {
         out
     }
 
+    /// Why `file` (canonical) could not be opened, when it exists and could
+    /// not: its chain is unknown. A file that does not exist has no chain.
+    pub(crate) fn unreadable_why(&self, file: &Path) -> Option<&str> {
+        self.unreadable
+            .iter()
+            .find(|(f, _)| f == file)
+            .filter(|(f, _)| f.exists())
+            .map(|(_, e)| e.as_str())
+    }
+
     /// The backing file of `file` (canonical), if known.
     pub(crate) fn backing_of(&self, file: &Path) -> Option<&PathBuf> {
         self.backing.get(file).and_then(|b| b.as_ref())
@@ -92,21 +103,97 @@ impl Graph {
     }
 }
 
+/// Who needs a root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// A domain's disk, as its current image.
+    Disk {
+        /// The domain.
+        domain: String,
+        /// The disk's target (`vda`).
+        target: String,
+    },
+    /// A snapshot's disk: the image holding it (internal) or the image
+    /// kept read-only for it (external).
+    Snapshot {
+        /// The domain.
+        domain: String,
+        /// The snapshot.
+        snapshot: String,
+        /// The disk's target.
+        disk: String,
+    },
+    /// A file strata made and handed over to the user.
+    HandedOver,
+}
+
+impl Owner {
+    /// How a message names it, seen from domain `here`.
+    fn describe(&self, here: &str) -> String {
+        let of = |d: &str| {
+            if d == here {
+                String::new()
+            } else {
+                format!(" of domain '{d}'")
+            }
+        };
+        match self {
+            Owner::Disk { domain, target } => format!("disk '{target}'{}", of(domain)),
+            Owner::Snapshot {
+                domain,
+                snapshot,
+                disk,
+            } => format!("snapshot '{snapshot}'{} (disk '{disk}')", of(domain)),
+            Owner::HandedOver => "the user (strata handed it over)".to_string(),
+        }
+    }
+}
+
+/// A file the metadata needs, why, and for whom.
+#[derive(Clone, Debug)]
+pub(crate) struct Root {
+    /// The file, canonical.
+    pub(crate) file: PathBuf,
+    /// Why.
+    pub(crate) need: Need,
+    /// For whom.
+    pub(crate) owner: Owner,
+}
+
 /// The roots of every domain's metadata, leaving out snapshot `skip`
 /// (`(domain, snapshot)`), with why each is needed.
 pub(crate) fn roots(store: &Store, skip: Option<(&str, &str)>) -> Result<Vec<(PathBuf, Need)>> {
+    Ok(owned_roots(store, skip)?
+        .into_iter()
+        .map(|r| (r.file, r.need))
+        .collect())
+}
+
+/// [`roots`], each with whom it is needed for.
+pub(crate) fn owned_roots(store: &Store, skip: Option<(&str, &str)>) -> Result<Vec<Root>> {
     // Files handed to the user: kept with their chains, while they exist.
-    let mut out: Vec<(PathBuf, Need)> = store
+    let mut out: Vec<Root> = store
         .handed_over_files()?
         .into_iter()
         .filter(|f| f.exists())
-        .map(|f| (canon(&f), Need::Contents))
+        .map(|f| Root {
+            file: canon(&f),
+            need: Need::Contents,
+            owner: Owner::HandedOver,
+        })
         .collect();
     for summary in store.list()? {
         let dom = store.domain(&summary.name)?;
         for d in dom.disks() {
             if let Some(s) = d.source {
-                out.push((canon(&s), Need::Contents));
+                out.push(Root {
+                    file: canon(&s),
+                    need: Need::Contents,
+                    owner: Owner::Disk {
+                        domain: summary.name.clone(),
+                        target: d.target,
+                    },
+                });
             }
         }
         for row in store.snapshots(&summary.name)? {
@@ -131,11 +218,72 @@ pub(crate) fn roots(store: &Store, skip: Option<(&str, &str)>) -> Result<Vec<(Pa
                 } else {
                     Need::Contents
                 };
-                out.push((canon(&src), need));
+                out.push(Root {
+                    file: canon(&src),
+                    need,
+                    owner: Owner::Snapshot {
+                        domain: summary.name.clone(),
+                        snapshot: row.name.clone(),
+                        disk: sd.name.clone(),
+                    },
+                });
             }
         }
     }
     Ok(out)
+}
+
+/// Why the current contents of `image` must stay as they are, seen from
+/// domain `here`: a root needs them as they are, or has `image` in its
+/// backing chain (an internal snapshot reads through its image's backing
+/// chain too). `None` when nothing in `roots` depends on them. A root whose
+/// chain cannot be read (an existing file that does not open) counts as
+/// depending on them, since what lies below it is unknown.
+pub(crate) fn dependency(
+    graph: &mut Graph,
+    roots: &[Root],
+    image: &Path,
+    here: &str,
+) -> Option<String> {
+    let image = canon(image);
+    let shown = image.display();
+    for r in roots {
+        let who = r.owner.describe(here);
+        if r.file == image {
+            if r.need == Need::Contents {
+                let role = match r.owner {
+                    Owner::Disk { .. } => "the current image of",
+                    Owner::Snapshot { .. } => "the image kept as it was for external",
+                    Owner::HandedOver => "a file kept as it is for",
+                };
+                return Some(format!("{shown} is {role} {who}"));
+            }
+            // Another internal snapshot in the same image: applying this
+            // one leaves it as it is.
+            continue;
+        }
+        let chain = graph.chain(&r.file);
+        if let Some(why) = graph.unreadable_why(&r.file) {
+            return Some(format!(
+                "{}, which {who} needs, cannot be read ({why}): whether it is built on {shown} is unknown",
+                r.file.display()
+            ));
+        }
+        // chain[0] is the root itself; `k` indexes the image's upper neighbour.
+        if let Some(k) = chain.iter().skip(1).position(|f| *f == image) {
+            let above = &chain[k];
+            let via = if *above == r.file {
+                String::new()
+            } else {
+                format!(" (in the backing chain of {})", r.file.display())
+            };
+            return Some(format!(
+                "{shown} is the backing file of {}{via}, which {who} needs",
+                above.display()
+            ));
+        }
+    }
+    None
 }
 
 /// Every file the roots need: each root and its backing chain.

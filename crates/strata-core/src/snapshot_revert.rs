@@ -1,10 +1,16 @@
 //! `snapshot revert` of a machine that is not running, in one all-or-nothing
 //! image transaction:
 //! - a disk snapshotted internally gets the snapshot applied in the image
-//!   that holds it. That image must still be the disk's active one: if an
-//!   external snapshot was taken since, the image is the backing file of
-//!   newer overlays, and changing it would change what they read, so the
-//!   revert is refused (libvirt refuses it too);
+//!   that holds it, which becomes the disk's active image again if it no
+//!   longer was (as libvirt does for a machine that is off: it applies the
+//!   snapshot to the images named in the snapshot's own domain). The state
+//!   being left is discarded, as with any revert. Refused, naming the
+//!   dependent file, when something the metadata still needs (after the
+//!   revert) depends on that image's current contents: a current disk
+//!   (other than the one being reverted), an external snapshot keeping it
+//!   read-only, a file handed over to the user, or any of those or another
+//!   snapshot's image having it in its backing chain. The backing chains
+//!   are read from the images, not assumed;
 //! - a disk snapshotted externally gets a fresh overlay on top of the
 //!   snapshot's image (as libvirt 9.9+ does), so the state being left stays
 //!   intact in its own overlay, on its own branch.
@@ -22,6 +28,7 @@ use strata_image::transaction::Action;
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::lock::DomainLock;
+use crate::refs::{self, Graph, Owner, Root};
 use crate::snapshot::{DiskMode, SnapshotDef};
 use crate::store::Store;
 
@@ -34,8 +41,9 @@ fn revert_overlay(base: &Path, snap: &str) -> PathBuf {
         .expect("a free name")
 }
 
-/// Reverts domain `domain` to snapshot `name`; returns the disks' new
-/// sources `(target, file)`.
+/// Reverts domain `domain` to snapshot `name`; returns the overlays it made
+/// `(target, file)` (disks that go back to the image holding an internal
+/// snapshot are not among them).
 pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String, PathBuf)>> {
     let _lock = DomainLock::acquire(store.dir(), domain)?;
     let dom = store.domain(domain)?;
@@ -58,11 +66,30 @@ pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String
     let mut actions = Vec::new();
     let mut new_dom = dom.clone();
     let mut moved = Vec::new();
+    // What the metadata needs once the revert is done: every root but the
+    // current images of the disks taking part, whose state is discarded.
+    let mut graph = Graph::default();
+    let after: Vec<Root> = if def.disks.iter().any(|d| d.mode == DiskMode::Internal) {
+        let taking_part: Vec<&str> = def
+            .disks
+            .iter()
+            .filter(|d| d.mode != DiskMode::No)
+            .map(|d| d.name.as_str())
+            .collect();
+        refs::owned_roots(store, None)?
+            .into_iter()
+            .filter(|r| {
+                !matches!(&r.owner, Owner::Disk { domain: dom, target }
+                    if dom == domain && taking_part.contains(&target.as_str()))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     for d in def.disks.iter().filter(|d| d.mode != DiskMode::No) {
         let disk_what = format!("{what}: disk '{}'", d.name);
-        let then_src = then_disks
-            .iter()
-            .find(|t| t.target == d.name)
+        let then_disk = then_disks.iter().find(|t| t.target == d.name);
+        let then_src = then_disk
             .and_then(|t| t.source.clone())
             .ok_or_else(|| Error::invalid(&disk_what, "not in the snapshot's domain definition"))?;
         let now_src = now_disks
@@ -71,13 +98,12 @@ pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String
             .and_then(|t| t.source.clone());
         match d.mode {
             DiskMode::Internal => {
-                if now_src.as_deref() != Some(then_src.as_path()) {
+                if let Some(why) = refs::dependency(&mut graph, &after, &then_src, domain) {
                     return Err(Error::invalid(
                         &disk_what,
                         format!(
-                            "the snapshot is inside {}, which is now the backing file of {} (an external snapshot was taken since); applying it would change what the newer images read",
-                            then_src.display(),
-                            now_src.map(|p| p.display().to_string()).unwrap_or_else(|| "nothing".into())
+                            "the snapshot is inside {}, whose contents must stay as they are: {why}; applying the snapshot would change them",
+                            then_src.display()
                         ),
                     ));
                 }
@@ -85,6 +111,11 @@ pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String
                     file: then_src.clone(),
                     name: name.to_string(),
                 });
+                if now_src.as_deref().map(refs::canon) != Some(refs::canon(&then_src)) {
+                    // Internal snapshots live only in qcow2 images.
+                    let format = then_disk.and_then(|t| t.format.as_deref());
+                    new_dom.set_disk_source(&d.name, &then_src, format.unwrap_or("qcow2"))?;
+                }
             }
             DiskMode::External => {
                 let overlay = revert_overlay(&then_src, name);
@@ -113,6 +144,6 @@ pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String
         return Err(e);
     }
     // The state left behind goes, unless a snapshot still needs it.
-    crate::refs::collect_or_warn(store, domain);
+    refs::collect_or_warn(store, domain);
     Ok(moved)
 }

@@ -261,3 +261,23 @@ fn external_revert_is_all_or_nothing() {
         snapshot_revert::revert(s, "vm", "e0").map(|_| ())
     });
 }
+
+#[test]
+fn revert_into_an_image_no_longer_active_is_all_or_nothing() {
+    // s1 lives in e0's overlays; the revert to e0 moved the disks to fresh
+    // overlays over the base images. Reverting to s1 applies it in the old
+    // overlays and points the disks back at them: a fault at either disk
+    // leaves the disks on the fresh overlays (not collected), every image
+    // and the metadata as they were.
+    let prep = |s: &mut Store| {
+        snap(s, "e0", [DiskMode::External, DiskMode::External]);
+        write_disk(s, 0, &[5; 4096], 4096);
+        snap(s, "s1", [DiskMode::Internal, DiskMode::Internal]);
+        write_disk(s, 1, &[6; 4096], 8192);
+        snapshot_revert::revert(s, "vm", "e0").unwrap();
+        write_disk(s, 0, &[7; 4096], 12288);
+    };
+    every_fault("revert into an inactive image", 2, prep, |s| {
+        snapshot_revert::revert(s, "vm", "s1").map(|_| ())
+    });
+}

@@ -8,8 +8,15 @@
 //! is needed by the domain or its snapshots (qemu-img follows the backing
 //! chains), except those a `--metadata` delete handed to the user, which
 //! stay; the tree (parents, current) matches; and every refusal the model
-//! predicts (an internal revert under newer overlays) happens and changes
-//! nothing.
+//! predicts happens, names the dependent file and changes nothing.
+//!
+//! Revert targets include internal snapshots in images that are no longer
+//! any disk's active one. The model decides on its own, from qemu-img's
+//! backing chains, whether such a revert goes ahead: it is refused when
+//! something needed after the revert (the disks left out of the snapshot,
+//! every snapshot's images, the files handed to the user) needs the image's
+//! contents as they are or has it in its backing chain; otherwise the disk
+//! goes back to that image and the overlay it leaves must be collected.
 
 mod common;
 
@@ -68,9 +75,21 @@ struct Model {
     current_snap: Option<String>,
     /// Files a `--metadata` delete left to the user: never deleted.
     orphans: Vec<PathBuf>,
-    /// Image files removed by deletes and by reverts (so the test knows it
-    /// exercised merging and collecting).
-    removed: [usize; 2],
+    /// What ran (so the test knows it exercised the interesting paths).
+    seen: Seen,
+}
+
+/// Counts of the interesting paths a run took.
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    /// Image files removed by deletes (merges, collection).
+    removed_by_delete: usize,
+    /// Image files removed by reverts (states left behind).
+    removed_by_revert: usize,
+    /// Internal reverts into an image that was no longer active.
+    reactivated: usize,
+    /// Reverts refused because a needed image depends on the target image.
+    refused: usize,
 }
 
 /// The image of disk `disk` in snapshot `row` as the store records it (the
@@ -85,6 +104,100 @@ fn recorded_image(xml: &str, disk: &str) -> PathBuf {
         .unwrap()
 }
 
+/// The backing chain of `file` as qemu-img reads it, top first, canonical.
+fn chain(file: &Path) -> Vec<PathBuf> {
+    let info = qemu(&[
+        "info",
+        "-U",
+        "--backing-chain",
+        "--output=json",
+        file.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&info).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|layer| {
+            let f = PathBuf::from(layer["filename"].as_str().unwrap());
+            std::fs::canonicalize(&f).unwrap_or(f)
+        })
+        .collect()
+}
+
+/// The model's own answer to whether reverting to `name` may apply the
+/// internal snapshot held by `img`: what needs that image's contents as they
+/// are after the revert, as the phrases a refusal may give (empty: nothing,
+/// the revert goes ahead). Needed after the revert: the current images of
+/// the disks left out of the snapshot, every snapshot's images, the files
+/// handed to the user — and everything in their backing chains.
+fn dependents(m: &Model, name: &str, img: &Path, chains: &mut Chains) -> Vec<String> {
+    let target = &m.snaps[name];
+    let img = std::fs::canonicalize(img).unwrap();
+    let mut roots: Vec<(PathBuf, bool, String)> = Vec::new();
+    for d in DISKS.iter().filter(|d| !target.disks.contains_key(**d)) {
+        roots.push((
+            m.source[*d].clone(),
+            true,
+            format!("the current image of disk '{d}'"),
+        ));
+    }
+    for (t, s) in &m.snaps {
+        for (d, (mode, i, _)) in &s.disks {
+            roots.push((
+                i.clone(),
+                *mode == DiskMode::External,
+                format!("the image kept as it was for external snapshot '{t}' (disk '{d}')"),
+            ));
+        }
+    }
+    for o in &m.orphans {
+        roots.push((o.clone(), true, "a file kept as it is for the user".into()));
+    }
+    let mut out = Vec::new();
+    for (root, contents, role) in roots {
+        let c = chains.entry(root.clone()).or_insert_with(|| chain(&root));
+        if c[0] == img {
+            if contents {
+                out.push(format!("{} is {role}", img.display()));
+            }
+        } else if let Some(k) = c.iter().skip(1).position(|f| *f == img) {
+            out.push(format!(
+                "{} is the backing file of {}",
+                img.display(),
+                c[k].display()
+            ));
+        }
+    }
+    out
+}
+
+/// Backing chains already read by qemu-img in this step, by top file.
+type Chains = BTreeMap<PathBuf, Vec<PathBuf>>;
+
+/// The model's verdict on reverting to `name`: the first internal disk (in
+/// disk order, as strata goes) whose image something needed depends on,
+/// with the reasons a refusal may give; `None` when the revert goes ahead.
+fn refusal(m: &Model, name: &str, chains: &mut Chains) -> Option<(String, Vec<String>)> {
+    m.snaps[name].disks.iter().find_map(|(d, (mode, img, _))| {
+        let why = match mode {
+            DiskMode::Internal => dependents(m, name, img, chains),
+            _ => Vec::new(),
+        };
+        (!why.is_empty()).then(|| (d.clone(), why))
+    })
+}
+
+/// Every image file in the folder with its bytes.
+fn image_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    image_files(dir)
+        .into_iter()
+        .map(|f| {
+            let b = std::fs::read(&f).unwrap();
+            (f, b)
+        })
+        .collect()
+}
+
 /// Every file the domain's metadata needs, and the chains of the files
 /// handed to the user (`kept`), by qemu-img's backing chains.
 fn needed_files(store: &Store, kept: &[PathBuf]) -> Vec<PathBuf> {
@@ -96,20 +209,11 @@ fn needed_files(store: &Store, kept: &[PathBuf]) -> Vec<PathBuf> {
             roots.push(recorded_image(&r.xml, &d.name));
         }
     }
+    roots.sort();
+    roots.dedup();
     let mut out = Vec::new();
     for root in roots {
-        let info = qemu(&[
-            "info",
-            "-U",
-            "--backing-chain",
-            "--output=json",
-            root.to_str().unwrap(),
-        ]);
-        let v: serde_json::Value = serde_json::from_slice(&info).unwrap();
-        for layer in v.as_array().unwrap() {
-            let f = PathBuf::from(layer["filename"].as_str().unwrap());
-            out.push(std::fs::canonicalize(&f).unwrap_or(f));
-        }
+        out.extend(chain(&root));
     }
     out.sort();
     out.dedup();
@@ -199,7 +303,7 @@ fn check(dir: &Path, store: &Store, m: &Model, step: &str) {
     }
 }
 
-fn run_model(seed: u64, steps: usize) -> [usize; 2] {
+fn run_model(seed: u64, steps: usize) -> Seen {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let mut xml = String::from("<domain><name>vm</name><devices>");
@@ -225,7 +329,7 @@ fn run_model(seed: u64, steps: usize) -> [usize; 2] {
         snaps: BTreeMap::new(),
         current_snap: None,
         orphans: Vec::new(),
-        removed: [0; 2],
+        seen: Seen::default(),
     };
     let mut rng = Rng(seed);
     let mut made = 0;
@@ -256,9 +360,12 @@ fn run_model(seed: u64, steps: usize) -> [usize; 2] {
                 let name = format!("s{made}");
                 let mut specs = Vec::new();
                 let mut disks = BTreeMap::new();
+                // Half the snapshots are all internal or all external (as
+                // libvirt's defaults make them), the others mixed per disk.
+                let modes = [DiskMode::Internal, DiskMode::External, DiskMode::No];
+                let uniform = (rng.below(2) == 0).then(|| modes[rng.below(2) as usize]);
                 for disk in DISKS {
-                    let mode = [DiskMode::Internal, DiskMode::External, DiskMode::No]
-                        [rng.below(3) as usize];
+                    let mode = uniform.unwrap_or_else(|| modes[rng.below(3) as usize]);
                     specs.push(DiskSpec {
                         target: disk.into(),
                         mode: Some(mode),
@@ -298,28 +405,61 @@ fn run_model(seed: u64, steps: usize) -> [usize; 2] {
                 }
             }
             7 | 8 => {
-                let Some(name) = pick(&m, &mut rng) else {
+                // Half the time, a snapshot held in an image that is no
+                // longer its disk's active one (when there is one).
+                let mut chains = Chains::new();
+                let inactive = if rng.below(2) == 0 {
+                    pick_inactive(&m, &mut rng, &mut chains)
+                } else {
+                    None
+                };
+                let Some(name) = inactive.or_else(|| pick(&m, &mut rng)) else {
                     continue;
                 };
                 ctx = format!("revert {name}");
                 let s = m.snaps[&name].clone();
-                let refused = s
-                    .disks
-                    .iter()
-                    .any(|(d, (mode, img, _))| *mode == DiskMode::Internal && m.source[d] != *img);
+                let refusal = refusal(&m, &name, &mut chains);
+                let before = refusal.as_ref().map(|_| image_bytes(dir));
                 let r = snapshot_revert::revert(&mut store, "vm", &name);
-                if refused {
+                if let Some((disk, why)) = refusal {
+                    let e = match r {
+                        Err(e) => e.to_string(),
+                        Ok(_) => panic!("step {step} {ctx}: accepted, yet {why:?}"),
+                    };
                     assert!(
-                        r.is_err(),
-                        "step {step} {ctx}: accepted over newer overlays"
+                        e.contains(&format!("disk '{disk}'"))
+                            && why.iter().any(|w| e.contains(w.as_str())),
+                        "step {step} {ctx}: the refusal {e:?} does not give one of {why:?}"
                     );
+                    assert!(
+                        before == Some(image_bytes(dir)),
+                        "step {step} {ctx}: a refused revert changed an image"
+                    );
+                    m.seen.refused += 1;
                 } else {
                     r.unwrap_or_else(|e| panic!("step {step} {ctx}: {e}"));
+                    let now = sources(&store);
+                    for d in DISKS {
+                        match s.disks.get(d) {
+                            Some((DiskMode::Internal, img, _)) => {
+                                assert_eq!(&now[d], img, "step {step} {ctx}: source of {d}");
+                                if m.source[d] != *img {
+                                    m.seen.reactivated += 1;
+                                }
+                            }
+                            Some((_, img, _)) => assert_eq!(
+                                chain(&now[d]).get(1),
+                                Some(&std::fs::canonicalize(img).unwrap()),
+                                "step {step} {ctx}: {d} is a fresh overlay over its image"
+                            ),
+                            None => assert_eq!(now[d], m.source[d], "step {step} {ctx}: {d}"),
+                        }
+                    }
                     for (d, (_, _, data)) in &s.disks {
                         m.current.insert(d.clone(), data.clone());
                     }
                     m.current_snap = Some(name);
-                    m.source = sources(&store);
+                    m.source = now;
                 }
             }
             _ => {
@@ -389,6 +529,13 @@ fn run_model(seed: u64, steps: usize) -> [usize; 2] {
                 }
                 m.snaps.retain(|n, _| !gone.contains(n));
                 m.source = sources(&store);
+                // A merge makes references to the overlay name the image
+                // below; the contents stay what the model says (checked).
+                for r in store.snapshots("vm").unwrap() {
+                    for (d, (_, img, _)) in &mut m.snaps.get_mut(&r.name).unwrap().disks {
+                        *img = recorded_image(&r.xml, d);
+                    }
+                }
                 if req.metadata_only {
                     let needed = needed_files(&store, &m.orphans);
                     for f in image_files(dir) {
@@ -402,9 +549,9 @@ fn run_model(seed: u64, steps: usize) -> [usize; 2] {
         let after = image_files(dir);
         let fewer = files_before.iter().filter(|f| !after.contains(f)).count();
         if ctx.starts_with("delete") {
-            m.removed[0] += fewer;
+            m.seen.removed_by_delete += fewer;
         } else if ctx.starts_with("revert") {
-            m.removed[1] += fewer;
+            m.seen.removed_by_revert += fewer;
         }
         // Every step is checked in full: every snapshot's contents, every
         // image's check, every file referenced.
@@ -416,7 +563,7 @@ fn run_model(seed: u64, steps: usize) -> [usize; 2] {
         let def = SnapshotDef::from_xml(&r.xml, &r.name).unwrap();
         assert_eq!(def.disks.len(), 3);
     }
-    m.removed
+    m.seen
 }
 
 fn pick(m: &Model, rng: &mut Rng) -> Option<String> {
@@ -427,15 +574,55 @@ fn pick(m: &Model, rng: &mut Rng) -> Option<String> {
     m.snaps.keys().nth(k).cloned()
 }
 
+/// A snapshot with an internal disk whose image is not that disk's active
+/// one any more; half the time one the model lets the revert go ahead for
+/// (such reverts are otherwise rare: most such images are kept read-only
+/// by a later external snapshot).
+fn pick_inactive(m: &Model, rng: &mut Rng, chains: &mut Chains) -> Option<String> {
+    let mut names: Vec<&String> = m
+        .snaps
+        .iter()
+        .filter(|(_, s)| {
+            s.disks
+                .iter()
+                .any(|(d, (mode, img, _))| *mode == DiskMode::Internal && m.source[d] != *img)
+        })
+        .map(|(n, _)| n)
+        .collect();
+    if rng.below(2) == 0 {
+        let free: Vec<&String> = names
+            .iter()
+            .copied()
+            .filter(|n| refusal(m, n, chains).is_none())
+            .collect();
+        if !free.is_empty() {
+            names = free;
+        }
+    }
+    if names.is_empty() {
+        return None;
+    }
+    Some(names[rng.below(names.len() as u64) as usize].clone())
+}
+
 #[test]
 fn snapshot_tree_follows_the_model() {
-    let mut removed = [0; 2];
+    let mut seen = Seen::default();
     for seed in 1..=3 {
         let r = run_model(seed, 70);
-        removed[0] += r[0];
-        removed[1] += r[1];
+        seen.removed_by_delete += r.removed_by_delete;
+        seen.removed_by_revert += r.removed_by_revert;
+        seen.reactivated += r.reactivated;
+        seen.refused += r.refused;
     }
     // Overlays were merged away by deletes and left-behind states
-    // discarded by reverts: the interesting paths ran.
-    assert!(removed[0] > 0 && removed[1] > 0, "{removed:?}");
+    // discarded by reverts; internal snapshots in images no longer active
+    // were both reverted to and refused: the interesting paths ran.
+    assert!(
+        seen.removed_by_delete > 0
+            && seen.removed_by_revert > 0
+            && seen.reactivated > 0
+            && seen.refused > 0,
+        "{seen:?}"
+    );
 }
