@@ -231,6 +231,7 @@ fn qemu_and_nbdinfo_connect_with_x509() {
 }
 
 /// Writes `keys.psk` in `dir` with `user:key` lines.
+#[cfg(feature = "tls-psk")]
 fn psk_file(p: &Path, dir: &str, lines: &[(&str, &str)]) {
     std::fs::create_dir_all(p.join(dir)).unwrap();
     let text: String = lines.iter().map(|(u, k)| format!("{u}:{k}\n")).collect();
@@ -238,11 +239,13 @@ fn psk_file(p: &Path, dir: &str, lines: &[(&str, &str)]) {
 }
 
 /// A fresh random 32-byte key, in hex.
+#[cfg(feature = "tls-psk")]
 fn random_key(p: &Path) -> String {
     let r = run_in(p, "openssl", &["rand", "-hex", "32"]).expect(0);
     r.stdout.trim().to_string()
 }
 
+#[cfg(feature = "tls-psk")]
 #[test]
 fn qemu_and_nbdinfo_connect_with_psk() {
     let d = tmp();
@@ -325,6 +328,7 @@ fn qemu_and_nbdinfo_connect_with_psk() {
     written(p);
 }
 
+#[cfg(feature = "tls-psk")]
 #[test]
 fn bad_psk_files_are_refused_at_start() {
     let d = tmp();
@@ -370,4 +374,33 @@ fn bad_psk_files_are_refused_at_start() {
         ],
     );
     r.one_error(1, "missing.psk");
+}
+
+/// Built without the tls-psk feature (no OpenSSL), `--tls-psk` is refused
+/// at start, naming the file and the missing feature.
+#[cfg(not(feature = "tls-psk"))]
+#[test]
+fn psk_is_refused_in_a_build_without_it() {
+    let d = tmp();
+    let p = d.path();
+    images(p);
+    std::fs::write(
+        p.join("keys.psk"),
+        "alice:00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    let r = strata(
+        p,
+        &[
+            "nbd",
+            "serve",
+            "--socket",
+            "s.sock",
+            "--tls-psk",
+            "keys.psk",
+            "d.qcow2",
+        ],
+    );
+    let line = r.one_error(1, "tls-psk feature");
+    assert!(line.contains("keys.psk"), "{line}");
 }

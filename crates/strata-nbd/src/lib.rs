@@ -12,6 +12,7 @@ pub mod error;
 pub mod export;
 mod handshake;
 pub mod proto;
+#[cfg(feature = "tls-psk")]
 mod psk;
 mod read;
 mod reply;

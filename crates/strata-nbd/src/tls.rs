@@ -4,7 +4,8 @@
 //! `server-cert.pem`, `server-key.pem`, and `ca-crl.pem` if present), and
 //! clients must present a certificate signed by that CA, as QEMU's
 //! `verify-peer=on` (its default) asks. Pre-shared keys go through OpenSSL
-//! (see `psk`), since rustls has none.
+//! (see `psk`), since rustls has none; they need the `tls-psk` feature (on
+//! by default).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Error, Result};
+#[cfg(feature = "tls-psk")]
 use crate::psk;
 
 /// Server-side TLS credentials.
@@ -31,6 +33,7 @@ enum Kind {
     /// x509 through rustls.
     X509(TlsAcceptor),
     /// Pre-shared keys through OpenSSL.
+    #[cfg(feature = "tls-psk")]
     Psk(openssl::ssl::SslContext),
 }
 
@@ -89,6 +92,7 @@ impl Tls {
     /// Loads pre-shared keys from `path`, a keys file as GnuTLS's `psktool`
     /// writes it (`USERNAME:HEXKEY` lines); given a folder, its `keys.psk`
     /// (the layout of QEMU's `tls-creds-psk`).
+    #[cfg(feature = "tls-psk")]
     pub fn psk_file(path: &Path) -> Result<Tls> {
         let file = if path.is_dir() {
             path.join("keys.psk")
@@ -101,10 +105,20 @@ impl Tls {
         })
     }
 
+    /// Without the `tls-psk` feature: refused, naming the feature.
+    #[cfg(not(feature = "tls-psk"))]
+    pub fn psk_file(path: &Path) -> Result<Tls> {
+        Err(bad(
+            path,
+            "TLS-PSK is not in this build of strata (built without the tls-psk feature)",
+        ))
+    }
+
     /// Runs the server side of the TLS handshake over `stream`.
     pub(crate) async fn accept<S: Stream>(&self, stream: S) -> Result<Box<dyn Stream>> {
         Ok(match &self.kind {
             Kind::X509(acceptor) => Box::new(acceptor.accept(stream).await?),
+            #[cfg(feature = "tls-psk")]
             Kind::Psk(context) => {
                 let ssl = openssl::ssl::Ssl::new(context)
                     .map_err(|e| Error::Tls(format!("OpenSSL: {e}")))?;
