@@ -1,0 +1,126 @@
+//! Inputs the fuzz targets (`fuzz/`, `docs/fuzzing.md`) found crashing
+//! strata, each kept as a test named after its bug: a hostile image must get
+//! a clear error, never a panic or an abort.
+
+use std::sync::Arc;
+
+use strata_image::qcow2::bitmaps::FLAG_AUTO;
+use strata_image::qcow2::header::{AUTOCLEAR_BITMAPS, EXT_BITMAPS};
+use strata_image::qcow2::{self, CreateOptions, OpenOptions, Qcow2};
+use strata_image::storage::{MemoryStorage, Storage};
+use strata_image::Image;
+
+/// One bitmap directory entry: enabled, no extra data.
+fn dir_entry(table_offset: u64, table_size: u32, gran_bits: u8, name: &str) -> Vec<u8> {
+    let mut e = Vec::new();
+    e.extend_from_slice(&table_offset.to_be_bytes());
+    e.extend_from_slice(&table_size.to_be_bytes());
+    e.extend_from_slice(&FLAG_AUTO.to_be_bytes());
+    e.extend_from_slice(&[1, gran_bits]);
+    e.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    e.extend_from_slice(&0u32.to_be_bytes());
+    e.extend_from_slice(name.as_bytes());
+    e.resize(e.len().div_ceil(8) * 8, 0);
+    e
+}
+
+/// A new image in memory whose bitmaps extension (one bitmap) points at
+/// `directory`, written in the cluster after the metadata; `table` is
+/// written in the cluster after that, which is returned with the storage.
+fn with_bitmap(
+    opts: &CreateOptions,
+    directory: impl Fn(u64) -> Vec<u8>,
+    table: &[u64],
+) -> MemoryStorage {
+    let st = MemoryStorage::new("hostile.qcow2");
+    qcow2::create(&st, opts).unwrap();
+    let cs = opts.cluster_size;
+    let dir_offset = st.len().unwrap().div_ceil(cs) * cs;
+    let table_offset = dir_offset + cs;
+    let dir = directory(table_offset);
+    let mut ext = Vec::new();
+    ext.extend_from_slice(&1u32.to_be_bytes());
+    ext.extend_from_slice(&0u32.to_be_bytes());
+    ext.extend_from_slice(&(dir.len() as u64).to_be_bytes());
+    ext.extend_from_slice(&dir_offset.to_be_bytes());
+    let mut h = qcow2::read_header(&st).unwrap();
+    h.set_extension(EXT_BITMAPS, Some(ext));
+    h.autoclear |= AUTOCLEAR_BITMAPS;
+    st.write_at(&h.to_bytes("hostile.qcow2").unwrap(), 0)
+        .unwrap();
+    st.write_at(&dir, dir_offset).unwrap();
+    let raw: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
+    st.write_at(&raw, table_offset).unwrap();
+    st.set_len(table_offset + 2 * cs).unwrap();
+    st
+}
+
+fn open(st: &MemoryStorage, writable: bool) -> strata_image::Result<Qcow2> {
+    let st: Arc<dyn Storage> = Arc::new(st.clone());
+    let opts = OpenOptions {
+        writable,
+        lock: false,
+        ..Default::default()
+    };
+    Qcow2::open(st, None, &opts)
+}
+
+/// A bitmap table entry pointing far past the end of the file was taken
+/// as the bitmap's data cluster: a writable open then wrote the bitmap's
+/// bits there on the first guest write (in memory: an allocation of
+/// petabytes, an abort; on a file: a huge sparse file or an I/O error).
+/// Unaligned entries and reserved bits were taken too. Now every entry is
+/// checked as QEMU checks it, and inside the file.
+#[test]
+fn bitmap_table_entry_past_the_end_of_the_file() {
+    let small = CreateOptions {
+        size: 4 << 20,
+        cluster_size: 4096,
+        ..Default::default()
+    };
+    for (entry, what) in [
+        (0x00ff_ffff_ffff_0000, "past the end"),
+        (0x0000_0000_0010_0200, "unaligned"),
+        (0x1000_0000_0000_4000, "reserved bit 60"),
+        (0x0000_0000_0000_4001, "all-ones bit with an offset"),
+    ] {
+        let st = with_bitmap(&small, |t| dir_entry(t, 1, 16, "b"), &[entry]);
+        let before = st.snapshot();
+        let err = match open(&st, true) {
+            Ok(img) => {
+                let write = img.write_at(&[1; 4096], 0).and_then(|()| img.close());
+                write.expect_err(what)
+            }
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        assert!(
+            err.is_corrupt() && msg.contains("bitmap 'b': table entry 0"),
+            "{what}: {msg}"
+        );
+        assert_eq!(st.snapshot(), before, "{what}: the file was changed");
+        let img = open(&st, false).unwrap();
+        let msg = img.bitmap_dirty("b").unwrap_err().to_string();
+        assert!(msg.contains("table entry 0"), "{what}: {msg}");
+    }
+}
+
+/// A bitmap of a huge disk at a fine granularity needs a table QEMU would
+/// refuse (here 2^17 entries of 2 MiB clusters: 256 GiB of bitmap data);
+/// strata allocated it whole to read the bitmap, and aborted. Now the
+/// directory is refused with QEMU's limits.
+#[test]
+fn bitmap_table_bigger_than_qemu_allows() {
+    let huge = CreateOptions {
+        size: 1 << 50,
+        cluster_size: 2 << 20,
+        ..Default::default()
+    };
+    let entries = (1u64 << 41) / (2 << 20) / 8;
+    let st = with_bitmap(&huge, |t| dir_entry(t, entries as u32, 9, "fine"), &[]);
+    let img = open(&st, false).unwrap();
+    let msg = img.bitmaps().unwrap_err().to_string();
+    assert!(msg.contains("more than QEMU allows"), "{msg}");
+    assert!(img.bitmap_dirty("fine").is_err());
+    assert!(open(&st, true).is_err());
+}
