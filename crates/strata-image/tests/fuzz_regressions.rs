@@ -24,11 +24,12 @@ fn dir_entry(table_offset: u64, table_size: u32, gran_bits: u8, name: &str) -> V
     e
 }
 
-/// A new image in memory whose bitmaps extension (one bitmap) points at
-/// `directory`, written in the cluster after the metadata; `table` is
-/// written in the cluster after that, which is returned with the storage.
-fn with_bitmap(
+/// A new image in memory whose bitmaps extension (`count` bitmaps) points
+/// at `directory`, written in the cluster after the metadata; `table` is
+/// written in the cluster after that, whose offset `directory` is given.
+fn with_bitmaps(
     opts: &CreateOptions,
+    count: u32,
     directory: impl Fn(u64) -> Vec<u8>,
     table: &[u64],
 ) -> MemoryStorage {
@@ -39,7 +40,7 @@ fn with_bitmap(
     let table_offset = dir_offset + cs;
     let dir = directory(table_offset);
     let mut ext = Vec::new();
-    ext.extend_from_slice(&1u32.to_be_bytes());
+    ext.extend_from_slice(&count.to_be_bytes());
     ext.extend_from_slice(&0u32.to_be_bytes());
     ext.extend_from_slice(&(dir.len() as u64).to_be_bytes());
     ext.extend_from_slice(&dir_offset.to_be_bytes());
@@ -84,7 +85,7 @@ fn bitmap_table_entry_past_the_end_of_the_file() {
         (0x1000_0000_0000_4000, "reserved bit 60"),
         (0x0000_0000_0000_4001, "all-ones bit with an offset"),
     ] {
-        let st = with_bitmap(&small, |t| dir_entry(t, 1, 16, "b"), &[entry]);
+        let st = with_bitmaps(&small, 1, |t| dir_entry(t, 1, 16, "b"), &[entry]);
         let before = st.snapshot();
         let err = match open(&st, true) {
             Ok(img) => {
@@ -117,10 +118,27 @@ fn bitmap_table_bigger_than_qemu_allows() {
         ..Default::default()
     };
     let entries = (1u64 << 41) / (2 << 20) / 8;
-    let st = with_bitmap(&huge, |t| dir_entry(t, entries as u32, 9, "fine"), &[]);
+    let st = with_bitmaps(&huge, 1, |t| dir_entry(t, entries as u32, 9, "fine"), &[]);
     let img = open(&st, false).unwrap();
     let msg = img.bitmaps().unwrap_err().to_string();
     assert!(msg.contains("more than QEMU allows"), "{msg}");
     assert!(img.bitmap_dirty("fine").is_err());
+    assert!(open(&st, true).is_err());
+}
+
+/// The bitmaps extension's count (32 bits) sized the directory's list up
+/// front: 4 billion bitmaps asked for hundreds of GiB, and aborted. Now the
+/// count is limited to QEMU's 65535.
+#[test]
+fn bitmap_count_in_the_billions() {
+    let small = CreateOptions {
+        size: 4 << 20,
+        cluster_size: 4096,
+        ..Default::default()
+    };
+    let st = with_bitmaps(&small, 0xffff_0000, |t| dir_entry(t, 1, 16, "b"), &[0]);
+    let img = open(&st, false).unwrap();
+    let msg = img.bitmaps().unwrap_err().to_string();
+    assert!(msg.contains("4294901760 bitmaps"), "{msg}");
     assert!(open(&st, true).is_err());
 }

@@ -157,8 +157,10 @@ impl Meta {
         }
         let (nb, reserved) = (be32(ext, 0) as usize, be32(ext, 4));
         let (dir_size, dir_offset) = (be64(ext, 8), be64(ext, 16));
-        if nb == 0 || reserved != 0 {
-            return Err(bad(format!("{nb} bitmaps, reserved field {reserved:#x}")));
+        if nb == 0 || nb > MAX_BITMAPS || reserved != 0 {
+            return Err(bad(format!(
+                "{nb} bitmaps (1..={MAX_BITMAPS}), reserved field {reserved:#x}"
+            )));
         }
         let file_len = self.st.len()?;
         if dir_size > MAX_DIRECTORY
