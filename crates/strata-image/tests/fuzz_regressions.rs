@@ -2,11 +2,15 @@
 //! strata, each kept as a test named after its bug: a hostile image must get
 //! a clear error, never a panic or an abort.
 
+mod common;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::{at, open_ro, qcow2 as driver, run, s, tmp};
 use strata_image::qcow2::bitmaps::FLAG_AUTO;
 use strata_image::qcow2::header::{AUTOCLEAR_BITMAPS, EXT_BITMAPS};
-use strata_image::qcow2::{self, CreateOptions, OpenOptions, Qcow2};
+use strata_image::qcow2::{self, CheckMode, CreateOptions, OpenOptions, Qcow2};
 use strata_image::storage::{MemoryStorage, Storage};
 use strata_image::Image;
 
@@ -141,4 +145,77 @@ fn bitmap_count_in_the_billions() {
     let msg = img.bitmaps().unwrap_err().to_string();
     assert!(msg.contains("4294901760 bitmaps"), "{msg}");
     assert!(open(&st, true).is_err());
+}
+
+/// A qemu-img image with 512-byte clusters and one internal snapshot whose
+/// table entry then gets `l1_offset` and `l1_size`.
+fn snapshot_pointing_at(dir: &tempfile::TempDir, l1_offset: u64, l1_size: u32) -> PathBuf {
+    let path = at(dir, "hostile.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=512",
+            s(&path),
+            "4M",
+        ],
+    );
+    run("qemu-io", &["-c", "write -P 7 0 4k", s(&path)]);
+    run("qemu-img", &["snapshot", "-c", "s1", s(&path)]);
+    patch_snapshot_entry(&path, l1_offset, l1_size);
+    path
+}
+
+fn patch_snapshot_entry(path: &Path, l1_offset: u64, l1_size: u32) {
+    let mut data = std::fs::read(path).unwrap();
+    let table = u64::from_be_bytes(data[64..72].try_into().unwrap()) as usize;
+    data[table..table + 8].copy_from_slice(&l1_offset.to_be_bytes());
+    data[table + 8..table + 12].copy_from_slice(&l1_size.to_be_bytes());
+    std::fs::write(path, data).unwrap();
+}
+
+/// `check` counted the references of a snapshot's L1 table one cluster at
+/// a time, with one message per cluster past the end of the file: an entry
+/// claiming 2^32 L1 entries far past the end (32 GiB, 2^26 clusters of 512
+/// bytes) made 67 million messages, gigabytes, before anything was
+/// reported. Now a run past the end is one message; and the snapshot's L1
+/// table is refused when larger than QEMU allows.
+#[test]
+fn check_of_a_snapshot_l1_table_of_32_gib_past_the_end() {
+    let d = tmp();
+    let path = snapshot_pointing_at(&d, 1 << 40, u32::MAX);
+    let img = open_ro(&path);
+    let report = driver(&img).check(CheckMode::ReadOnly).unwrap();
+    assert!(report.corruptions >= 1 << 26, "{report:?}");
+    let past: Vec<&String> = report
+        .messages
+        .iter()
+        .filter(|m| m.contains("after the end of the image file"))
+        .collect();
+    assert!(
+        past.len() == 1 && past[0].contains("67108864 clusters"),
+        "{:?}",
+        report.messages
+    );
+    assert!(report.messages.len() < 100, "{:?}", report.messages);
+    let err = driver(&img).snapshot_view("s1").unwrap_err().to_string();
+    assert!(err.contains("invalid L1 table"), "{err}");
+}
+
+/// A snapshot L1 table offset near 2^64 made `offset + size` overflow:
+/// a panic with overflow checks, and without them a table wrapped round to
+/// the start of the file was read as the snapshot's.
+#[test]
+fn snapshot_l1_table_offset_that_overflows() {
+    let d = tmp();
+    let path = snapshot_pointing_at(&d, !511, 2);
+    let img = open_ro(&path);
+    let err = driver(&img).snapshot_view("s1").unwrap_err().to_string();
+    assert!(err.contains("invalid L1 table"), "{err}");
+    let report = driver(&img).check(CheckMode::ReadOnly).unwrap();
+    assert!(report.corruptions > 0, "{report:?}");
 }
