@@ -96,7 +96,7 @@ impl Export for Memory {
         let mut at = offset;
         while at < SIZE {
             let length = (4096 - at % 4096).min(SIZE - at);
-            let flags = if (at / 4096) % 2 == 0 {
+            let flags = if (at / 4096).is_multiple_of(2) {
                 0
             } else {
                 STATE_HOLE | STATE_ZERO
