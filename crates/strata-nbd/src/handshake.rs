@@ -344,7 +344,7 @@ fn take_string(data: &[u8], at: &mut usize) -> Option<String> {
 }
 
 /// The export name and information requests of INFO/GO.
-fn parse_info(data: &[u8]) -> Option<(String, Vec<u16>)> {
+pub(crate) fn parse_info(data: &[u8]) -> Option<(String, Vec<u16>)> {
     let mut at = 0;
     let name = take_string(data, &mut at)?;
     let n = u16::from_be_bytes(data.get(at..at + 2)?.try_into().ok()?) as usize;
@@ -356,6 +356,19 @@ fn parse_info(data: &[u8]) -> Option<(String, Vec<u16>)> {
         .map(|i| u16::from_be_bytes([data[at + 2 * i], data[at + 2 * i + 1]]))
         .collect();
     Some((name, requests))
+}
+
+/// The export name and queries of LIST/SET_META_CONTEXT.
+pub(crate) fn parse_meta_context(data: &[u8]) -> Option<(String, Vec<String>)> {
+    let mut at = 0;
+    let name = take_string(data, &mut at)?;
+    let n = u32::from_be_bytes(data.get(at..at + 4)?.try_into().ok()?);
+    at += 4;
+    let mut queries = Vec::new();
+    for _ in 0..n {
+        queries.push(take_string(data, &mut at)?);
+    }
+    (at == data.len()).then_some((name, queries))
 }
 
 /// LIST_META_CONTEXT and SET_META_CONTEXT.
@@ -383,18 +396,7 @@ where
         )
         .await;
     }
-    let parsed = (|| {
-        let mut at = 0;
-        let name = take_string(data, &mut at)?;
-        let n = u32::from_be_bytes(data.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        let mut queries = Vec::new();
-        for _ in 0..n {
-            queries.push(take_string(data, &mut at)?);
-        }
-        (at == data.len()).then_some((name, queries))
-    })();
-    let Some((name, queries)) = parsed else {
+    let Some((name, queries)) = parse_meta_context(data) else {
         return error(
             io,
             option,

@@ -10,6 +10,8 @@ mod buffers;
 pub mod client;
 pub mod error;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 pub mod proto;
 #[cfg(feature = "tls-psk")]

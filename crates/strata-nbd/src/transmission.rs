@@ -49,7 +49,7 @@ pub(crate) struct Request {
 impl Request {
     /// Decodes a compact (28-byte) or extended (32-byte) header, checking
     /// its magic.
-    fn parse(head: &[u8], extended: bool) -> Result<Request> {
+    pub(crate) fn parse(head: &[u8], extended: bool) -> Result<Request> {
         let be16 = |i: usize| u16::from_be_bytes([head[i], head[i + 1]]);
         let be32 = |i: usize| u32::from_be_bytes(head[i..i + 4].try_into().expect("4 bytes"));
         let be64 = |i: usize| u64::from_be_bytes(head[i..i + 8].try_into().expect("8 bytes"));
@@ -73,7 +73,7 @@ impl Request {
     /// Bytes of payload following the header: a write's always (QEMU's
     /// client sends them without `NBD_CMD_FLAG_PAYLOAD_LEN`, and qemu-nbd
     /// takes them so), any other command's with that flag.
-    fn payload(&self, extended: bool) -> u64 {
+    pub(crate) fn payload(&self, extended: bool) -> u64 {
         if self.kind == cmd::WRITE || (extended && self.flags & cflag::PAYLOAD_LEN != 0) {
             self.length
         } else {

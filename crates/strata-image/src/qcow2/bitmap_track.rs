@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::bitmaps::BitmapInfo;
-use super::meta::{from_be_bytes, Meta};
+use super::meta::Meta;
 use super::types::OFFSET_MASK;
 use crate::error::Result;
 use crate::storage::Storage;
@@ -196,9 +196,8 @@ impl Tracker {
                 a[..chunk.len()].copy_from_slice(chunk);
                 words[i] = u64::from_le_bytes(a);
             }
-            let mut raw = vec![0u8; b.table_size as usize * 8];
-            m.st.read_at(&mut raw, b.table_offset)?;
-            let clusters = from_be_bytes(&raw)
+            let clusters = m
+                .bitmap_table(b)?
                 .into_iter()
                 .map(|e| e & OFFSET_MASK)
                 .collect();
@@ -393,9 +392,7 @@ impl Tracker {
 /// needs every one allocated so that setting a bit is an in-place write.
 pub(crate) fn needs_clusters(m: &Meta, dir: &[BitmapInfo]) -> Result<bool> {
     for b in dir.iter().filter(|b| b.enabled() && b.usable()) {
-        let mut raw = vec![0u8; b.table_size as usize * 8];
-        m.st.read_at(&mut raw, b.table_offset)?;
-        if from_be_bytes(&raw).iter().any(|e| e & OFFSET_MASK == 0) {
+        if m.bitmap_table(b)?.iter().any(|e| e & OFFSET_MASK == 0) {
             return Ok(true);
         }
     }

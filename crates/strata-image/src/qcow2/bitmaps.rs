@@ -22,6 +22,12 @@ pub const FLAG_AUTO: u32 = 1 << 1;
 pub const FLAG_EXTRA_DATA_COMPATIBLE: u32 = 1 << 2;
 /// Largest directory QEMU reads (64 MiB).
 const MAX_DIRECTORY: u64 = 64 << 20;
+/// Largest bitmap table QEMU reads (entries).
+const MAX_TABLE_ENTRIES: u64 = 0x800_0000;
+/// Most bitmap data QEMU reads for one bitmap (512 MiB of clusters).
+const MAX_BITMAP_BYTES: u64 = 512 << 20;
+/// Bitmap table entry bits that must be zero (1-8 and 56-63).
+const TABLE_RESERVED: u64 = 0xff00_0000_0000_01fe;
 
 /// One persistent bitmap, as its directory entry describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,12 +157,17 @@ impl Meta {
         }
         let (nb, reserved) = (be32(ext, 0) as usize, be32(ext, 4));
         let (dir_size, dir_offset) = (be64(ext, 8), be64(ext, 16));
-        if nb == 0 || reserved != 0 {
-            return Err(bad(format!("{nb} bitmaps, reserved field {reserved:#x}")));
+        if nb == 0 || nb > MAX_BITMAPS || reserved != 0 {
+            return Err(bad(format!(
+                "{nb} bitmaps (1..={MAX_BITMAPS}), reserved field {reserved:#x}"
+            )));
         }
+        let file_len = self.st.len()?;
         if dir_size > MAX_DIRECTORY
             || !dir_offset.is_multiple_of(self.geo.cluster_size)
-            || dir_offset + dir_size > self.st.len()?
+            || dir_offset
+                .checked_add(dir_size)
+                .is_none_or(|end| end > file_len)
         {
             return Err(bad(format!("directory at {dir_offset:#x} ({dir_size} bytes) is invalid or past the end of the file")));
         }
@@ -201,6 +212,11 @@ impl Meta {
             let granularity = 1u64 << gran_bits;
             let bits = self.header.size.div_ceil(granularity);
             let want = bits.div_ceil(self.geo.cluster_size * 8);
+            if want > MAX_TABLE_ENTRIES || want * self.geo.cluster_size > MAX_BITMAP_BYTES {
+                return Err(bad(format!(
+                    "a bitmap of granularity {granularity} needs a table of {want} entries, more than QEMU allows"
+                )));
+            }
             if table_size as u64 != want
                 || (table_offset & !OFFSET_MASK) != 0
                 || !table_offset.is_multiple_of(self.geo.cluster_size)
@@ -226,15 +242,42 @@ impl Meta {
         Ok(out)
     }
 
+    /// A bitmap's table, every entry checked as QEMU does (no reserved
+    /// bit; a data cluster that is cluster-aligned, or none: all zeros, or
+    /// all ones with bit 0) and, since strata writes bits in place, inside
+    /// the file: an entry pointing anywhere else is corruption, refused
+    /// before anything is read or written there.
+    pub(crate) fn bitmap_table(&self, b: &BitmapInfo) -> Result<Vec<u64>> {
+        let cs = self.geo.cluster_size;
+        let mut raw = vec![0u8; b.table_size as usize * 8];
+        self.st.read_at(&mut raw, b.table_offset)?;
+        let table = from_be_bytes(&raw);
+        let file_len = self.st.len()?;
+        for (k, &e) in table.iter().enumerate() {
+            let host = e & OFFSET_MASK;
+            if e & TABLE_RESERVED != 0
+                || (host != 0 && (e & 1 != 0 || !host.is_multiple_of(cs) || host >= file_len))
+            {
+                return Err(Error::corrupt(
+                    &self.path,
+                    format!(
+                        "bitmap '{}': table entry {k} ({e:#x}) is invalid or points past the end of the file ({file_len} bytes)",
+                        b.name
+                    ),
+                ));
+            }
+        }
+        Ok(table)
+    }
+
     /// A bitmap's data: bit `i` (LSB first within each byte) covers guest
     /// bytes `[i * granularity, (i + 1) * granularity)`.
     pub fn bitmap_bytes(&self, b: &BitmapInfo) -> Result<Vec<u8>> {
         let cs = self.geo.cluster_size;
         let len = self.header.size.div_ceil(b.granularity).div_ceil(8);
-        let mut raw = vec![0u8; b.table_size as usize * 8];
-        self.st.read_at(&mut raw, b.table_offset)?;
+        let table = self.bitmap_table(b)?;
         let mut out = vec![0u8; (b.table_size as u64 * cs) as usize];
-        for (k, &e) in from_be_bytes(&raw).iter().enumerate() {
+        for (k, &e) in table.iter().enumerate() {
             let chunk = &mut out[k * cs as usize..(k + 1) * cs as usize];
             let host = e & OFFSET_MASK;
             if host != 0 {

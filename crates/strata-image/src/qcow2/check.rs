@@ -62,18 +62,31 @@ impl Counter {
         }
         let first = off >> self.cluster_bits;
         let last = off.saturating_add(len - 1) >> self.cluster_bits;
-        for c in first..=last {
-            match self.refs.get_mut(c as usize) {
-                Some(r) => *r = r.saturating_add(1),
-                None => {
-                    report.corruptions += 1;
-                    report.messages.push(format!(
-                        "ERROR: cluster {c} (offset {:#x}) is referenced but lies after the end of the image file",
-                        c << self.cluster_bits
-                    ));
-                }
-            }
+        let in_file = self.refs.len() as u64;
+        for r in &mut self.refs
+            [first.min(in_file) as usize..last.saturating_add(1).min(in_file) as usize]
+        {
+            *r = r.saturating_add(1);
         }
+        if last < in_file {
+            return;
+        }
+        // Past the end: one line for the whole run (a hostile table size
+        // must not make millions of lines).
+        let from = first.max(in_file);
+        let n = last - from + 1;
+        report.corruptions = report.corruptions.saturating_add(n);
+        report.messages.push(if n == 1 {
+            format!(
+                "ERROR: cluster {from} (offset {:#x}) is referenced but lies after the end of the image file",
+                from << self.cluster_bits
+            )
+        } else {
+            format!(
+                "ERROR: clusters {from} to {last} (offset {:#x}, {n} clusters) are referenced but lie after the end of the image file",
+                from << self.cluster_bits
+            )
+        });
     }
 }
 

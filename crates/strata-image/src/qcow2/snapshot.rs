@@ -11,6 +11,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::header::MAX_L1_BYTES;
 use super::meta::{from_be_bytes, Meta};
 use super::shadow::{Prepared, Switch, Tx};
 use super::snapshot_table::{read_table, SnapshotEntry};
@@ -76,7 +77,10 @@ impl Meta {
         let file_len = self.st.len()?;
         let bytes = e.l1_size as u64 * 8;
         if !e.l1_table_offset.is_multiple_of(self.geo.cluster_size)
-            || e.l1_table_offset + bytes > file_len
+            || bytes > MAX_L1_BYTES
+            || e.l1_table_offset
+                .checked_add(bytes)
+                .is_none_or(|end| end > file_len)
         {
             return Err(self.corrupt(format!(
                 "snapshot '{}' has an invalid L1 table at offset {:#x} ({} entries)",
