@@ -1,7 +1,6 @@
 //! Helpers shared by the fuzz targets.
 
 use std::sync::Arc;
-use strata_core::xml::{Element, Node};
 
 use strata_image::qcow2::{OpenOptions, Qcow2};
 use strata_image::storage::Storage;
@@ -73,21 +72,4 @@ pub fn open_qcow2(data: &[u8]) -> Option<Qcow2> {
         ..Default::default()
     };
     Qcow2::open(st, None, &opts).ok()
-}
-
-/// True when `text` holds an element with an empty name (`<></>`): the XML
-/// reader accepts it but the writer makes `</>` of it, which nothing reads
-/// back. A known bug of `strata_core::xml` (fuzz/regressions/xml_*/
-/// empty-element-name.xml), left to its owner: until it is fixed the XML
-/// targets skip their round-trip check for such input (parsing it must
-/// still not panic).
-pub fn has_unnamed_element(text: &str) -> bool {
-    fn any_unnamed(el: &Element) -> bool {
-        el.name.is_empty()
-            || el
-                .children
-                .iter()
-                .any(|n| matches!(n, Node::Element(e) if any_unnamed(e)))
-    }
-    Element::parse(text, "fuzz.xml").is_ok_and(|el| any_unnamed(&el))
 }

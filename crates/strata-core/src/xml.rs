@@ -67,6 +67,11 @@ impl Element {
                     let _ = e;
                     return Err(bad(&"content after the root element", at));
                 }
+                // `<>` is not XML (written back it would be `</>`, which
+                // nothing reads).
+                Event::Start(e) | Event::Empty(e) if e.name().as_ref().is_empty() => {
+                    return Err(bad(&"an element has no name", at));
+                }
                 Event::Start(_) if stack.len() >= MAX_DEPTH => {
                     return Err(bad(
                         &format!("elements nest deeper than {MAX_DEPTH} levels"),
@@ -245,6 +250,7 @@ impl Element {
 
 fn start(e: &BytesStart<'_>) -> std::result::Result<Element, quick_xml::Error> {
     let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+
     let mut attrs = Vec::new();
     for a in e.attributes() {
         let a = a.map_err(quick_xml::Error::from)?;
@@ -323,7 +329,17 @@ mod tests {
 
     #[test]
     fn broken_documents_are_refused_with_the_place() {
-        for doc in ["<a><b></a>", "<a>", "", "<a/><b/>", "text"] {
+        // The last two: elements without a name (found by fuzzing: read,
+        // then written as `</>`, which nothing reads).
+        for doc in [
+            "<a><b></a>",
+            "<a>",
+            "",
+            "<a/><b/>",
+            "text",
+            "<a><></></a>",
+            "<a></></a>",
+        ] {
             let err = Element::parse(doc, "bad.xml").unwrap_err().to_string();
             assert!(err.contains("bad.xml"), "{doc:?}: {err}");
         }

@@ -63,7 +63,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let no_zeroes = handshake::greet(&mut io).await?;
-    match handshake::options(&mut io, exports, no_zeroes, TlsState::Off).await? {
+    // Multi-conn offered, as with `--shared` above 1: the flag's path too.
+    match handshake::options(&mut io, exports, no_zeroes, TlsState::Off, true).await? {
         Step::Go(neg) => {
             // The sender stays alive: no shutdown while the client talks.
             let (stop, stopped) = watch::channel(false);
