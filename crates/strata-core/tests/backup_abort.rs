@@ -63,3 +63,39 @@ fn abort_stops_a_running_backup_and_removes_its_files() {
     let info = String::from_utf8(common::qemu_img(&["info", disk_s])).unwrap();
     assert!(!info.contains("bitmaps"), "{info}");
 }
+
+/// The files a job made are what abort deletes: a list in the store that
+/// cannot be read is an error naming the domain and the store, not an
+/// empty list (which made abort delete nothing, silently).
+#[test]
+fn an_unreadable_job_file_list_is_an_error_not_nothing_to_delete() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let disk = dir.join("vda.qcow2");
+    let disk_s = disk.to_str().unwrap();
+    common::qemu_img(&["create", "-q", "-f", "qcow2", disk_s, "4M"]);
+    let xml = format!(
+        "<domain><name>vm</name><devices><disk type='file' device='disk'>\
+         <driver type='qcow2'/><source file='{disk_s}'/><target dev='vda'/></disk></devices></domain>"
+    );
+    let state = dir.join("state");
+    let mut store = Store::open(&state).unwrap();
+    store
+        .define(&Domain::from_xml(&xml, "vm.xml").unwrap())
+        .unwrap();
+    let req = BeginRequest {
+        backup_xml: None,
+        checkpoint_xml: None,
+        reuse_external: false,
+    };
+    backup_push::begin(&mut store, "vm", &req, &|_, _| {}).unwrap();
+    assert!(!store.job("vm").unwrap().unwrap().files.is_empty());
+    let db = rusqlite::Connection::open(state.join("strata.db")).unwrap();
+    db.execute("UPDATE jobs SET files = 'not json'", [])
+        .unwrap();
+    let err = store.job("vm").unwrap_err().to_string();
+    assert!(
+        err.contains("domain 'vm'") && err.contains("strata.db") && err.contains("unreadable"),
+        "{err}"
+    );
+}

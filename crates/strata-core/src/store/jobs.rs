@@ -130,22 +130,35 @@ impl Store {
             )
             .optional()
             .map_err(|e| self.sql(e))?;
-        Ok(row.map(
-            |(kind, state, pid, started, ended, total, done, abort, files, xml, error)| Job {
-                domain: domain.to_string(),
-                kind,
-                state: JobState::parse(&state),
-                pid: pid as u32,
-                started: started as u64,
-                ended: ended.map(|e| e as u64),
-                total: total as u64,
-                done: done as u64,
-                abort_requested: abort,
-                files: serde_json::from_str(&files).unwrap_or_default(),
-                xml,
-                error,
-            },
-        ))
+        let Some((kind, state, pid, started, ended, total, done, abort, files, xml, error)) = row
+        else {
+            return Ok(None);
+        };
+        // The files a job made are what abort deletes: a list that cannot
+        // be read must not read as "none".
+        let files = serde_json::from_str(&files).map_err(|e| {
+            Error::invalid(
+                format!("domain '{domain}': {kind} job"),
+                format!(
+                    "its list of files in {} is unreadable ({e}): {files:?}",
+                    self.path.display()
+                ),
+            )
+        })?;
+        Ok(Some(Job {
+            domain: domain.to_string(),
+            kind,
+            state: JobState::parse(&state),
+            pid: pid as u32,
+            started: started as u64,
+            ended: ended.map(|e| e as u64),
+            total: total as u64,
+            done: done as u64,
+            abort_requested: abort,
+            files,
+            xml,
+            error,
+        }))
     }
 
     /// Records `job` as the domain's job, replacing a finished one; refused
