@@ -219,3 +219,44 @@ fn snapshot_l1_table_offset_that_overflows() {
     let report = driver(&img).check(CheckMode::ReadOnly).unwrap();
     assert!(report.corruptions > 0, "{report:?}");
 }
+
+/// A snapshot name of 30,000 invalid UTF-8 bytes reads as 90,000 bytes
+/// (each bad byte becomes U+FFFD); written back with its length cut to 16
+/// bits it would corrupt the table. Changing the snapshot table of such an
+/// image is refused, naming the image, and leaves it as it was (found
+/// while reviewing the fuzz target's round trip).
+#[test]
+fn snapshot_name_that_grows_past_64_kib_when_read() {
+    let d = tmp();
+    let img = at(&d, "long-name.qcow2");
+    run("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "1M"]);
+    run("qemu-img", &["snapshot", "-c", "s1", s(&img)]);
+    // The one entry's name becomes 30,000 bytes of 0xff, in place (the
+    // table's cluster has room, so refcounts stay right).
+    let mut bytes = std::fs::read(&img).unwrap();
+    let be = |b: &[u8]| b.iter().fold(0u64, |a, &x| a << 8 | x as u64) as usize;
+    let table = be(&bytes[64..72]);
+    let (id_len, extra) = (
+        be(&bytes[table + 12..table + 14]),
+        be(&bytes[table + 36..table + 40]),
+    );
+    let name_at = table + 40 + extra + id_len;
+    bytes[table + 14..table + 16].copy_from_slice(&30_000u16.to_be_bytes());
+    // The file may end with the table: the rest of its cluster reads as 0.
+    bytes.resize(bytes.len().max(table + 65536), 0);
+    bytes[name_at..name_at + 30_000].fill(0xff);
+    std::fs::write(&img, &bytes).unwrap();
+    let err = {
+        let rw = common::open_rw(&img);
+        driver(&rw)
+            .snapshot_create(Some("s2"), 0)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        err.contains("long-name.qcow2") && err.contains("16-bit"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&img).unwrap(), bytes, "the image changed");
+    common::assert_qemu_clean(&img);
+}

@@ -137,7 +137,8 @@ impl Meta {
         let table = switch
             .snapshots
             .as_ref()
-            .map(|s| write_table(s, self.header.version));
+            .map(|s| write_table(s, self.header.version, &self.path))
+            .transpose()?;
         let table_at = match &table {
             Some(t) if !t.is_empty() => Some(self.alloc_clusters(clusters_for(t.len() as u64))?),
             _ => None,

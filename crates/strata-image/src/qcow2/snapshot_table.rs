@@ -109,9 +109,24 @@ pub fn read_table(st: &dyn Storage, offset: u64, count: u32) -> Result<(Vec<Snap
 /// Serialises entries as a snapshot table (each entry padded to 8 bytes).
 /// Version 3 entries always carry the extra data up to the disk size, as
 /// the spec requires; the icount field and unknown extra data are kept.
-pub fn write_table(entries: &[SnapshotEntry], version: u32) -> Vec<u8> {
+/// An ID or name longer than its 16-bit length field can say is refused
+/// (`path` names the image): a name read from an image with invalid UTF-8
+/// grows when each bad byte becomes U+FFFD, and writing its length cut to
+/// 16 bits would corrupt the table.
+pub fn write_table(entries: &[SnapshotEntry], version: u32, path: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     for e in entries {
+        for (what, text) in [("ID", &e.id), ("name", &e.name)] {
+            if text.len() > u16::MAX as usize {
+                return Err(Error::invalid(
+                    path,
+                    format!(
+                        "snapshot {what} of {} bytes (as UTF-8) does not fit the table's 16-bit length",
+                        text.len()
+                    ),
+                ));
+            }
+        }
         let mut extra = Vec::with_capacity(24 + e.extra_unknown.len());
         extra.extend_from_slice(&e.vm_state_size.to_be_bytes());
         let disk_size = e.disk_size.or((version >= 3).then_some(0)).unwrap_or(0);
@@ -136,7 +151,7 @@ pub fn write_table(entries: &[SnapshotEntry], version: u32) -> Vec<u8> {
         let len = out.len() - start;
         out.resize(start + len.div_ceil(8) * 8, 0);
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -174,7 +189,7 @@ mod tests {
                 extra_unknown: vec![1, 2, 3, 4, 5, 6, 7, 8],
             },
         ];
-        let bytes = write_table(&entries, 3);
+        let bytes = write_table(&entries, 3, "t").unwrap();
         assert_eq!(bytes.len() % 8, 0);
         let st = MemoryStorage::from_bytes("t", bytes.clone());
         let (back, size) = read_table(&st, 0, 2).unwrap();
