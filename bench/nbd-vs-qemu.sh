@@ -3,7 +3,8 @@
 # clients and settings, as issue 6 asks: nbdcopy of an allocated image to
 # null; fio (ioengine=nbd) 4 KiB random reads and writes at iodepth 32;
 # 1 MiB sequential writes. Both servers run with --shared 8 (multi-conn for
-# nbdcopy), writeback caching (qemu-nbd --cache=writeback), persistent.
+# nbdcopy; SHARED=1 gives both their default of one client at a time, with
+# no multi-conn), writeback caching (qemu-nbd --cache=writeback), persistent.
 #
 # Rounds are interleaved (each round runs strata then qemu-nbd, the order
 # swapped every other round) so noise on this shared machine hits both; the
@@ -12,12 +13,13 @@
 # Usage: bench/nbd-vs-qemu.sh   Env: RUNS (default 5), SIZE_GIB (default 8,
 # the nbdcopy image; fio uses a 1 GiB image), FIO_SECS (default 5),
 # BENCH_DIR (default a new dir under /var/tmp, removed at the end),
-# WORKLOADS (default "copy randread randwrite seqwrite").
+# WORKLOADS (default "copy randread randwrite seqwrite"), SHARED (default 8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 GIB=${SIZE_GIB:-8}
 SECS=${FIO_SECS:-5}
+SHARED=${SHARED:-8}
 for t in fio nbdcopy qemu-nbd python3; do
   command -v $t >/dev/null || { apt-get update -qq && apt-get install -y -qq fio libnbd-bin qemu-utils python3 >/dev/null; }
 done
@@ -48,10 +50,10 @@ serve() { # socket, then server command
   local sock=$1; shift; rm -f "$sock"; "$@" & pids+=($!)
   for _ in $(seq 500); do [ -S "$sock" ] && return; sleep 0.01; done; echo "no $sock" >&2; exit 1
 }
-serve "$D/sb.sock" "$S" nbd serve --socket "$D/sb.sock" --persistent --shared 8 name=x,file=$D/big.qcow2,readonly
-serve "$D/qb.sock" qemu-nbd -t -r -e 8 --cache=writeback -f qcow2 -x x -k "$D/qb.sock" "$D/big.qcow2"
-serve "$D/sw.sock" "$S" nbd serve --socket "$D/sw.sock" --persistent --shared 8 name=x,file=$D/s.qcow2
-serve "$D/qw.sock" qemu-nbd -t -e 8 --cache=writeback -f qcow2 -x x -k "$D/qw.sock" "$D/q.qcow2"
+serve "$D/sb.sock" "$S" nbd serve --socket "$D/sb.sock" --persistent --shared $SHARED name=x,file=$D/big.qcow2,readonly
+serve "$D/qb.sock" qemu-nbd -t -r -e $SHARED --cache=writeback -f qcow2 -x x -k "$D/qb.sock" "$D/big.qcow2"
+serve "$D/sw.sock" "$S" nbd serve --socket "$D/sw.sock" --persistent --shared $SHARED name=x,file=$D/s.qcow2
+serve "$D/qw.sock" qemu-nbd -t -e $SHARED --cache=writeback -f qcow2 -x x -k "$D/qw.sock" "$D/q.qcow2"
 uri() { echo "nbd+unix:///x?socket=$D/$1.sock"; }
 
 # One measurement: prints a throughput (MiB/s) for server $1 (s|q).
