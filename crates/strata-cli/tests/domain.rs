@@ -187,3 +187,33 @@ fn dumpxml_refuses_output_json() {
         }
     }
 }
+
+/// A domain is stored again inside each snapshot's document, one level
+/// down: a domain as deep as any XML may nest would make its snapshots
+/// unreadable (and with them every command that reads the store). Domains
+/// nesting deeper than 248 are refused; one at the limit snapshots and
+/// reads back.
+#[test]
+fn a_domain_nests_at_most_248_deep_so_its_snapshots_read_back() {
+    let d = tmp();
+    let p = d.path();
+    setup_vm(p);
+    let xml = std::fs::read_to_string(p.join("vm.xml")).unwrap();
+    // <domain> and <metadata> are two levels; the rest is nested inside.
+    let nested = |levels: usize| {
+        let inner = format!("{}{}", "<a>".repeat(levels), "</a>".repeat(levels));
+        xml.replace(
+            "<name>vm</name>",
+            &format!("<name>deep</name><metadata>{inner}</metadata>"),
+        )
+    };
+    std::fs::write(p.join("deep.xml"), nested(247)).unwrap();
+    strata(p, &st(&["domain", "define", "deep.xml"])).one_error(1, "deeper than 248");
+    std::fs::write(p.join("ok.xml"), nested(246)).unwrap();
+    ok(p, &st(&["domain", "define", "ok.xml"]));
+    ok(p, &st(&["snapshot", "create", "deep", "--name", "s1"]));
+    let list = ok(p, &st(&["snapshot", "list", "deep", "--name"])).stdout;
+    assert_eq!(list.trim(), "s1");
+    let snap = ok(p, &st(&["snapshot", "dumpxml", "deep", "s1"])).stdout;
+    assert!(snap.contains("<metadata><a><a>"), "{snap}");
+}

@@ -61,6 +61,14 @@ impl Domain {
                 xml.name
             )));
         }
+        // Snapshots and checkpoints store the domain one level down.
+        if xml.depth() > crate::xml::MAX_DOMAIN_DEPTH {
+            return Err(bad(format!(
+                "elements nest deeper than {} levels (strata keeps a domain inside snapshot documents, which may nest {})",
+                crate::xml::MAX_DOMAIN_DEPTH,
+                crate::xml::MAX_DEPTH
+            )));
+        }
         let name = xml.child_text("name").unwrap_or_default();
         if name.is_empty() || name.contains('/') || name.chars().any(char::is_control) {
             return Err(bad(format!(

@@ -70,7 +70,10 @@ impl DomainLock {
 /// Writes who holds the lock into its file: pid and command line. A
 /// failure only makes a waiter's message vaguer.
 fn sign(file: &mut File) {
-    let cmd: Vec<String> = std::env::args().collect();
+    // Arguments need not be UTF-8 (paths): shown lossily, never a panic.
+    let cmd: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let who = format!("pid {} ({})\n", std::process::id(), cmd.join(" "));
     let _ = file
         .set_len(0)

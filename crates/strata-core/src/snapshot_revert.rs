@@ -98,7 +98,17 @@ pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String
             .and_then(|t| t.source.clone());
         match d.mode {
             DiskMode::Internal => {
-                if let Some(why) = refs::dependency(&mut graph, &after, &then_src, domain) {
+                // Still the disk's active image: its state is the one being
+                // left, as in every revert, and nothing else is looked at
+                // (an unrelated image that cannot be opened must not block
+                // the everyday revert).
+                let active = now_src.as_deref().map(refs::canon) == Some(refs::canon(&then_src));
+                let why = if active {
+                    None
+                } else {
+                    refs::dependency(&mut graph, &after, &then_src, domain)
+                };
+                if let Some(why) = why {
                     return Err(Error::invalid(
                         &disk_what,
                         format!(

@@ -15,6 +15,11 @@ use crate::error::{Error, Result};
 /// default limit, which libvirt's parser inherits.
 pub const MAX_DEPTH: usize = 256;
 
+/// How deep a domain definition may nest: strata stores domains inside
+/// snapshot and checkpoint documents (`<domainsnapshot><domain>…`), which
+/// must stay within [`MAX_DEPTH`] when read back.
+pub const MAX_DOMAIN_DEPTH: usize = MAX_DEPTH - 8;
+
 /// One node of a document.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
@@ -135,6 +140,18 @@ impl Element {
             what: what.to_string(),
             problem: "no root element".into(),
         })
+    }
+
+    /// How deep elements nest below and including this one (an element
+    /// without child elements: 1). Walked without recursion.
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut todo = vec![(self, 1)];
+        while let Some((el, d)) = todo.pop() {
+            deepest = deepest.max(d);
+            todo.extend(el.elements().map(|c| (c, d + 1)));
+        }
+        deepest
     }
 
     /// Parses a document whose root must be `<root>`.

@@ -64,9 +64,9 @@ fn abort_stops_a_running_backup_and_removes_its_files() {
     assert!(!info.contains("bitmaps"), "{info}");
 }
 
-/// The files a job made are what abort deletes: a list in the store that
-/// cannot be read is an error naming the domain and the store, not an
-/// empty list (which made abort delete nothing, silently).
+/// The files a running job made are what abort deletes: a list in the
+/// store that cannot be read is an error naming the domain and the store,
+/// not an empty list (which made abort delete nothing, silently).
 #[test]
 fn an_unreadable_job_file_list_is_an_error_not_nothing_to_delete() {
     let d = tempfile::tempdir().unwrap();
@@ -93,6 +93,11 @@ fn an_unreadable_job_file_list_is_an_error_not_nothing_to_delete() {
     let db = rusqlite::Connection::open(state.join("strata.db")).unwrap();
     db.execute("UPDATE jobs SET files = 'not json'", [])
         .unwrap();
+    // A finished job's files are results nothing deletes: only a warning,
+    // so the domain's next backup is not blocked.
+    assert!(store.job("vm").unwrap().unwrap().files.is_empty());
+    // A running one's are what abort deletes: an error.
+    db.execute("UPDATE jobs SET state = 'running'", []).unwrap();
     let err = store.job("vm").unwrap_err().to_string();
     assert!(
         err.contains("domain 'vm'") && err.contains("strata.db") && err.contains("unreadable"),

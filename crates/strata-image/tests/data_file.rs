@@ -412,3 +412,49 @@ fn an_existing_data_file_keeps_its_contents() {
         pattern(SIZE as usize + 512, 4)
     );
 }
+
+/// The spec: with a data file, an L2 entry's host offset must be the guest
+/// offset. An entry pointing elsewhere (here guest cluster 1 at data-file
+/// offset 0, so writes to it would land on cluster 0) is corruption:
+/// reads refuse it and check reports it, for raw on and off.
+#[test]
+fn an_l2_entry_not_at_its_guest_offset_is_corruption() {
+    for raw in [false, true] {
+        let d = tmp();
+        let (img, data) = (at(&d, "d.qcow2"), at(&d, "d.raw"));
+        qemu_create(&img, &data, raw);
+        run("qemu-io", &["-c", "write -P 1 0 128k", s(&img)]);
+        let f = std::fs::read(&img).unwrap();
+        let be = |at: usize| u64::from_be_bytes(f[at..at + 8].try_into().unwrap());
+        let l2 = (be(be(40) as usize) & 0x00ff_ffff_ffff_fe00) as usize;
+        assert_eq!(first_l2(&img)[1] & 0x00ff_ffff_ffff_fe00, 65536);
+        poke(&img, l2 as u64 + 8, &(1u64 << 63).to_be_bytes());
+        let before = std::fs::read(&img).unwrap();
+        let err = match open_ro(&img).read_at(&mut [0u8; 4096], 65536) {
+            Err(e) => e,
+            Ok(()) => panic!("raw={raw}: read through a misplaced L2 entry"),
+        };
+        assert!(
+            err.is_corrupt() && err.to_string().contains("0x10000"),
+            "{err}"
+        );
+        let rep = qcow2_check(&img);
+        assert!(
+            rep.corruptions == 1
+                && rep
+                    .messages
+                    .iter()
+                    .any(|m| m.contains("guest offset 0x10000")),
+            "raw={raw}: {rep:?}"
+        );
+        assert_eq!(std::fs::read(&img).unwrap(), before);
+    }
+}
+
+/// strata's check of `img`, read-only.
+fn qcow2_check(img: &Path) -> strata_image::qcow2::CheckReport {
+    let q = open_ro(img);
+    qcow2(&q)
+        .check(strata_image::qcow2::CheckMode::ReadOnly)
+        .unwrap()
+}

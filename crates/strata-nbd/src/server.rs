@@ -5,15 +5,15 @@
 //! be accepted until a slot frees; one that does not finish its handshake
 //! in time is dropped, freeing its slot. Multi-conn is offered only when
 //! more than one client may connect at once (as qemu-nbd decides). Without
-//! `persistent` the server ends when the last client that reached
-//! transmission leaves and no other is connected (as qemu-nbd does). On shutdown no new
+//! `persistent` the server ends when, once a client has reached
+//! transmission, no client is connected. On shutdown no new
 //! client is taken, each connection stops reading requests, lets those in
 //! flight finish and flushes; then the exports are dropped (releasing
 //! whatever they hold, such as image locks).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,30 +149,36 @@ pub async fn serve(
         n => n,
     };
     let slots = Arc::new(Semaphore::new(limit));
-    // Connections open now; a finished one says whether it reached
-    // transmission and whether it was the last one open.
+    // Connections open now, and whether any reached transmission: without
+    // `persistent` the server ends when, after one did, none is open (each
+    // connection says when it leaves; the count is read here, where
+    // connections are accepted, so none can slip in after the check).
     let open = Arc::new(AtomicUsize::new(0));
-    let (left_tx, mut left_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let served = Arc::new(AtomicBool::new(false));
+    let (left_tx, mut left_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let session = Arc::new(Session {
         tls: config.tls.clone(),
         handshake_limit: config.handshake_limit,
         multi_conn: config.multi_conn(),
     });
+    let over = || served.load(Ordering::SeqCst) && open.load(Ordering::SeqCst) == 0;
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        // Finished connections' tasks are collected as we go.
+        while tasks.try_join_next().is_some() {}
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("never closed"),
             _ = &mut shutdown => break,
-            last = left_rx.recv(), if !config.persistent => {
-                if last == Some(true) { break } else { continue }
+            _ = left_rx.recv(), if !config.persistent => {
+                if over() { break } else { continue }
             }
         };
         let accepted = tokio::select! {
             a = accept(&listener) => a,
             _ = &mut shutdown => break,
-            last = left_rx.recv(), if !config.persistent => {
-                if last == Some(true) { break } else { continue }
+            _ = left_rx.recv(), if !config.persistent => {
+                if over() { break } else { continue }
             }
         };
         let (stream, fd) = match accepted {
@@ -186,16 +192,14 @@ pub async fn serve(
         };
         open.fetch_add(1, Ordering::SeqCst);
         let (exports, stop, left) = (exports.clone(), stop_rx.clone(), left_tx.clone());
-        let (session, open) = (session.clone(), open.clone());
+        let (session, open, served) = (session.clone(), open.clone(), served.clone());
         tasks.spawn(async move {
             let _permit = permit;
-            let mut transmitted = false;
-            if let Err(e) = connection(stream, fd, &exports, &session, stop, &mut transmitted).await
-            {
+            if let Err(e) = connection(stream, fd, &exports, &session, stop, &served).await {
                 tracing::info!("client: {e}");
             }
-            let last = open.fetch_sub(1, Ordering::SeqCst) == 1;
-            let _ = left.send(transmitted && last);
+            open.fetch_sub(1, Ordering::SeqCst);
+            let _ = left.send(());
         });
     }
     let _ = stop_tx.send(true);
@@ -228,30 +232,38 @@ async fn accept(l: &Listener) -> std::io::Result<(Box<dyn Stream>, RawFd)> {
     })
 }
 
-/// One client: the handshake (within the session's limit), then
-/// transmission; `transmitted` says whether it got that far.
+/// One client: the handshake (within the session's limit, and given up if
+/// the server stops meanwhile), then transmission; `served` is set when it
+/// gets that far.
 async fn connection(
     stream: Box<dyn Stream>,
     fd: RawFd,
     exports: &Exports,
     session: &Session,
     stop: watch::Receiver<bool>,
-    transmitted: &mut bool,
+    served: &AtomicBool,
 ) -> crate::Result<()> {
-    let shake = handshake(stream, fd, exports, session);
-    let chosen = match session.handshake_limit {
-        Some(limit) => tokio::time::timeout(limit, shake).await.map_err(|_| {
-            crate::Error::protocol(format!(
-                "handshake not finished within {} s",
-                limit.as_secs_f64()
-            ))
-        })??,
-        None => shake.await?,
+    let shake = async {
+        let shake = handshake(stream, fd, exports, session);
+        match session.handshake_limit {
+            Some(limit) => tokio::time::timeout(limit, shake).await.map_err(|_| {
+                crate::Error::protocol(format!(
+                    "handshake not finished within {} s",
+                    limit.as_secs_f64()
+                ))
+            })?,
+            None => shake.await,
+        }
+    };
+    let mut stopping = stop.clone();
+    let chosen = tokio::select! {
+        c = shake => c?,
+        _ = stopping.wait_for(|s| *s) => return Ok(()),
     };
     let Some((stream, fd, neg)) = chosen else {
         return Ok(());
     };
-    *transmitted = true;
+    served.store(true, Ordering::SeqCst);
     transmission::serve(stream, fd, neg, stop).await
 }
 

@@ -134,21 +134,31 @@ impl Store {
         else {
             return Ok(None);
         };
-        // The files a job made are what abort deletes: a list that cannot
-        // be read must not read as "none".
-        let files = serde_json::from_str(&files).map_err(|e| {
-            Error::invalid(
-                format!("domain '{domain}': {kind} job"),
-                format!(
+        let state = JobState::parse(&state);
+        // The files a running job made are what abort (or reaping a job
+        // whose process died) deletes: a list that cannot be read must not
+        // read as "none". A finished job's files are its results, which
+        // nothing deletes: an unreadable list there only warns, so one bad
+        // record does not block the domain's next backup.
+        let files = match serde_json::from_str(&files) {
+            Ok(f) => f,
+            Err(e) => {
+                let what = format!("domain '{domain}': {kind} job");
+                let problem = format!(
                     "its list of files in {} is unreadable ({e}): {files:?}",
                     self.path.display()
-                ),
-            )
-        })?;
+                );
+                if state == JobState::Running {
+                    return Err(Error::invalid(what, problem));
+                }
+                tracing::warn!("{what}: {problem}");
+                Vec::new()
+            }
+        };
         Ok(Some(Job {
             domain: domain.to_string(),
             kind,
-            state: JobState::parse(&state),
+            state,
             pid: pid as u32,
             started: started as u64,
             ended: ended.map(|e| e as u64),

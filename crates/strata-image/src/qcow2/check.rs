@@ -142,6 +142,14 @@ fn count_l1(
                         ));
                         continue;
                     }
+                    if geo.data_file && host != guest {
+                        // With a data file, host offset = guest offset.
+                        rep.corruptions += 1;
+                        rep.messages.push(format!(
+                            "ERROR offset={host:#x}: L2 entry for guest offset {guest:#x} points elsewhere in the data file (it must match the guest offset)"
+                        ));
+                        continue;
+                    }
                     if !geo.data_file {
                         // Clusters in an external data file are not refcounted.
                         cnt.add(rep, host, cs);

@@ -133,6 +133,12 @@ pub(crate) fn map_runs_in(
         }
         let (entry, bitmap) = m.l2_entry_in(l2, pos)?;
         match decode_l2(entry, &geo) {
+            Cluster::Data { host, .. } if geo.data_file && host != cstart => {
+                // The spec: with a data file, host offset = guest offset.
+                return Err(m.corrupt(format!(
+                    "the L2 entry for guest offset {cstart:#x} points at {host:#x} in the external data file (it must match the guest offset)"
+                )));
+            }
             Cluster::Data { host, .. } => m.check_host(host, "L2 entry", pos)?,
             Cluster::Compressed { .. } if geo.data_file => {
                 return Err(m.corrupt(format!(
