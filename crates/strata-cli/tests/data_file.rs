@@ -431,3 +431,42 @@ fn nbd_exports_read_guest_data_from_the_data_file() {
     );
     assert!(ours.stop().success());
 }
+
+/// A data file that is the image itself is refused at create (nothing is
+/// left behind), and a data file that is a FIFO is refused at open without
+/// blocking on it (found by review).
+#[test]
+fn a_data_file_that_is_the_image_or_a_fifo_is_refused() {
+    let d = tmp();
+    let p = d.path();
+    for name in ["d.qcow2", &format!("{}/./d.qcow2", p.display())] {
+        let o = format!("data_file={name}");
+        strata(
+            p,
+            &["img", "create", "-f", "qcow2", "-o", &o, "d.qcow2", "1M"],
+        )
+        .one_error(1, "is the image itself");
+        assert!(!p.join("d.qcow2").exists(), "{name}: the image was left");
+    }
+    qemu_img(
+        p,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=f.raw",
+            "x.qcow2",
+            "1M",
+        ],
+    );
+    std::fs::remove_file(p.join("f.raw")).unwrap();
+    run_in(p, "mkfifo", &["f.raw"]).expect(0);
+    let r = run_in(
+        p,
+        "timeout",
+        &["10", env!("CARGO_BIN_EXE_strata"), "img", "info", "x.qcow2"],
+    );
+    r.one_error(1, "f.raw is not a regular file");
+}

@@ -137,6 +137,13 @@ pub(crate) fn open(
             ));
         }
     }
+    // Checked before opening: opening a FIFO would block.
+    if std::fs::metadata(&at).is_ok_and(|m| !m.is_file() && !is_block_device(&m)) {
+        return Err(Error::data_file(
+            image,
+            format!("data file {} is not a regular file", at.display()),
+        ));
+    }
     let st = FileStorage::open(&at, writable).map_err(|e| {
         Error::data_file(
             image,
@@ -181,6 +188,16 @@ fn source_of(e: &Error) -> String {
 pub(crate) fn create(image: &Path, name: &str, size: u64, prealloc: Preallocation) -> Result<bool> {
     let shown = image.display().to_string();
     let at = resolve(image, name);
+    let same = match (std::fs::canonicalize(&at), std::fs::canonicalize(image)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => std::path::absolute(&at).ok() == std::path::absolute(image).ok(),
+    };
+    if same {
+        return Err(Error::data_file(
+            &shown,
+            format!("data file {} is the image itself", at.display()),
+        ));
+    }
     let (st, created) = match FileStorage::create(&at, false) {
         Ok(st) => (st, true),
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
