@@ -260,3 +260,57 @@ fn snapshot_name_that_grows_past_64_kib_when_read() {
     assert_eq!(std::fs::read(&img).unwrap(), bytes, "the image changed");
     common::assert_qemu_clean(&img);
 }
+
+/// A header whose extensions fill its 512-byte cluster exactly, with a
+/// backing name offset but length 0: read back, then written with an
+/// (empty) name at offset 512, outside the cluster, which the reader
+/// refuses (found by the qcow2_header fuzz target in CI). An empty backing
+/// name is no backing file, as QEMU reads it, and a name with no room left
+/// is refused when written.
+#[test]
+fn empty_backing_name_in_a_header_that_fills_its_cluster() {
+    let data = include_bytes!("data/header-empty-backing-name-fills-cluster.bin");
+    let mut read = 0;
+    for file_len in [data.len() as u64, data.len() as u64 + (1 << 40)] {
+        let Ok(h) = qcow2::Header::parse("fuzz.qcow2", data, file_len) else {
+            continue;
+        };
+        read += 1;
+        assert_eq!(h.backing_file, None);
+        let bytes = h.to_bytes("fuzz.qcow2").unwrap();
+        let again = qcow2::Header::parse("written.qcow2", &bytes, file_len).unwrap();
+        assert_eq!(again, h);
+    }
+    assert!(read > 0, "the header was refused: the case is not exercised");
+}
+
+/// qemu-img reads an empty backing name as no backing file; so does strata
+/// (info showed `"backing-filename": ""`).
+#[test]
+fn an_empty_backing_name_is_no_backing_file_as_qemu_reads_it() {
+    let d = tmp();
+    let (base, top) = (at(&d, "b.qcow2"), at(&d, "o.qcow2"));
+    run("qemu-img", &["create", "-q", "-f", "qcow2", s(&base), "1M"]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&base),
+            "-F",
+            "qcow2",
+            s(&top),
+        ],
+    );
+    let mut f = std::fs::read(&top).unwrap();
+    f[16..20].copy_from_slice(&0u32.to_be_bytes());
+    std::fs::write(&top, &f).unwrap();
+    let info = run("qemu-img", &["info", "--output=json", s(&top)]);
+    assert!(!info.contains("backing"), "{info}");
+    let img = open_ro(&top);
+    assert!(img.backing().is_none());
+    assert_eq!(driver(&img).header().backing_file, None);
+}

@@ -380,8 +380,8 @@ impl Header {
                 "extended L2 entries need clusters of at least 16 KiB, cluster_bits is {cluster_bits}"
             )));
         }
-        // Backing file name.
-        if backing_offset != 0 {
+        // Backing file name (an empty one is none, as QEMU reads it).
+        if backing_offset != 0 && backing_size != 0 {
             if backing_size > MAX_BACKING_NAME {
                 return Err(bad(format!(
                     "backing file name length {backing_size} at offset 16 exceeds {MAX_BACKING_NAME}"
@@ -518,8 +518,14 @@ impl Header {
         }
         put32(&mut b, EXT_END);
         put32(&mut b, 0);
-        if let Some(name) = &self.backing_file {
+        if let Some(name) = self.backing_file.as_ref().filter(|n| !n.is_empty()) {
             let off = b.len() as u64;
+            if off >= cs as u64 {
+                return Err(Error::invalid(
+                    path,
+                    format!("header and extensions fill the first cluster ({cs} bytes): no room for the backing name"),
+                ));
+            }
             b[8..16].copy_from_slice(&off.to_be_bytes());
             b[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
             b.extend_from_slice(name.as_bytes());
