@@ -281,7 +281,10 @@ fn empty_backing_name_in_a_header_that_fills_its_cluster() {
         let again = qcow2::Header::parse("written.qcow2", &bytes, file_len).unwrap();
         assert_eq!(again, h);
     }
-    assert!(read > 0, "the header was refused: the case is not exercised");
+    assert!(
+        read > 0,
+        "the header was refused: the case is not exercised"
+    );
 }
 
 /// qemu-img reads an empty backing name as no backing file; so does strata
