@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,6 +12,21 @@ use std::time::Duration;
 use strata_core::backup_push::{self, BeginRequest};
 use strata_core::store::JobState;
 use strata_core::{Domain, Store};
+
+/// Domain `vm` with the one disk `disk` (as vda), in the store at
+/// `dir/state`.
+fn define_vm(dir: &Path, disk: &str) -> (Store, PathBuf) {
+    let xml = format!(
+        "<domain><name>vm</name><devices><disk type='file' device='disk'>\
+         <driver type='qcow2'/><source file='{disk}'/><target dev='vda'/></disk></devices></domain>"
+    );
+    let state = dir.join("state");
+    let mut store = Store::open(&state).unwrap();
+    store
+        .define(&Domain::from_xml(&xml, "vm.xml").unwrap())
+        .unwrap();
+    (store, state)
+}
 
 #[test]
 fn abort_stops_a_running_backup_and_removes_its_files() {
@@ -25,15 +41,7 @@ fn abort_stops_a_running_backup_and_removes_its_files() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let xml = format!(
-        "<domain><name>vm</name><devices><disk type='file' device='disk'>\
-         <driver type='qcow2'/><source file='{disk_s}'/><target dev='vda'/></disk></devices></domain>"
-    );
-    let state = dir.join("state");
-    let mut store = Store::open(&state).unwrap();
-    store
-        .define(&Domain::from_xml(&xml, "vm.xml").unwrap())
-        .unwrap();
+    let (mut store, state) = define_vm(dir, disk_s);
     let target = dir.join("vda.bak");
     let req = BeginRequest {
         backup_xml: Some(format!(
@@ -74,15 +82,7 @@ fn an_unreadable_job_file_list_is_an_error_not_nothing_to_delete() {
     let disk = dir.join("vda.qcow2");
     let disk_s = disk.to_str().unwrap();
     common::qemu_img(&["create", "-q", "-f", "qcow2", disk_s, "4M"]);
-    let xml = format!(
-        "<domain><name>vm</name><devices><disk type='file' device='disk'>\
-         <driver type='qcow2'/><source file='{disk_s}'/><target dev='vda'/></disk></devices></domain>"
-    );
-    let state = dir.join("state");
-    let mut store = Store::open(&state).unwrap();
-    store
-        .define(&Domain::from_xml(&xml, "vm.xml").unwrap())
-        .unwrap();
+    let (mut store, state) = define_vm(dir, disk_s);
     let req = BeginRequest {
         backup_xml: None,
         checkpoint_xml: None,

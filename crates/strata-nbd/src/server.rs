@@ -156,11 +156,8 @@ pub async fn serve(
     let open = Arc::new(AtomicUsize::new(0));
     let served = Arc::new(AtomicBool::new(false));
     let (left_tx, mut left_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let session = Arc::new(Session {
-        tls: config.tls.clone(),
-        handshake_limit: config.handshake_limit,
-        multi_conn: config.multi_conn(),
-    });
+    // Every connection reads the server's settings.
+    let config = Arc::new(config);
     let over = || served.load(Ordering::SeqCst) && open.load(Ordering::SeqCst) == 0;
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -192,10 +189,10 @@ pub async fn serve(
         };
         open.fetch_add(1, Ordering::SeqCst);
         let (exports, stop, left) = (exports.clone(), stop_rx.clone(), left_tx.clone());
-        let (session, open, served) = (session.clone(), open.clone(), served.clone());
+        let (config, open, served) = (config.clone(), open.clone(), served.clone());
         tasks.spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection(stream, fd, &exports, &session, stop, &served).await {
+            if let Err(e) = connection(stream, fd, &exports, &config, stop, &served).await {
                 tracing::info!("client: {e}");
             }
             open.fetch_sub(1, Ordering::SeqCst);
@@ -205,13 +202,6 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     Ok(())
-}
-
-/// What every connection of a server is offered.
-struct Session {
-    tls: Option<Tls>,
-    handshake_limit: Option<Duration>,
-    multi_conn: bool,
 }
 
 /// The next client: its stream, and the socket's descriptor (which lives
@@ -232,20 +222,20 @@ async fn accept(l: &Listener) -> std::io::Result<(Box<dyn Stream>, RawFd)> {
     })
 }
 
-/// One client: the handshake (within the session's limit, and given up if
+/// One client: the handshake (within the server's limit, and given up if
 /// the server stops meanwhile), then transmission; `served` is set when it
 /// gets that far.
 async fn connection(
     stream: Box<dyn Stream>,
     fd: RawFd,
     exports: &Exports,
-    session: &Session,
+    config: &Config,
     stop: watch::Receiver<bool>,
     served: &AtomicBool,
 ) -> crate::Result<()> {
     let shake = async {
-        let shake = handshake(stream, fd, exports, session);
-        match session.handshake_limit {
+        let shake = handshake(stream, fd, exports, config);
+        match config.handshake_limit {
             Some(limit) => tokio::time::timeout(limit, shake).await.map_err(|_| {
                 crate::Error::protocol(format!(
                     "handshake not finished within {} s",
@@ -277,20 +267,20 @@ async fn handshake(
     mut stream: Box<dyn Stream>,
     fd: RawFd,
     exports: &Exports,
-    session: &Session,
+    config: &Config,
 ) -> crate::Result<Option<Chosen>> {
     let no_zeroes = greet(&mut stream).await?;
-    let state = if session.tls.is_some() {
+    let state = if config.tls.is_some() {
         TlsState::Required
     } else {
         TlsState::Off
     };
-    let multi = session.multi_conn;
+    let multi = config.multi_conn();
     match options(&mut stream, exports, no_zeroes, state, multi).await? {
         Step::Go(neg) => Ok(Some((stream, Some(fd), neg))),
         Step::Left => Ok(None),
         Step::StartTls => {
-            let Some(tls) = &session.tls else {
+            let Some(tls) = &config.tls else {
                 return Err(crate::Error::protocol("STARTTLS without TLS"));
             };
             let mut secure = tls.accept(stream).await?;
