@@ -34,6 +34,10 @@ mod pool;
 mod queue;
 mod request;
 pub mod server;
+#[cfg(test)]
+mod testrig;
+#[cfg(test)]
+mod testutil;
 
 pub use config::Config;
 pub use error::{Error, Result};

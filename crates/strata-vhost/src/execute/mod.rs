@@ -262,3 +262,6 @@ impl<'a> Cursor<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

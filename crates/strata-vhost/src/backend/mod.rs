@@ -202,3 +202,6 @@ impl VhostUserBackend for BlkBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
