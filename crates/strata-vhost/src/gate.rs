@@ -76,6 +76,15 @@ impl GateInner {
         true
     }
 
+    /// Like [`GateInner::enter`], returning a ticket that counts the request
+    /// out when dropped (answered, or lost to a panic).
+    pub(crate) fn ticket(self: &Arc<Self>, q: usize) -> Option<Ticket> {
+        self.enter(q).then(|| Ticket {
+            gate: self.clone(),
+            queue: q,
+        })
+    }
+
     /// A request of queue `q` is answered (or was never taken).
     pub(crate) fn exit(&self, q: usize) {
         if self.in_flight[q].fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -158,6 +167,18 @@ impl GateInner {
                 }
             }
         }
+    }
+}
+
+/// One request in flight; dropping it counts the request out.
+pub(crate) struct Ticket {
+    gate: Arc<GateInner>,
+    queue: usize,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.gate.exit(self.queue);
     }
 }
 

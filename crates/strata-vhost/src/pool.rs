@@ -55,7 +55,15 @@ fn worker(rx: &Mutex<Receiver<Job>>) {
     loop {
         let job = rx.lock().recv();
         match job {
-            Ok(job) => job(&mut scratch),
+            Ok(job) => {
+                // A job that panics loses its request (its in-flight ticket
+                // is released as it unwinds), not the thread.
+                let run = std::panic::AssertUnwindSafe(|| job(&mut scratch));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("a virtio-blk request panicked; it stays unanswered");
+                    scratch = Vec::new();
+                }
+            }
             Err(_) => return,
         }
     }

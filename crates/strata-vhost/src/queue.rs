@@ -80,21 +80,14 @@ impl Queue {
                 }
                 let mut paused = false;
                 loop {
-                    if !pass.gate.enter(q) {
+                    let Some(ticket) = pass.gate.ticket(q) else {
                         paused = true;
                         break;
-                    }
-                    match state
-                        .get_queue_mut()
-                        .iter(memory.clone())
-                        .ok()
-                        .and_then(|mut i| i.next())
-                    {
-                        Some(chain) => chains.push(chain),
-                        None => {
-                            pass.gate.exit(q);
-                            break;
-                        }
+                    };
+                    let mut ring = state.get_queue_mut().iter(memory.clone()).ok();
+                    match ring.as_mut().and_then(Iterator::next) {
+                        Some(chain) => chains.push((chain, ticket)),
+                        None => break,
                     }
                 }
                 // While paused, notifications stay off: resuming takes the
@@ -103,38 +96,33 @@ impl Queue {
             };
             let image = pass.gate.image();
             let limits = Limits::new(pass.config, image.size());
-            for chain in chains {
+            for (chain, ticket) in chains {
                 let head = chain.head_index();
                 let descs: Vec<_> = chain
                     .map(|d| (d.addr(), d.len(), d.is_write_only()))
                     .collect();
                 match parse(&*memory, head, descs, &limits) {
                     Parsed::Request(req) => {
-                        let (gate, image, vring, memory) = (
-                            pass.gate.clone(),
-                            image.clone(),
-                            vring.clone(),
-                            memory.clone(),
-                        );
-                        let ctx_serial = pass.config.serial_bytes();
+                        let (image, vring, memory) = (image.clone(), vring.clone(), memory.clone());
+                        let serial = pass.config.serial_bytes();
                         let writethrough = pass.writethrough;
                         let job = Box::new(move |scratch: &mut Vec<u8>| {
                             let ctx = Context {
-                                serial: &ctx_serial,
+                                serial: &serial,
                                 writethrough,
                             };
                             let len = answer(&*memory, &*image, &req, ctx, scratch);
                             complete(&vring, q, req.head, len);
-                            gate.exit(q);
+                            drop(ticket);
                         });
-                        if !self.pool.submit(job) {
-                            pass.gate.exit(q);
-                        }
+                        // Refused only while the device shuts down; the
+                        // ticket goes with the dropped job.
+                        self.pool.submit(job);
                     }
                     Parsed::Unanswerable { head, reason } => {
                         tracing::warn!(queue = q, head, reason, "virtio-blk chain dropped");
                         complete(vring, q, head, 0);
-                        pass.gate.exit(q);
+                        drop(ticket);
                     }
                 }
             }
