@@ -9,7 +9,7 @@
 //! for a pause (both sequentially consistent), so a drain that starts after
 //! a pause never misses a request that slipped past it.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ use crate::error::{Error, Result};
 pub(crate) struct GateInner {
     pauses: AtomicUsize,
     in_flight: Box<[AtomicUsize]>,
+    /// Requests taken per queue since the start.
+    taken: Box<[AtomicU64]>,
     idle_lock: Mutex<()>,
     idle: Condvar,
     image: RwLock<Arc<dyn Image>>,
@@ -57,6 +59,7 @@ impl GateInner {
         Ok(Arc::new(GateInner {
             pauses: AtomicUsize::new(0),
             in_flight: (0..queues).map(|_| AtomicUsize::new(0)).collect(),
+            taken: (0..queues).map(|_| AtomicU64::new(0)).collect(),
             idle_lock: Mutex::new(()),
             idle: Condvar::new(),
             image: RwLock::new(image),
@@ -83,6 +86,11 @@ impl GateInner {
             gate: self.clone(),
             queue: q,
         })
+    }
+
+    /// Counts a request taken off queue `q`'s ring.
+    pub(crate) fn count_taken(&self, q: usize) {
+        self.taken[q].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request of queue `q` is answered (or was never taken).
@@ -222,6 +230,15 @@ impl Gate {
     /// The image served now.
     pub fn image(&self) -> Arc<dyn Image> {
         self.inner.image()
+    }
+
+    /// Requests taken from each queue since the disk was first served.
+    pub fn requests_per_queue(&self) -> Vec<u64> {
+        self.inner
+            .taken
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
     }
 }
 

@@ -86,7 +86,10 @@ impl Queue {
                     };
                     let mut ring = state.get_queue_mut().iter(memory.clone()).ok();
                     match ring.as_mut().and_then(Iterator::next) {
-                        Some(chain) => chains.push((chain, ticket)),
+                        Some(chain) => {
+                            pass.gate.count_taken(q);
+                            chains.push((chain, ticket));
+                        }
                         None => break,
                     }
                 }
