@@ -67,6 +67,11 @@ pub(crate) fn writeback_allowed(features: u64) -> bool {
     features & bit(VIRTIO_BLK_F_FLUSH) != 0
 }
 
+/// True when the driver acked `VIRTIO_BLK_F_CONFIG_WCE` in `features`.
+pub(crate) fn wce_acked(features: u64) -> bool {
+    features & bit(VIRTIO_BLK_F_CONFIG_WCE) != 0
+}
+
 /// What requests are checked against: the disk as the guest sees it now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Limits {

@@ -36,7 +36,26 @@ use crate::queue::{AtomicMemory, Pass, Queue, Vring};
 struct Session {
     memory: RwLock<Option<AtomicMemory>>,
     acked: AtomicU64,
-    writeback: AtomicBool,
+    /// The cache mode the driver asked for (`writeback` in the config
+    /// space); it applies only once FLUSH is acked.
+    wce: AtomicBool,
+}
+
+impl Session {
+    /// Writes may be cached: the driver acked FLUSH (so it sends flushes)
+    /// and did not switch the cache to writethrough (virtio 1.2, 5.2.6.4).
+    fn writeback(&self) -> bool {
+        self.wce.load(Ordering::SeqCst)
+            && device::writeback_allowed(self.acked.load(Ordering::SeqCst))
+    }
+
+    /// The `writeback` field: the driver's choice, except 0 for a driver
+    /// that acked CONFIG_WCE without FLUSH (virtio 1.2, 5.2.5.1).
+    fn writeback_field(&self) -> bool {
+        let acked = self.acked.load(Ordering::SeqCst);
+        let forced_off = device::wce_acked(acked) && !device::writeback_allowed(acked);
+        self.wce.load(Ordering::SeqCst) && !forced_off
+    }
 }
 
 /// The device: shared by the framework's threads and the server.
@@ -67,8 +86,9 @@ impl BlkBackend {
         self.session.acked.store(0, Ordering::SeqCst);
         // Writeback until the driver says otherwise: the frontend reads the
         // configuration space (and shows the guest this mode) before it
-        // acks any feature.
-        self.session.writeback.store(true, Ordering::SeqCst);
+        // acks any feature. QEMU also acks a first feature set without
+        // FLUSH at connection, so the mode is derived, never latched.
+        self.session.wce.store(true, Ordering::SeqCst);
     }
 
     /// The event id of a queue thread's resume event (above the queues' own
@@ -105,9 +125,12 @@ impl VhostUserBackend for BlkBackend {
 
     fn acked_features(&self, features: u64) {
         self.session.acked.store(features, Ordering::SeqCst);
-        if !device::writeback_allowed(features) {
-            self.session.writeback.store(false, Ordering::SeqCst);
-        }
+        let writeback = self.session.writeback();
+        tracing::debug!(
+            features = format!("{features:#x}"),
+            writeback,
+            "virtio features acked"
+        );
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -119,21 +142,17 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let writeback = self.session.writeback.load(Ordering::SeqCst);
+        let writeback = self.session.writeback_field();
         let space = device::config_space(&self.config, &self.limits(), writeback);
         device::config_window(&space, offset, size)
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        // Only `writeback` is writable. QEMU forwards the guest's write as
-        // soon as it happens, which may be before it acks features, so the
-        // features are checked when they come, not here.
+        // Only `writeback` is writable.
         if offset == WRITEBACK_OFFSET && buf.len() == 1 {
-            let acked = self.session.acked.load(Ordering::SeqCst);
-            let allowed = acked == 0 || device::writeback_allowed(acked);
-            self.session
-                .writeback
-                .store(buf[0] != 0 && allowed, Ordering::SeqCst);
+            self.session.wce.store(buf[0] != 0, Ordering::SeqCst);
+            let writeback = self.session.writeback();
+            tracing::debug!(writeback, "cache mode set by the driver");
             return Ok(());
         }
         Err(io::Error::new(
@@ -194,7 +213,7 @@ impl VhostUserBackend for BlkBackend {
             gate: &self.gate,
             config: &self.config,
             memory: &memory,
-            writethrough: !self.session.writeback.load(Ordering::SeqCst),
+            writethrough: !self.session.writeback(),
         };
         // Errors are logged where they happen: returning one would end the
         // framework's worker thread and with it the queue.

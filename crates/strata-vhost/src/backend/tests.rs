@@ -613,13 +613,57 @@ fn config_space_and_cache_mode() {
     assert_eq!(b.get_config(32, 1), vec![0]);
     assert!(b.set_config(0, &[0; 8]).is_err());
     assert!(b.set_config(32, &[0, 0]).is_err());
-    // A driver without FLUSH gets writethrough, whatever it writes.
+    // A driver without FLUSH gets writethrough, whatever it writes; the
+    // mode follows the features each time they are acked (QEMU acks a set
+    // without FLUSH first, then the guest's).
     b.new_session();
     assert_eq!(b.get_config(32, 1), vec![1], "writeback before features");
-    b.acked_features(b.features() & !(1 << VIRTIO_BLK_F_FLUSH));
+    let all = b.features();
+    let no_flush = all & !(1 << VIRTIO_BLK_F_FLUSH);
+    b.acked_features(no_flush);
     assert_eq!(b.get_config(32, 1), vec![0]);
     b.set_config(32, &[1]).unwrap();
     assert_eq!(b.get_config(32, 1), vec![0]);
+    b.acked_features(all);
+    assert_eq!(b.get_config(32, 1), vec![1]);
     assert_eq!(b.num_queues(), 2);
     assert_eq!(b.queues_per_thread(), vec![1, 2]);
+}
+
+/// Regression: QEMU acks a feature set without FLUSH when it connects,
+/// then the guest's with FLUSH; the first ack latched writethrough, and
+/// every guest write was flushed (random writes ran at half speed).
+#[test]
+fn cache_mode_follows_the_last_features_acked() {
+    use strata_image::storage::{FaultConfig, FaultStorage};
+    let st = Arc::new(FaultStorage::new(
+        "f.raw",
+        vec![0; 1 << 20],
+        FaultConfig::default(),
+    ));
+    let image = Arc::new(strata_image::raw::RawImage::open(st.clone(), true).unwrap());
+    let mut rig = Rig::new(image, config(), false);
+    let all = rig.backend.features()
+        & !(1 << virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX);
+    let write = |rig: &mut Rig| {
+        rig.write(BUFFERS, &header(VIRTIO_BLK_T_OUT, 0));
+        rig.submit(&[
+            (BUFFERS, 16, false),
+            (BUFFERS + 0x1000, 512, false),
+            (BUFFERS + 0x2000, 1, true),
+        ]);
+        rig.kick();
+        rig.wait_used(1);
+    };
+    rig.backend.acked_features(all & !(1 << VIRTIO_BLK_F_FLUSH));
+    rig.backend.acked_features(all);
+    write(&mut rig);
+    assert_eq!(st.flushes(), 0, "writeback: no flush per write");
+    rig.backend.acked_features(all & !(1 << VIRTIO_BLK_F_FLUSH));
+    write(&mut rig);
+    assert_eq!(st.flushes(), 1, "without FLUSH every write is made durable");
+    rig.backend.acked_features(all);
+    rig.backend.set_config(32, &[0]).unwrap();
+    write(&mut rig);
+    assert_eq!(st.flushes(), 2, "the driver chose writethrough");
 }
