@@ -223,4 +223,6 @@ impl VhostUserBackend for BlkBackend {
 }
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod tests;
