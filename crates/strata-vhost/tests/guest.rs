@@ -210,7 +210,7 @@ fn discard_and_write_zeroes_reach_the_image() {
 }
 
 #[test]
-fn a_read_only_export_refuses_guest_writes() {
+fn a_read_only_export_with_4k_blocks_refuses_guest_writes() {
     let Some(kit) = kit() else { return };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.raw");
@@ -218,13 +218,14 @@ fn a_read_only_export_refuses_guest_writes() {
     std::fs::write(&path, &bytes).unwrap();
     let config = Config {
         readonly: true,
+        block_size: 4096,
         ..Config::default()
     };
     let served = Served::new(dir.path(), open(&path, false), config);
     let run = Guest::new(kit)
         .vhost_user_blk(&served.socket)
         .workload(
-            "echo ro=$(cat /sys/block/vda/ro)
+            "echo ro=$(cat /sys/block/vda/ro) lbs=$(cat /sys/block/vda/queue/logical_block_size)
              if dd if=/dev/zero of=/dev/vda bs=4k count=1 oflag=direct 2>/dev/null; then echo write=ok; else echo write=refused; fi
              dd if=/dev/vda bs=1M count=1 iflag=direct 2>/dev/null | md5sum",
         )
@@ -232,7 +233,7 @@ fn a_read_only_export_refuses_guest_writes() {
         .unwrap()
         .expect_exit(0);
     let out = run.workload_output();
-    assert!(out.contains("ro=1"), "{out}");
+    assert!(out.contains("ro=1 lbs=4096"), "{out}");
     assert!(out.contains("write=refused"), "{out}");
     let md5 = host("md5sum", &[path.to_str().unwrap()]);
     assert!(
@@ -283,8 +284,10 @@ fn guest_io_goes_on_across_a_backend_restart() {
         .iter()
         .sum::<u64>();
     assert!(before > 0, "the guest did I/O before the restart");
-    // The backend goes away (answering what it took) and comes back.
-    served.close();
+    // The backend's handle is dropped (it answers what it took, closes the
+    // connection; the image closes with its last reference) and a new one
+    // serves the same socket.
+    drop(served);
     std::thread::sleep(Duration::from_millis(300));
     let served = Served::new(dir.path(), open(&path, true), two_queues());
     let run = guest.wait().unwrap().expect_exit(0);
