@@ -312,3 +312,122 @@ fn guest_io_goes_on_across_a_backend_restart() {
     served.close();
     check(&path);
 }
+
+/// A QMP connection: one command at a time, its answer as text.
+struct Qmp(std::io::BufReader<std::os::unix::net::UnixStream>);
+
+impl Qmp {
+    fn connect(path: &Path) -> Qmp {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("QMP {}: {e}", path.display()),
+            }
+        };
+        let mut qmp = Qmp(std::io::BufReader::new(stream));
+        qmp.line(); // the greeting
+        qmp.cmd(r#"{"execute": "qmp_capabilities"}"#);
+        qmp
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        std::io::BufRead::read_line(&mut self.0, &mut l).unwrap();
+        assert!(!l.is_empty(), "QMP closed");
+        l
+    }
+
+    /// Sends `json` and returns the `return` or `error` line (events skipped).
+    fn cmd(&mut self, json: &str) -> String {
+        use std::io::Write;
+        writeln!(self.0.get_mut(), "{json}").unwrap();
+        loop {
+            let l = self.line();
+            if l.contains("\"return\"") || l.contains("\"error\"") {
+                assert!(!l.contains("\"error\""), "{json}: {l}");
+                return l;
+            }
+        }
+    }
+
+    /// Polls `query-migrate` until it completes.
+    fn wait_migration(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let r = self.cmd(r#"{"execute": "query-migrate"}"#);
+            if r.contains("\"completed\"") {
+                return;
+            }
+            assert!(!r.contains("\"failed\""), "migration failed: {r}");
+            assert!(std::time::Instant::now() < deadline, "migration stuck: {r}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// QEMU saves a running guest (live migration to a file: it refuses a
+/// vhost-user device without dirty logging) while fio writes and verifies
+/// through strata; a second QEMU restores it on the same backend, and fio
+/// goes on verifying to the end.
+#[test]
+fn a_running_guest_is_saved_and_restored_on_the_same_backend() {
+    let Some(kit) = kit() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = qcow2(dir.path(), "disk.qcow2", "128M");
+    let served = Served::new(dir.path(), open(&path, true), Config::default());
+    let state = dir.path().join("state.bin");
+    let workload = "set -e
+         echo SAVE-ME
+         fio --name=saved --filename=/dev/vda --rw=randwrite --bs=4k --size=32M \
+             --ioengine=libaio --iodepth=8 --direct=1 --time_based --runtime=20 \
+             --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_backlog=64
+         echo FIO-DONE";
+    let machine = |qmp: &Path| {
+        Guest::new(kit)
+            .vhost_user_blk(&served.socket)
+            .timeout(Duration::from_secs(300))
+            .workload(workload)
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+    };
+    let qmp1 = dir.path().join("qmp1.sock");
+    let mut first = machine(&qmp1).spawn().unwrap();
+    first.wait_for("SAVE-ME").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut qmp = Qmp::connect(&qmp1);
+    qmp.cmd(&format!(
+        r#"{{"execute": "migrate", "arguments": {{"uri": "file:{}"}}}}"#,
+        state.display()
+    ));
+    qmp.wait_migration();
+    first.kill();
+    let qmp2 = dir.path().join("qmp2.sock");
+    let second = machine(&qmp2)
+        .arg("-incoming")
+        .arg("defer")
+        .spawn()
+        .unwrap();
+    let mut qmp = Qmp::connect(&qmp2);
+    qmp.cmd(&format!(
+        r#"{{"execute": "migrate-incoming", "arguments": {{"uri": "file:{}"}}}}"#,
+        state.display()
+    ));
+    qmp.wait_migration();
+    qmp.cmd(r#"{"execute": "cont"}"#);
+    let run = second.wait().unwrap().expect_exit(0);
+    assert!(
+        run.console.contains("FIO-DONE") && run.console.contains("err= 0"),
+        "{}",
+        run.console
+    );
+    assert!(
+        served.server().connections() >= 2,
+        "the restored QEMU connected again"
+    );
+    served.close();
+    check(&path);
+}
