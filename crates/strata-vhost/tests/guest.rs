@@ -431,3 +431,80 @@ fn a_running_guest_is_saved_and_restored_on_the_same_backend() {
     served.close();
     check(&path);
 }
+
+/// The gate on a running guest, the way a live disk snapshot uses it: while
+/// fio writes and verifies, the disk is quiesced (no request runs), flushed,
+/// an external qcow2 overlay is made over the served image and swapped in
+/// with that image as its backing, and the guest resumes on the overlay.
+/// fio's verification reads go through both layers; afterwards the base
+/// holds only what was written before the snapshot and qemu-img checks
+/// both.
+#[test]
+fn a_live_snapshot_swaps_in_an_overlay_under_a_running_guest() {
+    use strata_image::qcow2::{OpenOptions, Qcow2};
+    use strata_image::storage::FileStorage;
+    let Some(kit) = kit() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let base_path = qcow2(dir.path(), "base.qcow2", "128M");
+    let base = open(&base_path, true);
+    let served = Served::new(dir.path(), base.clone(), two_queues());
+    let mut guest = Guest::new(kit)
+        .vhost_user_blk(&served.socket)
+        .smp(2)
+        .timeout(Duration::from_secs(300))
+        .workload(
+            "set -e
+             echo SNAPSHOT-ME
+             fio --name=snap --filename=/dev/vda --rw=randwrite --bs=4k --size=32M \
+                 --ioengine=libaio --iodepth=8 --direct=1 --numjobs=2 --offset_increment=64M \
+                 --time_based --runtime=12 --group_reporting \
+                 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_backlog=128
+             echo FIO-DONE",
+        )
+        .spawn()
+        .unwrap();
+    guest.wait_for("SNAPSHOT-ME").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let gate = served.server().gate();
+    let overlay_path = dir.path().join("overlay.qcow2");
+    let stalled = {
+        let paused = gate.quiesce(Duration::from_secs(30)).unwrap();
+        assert_eq!(gate.in_flight(), 0);
+        let taken = gate.requests_per_queue().iter().sum::<u64>();
+        base.flush().unwrap();
+        strata_image::ops::external::create_overlay(
+            &base_path,
+            strata_image::Format::Qcow2,
+            base.size(),
+            &overlay_path,
+        )
+        .unwrap();
+        let st = Arc::new(FileStorage::open(&overlay_path, true).unwrap());
+        let opts = OpenOptions {
+            writable: true,
+            lock: true,
+            ..OpenOptions::default()
+        };
+        let overlay: Arc<dyn Image> = Arc::new(Qcow2::open(st, Some(base.clone()), &opts).unwrap());
+        // Nothing is taken from the guest while paused.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(gate.requests_per_queue().iter().sum::<u64>(), taken);
+        let old = paused.swap_image(overlay).unwrap();
+        assert!(Arc::ptr_eq(&old, &base));
+        taken
+    };
+    let run = guest.wait().unwrap().expect_exit(0);
+    let out = run.workload_output();
+    assert!(out.contains("FIO-DONE") && out.contains("err= 0"), "{out}");
+    let after = gate.requests_per_queue().iter().sum::<u64>();
+    assert!(
+        after > stalled + 1000,
+        "the guest went on after the swap: {stalled} -> {after}"
+    );
+    drop(base);
+    served.close();
+    check(&overlay_path);
+    check(&base_path);
+    let info = host("qemu-img", &["info", overlay_path.to_str().unwrap()]);
+    assert!(info.contains("backing file: base.qcow2"), "{info}");
+}
