@@ -72,12 +72,14 @@ impl BlkBackend {
         let queues = (0..usize::from(config.queues))
             .map(|i| Queue::new(i, &config))
             .collect::<Result<Vec<_>>>()?;
-        Ok(BlkBackend {
+        let backend = BlkBackend {
             config,
             gate,
             queues,
             session: Session::default(),
-        })
+        };
+        backend.new_session();
+        Ok(backend)
     }
 
     /// Forgets what the last connection negotiated.
