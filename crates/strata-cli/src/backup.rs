@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
+use strata_core::backup::pull::{self as backup_pull, PullBackup};
+use strata_core::backup::push::{self as backup_push, BeginRequest};
 use strata_core::backup::{BackupDef, BackupMode, BackupServer};
-use strata_core::backup_pull::{self, PullBackup};
-use strata_core::backup_push::{self, BeginRequest};
 use strata_core::store::{Job, JobState};
 use strata_core::Store;
 use strata_image::ChainOptions;

@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use strata_core::checkpoint::redefine as checkpoint_redefine;
 use strata_core::checkpoint::{self, CheckpointRequest};
-use strata_core::checkpoint_redefine;
 use strata_core::Store;
 
 use crate::cli::CheckpointCommand;

@@ -6,12 +6,12 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use serde::Serialize;
+use strata_core::snapshot::create::{self as snapshot_create, CreateRequest, DiskSpec};
+use strata_core::snapshot::delete::{self as snapshot_delete, DeleteRequest};
+use strata_core::snapshot::{redefine as snapshot_redefine, revert as snapshot_revert};
 use strata_core::snapshot::{DiskMode, SnapshotDef};
-use strata_core::snapshot_create::{self, CreateRequest, DiskSpec};
-use strata_core::snapshot_delete::{self, DeleteRequest};
 use strata_core::store::SnapshotRow;
 use strata_core::Store;
-use strata_core::{snapshot_redefine, snapshot_revert};
 
 use crate::cli::DomSnapshotCommand;
 use crate::domain::{read_xml, state_dir};

@@ -5,10 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod backup;
-pub mod backup_pull;
-pub mod backup_push;
 pub mod checkpoint;
-pub mod checkpoint_redefine;
 pub mod domain;
 pub mod error;
 pub mod faults;
@@ -16,11 +13,6 @@ pub mod lock;
 mod redefine;
 mod refs;
 pub mod snapshot;
-pub mod snapshot_create;
-pub mod snapshot_delete;
-mod snapshot_merge;
-pub mod snapshot_redefine;
-pub mod snapshot_revert;
 pub mod store;
 pub mod xml;
 

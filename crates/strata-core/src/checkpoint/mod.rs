@@ -7,6 +7,8 @@
 //! checkpoint, over every layer of the disk's chain (`dirty_since`), which
 //! keeps working across external snapshots.
 
+pub mod redefine;
+
 use std::path::Path;
 
 use strata_image::transaction::{self, Action, BitmapOp};

@@ -21,6 +21,14 @@ use crate::image::{Format, Image};
 use crate::ops::external;
 use crate::qcow2::{BitmapEdit, PendingChange, Qcow2, SnapshotChange};
 
+mod fault;
+
+use fault::injected;
+#[cfg(feature = "test-utils")]
+pub use fault::{Fault, Phase};
+#[cfg(not(feature = "test-utils"))]
+use fault::{Fault, Phase};
+
 /// Dirty-bitmap actions (QEMU's `block-dirty-bitmap-*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BitmapOp {
@@ -149,24 +157,6 @@ impl Action {
     }
 }
 
-/// Where a test injects a failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// While member `n` prepares.
-    Prepare,
-    /// While member `n` commits (after members before it committed).
-    Commit,
-}
-
-/// A failure to inject (for tests of the all-or-nothing promise).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fault {
-    /// Index of the action that fails.
-    pub member: usize,
-    /// When it fails.
-    pub phase: Phase,
-}
-
 /// What one action did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -189,25 +179,10 @@ pub enum Outcome {
     },
 }
 
-fn action_error(i: usize, a: &Action, e: impl std::fmt::Display) -> Error {
+pub(crate) fn action_error(i: usize, a: &Action, e: impl std::fmt::Display) -> Error {
     Error::invalid(
         &a.file().display().to_string(),
         format!("action {} ({}): {e}", i + 1, a.kind()),
-    )
-}
-
-fn injected(i: usize, a: &Action, phase: Phase) -> Error {
-    action_error(
-        i,
-        a,
-        format!(
-            "injected fault at {}",
-            if phase == Phase::Prepare {
-                "prepare"
-            } else {
-                "commit"
-            }
-        ),
     )
 }
 
@@ -760,9 +735,19 @@ fn prepare<'a>(actions: &[Action], opened: &'a Opened, unit: &Unit) -> Result<Me
     }
 }
 
-/// Runs `actions` all-or-nothing; `fault` injects a failure (tests only).
-/// Returns each action's outcome, in order.
-pub fn run(actions: &[Action], fault: Option<Fault>) -> Result<Vec<Outcome>> {
+/// Runs `actions` all-or-nothing. Returns each action's outcome, in order.
+pub fn run(actions: &[Action]) -> Result<Vec<Outcome>> {
+    run_faulty(actions, None)
+}
+
+/// Runs `actions` all-or-nothing as [`run`] does, failing at `fault`
+/// (tests of the all-or-nothing promise).
+#[cfg(feature = "test-utils")]
+pub fn run_with_fault(actions: &[Action], fault: Fault) -> Result<Vec<Outcome>> {
+    run_faulty(actions, Some(fault))
+}
+
+fn run_faulty(actions: &[Action], fault: Option<Fault>) -> Result<Vec<Outcome>> {
     let opened = validate(actions)?;
     let mut members: Vec<Member<'_>> = Vec::new();
     let faulty = |m: &Member<'_>, phase| match fault {

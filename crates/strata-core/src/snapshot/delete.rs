@@ -6,7 +6,7 @@
 //!   the image holding it;
 //! - a disk snapshotted externally has the overlay above the snapshot's
 //!   image merged into that image when that is safe
-//!   ([`crate::snapshot_merge`]); references to the overlay (the domain's
+//!   ([`crate::snapshot::merge`]); references to the overlay (the domain's
 //!   disk, other snapshots) then name the merged image, and images above
 //!   the overlay are re-pointed at it. When it is not safe the files stay.
 //!
@@ -25,8 +25,8 @@ use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::lock::DomainLock;
 use crate::refs::{self, canon, Graph};
+use crate::snapshot::merge::{self, Merge, World};
 use crate::snapshot::{DiskMode, SnapshotDef};
-use crate::snapshot_merge::{self, Merge, World};
 use crate::store::{SnapshotRow, Store};
 
 /// What to delete besides (or instead of) the snapshot itself.
@@ -126,12 +126,11 @@ fn delete_one(store: &mut Store, domain: &str, name: &str) -> Result<()> {
                 file,
                 name: name.to_string(),
             }),
-            _ => merges.extend(snapshot_merge::plan(&world, &d.name, &file)?),
+            _ => merges.extend(merge::plan(&world, &d.name, &file)?),
         }
     }
     let guard = format!("strata-merge-guard-{}", std::process::id());
-    snapshot_merge::run(&merges, internal, &guard)
-        .map_err(|e| Error::invalid(&what, e.to_string()))?;
+    merge::run(&merges, internal, &guard).map_err(|e| Error::invalid(&what, e.to_string()))?;
     let (rewrites, new_dom) = rewrite_references(store, domain, name, &merges)?;
     store.delete_snapshots_rewriting(domain, &[name.to_string()], &rewrites, new_dom.as_ref())?;
     refs::collect_or_warn(store, domain);

@@ -251,7 +251,7 @@ fn undo_disks(actions: &[Action], name: &str) {
         }
     }
     if !back.is_empty() {
-        if let Err(e) = transaction::run(&back, None) {
+        if let Err(e) = transaction::run(&back) {
             tracing::error!("snapshot '{name}': cannot delete the new internal snapshots: {e}");
         }
     }
@@ -292,7 +292,7 @@ mod tests {
                 reuse: false,
             },
         ];
-        transaction::run(&actions, None).unwrap();
+        transaction::run(&actions).unwrap();
         assert_eq!(snapshots_of(&a), ["s1"]);
         assert!(overlay.exists());
         undo_disks(&actions, "s1");

@@ -155,7 +155,7 @@ pub(crate) fn run(merges: &[Merge], mut last: Vec<Action>, guard: &str) -> Resul
             name: Some(guard.to_string()),
         })
         .collect();
-    transaction::run(&guards, None)?;
+    transaction::run(&guards)?;
     let mut repointed: Vec<(PathBuf, PathBuf)> = Vec::new();
     let merged = (|| -> Result<()> {
         for m in merges {
@@ -231,7 +231,7 @@ fn roll_back(merges: &[Merge], repointed: &[(PathBuf, PathBuf)], guard: &str) {
                 }
             })
             .collect();
-        if let Err(e) = transaction::run(&actions, None) {
+        if let Err(e) = transaction::run(&actions) {
             tracing::error!("taking back a failed merge: {e} (guard snapshots '{guard}')");
         }
     }

@@ -11,8 +11,8 @@ use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::lock::DomainLock;
 use crate::redefine;
+use crate::snapshot::create::{CreateRequest, DiskSpec};
 use crate::snapshot::{DiskMode, SnapshotDef};
-use crate::snapshot_create::{CreateRequest, DiskSpec};
 use crate::store::Store;
 
 /// Records the snapshot that `xml` describes for `domain`; returns it.

@@ -4,6 +4,9 @@
 //! [`BackupDef::resolve`] fills in what libvirt fills in for elements left
 //! out, so the XML written back says exactly what was done.
 
+pub mod pull;
+pub mod push;
+
 use std::path::PathBuf;
 
 use crate::domain::Domain;

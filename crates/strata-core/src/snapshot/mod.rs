@@ -4,6 +4,12 @@
 //! the disks with how each was snapshotted, and the full domain definition
 //! at snapshot time.
 
+pub mod create;
+pub mod delete;
+mod merge;
+pub mod redefine;
+pub mod revert;
+
 use std::path::PathBuf;
 
 use serde::Serialize;

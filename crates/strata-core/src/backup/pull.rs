@@ -15,8 +15,8 @@
 
 use std::path::PathBuf;
 
+use crate::backup::push::{self, BeginRequest, Prepared};
 use crate::backup::{BackupMode, BackupServer};
-use crate::backup_push::{self, BeginRequest, Prepared};
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::lock::DomainLock;
@@ -59,7 +59,7 @@ pub fn begin(store: &mut Store, domain: &str, req: &BeginRequest) -> Result<Pull
         def,
         start,
         checkpoint: cp,
-    } = backup_push::prepare(store, domain, req, BackupMode::Pull)?;
+    } = push::prepare(store, domain, req, BackupMode::Pull)?;
     let server = def
         .server
         .clone()
@@ -69,7 +69,7 @@ pub fn begin(store: &mut Store, domain: &str, req: &BeginRequest) -> Result<Pull
     let mut cache = Vec::new();
     for d in def.disks.iter().flatten().filter(|d| d.backup) {
         let disk_what = format!("{what}: disk '{}'", d.name);
-        let source = backup_push::disk_source(&dom, &d.name, &disk_what)?;
+        let source = push::disk_source(&dom, &d.name, &disk_what)?;
         let export_name = d.export_name.clone().unwrap_or_else(|| d.name.clone());
         if disks
             .iter()
@@ -83,7 +83,7 @@ pub fn begin(store: &mut Store, domain: &str, req: &BeginRequest) -> Result<Pull
         let bitmap = match (&d.incremental, &d.export_bitmap) {
             (Some(cp), Some(name)) => Some((
                 name.clone(),
-                backup_push::disk_changes(store, domain, &mut cache, cp, &d.name, &disk_what)?,
+                push::disk_changes(store, domain, &mut cache, cp, &d.name, &disk_what)?,
             )),
             _ => None,
         };
