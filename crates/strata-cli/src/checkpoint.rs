@@ -15,7 +15,7 @@ use crate::cli::CheckpointCommand;
 use crate::domain::{read_xml, state_dir};
 use crate::exit::OK;
 use crate::output::Output;
-use crate::tree;
+use strata_core::tree;
 
 /// Runs `strata checkpoint …`.
 pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result<u8> {

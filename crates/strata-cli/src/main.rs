@@ -14,7 +14,6 @@ mod output;
 mod progress;
 mod size;
 mod snapshot;
-mod tree;
 
 use std::process::ExitCode;
 

@@ -17,7 +17,7 @@ use crate::cli::DomSnapshotCommand;
 use crate::domain::{read_xml, state_dir};
 use crate::exit::{usage, OK};
 use crate::output::Output;
-use crate::tree;
+use strata_core::tree;
 
 /// One snapshot of `snapshot list --output json`.
 #[derive(Debug, Serialize)]
@@ -129,10 +129,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
         }
         DomSnapshotCommand::List(a) => {
             let rows = store.snapshots(&a.domain)?;
-            let nodes: Vec<tree::Node> = rows
-                .iter()
-                .map(|r| (r.name.clone(), r.parent.clone()))
-                .collect();
+            let nodes = SnapshotRow::nodes(&rows);
             if let Some(f) = &a.from {
                 store.snapshot(&a.domain, f)?;
                 if a.roots {
@@ -277,7 +274,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 .iter()
                 .filter(|r| r.parent.as_deref() == Some(&row.name))
                 .count();
-            let descendants = descendants(&rows, &row.name);
+            let descendants = tree::below(&SnapshotRow::nodes(&rows), &row.name, true).len();
             let info = serde_json::json!({
                 "name": row.name,
                 "domain": a.domain,
@@ -322,13 +319,6 @@ fn pick(store: &Store, domain: &str, name: Option<String>, current: bool) -> Res
         },
         _ => Err(usage("give a snapshot name or --current, not both")),
     }
-}
-
-fn descendants(rows: &[SnapshotRow], name: &str) -> usize {
-    rows.iter()
-        .filter(|r| r.parent.as_deref() == Some(name))
-        .map(|r| 1 + descendants(rows, &r.name))
-        .sum()
 }
 
 /// virsh snapshot-list's table.

@@ -12,8 +12,10 @@ pub mod faults;
 pub mod lock;
 mod redefine;
 mod refs;
+pub mod serve;
 pub mod snapshot;
 pub mod store;
+pub mod tree;
 pub mod xml;
 
 pub use domain::{Disk, Domain};

@@ -6,6 +6,7 @@
 
 pub mod pull;
 pub mod push;
+pub mod serve;
 
 use std::path::PathBuf;
 

@@ -383,19 +383,17 @@ fn bitmaps_of(file: &Path) -> Result<Vec<(String, bool)>> {
             ..Default::default()
         },
     )?;
-    Ok(
-        match img.as_any().downcast_ref::<strata_image::qcow2::Qcow2>() {
-            Some(q) => q
-                .bitmaps()?
-                .into_iter()
-                .map(|b| {
-                    let on = b.enabled();
-                    (b.name, on)
-                })
-                .collect(),
-            None => Vec::new(),
-        },
-    )
+    Ok(match img.dirty_bitmaps() {
+        Some(q) => q
+            .bitmaps()?
+            .into_iter()
+            .map(|b| {
+                let on = b.enabled();
+                (b.name, on)
+            })
+            .collect(),
+        None => Vec::new(),
+    })
 }
 
 /// What `checkpoint delete` removes besides (or instead of) the checkpoint.

@@ -68,7 +68,7 @@ pub fn redefine(store: &mut Store, domain: &str, xml: &str) -> Result<Checkpoint
 fn has_bitmap(chain: &dyn strata_image::Image, name: &str) -> Result<bool> {
     let mut layer = Some(chain);
     while let Some(img) = layer {
-        if let Some(q) = img.as_any().downcast_ref::<strata_image::qcow2::Qcow2>() {
+        if let Some(q) = img.dirty_bitmaps() {
             if q.bitmaps()?.iter().any(|b| b.name == name) {
                 return Ok(true);
             }

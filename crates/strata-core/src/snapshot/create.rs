@@ -264,8 +264,8 @@ mod tests {
 
     fn snapshots_of(path: &std::path::Path) -> Vec<String> {
         let img = strata_image::open(path, &Default::default()).unwrap();
-        let q = img.as_any().downcast_ref::<Qcow2>().unwrap();
-        q.snapshots().unwrap().into_iter().map(|s| s.name).collect()
+        let s = img.internal_snapshots().unwrap();
+        s.snapshots().unwrap().into_iter().map(|s| s.name).collect()
     }
 
     #[test]

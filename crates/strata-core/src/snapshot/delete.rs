@@ -28,6 +28,7 @@ use crate::refs::{self, canon, Graph};
 use crate::snapshot::merge::{self, Merge, World};
 use crate::snapshot::{DiskMode, SnapshotDef};
 use crate::store::{SnapshotRow, Store};
+use crate::tree;
 
 /// What to delete besides (or instead of) the snapshot itself.
 #[derive(Clone, Copy, Debug, Default)]
@@ -38,13 +39,6 @@ pub struct DeleteRequest {
     pub children_only: bool,
     /// Metadata only: disks are not touched.
     pub metadata_only: bool,
-}
-
-fn descendants(rows: &[SnapshotRow], name: &str, out: &mut Vec<String>) {
-    for r in rows.iter().filter(|r| r.parent.as_deref() == Some(name)) {
-        out.push(r.name.clone());
-        descendants(rows, &r.name, out);
-    }
 }
 
 /// Deletes snapshot `name` of `domain` (and what `req` adds); returns the
@@ -70,7 +64,7 @@ pub fn delete(
         set.push(row.name.clone());
     }
     if req.children || req.children_only {
-        descendants(&rows, name, &mut set);
+        set.extend(tree::below(&SnapshotRow::nodes(&rows), name, true));
     }
     if req.metadata_only || set.is_empty() {
         store.delete_snapshots(domain, &set)?;
@@ -78,7 +72,7 @@ pub fn delete(
         refs::disown_unneeded(store, domain)?;
         return Ok(set);
     }
-    // Pre-order reversed: every snapshot goes after its descendants.
+    // Reversed, every snapshot goes after its descendants.
     let mut done = Vec::new();
     for n in set.iter().rev() {
         if let Err(e) = delete_one(store, domain, n) {

@@ -24,9 +24,8 @@
 use std::path::{Path, PathBuf};
 
 use strata_image::ops::{commit, no_progress, CommitOptions};
-use strata_image::qcow2::Qcow2;
 use strata_image::transaction::{self, Action, BitmapOp, BitmapSource};
-use strata_image::ChainOptions;
+use strata_image::{ChainOptions, Format, Image};
 
 use crate::error::{Error, Result};
 use crate::refs::{canon, Graph, Need};
@@ -58,8 +57,8 @@ pub(crate) struct World<'a> {
     pub made: &'a [PathBuf],
 }
 
-/// Opens one image file alone, as qcow2 if it is one.
-fn with_qcow2<T>(file: &Path, f: impl FnOnce(&Qcow2) -> Result<T>) -> Result<Option<T>> {
+/// Opens one image file alone (no backing chain, no lock) for `f`.
+fn with_layer<T>(file: &Path, f: impl FnOnce(&dyn Image) -> strata_image::Result<T>) -> Result<T> {
     let img = strata_image::open(
         file,
         &ChainOptions {
@@ -68,10 +67,7 @@ fn with_qcow2<T>(file: &Path, f: impl FnOnce(&Qcow2) -> Result<T>) -> Result<Opt
             ..Default::default()
         },
     )?;
-    match img.as_any().downcast_ref::<Qcow2>() {
-        Some(q) => f(q).map(Some),
-        None => Ok(None),
-    }
+    Ok(f(img.as_ref())?)
 }
 
 /// Plans the merge of disk `disk`, whose image at snapshot time was `base`;
@@ -107,8 +103,11 @@ pub(crate) fn plan(w: &World<'_>, disk: &str, base: &Path) -> Result<Option<Merg
     if !w.made.contains(&top) {
         return keep(format!("{} was not made by strata", top.display()));
     }
-    let base_qcow2 = with_qcow2(base, |_| Ok(()))?.is_some();
-    let top_snapshots = with_qcow2(&top, |q| Ok(q.snapshots()?.len()))?;
+    let base_qcow2 = with_layer(base, |i| Ok(i.format() == Format::Qcow2))?;
+    let top_snapshots = with_layer(&top, |i| match i.internal_snapshots() {
+        Some(s) if i.format() == Format::Qcow2 => Ok(Some(s.snapshots()?.len())),
+        _ => Ok(None),
+    })?;
     match top_snapshots {
         _ if !base_qcow2 => return keep(format!("{} is not qcow2", base.display())),
         None => return keep(format!("{} is not qcow2", top.display())),
@@ -247,7 +246,7 @@ fn set_backing(file: &Path, backing: &Path) -> Result<()> {
             ..Default::default()
         },
     )?;
-    let q = img.as_any().downcast_ref::<Qcow2>().ok_or_else(|| {
+    let q = img.placement().ok_or_else(|| {
         Error::invalid(
             file.display().to_string(),
             "an image above an overlay is not qcow2",
@@ -262,8 +261,9 @@ fn set_backing(file: &Path, backing: &Path) -> Result<()> {
 /// missing); those the overlay was tracking with keep tracking there when
 /// it was a disk's current image.
 fn bitmap_actions(m: &Merge) -> Result<Vec<Action>> {
-    let top_maps = with_qcow2(&m.top, |q| q.bitmaps().map_err(Error::from))?.unwrap_or_default();
-    let base_maps = with_qcow2(&m.base, |q| q.bitmaps().map_err(Error::from))?.unwrap_or_default();
+    let bitmaps = |i: &dyn Image| i.dirty_bitmaps().map_or(Ok(Vec::new()), |b| b.bitmaps());
+    let top_maps = with_layer(&m.top, bitmaps)?;
+    let base_maps = with_layer(&m.base, bitmaps)?;
     let mut out = Vec::new();
     for b in top_maps.iter().filter(|b| b.usable()) {
         match base_maps.iter().find(|x| x.name == b.name) {

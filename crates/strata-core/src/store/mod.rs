@@ -336,6 +336,13 @@ pub struct SnapshotRow {
 }
 
 impl SnapshotRow {
+    /// The rows as tree nodes (name, parent), in stored order.
+    pub fn nodes(rows: &[SnapshotRow]) -> Vec<crate::tree::Node> {
+        rows.iter()
+            .map(|r| (r.name.clone(), r.parent.clone()))
+            .collect()
+    }
+
     /// The snapshot's definition, its parent as the store has it (deletes
     /// re-parent in the store, not in the XML).
     pub fn def(&self) -> Result<SnapshotDef> {

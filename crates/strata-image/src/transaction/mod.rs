@@ -15,11 +15,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::capability::{Bitmaps, Snapshots};
 use crate::chain::{self, ChainOptions};
 use crate::error::{Error, Result};
-use crate::image::{Format, Image};
+use crate::image::Image;
 use crate::ops::external;
-use crate::qcow2::{BitmapEdit, PendingChange, Qcow2, SnapshotChange};
+use crate::qcow2::{BitmapEdit, PendingChange, SnapshotChange};
 
 mod fault;
 
@@ -259,7 +260,7 @@ impl Member<'_> {
                 } else if !added.is_empty() {
                     let img = open_bitmaps_only(&overlay)?;
                     for name in added {
-                        as_qcow2(&img).bitmap_remove(&name)?;
+                        bitmaps_of(&img)?.bitmap_edits(&[BitmapEdit::Remove(name)])?;
                     }
                 }
                 Ok(())
@@ -331,7 +332,7 @@ fn is_internal(a: &Action) -> bool {
 
 /// Enabled bitmaps of an image: `(name, granularity)`.
 fn enabled_bitmaps(img: &Arc<dyn Image>) -> Result<Vec<(String, u64)>> {
-    match img.as_any().downcast_ref::<Qcow2>() {
+    match img.dirty_bitmaps() {
         Some(q) => Ok(q
             .bitmaps()?
             .into_iter()
@@ -421,7 +422,7 @@ fn validate(actions: &[Action]) -> Result<Opened> {
                 ));
             }
         }
-        if !matches!(a, Action::SnapshotExternal { .. }) && img.format() != Format::Qcow2 {
+        if !matches!(a, Action::SnapshotExternal { .. }) && img.transactional().is_none() {
             return Err(action_error(
                 i,
                 a,
@@ -429,7 +430,7 @@ fn validate(actions: &[Action]) -> Result<Opened> {
             ));
         }
         if !names.contains_key(c) {
-            let list = match img.as_any().downcast_ref::<Qcow2>() {
+            let list = match img.dirty_bitmaps() {
                 Some(q) => q
                     .bitmaps()?
                     .into_iter()
@@ -454,7 +455,7 @@ fn validate(actions: &[Action]) -> Result<Opened> {
         match a {
             Action::SnapshotInternal { name, .. } => {
                 if let Some(n) = name {
-                    if as_qcow2(img).snapshots()?.iter().any(|s| &s.name == n) {
+                    if snapshots_of(img)?.snapshots()?.iter().any(|s| &s.name == n) {
                         return Err(action_error(
                             i,
                             a,
@@ -470,7 +471,7 @@ fn validate(actions: &[Action]) -> Result<Opened> {
             }
             Action::SnapshotDeleteInternal { name, .. }
             | Action::SnapshotApplyInternal { name, .. } => {
-                if !as_qcow2(img)
+                if !snapshots_of(img)?
                     .snapshots()?
                     .iter()
                     .any(|s| &s.name == name || &s.id == name)
@@ -629,7 +630,7 @@ fn source_extents(
             },
         )?,
     };
-    match img.as_any().downcast_ref::<Qcow2>() {
+    match img.dirty_bitmaps() {
         Some(q) => q.bitmap_dirty(&src.name),
         None => Err(Error::invalid(
             img.path(),
@@ -649,10 +650,14 @@ fn absolute(p: &Path) -> PathBuf {
     }
 }
 
-fn as_qcow2(img: &Arc<dyn Image>) -> &Qcow2 {
-    img.as_any()
-        .downcast_ref::<Qcow2>()
-        .expect("validated as qcow2")
+fn snapshots_of(img: &Arc<dyn Image>) -> Result<&dyn Snapshots> {
+    img.internal_snapshots()
+        .ok_or_else(|| Error::unsupported(img.path(), "internal snapshots"))
+}
+
+fn bitmaps_of(img: &Arc<dyn Image>) -> Result<&dyn Bitmaps> {
+    img.dirty_bitmaps()
+        .ok_or_else(|| Error::unsupported(img.path(), "persistent bitmaps"))
 }
 
 /// The overlay an external action uses.
@@ -677,8 +682,11 @@ fn prepare<'a>(actions: &[Action], opened: &'a Opened, unit: &Unit) -> Result<Me
     match unit {
         Unit::Image(c, plan) => {
             let first = plan.actions[0];
-            let pending = as_qcow2(&opened.images[c])
-                .prepare_change(plan.snapshot.clone(), &plan.edits)
+            let img = &opened.images[c];
+            let pending = img
+                .transactional()
+                .ok_or_else(|| Error::unsupported(img.path(), "metadata transactions"))
+                .and_then(|t| t.prepare_change(plan.snapshot.clone(), &plan.edits))
                 .map_err(|e| action_error(first, &actions[first], e))?;
             Ok(Member::Image {
                 pending: Box::new(pending),
@@ -706,14 +714,18 @@ fn prepare<'a>(actions: &[Action], opened: &'a Opened, unit: &Unit) -> Result<Me
             if !bitmaps.is_empty() {
                 let added = (|| -> Result<Vec<String>> {
                     let ov = open_bitmaps_only(&path)?;
-                    let have: Vec<String> = as_qcow2(&ov)
+                    let have: Vec<String> = bitmaps_of(&ov)?
                         .bitmaps()?
                         .into_iter()
                         .map(|b| b.name)
                         .collect();
                     let mut added = Vec::new();
                     for (name, gran) in bitmaps.iter().filter(|(n, _)| !have.contains(n)) {
-                        as_qcow2(&ov).bitmap_add(name, Some(*gran), true)?;
+                        bitmaps_of(&ov)?.bitmap_edits(&[BitmapEdit::Add {
+                            name: name.clone(),
+                            granularity: Some(*gran),
+                            enabled: true,
+                        }])?;
                         added.push(name.clone());
                     }
                     Ok(added)
