@@ -168,7 +168,8 @@ impl<'k> Guest<'k> {
     }
 
     /// A vhost-user-blk disk served on the unix socket `socket` (turns on
-    /// [`Guest::shared_memory`]).
+    /// [`Guest::shared_memory`]). QEMU gives it one queue per vCPU, so the
+    /// backend must offer at least [`Guest::smp`] queues.
     pub fn vhost_user_blk(mut self, socket: &Path) -> Self {
         let n = self.disks;
         self.disks += 1;
