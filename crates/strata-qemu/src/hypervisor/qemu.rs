@@ -125,20 +125,30 @@ impl QemuHypervisor {
     }
 }
 
-/// Connects to QMP, unless the process exits first.
+/// Connects to QMP, unless the process exits first. QEMU greets only once
+/// the machine is built, so a failure to connect (the socket reset, closed
+/// before the greeting) is usually QEMU refusing its arguments: then the
+/// exit, with the end of the log, is the error.
 async fn connect(
     process: &QemuProcess,
     socket: &Path,
     opts: &StartOptions,
 ) -> Result<(QmpClient, EventStream)> {
+    let early = |status| Error::ExitedEarly {
+        emulator: process.program().into(),
+        status,
+        log: process.log_file().into(),
+        log_tail: process.log_tail(LOG_TAIL_LINES),
+    };
     tokio::select! {
-        r = QmpClient::connect(socket, opts.qmp) => r,
-        status = process.wait() => Err(Error::ExitedEarly {
-            emulator: process.program().into(),
-            status,
-            log: process.log_file().into(),
-            log_tail: process.log_tail(LOG_TAIL_LINES),
-        }),
+        r = QmpClient::connect(socket, opts.qmp) => match r {
+            Ok(c) => Ok(c),
+            Err(e) => match tokio::time::timeout(DRAIN, process.wait()).await {
+                Ok(status) => Err(early(status)),
+                Err(_) => Err(e),
+            },
+        },
+        status = process.wait() => Err(early(status)),
     }
 }
 
