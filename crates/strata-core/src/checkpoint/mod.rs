@@ -7,6 +7,7 @@
 //! checkpoint, over every layer of the disk's chain (`dirty_since`), which
 //! keeps working across external snapshots.
 
+pub mod list;
 pub mod redefine;
 
 use std::path::Path;
