@@ -8,24 +8,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use std::net::ToSocketAddrs;
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use anyhow::{anyhow, bail, Context, Result};
-use strata_core::backup::{BackupDef, BackupMode, BackupServer};
-use strata_core::backup_pull::{self, PullBackup};
-use strata_core::backup_push::{self, BeginRequest};
+use anyhow::{bail, Context, Result};
+use strata_core::backup::push::{self as backup_push, BeginRequest};
+use strata_core::backup::serve as backup_serve;
+use strata_core::backup::{BackupDef, BackupMode};
 use strata_core::store::{Job, JobState};
 use strata_core::Store;
-use strata_image::ChainOptions;
-use strata_nbd::{Config, Exports, Tls};
+use strata_nbd::Tls;
 
 use crate::cli::BackupCommand;
 use crate::domain::{read_xml, state_dir};
 use crate::exit::OK;
-use crate::nbd::export::ImageExport;
-use crate::nbd::{serve_until, stop_signal, Endpoint};
+use crate::nbd::stop_signal;
 use crate::output::{human_size, Output};
 use crate::progress::Progress;
 
@@ -126,97 +120,19 @@ fn serve_pull(
     tls: Option<Tls>,
     out: &Output,
 ) -> Result<u8> {
-    let pull = backup_pull::begin(store, domain, req)?;
-    let served = exports_of(&pull).and_then(|(exports, endpoint)| {
-        let config = Config {
-            max_clients: PULL_CLIENTS,
-            persistent: true,
-            tls,
-            ..Config::default()
-        };
-        let names: Vec<String> = pull
-            .disks
-            .iter()
-            .map(|d| match &d.bitmap {
-                Some((b, _)) => format!("{} (bitmap {b})", d.export_name),
-                None => d.export_name.clone(),
-            })
-            .collect();
-        let dir = store.dir().to_path_buf();
-        serve_until(exports, &endpoint, config, |shown| {
-            let _ = out.say(&format!(
-                "Backup of domain '{domain}' served on {shown}: {}",
-                names.join(", ")
-            ));
-            async move {
-                tokio::select! {
-                    _ = stop_signal() => {}
-                    _ = aborted(dir, domain.to_string()) => {}
-                }
-            }
-        })
-    });
-    let job = pull.end(
-        store,
-        served.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
-    )?;
-    served?;
+    let ready = |shown: &str, names: &[String]| {
+        let _ = out.say(&format!(
+            "Backup of domain '{domain}' served on {shown}: {}",
+            names.join(", ")
+        ));
+    };
+    let job = backup_serve::serve_pull(store, domain, req, tls, ready, stop_signal())?;
     if out.json() {
         out.print_json(&job)?;
     } else {
         out.say(&format!("Backup of domain '{domain}' ended"))?;
     }
     Ok(OK)
-}
-
-/// Clients a pull backup serves at once.
-const PULL_CLIENTS: usize = 8;
-
-/// Each disk's chain as a read-only export, and where to listen.
-fn exports_of(pull: &PullBackup) -> Result<(Exports, Endpoint)> {
-    let mut exports = Exports::new();
-    for d in &pull.disks {
-        let img = strata_image::open(&d.source, &ChainOptions::default())
-            .with_context(|| format!("disk '{}'", d.disk))?;
-        let mut e = ImageExport::new(img, &[], false)?;
-        if let Some((name, ranges)) = &d.bitmap {
-            e.add_dirty_ranges(name, ranges.clone());
-        }
-        exports.add(d.export_name.clone(), Arc::new(e));
-    }
-    let endpoint = match &pull.server {
-        BackupServer::Unix { socket } => Endpoint::Unix(socket.clone()),
-        BackupServer::Tcp { name, port } => {
-            let port = port.unwrap_or(NBD_PORT);
-            let addr = (name.as_str(), port)
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| anyhow!("<server name='{name}'>: cannot resolve the address"))?;
-            Endpoint::Tcp {
-                addr,
-                insecure: false,
-            }
-        }
-    };
-    Ok((exports, endpoint))
-}
-
-/// NBD's registered port.
-const NBD_PORT: u16 = 10809;
-
-/// Completes when `backup abort` asks the job in `dir` for `domain` to
-/// stop (looked at every 100 ms on a connection of its own).
-async fn aborted(dir: PathBuf, domain: String) {
-    let Ok(mut st) = Store::open(&dir) else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Ok(true) = PullBackup::abort_requested(&mut st, &domain) {
-            return;
-        }
-    }
 }
 
 /// A job as `virsh domjobinfo` shows one.

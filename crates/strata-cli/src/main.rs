@@ -14,7 +14,6 @@ mod output;
 mod progress;
 mod size;
 mod snapshot;
-mod tree;
 
 use std::process::ExitCode;
 
@@ -36,6 +35,8 @@ fn init_tracing(global: &GlobalArgs) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
         .try_init();

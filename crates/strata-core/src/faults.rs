@@ -1,23 +1,29 @@
-//! Failure injection for tests of the all-or-nothing promise: the next
-//! image transaction this thread runs fails as the injected
-//! [`Fault`] says (at one action's prepare or commit), after which every
-//! disk must be as before and no metadata recorded.
+//! The one door through which core runs image transactions. With the
+//! `test-utils` feature, a test can make the next transaction of its thread
+//! fail as an injected [`Fault`] says (at one action's prepare or commit),
+//! after which every disk must be as before and no metadata recorded.
 
-use std::cell::Cell;
+use strata_image::transaction::{self, Action, Outcome};
 
-use strata_image::transaction::{self, Action, Fault, Outcome};
+#[cfg(feature = "test-utils")]
+pub use strata_image::transaction::Fault;
 
+#[cfg(feature = "test-utils")]
 thread_local! {
-    static NEXT: Cell<Option<Fault>> = const { Cell::new(None) };
+    static NEXT: std::cell::Cell<Option<Fault>> = const { std::cell::Cell::new(None) };
 }
 
 /// Makes the next image transaction of this thread fail at `fault`.
+#[cfg(feature = "test-utils")]
 pub fn inject(fault: Option<Fault>) {
     NEXT.with(|n| n.set(fault));
 }
 
 /// Runs an image transaction, with the injected fault if there is one.
 pub(crate) fn run(actions: &[Action]) -> strata_image::Result<Vec<Outcome>> {
-    let fault = NEXT.with(|n| n.take());
-    transaction::run(actions, fault)
+    #[cfg(feature = "test-utils")]
+    if let Some(fault) = NEXT.with(|n| n.take()) {
+        return transaction::run_with_fault(actions, fault);
+    }
+    transaction::run(actions)
 }

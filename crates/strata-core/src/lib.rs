@@ -5,23 +5,18 @@
 #![deny(missing_docs)]
 
 pub mod backup;
-pub mod backup_pull;
-pub mod backup_push;
 pub mod checkpoint;
-pub mod checkpoint_redefine;
 pub mod domain;
 pub mod error;
 pub mod faults;
+pub mod live;
 pub mod lock;
 mod redefine;
 mod refs;
+pub mod serve;
 pub mod snapshot;
-pub mod snapshot_create;
-pub mod snapshot_delete;
-mod snapshot_merge;
-pub mod snapshot_redefine;
-pub mod snapshot_revert;
 pub mod store;
+pub mod tree;
 pub mod xml;
 
 pub use domain::{Disk, Domain};

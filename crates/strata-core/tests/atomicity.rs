@@ -10,9 +10,10 @@ use std::path::Path;
 use std::process::Command;
 
 use strata_core::checkpoint::{self, CheckpointRequest};
+use strata_core::snapshot::create::{self as snapshot_create, CreateRequest, DiskSpec};
 use strata_core::snapshot::DiskMode;
-use strata_core::snapshot_create::{self, CreateRequest, DiskSpec};
-use strata_core::{faults, snapshot_delete, snapshot_revert, Domain, Store};
+use strata_core::snapshot::{delete as snapshot_delete, revert as snapshot_revert};
+use strata_core::{faults, Domain, Store};
 use strata_image::transaction::{Fault, Phase};
 
 fn qemu(args: &[&str]) -> String {

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use strata_core::backup_push::{self, BeginRequest};
+use strata_core::backup::push::{self as backup_push, BeginRequest};
 use strata_core::store::JobState;
 use strata_core::{Domain, Store};
 

@@ -23,10 +23,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use strata_core::snapshot::create::{self as snapshot_create, CreateRequest, DiskSpec};
+use strata_core::snapshot::delete::{self as snapshot_delete, DeleteRequest};
+use strata_core::snapshot::revert as snapshot_revert;
 use strata_core::snapshot::{DiskMode, SnapshotDef};
-use strata_core::snapshot_create::{self, CreateRequest, DiskSpec};
-use strata_core::snapshot_delete::{self, DeleteRequest};
-use strata_core::snapshot_revert;
 use strata_core::{Domain, Store};
 use strata_image::ChainOptions;
 

@@ -10,7 +10,6 @@
 
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::qcow2::Qcow2;
 
 /// One layer's path and its copy of a bitmap (`None`: the layer lacks it).
 type Layer = (String, Option<Vec<(u64, u64)>>);
@@ -22,7 +21,7 @@ fn layers(top: &dyn Image, name: &str) -> Result<Vec<Layer>> {
     let mut out = Vec::new();
     let mut layer: Option<&dyn Image> = Some(top);
     while let Some(img) = layer {
-        let q = img.as_any().downcast_ref::<Qcow2>();
+        let q = img.dirty_bitmaps();
         let bitmap = match q {
             Some(q) => q.bitmaps()?.into_iter().find(|b| b.name == name),
             None => None,

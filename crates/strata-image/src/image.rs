@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::capability::{Bitmaps, Placement, Snapshots, Transactional};
 use crate::error::Result;
+use crate::storage::Storage;
 
 /// Image formats strata drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,11 +118,44 @@ pub trait Image: Send + Sync + std::fmt::Debug {
     fn backing(&self) -> Option<&Arc<dyn Image>>;
     /// Bytes used on the host by this layer's file.
     fn actual_size(&self) -> Result<u64>;
-    /// The driver as `Any`, to reach format-specific features.
-    fn as_any(&self) -> &dyn std::any::Any;
-    /// The driver as a shared `Any`, to keep a format-specific handle
-    /// (`Arc::downcast`).
-    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
+    /// The storage this layer's own bytes live in (its file), if any.
+    fn storage(&self) -> Option<&Arc<dyn Storage>> {
+        None
+    }
+    /// Internal snapshots, when this image keeps them.
+    fn internal_snapshots(&self) -> Option<&dyn Snapshots> {
+        None
+    }
+    /// Persistent dirty bitmaps, when this image keeps them.
+    fn dirty_bitmaps(&self) -> Option<&dyn Bitmaps> {
+        None
+    }
+    /// All-or-nothing metadata changes, when this image makes them.
+    fn transactional(&self) -> Option<&dyn Transactional> {
+        None
+    }
+    /// The layer's placement in host storage (header, backing link, data
+    /// file), when the format has one beyond the bytes themselves.
+    fn placement(&self) -> Option<&dyn Placement> {
+        None
+    }
+    /// The qcow2 driver behind this image, for tests that reach into it
+    /// (feature `test-utils`; callers use the capabilities above).
+    #[cfg(feature = "test-utils")]
+    fn as_qcow2(&self) -> Option<&crate::qcow2::Qcow2> {
+        None
+    }
+    /// A read-only view of internal snapshot `name` that keeps this image
+    /// open; an error naming the image when it keeps no internal snapshots.
+    fn snapshot_view(self: Arc<Self>, name: &str) -> Result<Arc<dyn Image>> {
+        Err(crate::Error::unsupported(
+            self.path(),
+            format!(
+                "snapshot '{name}': a {} image holds no internal snapshots",
+                self.format().name()
+            ),
+        ))
+    }
     /// The file holding this layer's data at the host offsets
     /// [`Image::block_status`] reports (`Extent::offset`), when it is a
     /// plain file: for readers that move bytes from it without copying.

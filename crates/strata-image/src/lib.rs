@@ -11,6 +11,7 @@
 //! The design, its invariants and the crash analysis are in `docs/design.md`.
 #![deny(missing_docs)]
 
+pub mod capability;
 pub mod chain;
 pub mod dirty;
 pub mod error;

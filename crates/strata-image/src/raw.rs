@@ -131,11 +131,7 @@ impl Image for RawImage {
         self.st.allocated_bytes()
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
-        self
+    fn storage(&self) -> Option<&Arc<dyn Storage>> {
+        Some(&self.st)
     }
 }

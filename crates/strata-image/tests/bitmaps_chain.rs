@@ -7,7 +7,9 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use strata_image::ops::{commit, no_progress, CommitOptions};
-use strata_image::transaction::{run as run_tx, Action, BitmapOp, BitmapSource, Fault, Phase};
+use strata_image::transaction::{
+    run as run_tx, run_with_fault, Action, BitmapOp, BitmapSource, Fault, Phase,
+};
 use strata_image::{dirty_since, ChainOptions, Image};
 
 /// `(name, flags)` of every bitmap, as qemu-img info lists them.
@@ -103,7 +105,7 @@ fn bitmap_actions_are_all_or_nothing_with_snapshots() {
             let d = tmp();
             let (a, b) = two_images(d.path());
             let before = state_of(d.path());
-            let err = run_tx(&checkpoint(&a, &b), Some(Fault { member, phase }))
+            let err = run_with_fault(&checkpoint(&a, &b), Fault { member, phase })
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("injected"), "{err}");
@@ -116,7 +118,7 @@ fn bitmap_actions_are_all_or_nothing_with_snapshots() {
     }
     let d = tmp();
     let (a, b) = two_images(d.path());
-    let done = run_tx(&checkpoint(&a, &b), None).unwrap();
+    let done = run_tx(&checkpoint(&a, &b)).unwrap();
     assert_eq!(done.len(), 5);
     for p in [&a, &b] {
         assert_qemu_clean(p);
@@ -139,7 +141,7 @@ fn bitmap_actions_are_all_or_nothing_with_snapshots() {
     let before = state_of(d.path());
     let mut bad = checkpoint(&a, &b);
     bad[1] = Action::bitmap(BitmapOp::Add, &a, "cbt0");
-    let err = run_tx(&bad, None).unwrap_err().to_string();
+    let err = run_tx(&bad).unwrap_err().to_string();
     assert!(
         err.contains("action 2") && err.contains("'cbt0' already exists"),
         "{err}"
@@ -189,9 +191,9 @@ fn external_snapshots_hand_tracking_to_the_overlay() {
     };
     write(open_chain(&base, true).as_ref(), 100_000, 5000);
     let (mid, top) = (at(&d, "mid.qcow2"), at(&d, "top.qcow2"));
-    run_tx(&[external(&base, &mid)], None).unwrap();
+    run_tx(&[external(&base, &mid)]).unwrap();
     write(open_chain(&mid, true).as_ref(), 3 << 20, 1 << 20);
-    run_tx(&[external(&mid, &top)], None).unwrap();
+    run_tx(&[external(&mid, &top)]).unwrap();
     {
         let img = open_chain(&top, true);
         write(img.as_ref(), 8 << 20, 10);

@@ -216,15 +216,12 @@ fn run_model(seed: u64, steps: usize) {
                 img.close().unwrap();
                 drop(img);
                 let next = at(&d, &format!("l{}.qcow2", layers.len()));
-                run_tx(
-                    &[Action::SnapshotExternal {
-                        file: paths.last().unwrap().clone(),
-                        overlay: Some(next.clone()),
-                        name: None,
-                        reuse: false,
-                    }],
-                    None,
-                )
+                run_tx(&[Action::SnapshotExternal {
+                    file: paths.last().unwrap().clone(),
+                    overlay: Some(next.clone()),
+                    name: None,
+                    reuse: false,
+                }])
                 .unwrap_or_else(|e| panic!("step {step} {what}: {e}"));
                 let top = layers.last_mut().unwrap();
                 let fresh: Vec<Bitmap> = top

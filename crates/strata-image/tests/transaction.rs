@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use strata_image::qcow2::CreateOptions;
-use strata_image::transaction::{run as run_tx, Action, Fault, Outcome, Phase};
+use strata_image::transaction::{run as run_tx, run_with_fault, Action, Fault, Outcome, Phase};
 
 const SIZE: u64 = 4 << 20;
 
@@ -80,7 +80,7 @@ fn a_fault_anywhere_leaves_every_disk_as_before() {
             let p = disks(d.path());
             let before = files(d.path());
             let lists: Vec<_> = p.iter().map(|f| qemu_snapshots(f)).collect();
-            let err = run_tx(&actions(&p), Some(Fault { member, phase }))
+            let err = run_with_fault(&actions(&p), Fault { member, phase })
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -111,7 +111,7 @@ fn success_snapshots_all_three() {
     let d = tmp();
     let p = disks(d.path());
     let data: Vec<Vec<u8>> = p.iter().map(|f| read_all(open_ro(f).as_ref())).collect();
-    let out = run_tx(&actions(&p), None).unwrap();
+    let out = run_tx(&actions(&p)).unwrap();
     assert_eq!(
         out[0],
         Outcome::Internal {
@@ -209,7 +209,7 @@ fn validation_refuses_before_writing() {
         ),
     ];
     for (acts, want) in cases {
-        let err = run_tx(&acts, None).unwrap_err().to_string();
+        let err = run_tx(&acts).unwrap_err().to_string();
         assert!(err.contains(want), "error {err:?} does not say {want:?}");
         assert_eq!(
             files(d.path()),
@@ -220,7 +220,7 @@ fn validation_refuses_before_writing() {
     // A disk held by another process (qemu-io holding it open for writing
     // through qemu-nbd would do; a second strata writer is the same lock).
     let held = open_rw(&p[0]);
-    let err = run_tx(&actions(&p), None).unwrap_err().to_string();
+    let err = run_tx(&actions(&p)).unwrap_err().to_string();
     assert!(err.contains("lock") && err.contains("a.qcow2"), "{err}");
     drop(held);
     assert_eq!(files(d.path()), before);

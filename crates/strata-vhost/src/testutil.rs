@@ -158,10 +158,4 @@ impl Image for HeldImage {
     fn actual_size(&self) -> strata_image::Result<u64> {
         self.inner.actual_size()
     }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
-        self
-    }
 }

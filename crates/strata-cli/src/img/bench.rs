@@ -134,10 +134,7 @@ pub fn run(a: BenchArgs, out: &Output) -> Result<u8> {
         start.elapsed().as_secs_f64()
     ))?;
     // The price of crash-consistent bitmaps: syncs made before in-place writes.
-    let syncs = img
-        .as_any()
-        .downcast_ref::<strata_image::qcow2::Qcow2>()
-        .map_or(0, |q| q.bitmap_syncs());
+    let syncs = img.dirty_bitmaps().map_or(0, |b| b.bitmap_syncs());
     if syncs > 0 {
         out.say(&format!("Bitmap syncs before in-place writes: {syncs}"))?;
     }

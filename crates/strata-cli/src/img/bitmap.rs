@@ -14,7 +14,8 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use strata_image::qcow2::{BitmapEdit, BitmapInfo, Qcow2};
+use strata_image::capability::Bitmaps;
+use strata_image::qcow2::{BitmapEdit, BitmapInfo};
 use strata_image::ChainOptions;
 use strata_image::Image;
 
@@ -189,10 +190,10 @@ impl Request {
     }
 }
 
-/// The qcow2 image behind `img`, or an error saying that `doing` needs one:
-/// other formats have no persistent bitmaps.
-fn qcow2_for<'a>(img: &'a dyn Image, file: &str, doing: &str) -> Result<&'a Qcow2> {
-    img.as_any().downcast_ref::<Qcow2>().ok_or_else(|| {
+/// The persistent bitmaps of `img`, or an error saying that `doing` needs
+/// them: only qcow2 has them.
+fn bitmaps_for<'a>(img: &'a dyn Image, file: &str, doing: &str) -> Result<&'a dyn Bitmaps> {
+    img.dirty_bitmaps().ok_or_else(|| {
         anyhow!(
             "{file}: cannot {doing}: a {} image has no persistent bitmaps (only qcow2 has them)",
             img.format().name()
@@ -210,9 +211,9 @@ fn apply_change(req: &Request, change: &Change, file: &str, doing: &str) -> Resu
         ..Default::default()
     };
     let img = strata_image::open(&req.file, &opts).with_context(|| format!("cannot {doing}"))?;
-    let q = qcow2_for(img.as_ref(), file, doing)?;
+    let q = bitmaps_for(img.as_ref(), file, doing)?;
     let done = match change {
-        Change::Edit(edit) => q.bitmap_edit(edit),
+        Change::Edit(edit) => q.bitmap_edits(std::slice::from_ref(edit)),
         Change::Merge {
             target,
             source,
@@ -227,10 +228,13 @@ fn apply_change(req: &Request, change: &Change, file: &str, doing: &str) -> Resu
                     };
                     let src = strata_image::open(other, &read)
                         .with_context(|| format!("cannot {doing}"))?;
-                    qcow2_for(src.as_ref(), &shown(other), doing)?.bitmap_dirty(source)?
+                    bitmaps_for(src.as_ref(), &shown(other), doing)?.bitmap_dirty(source)?
                 }
             };
-            q.bitmap_merge(target, &extents)
+            q.bitmap_edits(&[BitmapEdit::Merge {
+                target: target.clone(),
+                extents,
+            }])
         }
     };
     done.with_context(|| format!("cannot {doing}"))?;
@@ -247,7 +251,7 @@ pub fn run(cmd: BitmapCommand, out: &Output) -> Result<u8> {
         return apply_change(&req, change, &file, &doing);
     }
     let img = open(&req.file, req.spec).with_context(|| format!("cannot {doing}"))?;
-    let q = qcow2_for(img.as_ref(), &file, &doing)?;
+    let q = bitmaps_for(img.as_ref(), &file, &doing)?;
     match &req.action {
         Action::List => {
             let records = records(q).with_context(|| format!("{file}: cannot {doing}"))?;
@@ -314,7 +318,7 @@ impl From<&BitmapInfo> for BitmapRecord {
 }
 
 /// The bitmaps of `q`, in directory order.
-pub fn records(q: &Qcow2) -> Result<Vec<BitmapRecord>> {
+pub fn records(q: &dyn Bitmaps) -> Result<Vec<BitmapRecord>> {
     Ok(q.bitmaps()?.iter().map(BitmapRecord::from).collect())
 }
 

@@ -17,7 +17,7 @@ use strata_image::{Format, Image};
 
 use super::create::create_raw;
 use super::options::{self, FormatOptions};
-use super::snapshot::qcow2_for;
+use super::snapshot::snapshots_for;
 use super::{format_of, open, shown, OpenSpec};
 use crate::cli::ConvertArgs;
 use crate::exit::{usage, OK};
@@ -138,13 +138,13 @@ pub fn run(a: ConvertArgs, out: &Output) -> Result<u8> {
     let view = match &req.snapshot {
         Some(name) => {
             let doing = format!("convert snapshot '{name}'");
-            let q = qcow2_for(src.as_ref(), &shown(&req.src), &doing)?;
-            Some(q.snapshot_view(name)?)
+            snapshots_for(src.as_ref(), &shown(&req.src), &doing)?;
+            Some(src.clone().snapshot_view(name)?)
         }
         None => None,
     };
     let src: &dyn Image = match &view {
-        Some(v) => v,
+        Some(v) => v.as_ref(),
         None => src.as_ref(),
     };
     let size = src.size();

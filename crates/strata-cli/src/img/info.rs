@@ -3,15 +3,11 @@
 //! persistent bitmaps included.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Result;
 use serde::Serialize;
+use strata_image::capability::Layout;
 use strata_image::chain::resolve_backing;
-use strata_image::qcow2::header::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
-use strata_image::qcow2::Qcow2;
-use strata_image::raw::RawImage;
-use strata_image::storage::Storage;
 use strata_image::Image;
 
 use super::bitmap::{info_block, records as bitmap_records, BitmapRecord};
@@ -110,18 +106,18 @@ struct Qcow2Data {
     extended_l2: Option<bool>,
 }
 
-fn qcow2_data(h: &Header, bitmaps: Vec<BitmapRecord>) -> Qcow2Data {
-    let v3 = h.version >= 3;
+fn qcow2_data(l: &Layout, bitmaps: Vec<BitmapRecord>) -> Qcow2Data {
+    let v3 = l.version >= 3;
     Qcow2Data {
         bitmaps: (!bitmaps.is_empty()).then_some(bitmaps),
         compat: if v3 { "1.1" } else { "0.10" },
-        compression_type: h.compression.name(),
-        lazy_refcounts: v3.then_some(h.compatible & 1 != 0),
-        refcount_bits: h.refcount_bits(),
-        data_file: h.data_file_name(),
-        data_file_raw: h.has_data_file().then_some(h.data_file_raw()),
-        corrupt: v3.then_some(h.incompatible & INCOMPAT_CORRUPT != 0),
-        extended_l2: v3.then_some(h.extended_l2()),
+        compression_type: l.compression,
+        lazy_refcounts: v3.then_some(l.lazy_refcounts),
+        refcount_bits: l.refcount_bits,
+        data_file: l.data_file.clone(),
+        data_file_raw: l.data_file_raw,
+        corrupt: v3.then_some(l.corrupt),
+        extended_l2: v3.then_some(l.extended_l2),
     }
 }
 
@@ -132,7 +128,6 @@ fn sectors(n: u64) -> u64 {
 
 /// Describes one open layer; `filename` is how the user (or the chain) named it.
 fn describe(img: &dyn Image, filename: &str) -> Result<ImageInfo> {
-    let any = img.as_any();
     let actual_size = img.actual_size()?;
     let mut info = ImageInfo {
         children: Vec::new(),
@@ -148,30 +143,35 @@ fn describe(img: &dyn Image, filename: &str) -> Result<ImageInfo> {
         backing_filename: None,
         dirty_flag: false,
     };
-    let storage: &Arc<dyn Storage> = if let Some(q) = any.downcast_ref::<Qcow2>() {
-        let h = q.header();
-        info.cluster_size = Some(h.cluster_size());
-        info.dirty_flag = h.incompatible & INCOMPAT_DIRTY != 0;
+    if let Some(p) = img.placement() {
+        let l = p.layout();
+        info.cluster_size = Some(l.cluster_size);
+        info.dirty_flag = l.dirty;
+        let bitmaps = match img.dirty_bitmaps() {
+            Some(b) => bitmap_records(b)?,
+            None => Vec::new(),
+        };
         info.format_specific = Some(FormatSpecific {
             kind: "qcow2",
-            data: FormatData::Qcow2(qcow2_data(&h, bitmap_records(q)?)),
+            data: FormatData::Qcow2(qcow2_data(&l, bitmaps)),
         });
-        if let Some(name) = &h.backing_file {
+        if let Some(name) = &l.backing_file {
             let full = resolve_backing(std::path::Path::new(filename), name);
             info.full_backing_filename = Some(full.display().to_string());
             info.backing_filename = Some(name.clone());
-            info.backing_filename_format = h.backing_format();
+            info.backing_filename_format = l.backing_format.clone();
         }
-        let snaps = q.snapshots()?;
+    } else {
+        // QEMU sees raw files in whole 512-byte sectors.
+        info.virtual_size = sectors(info.virtual_size);
+    }
+    if let Some(s) = img.internal_snapshots() {
+        let snaps = s.snapshots()?;
         if !snaps.is_empty() {
             info.snapshots = Some(snaps.iter().map(SnapshotRecord::from).collect());
         }
-        q.storage()
-    } else if let Some(r) = any.downcast_ref::<RawImage>() {
-        // QEMU sees files in whole 512-byte sectors.
-        info.virtual_size = sectors(info.virtual_size);
-        r.storage()
-    } else {
+    }
+    let Some(storage) = img.storage() else {
         anyhow::bail!("{filename}: unknown image driver");
     };
     info.children.push(ChildInfo {

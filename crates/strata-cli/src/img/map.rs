@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use strata_image::qcow2::Qcow2;
 use strata_image::{Extent, Image};
 
 use super::{format_of, layer, open, shown, OpenSpec};
@@ -93,6 +92,6 @@ pub fn run(a: MapArgs, out: &Output) -> Result<u8> {
 
 /// The name of the external data file of a qcow2 layer, when it has one.
 fn data_file_of(img: &dyn Image) -> Option<String> {
-    let q = img.as_any().downcast_ref::<Qcow2>()?;
-    q.data_file().map(|d| d.name().to_string())
+    let p = img.placement()?;
+    p.data_file().map(|d| d.name().to_string())
 }

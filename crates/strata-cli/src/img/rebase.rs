@@ -5,10 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use strata_image::chain::resolve_backing;
 use strata_image::ops::{self, RebaseOptions};
-use strata_image::qcow2::Qcow2;
 use strata_image::{Format, Image};
 
 use super::{format_of, open, shown, OpenSpec};
@@ -47,10 +46,9 @@ pub fn run(a: RebaseArgs, out: &Output) -> Result<u8> {
         ..Default::default()
     };
     let top = open(&req.file, spec)?;
-    let q = top
-        .as_any()
-        .downcast_ref::<Qcow2>()
-        .with_context(|| format!("{file}: only qcow2 images have a backing file"))?;
+    if top.placement().is_none() {
+        anyhow::bail!("{file}: only qcow2 images have a backing file");
+    }
     let mut new_format = req.backing_format;
     let mut new_backing: Option<Arc<dyn Image>> = None;
     if let Some(name) = &req.backing {
@@ -82,7 +80,9 @@ pub fn run(a: RebaseArgs, out: &Output) -> Result<u8> {
         unsafe_header_only: req.header_only,
     };
     let bar = Progress::new(out, "rebasing");
-    ops::rebase(q, new_backing.as_deref(), &opts, &|d, t| bar.update(d, t))?;
+    ops::rebase(top.as_ref(), new_backing.as_deref(), &opts, &|d, t| {
+        bar.update(d, t)
+    })?;
     bar.finish();
     top.flush()?;
     top.close()?;

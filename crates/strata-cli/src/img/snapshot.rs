@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
-use strata_image::qcow2::{Qcow2, SnapshotInfo};
+use strata_image::capability::Snapshots;
+use strata_image::qcow2::SnapshotInfo;
 use strata_image::Image;
 
 use super::{format_of, open, shown, OpenSpec};
@@ -110,8 +111,8 @@ impl Request {
 
 /// The qcow2 image behind `img`, or an error saying that `doing` needs one:
 /// other formats have no internal snapshots.
-pub fn qcow2_for<'a>(img: &'a dyn Image, file: &str, doing: &str) -> Result<&'a Qcow2> {
-    img.as_any().downcast_ref::<Qcow2>().ok_or_else(|| {
+pub fn snapshots_for<'a>(img: &'a dyn Image, file: &str, doing: &str) -> Result<&'a dyn Snapshots> {
+    img.internal_snapshots().ok_or_else(|| {
         anyhow!(
             "{file}: cannot {doing}: a {} image has no internal snapshots (only qcow2 has them)",
             img.format().name()
@@ -125,7 +126,7 @@ pub fn run(cmd: SnapshotCommand, out: &Output) -> Result<u8> {
     let file = shown(&req.file);
     let doing = req.action.doing();
     let img = open(&req.file, req.spec).with_context(|| format!("cannot {doing}"))?;
-    let q = qcow2_for(img.as_ref(), &file, &doing)?;
+    let q = snapshots_for(img.as_ref(), &file, &doing)?;
     // The engine's errors name the file and the snapshot.
     let acted = match &req.action {
         Action::List => {

@@ -171,7 +171,7 @@ pub fn run(a: TransactionArgs, out: &Output) -> Result<u8> {
         .enumerate()
         .map(|(i, j)| j.into_action(i))
         .collect::<Result<Vec<_>>>()?;
-    let outcomes = transaction::run(&actions, None)?;
+    let outcomes = transaction::run(&actions)?;
     let done: Vec<Done> = actions
         .iter()
         .zip(outcomes)

@@ -6,20 +6,18 @@
 //! qemu-nbd, one client is served at a time unless `--shared` says more,
 //! and multi-conn is offered only then.
 
-pub mod export;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
-use strata_image::qcow2::Qcow2;
+use anyhow::{Context, Result};
 use strata_image::{ChainOptions, Format, Image};
-use strata_nbd::{Config, Exports, Listener, Tls};
+use strata_nbd::{Config, Exports, Tls};
 
 use crate::cli::{NbdCommand, NbdServeArgs};
 use crate::exit::{usage, OK};
-use export::ImageExport;
+use strata_core::serve::export::ImageExport;
+use strata_core::serve::{serve_until, Endpoint};
 
 /// One `EXPORT` argument.
 #[derive(Debug, PartialEq, Eq)]
@@ -97,13 +95,13 @@ impl ExportSpec {
 /// The internal snapshot `name` of the qcow2 image `img`, read without
 /// applying it; the view keeps the image open.
 fn snapshot_of(img: Arc<dyn Image>, name: &str) -> Result<Arc<dyn Image>> {
-    let path = img.path().to_string();
-    let q = img.into_any().downcast::<Qcow2>().map_err(|_| {
-        usage(format!(
-            "{path}: snapshot '{name}': only qcow2 images hold internal snapshots"
-        ))
-    })?;
-    Ok(Arc::new(q.shared_snapshot_view(name)?))
+    if img.internal_snapshots().is_none() {
+        return Err(usage(format!(
+            "{}: snapshot '{name}': only qcow2 images hold internal snapshots",
+            img.path()
+        )));
+    }
+    Ok(img.snapshot_view(name)?)
 }
 
 /// Runs `strata nbd …`.
@@ -172,68 +170,6 @@ fn serve(a: NbdServeArgs) -> Result<u8> {
     };
     serve_until(exports, &endpoint, config, |_| stop_signal())?;
     Ok(OK)
-}
-
-/// Where a server listens.
-#[derive(Debug, Clone)]
-pub enum Endpoint {
-    /// A unix socket (made 0600, removed at the end).
-    Unix(PathBuf),
-    /// TCP; a non-loopback address needs TLS or `insecure`.
-    Tcp {
-        /// The address and port.
-        addr: SocketAddr,
-        /// Serve a non-loopback address without TLS.
-        insecure: bool,
-    },
-}
-
-/// Serves `exports` on `endpoint` until `stop(ready)` completes, where
-/// `ready` says what is listening (for a message); then closes every
-/// export, which releases its image locks.
-pub fn serve_until<F>(
-    exports: Exports,
-    endpoint: &Endpoint,
-    config: Config,
-    stop: impl FnOnce(&str) -> F,
-) -> Result<()>
-where
-    F: std::future::Future<Output = ()>,
-{
-    strata_nbd::raise_open_file_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        // Exports do I/O down image chains, one call per layer.
-        .thread_stack_size(strata_image::chain::CHAIN_STACK)
-        .build()
-        .context("cannot start the I/O runtime")?;
-    let served = rt.block_on(async {
-        let (listener, shown) = match endpoint {
-            Endpoint::Unix(path) => (
-                Listener::unix(path)
-                    .with_context(|| format!("cannot listen on {}", path.display()))?,
-                format!("unix socket {}", path.display()),
-            ),
-            Endpoint::Tcp { addr, insecure } => {
-                if !addr.ip().is_loopback() && !insecure && config.tls.is_none() {
-                    bail!(
-                        "{addr}: a non-loopback address needs TLS (--tls-creds or --tls-psk); --insecure serves without it"
-                    );
-                }
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr}"))?;
-                (Listener::Tcp(l), format!("{addr}"))
-            }
-        };
-        strata_nbd::serve(exports, listener, config, stop(&shown))
-            .await
-            .map_err(|e| anyhow!("serving: {e}"))
-    });
-    if let Endpoint::Unix(path) = endpoint {
-        let _ = std::fs::remove_file(path);
-    }
-    served
 }
 
 /// Completes on SIGINT or SIGTERM.

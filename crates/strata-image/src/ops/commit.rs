@@ -8,7 +8,7 @@ use super::copy::parallel_chunks;
 use super::{Progress, CHUNK};
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::qcow2::{BitmapEdit, Qcow2};
+use crate::qcow2::BitmapEdit;
 
 /// Options of [`commit`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -72,8 +72,8 @@ pub fn commit(top: &dyn Image, opts: &CommitOptions, progress: Progress) -> Resu
         merge_bitmaps(top, base, opts.base_depth)?;
     }
     if !opts.keep_top {
-        match top.as_any().downcast_ref::<Qcow2>() {
-            Some(q) => q.make_empty()?,
+        match top.placement() {
+            Some(p) => p.make_empty()?,
             None => {
                 return Err(Error::unsupported(
                     top.path(),
@@ -96,8 +96,7 @@ fn merge_bitmaps(top: &dyn Image, base: &dyn Image, base_depth: u32) -> Result<(
     // (name, granularity, dirty extents) of every bitmap found above the base.
     let mut found: Vec<Found> = Vec::new();
     for depth in 0..base_depth {
-        let Some(q) = chain_member(top, depth).and_then(|l| l.as_any().downcast_ref::<Qcow2>())
-        else {
+        let Some(q) = chain_member(top, depth).and_then(|l| l.dirty_bitmaps()) else {
             continue;
         };
         for b in q.bitmaps()?.into_iter().filter(|b| b.usable()) {
@@ -111,7 +110,7 @@ fn merge_bitmaps(top: &dyn Image, base: &dyn Image, base_depth: u32) -> Result<(
     if found.is_empty() {
         return Ok(());
     }
-    let Some(qb) = base.as_any().downcast_ref::<Qcow2>() else {
+    let Some(qb) = base.dirty_bitmaps() else {
         tracing::warn!(
             "{}: a raw base keeps no bitmaps; those of the committed layers are not merged",
             base.path()

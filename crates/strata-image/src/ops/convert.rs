@@ -4,9 +4,9 @@
 
 use super::copy::parallel_chunks;
 use super::{is_zero, Progress, CHUNK};
+use crate::capability::Placement;
 use crate::error::Result;
 use crate::image::Image;
-use crate::qcow2::Qcow2;
 
 /// Options of `convert`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -29,16 +29,20 @@ pub fn convert(
     progress: Progress,
 ) -> Result<()> {
     let size = src.size().min(dst.size());
-    let compressed = if opts.compress { as_qcow2(dst) } else { None };
-    let grain = if let Some(q) = compressed {
-        q.cluster_size()
+    let compressed = if opts.compress {
+        dst.placement().map(|p| (p, p.layout().cluster_size))
+    } else {
+        None
+    };
+    let grain = if let Some((_, cs)) = compressed {
+        cs
     } else if opts.sparse_size == 0 {
         4096
     } else {
         opts.sparse_size
     };
-    let chunk = if let Some(q) = compressed {
-        q.cluster_size().max(CHUNK)
+    let chunk = if let Some((_, cs)) = compressed {
+        cs.max(CHUNK)
     } else {
         CHUNK
     };
@@ -64,7 +68,7 @@ pub fn convert(
     parallel_chunks(&ranges, chunk, size, skipped, progress, &|data, pos| {
         src.read_at(data, pos)?;
         match compressed {
-            Some(q) => write_clusters_compressed(q, data, pos, grain, opts.top_only),
+            Some((p, _)) => write_clusters_compressed(dst, p, data, pos, grain, opts.top_only),
             None => write_nonzero(dst, data, pos, grain, opts.top_only),
         }
     })
@@ -101,11 +105,6 @@ pub fn convert_dirty(
         src.read_at(data, pos)?;
         dst.write_at(data, pos)
     })
-}
-
-fn as_qcow2(img: &dyn Image) -> Option<&Qcow2> {
-    let any: &dyn std::any::Any = img.as_any();
-    any.downcast_ref::<Qcow2>()
 }
 
 /// Writes the runs of `data` that are not all zero, in `grain` units.
@@ -145,7 +144,8 @@ fn write_nonzero(
 }
 
 fn write_clusters_compressed(
-    q: &Qcow2,
+    q: &dyn Image,
+    p: &dyn Placement,
     data: &[u8],
     pos: u64,
     cs: u64,
@@ -161,7 +161,7 @@ fn write_clusters_compressed(
         if !keep_zeros && is_zero(piece) {
             // Nothing to write.
         } else if guest == cstart && (n as u64 == cs || cend == q.size()) {
-            q.write_compressed(guest, piece)?;
+            p.write_compressed(guest, piece)?;
         } else {
             q.write_at(piece, guest)?;
         }

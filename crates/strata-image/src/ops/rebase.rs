@@ -4,9 +4,8 @@
 //! sees the same bytes before and after; `-u` only rewrites the header.
 
 use super::{Progress, CHUNK};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::qcow2::Qcow2;
 
 /// Options of [`rebase`].
 #[derive(Clone, Debug, Default)]
@@ -34,17 +33,27 @@ fn read_or_zero(img: Option<&dyn Image>, buf: &mut [u8], pos: u64) -> Result<()>
     }
 }
 
-/// Rebases `top` (opened writable with its old chain) onto `new_backing`.
+/// Rebases `top` (opened writable with its old chain) onto `new_backing`;
+/// `top` must have a backing link to rewrite (a qcow2 layer).
 pub fn rebase(
-    top: &Qcow2,
+    top: &dyn Image,
     new_backing: Option<&dyn Image>,
     opts: &RebaseOptions,
     progress: Progress,
 ) -> Result<()> {
+    let Some(placement) = top.placement() else {
+        return Err(Error::unsupported(
+            top.path(),
+            format!(
+                "rebase: a {} image has no backing file",
+                top.format().name()
+            ),
+        ));
+    };
     if !opts.unsafe_header_only {
         let old = top.backing().map(|b| b.as_ref());
         let size = top.size();
-        let cs = top.cluster_size();
+        let cs = placement.layout().cluster_size;
         let grain = CHUNK.max(cs);
         let mut a = vec![0u8; grain as usize];
         let mut b = vec![0u8; grain as usize];
@@ -83,5 +92,5 @@ pub fn rebase(
         }
         top.flush()?;
     }
-    top.set_backing(opts.backing_name.as_deref(), opts.backing_format.as_deref())
+    placement.set_backing(opts.backing_name.as_deref(), opts.backing_format.as_deref())
 }

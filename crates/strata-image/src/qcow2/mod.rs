@@ -12,6 +12,7 @@
 mod bitmap_track;
 pub mod bitmaps;
 mod cache;
+mod capability;
 pub mod check;
 mod compress;
 mod create;
@@ -42,6 +43,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::capability::{Bitmaps, Placement, Snapshots, Transactional};
 use crate::error::{Error, Result};
 use crate::image::{check_range, Extent, Format, Image};
 use crate::storage::{LockMode, Storage};
@@ -449,12 +451,33 @@ impl Image for Qcow2 {
         self.st.allocated_bytes()
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn storage(&self) -> Option<&Arc<dyn Storage>> {
+        Some(&self.st)
     }
 
-    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
-        self
+    fn internal_snapshots(&self) -> Option<&dyn Snapshots> {
+        Some(self)
+    }
+
+    fn dirty_bitmaps(&self) -> Option<&dyn Bitmaps> {
+        Some(self)
+    }
+
+    fn transactional(&self) -> Option<&dyn Transactional> {
+        Some(self)
+    }
+
+    fn placement(&self) -> Option<&dyn Placement> {
+        Some(self)
+    }
+
+    #[cfg(feature = "test-utils")]
+    fn as_qcow2(&self) -> Option<&Qcow2> {
+        Some(self)
+    }
+
+    fn snapshot_view(self: Arc<Self>, name: &str) -> Result<Arc<dyn Image>> {
+        Ok(Arc::new(self.shared_snapshot_view(name)?))
     }
 
     fn close(&self) -> Result<()> {

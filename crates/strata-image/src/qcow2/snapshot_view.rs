@@ -149,13 +149,4 @@ impl Image for SnapshotView<'_> {
     fn actual_size(&self) -> Result<u64> {
         self.image.actual_size()
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        // A view offers no format-specific features (nothing to write).
-        &()
-    }
-
-    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
-        Arc::new(())
-    }
 }

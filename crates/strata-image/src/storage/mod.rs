@@ -2,14 +2,17 @@
 //!
 //! A backend has a handful of required methods (positioned read and write,
 //! flush, length); everything else has a default built on them. The file
-//! backend is what real images use; the memory and fault-injecting backends
-//! exist for tests (crash and error injection) and cost nothing otherwise.
+//! backend is what real images use; the memory backend serves tests and
+//! scratch work, and the fault-injecting one (feature `test-utils`) exists
+//! for crash and error injection in tests only.
 
+#[cfg(feature = "test-utils")]
 mod fault;
 mod file;
 mod lock;
 mod memory;
 
+#[cfg(feature = "test-utils")]
 pub use fault::{FaultConfig, FaultStorage};
 pub use file::FileStorage;
 pub use lock::{LockMode, Permissions};

@@ -188,7 +188,7 @@ pub fn fill(model: &mut [u8], off: usize, len: usize, byte: u8) {
 
 /// Downcasts an open image to the qcow2 driver.
 pub fn qcow2(img: &Arc<dyn Image>) -> &Qcow2 {
-    img.as_any().downcast_ref::<Qcow2>().expect("a qcow2 image")
+    img.as_qcow2().expect("a qcow2 image")
 }
 
 /// `qemu-img snapshot -l` as (id, name) pairs.

@@ -1,0 +1,523 @@
+//! Push-mode backup of a machine that is not running (`backup begin`):
+//! each selected disk is copied, whole or only what changed since a
+//! checkpoint, into a target file in qcow2 or raw. An incremental target
+//! is a qcow2 file without a backing file holding exactly the changed
+//! ranges (zeros as zero clusters), to be rebased onto the previous backup
+//! to restore. A new checkpoint (`--checkpointxml`) is created after the
+//! copy succeeds, under the same domain lock, so nothing can write in
+//! between: it marks exactly the state the backup holds.
+//!
+//! The job and its progress are kept in the store; `backup status` and
+//! `backup abort` in another process read and stop it. A job whose process
+//! ended without finishing is reaped by the next command that looks at
+//! it: its files are removed and it is marked failed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use strata_image::ops::{convert_dirty, Progress};
+use strata_image::qcow2::{CreateOptions, Qcow2};
+use strata_image::storage::{FileStorage, Storage};
+use strata_image::{ChainOptions, Format};
+
+use crate::backup::{BackupDef, BackupMode};
+use crate::checkpoint::{self, CheckpointRequest};
+use crate::error::{Error, Result};
+use crate::lock::DomainLock;
+use crate::store::{Job, JobState, Store};
+
+/// Guest bytes copied between two looks at an abort request.
+const BATCH: u64 = 256 << 20;
+
+/// What `backup begin` was asked.
+#[derive(Clone, Debug, Default)]
+pub struct BeginRequest {
+    /// domainbackup XML (`None`: a full push backup of every disk).
+    pub backup_xml: Option<String>,
+    /// domaincheckpoint XML of a checkpoint to create with the backup.
+    pub checkpoint_xml: Option<String>,
+    /// Write into target files that exist (otherwise they must not).
+    pub reuse_external: bool,
+}
+
+/// One disk's copy.
+struct Plan {
+    disk: String,
+    /// The disk's chain, opened once for planning and copying.
+    src: std::sync::Arc<dyn strata_image::Image>,
+    target: PathBuf,
+    format: Format,
+    size: u64,
+    ranges: Vec<(u64, u64)>,
+}
+
+/// Runs a push backup of `domain` to its end; returns the finished job.
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "backup begin (push)"))]
+pub fn begin(
+    store: &mut Store,
+    domain: &str,
+    req: &BeginRequest,
+    progress: Progress,
+) -> Result<Job> {
+    let Prepared {
+        lock,
+        what,
+        def,
+        start,
+        checkpoint: cp,
+    } = prepare(store, domain, req, BackupMode::Push)?;
+    let plans = plan(store, domain, &def, req.reuse_external, &what)?;
+    let total = plans.iter().flat_map(|p| &p.ranges).map(|&(_, l)| l).sum();
+    let files: Vec<PathBuf> = if req.reuse_external {
+        Vec::new()
+    } else {
+        plans.iter().map(|p| p.target.clone()).collect()
+    };
+    store.start_job(&Job::backup(
+        domain,
+        start,
+        total,
+        files.clone(),
+        def.to_xml(),
+    ))?;
+    let copied = copy_all(
+        store.dir(),
+        domain,
+        &plans,
+        req.reuse_external,
+        total,
+        progress,
+    );
+    // Close the sources (and their locks): the checkpoint writes to them.
+    drop(plans);
+    let finished = copied.and_then(|()| {
+        store.set_job_state(domain, JobState::Finishing, None)?;
+        match &cp {
+            Some(c) => checkpoint::create_locked(store, domain, c, &lock).map(|_| ()),
+            None => Ok(()),
+        }
+    });
+    match finished {
+        Ok(()) => store.set_job_state(domain, JobState::Completed, None)?,
+        Err(e) => {
+            remove(&files);
+            let state = if matches!(&e, Error::Invalid { problem, .. } if problem == ABORTED) {
+                JobState::Aborted
+            } else {
+                JobState::Failed
+            };
+            store.set_job_state(domain, state, Some(&e.to_string()))?;
+            return Err(e);
+        }
+    }
+    store
+        .job(domain)?
+        .ok_or_else(|| Error::invalid(what, "the job's record vanished"))
+}
+
+/// A backup request checked and resolved, under the domain lock.
+pub(crate) struct Prepared {
+    pub lock: DomainLock,
+    /// Names the backup in errors.
+    pub what: String,
+    /// The definition, every default resolved.
+    pub def: BackupDef,
+    /// When it started.
+    pub start: u64,
+    /// The checkpoint to create with it.
+    pub checkpoint: Option<CheckpointRequest>,
+}
+
+/// Takes the domain lock, reaps a dead job, reads and resolves the backup
+/// XML (which must be of `mode`) and the checkpoint XML, and refuses a
+/// checkpoint name already taken.
+pub(crate) fn prepare(
+    store: &mut Store,
+    domain: &str,
+    req: &BeginRequest,
+    mode: BackupMode,
+) -> Result<Prepared> {
+    let lock = DomainLock::acquire(store.dir(), domain)?;
+    let what = format!("domain '{domain}': backup");
+    reap(store, domain, &lock)?;
+    let dom = store.domain(domain)?;
+    let def = match &req.backup_xml {
+        Some(x) => BackupDef::from_xml(x, &format!("{what}: --backupxml"))?,
+        None => BackupDef::full_push(),
+    };
+    if def.mode != mode {
+        let problem = match mode {
+            BackupMode::Push => "mode='pull' is served by `strata backup begin` itself; this call only copies (push)",
+            BackupMode::Pull => "this is a push backup; pull mode needs mode='pull' and a <server>",
+        };
+        return Err(Error::invalid(what, problem));
+    }
+    let start = crate::now();
+    let def = def.resolve(&dom, start, &what)?;
+    let checkpoint = match &req.checkpoint_xml {
+        Some(x) => Some(CheckpointRequest::from_xml(
+            x,
+            &format!("{what}: --checkpointxml"),
+        )?),
+        None => None,
+    };
+    if let Some(name) = checkpoint.as_ref().and_then(|c| c.name.as_ref()) {
+        if checkpoint::checkpoints(store, domain)?
+            .iter()
+            .any(|c| &c.name == name)
+        {
+            return Err(Error::invalid(
+                what,
+                format!("checkpoint '{name}' already exists"),
+            ));
+        }
+    }
+    Ok(Prepared {
+        lock,
+        what,
+        def,
+        start,
+        checkpoint,
+    })
+}
+
+/// The problem an aborted copy reports.
+const ABORTED: &str = "aborted on request";
+
+/// Works out each disk's source, target and ranges, and checks targets.
+fn plan(
+    store: &Store,
+    domain: &str,
+    def: &BackupDef,
+    reuse: bool,
+    what: &str,
+) -> Result<Vec<Plan>> {
+    let dom = store.domain(domain)?;
+    let mut plans = Vec::new();
+    let mut changed: Vec<(String, checkpoint::DiskRanges)> = Vec::new();
+    for d in def.disks.iter().flatten().filter(|d| d.backup) {
+        let disk_what = format!("{what}: disk '{}'", d.name);
+        let source = disk_source(&dom, &d.name, &disk_what)?;
+        let target = d
+            .target
+            .clone()
+            .ok_or_else(|| Error::invalid(&disk_what, "has no target"))?;
+        let format = match d.format.as_deref() {
+            None | Some("qcow2") => Format::Qcow2,
+            Some("raw") => Format::Raw,
+            Some(f) => {
+                return Err(Error::invalid(
+                    &disk_what,
+                    format!("target format '{f}' is not qcow2 or raw"),
+                ))
+            }
+        };
+        match (reuse, target.exists()) {
+            (false, true) => {
+                return Err(Error::invalid(
+                    &disk_what,
+                    format!(
+                        "target {} exists (--reuse-external writes into it)",
+                        target.display()
+                    ),
+                ))
+            }
+            (true, false) => {
+                return Err(Error::invalid(
+                    &disk_what,
+                    format!(
+                        "target {} does not exist (--reuse-external needs it)",
+                        target.display()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        if plans.iter().any(|p: &Plan| p.target == target) {
+            return Err(Error::invalid(
+                &disk_what,
+                format!("target {} is used twice", target.display()),
+            ));
+        }
+        let chain = strata_image::open(&source, &ChainOptions::default())?;
+        let size = chain.size();
+        let ranges = match &d.incremental {
+            None if reuse => vec![(0, size)],
+            None => chain
+                .block_status(0, size)?
+                .into_iter()
+                .filter(|e| !e.zero)
+                .map(|e| (e.start, e.length))
+                .collect(),
+            Some(cp) => disk_changes(store, domain, &mut changed, cp, &d.name, &disk_what)?,
+        };
+        if format == Format::Raw && d.incremental.is_some() && !reuse {
+            tracing::warn!(
+                "{disk_what}: a raw incremental target cannot tell unchanged ranges from zeros"
+            );
+        }
+        plans.push(Plan {
+            disk: d.name.clone(),
+            src: chain,
+            target,
+            format,
+            size,
+            ranges,
+        });
+    }
+    if plans.is_empty() {
+        return Err(Error::invalid(what, "no disk takes part"));
+    }
+    Ok(plans)
+}
+
+/// The image of `dom`'s disk `disk` (`what` names it in errors).
+pub(crate) fn disk_source(dom: &crate::domain::Domain, disk: &str, what: &str) -> Result<PathBuf> {
+    dom.disks()
+        .into_iter()
+        .find(|x| x.target == disk)
+        .and_then(|x| x.source)
+        .ok_or_else(|| Error::invalid(what, "has no image"))
+}
+
+/// The ranges of `disk` changed since checkpoint `cp`; `cache` keeps each
+/// checkpoint's answer for every disk.
+pub(crate) fn disk_changes(
+    store: &Store,
+    domain: &str,
+    cache: &mut Vec<(String, checkpoint::DiskRanges)>,
+    cp: &str,
+    disk: &str,
+    what: &str,
+) -> Result<Vec<(u64, u64)>> {
+    if !cache.iter().any(|(n, _)| n == cp) {
+        cache.push((
+            cp.to_string(),
+            checkpoint::changed_ranges(store, domain, cp)?,
+        ));
+    }
+    cache
+        .iter()
+        .find(|(n, _)| n == cp)
+        .and_then(|(_, per_disk)| per_disk.iter().find(|(n, _)| n == disk))
+        .map(|(_, r)| r.clone())
+        .ok_or_else(|| {
+            Error::invalid(
+                what,
+                format!("checkpoint '{cp}' has no bitmap for this disk"),
+            )
+        })
+}
+
+/// Copies every disk, reporting progress to the store (and `progress`)
+/// and stopping at the next batch when an abort is requested.
+fn copy_all(
+    dir: &Path,
+    domain: &str,
+    plans: &[Plan],
+    reuse: bool,
+    total: u64,
+    progress: Progress,
+) -> Result<()> {
+    let done = AtomicU64::new(0);
+    let abort = AtomicBool::new(false);
+    let over = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // A separate connection: the store is not shared across threads.
+            let Ok(mut st) = Store::open(dir) else { return };
+            loop {
+                let end = over.load(Ordering::Acquire);
+                if let Ok(true) = st.job_progress(domain, done.load(Ordering::Relaxed)) {
+                    abort.store(true, Ordering::Release);
+                }
+                if end {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let mut base = 0;
+        let mut result = Ok(());
+        for p in plans {
+            result = copy_one(p, reuse, &mut base, &abort, &|d, _| {
+                done.store(d, Ordering::Relaxed);
+                progress(d, total);
+            })
+            .map_err(|e| match e {
+                Error::Invalid { .. } => e,
+                other => Error::invalid(
+                    format!("domain '{domain}': backup of disk '{}'", p.disk),
+                    other.to_string(),
+                ),
+            });
+            if result.is_err() {
+                break;
+            }
+        }
+        over.store(true, Ordering::Release);
+        result
+    })
+}
+
+/// Copies one disk's ranges into its target, in batches.
+fn copy_one(
+    p: &Plan,
+    reuse: bool,
+    base: &mut u64,
+    abort: &AtomicBool,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<()> {
+    let what = format!("disk '{}': target {}", p.disk, p.target.display());
+    if !reuse {
+        match p.format {
+            Format::Qcow2 => Qcow2::create_file(
+                &p.target,
+                &CreateOptions {
+                    size: p.size,
+                    ..Default::default()
+                },
+            )?,
+            _ => {
+                let st = FileStorage::create(&p.target, false)?;
+                st.set_len(p.size)?;
+                st.flush()?;
+            }
+        }
+    }
+    let dst = strata_image::open(
+        &p.target,
+        &ChainOptions {
+            writable: true,
+            format: Some(p.format),
+            backing: false,
+            lock: true,
+            ..Default::default()
+        },
+    )?;
+    if dst.size() < p.size {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "holds {} bytes, less than the disk's {}",
+                dst.size(),
+                p.size
+            ),
+        ));
+    }
+    for batch in batches(&p.ranges, BATCH) {
+        if abort.load(Ordering::Acquire) {
+            return Err(Error::invalid(what, ABORTED));
+        }
+        let at = *base;
+        convert_dirty(p.src.as_ref(), dst.as_ref(), &batch, &|d, _| {
+            progress(at + d, 0)
+        })?;
+        *base += batch.iter().map(|&(_, l)| l).sum::<u64>();
+    }
+    dst.flush()?;
+    Ok(())
+}
+
+/// `ranges` cut into groups of at most `max` bytes.
+fn batches(ranges: &[(u64, u64)], max: u64) -> Vec<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut room = max;
+    for &(mut start, mut len) in ranges {
+        while len > 0 {
+            let n = len.min(room);
+            cur.push((start, n));
+            start += n;
+            len -= n;
+            room -= n;
+            if room == 0 {
+                out.push(std::mem::take(&mut cur));
+                room = max;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn remove(files: &[PathBuf]) {
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Marks a job whose process ended without finishing it as failed and
+/// removes the files it made; the caller holds the domain lock, so no
+/// process works on it.
+pub(crate) fn reap(store: &mut Store, domain: &str, _lock: &DomainLock) -> Result<()> {
+    if let Some(job) = store.job(domain)?.filter(|j| j.state.active()) {
+        remove(&job.files);
+        let why = if job.abort_requested {
+            (
+                JobState::Aborted,
+                "aborted; the strata process running it had ended",
+            )
+        } else {
+            (
+                JobState::Failed,
+                "the strata process running it ended before it finished",
+            )
+        };
+        store.set_job_state(domain, why.0, Some(why.1))?;
+    }
+    Ok(())
+}
+
+/// The domain's last job, reaping it first if its process is gone.
+pub fn status(store: &mut Store, domain: &str) -> Result<Option<Job>> {
+    if store.job(domain)?.is_some_and(|j| j.state.active()) {
+        if let Some(lock) = DomainLock::try_acquire(store.dir(), domain)? {
+            reap(store, domain, &lock)?;
+        }
+    }
+    store.job(domain)
+}
+
+/// Stops the domain's running backup: asks its process to stop and waits
+/// for it (up to `wait`), or reaps the job if its process is gone.
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "backup abort"))]
+pub fn abort(store: &mut Store, domain: &str, wait: Duration) -> Result<Job> {
+    let what = format!("domain '{domain}': backup abort");
+    let job = store
+        .job(domain)?
+        .filter(|j| j.state.active())
+        .ok_or_else(|| Error::invalid(&what, "no backup job is running"))?;
+    if let Some(lock) = DomainLock::try_acquire(store.dir(), domain)? {
+        store.request_abort(domain)?;
+        reap(store, domain, &lock)?;
+    } else {
+        if job.state == JobState::Finishing {
+            return Err(Error::invalid(
+                what,
+                "the backup has copied everything and is recording its checkpoint; it can no longer be aborted",
+            ));
+        }
+        store.request_abort(domain)?;
+        let until = std::time::Instant::now() + wait;
+        while store.job(domain)?.is_some_and(|j| j.state.active()) {
+            if std::time::Instant::now() > until {
+                return Err(Error::invalid(
+                    what,
+                    format!(
+                        "asked process {} to stop, but it has not yet after {} s",
+                        job.pid,
+                        wait.as_secs()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    store
+        .job(domain)?
+        .ok_or_else(|| Error::invalid(what, "the job's record vanished"))
+}

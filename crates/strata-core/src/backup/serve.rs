@@ -1,0 +1,127 @@
+//! A pull backup served: each disk's point in time as a read-only NBD export
+//! (with the changes since the checkpoint as a `qemu:dirty-bitmap` context)
+//! until the caller's stop or `backup abort` from another process, then the
+//! job's end recorded.
+
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_image::ChainOptions;
+use strata_nbd::{Config, Exports, Tls};
+
+use super::pull::{self, PullBackup};
+use super::push::BeginRequest;
+use super::BackupServer;
+use crate::error::{Error, Result};
+use crate::serve::export::ImageExport;
+use crate::serve::{serve_until, Endpoint};
+use crate::store::{Job, Store};
+
+/// Clients a pull backup serves at once.
+const PULL_CLIENTS: usize = 8;
+
+/// NBD's registered port.
+const NBD_PORT: u16 = 10809;
+
+/// How often a served job looks for `backup abort` from another process.
+const ABORT_POLL: Duration = Duration::from_millis(100);
+
+/// Begins a pull backup of `domain`, serves it until `stop` completes or the
+/// job is aborted, and ends the job. `ready(endpoint, exports)` is called
+/// once the exports are listening (exports named with their bitmap).
+pub fn serve_pull<F>(
+    store: &mut Store,
+    domain: &str,
+    req: &BeginRequest,
+    tls: Option<Tls>,
+    ready: impl FnOnce(&str, &[String]),
+    stop: F,
+) -> Result<Job>
+where
+    F: std::future::Future<Output = ()>,
+{
+    let pull = pull::begin(store, domain, req)?;
+    let served = exports_of(&pull).and_then(|(exports, endpoint)| {
+        let config = Config {
+            max_clients: PULL_CLIENTS,
+            persistent: true,
+            tls,
+            ..Config::default()
+        };
+        let names: Vec<String> = pull
+            .disks
+            .iter()
+            .map(|d| match &d.bitmap {
+                Some((b, _)) => format!("{} (bitmap {b})", d.export_name),
+                None => d.export_name.clone(),
+            })
+            .collect();
+        let dir = store.dir().to_path_buf();
+        serve_until(exports, &endpoint, config, |shown| {
+            ready(shown, &names);
+            async move {
+                tokio::select! {
+                    _ = stop => {}
+                    _ = aborted(dir, domain.to_string()) => {}
+                }
+            }
+        })
+    });
+    let job = pull.end(
+        store,
+        served.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+    )?;
+    served?;
+    Ok(job)
+}
+
+/// Each disk's chain as a read-only export, and where to listen.
+fn exports_of(pull: &PullBackup) -> Result<(Exports, Endpoint)> {
+    let mut exports = Exports::new();
+    for d in &pull.disks {
+        let img = strata_image::open(&d.source, &ChainOptions::default())
+            .map_err(|e| Error::invalid(format!("disk '{}'", d.disk), e.to_string()))?;
+        let mut e = ImageExport::new(img, &[], false)?;
+        if let Some((name, ranges)) = &d.bitmap {
+            e.add_dirty_ranges(name, ranges.clone());
+        }
+        exports.add(d.export_name.clone(), Arc::new(e));
+    }
+    let endpoint = match &pull.server {
+        BackupServer::Unix { socket } => Endpoint::Unix(socket.clone()),
+        BackupServer::Tcp { name, port } => {
+            let port = port.unwrap_or(NBD_PORT);
+            let addr = (name.as_str(), port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("<server name='{name}'>"),
+                        "cannot resolve the address",
+                    )
+                })?;
+            Endpoint::Tcp {
+                addr,
+                insecure: false,
+            }
+        }
+    };
+    Ok((exports, endpoint))
+}
+
+/// Completes when `backup abort` asks the job in `dir` for `domain` to
+/// stop (looked at every [`ABORT_POLL`] on a connection of its own).
+async fn aborted(dir: PathBuf, domain: String) {
+    let Ok(mut st) = Store::open(&dir) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(ABORT_POLL).await;
+        if let Ok(true) = PullBackup::abort_requested(&mut st, &domain) {
+            return;
+        }
+    }
+}

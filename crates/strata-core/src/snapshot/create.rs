@@ -1,0 +1,323 @@
+//! `snapshot create` of a machine that is not running: every participating
+//! disk goes through one all-or-nothing image transaction, then the
+//! snapshot is recorded (current, child of the previous current) and the
+//! domain's disks that took an external snapshot point at their overlays.
+//!
+//! Which disks and how, as libvirt decides: a `--diskspec` wins; then the
+//! domain disk's `snapshot=` attribute; then the kind of snapshot (a
+//! disk-only snapshot is external, a full one internal). CD-ROMs, floppies
+//! and transient disks do not take part.
+
+use std::path::PathBuf;
+
+use strata_image::ops::external::default_overlay;
+use strata_image::transaction::{self, Action};
+
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+use crate::lock::DomainLock;
+use crate::snapshot::{DiskMode, SnapshotDef, SnapshotDisk};
+use crate::store::Store;
+
+/// One `--diskspec`: `vda[,snapshot=internal|external|no][,file=PATH][,driver=qcow2]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// Disk target.
+    pub target: String,
+    /// How it takes part.
+    pub mode: Option<DiskMode>,
+    /// External: the overlay file.
+    pub file: Option<PathBuf>,
+    /// External: the overlay format (qcow2 only).
+    pub driver: Option<String>,
+}
+
+impl DiskSpec {
+    /// Parses virsh's diskspec syntax.
+    pub fn parse(spec: &str) -> Result<DiskSpec> {
+        let bad = |p: String| Error::invalid(format!("diskspec '{spec}'"), p);
+        let mut parts = spec.split(',');
+        let target = parts.next().unwrap_or_default().to_string();
+        if target.is_empty() {
+            return Err(bad("no disk named".into()));
+        }
+        let mut d = DiskSpec {
+            target,
+            ..Default::default()
+        };
+        for p in parts {
+            let (k, v) = p
+                .split_once('=')
+                .ok_or_else(|| bad(format!("'{p}' is not key=value")))?;
+            match k {
+                "snapshot" => {
+                    d.mode = Some(DiskMode::parse(v).ok_or_else(|| {
+                        bad(format!("snapshot={v}: use internal, external or no"))
+                    })?)
+                }
+                "file" => d.file = Some(PathBuf::from(v)),
+                "driver" if v == "qcow2" => d.driver = Some(v.to_string()),
+                "driver" => return Err(bad(format!("driver={v}: overlays are qcow2"))),
+                _ => return Err(bad(format!("unknown key '{k}'"))),
+            }
+        }
+        if d.file.is_some() && d.mode.is_none() {
+            d.mode = Some(DiskMode::External);
+        }
+        Ok(d)
+    }
+}
+
+/// What to create.
+#[derive(Clone, Debug, Default)]
+pub struct CreateRequest {
+    /// Snapshot name (default: the creation time in seconds, as libvirt).
+    pub name: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Disks only (external by default).
+    pub disk_only: bool,
+    /// Per-disk overrides.
+    pub diskspecs: Vec<DiskSpec>,
+    /// Do not record metadata (the images still change).
+    pub no_metadata: bool,
+    /// External overlays exist already and are used as they are.
+    pub reuse_external: bool,
+}
+
+/// Creates a snapshot of domain `domain`; returns its metadata.
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "snapshot create"))]
+pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<SnapshotDef> {
+    let _lock = DomainLock::acquire(store.dir(), domain)?;
+    let dom = store.domain(domain)?;
+    let created = crate::now();
+    let name = req.name.clone().unwrap_or_else(|| created.to_string());
+    let what = format!("domain '{domain}': snapshot '{name}'");
+    if name.is_empty() || name.contains('/') {
+        return Err(Error::invalid(
+            what,
+            "a snapshot name must not be empty or contain '/'",
+        ));
+    }
+    let existing = store.snapshots(domain)?;
+    if existing.iter().any(|s| s.name == name) {
+        return Err(Error::invalid(what, "already exists"));
+    }
+    let disks = dom.disks();
+    for s in &req.diskspecs {
+        if !disks.iter().any(|d| d.target == s.target) {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "--diskspec names disk '{}', which the domain does not have",
+                    s.target
+                ),
+            ));
+        }
+    }
+    let mut actions = Vec::new();
+    let mut snap_disks = Vec::new();
+    let mut new_dom: Domain = dom.clone();
+    for d in &disks {
+        let spec = req.diskspecs.iter().find(|s| s.target == d.target);
+        let default = if d.device != "disk" || d.transient {
+            DiskMode::No
+        } else if let Some(m) = d.snapshot.as_deref().and_then(DiskMode::parse) {
+            m
+        } else if req.disk_only {
+            DiskMode::External
+        } else {
+            DiskMode::Internal
+        };
+        let mode = spec.and_then(|s| s.mode).unwrap_or(default);
+        let disk_what = format!("{what}: disk '{}'", d.target);
+        if d.snapshot.as_deref() == Some("manual") && spec.is_none() {
+            return Err(Error::invalid(
+                disk_what,
+                "snapshot='manual' needs a running machine",
+            ));
+        }
+        if mode != DiskMode::No && (d.kind != "file" || d.source.is_none()) {
+            return Err(Error::invalid(
+                disk_what,
+                format!(
+                    "only file disks with a source can be snapshotted (type '{}')",
+                    d.kind
+                ),
+            ));
+        }
+        let source = d.source.clone().unwrap_or_default();
+        let overlay = spec
+            .and_then(|s| s.file.clone())
+            .unwrap_or_else(|| default_overlay(&source, &name));
+        match mode {
+            DiskMode::No => {}
+            DiskMode::Internal => {
+                if d.format.as_deref().is_some_and(|f| f != "qcow2") {
+                    return Err(Error::invalid(
+                        disk_what,
+                        "an internal snapshot needs a qcow2 image",
+                    ));
+                }
+                actions.push(Action::SnapshotInternal {
+                    file: source.clone(),
+                    name: Some(name.clone()),
+                });
+            }
+            DiskMode::External => {
+                actions.push(Action::SnapshotExternal {
+                    file: source.clone(),
+                    overlay: Some(overlay.clone()),
+                    name: Some(name.clone()),
+                    reuse: req.reuse_external,
+                });
+                new_dom.set_disk_source(&d.target, &overlay, "qcow2")?;
+            }
+        }
+        snap_disks.push(SnapshotDisk {
+            name: d.target.clone(),
+            mode,
+            source: (mode == DiskMode::External).then(|| overlay.clone()),
+            driver: (mode == DiskMode::External).then(|| "qcow2".to_string()),
+        });
+    }
+    if actions.is_empty() {
+        return Err(Error::invalid(what, "no disk takes part in the snapshot"));
+    }
+    crate::faults::run(&actions).map_err(|e| Error::invalid(what.clone(), e.to_string()))?;
+    let def = SnapshotDef {
+        name,
+        description: req.description.clone(),
+        // As libvirt records them: a disk-only snapshot, or the state of a
+        // machine that is not running.
+        state: if req.disk_only {
+            "disk-snapshot".into()
+        } else {
+            "shutoff".into()
+        },
+        creation_time: created,
+        parent: existing.iter().find(|s| s.current).map(|s| s.name.clone()),
+        memory: None,
+        disks: snap_disks,
+        domain: Some(dom.element().clone()),
+    };
+    let moved = def.is_external().then_some(&new_dom);
+    let recorded = match (req.no_metadata, moved) {
+        (true, Some(d)) => store.define(d).map(|_| ()),
+        (true, None) => Ok(()),
+        (false, _) => {
+            let made: Vec<PathBuf> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::SnapshotExternal {
+                        overlay: Some(o),
+                        reuse: false,
+                        ..
+                    } => Some(o.clone()),
+                    _ => None,
+                })
+                .collect();
+            store.add_snapshot(domain, &def, moved, &made)
+        }
+    };
+    if let Err(e) = recorded {
+        // The disks changed but the metadata did not: take the disks back.
+        undo_disks(&actions, &def.name);
+        return Err(e);
+    }
+    Ok(def)
+}
+
+/// Undoes what a committed snapshot transaction did to the disks: deletes
+/// the internal snapshots and the overlays it created (best effort; each
+/// failure is logged with the file).
+fn undo_disks(actions: &[Action], name: &str) {
+    let mut back = Vec::new();
+    for a in actions {
+        match a {
+            Action::SnapshotInternal { file, .. } => back.push(Action::SnapshotDeleteInternal {
+                file: file.clone(),
+                name: name.to_string(),
+            }),
+            Action::SnapshotExternal {
+                overlay: Some(o),
+                reuse: false,
+                ..
+            } => {
+                if let Err(e) = std::fs::remove_file(o) {
+                    tracing::error!("{}: cannot remove the new overlay: {e}", o.display());
+                }
+            }
+            _ => {}
+        }
+    }
+    if !back.is_empty() {
+        if let Err(e) = transaction::run(&back) {
+            tracing::error!("snapshot '{name}': cannot delete the new internal snapshots: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_image::qcow2::{CreateOptions, Qcow2};
+
+    fn snapshots_of(path: &std::path::Path) -> Vec<String> {
+        let img = strata_image::open(path, &Default::default()).unwrap();
+        let s = img.internal_snapshots().unwrap();
+        s.snapshots().unwrap().into_iter().map(|s| s.name).collect()
+    }
+
+    #[test]
+    fn undo_takes_the_disks_back() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.qcow2"), d.path().join("b.qcow2"));
+        for p in [&a, &b] {
+            let opts = CreateOptions {
+                size: 1 << 20,
+                ..Default::default()
+            };
+            Qcow2::create_file(p, &opts).unwrap();
+        }
+        let overlay = d.path().join("b.s1");
+        let actions = vec![
+            Action::SnapshotInternal {
+                file: a.clone(),
+                name: Some("s1".into()),
+            },
+            Action::SnapshotExternal {
+                file: b.clone(),
+                overlay: Some(overlay.clone()),
+                name: Some("s1".into()),
+                reuse: false,
+            },
+        ];
+        transaction::run(&actions).unwrap();
+        assert_eq!(snapshots_of(&a), ["s1"]);
+        assert!(overlay.exists());
+        undo_disks(&actions, "s1");
+        assert!(snapshots_of(&a).is_empty());
+        assert!(!overlay.exists());
+    }
+
+    #[test]
+    fn diskspecs_parse_as_virsh_writes_them() {
+        let d = DiskSpec::parse("vdb,file=/x/y.qcow2").unwrap();
+        assert_eq!(d.mode, Some(DiskMode::External));
+        assert_eq!(
+            DiskSpec::parse("vda,snapshot=no").unwrap().mode,
+            Some(DiskMode::No)
+        );
+        for bad in [
+            "",
+            ",snapshot=no",
+            "vda,snapshot=maybe",
+            "vda,driver=raw",
+            "vda,x=1",
+            "vda,oops",
+        ] {
+            assert!(DiskSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! `snapshot revert` of a machine that is not running, in one all-or-nothing
+//! image transaction:
+//! - a disk snapshotted internally gets the snapshot applied in the image
+//!   that holds it, which becomes the disk's active image again if it no
+//!   longer was (as libvirt does for a machine that is off: it applies the
+//!   snapshot to the images named in the snapshot's own domain). The state
+//!   being left is discarded, as with any revert. Refused, naming the
+//!   dependent file, when something the metadata still needs (after the
+//!   revert) depends on that image's current contents: a current disk
+//!   (other than the one being reverted), an external snapshot keeping it
+//!   read-only, a file handed over to the user, or any of those or another
+//!   snapshot's image having it in its backing chain. The backing chains
+//!   are read from the images, not assumed;
+//! - a disk snapshotted externally gets a fresh overlay on top of the
+//!   snapshot's image (as libvirt 9.9+ does), so the state being left stays
+//!   intact in its own overlay, on its own branch.
+//!
+//! The snapshot then becomes current and the domain's disks point where the
+//! revert left them. As with any revert, the state left behind is
+//! discarded: overlays strata made that no snapshot needs any more are
+//! deleted.
+
+use std::path::{Path, PathBuf};
+
+use strata_image::ops::external::default_overlay;
+use strata_image::transaction::Action;
+
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+use crate::lock::DomainLock;
+use crate::refs::{self, Graph, Owner, Root};
+use crate::snapshot::{DiskMode, SnapshotDef};
+use crate::store::Store;
+
+/// A free overlay name for a revert to snapshot `snap` over `base`:
+/// `vda.s1.1`, `vda.s1.2`, …
+fn revert_overlay(base: &Path, snap: &str) -> PathBuf {
+    (1..)
+        .map(|k| default_overlay(base, &format!("{snap}.{k}")))
+        .find(|p| !p.exists())
+        .expect("a free name")
+}
+
+/// Reverts domain `domain` to snapshot `name`; returns the overlays it made
+/// `(target, file)` (disks that go back to the image holding an internal
+/// snapshot are not among them).
+#[tracing::instrument(skip_all, fields(domain = %domain, snapshot = %name, op = "snapshot revert"))]
+pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String, PathBuf)>> {
+    let _lock = DomainLock::acquire(store.dir(), domain)?;
+    let dom = store.domain(domain)?;
+    let row = store.snapshot(domain, name)?;
+    let def = SnapshotDef::from_xml(&row.xml, &format!("snapshot '{name}'"))?;
+    let what = format!("domain '{domain}': revert to snapshot '{name}'");
+    if def.has_memory() {
+        return Err(Error::invalid(
+            what,
+            "the snapshot holds a running machine's memory: reverting to it needs a hypervisor (strata runs none yet)",
+        ));
+    }
+    let then = def
+        .domain
+        .clone()
+        .map(Domain::from_element)
+        .ok_or_else(|| Error::invalid(&what, "the snapshot has no domain definition"))?;
+    let now_disks = dom.disks();
+    let then_disks = then.disks();
+    let mut actions = Vec::new();
+    let mut new_dom = dom.clone();
+    let mut moved = Vec::new();
+    // What the metadata needs once the revert is done: every root but the
+    // current images of the disks taking part, whose state is discarded.
+    let mut graph = Graph::default();
+    let after: Vec<Root> = if def.disks.iter().any(|d| d.mode == DiskMode::Internal) {
+        let taking_part: Vec<&str> = def
+            .disks
+            .iter()
+            .filter(|d| d.mode != DiskMode::No)
+            .map(|d| d.name.as_str())
+            .collect();
+        refs::owned_roots(store, None)?
+            .into_iter()
+            .filter(|r| {
+                !matches!(&r.owner, Owner::Disk { domain: dom, target }
+                    if dom == domain && taking_part.contains(&target.as_str()))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for d in def.disks.iter().filter(|d| d.mode != DiskMode::No) {
+        let disk_what = format!("{what}: disk '{}'", d.name);
+        let then_disk = then_disks.iter().find(|t| t.target == d.name);
+        let then_src = then_disk
+            .and_then(|t| t.source.clone())
+            .ok_or_else(|| Error::invalid(&disk_what, "not in the snapshot's domain definition"))?;
+        let now_src = now_disks
+            .iter()
+            .find(|t| t.target == d.name)
+            .and_then(|t| t.source.clone());
+        match d.mode {
+            DiskMode::Internal => {
+                // Still the disk's active image: its state is the one being
+                // left, as in every revert, and nothing else is looked at
+                // (an unrelated image that cannot be opened must not block
+                // the everyday revert).
+                let active = now_src.as_deref().map(refs::canon) == Some(refs::canon(&then_src));
+                let why = if active {
+                    None
+                } else {
+                    refs::dependency(&mut graph, &after, &then_src, domain)
+                };
+                if let Some(why) = why {
+                    return Err(Error::invalid(
+                        &disk_what,
+                        format!(
+                            "the snapshot is inside {}, whose contents must stay as they are: {why}; applying the snapshot would change them",
+                            then_src.display()
+                        ),
+                    ));
+                }
+                actions.push(Action::SnapshotApplyInternal {
+                    file: then_src.clone(),
+                    name: name.to_string(),
+                });
+                if now_src.as_deref().map(refs::canon) != Some(refs::canon(&then_src)) {
+                    // Internal snapshots live only in qcow2 images.
+                    let format = then_disk.and_then(|t| t.format.as_deref());
+                    new_dom.set_disk_source(&d.name, &then_src, format.unwrap_or("qcow2"))?;
+                }
+            }
+            DiskMode::External => {
+                let overlay = revert_overlay(&then_src, name);
+                actions.push(Action::SnapshotExternal {
+                    file: then_src.clone(),
+                    overlay: Some(overlay.clone()),
+                    name: None,
+                    reuse: false,
+                });
+                new_dom.set_disk_source(&d.name, &overlay, "qcow2")?;
+                moved.push((d.name.clone(), overlay));
+            }
+            DiskMode::No => {}
+        }
+    }
+    if actions.is_empty() {
+        return Err(Error::invalid(what, "no disk took part in the snapshot"));
+    }
+    crate::faults::run(&actions).map_err(|e| Error::invalid(&what, e.to_string()))?;
+    let made: Vec<PathBuf> = moved.iter().map(|(_, o)| o.clone()).collect();
+    if let Err(e) = store.revert_to(domain, name, &new_dom, &made) {
+        // The internal applies cannot be undone, but new overlays can go.
+        for o in &made {
+            let _ = std::fs::remove_file(o);
+        }
+        return Err(e);
+    }
+    // The state left behind goes, unless a snapshot still needs it.
+    refs::collect_or_warn(store, domain);
+    Ok(moved)
+}

@@ -1,0 +1,146 @@
+//! The seam higher layers use to run machines: [`Hypervisor`] starts a
+//! [`Machine`] and hands back a [`Vm`], which pauses, resumes, powers
+//! down, destroys and reports. [`QemuHypervisor`] is the implementation;
+//! tests of the layers above can fake both traits.
+//!
+//! The traits return boxed futures so that they can be used as trait
+//! objects (`Box<dyn Vm>`).
+
+mod qemu;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::machine::Machine;
+use crate::process::ExitInfo;
+use crate::qmp::{EventMessage, QmpOptions, RunState};
+use crate::Result;
+
+pub use qemu::{QemuHypervisor, QemuVm};
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How to start a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOptions {
+    /// A directory for the run's files (created 0700 if missing): the QMP
+    /// socket `qmp.sock`, the pid file `qemu.pid`, the log `qemu.log`. Keep
+    /// it short: the socket path must fit in 107 bytes.
+    pub run_dir: PathBuf,
+    /// Leave the machine paused (`prelaunch`) instead of running it.
+    pub paused: bool,
+    /// QMP timeouts.
+    pub qmp: QmpOptions,
+    /// How long [`Vm::destroy`] waits after SIGTERM before SIGKILL.
+    pub destroy_grace: Duration,
+    /// Kill the emulator when its [`Vm`] handle is dropped.
+    pub kill_on_drop: bool,
+}
+
+impl StartOptions {
+    /// Defaults: running, 10 s to connect, 30 s per command, 10 s of grace,
+    /// killed on drop.
+    pub fn new(run_dir: impl Into<PathBuf>) -> Self {
+        StartOptions {
+            run_dir: run_dir.into(),
+            paused: false,
+            qmp: QmpOptions::default(),
+            destroy_grace: Duration::from_secs(10),
+            kill_on_drop: true,
+        }
+    }
+}
+
+/// What a machine is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmStatus {
+    /// The emulator runs; the vCPUs run or not.
+    Active {
+        /// Whether the vCPUs run.
+        running: bool,
+        /// QEMU's run state.
+        state: RunState,
+    },
+    /// The emulator has exited.
+    Exited(ExitInfo),
+}
+
+/// Something that happened to a machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VmEvent {
+    /// A QMP event.
+    Qmp(EventMessage),
+    /// The emulator exited. Always the last event.
+    Exited(ExitInfo),
+}
+
+/// A machine's events: QMP events in order, then exactly one
+/// [`VmEvent::Exited`], then the end.
+#[derive(Debug)]
+pub struct VmEvents {
+    rx: mpsc::UnboundedReceiver<VmEvent>,
+}
+
+impl VmEvents {
+    /// Events fed from `rx` (for implementations of [`Vm`], fakes included).
+    pub fn new(rx: mpsc::UnboundedReceiver<VmEvent>) -> Self {
+        VmEvents { rx }
+    }
+
+    /// The next event; `None` after [`VmEvent::Exited`].
+    pub async fn next(&mut self) -> Option<VmEvent> {
+        self.rx.recv().await
+    }
+
+    /// The next event matching `pred`, skipping others.
+    pub async fn next_matching(
+        &mut self,
+        mut pred: impl FnMut(&VmEvent) -> bool,
+    ) -> Option<VmEvent> {
+        while let Some(e) = self.rx.recv().await {
+            if pred(&e) {
+                return Some(e);
+            }
+        }
+        None
+    }
+}
+
+/// Starts machines.
+pub trait Hypervisor: Send + Sync {
+    /// Starts `machine`; returns once it is paused in `prelaunch`
+    /// ([`StartOptions::paused`]) or running.
+    fn start<'a>(
+        &'a self,
+        machine: &'a Machine,
+        opts: &'a StartOptions,
+    ) -> BoxFuture<'a, Result<Box<dyn Vm>>>;
+}
+
+/// A started machine.
+pub trait Vm: Send + Sync {
+    /// The machine's name.
+    fn name(&self) -> &str;
+    /// The emulator's process id.
+    fn pid(&self) -> u32;
+    /// What it is doing.
+    fn status(&self) -> BoxFuture<'_, Result<VmStatus>>;
+    /// Stops the vCPUs.
+    fn pause(&self) -> BoxFuture<'_, Result<()>>;
+    /// Runs the vCPUs.
+    fn resume(&self) -> BoxFuture<'_, Result<()>>;
+    /// Presses the ACPI power button; the guest decides what follows.
+    fn powerdown(&self) -> BoxFuture<'_, Result<()>>;
+    /// Ends the emulator now (SIGTERM, then SIGKILL after the grace time);
+    /// returns how it ended.
+    fn destroy(&self) -> BoxFuture<'_, Result<ExitInfo>>;
+    /// Waits until the emulator has exited.
+    fn wait(&self) -> BoxFuture<'_, ExitInfo>;
+    /// The machine's events; `Some` the first time only.
+    fn take_events(&self) -> Option<VmEvents>;
+}
