@@ -323,10 +323,13 @@ fn run_model(seed: u64, image: Arc<dyn Image>, event_idx: bool, batches: usize) 
     let mut rig = Rig::new(image.clone(), config(), event_idx);
     let mut model: Vec<Option<u8>> = vec![Some(0); DISK as usize];
     for batch in 0..batches {
+        // Buffers start anywhere below 3.5 MiB, so that a batch often
+        // straddles the rig's memory regions at 4 MiB.
+        let start = BUFFERS + rng.gen_range(0..(5 << 10)) * 512;
         let mut gen = Gen {
             rng: &mut rng,
             rig: &rig,
-            alloc: Alloc(BUFFERS),
+            alloc: Alloc(start),
             claims: Claims::default(),
         };
         let n = gen.rng.gen_range(1..=24);
