@@ -17,7 +17,7 @@ use crate::device::Limits;
 use crate::error::Result;
 use crate::execute::{answer, Context};
 use crate::gate::GateInner;
-use crate::pool::IoPool;
+use crate::pool::{IoPool, Job};
 use crate::request::{parse, Parsed};
 
 /// Guest memory as the backend maps it, with the dirty-log bitmap.
@@ -118,9 +118,9 @@ impl Queue {
                             complete(&vring, q, req.head, len);
                             drop(ticket);
                         });
-                        // Refused only while the device shuts down; the
-                        // ticket goes with the dropped job.
-                        self.pool.submit(job);
+                        // Dropped unrun only while the device shuts down;
+                        // the ticket goes with the job.
+                        self.pool.submit([job as Job]);
                     }
                     Parsed::Unanswerable { head, reason } => {
                         tracing::warn!(queue = q, head, reason, "virtio-blk chain dropped");
