@@ -199,7 +199,20 @@ impl Rig {
 
     /// Interrupts received since the last call.
     pub fn interrupts(&self) -> bool {
-        self.call.consume().is_ok()
+        self.interrupt_count() > 0
+    }
+
+    /// How many interrupts the device sent since the last call.
+    pub fn interrupt_count(&self) -> u64 {
+        let mut n = 0u64;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.call);
+        // SAFETY: reads 8 bytes into a u64 from an open non-blocking eventfd.
+        let r = unsafe { libc::read(fd, (&mut n as *mut u64).cast(), 8) };
+        if r == 8 {
+            n
+        } else {
+            0
+        }
     }
 
     /// Waits for `n` more used entries; returns (head, len) of each and
