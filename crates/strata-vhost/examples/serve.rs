@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! serve IMAGE SOCKET [--queues N] [--readonly] [--io-threads N]
-//!       [--inline-max BYTES] [--serial ID] [--block-size 512|4096] [--stats FILE]
+//!       [--inline-max BYTES] [--ring-poll-us N] [--serial ID]
+//!       [--block-size 512|4096] [--stats FILE]
 //! ```
 //!
 //! It prints `ready` once the socket listens. On exit it stops serving,
@@ -31,6 +32,7 @@ fn main() -> anyhow::Result<()> {
             "--queues" => config.queues = value("--queues")?.parse()?,
             "--io-threads" => config.io_threads = value("--io-threads")?.parse()?,
             "--inline-max" => config.inline_max = value("--inline-max")?.parse()?,
+            "--ring-poll-us" => config.ring_poll_us = value("--ring-poll-us")?.parse()?,
             "--serial" => config.serial = value("--serial")?,
             "--block-size" => config.block_size = value("--block-size")?.parse()?,
             "--stats" => stats = Some(value("--stats")?.into()),
@@ -40,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let [image, socket] = positional.as_slice() else {
-        bail!("usage: serve IMAGE SOCKET [--queues N] [--readonly] [--io-threads N] [--inline-max BYTES] [--serial ID] [--block-size N] [--stats FILE]");
+        bail!("usage: serve IMAGE SOCKET [--queues N] [--readonly] [--io-threads N] [--inline-max BYTES] [--ring-poll-us N] [--serial ID] [--block-size N] [--stats FILE]");
     };
     config.validate()?;
     let signals = block_signals();
