@@ -13,6 +13,7 @@ use strata_image::Image;
 use strata_nbd::{Config, Exports};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 
@@ -50,15 +51,19 @@ impl NbdServer {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let endpoint = Endpoint::Unix(socket.to_path_buf());
-        let task = tokio::spawn(async move {
-            strata_core::serve::serve(exports, &endpoint, config, move |_| {
-                let _ = ready_tx.send(());
-                async move {
-                    let _ = stop_rx.await;
-                }
-            })
-            .await
-        });
+        let span = tracing::info_span!("nbd", disk = %target);
+        let task = tokio::spawn(
+            async move {
+                strata_core::serve::serve(exports, &endpoint, config, move |_| {
+                    let _ = ready_tx.send(());
+                    async move {
+                        let _ = stop_rx.await;
+                    }
+                })
+                .await
+            }
+            .instrument(span),
+        );
         match ready_rx.await {
             Ok(()) => Ok(NbdServer {
                 socket: socket.to_path_buf(),

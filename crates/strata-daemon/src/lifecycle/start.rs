@@ -67,11 +67,19 @@ impl Service {
                 source: e,
             }
         })?;
-        let served = disks::serve_all(plan).await?;
+        // What outlives this request (the disk servers, QEMU's watcher, the
+        // event watcher) logs in the domain's own span.
+        let dspan = tracing::info_span!(parent: None, "domain", name = %name);
+        let served = disks::serve_all(plan).instrument(dspan.clone()).await?;
         let mut opts = StartOptions::new(&run_dir);
         opts.paused = paused;
         opts.destroy_grace = self.options.destroy_grace;
-        let vm = match self.hypervisor.start(&machine, &opts).await {
+        let started = self
+            .hypervisor
+            .start(&machine, &opts)
+            .instrument(dspan.clone())
+            .await;
+        let vm = match started {
             Ok(vm) => vm,
             Err(e) => {
                 disks::close_all(served).await;
@@ -91,7 +99,7 @@ impl Service {
             (State::Running, Reason::Booted)
         };
         slot.begin(run.clone(), state, reason);
-        let span = tracing::info_span!("domain", name = %name, id, pid = run.vm.pid());
+        let span = tracing::info_span!(parent: &dspan, "run", id, pid = run.vm.pid());
         tokio::spawn(super::watch::watch(slot.clone(), run, events).instrument(span));
         Ok(())
     }
