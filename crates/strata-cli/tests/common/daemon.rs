@@ -205,6 +205,7 @@ pub fn define_guest(dir: &Path, kit: &strata_testguest::Kit, name: &str, cmdline
     let xml = format!(
         "<domain type='qemu'>
   <name>{name}</name>
+  <uuid>6f1b0c2e-5a7d-4c1e-9b3a-00000000000{n}</uuid>
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
   <os>
@@ -223,6 +224,7 @@ pub fn define_guest(dir: &Path, kit: &strata_testguest::Kit, name: &str, cmdline
     <serial type='file'><source path='{dir}/{name}.console'/><target port='0'/></serial>
   </devices>
 </domain>",
+        n = name.len() % 10,
         kernel = kit.kernel.display(),
         dir = dir.display(),
     );
