@@ -15,6 +15,7 @@ use crate::cli::CheckpointCommand;
 use crate::domain::{read_xml, state_dir};
 use crate::exit::OK;
 use crate::output::Output;
+use strata_core::checkpoint::list as checkpoint_list;
 use strata_core::tree;
 
 /// Runs `strata checkpoint …`.
@@ -68,12 +69,8 @@ pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result
             }
         }
         CheckpointCommand::List(a) => {
-            let mut all = checkpoint::checkpoints(&store, &a.domain)?;
-            let nodes: Vec<tree::Node> = all
-                .iter()
-                .map(|c| (c.name.clone(), c.parent.clone()))
-                .collect();
             if a.tree {
+                let nodes = checkpoint_list::nodes(&checkpoint::checkpoints(&store, &a.domain)?);
                 if out.json() {
                     out.print_json(&tree::nested(&nodes, None))?;
                 } else {
@@ -81,16 +78,13 @@ pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result
                 }
                 return Ok(OK);
             }
-            if a.topological {
-                let order = tree::topological(&nodes);
-                all = order.into_iter().map(|i| all[i].clone()).collect();
-            }
-            let has_children = |n: &str| nodes.iter().any(|(_, p)| p.as_deref() == Some(n));
-            all.retain(|c| {
-                (!a.roots || c.parent.is_none())
-                    && (!a.leaves || !has_children(&c.name))
-                    && (!a.no_leaves || has_children(&c.name))
-            });
+            let filter = checkpoint_list::ListFilter {
+                roots: a.roots,
+                leaves: a.leaves,
+                no_leaves: a.no_leaves,
+                topological: a.topological,
+            };
+            let all = checkpoint_list::list(&store, &a.domain, filter)?;
             if out.json() {
                 let v: Vec<_> = all
                     .iter()

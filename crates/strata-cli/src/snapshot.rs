@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use serde::Serialize;
 use strata_core::snapshot::create::{self as snapshot_create, CreateRequest, DiskSpec};
 use strata_core::snapshot::delete::{self as snapshot_delete, DeleteRequest};
 use strata_core::snapshot::{redefine as snapshot_redefine, revert as snapshot_revert};
@@ -17,18 +16,8 @@ use crate::cli::DomSnapshotCommand;
 use crate::domain::{read_xml, state_dir};
 use crate::exit::{usage, OK};
 use crate::output::Output;
+use strata_core::snapshot::list::{self as snapshot_list, ListFilter, Listed};
 use strata_core::tree;
-
-/// One snapshot of `snapshot list --output json`.
-#[derive(Debug, Serialize)]
-struct Listed {
-    name: String,
-    parent: Option<String>,
-    creation_time: i64,
-    state: String,
-    current: bool,
-    location: &'static str,
-}
 
 fn location(def: &SnapshotDef) -> &'static str {
     if def.is_external() {
@@ -154,38 +143,19 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 }
                 return Ok(OK);
             }
-            let has_children = |n: &str| rows.iter().any(|r| r.parent.as_deref() == Some(n));
-            let under = a
-                .from
-                .as_deref()
-                .map(|f| tree::below(&nodes, f, a.descendants));
-            let order: Vec<usize> = if a.topological {
-                tree::topological(&nodes)
-            } else {
-                (0..rows.len()).collect()
+            let filter = ListFilter {
+                roots: a.roots,
+                leaves: a.leaves,
+                no_leaves: a.no_leaves,
+                current: a.current,
+                external: a.external,
+                internal: a.internal,
+                disk_only: a.disk_only,
+                from: a.from.clone(),
+                descendants: a.descendants,
+                topological: a.topological,
             };
-            let mut listed = Vec::new();
-            for r in order.into_iter().map(|i| &rows[i]) {
-                let def = r.def()?;
-                let keep = (!a.roots || r.parent.is_none())
-                    && under.as_ref().is_none_or(|u| u.contains(&r.name))
-                    && (!a.leaves || !has_children(&r.name))
-                    && (!a.no_leaves || has_children(&r.name))
-                    && (!a.current || r.current)
-                    && (!a.external || def.is_external())
-                    && (!a.internal || !def.is_external())
-                    && (!a.disk_only || def.state == "disk-snapshot");
-                if keep {
-                    listed.push(Listed {
-                        name: r.name.clone(),
-                        parent: r.parent.clone(),
-                        creation_time: r.created,
-                        state: def.state.clone(),
-                        current: r.current,
-                        location: location(&def),
-                    });
-                }
-            }
+            let listed = snapshot_list::list(&store, &a.domain, &filter)?;
             if out.json() {
                 out.print_json(&listed)?;
             } else if a.name {

@@ -83,7 +83,7 @@ fn qemu_clients_use_extended_headers_with_strata() {
     let log = std::fs::read_to_string(p.join("log")).unwrap();
     let used = log
         .lines()
-        .filter(|l| l.contains("transmission with Extended headers"))
+        .filter(|l| l.contains("transmission") && l.contains("headers=Extended"))
         .count();
     assert!(used >= 4, "every QEMU client negotiated them:\n{log}");
     assert_clean(p, "w.qcow2");

@@ -200,7 +200,7 @@ fn mutated_sessions_never_hurt_the_server() {
     // The sessions reached every phase: requests served and refused,
     // connections dropped for broken headers.
     for (what, least) in [
-        ("transmission with", 100),
+        ("transmission export=", 100),
         ("protocol violation", 50),
         ("is past the end", 5),
         ("the export is read-only", 20),

@@ -135,10 +135,11 @@ fn read_counts(p: &Path) -> Vec<(u64, u64)> {
     let counts: Vec<(u64, u64)> = log
         .lines()
         .filter_map(|l| {
-            let rest = l.split("export '': ").nth(1)?;
+            // "reads served export= spliced=N copied=M" (the export named "").
+            let rest = l.split("reads served export= ").nth(1)?;
             let mut w = rest.split_whitespace();
-            let spliced = w.next()?.parse().ok()?;
-            let copied = w.nth(2)?.parse().ok()?;
+            let spliced = w.next()?.strip_prefix("spliced=")?.parse().ok()?;
+            let copied = w.next()?.strip_prefix("copied=")?.parse().ok()?;
             Some((spliced, copied))
         })
         .collect();

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod domain;
 pub mod error;
 pub mod faults;
+pub mod live;
 pub mod lock;
 mod redefine;
 mod refs;

@@ -35,7 +35,7 @@ impl DomainLock {
     pub fn acquire_within(state_dir: &Path, name: &str, wait: Duration) -> Result<DomainLock> {
         let (mut file, path) = open(state_dir, name)?;
         if !try_flock(&file) {
-            tracing::info!("domain '{name}' is busy in another strata process; waiting");
+            tracing::info!(domain = %name, "busy in another strata process; waiting");
             let until = Instant::now() + wait;
             while !try_flock(&file) {
                 if Instant::now() >= until {

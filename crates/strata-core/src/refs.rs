@@ -307,8 +307,9 @@ fn unneeded(store: &Store, domain: &str) -> Result<Vec<PathBuf>> {
     if let Some((f, e)) = graph.unreadable.first() {
         // What lies below it is unknown: delete nothing.
         tracing::warn!(
-            "{}: cannot read it ({e}), so images strata made that may be unused are kept",
-            f.display()
+            file = %f.display(),
+            error = %e,
+            "unreadable, so images strata made that may be unused are kept"
         );
         return Ok(Vec::new());
     }
@@ -327,8 +328,9 @@ pub(crate) fn collect(store: &mut Store, domain: &str) -> Result<Vec<PathBuf>> {
             Ok(()) => gone.push(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone.push(f),
             Err(e) => tracing::warn!(
-                "{}: cannot delete an image no longer needed: {e}",
-                f.display()
+                file = %f.display(),
+                error = %e,
+                "cannot delete an image no longer needed"
             ),
         }
     }
@@ -340,7 +342,7 @@ pub(crate) fn collect(store: &mut Store, domain: &str) -> Result<Vec<PathBuf>> {
 /// only leaves files behind, so it is logged.
 pub(crate) fn collect_or_warn(store: &mut Store, domain: &str) {
     if let Err(e) = collect(store, domain) {
-        tracing::warn!("domain '{domain}': images no longer needed are kept: {e}");
+        tracing::warn!(domain = %domain, error = %e, "images no longer needed are kept");
     }
 }
 

@@ -26,7 +26,6 @@ pub mod daemon;
 pub mod disks;
 pub mod error;
 pub mod lifecycle;
-mod machine;
 pub mod notify;
 pub mod registry;
 pub mod server;

@@ -296,9 +296,10 @@ fn chosen(export: Arc<dyn Export>, name: String, st: &State) -> Negotiated {
         _ => Vec::new(),
     };
     tracing::debug!(
-        "export '{name}': transmission with {:?} headers, contexts {:?}",
-        st.headers,
-        contexts
+        export = %name,
+        headers = ?st.headers,
+        contexts = ?contexts,
+        "transmission"
     );
     Negotiated {
         export,

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
 
 use crate::export::Export;
 use crate::handshake::{greet, options, Negotiated, Step, TlsState};
@@ -160,6 +161,8 @@ pub async fn serve(
     let config = Arc::new(config);
     let over = || served.load(Ordering::SeqCst) && open.load(Ordering::SeqCst) == 0;
     let mut tasks = tokio::task::JoinSet::new();
+    // Numbers clients in the order they connect, for their log span.
+    let mut client: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         // Finished connections' tasks are collected as we go.
@@ -182,7 +185,7 @@ pub async fn serve(
             Ok(s) => s,
             Err(e) => {
                 // Out of descriptors, say: pause rather than spin.
-                tracing::warn!("accept: {e}");
+                tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
@@ -190,14 +193,21 @@ pub async fn serve(
         open.fetch_add(1, Ordering::SeqCst);
         let (exports, stop, left) = (exports.clone(), stop_rx.clone(), left_tx.clone());
         let (config, open, served) = (config.clone(), open.clone(), served.clone());
-        tasks.spawn(async move {
-            let _permit = permit;
-            if let Err(e) = connection(stream, fd, &exports, &config, stop, &served).await {
-                tracing::info!("client: {e}");
+        client += 1;
+        let span = tracing::info_span!("nbd_client", client);
+        tasks.spawn(
+            async move {
+                let _permit = permit;
+                tracing::debug!("connected");
+                match connection(stream, fd, &exports, &config, stop, &served).await {
+                    Ok(()) => tracing::debug!("disconnected"),
+                    Err(e) => tracing::info!(error = %e, "connection ended"),
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+                let _ = left.send(());
             }
-            open.fetch_sub(1, Ordering::SeqCst);
-            let _ = left.send(());
-        });
+            .instrument(span),
+        );
     }
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}

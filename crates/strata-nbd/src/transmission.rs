@@ -12,6 +12,7 @@ use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, WriteHalf,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use std::os::fd::{OwnedFd, RawFd};
 
@@ -158,24 +159,27 @@ where
         }
         let permit = slots.clone().acquire_owned().await.expect("never closed");
         let (conn, out) = (conn.clone(), out.clone());
-        tokio::spawn(async move {
-            let reply = handle(&conn, req, payload).await;
-            // A closed channel means the connection is going away.
-            let _ = out.send((reply, permit));
-        });
+        tokio::spawn(
+            async move {
+                let reply = handle(&conn, req, payload).await;
+                // A closed channel means the connection is going away.
+                let _ = out.send((reply, permit));
+            }
+            .in_current_span(),
+        );
     };
     // Let every request in flight finish, then make writes durable.
     let _all = slots.acquire_many(IN_FLIGHT).await.expect("never closed");
     tracing::debug!(
-        "export '{}': {} reads spliced, {} copied",
-        conn.neg.name,
-        conn.spliced.load(Ordering::Relaxed),
-        conn.copied.load(Ordering::Relaxed)
+        export = %conn.neg.name,
+        spliced = conn.spliced.load(Ordering::Relaxed),
+        copied = conn.copied.load(Ordering::Relaxed),
+        "reads served"
     );
     if !conn.neg.export.read_only() {
         let export = conn.neg.export.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || export.flush()).await {
-            tracing::warn!("export '{}': flush at disconnect: {e}", conn.neg.name);
+            tracing::warn!(export = %conn.neg.name, error = %e, "flush at disconnect failed");
         }
     }
     drop(out);

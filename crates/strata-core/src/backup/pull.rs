@@ -52,6 +52,7 @@ pub struct PullBackup {
 
 /// Plans a pull backup of `domain`, records its job and creates the
 /// checkpoint asked for; the caller then serves [`PullBackup::disks`].
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "backup begin (pull)"))]
 pub fn begin(store: &mut Store, domain: &str, req: &BeginRequest) -> Result<PullBackup> {
     let Prepared {
         lock,

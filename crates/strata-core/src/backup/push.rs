@@ -53,6 +53,7 @@ struct Plan {
 }
 
 /// Runs a push backup of `domain` to its end; returns the finished job.
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "backup begin (push)"))]
 pub fn begin(
     store: &mut Store,
     domain: &str,
@@ -483,6 +484,7 @@ pub fn status(store: &mut Store, domain: &str) -> Result<Option<Job>> {
 
 /// Stops the domain's running backup: asks its process to stop and waits
 /// for it (up to `wait`), or reaps the job if its process is gone.
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "backup abort"))]
 pub fn abort(store: &mut Store, domain: &str, wait: Duration) -> Result<Job> {
     let what = format!("domain '{domain}': backup abort");
     let job = store

@@ -7,6 +7,7 @@
 //! checkpoint, over every layer of the disk's chain (`dirty_since`), which
 //! keeps working across external snapshots.
 
+pub mod list;
 pub mod redefine;
 
 use std::path::Path;
@@ -194,6 +195,7 @@ pub fn checkpoints(store: &Store, domain: &str) -> Result<Vec<CheckpointDef>> {
 
 /// Creates a checkpoint: one transaction adds a bitmap per disk and
 /// disables the previous checkpoint's bitmaps in the disks' active images.
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "checkpoint create"))]
 pub fn create(store: &mut Store, domain: &str, req: &CheckpointRequest) -> Result<CheckpointDef> {
     let lock = DomainLock::acquire(store.dir(), domain)?;
     create_locked(store, domain, req, &lock)
@@ -413,6 +415,7 @@ pub struct CheckpointDelete {
 /// bitmap (made there, disabled, where it is missing), which is enabled
 /// again where a deleted one was still tracking; then the deleted bitmaps
 /// are removed. All of it is one transaction. Returns the names deleted.
+#[tracing::instrument(skip_all, fields(domain = %domain, checkpoint = %name, op = "checkpoint delete"))]
 pub fn delete(
     store: &mut Store,
     domain: &str,

@@ -12,6 +12,7 @@ use crate::redefine;
 use crate::store::Store;
 
 /// Records the checkpoint `xml` describes for `domain`; returns it.
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "checkpoint redefine"))]
 pub fn redefine(store: &mut Store, domain: &str, xml: &str) -> Result<CheckpointDef> {
     let _lock = DomainLock::acquire(store.dir(), domain)?;
     let dom = store.domain(domain)?;

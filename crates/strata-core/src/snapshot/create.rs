@@ -86,6 +86,7 @@ pub struct CreateRequest {
 }
 
 /// Creates a snapshot of domain `domain`; returns its metadata.
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "snapshot create"))]
 pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<SnapshotDef> {
     let _lock = DomainLock::acquire(store.dir(), domain)?;
     let dom = store.domain(domain)?;

@@ -43,6 +43,7 @@ pub struct DeleteRequest {
 
 /// Deletes snapshot `name` of `domain` (and what `req` adds); returns the
 /// names deleted.
+#[tracing::instrument(skip_all, fields(domain = %domain, snapshot = %name, op = "snapshot delete"))]
 pub fn delete(
     store: &mut Store,
     domain: &str,

@@ -75,7 +75,7 @@ fn with_layer<T>(file: &Path, f: impl FnOnce(&dyn Image) -> strata_image::Result
 pub(crate) fn plan(w: &World<'_>, disk: &str, base: &Path) -> Result<Option<Merge>> {
     let b = canon(base);
     let keep = |why: String| {
-        tracing::info!("disk '{disk}': {why}; its files stay as they are");
+        tracing::info!(disk = %disk, reason = %why, "its files stay as they are");
         Ok(None)
     };
     if !w.needed.contains(&b) {

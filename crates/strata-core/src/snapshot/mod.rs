@@ -6,6 +6,7 @@
 
 pub mod create;
 pub mod delete;
+pub mod list;
 mod merge;
 pub mod redefine;
 pub mod revert;

@@ -16,6 +16,7 @@ use crate::snapshot::{DiskMode, SnapshotDef};
 use crate::store::Store;
 
 /// Records the snapshot that `xml` describes for `domain`; returns it.
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "snapshot redefine"))]
 pub fn redefine(store: &mut Store, domain: &str, xml: &str, current: bool) -> Result<SnapshotDef> {
     let _lock = DomainLock::acquire(store.dir(), domain)?;
     let dom = store.domain(domain)?;

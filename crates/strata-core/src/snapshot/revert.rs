@@ -44,6 +44,7 @@ fn revert_overlay(base: &Path, snap: &str) -> PathBuf {
 /// Reverts domain `domain` to snapshot `name`; returns the overlays it made
 /// `(target, file)` (disks that go back to the image holding an internal
 /// snapshot are not among them).
+#[tracing::instrument(skip_all, fields(domain = %domain, snapshot = %name, op = "snapshot revert"))]
 pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String, PathBuf)>> {
     let _lock = DomainLock::acquire(store.dir(), domain)?;
     let dom = store.domain(domain)?;

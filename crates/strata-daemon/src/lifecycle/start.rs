@@ -61,7 +61,7 @@ impl Service {
             .iter()
             .map(|p| (p.target.clone(), p.backend.clone()))
             .collect();
-        let machine = crate::machine::machine_of(&domain, &backends, &run_dir).map_err(|e| {
+        let machine = strata_core::live::machine_of(&domain, &backends, &run_dir).map_err(|e| {
             Error::Config {
                 domain: name.to_string(),
                 source: e,

@@ -91,6 +91,9 @@ pub fn command_line(
     if shared {
         machine_opt = machine_opt.kv("memory-backend", MEMORY_BACKEND_ID);
     }
+    if !m.features.hpet {
+        machine_opt = machine_opt.kv("hpet", "off");
+    }
     if matches!(m.firmware, Firmware::Uefi { .. }) {
         machine_opt = machine_opt
             .kv("pflash0", "fw-code")
@@ -126,13 +129,26 @@ pub fn command_line(
         );
     }
     a.push("-smp", m.vcpus.to_string());
-    a.push(
-        "-rtc",
-        match m.clock {
-            ClockBase::Utc => "base=utc",
-            ClockBase::Localtime => "base=localtime",
-        },
-    );
+    let rtc = match m.clock {
+        ClockBase::Utc => "base=utc",
+        ClockBase::Localtime => "base=localtime",
+    };
+    if m.features.rtc_catchup {
+        a.push("-rtc", format!("{rtc},driftfix=slew"));
+    } else {
+        a.push("-rtc", rtc);
+    }
+    // The power-management device that offers S3/S4 to the guest.
+    let pm = match m.machine_type.chipset() {
+        Chipset::Q35 => "ICH9-LPC",
+        Chipset::I440fx => "PIIX4_PM",
+    };
+    if !m.features.suspend_to_mem {
+        a.push("-global", format!("{pm}.disable_s3=1"));
+    }
+    if !m.features.suspend_to_disk {
+        a.push("-global", format!("{pm}.disable_s4=1"));
+    }
     let l = &m.lifecycle;
     let reboot = match l.on_reboot {
         OnReboot::Reset => "reset",

@@ -613,3 +613,29 @@ fn mac_addresses() {
         assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
     }
 }
+
+#[test]
+fn timers_and_sleep_states_follow_the_features() {
+    let mut m = Machine::new("t");
+    let a = build(&m);
+    assert!(
+        values(&a, "-global").is_empty(),
+        "QEMU's defaults need no -global"
+    );
+    m.features.hpet = false;
+    m.features.rtc_catchup = true;
+    m.features.suspend_to_mem = false;
+    m.features.suspend_to_disk = false;
+    let a = build(&m);
+    assert_eq!(value(&a, "-machine"), "q35,acpi=on,hpet=off");
+    assert_eq!(value(&a, "-rtc"), "base=utc,driftfix=slew");
+    assert_eq!(
+        values(&a, "-global"),
+        ["ICH9-LPC.disable_s3=1", "ICH9-LPC.disable_s4=1"]
+    );
+    m.machine_type = MachineType::pc();
+    assert_eq!(
+        values(&build(&m), "-global"),
+        ["PIIX4_PM.disable_s3=1", "PIIX4_PM.disable_s4=1"]
+    );
+}

@@ -250,6 +250,17 @@ pub struct Features {
     /// The local APIC; off is `-cpu …,-apic`, which only the `pc` machine
     /// allows (Q35's PCIe root ports need MSI).
     pub apic: bool,
+    /// The HPET timer; off is `-machine …,hpet=off` (libvirt's
+    /// `<timer name='hpet' present='no'/>`).
+    pub hpet: bool,
+    /// The RTC catches up on missed ticks (`-rtc …,driftfix=slew`,
+    /// libvirt's `<timer name='rtc' tickpolicy='catchup'/>`).
+    pub rtc_catchup: bool,
+    /// ACPI S3 (suspend to RAM) offered to the guest (libvirt's
+    /// `<pm><suspend-to-mem enabled=…/>`).
+    pub suspend_to_mem: bool,
+    /// ACPI S4 (suspend to disk) offered to the guest.
+    pub suspend_to_disk: bool,
 }
 
 impl Default for Features {
@@ -257,6 +268,10 @@ impl Default for Features {
         Features {
             acpi: true,
             apic: true,
+            hpet: true,
+            rtc_catchup: false,
+            suspend_to_mem: true,
+            suspend_to_disk: true,
         }
     }
 }
