@@ -256,3 +256,23 @@ fn lifecycle_commands_without_a_daemon_answer_as_libvirt() {
     strata(p, &st(&["domain", "start", "nope"])).one_error(1, "domain 'nope' not found");
     assert!(!p.join("state/strata.sock").exists());
 }
+
+#[test]
+fn the_systemd_unit_runs_the_daemon_as_a_notify_service() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/systemd/strata.service"),
+    )
+    .unwrap();
+    let has = |line: &str| unit.lines().any(|l| l.trim() == line);
+    assert!(has("Type=notify") && has("KillMode=mixed"), "{unit}");
+    let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+    assert!(exec.contains(" daemon --state-dir %S/strata"), "{exec}");
+    // The stop timeout leaves room for the policy.
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(stop > 30 + 10, "{stop}");
+}
