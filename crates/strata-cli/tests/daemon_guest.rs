@@ -44,6 +44,7 @@ fn a_domain_runs_through_its_lifecycle_as_libvirt_says() {
     let err = |args: &[&str], needle: &str| strata(p, &st(args)).one_error(1, needle);
 
     // No daemon yet: start brings one up and says so.
+    let _daemon = Autostarted(p);
     let r = ok(p, &st(&["domain", "start", "vm"]));
     assert_eq!(r.stdout, "Domain 'vm' started\n");
     assert!(
@@ -157,7 +158,6 @@ fn a_domain_runs_through_its_lifecycle_as_libvirt_says() {
     check_written(p, "vm.qcow2");
     // Now it may go.
     ok(p, &st(&["domain", "undefine", "vm"]));
-    stop_autostarted(p);
 }
 
 #[test]
@@ -336,4 +336,88 @@ while true; do sleep 1; done
         dirty_extents(p, "vm.qcow2", "cp1"),
         [(3 << 16, 1 << 16), (10 << 16, 2 << 16), (20 << 16, 1 << 16)]
     );
+}
+
+/// `button.ko` and `evdev.ko` from the kit's kernel package, in `dir`: a
+/// guest that loads them sees the ACPI power button.
+fn button_modules(dir: &Path) -> Vec<std::path::PathBuf> {
+    let debs: Vec<_> = std::fs::read_dir(strata_testguest::kit_dir().join("deb"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    assert_eq!(debs.len(), 1, "{debs:?}");
+    let script = format!(
+        "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards '*/drivers/acpi/button.ko' '*/drivers/input/evdev.ko'",
+        debs[0].display(),
+        dir.display()
+    );
+    run_in(dir, "sh", &["-c", &script]).expect(0);
+    ["acpi/button.ko", "input/evdev.ko"]
+        .iter()
+        .map(|m| {
+            let found = run_in(
+                dir,
+                "sh",
+                &["-c", &format!("ls lib/modules/*/kernel/drivers/{m}")],
+            )
+            .expect(0);
+            let src = dir.join(found.stdout.trim());
+            let dst = dir.join(Path::new(m).file_name().unwrap());
+            std::fs::rename(src, &dst).unwrap();
+            dst
+        })
+        .collect()
+}
+
+/// Loads the button driver, then waits for one event from the power
+/// button and ends (the guest powers off), as an ACPI-aware guest does.
+const OBEY_BUTTON: &str = "
+insmod /data/evdev.ko && insmod /data/button.ko || exit 3
+ev=$(awk '/Name=\"Power Button\"/{p=1} p && /Handlers=/{for(i=1;i<=NF;i++) if($i ~ /^event/) {print $i; exit}}' /proc/bus/input/devices)
+[ -n \"$ev\" ] || { cat /proc/bus/input/devices; exit 4; }
+dd if=/dev/input/$ev bs=24 count=1 of=/dev/null 2>/dev/null &
+sleep 1
+echo GUEST-LISTENS $ev
+wait
+echo GUEST-GOT-THE-BUTTON
+";
+
+#[test]
+fn a_guest_that_honours_the_power_button_shuts_down_and_stops_with_the_daemon() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    let modules = button_modules(p);
+    let initrd = p.join("vm.initrd.gz");
+    let files: Vec<&Path> = modules.iter().map(|m| m.as_path()).collect();
+    kit.initrd(OBEY_BUTTON, &files, &initrd).unwrap();
+    qemu_img(p, &["create", "-q", "-f", "qcow2", "vm.qcow2", "16M"]);
+    define_guest(p, kit, "vm", "");
+    let mut daemon = DaemonProc::start(p, &["--shutdown-timeout", "60"], &[]);
+
+    // shutdown: the button, then the guest powers off.
+    ok(p, &st(&["domain", "start", "vm"]));
+    wait_console(p, "vm", "GUEST-LISTENS");
+    let r = ok(p, &st(&["domain", "shutdown", "vm", "--timeout", "60"]));
+    assert_eq!(r.stdout, "Domain 'vm' is being shutdown\n");
+    assert_eq!(domstate(p, "vm"), "shut off (shutdown)");
+    let console = std::fs::read_to_string(p.join("vm.console")).unwrap();
+    assert!(console.contains("GUEST-GOT-THE-BUTTON"), "{console}");
+
+    // The daemon's stop policy: the guest powers off well within its time.
+    std::fs::remove_file(p.join("vm.console")).unwrap();
+    ok(p, &st(&["domain", "start", "vm"]));
+    wait_console(p, "vm", "GUEST-LISTENS");
+    let t = std::time::Instant::now();
+    assert_eq!(daemon.term(Duration::from_secs(90)), 0);
+    assert!(t.elapsed() < Duration::from_secs(45), "{:?}", t.elapsed());
+    let log = daemon.log();
+    assert!(!log.contains("did not power off"), "{log}");
+    assert!(log.contains("reason=\"shutdown\""), "{log}");
+    let console = std::fs::read_to_string(p.join("vm.console")).unwrap();
+    assert!(console.contains("GUEST-GOT-THE-BUTTON"), "{console}");
+    assert_clean(p, "vm.qcow2");
 }

@@ -104,8 +104,18 @@ impl Drop for DaemonProc {
     }
 }
 
+/// Ends the daemon a CLI command started for `dir` when dropped (also
+/// when a test fails), so that no daemon or QEMU outlives a test.
+pub struct Autostarted<'a>(pub &'a Path);
+
+impl Drop for Autostarted<'_> {
+    fn drop(&mut self) {
+        stop_autostarted(self.0);
+    }
+}
+
 /// Ends the daemon a CLI command started for `dir` (its pid is in the
-/// socket's lock file), waiting for it to stop.
+/// socket's lock file), waiting up to a minute for it to stop.
 pub fn stop_autostarted(dir: &Path) {
     let lock = dir.join("state/strata.sock.lock");
     let Some(pid) = std::fs::read_to_string(&lock)
@@ -115,10 +125,11 @@ pub fn stop_autostarted(dir: &Path) {
         return;
     };
     signal(pid, libc::SIGTERM);
-    wait_until(Duration::from_secs(60), "the daemon stops", || {
-        // SAFETY: kill with signal 0 only checks that the process exists.
-        unsafe { libc::kill(pid as i32, 0) != 0 }
-    });
+    let until = Instant::now() + Duration::from_secs(60);
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    while unsafe { libc::kill(pid as i32, 0) } == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Sends `sig` to `pid`.
