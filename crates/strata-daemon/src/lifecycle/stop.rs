@@ -138,8 +138,11 @@ impl Service {
                 Err(e) => tracing::warn!(error = %e, "power button failed; destroying"),
             }
         }
-        if let Err(e) = self.end_run(slot, EndCause::Daemon).await {
-            tracing::error!(error = %e, "destroy failed");
+        match self.end_run(slot, EndCause::Daemon).await {
+            Ok(()) => {}
+            // It ended by itself meanwhile.
+            Err(Error::OperationInvalid { .. }) => {}
+            Err(e) => tracing::error!(error = %e, "destroy failed"),
         }
     }
 }
