@@ -276,3 +276,48 @@ fn the_systemd_unit_runs_the_daemon_as_a_notify_service() {
         .unwrap();
     assert!(stop > 30 + 10, "{stop}");
 }
+
+#[test]
+fn a_start_qemu_refuses_fails_cleanly() {
+    let d = tmp();
+    let p = d.path();
+    qemu_img(p, &["create", "-q", "-f", "qcow2", "vm.qcow2", "1M"]);
+    std::fs::write(
+        p.join("vm.xml"),
+        format!(
+            "<domain type='qemu'><name>vm</name><uuid>0b1e58aa-1111-4222-8333-444455556666</uuid>\
+             <memory unit='MiB'>64</memory><os><type arch='x86_64' machine='q35'>hvm</type><kernel>{0}/no-such-kernel</kernel></os>\
+             <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+             <source file='{0}/vm.qcow2'/><target dev='vda' bus='virtio'/></disk></devices></domain>",
+            p.display()
+        ),
+    )
+    .unwrap();
+    ok(p, &st(&["domain", "define", "vm.xml"]));
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    let line =
+        strata(p, &st(&["domain", "start", "vm"])).one_error(1, "failed to start domain 'vm'");
+    assert!(
+        line.contains("exited during startup") && line.contains("no-such-kernel"),
+        "{line}"
+    );
+    assert_eq!(
+        ok(p, &st(&["domain", "domstate", "vm", "--reason"])).stdout,
+        "shut off (failed)\n\n"
+    );
+    // The disk was closed again: another writer may open it.
+    qemu_io(p, "qcow2", "vm.qcow2", &["write 0 512"]);
+    // A definition strata cannot run is refused before any disk opens.
+    std::fs::write(
+        p.join("vm.xml"),
+        std::fs::read_to_string(p.join("vm.xml")).unwrap().replace(
+            "</devices>",
+            "<hostdev mode='subsystem' type='pci'/></devices>",
+        ),
+    )
+    .unwrap();
+    ok(p, &st(&["domain", "define", "vm.xml"]));
+    let e = curl_json(p, "POST", "/v1/domains/vm/start", None, 422);
+    assert_eq!(e["code"], "config-unsupported");
+    assert!(e["error"].as_str().unwrap().contains("hostdev"), "{e}");
+}

@@ -246,3 +246,25 @@ async fn a_resume_waits_for_the_suspend_in_progress() {
     let e = svc.start("nope", false).await.unwrap_err();
     assert_eq!((e.code(), e.http_status()), ("no-domain", 404));
 }
+
+#[tokio::test]
+async fn a_domain_an_offline_command_holds_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, _control) = service(dir.path());
+    let held = strata_core::lock::DomainLock::try_acquire(dir.path(), "vm")
+        .unwrap()
+        .unwrap();
+    let e = svc.start("vm", false).await.unwrap_err();
+    assert_eq!((e.code(), e.http_status()), ("busy", 409));
+    assert_eq!(svc.state("vm").await.unwrap().state, State::ShutOff);
+    drop(held);
+    svc.start("vm", false).await.unwrap();
+    // The daemon holds it while the domain runs.
+    assert!(strata_core::lock::DomainLock::try_acquire(dir.path(), "vm")
+        .unwrap()
+        .is_none());
+    svc.destroy("vm").await.unwrap();
+    assert!(strata_core::lock::DomainLock::try_acquire(dir.path(), "vm")
+        .unwrap()
+        .is_some());
+}
