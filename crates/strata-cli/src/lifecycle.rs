@@ -86,8 +86,9 @@ pub fn run_op(op: Op, name: &str, dir: &Path, out: &Output) -> Result<u8> {
     let answer = match op {
         Op::Start { paused } => client.start(name, paused),
         Op::Shutdown { timeout } => {
-            let c =
-                client.with_timeout(live::ANSWER_LIMIT + std::time::Duration::from_secs(timeout));
+            let c = client.with_timeout(
+                live::ANSWER_LIMIT.saturating_add(std::time::Duration::from_secs(timeout)),
+            );
             c.shutdown(name, Some(timeout))
         }
         Op::Destroy => client.destroy(name),

@@ -48,6 +48,11 @@ impl Registry {
         lock(&self.slots).get(name).cloned()
     }
 
+    /// Every slot.
+    pub fn all(&self) -> Vec<Arc<Slot>> {
+        lock(&self.slots).values().cloned().collect()
+    }
+
     /// The slots of active (running or paused) domains.
     pub fn active(&self) -> Vec<Arc<Slot>> {
         lock(&self.slots)

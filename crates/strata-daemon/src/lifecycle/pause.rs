@@ -20,7 +20,7 @@ impl Service {
             let _op = slot.op.lock().await;
             let run = match (slot.status().state, slot.running()) {
                 (State::Running, Some(run)) => run,
-                (State::Paused, Some(_)) => return Ok(()),
+                (State::Paused, Some(_)) => return self.info(name).await,
                 _ => return Err(Error::invalid(name, "domain is not running")),
             };
             run.vm.pause().await.map_err(|e| Error::Hypervisor {
@@ -28,11 +28,11 @@ impl Service {
                 source: e,
             })?;
             slot.update(|s| (s.state.is_active()).then_some((State::Paused, Reason::User)));
-            Ok(())
+            // Read while the operation lock is held: the state it left.
+            self.info(name).await
         }
         .instrument(span)
-        .await?;
-        self.info(name).await
+        .await
     }
 
     /// Runs the vCPUs of `name` again.
@@ -53,10 +53,9 @@ impl Service {
                 source: e,
             })?;
             slot.update(|s| (s.state.is_active()).then_some((State::Running, Reason::Unpaused)));
-            Ok(())
+            self.info(name).await
         }
         .instrument(span)
-        .await?;
-        self.info(name).await
+        .await
     }
 }

@@ -24,7 +24,7 @@ impl Service {
     pub async fn start(self: &Arc<Self>, name: &str, paused: bool) -> Result<DomainInfo> {
         let span = tracing::info_span!("op", op = "start", domain = %name, paused);
         match self.start_in(name, paused).instrument(span).await {
-            Ok(()) => self.info(name).await,
+            Ok(info) => Ok(info),
             Err(e) => {
                 if matches!(
                     e,
@@ -40,7 +40,7 @@ impl Service {
         }
     }
 
-    async fn start_in(self: &Arc<Self>, name: &str, paused: bool) -> Result<()> {
+    async fn start_in(self: &Arc<Self>, name: &str, paused: bool) -> Result<DomainInfo> {
         if self.is_stopping() {
             return Err(Error::Stopping);
         }
@@ -101,7 +101,7 @@ impl Service {
         slot.begin(run.clone(), state, reason);
         let span = tracing::info_span!(parent: &dspan, "run", id, pid = run.vm.pid());
         tokio::spawn(super::watch::watch(slot.clone(), run, events).instrument(span));
-        Ok(())
+        self.info(name).await
     }
 
     /// Takes the domain's lock without waiting: another strata process

@@ -31,6 +31,8 @@ impl Service {
     /// seconds for the guest to power off (0: does not wait, as `virsh
     /// shutdown`). libvirt's "domain is not running" unless it runs.
     pub async fn shutdown(self: &Arc<Self>, name: &str, timeout: u64) -> Result<DomainInfo> {
+        // A year is forever enough (and keeps deadlines representable).
+        let timeout = timeout.min(365 * 86_400);
         let span = tracing::info_span!("op", op = "shutdown", domain = %name, timeout);
         async {
             let slot = self.active_slot(name).await?;
@@ -75,11 +77,11 @@ impl Service {
         async {
             let slot = self.active_slot(name).await?;
             let _op = slot.op.lock().await;
-            self.end_run(&slot, EndCause::Destroy).await
+            self.end_run(&slot, EndCause::Destroy).await?;
+            self.info(name).await
         }
         .instrument(span)
-        .await?;
-        self.info(name).await
+        .await
     }
 
     /// Ends the active run of `slot` (whose operation lock the caller
@@ -110,7 +112,10 @@ impl Service {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut tasks = tokio::task::JoinSet::new();
-        for slot in self.registry().active() {
+        // Every slot, not only the active ones: a start in progress holds
+        // its slot's operation lock, which stop_one waits for. A start that
+        // makes its slot after this sees `stopping` and is refused.
+        for slot in self.registry().all() {
             let me = self.clone();
             let span = tracing::info_span!("op", op = "stop-policy", domain = %slot.name);
             tasks.spawn(async move { me.stop_one(&slot).await }.instrument(span));
