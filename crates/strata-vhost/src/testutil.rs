@@ -1,0 +1,161 @@
+//! Helpers shared by the unit tests: guest memory, request headers,
+//! images in memory.
+
+use std::sync::Arc;
+
+use strata_image::qcow2::{self, Qcow2};
+use strata_image::raw::RawImage;
+use strata_image::storage::{MemoryStorage, Storage};
+use strata_image::Image;
+use vm_memory::bitmap::Bitmap;
+use vm_memory::mmap::NewBitmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::config::Config;
+use crate::device::Limits;
+
+/// Guest memory size of the tests' single region at 0.
+pub const MEM_SIZE: u64 = 16 << 20;
+
+/// Guest memory: one region of 16 MiB at address 0.
+pub fn memory<B: Bitmap + NewBitmap>() -> GuestMemoryMmap<B> {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+}
+
+/// Writes a request header (type, sector) at `addr`.
+pub fn header<M: Bytes<GuestAddress>>(mem: &M, addr: u64, kind: u32, sector: u64)
+where
+    M::E: std::fmt::Debug,
+{
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&kind.to_le_bytes());
+    h[8..16].copy_from_slice(&sector.to_le_bytes());
+    mem.write_slice(&h, GuestAddress(addr)).unwrap();
+}
+
+/// Writes discard/write-zeroes segments (sector, sectors, flags) at `addr`.
+pub fn segments<M: Bytes<GuestAddress>>(mem: &M, addr: u64, segs: &[(u64, u32, u32)])
+where
+    M::E: std::fmt::Debug,
+{
+    let mut raw = Vec::new();
+    for &(sector, n, flags) in segs {
+        raw.extend_from_slice(&sector.to_le_bytes());
+        raw.extend_from_slice(&n.to_le_bytes());
+        raw.extend_from_slice(&flags.to_le_bytes());
+    }
+    mem.write_slice(&raw, GuestAddress(addr)).unwrap();
+}
+
+/// Limits of a 1 MiB writable disk with 512-byte blocks.
+pub fn limits() -> Limits {
+    Limits::new(&Config::default(), 1 << 20)
+}
+
+/// A writable raw image of `size` bytes in memory, and its storage.
+pub fn raw_image(size: u64) -> (Arc<dyn Image>, MemoryStorage) {
+    let st = MemoryStorage::from_bytes("mem.raw", vec![0u8; size as usize]);
+    let image = RawImage::open(Arc::new(st.clone()), true).unwrap();
+    (Arc::new(image), st)
+}
+
+/// A writable qcow2 image of `size` bytes in memory (64 KiB clusters).
+pub fn qcow2_image(size: u64) -> Arc<dyn Image> {
+    let st = MemoryStorage::new("mem.qcow2");
+    qcow2::create(
+        &st,
+        &qcow2::CreateOptions {
+            size,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let st: Arc<dyn Storage> = Arc::new(st);
+    let opts = qcow2::OpenOptions {
+        writable: true,
+        lock: false,
+        ..Default::default()
+    };
+    Arc::new(Qcow2::open(st, None, &opts).unwrap())
+}
+
+/// An image whose reads wait while it is held: for tests of what waits for
+/// requests in flight.
+#[derive(Debug)]
+pub struct HeldImage {
+    inner: Arc<dyn Image>,
+    held: parking_lot::Mutex<bool>,
+    released: parking_lot::Condvar,
+    /// Reads that started.
+    pub reads: std::sync::atomic::AtomicUsize,
+}
+
+impl HeldImage {
+    /// Wraps `inner`, held.
+    pub fn new(inner: Arc<dyn Image>) -> Arc<HeldImage> {
+        Arc::new(HeldImage {
+            inner,
+            held: parking_lot::Mutex::new(true),
+            released: parking_lot::Condvar::new(),
+            reads: Default::default(),
+        })
+    }
+
+    /// Lets every waiting and future read go.
+    pub fn release(&self) {
+        *self.held.lock() = false;
+        self.released.notify_all();
+    }
+}
+
+impl Image for HeldImage {
+    fn path(&self) -> &str {
+        "held"
+    }
+    fn format(&self) -> strata_image::Format {
+        self.inner.format()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn writable(&self) -> bool {
+        self.inner.writable()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> strata_image::Result<()> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut held = self.held.lock();
+        while *held {
+            self.released.wait(&mut held);
+        }
+        drop(held);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> strata_image::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> strata_image::Result<()> {
+        self.inner.write_zeroes(offset, len, unmap)
+    }
+    fn discard(&self, offset: u64, len: u64) -> strata_image::Result<()> {
+        self.inner.discard(offset, len)
+    }
+    fn flush(&self) -> strata_image::Result<()> {
+        self.inner.flush()
+    }
+    fn resize(&self, new_size: u64) -> strata_image::Result<()> {
+        self.inner.resize(new_size)
+    }
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> strata_image::Result<Vec<strata_image::Extent>> {
+        self.inner.block_status(offset, len)
+    }
+    fn backing(&self) -> Option<&Arc<dyn Image>> {
+        None
+    }
+    fn actual_size(&self) -> strata_image::Result<u64> {
+        self.inner.actual_size()
+    }
+}
