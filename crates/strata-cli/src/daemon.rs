@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::exit::{usage, OK};
-use crate::live_args::DaemonArgs;
+use crate::live_args::{DaemonArgs, DiskBackendArg};
 
 /// Runs `strata daemon`.
 pub fn run(args: DaemonArgs, state: Option<&Path>) -> Result<u8> {
@@ -23,6 +23,10 @@ pub fn run(args: DaemonArgs, state: Option<&Path>) -> Result<u8> {
     }
     config.options.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
     config.options.destroy_grace = Duration::from_secs(args.destroy_grace);
+    config.options.disk_backend = match args.disk_backend {
+        DiskBackendArg::VhostUserBlk => strata_daemon::disks::Serve::VhostUser,
+        DiskBackendArg::Nbd => strata_daemon::disks::Serve::Nbd,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Disk I/O goes down image chains, one call per layer.

@@ -20,6 +20,18 @@ pub struct DaemonArgs {
     /// Seconds `destroy` waits after SIGTERM to QEMU before SIGKILL.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub destroy_grace: u64,
+    /// How disks are served unless a domain's metadata chooses.
+    #[arg(long, value_enum, default_value_t = DiskBackendArg::VhostUserBlk)]
+    pub disk_backend: DiskBackendArg,
+}
+
+/// `--disk-backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiskBackendArg {
+    /// strata's vhost-user-blk backend (strata-vhost).
+    VhostUserBlk,
+    /// strata's NBD server (QEMU's NBD client blockdev, virtio-blk).
+    Nbd,
 }
 
 impl DaemonArgs {

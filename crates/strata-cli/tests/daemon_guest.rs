@@ -86,7 +86,7 @@ fn a_domain_runs_through_its_lifecycle_as_libvirt_says() {
     );
     let info = curl_json(p, "GET", "/v1/domains/vm", None, 200);
     assert!(info["pid"].as_u64().is_some(), "{info}");
-    assert_eq!(info["disks"][0]["backend"], "nbd");
+    assert_eq!(info["disks"][0]["backend"], "vhost-user-blk");
 
     // Offline work on a running domain is refused, clearly.
     for args in [
@@ -218,11 +218,13 @@ fn sigterm_follows_the_stop_policy_and_releases_the_disks() {
     let d = tmp();
     let p = d.path();
     guest_domain(p, kit, "vm", WRITE_AND_WAIT, "");
-    let mut daemon = DaemonProc::start(p, &["--shutdown-timeout", "2"], &[]);
+    // The daemon's default backend is NBD here.
+    let args = ["--shutdown-timeout", "2", "--disk-backend", "nbd"];
+    let mut daemon = DaemonProc::start(p, &args, &[]);
     ok(p, &st(&["domain", "start", "vm"]));
-    let pid = curl_json(p, "GET", "/v1/domains/vm", None, 200)["pid"]
-        .as_u64()
-        .unwrap() as u32;
+    let info = curl_json(p, "GET", "/v1/domains/vm", None, 200);
+    assert_eq!(info["disks"][0]["backend"], "nbd", "{info}");
+    let pid = info["pid"].as_u64().unwrap() as u32;
     wait_console(p, "vm", "GUEST-WROTE");
     // While it runs, QEMU-compatible locks keep other writers out.
     let r = run_in(
@@ -255,12 +257,18 @@ fn a_qemu_killed_from_outside_is_noticed_and_its_disks_closed() {
     let d = tmp();
     let p = d.path();
     guest_domain(p, kit, "vm", WRITE_AND_WAIT, "");
+    // This domain asks for NBD in its metadata.
+    let nbd = "<strata:disks xmlns:strata='urn:strata:domain:1'>\
+               <strata:disk target='vda' serve='nbd'/></strata:disks>";
+    define_guest_with(p, kit, "vm", "", nbd);
     let _daemon = DaemonProc::start(p, &[], &[]);
     ok(p, &st(&["domain", "start", "vm"]));
     wait_console(p, "vm", "GUEST-WROTE");
-    let pid = curl_json(p, "GET", "/v1/domains/vm", None, 200)["pid"]
-        .as_u64()
-        .unwrap() as u32;
+    let info = curl_json(p, "GET", "/v1/domains/vm", None, 200);
+    assert_eq!(info["disks"][0]["backend"], "nbd", "{info}");
+    let socket = info["disks"][0]["socket"].as_str().unwrap();
+    assert!(socket.ends_with("/run/vm/vda.nbd.sock"), "{socket}");
+    let pid = info["pid"].as_u64().unwrap() as u32;
     signal(pid, libc::SIGKILL);
     wait_until(Duration::from_secs(30), "the daemon notices", || {
         domstate(p, "vm") == "shut off (crashed)"

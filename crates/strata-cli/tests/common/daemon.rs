@@ -213,10 +213,22 @@ pub fn guest_domain(
 /// (Re)defines domain `name` as [`guest_domain`] does, its initrd and
 /// disk already made.
 pub fn define_guest(dir: &Path, kit: &strata_testguest::Kit, name: &str, cmdline: &str) {
+    define_guest_with(dir, kit, name, cmdline, "");
+}
+
+/// [`define_guest`] with `metadata` inside the domain's `<metadata>`.
+pub fn define_guest_with(
+    dir: &Path,
+    kit: &strata_testguest::Kit,
+    name: &str,
+    cmdline: &str,
+    metadata: &str,
+) {
     let xml = format!(
         "<domain type='qemu'>
   <name>{name}</name>
   <uuid>6f1b0c2e-5a7d-4c1e-9b3a-00000000000{n}</uuid>
+  <metadata>{metadata}</metadata>
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
   <os>

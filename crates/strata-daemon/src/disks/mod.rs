@@ -1,26 +1,54 @@
 //! The disks of a running domain, served by the daemon: each image chain
 //! is opened by strata-image (writable, with QEMU-compatible locks), never
-//! by QEMU, and handed to a server QEMU connects to. Today that server is
-//! strata's NBD server ([`nbd`]); strata-vhost's vhost-user-blk backend
-//! becomes the default once it lands, with NBD kept as the per-disk
-//! alternative.
+//! by QEMU, and handed to a server QEMU connects to: strata-vhost's
+//! vhost-user-blk backend ([`vhost`], the default) or strata's NBD server
+//! ([`nbd`]), chosen per disk ([`plan`]).
 //!
 //! Closing a disk stops its server, then flushes and closes the image
 //! (qcow2 bitmaps and refcounts written back, the dirty bit cleared), which
 //! releases its locks.
 
 pub mod nbd;
+pub mod plan;
+pub mod vhost;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use strata_core::Domain;
-use strata_image::{ChainOptions, Format, Image};
+use strata_image::{ChainOptions, Image};
 use strata_qemu::machine::DiskBackend;
+use strata_vhost::ServerHandle;
 
 use crate::error::{Error, Result};
 use crate::types::DiskInfo;
 use nbd::NbdServer;
+pub use plan::{plan, Planned, Serve};
+
+/// The server of one disk.
+#[derive(Debug)]
+enum Server {
+    Nbd(NbdServer),
+    Vhost(ServerHandle),
+}
+
+impl Server {
+    fn socket(&self) -> &std::path::Path {
+        match self {
+            Server::Nbd(s) => s.socket(),
+            Server::Vhost(h) => h.socket_path(),
+        }
+    }
+
+    /// Stops serving: no new request is taken, those in flight end.
+    async fn stop(self) -> Result<()> {
+        match self {
+            Server::Nbd(s) => s.stop().await,
+            Server::Vhost(h) => tokio::task::spawn_blocking(move || h.stop())
+                .await
+                .map_err(|e| Error::Internal(format!("stopping a vhost-user-blk server: {e}"))),
+        }
+    }
+}
 
 /// One disk being served.
 #[derive(Debug)]
@@ -32,7 +60,7 @@ pub struct ServedDisk {
     /// What QEMU attaches.
     pub backend: DiskBackend,
     image: Arc<dyn Image>,
-    server: NbdServer,
+    server: Server,
 }
 
 impl ServedDisk {
@@ -77,83 +105,6 @@ impl ServedDisk {
     }
 }
 
-/// A disk of a domain to serve: what to open and what QEMU will attach.
-#[derive(Debug, Clone)]
-pub struct Planned {
-    /// The guest device (`target dev`).
-    pub target: String,
-    /// The top image file.
-    pub source: PathBuf,
-    format: Option<Format>,
-    read_only: bool,
-    /// What QEMU attaches (its socket in the run folder).
-    pub backend: DiskBackend,
-}
-
-/// The disks of `domain` and how each will be served from `run_dir`, or
-/// an error naming the disk strata cannot serve. Nothing is opened yet.
-pub fn plan(domain: &Domain, run_dir: &Path) -> Result<Vec<Planned>> {
-    let name = domain.name();
-    let refuse = |target: &str, why: String| Error::Config {
-        domain: name.clone(),
-        source: strata_core::Error::invalid(format!("<disk> '{target}'"), why),
-    };
-    let readonly: Vec<String> = domain
-        .element()
-        .child("devices")
-        .into_iter()
-        .flat_map(|d| d.elements().filter(|e| e.name == "disk"))
-        .filter(|e| e.child("readonly").is_some())
-        .filter_map(|e| {
-            e.child("target")
-                .and_then(|t| t.attr("dev"))
-                .map(String::from)
-        })
-        .collect();
-    let mut out = Vec::new();
-    for d in domain.disks() {
-        if d.device != "disk" || d.kind != "file" {
-            return Err(refuse(
-                &d.target,
-                format!(
-                    "device='{}' type='{}': only file disks run yet",
-                    d.device, d.kind
-                ),
-            ));
-        }
-        if d.transient {
-            return Err(refuse(
-                &d.target,
-                "<transient/> disks do not run yet".into(),
-            ));
-        }
-        let source = d
-            .source
-            .clone()
-            .ok_or_else(|| refuse(&d.target, "no <source file='…'/>".into()))?;
-        let format = match d.format.as_deref() {
-            None => None,
-            Some(f) => Some(Format::parse(f).ok_or_else(|| {
-                refuse(&d.target, format!("driver type '{f}' is not qcow2 or raw"))
-            })?),
-        };
-        let read_only = readonly.contains(&d.target);
-        out.push(Planned {
-            backend: DiskBackend::Nbd {
-                socket: run_dir.join(format!("{}.nbd.sock", d.target)),
-                export: d.target.clone(),
-                read_only,
-                serial: None,
-            },
-            read_only,
-            target: d.target,
-            source,
-            format,
-        });
-    }
-    Ok(out)
-}
-
 /// Opens and serves every planned disk. On a failure the disks already
 /// served are closed again.
 pub async fn serve_all(plan: Vec<Planned>) -> Result<Vec<ServedDisk>> {
@@ -171,8 +122,9 @@ pub async fn serve_all(plan: Vec<Planned>) -> Result<Vec<ServedDisk>> {
 }
 
 async fn serve_one(w: Planned) -> Result<ServedDisk> {
+    let read_only = w.read_only;
     let opts = ChainOptions {
-        writable: !w.read_only,
+        writable: !read_only,
         format: w.format,
         lock: true,
         ..ChainOptions::default()
@@ -186,14 +138,39 @@ async fn serve_one(w: Planned) -> Result<ServedDisk> {
             path: w.source.clone(),
             source,
         })?;
-    let DiskBackend::Nbd { socket, .. } = &w.backend else {
-        return Err(Error::Internal(format!(
-            "disk {}: no NBD socket planned",
-            w.target
-        )));
+    let server = match &w.backend {
+        DiskBackend::Nbd { socket, .. } => {
+            Server::Nbd(NbdServer::start(&w.target, image.clone(), socket).await?)
+        }
+        DiskBackend::VhostUser {
+            socket,
+            num_queues,
+            queue_size,
+        } => {
+            let (target, image, socket) = (w.target.clone(), image.clone(), socket.clone());
+            let (queues, size, serial) = (*num_queues, *queue_size, w.serial.clone());
+            Server::Vhost(
+                tokio::task::spawn_blocking(move || {
+                    vhost::start(
+                        &target,
+                        image,
+                        &socket,
+                        queues,
+                        size,
+                        read_only,
+                        serial.as_deref(),
+                    )
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("serving {}: {e}", w.target)))??,
+            )
+        }
     };
-    let server = NbdServer::start(&w.target, image.clone(), socket).await?;
-    tracing::info!(disk = %w.target, source = %w.source.display(), socket = %socket.display(), "serving over NBD");
+    let kind = match w.backend {
+        DiskBackend::Nbd { .. } => Serve::Nbd,
+        DiskBackend::VhostUser { .. } => Serve::VhostUser,
+    };
+    tracing::info!(disk = %w.target, source = %w.source.display(), socket = %server.socket().display(), backend = kind.as_str(), "serving");
     Ok(ServedDisk {
         backend: w.backend,
         target: w.target,

@@ -34,14 +34,18 @@ pub struct Options {
     /// How long the stop policy waits for a running guest to power off
     /// after the ACPI power button before destroying it.
     pub shutdown_timeout: Duration,
+    /// How disks are served unless a domain chooses otherwise.
+    pub disk_backend: crate::disks::Serve,
 }
 
 impl Default for Options {
-    /// 10 s of grace; 30 s for guests to power off when the daemon stops.
+    /// 10 s of grace; 30 s for guests to power off when the daemon stops;
+    /// disks over vhost-user-blk.
     fn default() -> Self {
         Options {
             destroy_grace: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
+            disk_backend: crate::disks::Serve::VhostUser,
         }
     }
 }

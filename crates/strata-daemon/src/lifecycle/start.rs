@@ -56,7 +56,7 @@ impl Service {
         let lock = self.domain_lock(name).await?;
         let run_dir = self.state_dir().join("run").join(name);
         make_private_dir(&run_dir)?;
-        let plan = disks::plan(&domain, &run_dir)?;
+        let plan = disks::plan(&domain, &run_dir, self.options.disk_backend)?;
         let backends: Vec<_> = plan
             .iter()
             .map(|p| (p.target.clone(), p.backend.clone()))
