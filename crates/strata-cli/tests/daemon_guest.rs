@@ -2,7 +2,8 @@
 //! lifecycle through `strata domain …` with data written through strata's
 //! served disk and checked with qemu-io/qemu-img, every command in every
 //! state, concurrent operations, the daemon's stop policy, a QEMU killed
-//! from outside, and change tracking through the guest.
+//! from outside, change tracking through the guest, and SeaBIOS booting a
+//! domain from its strata-served disk.
 
 mod common;
 use common::daemon::*;
@@ -428,4 +429,53 @@ fn a_guest_that_honours_the_power_button_shuts_down_and_stops_with_the_daemon() 
     let console = std::fs::read_to_string(p.join("vm.console")).unwrap();
     assert!(console.contains("GUEST-GOT-THE-BUTTON"), "{console}");
     assert_clean(p, "vm.qcow2");
+}
+
+#[test]
+fn seabios_boots_a_domain_from_its_first_disk_served_by_strata() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    // The kit's boot disk with a workload that writes 64 KiB of 0x5a past
+    // its filesystem, as a qcow2 of 128 MiB; no kernel in the XML.
+    kit.boot_disk(
+        "dd if=/dev/zero bs=65536 count=1 2>/dev/null | tr '\\000' '\\132' | dd of=/dev/vda bs=65536 seek=1920 conv=fsync",
+        &[],
+        &p.join("boot.raw"),
+    )
+    .expect("building the boot disk");
+    qemu_img(p, &["convert", "-q", "-O", "qcow2", "boot.raw", "fw.qcow2"]);
+    qemu_img(p, &["resize", "-q", "fw.qcow2", "128M"]);
+    let xml = format!(
+        "<domain type='qemu'>
+  <name>fw</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <features><acpi/></features>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{dir}/fw.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <serial type='file'><source path='{dir}/fw.console'/><target port='0'/></serial>
+  </devices>
+</domain>",
+        dir = p.display()
+    );
+    std::fs::write(p.join("fw.xml"), xml).unwrap();
+    ok(p, &st(&["domain", "define", "fw.xml"]));
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    ok(p, &st(&["domain", "start", "fw"]));
+    wait_until(Duration::from_secs(120), "the guest powers off", || {
+        domstate(p, "fw") == "shut off (shutdown)"
+    });
+    let console = std::fs::read_to_string(p.join("fw.console")).unwrap();
+    assert!(console.contains("SYSLINUX"), "{console}");
+    assert!(console.contains("STRATA-GUEST-EXIT=0"), "{console}");
+    qemu_io(p, "qcow2", "fw.qcow2", &["read -P 0x5a 120M 64K"]);
+    assert_clean(p, "fw.qcow2");
 }
