@@ -28,7 +28,11 @@ const ABORT_WAIT: Duration = Duration::from_secs(60);
 
 /// Runs `strata backup …`.
 pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
-    let mut store = Store::open(&state_dir(state)?)?;
+    let dir = state_dir(state)?;
+    if let BackupCommand::Begin(a) = &cmd {
+        crate::live::refuse_if_running(&dir, &a.domain, "backup begin")?;
+    }
+    let mut store = Store::open(&dir)?;
     match cmd {
         BackupCommand::Begin(a) => {
             let text = |f: &Option<std::path::PathBuf>| -> Result<Option<String>> {

@@ -20,7 +20,16 @@ use strata_core::tree;
 
 /// Runs `strata checkpoint …`.
 pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
-    let mut store = Store::open(&state_dir(state)?)?;
+    let dir = state_dir(state)?;
+    let changes = match &cmd {
+        CheckpointCommand::Create(a) => Some((&a.domain, "checkpoint create")),
+        CheckpointCommand::Delete(a) => Some((&a.domain, "checkpoint delete")),
+        _ => None,
+    };
+    if let Some((domain, what)) = changes {
+        crate::live::refuse_if_running(&dir, domain, what)?;
+    }
+    let mut store = Store::open(&dir)?;
     match cmd {
         CheckpointCommand::Create(a) => {
             let xml = read_xml(a.xmlfile.as_deref())?;

@@ -10,6 +10,9 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use crate::live_args::{
+    DaemonArgs, DomainListArgs, DomainNameArgs, DomainShutdownArgs, DomainStartArgs, DomstateArgs,
+};
 use crate::size::{parse_byte, parse_size, parse_size_change, SizeChange};
 
 /// strata: snapshots, change tracking and backups for qcow2 and raw disks.
@@ -59,7 +62,7 @@ pub enum Command {
     /// Work on one image file (qemu-img's job).
     #[command(subcommand)]
     Img(ImgCommand),
-    /// Machines: define, list, show and undefine domains (virsh's job).
+    /// Machines: define, run, list, show and undefine domains (virsh's job).
     #[command(subcommand)]
     Domain(DomainCommand),
     /// A machine's snapshot tree (virsh snapshot-*).
@@ -74,6 +77,8 @@ pub enum Command {
     /// Serve images over NBD (as qemu-nbd).
     #[command(subcommand)]
     Nbd(NbdCommand),
+    /// Run the service that runs domains (foreground; systemd-friendly).
+    Daemon(DaemonArgs),
 }
 
 /// `strata nbd` subcommands.
@@ -464,8 +469,20 @@ pub struct DomSnapshotInfoArgs {
 pub enum DomainCommand {
     /// Define a domain from libvirt domain XML (or change its definition).
     Define(DomainDefineArgs),
-    /// List the defined domains.
-    List,
+    /// List domains: active ones, or with --all every defined one.
+    List(DomainListArgs),
+    /// Start a domain (starting the daemon if none runs).
+    Start(DomainStartArgs),
+    /// Press the ACPI power button, then wait for the guest to power off.
+    Shutdown(DomainShutdownArgs),
+    /// End a domain now (QEMU killed, disks flushed and closed).
+    Destroy(DomainNameArgs),
+    /// Stop a domain's vCPUs.
+    Suspend(DomainNameArgs),
+    /// Run a paused domain's vCPUs.
+    Resume(DomainNameArgs),
+    /// Print a domain's state: running, paused or shut off.
+    Domstate(DomstateArgs),
     /// Print a domain's XML.
     Dumpxml(DomainDumpxmlArgs),
     /// Remove a domain's definition (its disk files stay).

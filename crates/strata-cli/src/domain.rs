@@ -6,12 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
-use serde::Serialize;
 use strata_core::store::{default_state_dir, Defined};
 use strata_core::{Domain, Store};
 
 use crate::cli::DomainCommand;
 use crate::exit::OK;
+use crate::lifecycle::Op;
 use crate::output::Output;
 
 /// The state folder the global options name, or the default one.
@@ -22,16 +22,6 @@ pub fn state_dir(given: Option<&Path>) -> Result<PathBuf> {
         .ok_or_else(|| {
             anyhow!("no state folder: give --state-dir or set STRATA_STATE_DIR (HOME is not set)")
         })
-}
-
-/// One domain of `domain list --output json`.
-#[derive(Debug, Serialize)]
-struct Listed {
-    name: String,
-    uuid: String,
-    state: &'static str,
-    snapshots: u64,
-    checkpoints: u64,
 }
 
 /// Runs `strata domain …`.
@@ -55,31 +45,32 @@ pub fn run(cmd: DomainCommand, state: Option<&Path>, out: &Output) -> Result<u8>
                 out.say(&format!("Domain '{}' defined from {shown}", dom.name()))?;
             }
         }
-        DomainCommand::List => {
-            let listed: Vec<Listed> = store
-                .list()?
-                .into_iter()
-                .map(|d| Listed {
-                    name: d.name,
-                    uuid: d.uuid,
-                    // Machines are powered off until a hypervisor runs them.
-                    state: "shut off",
-                    snapshots: d.snapshots,
-                    checkpoints: d.checkpoints,
-                })
-                .collect();
-            if out.json() {
-                out.print_json(&listed)?;
-            } else {
-                out.text(&list_table(&listed))?;
-            }
+        DomainCommand::List(a) => return crate::lifecycle::list(&a, &dir, out),
+        DomainCommand::Start(a) => {
+            let op = Op::Start { paused: a.paused };
+            return crate::lifecycle::run_op(op, &a.domain, &dir, out);
         }
+        DomainCommand::Shutdown(a) => {
+            let op = Op::Shutdown { timeout: a.timeout };
+            return crate::lifecycle::run_op(op, &a.domain, &dir, out);
+        }
+        DomainCommand::Destroy(a) => {
+            return crate::lifecycle::run_op(Op::Destroy, &a.domain, &dir, out)
+        }
+        DomainCommand::Suspend(a) => {
+            return crate::lifecycle::run_op(Op::Suspend, &a.domain, &dir, out)
+        }
+        DomainCommand::Resume(a) => {
+            return crate::lifecycle::run_op(Op::Resume, &a.domain, &dir, out)
+        }
+        DomainCommand::Domstate(a) => return crate::lifecycle::domstate(&a, &dir, out),
         DomainCommand::Dumpxml(a) => {
             out.no_json("domain dumpxml")?;
             let dom = store.domain(&a.domain)?;
             out.text(&dom.to_xml(a.security_info))?;
         }
         DomainCommand::Undefine(a) => {
+            refuse_running_undefine(&dir, &a.domain)?;
             let _lock = strata_core::lock::DomainLock::acquire(&dir, &a.domain)?;
             store.undefine(&a.domain, a.snapshots_metadata, a.checkpoints_metadata)?;
             out.say(&format!("Domain '{}' has been undefined", a.domain))?;
@@ -88,22 +79,17 @@ pub fn run(cmd: DomainCommand, state: Option<&Path>, out: &Output) -> Result<u8>
     Ok(OK)
 }
 
-/// `virsh list --all`'s table.
-fn list_table(listed: &[Listed]) -> String {
-    let w = listed
-        .iter()
-        .map(|d| d.name.len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    let mut s = format!(" {:<4} {:<w$}   State\n", "Id", "Name");
-    s.push_str(&"-".repeat(w + 18));
-    s.push('\n');
-    for d in listed {
-        s.push_str(&format!(" {:<4} {:<w$}   {}\n", "-", d.name, d.state));
+/// Refuses to undefine a domain the daemon runs.
+fn refuse_running_undefine(dir: &Path, name: &str) -> Result<()> {
+    if let Some(d) = crate::live::daemon_view(dir, name).unwrap_or(None) {
+        if d.state.is_active() {
+            return Err(anyhow!(
+                "Requested operation is not valid: cannot undefine domain '{name}': it is {} (destroy or shut it down first)",
+                d.state.as_str()
+            ));
+        }
     }
-    s.push('\n');
-    s
+    Ok(())
 }
 
 /// Reads an XML file given with `--xmlfile` and the like: `(name as

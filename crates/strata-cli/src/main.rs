@@ -6,9 +6,13 @@
 mod backup;
 mod checkpoint;
 mod cli;
+mod daemon;
 mod domain;
 mod exit;
 mod img;
+mod lifecycle;
+mod live;
+mod live_args;
 mod nbd;
 mod output;
 mod progress;
@@ -22,24 +26,30 @@ use clap::Parser;
 use cli::{Cli, Command, GlobalArgs};
 use output::Output;
 
-fn init_tracing(global: &GlobalArgs) {
+/// Logs on stderr at the level `-q`/`-v` (or `RUST_LOG`) ask for; the
+/// daemon logs from `info` up by default, with times.
+fn init_tracing(global: &GlobalArgs, daemon: bool) {
     use tracing_subscriber::EnvFilter;
     let level = match (global.quiet, global.verbose) {
         (true, _) => "error",
+        (false, 0) if daemon => "info",
         (false, 0) => "warn",
         (false, 1) => "info",
         (false, 2) => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colours only on a terminal: a log file gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .without_time()
-        .try_init();
+        .with_target(false);
+    let _ = if daemon {
+        fmt.try_init()
+    } else {
+        fmt.without_time().try_init()
+    };
 }
 
 fn main() -> ExitCode {
@@ -60,7 +70,7 @@ fn run() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return exit::clap_failure(e),
     };
-    init_tracing(&cli.global);
+    init_tracing(&cli.global, matches!(cli.command, Command::Daemon(_)));
     let out = Output::new(&cli.global);
     let result = match cli.command {
         Command::Img(cmd) => img::run(cmd, &out),
@@ -69,6 +79,7 @@ fn run() -> ExitCode {
         Command::Checkpoint(cmd) => checkpoint::run(cmd, cli.global.state_dir.as_deref(), &out),
         Command::Backup(cmd) => backup::run(cmd, cli.global.state_dir.as_deref(), &out),
         Command::Nbd(cmd) => nbd::run(cmd),
+        Command::Daemon(args) => daemon::run(args, cli.global.state_dir.as_deref()),
     };
     match result {
         Ok(status) => ExitCode::from(status),

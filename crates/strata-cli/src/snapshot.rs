@@ -51,12 +51,22 @@ fn virsh_time(secs: i64) -> String {
 
 /// Runs `strata snapshot …`.
 pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
-    let mut store = Store::open(&state_dir(state)?)?;
+    let dir = state_dir(state)?;
+    let changes = match &cmd {
+        DomSnapshotCommand::Create(a) => Some((&a.domain, "snapshot create")),
+        DomSnapshotCommand::Revert(a) => Some((&a.domain, "snapshot revert")),
+        DomSnapshotCommand::Delete(a) => Some((&a.domain, "snapshot delete")),
+        _ => None,
+    };
+    if let Some((domain, what)) = changes {
+        crate::live::refuse_if_running(&dir, domain, what)?;
+    }
+    let mut store = Store::open(&dir)?;
     match cmd {
         DomSnapshotCommand::Create(a) => {
             if a.live || a.halt {
                 bail!(
-                    "domain '{}': --live and --halt need a running machine (strata runs none yet)",
+                    "domain '{}': --live and --halt need a running machine (live snapshots are not yet supported)",
                     a.domain
                 );
             }
@@ -198,7 +208,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
         DomSnapshotCommand::Revert(a) => {
             if a.running || a.paused {
                 bail!(
-                    "domain '{}': --running and --paused need a hypervisor to start the machine (strata runs none yet)",
+                    "domain '{}': --running and --paused would start the machine after the revert (not yet supported: revert, then domain start)",
                     a.domain
                 );
             }

@@ -3,7 +3,8 @@
 //! succeed, and what it shows must be true — the revert undid the bad
 //! write, qemu-img judges both restores identical to the disks, the pull
 //! backup maps exactly the range written since the checkpoint as dirty,
-//! and qemu-img check finds no error in any image strata wrote.
+//! a guest strata runs writes through strata's disk and is shut down, and
+//! qemu-img check finds no error in any image strata wrote.
 
 use std::path::Path;
 use std::process::Command;
@@ -29,6 +30,15 @@ fn the_readme_demo_runs_and_shows_what_it_says() {
         "vda's changes since tuesday: {all}"
     );
     assert!(text.contains("         0    67108864    0  clean"), "{all}");
-    assert_eq!(count(": no errors"), 6, "{all}");
+    // The running machine: it ran, wrote through strata, and was shut down.
+    assert!(text.contains(" 1    guest   running"), "{all}");
+    assert!(text.contains("guest: wrote 38 bytes at 1 MiB"), "{all}");
+    assert!(text.contains("running (booted)"), "{all}");
+    assert!(text.contains(" -    guest   shut off"), "{all}");
+    assert!(
+        text.contains("\nwritten by the guest, served by strata\n"),
+        "{all}"
+    );
+    assert_eq!(count(": no errors"), 7, "{all}");
     assert!(!all.contains("strata: error"), "{all}");
 }

@@ -27,9 +27,9 @@ fn libvirt_xml_round_trips_and_validates() {
     run_in(p, "xmllint", &["--noout", "--relaxng", SCHEMA, "out.xml"]).expect(0);
     assert_eq!(canonical(p, "out.xml"), canonical(p, "test.xml"));
     // Listed as virsh lists an inactive domain.
-    let list = ok(p, &st(&["domain", "list"])).stdout;
+    let list = ok(p, &st(&["domain", "list", "--all"])).stdout;
     assert!(list.contains(" -    test   shut off"), "{list}");
-    let json = ok(p, &st(&["--output", "json", "domain", "list"])).json();
+    let json = ok(p, &st(&["--output", "json", "domain", "list", "--all"])).json();
     assert_eq!(json[0]["name"], "test");
     assert_eq!(json[0]["uuid"], "6695eb01-f6a4-8304-79aa-97f2502e193f");
     // The store is private.
@@ -97,7 +97,7 @@ fn secrets_uuid_redefine_and_undefine() {
     );
     let r = ok(p, &st(&["domain", "undefine", "vm1"]));
     assert_eq!(r.stdout, "Domain 'vm1' has been undefined\n");
-    let json = ok(p, &st(&["--output", "json", "domain", "list"])).json();
+    let json = ok(p, &st(&["--output", "json", "domain", "list", "--all"])).json();
     assert_eq!(json, serde_json::json!([]));
     // STRATA_STATE_DIR works as --state-dir does.
     let r = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
@@ -150,7 +150,7 @@ fn deeply_nested_xml_is_refused_not_a_stack_overflow() {
     }
     assert_eq!(ok(p, &st(&["domain", "dumpxml", "vm"])).stdout, before);
     assert_eq!(
-        ok(p, &st(&["--output", "json", "domain", "list"])).json()[0]["name"],
+        ok(p, &st(&["--output", "json", "domain", "list", "--all"])).json()[0]["name"],
         "vm"
     );
     assert_eq!(

@@ -123,9 +123,11 @@ impl Kit {
         fs::remove_file(&extra).map_err(|e| Error::io("removing", extra, e))
     }
 
-    /// Writes to `out` a raw disk that firmware (SeaBIOS) boots: an MBR, a
-    /// FAT partition with syslinux, the kernel, and the initramfs with this
-    /// workload (see [`Kit::workload_cpio`]).
+    /// Writes to `out` a raw disk that firmware (SeaBIOS) boots: one FAT
+    /// filesystem from sector 0 (no partition table, so that it also boots
+    /// under TCG from a vhost-user backend; see `scripts/guest-kit`) with
+    /// syslinux, the kernel, and the initramfs with this workload (see
+    /// [`Kit::workload_cpio`]).
     pub fn boot_disk(&self, script: &str, files: &[&Path], out: &Path) -> Result<()> {
         let mut args = vec!["bootdisk".as_ref(), "-".as_ref(), out.as_os_str()];
         args.extend(files.iter().map(|f| f.as_os_str()));

@@ -2,7 +2,8 @@
 //! vhost-user-blk: fio with verification over random 4 KiB and 1 MiB
 //! writes on a qcow2, two vCPUs on two queues, discards and write-zeroes
 //! checked inside the guest and then on the host by qemu-img and qemu-io,
-//! a read-only export, and a backend restarted under a running guest.
+//! a read-only export, SeaBIOS booting a served disk, and a backend
+//! restarted under a running guest.
 //!
 //! Skipped (with a message) when QEMU or the guest kit is missing, except
 //! under `CI=true`.
@@ -242,6 +243,59 @@ fn a_read_only_export_with_4k_blocks_refuses_guest_writes() {
     );
     served.close();
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}
+
+#[test]
+fn seabios_boots_a_qcow2_disk_strata_serves_and_the_guest_writes_to_it() {
+    let Some(kit) = kit() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // The kit's boot disk with a workload that writes 64 KiB of 0x5a past
+    // the filesystem, in a qcow2 grown to 128 MiB.
+    let raw = dir.path().join("boot.raw");
+    kit.boot_disk(
+        "set -e
+         head -c 512 /dev/vda | tail -c 2 | od -An -tx1
+         dd if=/dev/zero bs=64k count=1 2>/dev/null | tr '\\000' '\\132' \\
+             | dd of=/dev/vda bs=64k seek=1920 conv=fsync",
+        &[],
+        &raw,
+    )
+    .unwrap();
+    let path = dir.path().join("boot.qcow2");
+    let path_s = path.to_str().unwrap();
+    host(
+        "qemu-img",
+        &[
+            "convert",
+            "-q",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            path_s,
+        ],
+    );
+    host("qemu-img", &["resize", "-q", path_s, "128M"]);
+    let served = Served::new(dir.path(), open(&path, true), Config::default());
+    let run = Guest::new(kit)
+        .firmware_own_disk()
+        .vhost_user_blk(&served.socket)
+        .run()
+        .unwrap()
+        .expect_exit(0);
+    // SeaBIOS found the disk, syslinux loaded the kernel and initramfs
+    // from it, and the workload ran from it.
+    assert!(run.console.contains("SYSLINUX"), "{}", run.console);
+    assert_eq!(
+        run.workload_output().lines().next().map(str::trim),
+        Some("55 aa")
+    );
+    served.close();
+    check(&path);
+    let io = host(
+        "qemu-io",
+        &["-r", "-f", "qcow2", "-c", "read -P 0x5a 120M 64k", path_s],
+    );
+    assert!(io.contains("read 65536/65536 bytes"), "{io}");
 }
 
 #[test]

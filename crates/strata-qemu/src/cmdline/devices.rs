@@ -70,9 +70,12 @@ pub(super) fn push_devices(m: &Machine, a: &mut Args) -> Result<()> {
                 let chr = format!("chr-{}", d.id);
                 before.push((
                     "-chardev",
+                    // reconnect-ms: a backend that restarts (strata's daemon)
+                    // is connected to again, unseen by the guest.
                     Opts::new("socket")
                         .kv("id", &chr)
                         .kv("path", socket)
+                        .kv("reconnect-ms", "1000")
                         .build(),
                 ));
                 let mut v = json!({

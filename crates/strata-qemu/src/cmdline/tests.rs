@@ -250,7 +250,7 @@ fn vhost_user_disks_bring_shared_memory() {
     );
     let chardevs = values(&a, "-chardev");
     assert!(
-        chardevs.contains(&"socket,id=chr-vda,path=/run/s/vda.sock"),
+        chardevs.contains(&"socket,id=chr-vda,path=/run/s/vda.sock,reconnect-ms=1000"),
         "{chardevs:?}"
     );
     let d = device(&a, "vda");
@@ -467,7 +467,7 @@ fn paths_that_are_not_utf8_go_where_options_are_parsed_and_are_refused_in_json()
     let a = build(&m);
     assert!(a
         .iter()
-        .any(|x| x.as_bytes() == b"socket,id=chr-vda,path=/run/\xff.sock"));
+        .any(|x| x.as_bytes() == b"socket,id=chr-vda,path=/run/\xff.sock,reconnect-ms=1000"));
     m.disks = vec![nbd_disk("vdb", "x")];
     if let DiskBackend::Nbd { socket, .. } = &mut m.disks[0].backend {
         *socket = odd;

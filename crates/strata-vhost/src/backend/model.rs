@@ -405,6 +405,12 @@ fn run_model(seed: u64, image: Arc<dyn Image>, event_idx: bool, batches: usize) 
             changes.push(e.change);
         }
         assert!(expects.is_empty());
+        // A request's ticket is released just after its answer is
+        // published: wait for the last ones rather than race them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while rig.gate.in_flight() != 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         for c in changes {
             match c {
                 Change::None => {}

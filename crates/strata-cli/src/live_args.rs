@@ -1,0 +1,103 @@
+//! The command-line arguments of running machines: `strata daemon` and the
+//! lifecycle commands of `strata domain` (raw, as clap sees them).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// `strata daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Listen on unix:PATH instead of STATE/strata.sock (the CLI looks for
+    /// the daemon only at STATE/strata.sock).
+    #[arg(long, value_name = "unix:PATH")]
+    pub listen: Option<String>,
+    /// Seconds a running guest gets to power off after the ACPI power
+    /// button when the daemon stops (SIGTERM, SIGINT) before it is
+    /// destroyed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// Seconds `destroy` waits after SIGTERM to QEMU before SIGKILL.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub destroy_grace: u64,
+    /// How disks are served unless a domain's metadata chooses.
+    #[arg(long, value_enum, default_value_t = DiskBackendArg::VhostUserBlk)]
+    pub disk_backend: DiskBackendArg,
+}
+
+/// `--disk-backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiskBackendArg {
+    /// strata's vhost-user-blk backend (strata-vhost).
+    VhostUserBlk,
+    /// strata's NBD server (QEMU's NBD client blockdev, virtio-blk).
+    Nbd,
+}
+
+impl DaemonArgs {
+    /// The socket `--listen` names, if any.
+    pub fn socket(&self) -> Result<Option<PathBuf>, String> {
+        match &self.listen {
+            None => Ok(None),
+            Some(l) => match l.strip_prefix("unix:") {
+                Some(p) if !p.is_empty() => Ok(Some(PathBuf::from(p))),
+                _ => Err(format!("--listen {l}: give unix:PATH")),
+            },
+        }
+    }
+}
+
+/// `strata domain start`.
+#[derive(Debug, Args)]
+pub struct DomainStartArgs {
+    /// The domain.
+    pub domain: String,
+    /// Leave the vCPUs stopped.
+    #[arg(long)]
+    pub paused: bool,
+}
+
+/// `strata domain shutdown`.
+#[derive(Debug, Args)]
+pub struct DomainShutdownArgs {
+    /// The domain.
+    pub domain: String,
+    /// Seconds to wait for the guest to power off (0: press the button and
+    /// return at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = strata_daemon::types::DEFAULT_SHUTDOWN_TIMEOUT)]
+    pub timeout: u64,
+}
+
+/// A lifecycle command that names only the domain.
+#[derive(Debug, Args)]
+pub struct DomainNameArgs {
+    /// The domain.
+    pub domain: String,
+}
+
+/// `strata domain domstate`.
+#[derive(Debug, Args)]
+pub struct DomstateArgs {
+    /// The domain.
+    pub domain: String,
+    /// Add the reason in parentheses.
+    #[arg(long)]
+    pub reason: bool,
+}
+
+/// `strata domain list`.
+#[derive(Debug, Args)]
+pub struct DomainListArgs {
+    /// Shut-off domains too.
+    #[arg(long)]
+    pub all: bool,
+    /// Running domains.
+    #[arg(long)]
+    pub state_running: bool,
+    /// Paused domains.
+    #[arg(long)]
+    pub state_paused: bool,
+    /// Shut-off domains.
+    #[arg(long)]
+    pub state_shutoff: bool,
+}

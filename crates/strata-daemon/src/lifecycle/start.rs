@@ -1,0 +1,129 @@
+//! Starting a domain: its definition from the store, its lock (so no
+//! offline strata operation changes its disks while it runs), the run
+//! folder, the machine (refusing what strata cannot honour before any
+//! image is opened), the disks opened and served, then QEMU, and the
+//! watcher of its events.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use strata_core::lock::DomainLock;
+use strata_qemu::StartOptions;
+use tracing::Instrument;
+
+use super::Service;
+use crate::disks;
+use crate::error::{Error, Result};
+use crate::registry::Running;
+use crate::types::{DomainInfo, Reason, State};
+
+impl Service {
+    /// Starts `name`, running or paused; libvirt's "domain is already
+    /// running" when it is active.
+    pub async fn start(self: &Arc<Self>, name: &str, paused: bool) -> Result<DomainInfo> {
+        let span = tracing::info_span!("op", op = "start", domain = %name, paused);
+        match self.start_in(name, paused).instrument(span).await {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                if matches!(
+                    e,
+                    Error::Config { .. }
+                        | Error::Disk { .. }
+                        | Error::Serve { .. }
+                        | Error::Io { .. }
+                ) {
+                    self.registry().slot(name).failed();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_in(self: &Arc<Self>, name: &str, paused: bool) -> Result<DomainInfo> {
+        if self.is_stopping() {
+            return Err(Error::Stopping);
+        }
+        let domain = self.definition(name).await?;
+        let slot = self.registry().slot(name);
+        let _op = slot.op.lock().await;
+        if self.is_stopping() {
+            return Err(Error::Stopping);
+        }
+        if slot.status().state.is_active() {
+            return Err(Error::invalid(name, "domain is already running"));
+        }
+        let lock = self.domain_lock(name).await?;
+        let run_dir = self.state_dir().join("run").join(name);
+        make_private_dir(&run_dir)?;
+        let plan = disks::plan(&domain, &run_dir, self.options.disk_backend)?;
+        let backends: Vec<_> = plan
+            .iter()
+            .map(|p| (p.target.clone(), p.backend.clone()))
+            .collect();
+        let machine = strata_core::live::machine_of(&domain, &backends, &run_dir).map_err(|e| {
+            Error::Config {
+                domain: name.to_string(),
+                source: e,
+            }
+        })?;
+        // What outlives this request (the disk servers, QEMU's watcher, the
+        // event watcher) logs in the domain's own span.
+        let dspan = tracing::info_span!(parent: None, "domain", name = %name);
+        let served = disks::serve_all(plan).instrument(dspan.clone()).await?;
+        let mut opts = StartOptions::new(&run_dir);
+        opts.paused = paused;
+        opts.destroy_grace = self.options.destroy_grace;
+        let started = self
+            .hypervisor
+            .start(&machine, &opts)
+            .instrument(dspan.clone())
+            .await;
+        let vm = match started {
+            Ok(vm) => vm,
+            Err(e) => {
+                disks::close_all(served).await;
+                slot.failed();
+                return Err(Error::Hypervisor {
+                    domain: name.to_string(),
+                    source: e,
+                });
+            }
+        };
+        let events = vm.take_events();
+        let id = self.registry().next_id();
+        let run = Arc::new(Running::new(id, domain.uuid(), vm, run_dir, served, lock));
+        let (state, reason) = if paused {
+            (State::Paused, Reason::User)
+        } else {
+            (State::Running, Reason::Booted)
+        };
+        slot.begin(run.clone(), state, reason);
+        let span = tracing::info_span!(parent: &dspan, "run", id, pid = run.vm.pid());
+        tokio::spawn(super::watch::watch(slot.clone(), run, events).instrument(span));
+        self.info(name).await
+    }
+
+    /// Takes the domain's lock without waiting: another strata process
+    /// that holds it is changing the domain's disks.
+    async fn domain_lock(&self, name: &str) -> Result<DomainLock> {
+        let dir = self.state_dir().to_path_buf();
+        let n = name.to_string();
+        let held = tokio::task::spawn_blocking(move || DomainLock::try_acquire(&dir, &n))
+            .await
+            .map_err(|e| Error::Internal(format!("lock task: {e}")))??;
+        held.ok_or_else(|| Error::Busy {
+            domain: name.to_string(),
+        })
+    }
+}
+
+/// Makes `dir` (and its parents), owner-only.
+fn make_private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| Error::io(dir, "create the run folder", e))
+}

@@ -1,0 +1,182 @@
+//! What the API sends and receives, shared by the daemon and its client:
+//! a domain's state in virsh's words, its reason, and the request bodies.
+
+use serde::{Deserialize, Serialize};
+
+/// A domain's state, as `virsh domstate` words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    /// The guest's vCPUs run.
+    #[serde(rename = "running")]
+    Running,
+    /// The emulator runs, the vCPUs are stopped.
+    #[serde(rename = "paused")]
+    Paused,
+    /// No emulator runs for the domain.
+    #[serde(rename = "shut off")]
+    ShutOff,
+}
+
+impl State {
+    /// virsh's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Paused => "paused",
+            State::ShutOff => "shut off",
+        }
+    }
+
+    /// Running or paused: an emulator exists.
+    pub fn is_active(self) -> bool {
+        self != State::ShutOff
+    }
+}
+
+/// Why a domain is in its state, as `virsh domstate --reason` words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reason {
+    /// Nothing is known (a domain never started by this daemon).
+    #[serde(rename = "unknown")]
+    Unknown,
+    /// Running: it was started.
+    #[serde(rename = "booted")]
+    Booted,
+    /// Running: it was resumed.
+    #[serde(rename = "unpaused")]
+    Unpaused,
+    /// Paused: a user asked (suspend, or start paused).
+    #[serde(rename = "user")]
+    User,
+    /// Paused: the guest powered off and the domain keeps its emulator
+    /// (`<on_poweroff>preserve</on_poweroff>`).
+    #[serde(rename = "shutting down")]
+    ShuttingDown,
+    /// Paused: a disk error stopped it.
+    #[serde(rename = "ioerror")]
+    IoError,
+    /// Paused after a guest panic, or shut off because the emulator died
+    /// or the guest panicked.
+    #[serde(rename = "crashed")]
+    Crashed,
+    /// Shut off: the guest powered off (or the emulator was asked to end).
+    #[serde(rename = "shutdown")]
+    Shutdown,
+    /// Shut off: `destroy`.
+    #[serde(rename = "destroyed")]
+    Destroyed,
+    /// Shut off: the domain failed to start.
+    #[serde(rename = "failed")]
+    Failed,
+    /// Shut off: the daemon ended it while stopping.
+    #[serde(rename = "daemon")]
+    Daemon,
+}
+
+impl Reason {
+    /// virsh's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Unknown => "unknown",
+            Reason::Booted => "booted",
+            Reason::Unpaused => "unpaused",
+            Reason::User => "user",
+            Reason::ShuttingDown => "shutting down",
+            Reason::IoError => "ioerror",
+            Reason::Crashed => "crashed",
+            Reason::Shutdown => "shutdown",
+            Reason::Destroyed => "destroyed",
+            Reason::Failed => "failed",
+            Reason::Daemon => "daemon",
+        }
+    }
+}
+
+/// `GET /v1/domains/{name}/state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateInfo {
+    /// The state.
+    pub state: State,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// One served disk of a running domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    /// The guest device (`target dev`).
+    pub target: String,
+    /// The image file served.
+    pub source: String,
+    /// How it is served: `nbd` or `vhost-user-blk`.
+    pub backend: String,
+    /// The unix socket QEMU connects to.
+    pub socket: String,
+}
+
+/// A domain as the API shows it (`GET /v1/domains/{name}`, and each
+/// element of `GET /v1/domains`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainInfo {
+    /// libvirt's domain id: a number while active (new at each start),
+    /// absent when shut off.
+    pub id: Option<u32>,
+    /// The name.
+    pub name: String,
+    /// The UUID.
+    pub uuid: String,
+    /// The state.
+    pub state: State,
+    /// Why.
+    pub reason: Reason,
+    /// The emulator's process id, while active.
+    pub pid: Option<u32>,
+    /// The disks the daemon serves, while active.
+    #[serde(default)]
+    pub disks: Vec<DiskInfo>,
+}
+
+/// `GET /v1/daemon`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    /// strata's version.
+    pub version: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// The state folder it serves.
+    pub state_dir: String,
+    /// True once it has begun to stop (new starts are refused).
+    pub stopping: bool,
+}
+
+/// `POST /v1/domains/{name}/start` (an empty body means the defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// Leave the vCPUs stopped (`virsh start --paused`).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// `POST /v1/domains/{name}/shutdown` (an empty body means the defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownRequest {
+    /// Seconds to wait for the guest to power off after the ACPI power
+    /// button; 0 presses the button and returns at once (as `virsh
+    /// shutdown`). Default [`DEFAULT_SHUTDOWN_TIMEOUT`].
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// The seconds `shutdown` waits when not told.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 60;
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, in words (libvirt's where libvirt has them).
+    pub error: String,
+    /// A stable code for programs (`no-domain`, `operation-invalid`, …).
+    pub code: String,
+}
