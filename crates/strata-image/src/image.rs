@@ -90,6 +90,17 @@ pub fn push_extent(out: &mut Vec<Extent>, e: Extent) {
 /// An open disk image (one layer, with its backing chain below it).
 ///
 /// `Send + Sync`: I/O takes `&self` and many threads may call at once.
+///
+/// The buffers of [`Image::read_at`] and [`Image::write_at`] may be memory
+/// that someone else changes while the call runs: strata-vhost passes a
+/// guest's own buffers, which the guest can touch at any time. So a driver
+/// only stores into a read's buffer and never relies on reading back what
+/// it stored, and copies a write's buffer out (to storage, or once into a
+/// buffer of its own) without relying on two reads of the same byte
+/// agreeing. Both hold for every driver here and for [`Storage`], which
+/// they pass these buffers to; what such a change can do is mix old and
+/// new bytes in the data it concerns, never break an invariant of the
+/// image.
 pub trait Image: Send + Sync + std::fmt::Debug {
     /// The file name (for messages).
     fn path(&self) -> &str;

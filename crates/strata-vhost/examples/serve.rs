@@ -1,7 +1,8 @@
 //! Serves an image as a vhost-user-blk device until SIGINT or SIGTERM:
 //!
 //! ```text
-//! serve IMAGE SOCKET [--queues N] [--readonly] [--io-threads N] [--serial ID]
+//! serve IMAGE SOCKET [--queues N] [--readonly] [--io-threads N]
+//!       [--inline-max BYTES] [--ring-poll-us N] [--serial ID]
 //!       [--block-size 512|4096] [--stats FILE]
 //! ```
 //!
@@ -30,6 +31,8 @@ fn main() -> anyhow::Result<()> {
         match a.as_str() {
             "--queues" => config.queues = value("--queues")?.parse()?,
             "--io-threads" => config.io_threads = value("--io-threads")?.parse()?,
+            "--inline-max" => config.inline_max = value("--inline-max")?.parse()?,
+            "--ring-poll-us" => config.ring_poll_us = value("--ring-poll-us")?.parse()?,
             "--serial" => config.serial = value("--serial")?,
             "--block-size" => config.block_size = value("--block-size")?.parse()?,
             "--stats" => stats = Some(value("--stats")?.into()),
@@ -39,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let [image, socket] = positional.as_slice() else {
-        bail!("usage: serve IMAGE SOCKET [--queues N] [--readonly] [--io-threads N] [--serial ID] [--block-size N] [--stats FILE]");
+        bail!("usage: serve IMAGE SOCKET [--queues N] [--readonly] [--io-threads N] [--inline-max BYTES] [--ring-poll-us N] [--serial ID] [--block-size N] [--stats FILE]");
     };
     config.validate()?;
     let signals = block_signals();

@@ -1,5 +1,6 @@
-//! How a disk is exported: queues, read-only, the ID string, the block size
-//! and the I/O threads; checked once, before anything is started.
+//! How a disk is exported: queues, read-only, the ID string, the block size,
+//! the I/O threads, which requests run on a queue's own thread and how long
+//! it polls; checked once, before anything is started.
 
 use crate::error::{Error, Result};
 
@@ -9,6 +10,13 @@ pub const MAX_SERIAL_LEN: usize = 20;
 /// The most queues a device offers (one worker thread each; the framework
 /// maps queues to threads with a 64-bit mask).
 pub const MAX_QUEUES: u16 = 64;
+
+/// The largest [`Config::inline_max`]: a request run on the queue's thread
+/// holds the ring, so it stays small.
+pub const MAX_INLINE: u32 = 64 << 20;
+
+/// The longest [`Config::ring_poll_us`].
+pub const MAX_RING_POLL_US: u32 = 10_000;
 
 /// How a vhost-user-blk disk is exported.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,10 +38,22 @@ pub struct Config {
     pub block_size: u32,
     /// Segments one request may carry (`seg_max`).
     pub seg_max: u32,
-    /// Threads doing image I/O for each queue, so that requests of one queue
-    /// run concurrently (the queue's own thread only takes requests off the
-    /// ring). At least 1.
+    /// Threads doing image I/O for each queue, so that its long requests
+    /// run concurrently. At least 1.
     pub io_threads: usize,
+    /// Reads and writes of at most this many bytes run on the queue's own
+    /// thread as it takes them (page-cache I/O takes microseconds, less
+    /// than handing a request over); larger ones, flushes, discards,
+    /// write-zeroes and writes in writethrough mode go to the I/O threads.
+    /// 0 sends every request to the I/O threads. At most 64 MiB.
+    pub inline_max: u32,
+    /// While the driver keeps a queue busy, how long (µs) the queue's
+    /// thread keeps looking at the empty ring (every 10 µs) before asking
+    /// to be notified of the next request: requests added meanwhile cost
+    /// the driver no notification and are taken in one batch, at the price
+    /// of up to 10 µs of delay each. A queue served one request at a time
+    /// never polls. 0 turns polling off. At most 10,000.
+    pub ring_poll_us: u32,
 }
 
 impl Default for Config {
@@ -46,6 +66,8 @@ impl Default for Config {
             block_size: 512,
             seg_max: 254,
             io_threads: 4,
+            inline_max: 256 << 10,
+            ring_poll_us: 100,
         }
     }
 }
@@ -98,6 +120,18 @@ impl Config {
             return bad(
                 "io_threads",
                 format!("{} is not between 1 and 256", self.io_threads),
+            );
+        }
+        if self.inline_max > MAX_INLINE {
+            return bad(
+                "inline_max",
+                format!("{} is more than {MAX_INLINE}", self.inline_max),
+            );
+        }
+        if self.ring_poll_us > MAX_RING_POLL_US {
+            return bad(
+                "ring_poll_us",
+                format!("{} is more than {MAX_RING_POLL_US}", self.ring_poll_us),
             );
         }
         Ok(())
@@ -186,6 +220,20 @@ mod tests {
                     ..Config::default()
                 },
                 "io_threads",
+            ),
+            (
+                Config {
+                    inline_max: MAX_INLINE + 1,
+                    ..Config::default()
+                },
+                "inline_max",
+            ),
+            (
+                Config {
+                    ring_poll_us: MAX_RING_POLL_US + 1,
+                    ..Config::default()
+                },
+                "ring_poll_us",
             ),
         ];
         for (config, field) in cases {

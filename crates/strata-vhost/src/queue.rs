@@ -1,39 +1,96 @@
 //! One request queue: taking requests off its ring (on the queue's own
-//! thread, under the ring's lock), handing each to the queue's I/O threads,
-//! and putting the answers in the used ring, notifying the driver when it
-//! asked to be (`VIRTIO_RING_F_EVENT_IDX`). Answers may complete in any
-//! order, as virtio-blk allows.
+//! thread, under the ring's lock) and answering them. Small reads and
+//! writes run right there, a batch at a time, with their answers put in the
+//! used ring together and the driver notified once (as it asked to be,
+//! `VIRTIO_RING_F_EVENT_IDX`): page-cache I/O takes microseconds, less than
+//! handing a request to another thread. The rest (large requests, flushes,
+//! discards, writes in writethrough mode, and whatever a batch holds past
+//! its time budget) go to the queue's I/O threads, which answer each as it
+//! completes. Answers may come in any order, as virtio-blk allows.
+//!
+//! While the driver keeps the queue busy (a batch held more than one
+//! request, or the last poll found more), the thread looks at the empty
+//! ring every [`POLL_STEP`] for up to `Config::ring_poll_us` before asking
+//! to be notified again: requests the driver adds meanwhile cost it no
+//! notification, which is dear for an emulated guest, and are taken as one
+//! batch. A queue served one request at a time never polls.
 
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use strata_image::Image;
 use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VringMutex, VringT};
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vm_memory::atomic::GuestMemoryLoadGuard;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::config::Config;
 use crate::device::Limits;
 use crate::error::Result;
 use crate::execute::{answer, Context};
-use crate::gate::GateInner;
-use crate::pool::IoPool;
-use crate::request::{parse, Parsed};
+use crate::gate::{GateInner, Ticket};
+use crate::pool::{IoPool, Job};
+use crate::request::{parse, Action, Op, Parsed, Request};
 
 /// Guest memory as the backend maps it, with the dirty-log bitmap.
 pub(crate) type Memory = GuestMemoryMmap<BitmapMmapRegion>;
 /// Guest memory that the frontend may remap.
 pub(crate) type AtomicMemory = GuestMemoryAtomic<Memory>;
+/// A snapshot of guest memory, kept while requests use it.
+type MemoryGuard = GuestMemoryLoadGuard<Memory>;
+/// A descriptor chain taken off a ring.
+type Chain = DescriptorChain<MemoryGuard>;
 /// A vring as the framework keeps it.
 pub(crate) type Vring = VringMutex<AtomicMemory>;
+
+/// The deepest backing chain whose I/O runs on the queue's own thread: the
+/// framework starts that thread with the standard 2 MiB stack, not the one
+/// a chain of [`strata_image::chain::MAX_CHAIN_DEPTH`] needs
+/// (`inline_io_through_the_deepest_inline_chain_fits_the_worker_stack`
+/// runs I/O through this many qcow2 layers on such a stack; a release
+/// build needs less than 96 KiB for it).
+pub(crate) const INLINE_MAX_DEPTH: usize = 16;
+
+/// How long a batch may spend running requests on the queue's thread
+/// before the rest of it goes to the I/O threads: a slow image (a cache
+/// miss on a disk) holds the ring for at most one request past this.
+pub(crate) const INLINE_BUDGET: Duration = Duration::from_micros(500);
+
+/// How often a busy queue's thread looks at its empty ring.
+pub(crate) const POLL_STEP: Duration = Duration::from_micros(10);
+
+/// The timer slack the queue's thread asks for, so that its sleeps of
+/// [`POLL_STEP`] last about that (Linux's default slack is 50 µs).
+const POLL_SLACK_NS: libc::c_ulong = 1_000;
 
 /// One queue's state that outlives connections.
 pub(crate) struct Queue {
     index: usize,
-    /// Held while taking requests off the ring, so that stopping the ring
-    /// can wait for a pass to finish counting what it took.
-    taking: Mutex<()>,
+    /// Held while taking requests off the ring and running the small ones,
+    /// so that stopping the ring can wait for a pass to finish.
+    taking: Mutex<Taker>,
     pool: IoPool,
+    /// Reads and writes up to this many bytes run on the queue's thread.
+    inline_max: u64,
+    /// How long a busy queue's thread polls its empty ring.
+    poll: Duration,
+}
+
+/// What a pass keeps from one batch to the next.
+#[derive(Default)]
+struct Taker {
+    /// The bounce buffer of requests run on the queue's thread.
+    scratch: Vec<u8>,
+    /// Answers of this batch not yet in the used ring: head, used length.
+    answered: Vec<(u16, u32)>,
+    /// Their in-flight tickets, released once the answers are in the ring.
+    tickets: Vec<Ticket>,
+    /// The driver keeps the queue busy: poll before asking for a kick.
+    busy: bool,
 }
 
 /// The device-wide facts a pass over a queue needs.
@@ -53,21 +110,24 @@ impl Queue {
     pub(crate) fn new(index: usize, config: &Config) -> Result<Queue> {
         Ok(Queue {
             index,
-            taking: Mutex::new(()),
+            taking: Mutex::new(Taker::default()),
             pool: IoPool::new(&format!("vhost-blk-io{index}"), config.io_threads)?,
+            inline_max: u64::from(config.inline_max),
+            poll: Duration::from_micros(u64::from(config.ring_poll_us)),
         })
     }
 
-    /// Takes every available request off `vring` and hands it to the I/O
-    /// threads, until the ring is empty with notifications re-enabled, or
-    /// the gate is paused.
+    /// Takes every available request off `vring` and answers it, a batch
+    /// at a time, until the ring is empty with notifications re-enabled,
+    /// or the gate is paused.
     pub(crate) fn take_requests(&self, pass: &Pass<'_>, vring: &Vring) {
         let q = self.index;
-        let _taking = self.taking.lock();
+        let mut taker = self.taking.lock();
+        let mut polled = false;
         loop {
             let memory = pass.memory.memory();
             let mut chains = Vec::new();
-            let more = {
+            let paused = {
                 let mut state = vring.get_mut();
                 // A resume may call before the frontend set the ring up; an
                 // unset ring's addresses must not be touched.
@@ -93,45 +153,119 @@ impl Queue {
                         None => break,
                     }
                 }
-                // While paused, notifications stay off: resuming takes the
-                // ring again and turns them back on.
-                !paused && state.enable_notification().unwrap_or(false)
-            };
-            let image = pass.gate.image();
-            let limits = Limits::new(pass.config, image.size());
-            for (chain, ticket) in chains {
-                let head = chain.head_index();
-                let descs: Vec<_> = chain
-                    .map(|d| (d.addr(), d.len(), d.is_write_only()))
-                    .collect();
-                match parse(&*memory, head, descs, &limits) {
-                    Parsed::Request(req) => {
-                        let (image, vring, memory) = (image.clone(), vring.clone(), memory.clone());
-                        let serial = pass.config.serial_bytes();
-                        let writethrough = pass.writethrough;
-                        let job = Box::new(move |scratch: &mut Vec<u8>| {
-                            let ctx = Context {
-                                serial: &serial,
-                                writethrough,
-                            };
-                            let len = answer(&*memory, &*image, &req, ctx, scratch);
-                            complete(&vring, q, req.head, len);
-                            drop(ticket);
-                        });
-                        // Refused only while the device shuts down; the
-                        // ticket goes with the dropped job.
-                        self.pool.submit(job);
-                    }
-                    Parsed::Unanswerable { head, reason } => {
-                        tracing::warn!(queue = q, head, reason, "virtio-blk chain dropped");
-                        complete(vring, q, head, 0);
-                        drop(ticket);
+                // Notifications stay off while there is work, while polling
+                // and while paused (resuming takes the ring again and turns
+                // them on); they go on once the ring is found empty.
+                let poll = taker.busy && !polled && !self.poll.is_zero();
+                if chains.is_empty() && !paused && !poll {
+                    match state.enable_notification() {
+                        Ok(true) => continue,
+                        _ => return,
                     }
                 }
+                paused
+            };
+            if chains.is_empty() && !paused {
+                polled = true;
+                taker.busy = poll_ring(vring, &memory, self.poll);
+                continue;
             }
-            if !more {
+            polled = false;
+            if chains.len() > 1 {
+                taker.busy = true;
+            }
+            self.answer_batch(pass, vring, &memory, chains, &mut taker);
+            if paused {
                 return;
             }
+        }
+    }
+
+    /// Parses a batch of chains, hands the long requests to the I/O threads
+    /// and runs the short ones here (until the batch's time budget is
+    /// spent), then puts their answers in the used ring together.
+    fn answer_batch(
+        &self,
+        pass: &Pass<'_>,
+        vring: &Vring,
+        memory: &MemoryGuard,
+        chains: Vec<(Chain, Ticket)>,
+        taker: &mut Taker,
+    ) {
+        let q = self.index;
+        let image = pass.gate.image();
+        let limits = Limits::new(pass.config, image.size());
+        let inline = self.inline_max > 0 && chain_depth(&*image) <= INLINE_MAX_DEPTH;
+        let ctx = Context {
+            serial: &pass.config.serial_bytes(),
+            writethrough: pass.writethrough,
+        };
+        let mut here = Vec::new();
+        let mut jobs = Vec::new();
+        for (chain, ticket) in chains {
+            let head = chain.head_index();
+            let descs = chain.map(|d| (d.addr(), d.len(), d.is_write_only()));
+            match parse(&**memory, head, descs, &limits) {
+                Parsed::Request(req) if inline && self.quick(&req, ctx.writethrough) => {
+                    here.push((req, ticket));
+                }
+                Parsed::Request(req) => jobs.push(job(req, ticket, &image, vring, memory, ctx, q)),
+                Parsed::Unanswerable { head, reason } => {
+                    tracing::warn!(queue = q, head, reason, "virtio-blk chain dropped");
+                    taker.answered.push((head, 0));
+                    taker.tickets.push(ticket);
+                }
+            }
+        }
+        // Long requests start first, alongside the short ones.
+        if !jobs.is_empty() {
+            self.pool.submit(jobs);
+        }
+        let started = Instant::now();
+        let mut rest = here.into_iter();
+        for (req, ticket) in rest.by_ref() {
+            let scratch = &mut taker.scratch;
+            let run =
+                std::panic::AssertUnwindSafe(|| answer(&**memory, &*image, &req, ctx, scratch));
+            match std::panic::catch_unwind(run) {
+                Ok(len) => {
+                    taker.answered.push((req.head, len));
+                    taker.tickets.push(ticket);
+                }
+                Err(_) => {
+                    // Its ticket goes now: the answer is lost, not the queue.
+                    tracing::error!(
+                        queue = q,
+                        "a virtio-blk request panicked; it stays unanswered"
+                    );
+                    taker.scratch = Vec::new();
+                }
+            }
+            if started.elapsed() > INLINE_BUDGET {
+                break;
+            }
+        }
+        let late: Vec<Job> = rest
+            .map(|(req, ticket)| job(req, ticket, &image, vring, memory, ctx, q))
+            .collect();
+        if !late.is_empty() {
+            self.pool.submit(late);
+        }
+        complete(vring, q, &taker.answered);
+        taker.answered.clear();
+        // In the used ring: no longer in flight.
+        taker.tickets.clear();
+    }
+
+    /// True when `req` runs on the queue's thread: a refusal, an ID, or a
+    /// read or write (not in writethrough mode, which flushes) of at most
+    /// `inline_max` bytes.
+    fn quick(&self, req: &Request, writethrough: bool) -> bool {
+        match &req.action {
+            Action::Fail { .. } | Action::Run(Op::GetId { .. }) => true,
+            Action::Run(Op::Read { len, .. }) => *len <= self.inline_max,
+            Action::Run(Op::Write { len, .. }) => !writethrough && *len <= self.inline_max,
+            Action::Run(Op::Flush | Op::Discard { .. } | Op::WriteZeroes { .. }) => false,
         }
     }
 
@@ -144,17 +278,94 @@ impl Queue {
     }
 }
 
-/// Puts `head` in the used ring with `len` bytes written and notifies the
-/// driver if it wants to be.
-fn complete(vring: &Vring, q: usize, head: u16, len: u32) {
-    let mut state = vring.get_mut();
-    if let Err(e) = state.add_used(head, len) {
-        tracing::warn!(
-            queue = q,
-            head,
-            "virtio-blk answer not added to the used ring: {e}"
-        );
+/// `req` as a job for an I/O thread, which answers it when done.
+fn job(
+    req: Request,
+    ticket: Ticket,
+    image: &Arc<dyn Image>,
+    vring: &Vring,
+    memory: &MemoryGuard,
+    ctx: Context<'_>,
+    q: usize,
+) -> Job {
+    let (image, vring, memory) = (image.clone(), vring.clone(), memory.clone());
+    let (serial, writethrough) = (*ctx.serial, ctx.writethrough);
+    Box::new(move |scratch: &mut Vec<u8>| {
+        let ctx = Context {
+            serial: &serial,
+            writethrough,
+        };
+        let len = answer(&*memory, &*image, &req, ctx, scratch);
+        complete(&vring, q, &[(req.head, len)]);
+        // Dropped unrun (the device shutting down), it still leaves the count.
+        drop(ticket);
+    })
+}
+
+/// Looks at the ring every [`POLL_STEP`] for up to `limit`, notifications
+/// off; true as soon as the driver has made a request available.
+fn poll_ring(vring: &Vring, memory: &Memory, limit: Duration) -> bool {
+    fine_timer_slack();
+    let deadline = Instant::now() + limit;
+    loop {
+        std::thread::sleep(POLL_STEP);
+        let state = vring.get_ref();
+        let queue = state.get_queue();
+        if !queue.ready() || !state.is_enabled() {
+            return false;
+        }
+        match queue.avail_idx(memory, Ordering::Acquire) {
+            Ok(idx) if idx.0 != queue.next_avail() => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        drop(state);
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+/// Asks for [`POLL_SLACK_NS`] of timer slack, once per thread. It changes
+/// only how late this thread's timed sleeps may end (the framework's event
+/// loop waits without a timeout).
+fn fine_timer_slack() {
+    thread_local!(static SET: Cell<bool> = const { Cell::new(false) });
+    if !SET.get() {
+        SET.set(true);
+        // SAFETY: PR_SET_TIMERSLACK takes a plain integer and changes only
+        // the calling thread's timer slack.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, POLL_SLACK_NS) };
+    }
+}
+
+/// Layers in `image`'s chain, itself included.
+fn chain_depth(image: &dyn Image) -> usize {
+    let mut depth = 1;
+    let mut below = image.backing();
+    while let Some(b) = below {
+        depth += 1;
+        below = b.backing();
+    }
+    depth
+}
+
+/// Puts answers (head, used length) in the used ring and notifies the
+/// driver once, if it wants to be: with `EVENT_IDX`, when the used index
+/// passed the event index it set since the last notification.
+fn complete(vring: &Vring, q: usize, answers: &[(u16, u32)]) {
+    if answers.is_empty() {
         return;
+    }
+    let mut state = vring.get_mut();
+    for &(head, len) in answers {
+        if let Err(e) = state.add_used(head, len) {
+            tracing::warn!(
+                queue = q,
+                head,
+                "virtio-blk answer not added to the used ring: {e}"
+            );
+        }
     }
     match state.needs_notification() {
         Ok(false) => {}
@@ -165,3 +376,6 @@ fn complete(vring: &Vring, q: usize, head: u16, len: u32) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,7 @@
-//! A test driver for the backend: guest memory, a split queue whose
-//! descriptors are written with virtio-queue's mock, the backend's worker entry
-//! point called the way the framework calls it, and the used ring read back.
+//! A test driver for the backend: guest memory (four separately mapped
+//! regions), a split queue whose descriptors are written with virtio-queue's
+//! mock, the backend's worker entry point called the way the framework calls
+//! it, and the used ring read back.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -22,7 +23,7 @@ use crate::backend::BlkBackend;
 use crate::config::Config;
 use crate::gate::{Gate, GateInner};
 use crate::queue::{AtomicMemory, Vring};
-use crate::testutil::memory;
+use crate::testutil::regions;
 
 /// Entries in the test queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -55,7 +56,7 @@ impl Rig {
     /// driver having acked every offered feature (EVENT_IDX only if
     /// `event_idx`).
     pub fn new(image: Arc<dyn Image>, config: Config, event_idx: bool) -> Rig {
-        let mem = GuestMemoryAtomic::new(memory());
+        let mem = GuestMemoryAtomic::new(regions());
         // The mock's own ring layout puts the used ring inside the upper
         // half of the available ring (it sizes the available ring in entries,
         // not bytes), so the rings get a page each here.
@@ -198,7 +199,20 @@ impl Rig {
 
     /// Interrupts received since the last call.
     pub fn interrupts(&self) -> bool {
-        self.call.consume().is_ok()
+        self.interrupt_count() > 0
+    }
+
+    /// How many interrupts the device sent since the last call.
+    pub fn interrupt_count(&self) -> u64 {
+        let mut n = 0u64;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.call);
+        // SAFETY: reads 8 bytes into a u64 from an open non-blocking eventfd.
+        let r = unsafe { libc::read(fd, (&mut n as *mut u64).cast(), 8) };
+        if r == 8 {
+            n
+        } else {
+            0
+        }
     }
 
     /// Waits for `n` more used entries; returns (head, len) of each and

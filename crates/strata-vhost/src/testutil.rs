@@ -22,6 +22,16 @@ pub fn memory<B: Bitmap + NewBitmap>() -> GuestMemoryMmap<B> {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
 }
 
+/// Guest memory of the same size as [`memory`] in four separately mapped
+/// 4 MiB regions, contiguous in guest-physical space: a buffer across 4, 8
+/// or 12 MiB lies in two host mappings.
+pub fn regions<B: Bitmap + NewBitmap>() -> GuestMemoryMmap<B> {
+    let ranges: Vec<_> = (0..4u64)
+        .map(|i| (GuestAddress(i * (MEM_SIZE / 4)), (MEM_SIZE / 4) as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).unwrap()
+}
+
 /// Writes a request header (type, sector) at `addr`.
 pub fn header<M: Bytes<GuestAddress>>(mem: &M, addr: u64, kind: u32, sector: u64)
 where

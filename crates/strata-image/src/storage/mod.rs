@@ -24,7 +24,10 @@ use crate::error::Result;
 ///
 /// All methods take `&self`: a backend serves many threads at once.
 /// Reads past the end of the storage return zeros, as QEMU's file driver does
-/// for qcow2 clusters that lie beyond a truncated file.
+/// for qcow2 clusters that lie beyond a truncated file. Data buffers may be
+/// changed by someone else during a call, as for [`crate::Image`]: a read
+/// only stores into its buffer, a write copies its buffer out, and neither
+/// relies on the buffer holding still.
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Name used in error messages (usually the path).
     fn name(&self) -> &str;

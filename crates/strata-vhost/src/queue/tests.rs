@@ -1,0 +1,463 @@
+//! Where requests run: small reads and writes on the queue's own thread
+//! (here, the test's thread, which plays the framework's worker), the rest
+//! on the I/O threads; the time budget, the chain-depth limit and its
+//! stack, panics, and one interrupt per batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use strata_image::qcow2::{self, Qcow2};
+use strata_image::storage::{MemoryStorage, Storage};
+use strata_image::Image;
+use vhost_user_backend::VhostUserBackend;
+use virtio_bindings::bindings::virtio_blk::*;
+
+use super::INLINE_MAX_DEPTH;
+use crate::config::Config;
+use crate::testrig::{Rig, BUFFERS};
+use crate::testutil::raw_image;
+
+/// An image that records which thread ran each call, and can be slow,
+/// panic at one offset, or sit on a chain of a given depth.
+#[derive(Debug)]
+struct Watched {
+    inner: Arc<dyn Image>,
+    below: Option<Arc<dyn Image>>,
+    delay: Duration,
+    panic_at: Option<u64>,
+    calls: Mutex<Vec<(&'static str, u64, String)>>,
+}
+
+impl Watched {
+    fn new(inner: Arc<dyn Image>) -> Watched {
+        Watched {
+            inner,
+            below: None,
+            delay: Duration::ZERO,
+            panic_at: None,
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A chain of `depth` layers in all (this one included) below nothing
+    /// real: only `backing()` sees them.
+    fn on_chain(mut self, depth: usize) -> Watched {
+        let mut below: Option<Arc<dyn Image>> = None;
+        for _ in 1..depth {
+            let mut layer = Watched::new(self.inner.clone());
+            layer.below = below;
+            below = Some(Arc::new(layer));
+        }
+        self.below = below;
+        self
+    }
+
+    fn record(&self, what: &'static str, offset: u64) {
+        let thread = std::thread::current().name().unwrap_or("?").to_string();
+        self.calls.lock().push((what, offset, thread));
+        if self.panic_at == Some(offset) {
+            panic!("a request that panics");
+        }
+        std::thread::sleep(self.delay);
+    }
+
+    /// (call, offset) of each call made on a thread named `thread`.
+    fn on(&self, thread: &str) -> Vec<(&'static str, u64)> {
+        let mut v: Vec<_> = self
+            .calls
+            .lock()
+            .iter()
+            .filter(|c| c.2 == thread)
+            .map(|c| (c.0, c.1))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn clear(&self) {
+        self.calls.lock().clear();
+    }
+}
+
+impl Image for Watched {
+    fn path(&self) -> &str {
+        "watched"
+    }
+    fn format(&self) -> strata_image::Format {
+        self.inner.format()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> strata_image::Result<()> {
+        self.record("read", offset);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> strata_image::Result<()> {
+        self.record("write", offset);
+        self.inner.write_at(buf, offset)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> strata_image::Result<()> {
+        self.record("zero", offset);
+        self.inner.write_zeroes(offset, len, unmap)
+    }
+    fn discard(&self, offset: u64, len: u64) -> strata_image::Result<()> {
+        self.record("discard", offset);
+        self.inner.discard(offset, len)
+    }
+    fn flush(&self) -> strata_image::Result<()> {
+        self.record("flush", 0);
+        self.inner.flush()
+    }
+    fn resize(&self, new_size: u64) -> strata_image::Result<()> {
+        self.inner.resize(new_size)
+    }
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> strata_image::Result<Vec<strata_image::Extent>> {
+        self.inner.block_status(offset, len)
+    }
+    fn backing(&self) -> Option<&Arc<dyn Image>> {
+        self.below.as_ref()
+    }
+    fn actual_size(&self) -> strata_image::Result<u64> {
+        self.inner.actual_size()
+    }
+}
+
+const IO: &str = "vhost-blk-io0";
+const SENTINEL: u8 = 0xee;
+
+fn config() -> Config {
+    Config {
+        io_threads: 2,
+        ..Config::default()
+    }
+}
+
+fn header(kind: u32, sector: u64) -> Vec<u8> {
+    let mut h = vec![0u8; 16];
+    h[0..4].copy_from_slice(&kind.to_le_bytes());
+    h[8..16].copy_from_slice(&sector.to_le_bytes());
+    h
+}
+
+fn here() -> String {
+    std::thread::current().name().unwrap().to_string()
+}
+
+/// Guest memory for one request: header, segment, status, then data from
+/// 4 KiB in.
+const SLOT: u64 = 0x8_0000;
+
+/// Submits a request of `kind` at `offset` with `len` data bytes in one
+/// buffer (device-writable for reads); returns its status address. `slot`
+/// keeps the buffers of requests in one batch apart.
+fn submit(rig: &mut Rig, slot: u64, kind: u32, offset: u64, len: u32) -> u64 {
+    let h = BUFFERS + slot * SLOT;
+    rig.write(h, &header(kind, offset / 512));
+    let status = h + 0x800;
+    rig.write(status, &[SENTINEL]);
+    let mut descs = vec![(h, 16, false)];
+    if kind == VIRTIO_BLK_T_DISCARD {
+        let mut seg = [0u8; 16];
+        seg[0..8].copy_from_slice(&(offset / 512).to_le_bytes());
+        seg[8..12].copy_from_slice(&(len / 512).to_le_bytes());
+        rig.write(h + 0x100, &seg);
+        descs.push((h + 0x100, 16, false));
+    } else if len > 0 {
+        descs.push((h + 0x1000, len, kind == VIRTIO_BLK_T_IN));
+    }
+    descs.push((status, 1, true));
+    rig.submit(&descs);
+    status
+}
+
+#[test]
+fn small_reads_and_writes_run_on_the_queue_thread_the_rest_on_the_io_threads() {
+    let image = Arc::new(Watched::new(raw_image(16 << 20).0));
+    let cfg = config();
+    let max = cfg.inline_max;
+    let mut rig = Rig::new(image.clone(), cfg, false);
+    let reqs = [
+        (VIRTIO_BLK_T_IN, 0, 4096),
+        (VIRTIO_BLK_T_OUT, 1 << 20, max),
+        (VIRTIO_BLK_T_IN, 2 << 20, max + 512),
+        (VIRTIO_BLK_T_OUT, 3 << 20, max + 512),
+        (VIRTIO_BLK_T_FLUSH, 0, 0),
+        (VIRTIO_BLK_T_DISCARD, 4 << 20, 4096),
+    ];
+    for (i, &(kind, off, len)) in reqs.iter().enumerate() {
+        submit(&mut rig, i as u64, kind, off, len);
+    }
+    rig.kick();
+    rig.wait_used(reqs.len() as u16);
+    assert_eq!(image.on(&here()), vec![("read", 0), ("write", 1 << 20)]);
+    assert_eq!(
+        image.on(IO),
+        vec![
+            ("discard", 4 << 20),
+            ("flush", 0),
+            ("read", 2 << 20),
+            ("write", 3 << 20)
+        ]
+    );
+    // Writethrough: every write flushes, so none runs on the queue thread.
+    image.clear();
+    rig.backend.set_config(32, &[0]).unwrap();
+    submit(&mut rig, 0, VIRTIO_BLK_T_OUT, 0, 4096);
+    submit(&mut rig, 1, VIRTIO_BLK_T_IN, 0, 4096);
+    rig.kick();
+    rig.wait_used(2);
+    assert_eq!(image.on(&here()), vec![("read", 0)]);
+    assert_eq!(image.on(IO), vec![("flush", 0), ("write", 0)]);
+}
+
+#[test]
+fn inline_max_zero_sends_everything_to_the_io_threads() {
+    let image = Arc::new(Watched::new(raw_image(1 << 20).0));
+    let cfg = Config {
+        inline_max: 0,
+        ..config()
+    };
+    let mut rig = Rig::new(image.clone(), cfg, true);
+    submit(&mut rig, 0, VIRTIO_BLK_T_IN, 0, 512);
+    submit(&mut rig, 1, VIRTIO_BLK_T_OUT, 4096, 512);
+    rig.kick();
+    rig.wait_used(2);
+    assert!(image.on(&here()).is_empty());
+    assert_eq!(image.on(IO), vec![("read", 0), ("write", 4096)]);
+}
+
+#[test]
+fn a_chain_deeper_than_the_inline_limit_goes_to_the_io_threads() {
+    for (depth, inline) in [(INLINE_MAX_DEPTH, true), (INLINE_MAX_DEPTH + 1, false)] {
+        let image = Arc::new(Watched::new(raw_image(1 << 20).0).on_chain(depth));
+        let mut rig = Rig::new(image.clone(), config(), true);
+        submit(&mut rig, 0, VIRTIO_BLK_T_IN, 0, 512);
+        rig.kick();
+        rig.wait_used(1);
+        let thread = if inline { here() } else { IO.to_string() };
+        assert_eq!(image.on(&thread), vec![("read", 0)], "depth {depth}");
+    }
+}
+
+#[test]
+fn past_its_time_budget_a_batch_goes_to_the_io_threads() {
+    let mut watched = Watched::new(raw_image(1 << 20).0);
+    watched.delay = super::INLINE_BUDGET * 2;
+    let image = Arc::new(watched);
+    let mut rig = Rig::new(image.clone(), config(), true);
+    for i in 0..4 {
+        submit(&mut rig, i, VIRTIO_BLK_T_IN, i * 4096, 4096);
+    }
+    rig.kick();
+    rig.wait_used(4);
+    assert_eq!(image.on(&here()), vec![("read", 0)]);
+    assert_eq!(image.on(IO).len(), 3);
+}
+
+#[test]
+fn a_request_that_panics_on_the_queue_thread_loses_its_answer_not_the_queue() {
+    let mut watched = Watched::new(raw_image(1 << 20).0);
+    watched.panic_at = Some(8192);
+    let image = Arc::new(watched);
+    let mut rig = Rig::new(image.clone(), config(), true);
+    submit(&mut rig, 0, VIRTIO_BLK_T_IN, 0, 4096);
+    submit(&mut rig, 1, VIRTIO_BLK_T_IN, 8192, 4096);
+    let last = submit(&mut rig, 2, VIRTIO_BLK_T_IN, 16384, 4096);
+    rig.kick();
+    let used = rig.wait_used(2);
+    assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), [4097, 4097]);
+    assert_eq!(rig.read(last, 1)[0], VIRTIO_BLK_S_OK as u8);
+    assert_eq!(rig.gate.in_flight(), 0, "the lost request still left");
+    let status = submit(&mut rig, 3, VIRTIO_BLK_T_IN, 0, 512);
+    rig.kick();
+    rig.wait_used(1);
+    assert_eq!(rig.read(status, 1)[0], VIRTIO_BLK_S_OK as u8);
+}
+
+#[test]
+fn a_batch_is_answered_with_one_interrupt() {
+    // Without EVENT_IDX every answer may interrupt; a batch run on the
+    // queue's thread goes into the used ring at once, with one.
+    let (image, _) = raw_image(1 << 20);
+    let mut rig = Rig::new(image, config(), false);
+    for i in 0..8 {
+        submit(&mut rig, i, VIRTIO_BLK_T_IN, i * 4096, 4096);
+    }
+    let _ = rig.interrupt_count();
+    rig.kick();
+    assert_eq!(rig.used_idx(), 8, "answered before the kick returned");
+    rig.wait_used(8);
+    assert_eq!(rig.interrupt_count(), 1);
+}
+
+/// A chain of `depth` qcow2 layers in memory, each but the top empty over
+/// the bottom's data: reads of the data go through every layer.
+fn qcow2_chain(depth: usize, size: u64, data: &[u8]) -> Arc<dyn Image> {
+    let mut below: Option<Arc<dyn Image>> = None;
+    for layer in 0..depth {
+        let st = MemoryStorage::new(&format!("layer{layer}.qcow2"));
+        qcow2::create(
+            &st,
+            &qcow2::CreateOptions {
+                size,
+                backing_file: below.as_ref().map(|b| b.path().to_string()),
+                backing_format: below.as_ref().map(|_| "qcow2".to_string()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let st: Arc<dyn Storage> = Arc::new(st);
+        let opts = qcow2::OpenOptions {
+            writable: true,
+            lock: false,
+            ..Default::default()
+        };
+        let image = Qcow2::open(st, below.take(), &opts).unwrap();
+        if layer == 0 {
+            image.write_at(data, 0).unwrap();
+        }
+        below = Some(Arc::new(image));
+    }
+    below.unwrap()
+}
+
+#[test]
+fn inline_io_through_the_deepest_inline_chain_fits_the_worker_stack() {
+    // The framework's worker threads have Rust's default stack.
+    const WORKER_STACK: usize = 2 << 20;
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
+    let image = qcow2_chain(INLINE_MAX_DEPTH, 1 << 20, &data);
+    let mut rig = Rig::new(image.clone(), config(), true);
+    // A read down to the bottom layer, and a partial-cluster write whose
+    // copy-on-write reads the rest of the cluster from there.
+    let read = submit(&mut rig, 0, VIRTIO_BLK_T_IN, 0, 8192);
+    rig.write(BUFFERS + SLOT + 0x1000, &[0xab; 4096]);
+    let write = submit(&mut rig, 1, VIRTIO_BLK_T_OUT, 16384, 4096);
+    let (backend, vring) = (rig.backend.clone(), rig.vring.clone());
+    std::thread::Builder::new()
+        .stack_size(WORKER_STACK)
+        .spawn(move || {
+            backend
+                .handle_event(
+                    0,
+                    vmm_sys_util::epoll::EventSet::IN,
+                    std::slice::from_ref(&vring),
+                    0,
+                )
+                .unwrap();
+        })
+        .unwrap()
+        .join()
+        .expect("the worker thread overflowed its stack");
+    rig.wait_used(2);
+    assert_eq!(rig.read(read, 1)[0], VIRTIO_BLK_S_OK as u8);
+    assert_eq!(rig.read(write, 1)[0], VIRTIO_BLK_S_OK as u8);
+    assert_eq!(rig.read(BUFFERS + 0x1000, 8192), &data[..8192]);
+    let mut back = vec![0u8; 65536];
+    image.read_at(&mut back, 0).unwrap();
+    let mut want = data.clone();
+    want[16384..20480].fill(0xab);
+    assert!(back == want);
+}
+
+/// Runs one pass of the queue's thread (a kick) on another thread.
+fn kick_elsewhere(rig: &Rig) -> std::thread::JoinHandle<()> {
+    let (backend, vring) = (rig.backend.clone(), rig.vring.clone());
+    std::thread::spawn(move || {
+        backend
+            .handle_event(
+                0,
+                vmm_sys_util::epoll::EventSet::IN,
+                std::slice::from_ref(&vring),
+                0,
+            )
+            .unwrap();
+    })
+}
+
+fn polling(us: u32) -> Config {
+    Config {
+        ring_poll_us: us,
+        ..config()
+    }
+}
+
+#[test]
+fn a_busy_queue_takes_requests_added_while_it_polls() {
+    let (image, _) = raw_image(1 << 20);
+    let mut rig = Rig::new(image, polling(10_000), true);
+    // Timing decides whether the third request comes while the thread
+    // polls: some attempt out of many must see it taken without a kick.
+    let mut taken_without_kick = false;
+    for attempt in 0..20 {
+        submit(&mut rig, 0, VIRTIO_BLK_T_IN, 0, 4096);
+        submit(&mut rig, 1, VIRTIO_BLK_T_IN, 4096, 4096);
+        let seen = rig.used_seen();
+        let pass = kick_elsewhere(&rig);
+        while rig.used_idx().wrapping_sub(seen) < 2 {
+            std::hint::spin_loop();
+        }
+        submit(&mut rig, 2, VIRTIO_BLK_T_IN, 8192, 4096);
+        pass.join().unwrap();
+        if rig.used_idx().wrapping_sub(seen) == 3 {
+            taken_without_kick = true;
+            rig.wait_used(3);
+            break;
+        }
+        // Too late: the poll was over. Its kick.
+        rig.kick();
+        rig.wait_used(3);
+        eprintln!("attempt {attempt}: the request came after the poll");
+    }
+    assert!(taken_without_kick);
+}
+
+#[test]
+fn a_poll_that_finds_nothing_ends_and_the_queue_stops_polling() {
+    let (image, _) = raw_image(1 << 20);
+    let poll = Duration::from_millis(5);
+    let mut rig = Rig::new(image, polling(5_000), true);
+    submit(&mut rig, 0, VIRTIO_BLK_T_IN, 0, 4096);
+    submit(&mut rig, 1, VIRTIO_BLK_T_IN, 4096, 4096);
+    let t = std::time::Instant::now();
+    rig.kick();
+    assert!(t.elapsed() >= poll, "a busy queue polls before it stops");
+    assert_eq!(rig.wait_used(2).len(), 2);
+    // The poll found nothing: one request at a time is not busy.
+    let t = std::time::Instant::now();
+    for i in 0..10 {
+        submit(&mut rig, 0, VIRTIO_BLK_T_IN, i * 4096, 4096);
+        rig.kick();
+        rig.wait_used(1);
+    }
+    assert!(
+        t.elapsed() < poll * 5,
+        "one request at a time polled: {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn ring_poll_zero_never_polls() {
+    let (image, _) = raw_image(1 << 20);
+    let mut rig = Rig::new(image, polling(0), true);
+    submit(&mut rig, 0, VIRTIO_BLK_T_IN, 0, 4096);
+    submit(&mut rig, 1, VIRTIO_BLK_T_IN, 4096, 4096);
+    rig.kick();
+    rig.wait_used(2);
+    // Nothing looks at the ring until the next kick.
+    submit(&mut rig, 2, VIRTIO_BLK_T_IN, 8192, 4096);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(rig.used_idx(), 2);
+    rig.kick();
+    rig.wait_used(1);
+}
