@@ -89,38 +89,80 @@ pub fn qcow2_image(size: u64) -> Arc<dyn Image> {
     Arc::new(Qcow2::open(st, None, &opts).unwrap())
 }
 
-/// An image whose reads wait while it is held: for tests of what waits for
-/// requests in flight.
+/// One call a [`Tapped`] image sees before passing it on.
+#[derive(Clone, Copy, Debug)]
+pub struct Call {
+    /// `read`, `write`, `zero`, `discard` or `flush`.
+    pub op: &'static str,
+    /// The disk offset (0 for a flush).
+    pub offset: u64,
+    /// Bytes concerned.
+    pub len: u64,
+    /// The host address of the caller's buffer (reads and writes; else 0).
+    pub buf: usize,
+}
+
+/// What a [`Tapped`] image does besides passing calls on.
+pub trait Tap: Send + Sync + std::fmt::Debug {
+    /// Sees each data call before the image runs it (may record it, wait,
+    /// sleep or panic).
+    fn seen(&self, call: Call);
+
+    /// The image's backing chain (none by default).
+    fn below(&self) -> Option<&Arc<dyn Image>> {
+        None
+    }
+}
+
+/// An image that shows every data call to its [`Tap`], then runs it on
+/// `inner`: the tests' spies, slow, held and panicking images. Derefs to
+/// its tap.
 #[derive(Debug)]
-pub struct HeldImage {
+pub struct Tapped<T: Tap> {
+    name: &'static str,
     inner: Arc<dyn Image>,
-    held: parking_lot::Mutex<bool>,
-    released: parking_lot::Condvar,
-    /// Reads that started.
-    pub reads: std::sync::atomic::AtomicUsize,
+    tap: T,
 }
 
-impl HeldImage {
-    /// Wraps `inner`, held.
-    pub fn new(inner: Arc<dyn Image>) -> Arc<HeldImage> {
-        Arc::new(HeldImage {
-            inner,
-            held: parking_lot::Mutex::new(true),
-            released: parking_lot::Condvar::new(),
-            reads: Default::default(),
-        })
+impl<T: Tap> Tapped<T> {
+    /// `inner` as `name`, calls shown to `tap`.
+    pub fn new(name: &'static str, inner: Arc<dyn Image>, tap: T) -> Tapped<T> {
+        Tapped { name, inner, tap }
     }
 
-    /// Lets every waiting and future read go.
-    pub fn release(&self) {
-        *self.held.lock() = false;
-        self.released.notify_all();
+    /// The image below the tap.
+    pub fn inner(&self) -> &Arc<dyn Image> {
+        &self.inner
     }
 }
 
-impl Image for HeldImage {
+impl<T: Tap> std::ops::Deref for Tapped<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.tap
+    }
+}
+
+impl<T: Tap> std::ops::DerefMut for Tapped<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.tap
+    }
+}
+
+impl<T: Tap> Tapped<T> {
+    fn see(&self, op: &'static str, offset: u64, len: u64, buf: usize) {
+        self.tap.seen(Call {
+            op,
+            offset,
+            len,
+            buf,
+        });
+    }
+}
+
+impl<T: Tap> Image for Tapped<T> {
     fn path(&self) -> &str {
-        "held"
+        self.name
     }
     fn format(&self) -> strata_image::Format {
         self.inner.format()
@@ -132,24 +174,23 @@ impl Image for HeldImage {
         self.inner.writable()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> strata_image::Result<()> {
-        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut held = self.held.lock();
-        while *held {
-            self.released.wait(&mut held);
-        }
-        drop(held);
+        self.see("read", offset, buf.len() as u64, buf.as_ptr() as usize);
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> strata_image::Result<()> {
+        self.see("write", offset, buf.len() as u64, buf.as_ptr() as usize);
         self.inner.write_at(buf, offset)
     }
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> strata_image::Result<()> {
+        self.see("zero", offset, len, 0);
         self.inner.write_zeroes(offset, len, unmap)
     }
     fn discard(&self, offset: u64, len: u64) -> strata_image::Result<()> {
+        self.see("discard", offset, len, 0);
         self.inner.discard(offset, len)
     }
     fn flush(&self) -> strata_image::Result<()> {
+        self.see("flush", 0, 0, 0);
         self.inner.flush()
     }
     fn resize(&self, new_size: u64) -> strata_image::Result<()> {
@@ -163,9 +204,52 @@ impl Image for HeldImage {
         self.inner.block_status(offset, len)
     }
     fn backing(&self) -> Option<&Arc<dyn Image>> {
-        None
+        self.tap.below()
     }
     fn actual_size(&self) -> strata_image::Result<u64> {
         self.inner.actual_size()
+    }
+}
+
+/// Holds reads while held: for tests of what waits for requests in flight.
+#[derive(Debug)]
+pub struct Hold {
+    held: parking_lot::Mutex<bool>,
+    released: parking_lot::Condvar,
+    /// Reads that started.
+    pub reads: std::sync::atomic::AtomicUsize,
+}
+
+/// An image whose reads wait while it is held.
+pub type HeldImage = Tapped<Hold>;
+
+impl Tap for Hold {
+    fn seen(&self, call: Call) {
+        if call.op != "read" {
+            return;
+        }
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut held = self.held.lock();
+        while *held {
+            self.released.wait(&mut held);
+        }
+    }
+}
+
+impl Hold {
+    /// `inner`, held.
+    pub fn image(inner: Arc<dyn Image>) -> Arc<HeldImage> {
+        let hold = Hold {
+            held: parking_lot::Mutex::new(true),
+            released: parking_lot::Condvar::new(),
+            reads: Default::default(),
+        };
+        Arc::new(Tapped::new("held", inner, hold))
+    }
+
+    /// Lets every waiting and future read go.
+    pub fn release(&self) {
+        *self.held.lock() = false;
+        self.released.notify_all();
     }
 }

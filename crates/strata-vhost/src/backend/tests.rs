@@ -10,7 +10,7 @@ use virtio_bindings::bindings::virtio_blk::*;
 
 use crate::config::Config;
 use crate::testrig::{Rig, BUFFERS};
-use crate::testutil::{raw_image, HeldImage};
+use crate::testutil::{raw_image, HeldImage, Hold};
 
 pub(super) const SENTINEL: u8 = 0xee;
 pub(super) const SERIAL: &str = "strata-model";
@@ -62,7 +62,7 @@ fn wait_reads(held: &HeldImage, n: usize) {
 
 #[test]
 fn get_vring_base_waits_for_requests_in_flight() {
-    let held = HeldImage::new(raw_image(1 << 20).0);
+    let held = Hold::image(raw_image(1 << 20).0);
     let mut rig = Rig::new(held.clone(), held_config(), true);
     let status = one_read(&mut rig);
     rig.kick();
@@ -86,7 +86,7 @@ fn get_vring_base_waits_for_requests_in_flight() {
 
 #[test]
 fn drain_waits_then_swap_serves_the_new_image() {
-    let held = HeldImage::new(raw_image(1 << 20).0);
+    let held = Hold::image(raw_image(1 << 20).0);
     let mut rig = Rig::new(held.clone(), held_config(), false);
     one_read(&mut rig);
     rig.kick();
@@ -133,7 +133,7 @@ fn drain_waits_then_swap_serves_the_new_image() {
 
 #[test]
 fn quiesce_nests_and_times_out() {
-    let held = HeldImage::new(raw_image(1 << 20).0);
+    let held = Hold::image(raw_image(1 << 20).0);
     let mut rig = Rig::new(held.clone(), held_config(), false);
     one_read(&mut rig);
     rig.kick();

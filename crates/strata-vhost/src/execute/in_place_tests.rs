@@ -16,7 +16,7 @@ use vm_memory::{
 
 use super::*;
 use crate::request::{Action, Buf, Op, Request};
-use crate::testutil::{raw_image, regions};
+use crate::testutil::{raw_image, regions, Call, Tap, Tapped};
 
 const STATUS: u64 = 0x3000;
 const SERIAL: [u8; 20] = [0; 20];
@@ -28,102 +28,61 @@ const WB: Context<'static> = Context {
 /// One image call: read or write, disk offset, length, and whether its
 /// buffer was guest memory itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Call {
+struct Seen {
     write: bool,
     offset: u64,
     len: usize,
     in_place: bool,
 }
 
-/// An image that records each read and write, and where its buffer was.
+/// Records each read and write, and where its buffer was.
 #[derive(Debug)]
-struct Spy {
-    inner: Arc<dyn Image>,
+struct SpyTap {
     /// Host address ranges of guest memory.
     guest: Vec<(usize, usize)>,
-    calls: Mutex<Vec<Call>>,
+    calls: Mutex<Vec<Seen>>,
 }
 
-impl Spy {
-    fn new<B: Bitmap + NewBitmap>(inner: Arc<dyn Image>, mem: &GuestMemoryMmap<B>) -> Spy {
-        let guest = mem
-            .iter()
-            .map(|r| {
-                let start = r.get_host_address(vm_memory::MemoryRegionAddress(0));
-                (start.unwrap() as usize, r.len() as usize)
-            })
-            .collect();
-        Spy {
-            inner,
-            guest,
-            calls: Mutex::new(Vec::new()),
-        }
-    }
+type Spy = Tapped<SpyTap>;
 
-    fn record(&self, write: bool, ptr: *const u8, len: usize, offset: u64) {
-        let p = ptr as usize;
+impl Tap for SpyTap {
+    fn seen(&self, call: Call) {
+        if call.op != "read" && call.op != "write" {
+            return;
+        }
+        let (p, len) = (call.buf, call.len as usize);
         let in_place = self
             .guest
             .iter()
             .any(|&(start, n)| p >= start && p + len <= start + n);
-        self.calls.lock().push(Call {
-            write,
-            offset,
+        self.calls.lock().push(Seen {
+            write: call.op == "write",
+            offset: call.offset,
             len,
             in_place,
         });
     }
-
-    fn calls(&self) -> Vec<Call> {
-        std::mem::take(&mut *self.calls.lock())
-    }
 }
 
-impl Image for Spy {
-    fn path(&self) -> &str {
-        "spy"
-    }
-    fn format(&self) -> strata_image::Format {
-        self.inner.format()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn writable(&self) -> bool {
-        true
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> strata_image::Result<()> {
-        self.record(false, buf.as_ptr(), buf.len(), offset);
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> strata_image::Result<()> {
-        self.record(true, buf.as_ptr(), buf.len(), offset);
-        self.inner.write_at(buf, offset)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> strata_image::Result<()> {
-        self.inner.write_zeroes(offset, len, unmap)
-    }
-    fn discard(&self, offset: u64, len: u64) -> strata_image::Result<()> {
-        self.inner.discard(offset, len)
-    }
-    fn flush(&self) -> strata_image::Result<()> {
-        self.inner.flush()
-    }
-    fn resize(&self, new_size: u64) -> strata_image::Result<()> {
-        self.inner.resize(new_size)
-    }
-    fn block_status(
-        &self,
-        offset: u64,
-        len: u64,
-    ) -> strata_image::Result<Vec<strata_image::Extent>> {
-        self.inner.block_status(offset, len)
-    }
-    fn backing(&self) -> Option<&Arc<dyn Image>> {
-        None
-    }
-    fn actual_size(&self) -> strata_image::Result<u64> {
-        self.inner.actual_size()
+/// `inner`, its reads and writes recorded against `mem`'s host mappings.
+fn spy<B: Bitmap + NewBitmap>(inner: Arc<dyn Image>, mem: &GuestMemoryMmap<B>) -> Spy {
+    let guest = mem
+        .iter()
+        .map(|r| {
+            let start = r.get_host_address(vm_memory::MemoryRegionAddress(0));
+            (start.unwrap() as usize, r.len() as usize)
+        })
+        .collect();
+    let tap = SpyTap {
+        guest,
+        calls: Mutex::new(Vec::new()),
+    };
+    Tapped::new("spy", inner, tap)
+}
+
+impl SpyTap {
+    fn calls(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.calls.lock())
     }
 }
 
@@ -183,8 +142,8 @@ fn dirty_pages(mem: &GuestMemoryMmap<AtomicBitmap>, start: u64) -> Vec<usize> {
         .collect()
 }
 
-fn call(write: bool, offset: u64, len: usize, in_place: bool) -> Call {
-    Call {
+fn call(write: bool, offset: u64, len: usize, in_place: bool) -> Seen {
+    Seen {
         write,
         offset,
         len,
@@ -195,7 +154,7 @@ fn call(write: bool, offset: u64, len: usize, in_place: bool) -> Call {
 #[test]
 fn a_lone_buffer_is_read_into_and_written_from_in_place() {
     let mem = regions::<()>();
-    let spy = Spy::new(raw_image(1 << 20).0, &mem);
+    let spy = spy(raw_image(1 << 20).0, &mem);
     let bufs = vec![buf(0x10_0000, 4096)];
     let data = pattern(4096, 1);
     scatter_into(&mem, &bufs, &data);
@@ -224,7 +183,7 @@ fn a_lone_buffer_is_read_into_and_written_from_in_place() {
 #[test]
 fn a_buffer_across_two_memory_regions_goes_through_the_bounce_buffer() {
     let mem = regions::<AtomicBitmap>();
-    let spy = Spy::new(raw_image(1 << 20).0, &mem);
+    let spy = spy(raw_image(1 << 20).0, &mem);
     // 8 KiB from 4 KiB below the 4 MiB boundary: one guest range, two mappings.
     let bufs = vec![buf((4 << 20) - 4096, 8192)];
     let data = pattern(8192, 2);
@@ -259,7 +218,7 @@ fn a_buffer_across_two_memory_regions_goes_through_the_bounce_buffer() {
 #[test]
 fn big_buffers_go_in_place_and_small_ones_among_many_share_the_bounce_buffer() {
     let mem = regions::<()>();
-    let spy = Spy::new(raw_image(4 << 20).0, &mem);
+    let spy = spy(raw_image(4 << 20).0, &mem);
     let k = 1024u32;
     // A 4 KiB buffer, then 128 KiB, two of 512 bytes, 64 KiB, and 128 KiB
     // across the 8 MiB boundary: in-place, bounced, in-place, bounced.
@@ -292,7 +251,7 @@ fn big_buffers_go_in_place_and_small_ones_among_many_share_the_bounce_buffer() {
     };
     assert_eq!(spy.calls(), expect(true));
     let mut back = vec![0u8; len as usize];
-    spy.inner.read_at(&mut back, 1 << 20).unwrap();
+    spy.inner().read_at(&mut back, 1 << 20).unwrap();
     assert!(back == data, "written data differs");
     scatter_into(&mem, &bufs, &vec![0u8; len as usize]);
     let r = Op::Read {
@@ -308,8 +267,8 @@ fn big_buffers_go_in_place_and_small_ones_among_many_share_the_bounce_buffer() {
 #[test]
 fn reads_in_place_are_in_the_dirty_log() {
     let mem = regions::<AtomicBitmap>();
-    let spy = Spy::new(raw_image(1 << 20).0, &mem);
-    spy.inner.write_at(&pattern(1 << 20, 4), 0).unwrap();
+    let spy = spy(raw_image(1 << 20).0, &mem);
+    spy.inner().write_at(&pattern(1 << 20, 4), 0).unwrap();
     for r in mem.iter() {
         MmapRegion::bitmap(r).reset();
     }

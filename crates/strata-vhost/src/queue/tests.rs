@@ -16,52 +16,53 @@ use virtio_bindings::bindings::virtio_blk::*;
 use super::INLINE_MAX_DEPTH;
 use crate::config::Config;
 use crate::testrig::{Rig, BUFFERS};
-use crate::testutil::raw_image;
+use crate::testutil::{raw_image, Call, Tap, Tapped};
 
-/// An image that records which thread ran each call, and can be slow,
-/// panic at one offset, or sit on a chain of a given depth.
-#[derive(Debug)]
-struct Watched {
-    inner: Arc<dyn Image>,
+/// Records which thread ran each call, and can be slow, panic at one
+/// offset, or sit on a chain of a given depth.
+#[derive(Debug, Default)]
+struct Watch {
     below: Option<Arc<dyn Image>>,
     delay: Duration,
     panic_at: Option<u64>,
     calls: Mutex<Vec<(&'static str, u64, String)>>,
 }
 
-impl Watched {
-    fn new(inner: Arc<dyn Image>) -> Watched {
-        Watched {
-            inner,
-            below: None,
-            delay: Duration::ZERO,
-            panic_at: None,
-            calls: Mutex::new(Vec::new()),
-        }
-    }
+type Watched = Tapped<Watch>;
 
-    /// A chain of `depth` layers in all (this one included) below nothing
-    /// real: only `backing()` sees them.
-    fn on_chain(mut self, depth: usize) -> Watched {
-        let mut below: Option<Arc<dyn Image>> = None;
-        for _ in 1..depth {
-            let mut layer = Watched::new(self.inner.clone());
-            layer.below = below;
-            below = Some(Arc::new(layer));
-        }
-        self.below = below;
-        self
-    }
-
-    fn record(&self, what: &'static str, offset: u64) {
+impl Tap for Watch {
+    fn seen(&self, call: Call) {
         let thread = std::thread::current().name().unwrap_or("?").to_string();
-        self.calls.lock().push((what, offset, thread));
-        if self.panic_at == Some(offset) {
+        self.calls.lock().push((call.op, call.offset, thread));
+        if self.panic_at == Some(call.offset) {
             panic!("a request that panics");
         }
         std::thread::sleep(self.delay);
     }
 
+    fn below(&self) -> Option<&Arc<dyn Image>> {
+        self.below.as_ref()
+    }
+}
+
+fn watched(inner: Arc<dyn Image>) -> Watched {
+    Tapped::new("watched", inner, Watch::default())
+}
+
+/// A chain of `depth` layers in all (`image` included) below nothing
+/// real: only `backing()` sees them.
+fn on_chain(mut image: Watched, depth: usize) -> Watched {
+    let mut below: Option<Arc<dyn Image>> = None;
+    for _ in 1..depth {
+        let mut layer = watched(image.inner().clone());
+        layer.below = below;
+        below = Some(Arc::new(layer));
+    }
+    image.below = below;
+    image
+}
+
+impl Watch {
     /// (call, offset) of each call made on a thread named `thread`.
     fn on(&self, thread: &str) -> Vec<(&'static str, u64)> {
         let mut v: Vec<_> = self
@@ -77,57 +78,6 @@ impl Watched {
 
     fn clear(&self) {
         self.calls.lock().clear();
-    }
-}
-
-impl Image for Watched {
-    fn path(&self) -> &str {
-        "watched"
-    }
-    fn format(&self) -> strata_image::Format {
-        self.inner.format()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn writable(&self) -> bool {
-        true
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> strata_image::Result<()> {
-        self.record("read", offset);
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> strata_image::Result<()> {
-        self.record("write", offset);
-        self.inner.write_at(buf, offset)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> strata_image::Result<()> {
-        self.record("zero", offset);
-        self.inner.write_zeroes(offset, len, unmap)
-    }
-    fn discard(&self, offset: u64, len: u64) -> strata_image::Result<()> {
-        self.record("discard", offset);
-        self.inner.discard(offset, len)
-    }
-    fn flush(&self) -> strata_image::Result<()> {
-        self.record("flush", 0);
-        self.inner.flush()
-    }
-    fn resize(&self, new_size: u64) -> strata_image::Result<()> {
-        self.inner.resize(new_size)
-    }
-    fn block_status(
-        &self,
-        offset: u64,
-        len: u64,
-    ) -> strata_image::Result<Vec<strata_image::Extent>> {
-        self.inner.block_status(offset, len)
-    }
-    fn backing(&self) -> Option<&Arc<dyn Image>> {
-        self.below.as_ref()
-    }
-    fn actual_size(&self) -> strata_image::Result<u64> {
-        self.inner.actual_size()
     }
 }
 
@@ -181,7 +131,7 @@ fn submit(rig: &mut Rig, slot: u64, kind: u32, offset: u64, len: u32) -> u64 {
 
 #[test]
 fn small_reads_and_writes_run_on_the_queue_thread_the_rest_on_the_io_threads() {
-    let image = Arc::new(Watched::new(raw_image(16 << 20).0));
+    let image = Arc::new(watched(raw_image(16 << 20).0));
     let cfg = config();
     let max = cfg.inline_max;
     let mut rig = Rig::new(image.clone(), cfg, false);
@@ -221,7 +171,7 @@ fn small_reads_and_writes_run_on_the_queue_thread_the_rest_on_the_io_threads() {
 
 #[test]
 fn inline_max_zero_sends_everything_to_the_io_threads() {
-    let image = Arc::new(Watched::new(raw_image(1 << 20).0));
+    let image = Arc::new(watched(raw_image(1 << 20).0));
     let cfg = Config {
         inline_max: 0,
         ..config()
@@ -238,7 +188,7 @@ fn inline_max_zero_sends_everything_to_the_io_threads() {
 #[test]
 fn a_chain_deeper_than_the_inline_limit_goes_to_the_io_threads() {
     for (depth, inline) in [(INLINE_MAX_DEPTH, true), (INLINE_MAX_DEPTH + 1, false)] {
-        let image = Arc::new(Watched::new(raw_image(1 << 20).0).on_chain(depth));
+        let image = Arc::new(on_chain(watched(raw_image(1 << 20).0), depth));
         let mut rig = Rig::new(image.clone(), config(), true);
         submit(&mut rig, 0, VIRTIO_BLK_T_IN, 0, 512);
         rig.kick();
@@ -250,7 +200,7 @@ fn a_chain_deeper_than_the_inline_limit_goes_to_the_io_threads() {
 
 #[test]
 fn past_its_time_budget_a_batch_goes_to_the_io_threads() {
-    let mut watched = Watched::new(raw_image(1 << 20).0);
+    let mut watched = watched(raw_image(1 << 20).0);
     watched.delay = super::INLINE_BUDGET * 2;
     let image = Arc::new(watched);
     let mut rig = Rig::new(image.clone(), config(), true);
@@ -265,7 +215,7 @@ fn past_its_time_budget_a_batch_goes_to_the_io_threads() {
 
 #[test]
 fn a_request_that_panics_on_the_queue_thread_loses_its_answer_not_the_queue() {
-    let mut watched = Watched::new(raw_image(1 << 20).0);
+    let mut watched = watched(raw_image(1 << 20).0);
     watched.panic_at = Some(8192);
     let image = Arc::new(watched);
     let mut rig = Rig::new(image.clone(), config(), true);
