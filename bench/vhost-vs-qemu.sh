@@ -9,7 +9,7 @@
 #   qsd     vhost-user-blk-pci <- qemu-storage-daemon --export vhost-user-blk
 # All three with two queues (the guest has two vCPUs), 256-entry rings.
 # Workloads (fio, libaio, direct): 4 KiB random read and random write at
-# iodepth 32 (IOPS), 1 MiB sequential read at iodepth 8 (MiB/s). Rounds
+# iodepth 32 (IOPS), 1 MiB sequential read and write at iodepth 8 (MiB/s). Rounds
 # are interleaved (each round runs every workload on every disk, the disk
 # order rotated each round) after a warm-up round; the table gives medians
 # and the ratios strata/qemu and strata/qsd (above 1: strata is faster).
@@ -83,7 +83,8 @@ run() { # round workload backend fio-args...
 backends = ["strata", "qemu", "qsd"]
 loads = {"randread": "--rw=randread --bs=4k --iodepth=32",
          "randwrite": "--rw=randwrite --bs=4k --iodepth=32",
-         "seqread": "--rw=read --bs=1M --iodepth=8"}
+         "seqread": "--rw=read --bs=1M --iodepth=8",
+         "seqwrite": "--rw=write --bs=1M --iodepth=8"}
 for r in range(runs + 1):
     for w, args in loads.items():
         order = backends[r % 3:] + backends[:r % 3]
@@ -150,8 +151,8 @@ if "STRATA-GUEST-EXIT=0" not in text: sys.exit("the guest workload failed; see "
 rows = [x for x in results if x[0] > 0]  # round 0 is the warm-up
 def med(w, b, k): return statistics.median(x[k] for x in rows if x[1] == w and x[2] == b)
 names = {"randread": ("fio 4 KiB randread qd32 (IOPS)", 3), "randwrite": ("fio 4 KiB randwrite qd32 (IOPS)", 3),
-         "seqread": ("fio 1 MiB seq read qd8 (MiB/s)", 4)}
-print(f"\nmedians of {len(rows) // 9} rounds")
+         "seqread": ("fio 1 MiB seq read qd8 (MiB/s)", 4), "seqwrite": ("fio 1 MiB seq write qd8 (MiB/s)", 4)}
+print(f"\nmedians of {len(rows) // (3 * len(names))} rounds")
 print("| workload | strata vhost-user-blk | QEMU qcow2 virtio-blk | qemu-storage-daemon vhost-user-blk | strata/qemu | strata/qsd |")
 print("|---|---|---|---|---|---|")
 for w, (name, k) in names.items():

@@ -22,17 +22,24 @@ use strata_core::tree;
 pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
     let dir = state_dir(state)?;
     let changes = match &cmd {
-        CheckpointCommand::Create(a) => Some((&a.domain, "checkpoint create")),
+        CheckpointCommand::Create(a) if a.redefine => {
+            Some((&a.domain, "checkpoint create --redefine"))
+        }
         CheckpointCommand::Delete(a) => Some((&a.domain, "checkpoint delete")),
         _ => None,
     };
     if let Some((domain, what)) = changes {
         crate::live::refuse_if_running(&dir, domain, what)?;
     }
+    let live = match &cmd {
+        CheckpointCommand::Create(a) if !a.redefine => crate::live::is_active(&dir, &a.domain)?,
+        _ => false,
+    };
     let mut store = Store::open(&dir)?;
     match cmd {
         CheckpointCommand::Create(a) => {
             let xml = read_xml(a.xmlfile.as_deref())?;
+            let mut stall_us = None;
             let def = match &xml {
                 Some((_, text)) if a.redefine => {
                     checkpoint_redefine::redefine(&mut store, &a.domain, text)?
@@ -58,11 +65,28 @@ pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result
                             }
                         }
                     }
-                    checkpoint::create(&mut store, &a.domain, &req)?
+                    if live {
+                        let made = crate::live::client(&dir)
+                            .checkpoint_create(&a.domain, &req)
+                            .map_err(crate::live::api_error)?;
+                        stall_us = made.stall_us;
+                        checkpoint::checkpoints(&store, &a.domain)?
+                            .into_iter()
+                            .find(|c| c.name == made.name)
+                            .ok_or_else(|| {
+                                anyhow::anyhow!("checkpoint '{}' was not recorded", made.name)
+                            })?
+                    } else {
+                        checkpoint::create(&mut store, &a.domain, &req)?
+                    }
                 }
             };
             if out.json() {
-                out.print_json(&serde_json::json!({ "name": def.name }))?;
+                let mut v = serde_json::json!({ "name": def.name });
+                if let Some(us) = stall_us {
+                    v["stall_us"] = us.into();
+                }
+                out.print_json(&v)?;
             } else {
                 let from = xml.map(|(f, _)| format!(" from '{f}'")).unwrap_or_default();
                 out.say(&format!("Domain checkpoint {} created{from}", def.name))?;

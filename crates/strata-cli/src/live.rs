@@ -48,24 +48,25 @@ pub fn api_error(e: ClientError) -> anyhow::Error {
 }
 
 /// Refuses `what` (an offline command that changes `domain`) while the
-/// domain runs: live snapshots, checkpoints and backups come next.
+/// domain runs. (An unknown domain is the offline command's own error.)
 pub fn refuse_if_running(dir: &Path, domain: &str, what: &str) -> Result<()> {
-    let view = match client(dir).domain(domain) {
-        Ok(d) => Some(d),
-        // An unknown domain is the offline command's own error to give.
-        Err(ClientError::NoDaemon { .. }) => None,
-        Err(e) if e.code() == Some("no-domain") => None,
-        Err(e) => return Err(api_error(e)),
-    };
-    if let Some(d) = view {
-        if d.state.is_active() {
-            return Err(anyhow!(
-                "domain '{domain}' is {}: {what} is not yet supported on a running domain",
-                d.state.as_str()
-            ));
-        }
+    if is_active(dir, domain)? {
+        return Err(anyhow!(
+            "domain '{domain}' is running: {what} is not yet supported on a running domain"
+        ));
     }
     Ok(())
+}
+
+/// True when the daemon of `dir` runs `domain` (running or paused): a
+/// command that works on a running domain goes to the daemon then.
+pub fn is_active(dir: &Path, domain: &str) -> Result<bool> {
+    match client(dir).domain(domain) {
+        Ok(d) => Ok(d.state.is_active()),
+        Err(ClientError::NoDaemon { .. }) => Ok(false),
+        Err(e) if e.code() == Some("no-domain") => Ok(false),
+        Err(e) => Err(api_error(e)),
+    }
 }
 
 /// A shut-off domain as known offline.

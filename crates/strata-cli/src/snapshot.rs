@@ -52,8 +52,14 @@ fn virsh_time(secs: i64) -> String {
 /// Runs `strata snapshot …`.
 pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
     let dir = state_dir(state)?;
+    let live = match &cmd {
+        DomSnapshotCommand::Create(a) if !a.redefine => crate::live::is_active(&dir, &a.domain)?,
+        _ => false,
+    };
     let changes = match &cmd {
-        DomSnapshotCommand::Create(a) => Some((&a.domain, "snapshot create")),
+        DomSnapshotCommand::Create(a) if a.redefine => {
+            Some((&a.domain, "snapshot create --redefine"))
+        }
         DomSnapshotCommand::Revert(a) => Some((&a.domain, "snapshot revert")),
         DomSnapshotCommand::Delete(a) => Some((&a.domain, "snapshot delete")),
         _ => None,
@@ -64,9 +70,15 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
     let mut store = Store::open(&dir)?;
     match cmd {
         DomSnapshotCommand::Create(a) => {
-            if a.live || a.halt {
+            if !live && (a.live || a.halt) {
                 bail!(
-                    "domain '{}': --live and --halt need a running machine (live snapshots are not yet supported)",
+                    "domain '{}': --live and --halt need a running machine",
+                    a.domain
+                );
+            }
+            if live && (a.live || a.halt) {
+                bail!(
+                    "domain '{}': --live and --halt save the memory state, which is not yet supported (use --disk-only)",
                     a.domain
                 );
             }
@@ -115,12 +127,24 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 }
             }
             req.diskspecs = diskspecs;
-            let def = snapshot_create::create(&mut store, &a.domain, &req)?;
+            let (def, stall_us) = if live {
+                let made = crate::live::client(&dir)
+                    .snapshot_create(&a.domain, &req)
+                    .map_err(crate::live::api_error)?;
+                let row = store.snapshot(&a.domain, &made.name)?;
+                (SnapshotDef::from_xml(&row.xml, &made.name)?, made.stall_us)
+            } else {
+                (snapshot_create::create(&mut store, &a.domain, &req)?, None)
+            };
             if out.json() {
-                out.print_json(&serde_json::json!({
+                let mut v = serde_json::json!({
                     "name": def.name,
                     "disks": def.disks,
-                }))?;
+                });
+                if let Some(us) = stall_us {
+                    v["stall_us"] = us.into();
+                }
+                out.print_json(&v)?;
             } else {
                 let from = xml.map(|(f, _)| format!(" from '{f}'")).unwrap_or_default();
                 out.say(&format!("Domain snapshot {} created{from}", def.name))?;

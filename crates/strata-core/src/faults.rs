@@ -3,7 +3,7 @@
 //! fail as an injected [`Fault`] says (at one action's prepare or commit),
 //! after which every disk must be as before and no metadata recorded.
 
-use strata_image::transaction::{self, Action, Outcome};
+use strata_image::transaction::{self, Action, Held, Outcome};
 
 #[cfg(feature = "test-utils")]
 pub use strata_image::transaction::Fault;
@@ -19,11 +19,12 @@ pub fn inject(fault: Option<Fault>) {
     NEXT.with(|n| n.set(fault));
 }
 
-/// Runs an image transaction, with the injected fault if there is one.
-pub(crate) fn run(actions: &[Action]) -> strata_image::Result<Vec<Outcome>> {
+/// Runs an image transaction on the `held` images where it names one,
+/// with the injected fault if there is one.
+pub(crate) fn run(actions: &[Action], held: &Held) -> strata_image::Result<Vec<Outcome>> {
     #[cfg(feature = "test-utils")]
     if let Some(fault) = NEXT.with(|n| n.take()) {
-        return transaction::run_with_fault(actions, fault);
+        return transaction::run_with_fault(actions, held, fault);
     }
-    transaction::run(actions)
+    transaction::run_held(actions, held)
 }

@@ -9,7 +9,12 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::types::{DaemonInfo, DomainInfo, ErrorBody, ShutdownRequest, StartRequest, StateInfo};
+use strata_core::checkpoint::CheckpointRequest;
+use strata_core::snapshot::create::CreateRequest;
+
+use crate::types::{
+    DaemonInfo, DomainInfo, ErrorBody, Made, ShutdownRequest, StartRequest, StateInfo,
+};
 
 /// Why a request to the daemon failed.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +149,22 @@ impl Client {
     /// Runs a paused domain's vCPUs.
     pub fn resume(&self, name: &str) -> Result<DomainInfo, ClientError> {
         self.call("POST", &domain_path(name, "/resume"), None)
+    }
+
+    /// A disk-only snapshot of a running domain.
+    pub fn snapshot_create(&self, name: &str, req: &CreateRequest) -> Result<Made, ClientError> {
+        let body = serde_json::to_string(req).unwrap_or_default();
+        self.call("POST", &domain_path(name, "/snapshots"), Some(body))
+    }
+
+    /// A checkpoint of a running domain.
+    pub fn checkpoint_create(
+        &self,
+        name: &str,
+        req: &CheckpointRequest,
+    ) -> Result<Made, ClientError> {
+        let body = serde_json::to_string(req).unwrap_or_default();
+        self.call("POST", &domain_path(name, "/checkpoints"), Some(body))
     }
 
     fn call<T: DeserializeOwned>(

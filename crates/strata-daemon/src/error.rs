@@ -139,6 +139,7 @@ impl Error {
         match self {
             Error::NoDomain(_) => "no-domain",
             Error::Core(strata_core::Error::NoDomain(_)) => "no-domain",
+            Error::Core(strata_core::Error::Invalid { .. }) => "operation-failed",
             Error::OperationInvalid { .. } => "operation-invalid",
             Error::Busy { .. } => "busy",
             Error::Stopping => "stopping",
@@ -158,7 +159,7 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         match self.code() {
             "no-domain" => 404,
-            "operation-invalid" | "busy" => 409,
+            "operation-invalid" | "operation-failed" | "busy" => 409,
             "config-unsupported" => 422,
             "stopping" => 503,
             "timeout" => 504,

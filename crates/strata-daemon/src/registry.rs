@@ -254,6 +254,12 @@ impl Running {
         *lock(&self.end)
     }
 
+    /// The served disks, locked, from a blocking task (an operation on
+    /// them: a live snapshot or checkpoint).
+    pub fn disks_blocking(&self) -> tokio::sync::MutexGuard<'_, Vec<ServedDisk>> {
+        self.disks.blocking_lock()
+    }
+
     /// Closes the disks (servers stopped, images flushed and closed) and
     /// releases the domain lock. Safe to call more than once.
     pub async fn release(&self) {

@@ -180,3 +180,24 @@ pub struct ErrorBody {
     /// A stable code for programs (`no-domain`, `operation-invalid`, …).
     pub code: String,
 }
+
+/// What a live snapshot or checkpoint made: its name, and how long the
+/// guest's disks took no request (the stall), in microseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Made {
+    /// The snapshot's or checkpoint's name.
+    pub name: String,
+    /// The stall of the guest's disks, in µs (absent offline).
+    #[serde(default)]
+    pub stall_us: Option<u64>,
+}
+
+impl Made {
+    /// `name`, made with the disks stalled for `stall`.
+    pub fn new(name: String, stall: Option<std::time::Duration>) -> Made {
+        Made {
+            name,
+            stall_us: stall.map(|d| d.as_micros() as u64),
+        }
+    }
+}

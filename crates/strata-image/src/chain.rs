@@ -171,6 +171,40 @@ pub fn open(path: &Path, opts: &ChainOptions) -> Result<Arc<dyn Image>> {
     Ok(below.expect("at least one layer"))
 }
 
+/// Opens the qcow2 overlay `path` alone, on `backing`: an image already
+/// open (the disk a daemon serves, which the overlay now goes on top of).
+/// The overlay's header must name that image as its backing file.
+pub fn open_over(
+    path: &Path,
+    backing: Arc<dyn Image>,
+    opts: &ChainOptions,
+) -> Result<Arc<dyn Image>> {
+    let shown = path.display().to_string();
+    let st: Arc<dyn Storage> = Arc::new(FileStorage::open(path, opts.writable)?);
+    if probe(st.as_ref())? != Format::Qcow2 {
+        return Err(Error::unsupported(&shown, "an overlay must be qcow2"));
+    }
+    let h = qcow2::read_header(st.as_ref())?;
+    let named = h
+        .backing_file
+        .as_deref()
+        .map(|n| resolve_backing(path, n))
+        .and_then(|p| std::fs::canonicalize(p).ok());
+    let below = std::fs::canonicalize(backing.path()).ok();
+    if named.is_none() || named != below {
+        return Err(Error::backing(
+            &shown,
+            format!("its backing file is not {}", backing.path()),
+        ));
+    }
+    let layer = Layer {
+        storage: st,
+        format: Format::Qcow2,
+        writable: opts.writable,
+    };
+    open_layer(layer, Some(backing), opts, true)
+}
+
 fn open_layer(
     layer: Layer,
     backing: Option<Arc<dyn Image>>,

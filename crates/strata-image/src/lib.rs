@@ -23,7 +23,7 @@ pub mod raw;
 pub mod storage;
 pub mod transaction;
 
-pub use chain::{open, ChainOptions};
+pub use chain::{open, open_over, ChainOptions};
 pub use dirty::dirty_since;
 pub use error::{Error, Result};
 pub use image::{Extent, Format, Image};

@@ -8,7 +8,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 use strata_image::ops::{commit, no_progress, CommitOptions};
 use strata_image::transaction::{
-    run as run_tx, run_with_fault, Action, BitmapOp, BitmapSource, Fault, Phase,
+    run as run_tx, run_with_fault, Action, BitmapOp, BitmapSource, Fault, Held, Phase,
 };
 use strata_image::{dirty_since, ChainOptions, Image};
 
@@ -105,7 +105,7 @@ fn bitmap_actions_are_all_or_nothing_with_snapshots() {
             let d = tmp();
             let (a, b) = two_images(d.path());
             let before = state_of(d.path());
-            let err = run_with_fault(&checkpoint(&a, &b), Fault { member, phase })
+            let err = run_with_fault(&checkpoint(&a, &b), &Held::none(), Fault { member, phase })
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("injected"), "{err}");

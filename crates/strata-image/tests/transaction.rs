@@ -8,7 +8,9 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use strata_image::qcow2::CreateOptions;
-use strata_image::transaction::{run as run_tx, run_with_fault, Action, Fault, Outcome, Phase};
+use strata_image::transaction::{
+    run as run_tx, run_with_fault, Action, Fault, Held, Outcome, Phase,
+};
 
 const SIZE: u64 = 4 << 20;
 
@@ -80,7 +82,7 @@ fn a_fault_anywhere_leaves_every_disk_as_before() {
             let p = disks(d.path());
             let before = files(d.path());
             let lists: Vec<_> = p.iter().map(|f| qemu_snapshots(f)).collect();
-            let err = run_with_fault(&actions(&p), Fault { member, phase })
+            let err = run_with_fault(&actions(&p), &Held::none(), Fault { member, phase })
                 .unwrap_err()
                 .to_string();
             assert!(

@@ -19,6 +19,7 @@ use crate::backup::push::{self, BeginRequest, Prepared};
 use crate::backup::{BackupMode, BackupServer};
 use crate::checkpoint;
 use crate::error::{Error, Result};
+use crate::live::Offline;
 use crate::lock::DomainLock;
 use crate::store::{Job, JobState, Store};
 
@@ -107,7 +108,7 @@ pub fn begin(store: &mut Store, domain: &str, req: &BeginRequest) -> Result<Pull
     let job = Job::backup(domain, start, total, Vec::new(), def.to_xml());
     store.start_job(&job)?;
     if let Some(c) = &cp {
-        if let Err(e) = checkpoint::create_locked(store, domain, c, &lock) {
+        if let Err(e) = checkpoint::create_in(store, domain, c, &Offline) {
             store.set_job_state(domain, JobState::Failed, Some(&e.to_string()))?;
             return Err(e);
         }

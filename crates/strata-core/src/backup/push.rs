@@ -24,6 +24,7 @@ use strata_image::{ChainOptions, Format};
 use crate::backup::{BackupDef, BackupMode};
 use crate::checkpoint::{self, CheckpointRequest};
 use crate::error::{Error, Result};
+use crate::live::Offline;
 use crate::lock::DomainLock;
 use crate::store::{Job, JobState, Store};
 
@@ -61,7 +62,7 @@ pub fn begin(
     progress: Progress,
 ) -> Result<Job> {
     let Prepared {
-        lock,
+        lock: _lock,
         what,
         def,
         start,
@@ -94,7 +95,7 @@ pub fn begin(
     let finished = copied.and_then(|()| {
         store.set_job_state(domain, JobState::Finishing, None)?;
         match &cp {
-            Some(c) => checkpoint::create_locked(store, domain, c, &lock).map(|_| ()),
+            Some(c) => checkpoint::create_in(store, domain, c, &Offline).map(|_| ()),
             None => Ok(()),
         }
     });

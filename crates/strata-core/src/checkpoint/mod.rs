@@ -11,11 +11,15 @@ pub mod list;
 pub mod redefine;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use strata_image::transaction::{self, Action, BitmapOp};
+use strata_image::transaction::{self, Action, BitmapOp, Held};
+use strata_image::Image;
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
+use crate::live::{Disks, Offline};
 use crate::lock::DomainLock;
 use crate::store::Store;
 use crate::xml::{Element, Node};
@@ -140,8 +144,10 @@ impl CheckpointDef {
     }
 }
 
-/// What `checkpoint create` makes.
-#[derive(Clone, Debug, Default)]
+/// What `checkpoint create` makes (also the body of the daemon's
+/// `POST /v1/domains/{name}/checkpoints`).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CheckpointRequest {
     /// Name (default: the time in seconds, as libvirt).
     pub name: Option<String>,
@@ -193,21 +199,36 @@ pub fn checkpoints(store: &Store, domain: &str) -> Result<Vec<CheckpointDef>> {
         .collect()
 }
 
-/// Creates a checkpoint: one transaction adds a bitmap per disk and
-/// disables the previous checkpoint's bitmaps in the disks' active images.
-#[tracing::instrument(skip_all, fields(domain = %domain, op = "checkpoint create"))]
+/// Creates a checkpoint of a domain that does not run: one transaction
+/// adds a bitmap per disk and disables the previous checkpoint's bitmaps
+/// in the disks' active images.
 pub fn create(store: &mut Store, domain: &str, req: &CheckpointRequest) -> Result<CheckpointDef> {
-    let lock = DomainLock::acquire(store.dir(), domain)?;
-    create_locked(store, domain, req, &lock)
+    create_on(store, domain, req, &Offline).map(|(def, _)| def)
 }
 
-/// [`create`], for a caller that holds the domain's lock.
-pub(crate) fn create_locked(
+/// [`create`] on `disks`: offline, or the disks a daemon serves to the
+/// running guest, whose requests are held back while the bitmaps are
+/// added (all disks at one instant). Returns the checkpoint and, live, how
+/// long the guest's disks took no request.
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "checkpoint create"))]
+pub fn create_on(
     store: &mut Store,
     domain: &str,
     req: &CheckpointRequest,
-    _lock: &DomainLock,
-) -> Result<CheckpointDef> {
+    disks: &dyn Disks,
+) -> Result<(CheckpointDef, Option<Duration>)> {
+    let _lock = disks.lock(store.dir(), domain)?;
+    create_in(store, domain, req, disks)
+}
+
+/// [`create_on`], for a caller that holds the domain's lock.
+pub(crate) fn create_in(
+    store: &mut Store,
+    domain: &str,
+    req: &CheckpointRequest,
+    served: &dyn Disks,
+) -> Result<(CheckpointDef, Option<Duration>)> {
+    let held = served.held();
     let dom = store.domain(domain)?;
     let created = crate::now();
     let name = req.name.clone().unwrap_or_else(|| created.to_string());
@@ -258,7 +279,7 @@ pub(crate) fn create_locked(
             });
             if let Some(prev) = parent.and_then(|p| p.disks.iter().find(|x| x.name == d.target)) {
                 if let Some(pb) = &prev.bitmap {
-                    if enabled_in(src, pb)? {
+                    if enabled_in(src, pb, &held)? {
                         actions.push(Action::bitmap(BitmapOp::Disable, src.clone(), pb.clone()));
                     }
                 }
@@ -275,7 +296,11 @@ pub(crate) fn create_locked(
             "no qcow2 disk takes part in the checkpoint",
         ));
     }
-    crate::faults::run(&actions).map_err(|e| Error::invalid(&what, e.to_string()))?;
+    let started = Instant::now();
+    let quiesced = served.quiesce()?;
+    crate::faults::run(&actions, &held).map_err(|e| Error::invalid(&what, e.to_string()))?;
+    drop(quiesced);
+    let stall = served.live().then(|| started.elapsed());
     let def = CheckpointDef {
         name,
         description: req.description.clone(),
@@ -291,12 +316,17 @@ pub(crate) fn create_locked(
         created,
         &def.to_xml(None, true),
     )?;
-    Ok(def)
+    Ok((def, stall))
 }
 
-/// True when image `file` has an enabled bitmap `name`.
-fn enabled_in(file: &Path, name: &str) -> Result<bool> {
-    Ok(bitmaps_of(file)?.iter().any(|(n, on)| n == name && *on))
+/// True when image `file` (the `held` image where held) has an enabled
+/// bitmap `name`.
+fn enabled_in(file: &Path, name: &str, held: &Held) -> Result<bool> {
+    let list = match held.get(file) {
+        Some(img) => bitmap_list(img)?,
+        None => bitmaps_of(file)?,
+    };
+    Ok(list.iter().any(|(n, on)| n == name && *on))
 }
 
 /// Bytes changed since checkpoint `name`, per disk: the union of its bitmap
@@ -385,6 +415,11 @@ fn bitmaps_of(file: &Path) -> Result<Vec<(String, bool)>> {
             ..Default::default()
         },
     )?;
+    bitmap_list(&img)
+}
+
+/// `(name, enabled)` of every bitmap of an open image.
+fn bitmap_list(img: &Arc<dyn Image>) -> Result<Vec<(String, bool)>> {
     Ok(match img.dirty_bitmaps() {
         Some(q) => q
             .bitmaps()?
@@ -533,7 +568,8 @@ pub fn delete(
             }
         }
         if !actions.is_empty() {
-            crate::faults::run(&actions).map_err(|e| Error::invalid(&what, e.to_string()))?;
+            crate::faults::run(&actions, &Held::none())
+                .map_err(|e| Error::invalid(&what, e.to_string()))?;
         }
     }
     store.delete_checkpoints(domain, &names, heir.as_deref())?;

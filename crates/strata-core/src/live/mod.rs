@@ -1,8 +1,11 @@
-//! Running domains: what strata-core knows of a machine that runs — for
-//! now, the machine QEMU runs for a domain ([`machine::machine_of`]). The
-//! live variants of snapshots, checkpoints and backups join them here.
+//! Running domains: what strata-core knows of a machine that runs: the
+//! machine QEMU runs for a domain ([`machine::machine_of`]) and the disks
+//! an operation is handed, offline or served to a running guest
+//! ([`disks`]).
 
 mod devices;
+pub mod disks;
 pub mod machine;
 
+pub use disks::{Disks, Offline, Quiesced};
 pub use machine::machine_of;

@@ -1,7 +1,13 @@
-//! `snapshot create` of a machine that is not running: every participating
-//! disk goes through one all-or-nothing image transaction, then the
-//! snapshot is recorded (current, child of the previous current) and the
-//! domain's disks that took an external snapshot point at their overlays.
+//! `snapshot create`: every participating disk goes through one
+//! all-or-nothing image transaction, then the snapshot is recorded
+//! (current, child of the previous current) and the domain's disks that
+//! took an external snapshot point at their overlays.
+//!
+//! Of a running domain ([`create_on`] with its served [`Disks`]), disks
+//! only: every disk stops taking guest requests and drains first, the
+//! transaction runs on the served images themselves, each new overlay is
+//! opened on the image below it and served in its place, and the disks
+//! resume; the guest sees one stall, measured and returned.
 //!
 //! Which disks and how, as libvirt decides: a `--diskspec` wins; then the
 //! domain disk's `snapshot=` attribute; then the kind of snapshot (a
@@ -9,18 +15,22 @@
 //! and transient disks do not take part.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use strata_image::ops::external::default_overlay;
-use strata_image::transaction::{self, Action};
+use strata_image::transaction::{self, Action, Held, Outcome};
+use strata_image::{ChainOptions, Image};
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
-use crate::lock::DomainLock;
+use crate::live::{Disks, Offline};
 use crate::snapshot::{DiskMode, SnapshotDef, SnapshotDisk};
 use crate::store::Store;
 
 /// One `--diskspec`: `vda[,snapshot=internal|external|no][,file=PATH][,driver=qcow2]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DiskSpec {
     /// Disk target.
     pub target: String,
@@ -68,8 +78,10 @@ impl DiskSpec {
     }
 }
 
-/// What to create.
-#[derive(Clone, Debug, Default)]
+/// What to create (also the body of the daemon's
+/// `POST /v1/domains/{name}/snapshots`).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CreateRequest {
     /// Snapshot name (default: the creation time in seconds, as libvirt).
     pub name: Option<String>,
@@ -85,10 +97,31 @@ pub struct CreateRequest {
     pub reuse_external: bool,
 }
 
-/// Creates a snapshot of domain `domain`; returns its metadata.
-#[tracing::instrument(skip_all, fields(domain = %domain, op = "snapshot create"))]
+/// A snapshot made.
+#[derive(Clone, Debug)]
+pub struct Created {
+    /// Its metadata.
+    pub def: SnapshotDef,
+    /// Of a running domain: how long the guest's disks took no request.
+    pub stall: Option<Duration>,
+}
+
+/// Creates a snapshot of domain `domain`, which does not run; returns its
+/// metadata.
 pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<SnapshotDef> {
-    let _lock = DomainLock::acquire(store.dir(), domain)?;
+    create_on(store, domain, req, &Offline).map(|c| c.def)
+}
+
+/// Creates a snapshot of domain `domain` on `disks`: offline, or the disks
+/// a daemon serves to the running guest (disks only, all at one instant).
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "snapshot create"))]
+pub fn create_on(
+    store: &mut Store,
+    domain: &str,
+    req: &CreateRequest,
+    disks: &dyn Disks,
+) -> Result<Created> {
+    let _lock = disks.lock(store.dir(), domain)?;
     let dom = store.domain(domain)?;
     let created = crate::now();
     let name = req.name.clone().unwrap_or_else(|| created.to_string());
@@ -103,6 +136,13 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
     if existing.iter().any(|s| s.name == name) {
         return Err(Error::invalid(what, "already exists"));
     }
+    if disks.live() && !req.disk_only {
+        return Err(Error::invalid(
+            what,
+            "the domain is running: a snapshot with its memory state is not yet supported (use --disk-only)",
+        ));
+    }
+    let served = disks;
     let disks = dom.disks();
     for s in &req.diskspecs {
         if !disks.iter().any(|d| d.target == s.target) {
@@ -116,6 +156,8 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
         }
     }
     let mut actions = Vec::new();
+    // Each external snapshot's disk target, by action.
+    let mut targets = Vec::new();
     let mut snap_disks = Vec::new();
     let mut new_dom: Domain = dom.clone();
     for d in &disks {
@@ -131,7 +173,7 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
         };
         let mode = spec.and_then(|s| s.mode).unwrap_or(default);
         let disk_what = format!("{what}: disk '{}'", d.target);
-        if d.snapshot.as_deref() == Some("manual") && spec.is_none() {
+        if d.snapshot.as_deref() == Some("manual") && spec.is_none() && !served.live() {
             return Err(Error::invalid(
                 disk_what,
                 "snapshot='manual' needs a running machine",
@@ -163,6 +205,7 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
                     file: source.clone(),
                     name: Some(name.clone()),
                 });
+                targets.push(None);
             }
             DiskMode::External => {
                 actions.push(Action::SnapshotExternal {
@@ -171,6 +214,7 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
                     name: Some(name.clone()),
                     reuse: req.reuse_external,
                 });
+                targets.push(Some(d.target.clone()));
                 new_dom.set_disk_source(&d.target, &overlay, "qcow2")?;
             }
         }
@@ -184,7 +228,7 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
     if actions.is_empty() {
         return Err(Error::invalid(what, "no disk takes part in the snapshot"));
     }
-    crate::faults::run(&actions).map_err(|e| Error::invalid(what.clone(), e.to_string()))?;
+    let stall = run_quiesced(served, &actions, &targets, &name, &what)?;
     let def = SnapshotDef {
         name,
         description: req.description.clone(),
@@ -221,17 +265,76 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
         }
     };
     if let Err(e) = recorded {
+        if served.live() {
+            // The guest has written on: its new overlays stay.
+            return Err(Error::invalid(
+                what,
+                format!("the disks took the snapshot but it could not be recorded: {e}"),
+            ));
+        }
         // The disks changed but the metadata did not: take the disks back.
-        undo_disks(&actions, &def.name);
+        undo_disks(&actions, &def.name, &Held::none());
         return Err(e);
     }
-    Ok(def)
+    Ok(Created { def, stall })
+}
+
+/// Runs the snapshot transaction with the guest's requests held back
+/// (live), and serves each new overlay in place of the image below it.
+/// Returns how long the guest was held back (live).
+fn run_quiesced(
+    disks: &dyn Disks,
+    actions: &[Action],
+    targets: &[Option<String>],
+    name: &str,
+    what: &str,
+) -> Result<Option<Duration>> {
+    let held = disks.held();
+    let started = Instant::now();
+    let mut quiesced = disks.quiesce()?;
+    let outcomes = crate::faults::run(actions, &held)
+        .map_err(|e| Error::invalid(what.to_string(), e.to_string()))?;
+    if !disks.live() {
+        return Ok(None);
+    }
+    // Open every overlay before switching any, so a failure switches none.
+    let mut tops: Vec<(String, Arc<dyn Image>)> = Vec::new();
+    for ((a, out), target) in actions.iter().zip(&outcomes).zip(targets) {
+        let (Some(target), Outcome::External { overlay }) = (target, out) else {
+            continue;
+        };
+        let below = held.get(a.file()).cloned().ok_or_else(|| {
+            Error::invalid(format!("{what}: disk '{target}'"), "the disk is not served")
+        })?;
+        let opts = ChainOptions {
+            writable: true,
+            ..ChainOptions::default()
+        };
+        match strata_image::open_over(overlay, below, &opts) {
+            Ok(top) => tops.push((target.clone(), top)),
+            Err(e) => {
+                drop(tops);
+                undo_disks(actions, name, &held);
+                return Err(Error::invalid(
+                    format!("{what}: disk '{target}'"),
+                    format!("cannot open the new overlay: {e}"),
+                ));
+            }
+        }
+    }
+    for (target, top) in tops {
+        quiesced.switch(&target, top)?;
+    }
+    drop(quiesced);
+    let stall = started.elapsed();
+    tracing::info!(stall_us = stall.as_micros() as u64, "guest disks resumed");
+    Ok(Some(stall))
 }
 
 /// Undoes what a committed snapshot transaction did to the disks: deletes
-/// the internal snapshots and the overlays it created (best effort; each
-/// failure is logged with the file).
-fn undo_disks(actions: &[Action], name: &str) {
+/// the internal snapshots (on the `held` images where served) and the
+/// overlays it created (best effort; each failure is logged with the file).
+fn undo_disks(actions: &[Action], name: &str, held: &Held) {
     let mut back = Vec::new();
     for a in actions {
         match a {
@@ -252,7 +355,7 @@ fn undo_disks(actions: &[Action], name: &str) {
         }
     }
     if !back.is_empty() {
-        if let Err(e) = transaction::run(&back) {
+        if let Err(e) = transaction::run_held(&back, held) {
             tracing::error!("snapshot '{name}': cannot delete the new internal snapshots: {e}");
         }
     }
@@ -296,7 +399,7 @@ mod tests {
         transaction::run(&actions).unwrap();
         assert_eq!(snapshots_of(&a), ["s1"]);
         assert!(overlay.exists());
-        undo_disks(&actions, "s1");
+        undo_disks(&actions, "s1", &Held::none());
         assert!(snapshots_of(&a).is_empty());
         assert!(!overlay.exists());
     }

@@ -22,6 +22,7 @@
 //! re-pointed images pointed back), so the images read as before.
 
 use std::path::{Path, PathBuf};
+use strata_image::transaction::Held;
 
 use strata_image::ops::{commit, no_progress, CommitOptions};
 use strata_image::transaction::{self, Action, BitmapOp, BitmapSource};
@@ -143,7 +144,7 @@ pub(crate) fn plan(w: &World<'_>, disk: &str, base: &Path) -> Result<Option<Merg
 pub(crate) fn run(merges: &[Merge], mut last: Vec<Action>, guard: &str) -> Result<()> {
     if merges.is_empty() {
         if !last.is_empty() {
-            crate::faults::run(&last)?;
+            crate::faults::run(&last, &Held::none())?;
         }
         return Ok(());
     }
@@ -196,7 +197,7 @@ pub(crate) fn run(merges: &[Merge], mut last: Vec<Action>, guard: &str) -> Resul
                 name: guard.to_string(),
             });
         }
-        crate::faults::run(&last)?;
+        crate::faults::run(&last, &Held::none())?;
         Ok(())
     })();
     if let Err(e) = merged {

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::xml::{Element, Node};
 
 /// How one disk takes part in a snapshot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskMode {
     /// Not at all.

@@ -21,6 +21,7 @@
 //! deleted.
 
 use std::path::{Path, PathBuf};
+use strata_image::transaction::Held;
 
 use strata_image::ops::external::default_overlay;
 use strata_image::transaction::Action;
@@ -145,7 +146,8 @@ pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String
     if actions.is_empty() {
         return Err(Error::invalid(what, "no disk took part in the snapshot"));
     }
-    crate::faults::run(&actions).map_err(|e| Error::invalid(&what, e.to_string()))?;
+    crate::faults::run(&actions, &Held::none())
+        .map_err(|e| Error::invalid(&what, e.to_string()))?;
     let made: Vec<PathBuf> = moved.iter().map(|(_, o)| o.clone()).collect();
     if let Err(e) = store.revert_to(domain, name, &new_dom, &made) {
         // The internal applies cannot be undone, but new overlays can go.

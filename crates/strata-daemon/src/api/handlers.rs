@@ -10,6 +10,9 @@ use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
+use strata_core::checkpoint::CheckpointRequest;
+use strata_core::snapshot::create::CreateRequest;
+
 use super::error::ApiError;
 use super::json;
 use crate::lifecycle::Service;
@@ -101,6 +104,29 @@ pub async fn resume(State(svc): Svc, p: Result<Path<String>, PathRejection>, b: 
     let name = name(p)?;
     no_body(&b)?;
     ok(&svc.resume(&name).await?)
+}
+
+/// `POST /v1/domains/{name}/snapshots`: a disk-only snapshot of a running
+/// domain.
+pub async fn snapshot_create(
+    State(svc): Svc,
+    p: Result<Path<String>, PathRejection>,
+    b: Bytes,
+) -> Answer {
+    let name = name(p)?;
+    let req: CreateRequest = body(&b)?;
+    ok(&svc.snapshot_create(&name, req).await?)
+}
+
+/// `POST /v1/domains/{name}/checkpoints`: a checkpoint of a running domain.
+pub async fn checkpoint_create(
+    State(svc): Svc,
+    p: Result<Path<String>, PathRejection>,
+    b: Bytes,
+) -> Answer {
+    let name = name(p)?;
+    let req: CheckpointRequest = body(&b)?;
+    ok(&svc.checkpoint_create(&name, req).await?)
 }
 
 /// `GET /v1/daemon`.

@@ -34,6 +34,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/domains/{name}/destroy"),
     ("POST", "/v1/domains/{name}/suspend"),
     ("POST", "/v1/domains/{name}/resume"),
+    ("POST", "/v1/domains/{name}/snapshots"),
+    ("POST", "/v1/domains/{name}/checkpoints"),
 ];
 
 /// `value` as a JSON answer with `status`.
@@ -63,6 +65,8 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/domains/{name}/destroy", post(h::destroy))
         .route("/v1/domains/{name}/suspend", post(h::suspend))
         .route("/v1/domains/{name}/resume", post(h::resume))
+        .route("/v1/domains/{name}/snapshots", post(h::snapshot_create))
+        .route("/v1/domains/{name}/checkpoints", post(h::checkpoint_create))
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
         .layer(axum::middleware::from_fn(log_request))

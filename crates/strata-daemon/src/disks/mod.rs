@@ -8,6 +8,7 @@
 //! (qcow2 bitmaps and refcounts written back, the dirty bit cleared), which
 //! releases its locks.
 
+pub mod live;
 pub mod nbd;
 pub mod plan;
 pub mod vhost;
@@ -76,6 +77,12 @@ impl ServedDisk {
             .to_string(),
             socket: self.server.socket().display().to_string(),
         }
+    }
+
+    /// Records that `image` (a new overlay on the old top) is served now.
+    pub fn replace_top(&mut self, image: Arc<dyn Image>) {
+        self.source = PathBuf::from(image.path());
+        self.image = image;
     }
 
     /// Stops serving, then flushes and closes the image.

@@ -350,7 +350,7 @@ fn enabled_bitmaps(img: &Arc<dyn Image>) -> Result<Vec<(String, u64)>> {
 /// (the rest) as the actions before leave them, merge sources exist,
 /// overlays are new (or reusable), distinct, and not one of the images.
 /// Returns the plan.
-fn validate(actions: &[Action]) -> Result<Opened> {
+fn validate(actions: &[Action], held: &Held) -> Result<Opened> {
     if actions.is_empty() {
         return Err(Error::invalid("transaction", "no actions"));
     }
@@ -365,6 +365,10 @@ fn validate(actions: &[Action]) -> Result<Opened> {
     for (i, a) in actions.iter().enumerate() {
         let c = &canonical[i];
         if images.contains_key(c) {
+            continue;
+        }
+        if let Some(img) = held.get(c) {
+            images.insert(c.clone(), img.clone());
             continue;
         }
         let changes = |c: &PathBuf| {
@@ -747,20 +751,65 @@ fn prepare<'a>(actions: &[Action], opened: &'a Opened, unit: &Unit) -> Result<Me
     }
 }
 
+/// Images that are already open elsewhere (the disks a daemon serves to a
+/// running guest), by file: a transaction works on these very images
+/// instead of opening their files again, so that what they hold in memory
+/// (bitmaps tracking the guest's writes, caches) stays the one truth.
+/// Their holder keeps guest requests away while the transaction runs.
+#[derive(Clone, Debug, Default)]
+pub struct Held {
+    images: HashMap<PathBuf, Arc<dyn Image>>,
+}
+
+impl Held {
+    /// No image held: every file is opened by the transaction.
+    pub fn none() -> Held {
+        Held::default()
+    }
+
+    /// Holds `image`, the open image of file `path`.
+    pub fn insert(&mut self, path: &Path, image: Arc<dyn Image>) -> Result<()> {
+        let canonical = std::fs::canonicalize(path)
+            .map_err(|e| Error::io(&path.display().to_string(), "resolve", 0, e))?;
+        self.images.insert(canonical, image);
+        Ok(())
+    }
+
+    /// The open image of `path`, if held (any spelling of the path).
+    pub fn get(&self, path: &Path) -> Option<&Arc<dyn Image>> {
+        if let Some(i) = self.images.get(path) {
+            return Some(i);
+        }
+        let canonical = std::fs::canonicalize(path).ok()?;
+        self.images.get(&canonical)
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+}
+
 /// Runs `actions` all-or-nothing. Returns each action's outcome, in order.
 pub fn run(actions: &[Action]) -> Result<Vec<Outcome>> {
-    run_faulty(actions, None)
+    run_faulty(actions, &Held::none(), None)
 }
 
-/// Runs `actions` all-or-nothing as [`run`] does, failing at `fault`
+/// Runs `actions` all-or-nothing as [`run`] does, on the `held` images
+/// where they name one.
+pub fn run_held(actions: &[Action], held: &Held) -> Result<Vec<Outcome>> {
+    run_faulty(actions, held, None)
+}
+
+/// Runs `actions` all-or-nothing as [`run_held`] does, failing at `fault`
 /// (tests of the all-or-nothing promise).
 #[cfg(feature = "test-utils")]
-pub fn run_with_fault(actions: &[Action], fault: Fault) -> Result<Vec<Outcome>> {
-    run_faulty(actions, Some(fault))
+pub fn run_with_fault(actions: &[Action], held: &Held, fault: Fault) -> Result<Vec<Outcome>> {
+    run_faulty(actions, held, Some(fault))
 }
 
-fn run_faulty(actions: &[Action], fault: Option<Fault>) -> Result<Vec<Outcome>> {
-    let opened = validate(actions)?;
+fn run_faulty(actions: &[Action], held: &Held, fault: Option<Fault>) -> Result<Vec<Outcome>> {
+    let opened = validate(actions, held)?;
     let mut members: Vec<Member<'_>> = Vec::new();
     let faulty = |m: &Member<'_>, phase| match fault {
         Some(f) if f.phase == phase && m.has_action(f.member) => {

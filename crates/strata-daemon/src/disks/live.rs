@@ -1,0 +1,125 @@
+//! A running domain's served disks as strata-core is handed them
+//! ([`strata_core::live::Disks`]): the images it serves (held under the
+//! domain's lock, which the run keeps), quiesced all together — every disk
+//! stops taking guest requests before any is drained, so the disks stop at
+//! one instant — then drained and flushed; a new top is switched in under
+//! the paused guest; dropping the guard resumes every disk.
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_core::live::{Disks, Quiesced};
+use strata_core::lock::DomainLock;
+use strata_image::transaction::Held;
+use strata_image::Image;
+use strata_vhost::Paused;
+
+use super::{ServedDisk, Server};
+
+/// How long quiescing waits for the requests in flight.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// The served disks of one run, handed to one operation.
+pub struct LiveDisks<'a> {
+    disks: &'a [ServedDisk],
+    /// New tops served since: (disk index, image).
+    switched: RefCell<Vec<(usize, Arc<dyn Image>)>>,
+}
+
+impl<'a> LiveDisks<'a> {
+    /// The disks of a run.
+    pub fn new(disks: &'a [ServedDisk]) -> LiveDisks<'a> {
+        LiveDisks {
+            disks,
+            switched: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The new tops switched in, by disk index, for the run to record.
+    pub fn into_switched(self) -> Vec<(usize, Arc<dyn Image>)> {
+        self.switched.into_inner()
+    }
+}
+
+fn refuse(target: &str, problem: impl Into<String>) -> strata_core::Error {
+    strata_core::Error::invalid(format!("disk '{target}'"), problem)
+}
+
+impl Disks for LiveDisks<'_> {
+    fn live(&self) -> bool {
+        true
+    }
+
+    fn lock(&self, _state_dir: &Path, _domain: &str) -> strata_core::Result<Option<DomainLock>> {
+        // The run holds the domain's lock for as long as the domain runs.
+        Ok(None)
+    }
+
+    fn held(&self) -> Held {
+        let mut held = Held::none();
+        for d in self.disks {
+            if let Err(e) = held.insert(&d.source, d.image.clone()) {
+                tracing::warn!(disk = %d.target, error = %e, "served image not found by its path");
+            }
+        }
+        held
+    }
+
+    fn quiesce(&self) -> strata_core::Result<Box<dyn Quiesced + '_>> {
+        if let Some(d) = self
+            .disks
+            .iter()
+            .find(|d| matches!(d.server, Server::Nbd(_)))
+        {
+            return Err(refuse(
+                &d.target,
+                "served over NBD, which cannot hold the guest's requests back: live snapshots and checkpoints need vhost-user-blk",
+            ));
+        }
+        // Stop taking requests everywhere first: one instant for all disks.
+        let paused: Vec<(usize, Paused)> = self
+            .disks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| match &d.server {
+                Server::Vhost(h) => Some((i, h.gate().pause())),
+                Server::Nbd(_) => None,
+            })
+            .collect();
+        for (i, p) in &paused {
+            let d = &self.disks[*i];
+            p.drain(DRAIN_LIMIT)
+                .map_err(|e| refuse(&d.target, format!("requests in flight: {e}")))?;
+            d.image
+                .flush()
+                .map_err(|e| refuse(&d.target, format!("flush: {e}")))?;
+        }
+        Ok(Box::new(Quiet {
+            disks: self,
+            paused,
+        }))
+    }
+}
+
+/// Every disk paused and drained; resumed on drop.
+struct Quiet<'a, 'b> {
+    disks: &'b LiveDisks<'a>,
+    paused: Vec<(usize, Paused)>,
+}
+
+impl Quiesced for Quiet<'_, '_> {
+    fn switch(&mut self, target: &str, image: Arc<dyn Image>) -> strata_core::Result<()> {
+        let (i, p) = self
+            .paused
+            .iter()
+            .find(|(i, _)| self.disks.disks[*i].target == target)
+            .ok_or_else(|| refuse(target, "not served"))?;
+        p.swap_image(image.clone())
+            .map_err(|e| refuse(target, format!("cannot serve the new top: {e}")))?;
+        tracing::info!(disk = %target, top = %image.path(), "serving a new top");
+        self.disks.switched.borrow_mut().push((*i, image));
+        Ok(())
+    }
+}

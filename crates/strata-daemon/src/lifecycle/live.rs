@@ -1,0 +1,74 @@
+//! Snapshots and checkpoints of a running domain: strata-core's own
+//! operations, handed the disks this daemon serves ([`LiveDisks`]), so
+//! that every disk holds the guest's requests back at one instant while
+//! the image transaction runs. Each runs under the domain's operation
+//! mutex, in a blocking task, with the run's disks locked.
+
+use std::sync::Arc;
+
+use strata_core::checkpoint::{self, CheckpointRequest};
+use strata_core::snapshot::create::{self as snapshot_create, CreateRequest};
+use strata_core::Store;
+use tracing::Instrument;
+
+use super::Service;
+use crate::disks::live::LiveDisks;
+use crate::error::{Error, Result};
+use crate::registry::Running;
+use crate::types::Made;
+
+impl Service {
+    /// `snapshot create` of running domain `name` (disks only).
+    pub async fn snapshot_create(self: &Arc<Self>, name: &str, req: CreateRequest) -> Result<Made> {
+        let span = tracing::info_span!("op", op = "snapshot create", domain = %name);
+        self.on_live_disks(name, move |store, n, disks| {
+            let made = snapshot_create::create_on(store, n, &req, disks)?;
+            Ok(Made::new(made.def.name, made.stall))
+        })
+        .instrument(span)
+        .await
+    }
+
+    /// `checkpoint create` of running domain `name`.
+    pub async fn checkpoint_create(
+        self: &Arc<Self>,
+        name: &str,
+        req: CheckpointRequest,
+    ) -> Result<Made> {
+        let span = tracing::info_span!("op", op = "checkpoint create", domain = %name);
+        self.on_live_disks(name, move |store, n, disks| {
+            let (def, stall) = checkpoint::create_on(store, n, &req, disks)?;
+            Ok(Made::new(def.name, stall))
+        })
+        .instrument(span)
+        .await
+    }
+
+    /// Runs `op` on the metadata store and the served disks of running
+    /// domain `name`, then records the tops it switched in.
+    async fn on_live_disks<T: Send + 'static>(
+        self: &Arc<Self>,
+        name: &str,
+        op: impl FnOnce(&mut Store, &str, &LiveDisks<'_>) -> strata_core::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let slot = self.active_slot(name).await?;
+        let _op = slot.op.lock().await;
+        let run: Arc<Running> = slot
+            .running()
+            .ok_or_else(|| Error::invalid(name, "domain is not running"))?;
+        let dir = self.state_dir().to_path_buf();
+        let n = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut served = run.disks_blocking();
+            let disks = LiveDisks::new(&served);
+            let result = Store::open(&dir).and_then(|mut store| op(&mut store, &n, &disks));
+            let switched = disks.into_switched();
+            for (i, top) in switched {
+                served[i].replace_top(top);
+            }
+            result.map_err(Error::from)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("live operation task: {e}")))?
+    }
+}
