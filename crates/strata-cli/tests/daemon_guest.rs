@@ -95,7 +95,10 @@ fn a_domain_runs_through_its_lifecycle_as_libvirt_says() {
         &["snapshot", "create", "vm", "--name", "s1"],
         "memory state is not yet supported (use --disk-only)",
     );
-    err(&["backup", "begin", "vm"], "not yet supported on a running domain");
+    err(
+        &["backup", "begin", "vm"],
+        "not yet supported on a running domain",
+    );
     let made = json_of(p, &["checkpoint", "create", "vm", "--name", "c1"]);
     assert_eq!(made["name"], "c1");
     assert!(made["stall_us"].as_u64().is_some(), "{made}");

@@ -1,0 +1,307 @@
+//! Live snapshots and checkpoints of a running guest, all disks at one
+//! instant: the guest appends numbered 4 KiB records to vda and then vdb
+//! in turn (each write fsynced and checked), printing each number once
+//! both writes returned; meanwhile strata takes external, internal and
+//! mixed disk-only snapshots and checkpoints. Afterwards each snapshot,
+//! read back with qemu-img, holds an unbroken prefix of the records on each
+//! disk, vdb's equal to vda's or one shorter, and at least every record the
+//! guest had acknowledged before the create began; each checkpoint's
+//! bitmaps cover every record written after it; every file is clean.
+
+mod common;
+use common::daemon::*;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// Appends record i (its number on a 4 KiB block at block i) to vda and
+/// then vdb, fsynced, and says `ACK i`; stops at the first failed write.
+const RECORDS: &str = "
+i=0
+while [ $i -lt 15000 ]; do
+  i=$((i+1))
+  printf 'REC %08d\\n' $i | dd of=/dev/vda bs=4096 seek=$i conv=sync,fsync 2>/dev/null || { echo WRITE-FAILED vda $i; exit 1; }
+  printf 'REC %08d\\n' $i | dd of=/dev/vdb bs=4096 seek=$i conv=sync,fsync 2>/dev/null || { echo WRITE-FAILED vdb $i; exit 1; }
+  echo ACK $i
+done
+";
+
+/// Records the console has acknowledged so far.
+fn acked(p: &Path) -> u64 {
+    let text = std::fs::read_to_string(p.join("vm.console")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("ACK ")?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The records a raw disk image holds: 1..=n, each where it belongs, and
+/// nothing after them (the prefix is unbroken).
+fn prefix(raw: &[u8], what: &str) -> u64 {
+    let mut n = 0u64;
+    for (k, block) in raw.chunks(4096).enumerate().skip(1) {
+        let want = format!("REC {k:08}\n");
+        if block.starts_with(want.as_bytes()) {
+            assert_eq!(
+                n + 1,
+                k as u64,
+                "{what}: record {k} after a gap at {}",
+                n + 1
+            );
+            n = k as u64;
+        } else {
+            assert!(
+                block.iter().all(|&b| b == 0),
+                "{what}: block {k} holds neither record {k} nor zeros"
+            );
+        }
+    }
+    n
+}
+
+/// The guest data of `file` (its snapshot `snap`, or its current state),
+/// read by qemu-img with shared locks.
+fn read_raw(p: &Path, file: &str, snap: Option<&str>) -> Vec<u8> {
+    let out = p.join("read.raw");
+    let mut args = vec!["convert", "-U", "-O", "raw"];
+    let l;
+    if let Some(s) = snap {
+        l = format!("snapshot.name={s}");
+        args.extend(["-l", &l]);
+    }
+    args.extend([file, out.to_str().unwrap()]);
+    qemu_img(p, &args);
+    let bytes = std::fs::read(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    bytes
+}
+
+/// The files of the chain under `top`, top first.
+fn chain(p: &Path, top: &str) -> Vec<String> {
+    let info = qemu_img(p, &["info", "-U", "--backing-chain", "--output=json", top]).json();
+    info.as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["filename"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The file of `chain` that holds internal snapshot `name`.
+fn holder(p: &Path, chain: &[String], name: &str) -> String {
+    for f in chain {
+        let list = qemu_img(p, &["snapshot", "-U", "-l", f]).stdout;
+        if list
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(name))
+        {
+            return f.clone();
+        }
+    }
+    panic!("no file of {chain:?} holds snapshot {name}");
+}
+
+/// Every dirty extent of bitmap `name` in `file`, if it has one.
+fn extents(p: &Path, file: &str, name: &str) -> Vec<(u64, u64)> {
+    let listed = ok(p, &["--output", "json", "img", "bitmap", "list", file]).json();
+    if !listed.as_array().unwrap().iter().any(|b| b["name"] == name) {
+        return Vec::new();
+    }
+    let dump = ok(
+        p,
+        &["--output", "json", "img", "bitmap", "dump", file, name],
+    )
+    .json();
+    dump.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn live_snapshots_hold_one_instant_of_every_disk_and_checkpoints_miss_no_write() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    kit.initrd(RECORDS, &[], &p.join("vm.initrd.gz"))
+        .expect("building the initrd");
+    for disk in ["a.qcow2", "b.qcow2"] {
+        qemu_img(p, &["create", "-q", "-f", "qcow2", disk, "64M"]);
+    }
+    let xml = format!(
+        "<domain type='qemu'>
+  <name>vm</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{dir}/vm.initrd.gz</initrd>
+    <cmdline>console=ttyS0 panic=-1 quiet</cmdline>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{dir}/a.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{dir}/b.qcow2'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <serial type='file'><source path='{dir}/vm.console'/><target port='0'/></serial>
+  </devices>
+</domain>",
+        kernel = kit.kernel.display(),
+        dir = p.display(),
+    );
+    std::fs::write(p.join("vm.xml"), xml).unwrap();
+    ok(p, &st(&["domain", "define", "vm.xml"]));
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    ok(p, &st(&["domain", "start", "vm"]));
+    wait_until(Duration::from_secs(120), "the guest writes", || {
+        acked(p) > 20
+    });
+
+    // 20 snapshots: external, internal and mixed in turn; a checkpoint
+    // after every fourth. Before each, the records acknowledged so far;
+    // after each checkpoint, an upper bound of those it can have missed.
+    let mut snaps = Vec::new();
+    let mut checkpoints = Vec::new();
+    let mut stalls = Vec::new();
+    for i in 0..20 {
+        let name = format!("s{i}");
+        let mut args = vec![
+            "--output",
+            "json",
+            "snapshot",
+            "create",
+            "vm",
+            "--name",
+            &name,
+            "--disk-only",
+        ];
+        match i % 3 {
+            0 => {}
+            1 => args.extend([
+                "--diskspec",
+                "vda,snapshot=internal",
+                "--diskspec",
+                "vdb,snapshot=internal",
+            ]),
+            _ => args.extend([
+                "--diskspec",
+                "vda,snapshot=internal",
+                "--diskspec",
+                "vdb,snapshot=external",
+            ]),
+        }
+        let before = acked(p);
+        let made = ok(p, &st(&args)).json();
+        stalls.push(made["stall_us"].as_u64().expect("a stall"));
+        snaps.push((name, before));
+        if i % 4 == 3 {
+            let cp = format!("c{}", i / 4);
+            let made = ok(
+                p,
+                &st(&[
+                    "--output",
+                    "json",
+                    "checkpoint",
+                    "create",
+                    "vm",
+                    "--name",
+                    &cp,
+                ]),
+            )
+            .json();
+            stalls.push(made["stall_us"].as_u64().expect("a stall"));
+            checkpoints.push((cp, acked(p)));
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // The tree and the current snapshot read while it runs.
+    let tree = ok(p, &st(&["snapshot", "list", "vm", "--tree"])).stdout;
+    assert!(tree.contains("s0") && tree.contains("s19"), "{tree}");
+    assert_eq!(
+        ok(p, &st(&["snapshot", "current", "vm", "--name"])).stdout,
+        "s19\n"
+    );
+    // The guest goes on writing after the last snapshot, then is stopped.
+    let last = acked(p);
+    wait_until(Duration::from_secs(60), "the guest writes on", || {
+        acked(p) > last + 20
+    });
+    ok(p, &st(&["domain", "destroy", "vm"]));
+    let console = std::fs::read_to_string(p.join("vm.console")).unwrap();
+    assert!(!console.contains("WRITE-FAILED"), "{console}");
+    assert!(!console.contains("I/O error"), "{console}");
+    eprintln!("stalls (µs): {stalls:?}");
+
+    // Every snapshot is one instant of both disks.
+    let dom = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout.replace('"', "'");
+    let top = |t: &str| {
+        let at = dom.find(&format!("dev='{t}'")).unwrap();
+        let src = dom[..at].rfind("<source file='").unwrap() + "<source file='".len();
+        dom[src..src + dom[src..].find('\'').unwrap()].to_string()
+    };
+    let chains = [chain(p, &top("vda")), chain(p, &top("vdb"))];
+    for (name, before) in &snaps {
+        let xml = ok(p, &st(&["snapshot", "dumpxml", "vm", name]))
+            .stdout
+            .replace('"', "'");
+        let mut got = Vec::new();
+        for (k, dev) in ["vda", "vdb"].iter().enumerate() {
+            let at = xml.find(&format!("<disk name='{dev}'")).unwrap();
+            let disk = &xml[at..at + xml[at..].find("</disk>").unwrap_or(xml.len() - at)];
+            let raw = if disk.contains("snapshot='internal'") {
+                let f = holder(p, &chains[k], name);
+                read_raw(p, &f, Some(name))
+            } else {
+                // The overlay made then: the chain below it is the disk
+                // as it was.
+                let src = disk.find("<source file='").unwrap() + "<source file='".len();
+                let overlay = &disk[src..src + disk[src..].find('\'').unwrap()];
+                let below = &chain(p, overlay)[1];
+                read_raw(p, below, None)
+            };
+            got.push(prefix(&raw, &format!("{name} {dev}")));
+        }
+        let (a, b) = (got[0], got[1]);
+        assert!(b == a || b + 1 == a, "{name}: vda has {a} records, vdb {b}");
+        assert!(
+            b >= *before,
+            "{name}: {b} records, {before} acknowledged before"
+        );
+    }
+
+    // Each checkpoint's bitmaps, over every layer and every later
+    // checkpoint, cover every record written after it.
+    for (i, (cp, bound)) in checkpoints.iter().enumerate() {
+        for chain in &chains {
+            let mut dirty = Vec::new();
+            for f in chain {
+                for (later, _) in &checkpoints[i..] {
+                    dirty.extend(extents(p, f, later));
+                }
+            }
+            let written = prefix(&read_raw(p, &chain[0], None), "now");
+            for k in bound + 2..=written {
+                let (start, end) = (k * 4096, k * 4096 + 4096);
+                assert!(
+                    dirty.iter().any(|&(o, l)| o <= start && end <= o + l),
+                    "{cp}: record {k} (written after it) is in no bitmap of {chain:?}"
+                );
+            }
+        }
+    }
+    for chain in &chains {
+        for f in chain {
+            assert_clean(p, f);
+        }
+    }
+}
