@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::exit::{usage, OK};
-use crate::live_args::{DaemonArgs, DiskBackendArg};
+use crate::live_args::{DaemonArgs, DiskBackendArg, OnStopArg};
 
 /// Runs `strata daemon`.
 pub fn run(args: DaemonArgs, state: Option<&Path>) -> Result<u8> {
@@ -26,6 +26,10 @@ pub fn run(args: DaemonArgs, state: Option<&Path>) -> Result<u8> {
     config.options.disk_backend = match args.disk_backend {
         DiskBackendArg::VhostUserBlk => strata_daemon::disks::Serve::VhostUser,
         DiskBackendArg::Nbd => strata_daemon::disks::Serve::Nbd,
+    };
+    config.options.on_stop = match args.on_stop {
+        OnStopArg::Shutdown => strata_daemon::lifecycle::OnStop::Shutdown,
+        OnStopArg::Keep => strata_daemon::lifecycle::OnStop::Keep,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

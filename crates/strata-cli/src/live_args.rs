@@ -23,6 +23,20 @@ pub struct DaemonArgs {
     /// How disks are served unless a domain's metadata chooses.
     #[arg(long, value_enum, default_value_t = DiskBackendArg::VhostUserBlk)]
     pub disk_backend: DiskBackendArg,
+    /// What becomes of running guests when the daemon stops (SIGTERM,
+    /// SIGINT).
+    #[arg(long, value_enum, default_value_t = OnStopArg::Shutdown)]
+    pub on_stop: OnStopArg,
+}
+
+/// `--on-stop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnStopArg {
+    /// The ACPI power button, then destroy after --shutdown-timeout.
+    Shutdown,
+    /// Leave them running, their disks drained and closed, for the next
+    /// daemon to take over (an upgrade).
+    Keep,
 }
 
 /// `--disk-backend`.

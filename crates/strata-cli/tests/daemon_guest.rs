@@ -162,8 +162,11 @@ fn a_domain_runs_through_its_lifecycle_as_libvirt_says() {
     let console = std::fs::read_to_string(p.join("vm.console")).unwrap();
     assert!(console.contains("STRATA-GUEST-EXIT=0"), "{console}");
     check_written(p, "vm.qcow2");
-    // Now it may go.
-    ok(p, &st(&["domain", "undefine", "vm"]));
+    // Now it may go (with the checkpoint taken while it ran).
+    ok(
+        p,
+        &st(&["domain", "undefine", "vm", "--checkpoints-metadata"]),
+    );
 }
 
 #[test]

@@ -243,7 +243,9 @@ fn live_snapshots_hold_one_instant_of_every_disk_and_checkpoints_miss_no_write()
     eprintln!("stalls (µs): {stalls:?}");
 
     // Every snapshot is one instant of both disks.
-    let dom = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout.replace('"', "'");
+    let dom = ok(p, &st(&["domain", "dumpxml", "vm"]))
+        .stdout
+        .replace('"', "'");
     let top = |t: &str| {
         let at = dom.find(&format!("dev='{t}'")).unwrap();
         let src = dom[..at].rfind("<source file='").unwrap() + "<source file='".len();

@@ -80,6 +80,10 @@ pub async fn run_until(
         hypervisor,
         config.options.clone(),
     ));
+    let taken = svc.recover().await;
+    if !taken.is_empty() {
+        tracing::info!(domains = ?taken, "took over the runs of the previous daemon");
+    }
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let router = crate::api::router(svc.clone());
     let listener = claimed

@@ -11,6 +11,8 @@
 //!   state, reason, operation mutex and running emulator.
 //! - [`disks`]: opening a domain's images (strata-image, writable, locked)
 //!   and serving them to QEMU.
+//! - [`journal`]: each run's record, from which a daemon that starts
+//!   after a crash or an upgrade takes the run over.
 //! - [`client`]: a small blocking client of the API, for the CLI.
 //! - [`types`]: what the API sends and receives.
 //! - [`notify`]: systemd's readiness notifications.
@@ -25,6 +27,7 @@ pub mod client;
 pub mod daemon;
 pub mod disks;
 pub mod error;
+pub mod journal;
 pub mod lifecycle;
 pub mod notify;
 pub mod registry;

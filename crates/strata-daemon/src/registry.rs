@@ -66,6 +66,11 @@ impl Registry {
     pub fn next_id(&self) -> u32 {
         self.last_id.fetch_add(1, Ordering::SeqCst) + 1
     }
+
+    /// Notes an id a run taken over keeps: new ids come after it.
+    pub fn keep_id(&self, id: u32) {
+        self.last_id.fetch_max(id, Ordering::SeqCst);
+    }
 }
 
 /// What a domain is doing, as last known.
@@ -260,9 +265,33 @@ impl Running {
         self.disks.blocking_lock()
     }
 
-    /// Closes the disks (servers stopped, images flushed and closed) and
-    /// releases the domain lock. Safe to call more than once.
+    /// The run's record, as its disks are now.
+    pub fn record_of(&self, disks: &[ServedDisk]) -> crate::journal::RunRecord {
+        crate::journal::RunRecord {
+            id: self.id,
+            uuid: self.uuid.clone(),
+            disks: disks.iter().map(ServedDisk::record).collect(),
+        }
+    }
+
+    /// Closes the disks (servers stopped, images flushed and closed),
+    /// releases the domain lock and removes the run's record: the run is
+    /// over. Safe to call more than once.
     pub async fn release(&self) {
+        self.hand_over().await;
+        let record = self.run_dir.join(crate::journal::FILE);
+        if let Err(e) = std::fs::remove_file(&record) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %record.display(), error = %e, "cannot remove the run record");
+            }
+        }
+    }
+
+    /// Closes the disks and releases the domain lock as [`Running::release`]
+    /// does, but keeps the run's record and leaves QEMU running: the next
+    /// daemon takes the run over (a graceful restart). Every disk stops
+    /// taking requests and answers those in flight before it closes.
+    pub async fn hand_over(&self) {
         let disks = std::mem::take(&mut *self.disks.lock().await);
         crate::disks::close_all(disks).await;
         lock(&self.lock).take();

@@ -43,6 +43,15 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// No emulator of a previous run can be taken over from `run_dir`.
+    #[error("cannot take over the emulator of {}: {reason}", run_dir.display())]
+    NotAdoptable {
+        /// The run's folder.
+        run_dir: PathBuf,
+        /// Why (no pid file, no such process, not that run's QEMU).
+        reason: String,
+    },
+
     /// The emulator ran but did not answer as QEMU does (`-version`).
     #[error("{} does not look like QEMU: {reason}", emulator.display())]
     NotQemu {

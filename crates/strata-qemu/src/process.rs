@@ -125,6 +125,37 @@ impl QemuProcess {
         })
     }
 
+    /// Takes charge of an emulator a previous daemon started (`pid`, now
+    /// reparented away from us): it is watched through a pidfd, which
+    /// says when it ends (its exit status is not ours to collect) and
+    /// carries signals to it and to no process that reused its pid.
+    pub fn adopt(pid: u32, program: &Path, log_file: &Path) -> Result<Self> {
+        let io_err = |op, source| Error::Io {
+            op,
+            path: PathBuf::from(format!("/proc/{pid}")),
+            source,
+        };
+        let pidfd = pidfd_open(pid).map_err(|e| io_err("opening a pidfd", e))?;
+        // SAFETY: an OwnedFd returns the same open descriptor for as long as
+        // it lives, and the AsyncFd owns it from here on.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| io_err("watching a pidfd", e.into()))?;
+        let span = tracing::info_span!("qemu", pid, emulator = %program.display());
+        span.in_scope(|| tracing::info!("adopted"));
+        let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        tokio::spawn(watch_adopted(fd, sig_rx, exit_tx).instrument(span));
+        Ok(QemuProcess {
+            pid,
+            program: program.into(),
+            log_file: log_file.into(),
+            signals: sig_tx,
+            exit: exit_rx,
+        })
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.pid
@@ -245,6 +276,67 @@ async fn watch_child(
         }
     };
     tracing::info!(status = %info, "exited");
+    let _ = exit.send(Some(info));
+}
+
+/// `pidfd_open(2)`: a descriptor that becomes readable when `pid` ends.
+fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; it touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a descriptor the kernel just gave us, owned by no one.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Watches an adopted process through its pidfd: forwards signals while
+/// it runs (`pidfd_send_signal`), publishes its end (status unknown: it is
+/// not our child). Dropping the handle leaves the process running.
+async fn watch_adopted(
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    mut signals: mpsc::UnboundedReceiver<i32>,
+    exit: watch::Sender<Option<ExitInfo>>,
+) {
+    use std::os::fd::AsRawFd;
+    loop {
+        tokio::select! {
+            r = fd.readable() => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot watch the emulator");
+                }
+                break;
+            }
+            sig = signals.recv() => match sig {
+                Some(sig) => {
+                    tracing::debug!(sig, "signalling");
+                    // SAFETY: pidfd_send_signal takes our pidfd, a signal
+                    // number and no siginfo; it touches no memory of ours.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_pidfd_send_signal,
+                            fd.get_ref().as_raw_fd(),
+                            sig,
+                            std::ptr::null::<libc::siginfo_t>(),
+                            0,
+                        )
+                    };
+                }
+                None => {
+                    // The handle is gone; the emulator lives on.
+                    let _ = fd.readable().await;
+                    break;
+                }
+            },
+        }
+    }
+    let info = ExitInfo {
+        code: None,
+        signal: None,
+    };
+    tracing::info!("exited");
     let _ = exit.send(Some(info));
 }
 

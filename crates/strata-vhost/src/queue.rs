@@ -5,8 +5,16 @@
 //! `VIRTIO_RING_F_EVENT_IDX`): page-cache I/O takes microseconds, less than
 //! handing a request to another thread. The rest (large requests, flushes,
 //! discards, writes in writethrough mode, and whatever a batch holds past
-//! its time budget) go to the queue's I/O threads, which answer each as it
-//! completes. Answers may come in any order, as virtio-blk allows.
+//! its time budget) go to the queue's I/O threads.
+//!
+//! Answers enter the used ring in the order their requests were taken,
+//! whatever order they complete in ([`Order`]): then the used index alone
+//! says which requests are done — every one before it, none after. That is
+//! what QEMU relies on when its backend dies: it resumes the ring at the
+//! used index, so a restarted backend takes again exactly the requests that
+//! had no answer (running one twice is harmless: the same data again), and
+//! the guest loses none. Answered out of order, a request taken before one
+//! already answered would be skipped for ever and its guest hang.
 //!
 //! While the driver keeps the queue busy (a batch held more than one
 //! request, or the last poll found more), the thread looks at the empty
@@ -16,7 +24,8 @@
 //! batch. A queue served one request at a time never polls.
 
 use std::cell::Cell;
-use std::sync::atomic::Ordering;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +40,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use crate::config::Config;
 use crate::device::Limits;
 use crate::error::Result;
-use crate::execute::{answer, Context};
+use crate::execute::{answer, failed, Context};
 use crate::gate::{GateInner, Ticket};
 use crate::pool::{IoPool, Job};
 use crate::request::{parse, Action, Op, Parsed, Request};
@@ -78,15 +87,32 @@ pub(crate) struct Queue {
     inline_max: u64,
     /// How long a busy queue's thread polls its empty ring.
     poll: Duration,
+    /// Requests taken so far: the next one's place in the answer order.
+    taken: AtomicU64,
+    /// Answers waiting for those of earlier requests.
+    order: Arc<Mutex<Order>>,
 }
+
+/// The answers of one queue, put in the used ring in the order their
+/// requests were taken.
+#[derive(Debug, Default)]
+pub(crate) struct Order {
+    /// The place of the next answer the used ring takes.
+    next: u64,
+    /// Answers that came early: place → (head, used length).
+    early: BTreeMap<u64, (u16, u32)>,
+}
+
+/// One answer: the request's place in the order, its head, the used length.
+pub(crate) type Answer = (u64, u16, u32);
 
 /// What a pass keeps from one batch to the next.
 #[derive(Default)]
 struct Taker {
     /// The bounce buffer of requests run on the queue's thread.
     scratch: Vec<u8>,
-    /// Answers of this batch not yet in the used ring: head, used length.
-    answered: Vec<(u16, u32)>,
+    /// Answers of this batch not yet in the used ring.
+    answered: Vec<Answer>,
     /// Their in-flight tickets, released once the answers are in the ring.
     tickets: Vec<Ticket>,
     /// The driver keeps the queue busy: poll before asking for a kick.
@@ -114,6 +140,8 @@ impl Queue {
             pool: IoPool::new(&format!("vhost-blk-io{index}"), config.io_threads)?,
             inline_max: u64::from(config.inline_max),
             poll: Duration::from_micros(u64::from(config.ring_poll_us)),
+            taken: AtomicU64::new(0),
+            order: Arc::new(Mutex::new(Order::default())),
         })
     }
 
@@ -148,7 +176,8 @@ impl Queue {
                     match ring.as_mut().and_then(Iterator::next) {
                         Some(chain) => {
                             pass.gate.count_taken(q);
-                            chains.push((chain, ticket));
+                            let place = self.taken.fetch_add(1, Ordering::Relaxed);
+                            chains.push((chain, ticket, place));
                         }
                         None => break,
                     }
@@ -189,7 +218,7 @@ impl Queue {
         pass: &Pass<'_>,
         vring: &Vring,
         memory: &MemoryGuard,
-        chains: Vec<(Chain, Ticket)>,
+        chains: Vec<(Chain, Ticket, u64)>,
         taker: &mut Taker,
     ) {
         let q = self.index;
@@ -202,17 +231,25 @@ impl Queue {
         };
         let mut here = Vec::new();
         let mut jobs = Vec::new();
-        for (chain, ticket) in chains {
+        let at = |place| At {
+            vring: vring.clone(),
+            order: self.order.clone(),
+            q,
+            place,
+        };
+        for (chain, ticket, place) in chains {
             let head = chain.head_index();
             let descs = chain.map(|d| (d.addr(), d.len(), d.is_write_only()));
             match parse(&**memory, head, descs, &limits) {
                 Parsed::Request(req) if inline && self.quick(&req, ctx.writethrough) => {
-                    here.push((req, ticket));
+                    here.push((req, ticket, place));
                 }
-                Parsed::Request(req) => jobs.push(job(req, ticket, &image, vring, memory, ctx, q)),
+                Parsed::Request(req) => {
+                    jobs.push(job(req, ticket, &image, memory, ctx, at(place)));
+                }
                 Parsed::Unanswerable { head, reason } => {
                     tracing::warn!(queue = q, head, reason, "virtio-blk chain dropped");
-                    taker.answered.push((head, 0));
+                    taker.answered.push((place, head, 0));
                     taker.tickets.push(ticket);
                 }
             }
@@ -223,35 +260,22 @@ impl Queue {
         }
         let started = Instant::now();
         let mut rest = here.into_iter();
-        for (req, ticket) in rest.by_ref() {
+        for (req, ticket, place) in rest.by_ref() {
             let scratch = &mut taker.scratch;
-            let run =
-                std::panic::AssertUnwindSafe(|| answer(&**memory, &*image, &req, ctx, scratch));
-            match std::panic::catch_unwind(run) {
-                Ok(len) => {
-                    taker.answered.push((req.head, len));
-                    taker.tickets.push(ticket);
-                }
-                Err(_) => {
-                    // Its ticket goes now: the answer is lost, not the queue.
-                    tracing::error!(
-                        queue = q,
-                        "a virtio-blk request panicked; it stays unanswered"
-                    );
-                    taker.scratch = Vec::new();
-                }
-            }
+            let len = answer_guarded(memory, &*image, &req, ctx, scratch, q);
+            taker.answered.push((place, req.head, len));
+            taker.tickets.push(ticket);
             if started.elapsed() > INLINE_BUDGET {
                 break;
             }
         }
         let late: Vec<Job> = rest
-            .map(|(req, ticket)| job(req, ticket, &image, vring, memory, ctx, q))
+            .map(|(req, ticket, place)| job(req, ticket, &image, memory, ctx, at(place)))
             .collect();
         if !late.is_empty() {
             self.pool.submit(late);
         }
-        complete(vring, q, &taker.answered);
+        publish(vring, &self.order, q, &taker.answered);
         taker.answered.clear();
         // In the used ring: no longer in flight.
         taker.tickets.clear();
@@ -275,6 +299,45 @@ impl Queue {
     pub(crate) fn stop(&self, gate: &GateInner) {
         drop(self.taking.lock());
         gate.wait_queue_idle(self.index);
+        // Every request is answered, or was dropped unrun by a device
+        // shutting down: the next ring starts the order afresh.
+        let mut order = self.order.lock();
+        order.next = self.taken.load(Ordering::Relaxed);
+        order.early.clear();
+    }
+}
+
+/// Where a job's answer goes: its queue's ring and order, and its place.
+struct At {
+    vring: Vring,
+    order: Arc<Mutex<Order>>,
+    q: usize,
+    place: u64,
+}
+
+/// Runs `req` and returns its used length; a run that panics is answered
+/// `IOERR` (its answer keeps its place in the order, so later ones are not
+/// held back for ever).
+fn answer_guarded(
+    memory: &Memory,
+    image: &dyn Image,
+    req: &Request,
+    ctx: Context<'_>,
+    scratch: &mut Vec<u8>,
+    q: usize,
+) -> u32 {
+    let run = std::panic::AssertUnwindSafe(|| answer(memory, image, req, ctx, scratch));
+    match std::panic::catch_unwind(run) {
+        Ok(len) => len,
+        Err(_) => {
+            tracing::error!(
+                queue = q,
+                head = req.head,
+                "a virtio-blk request panicked; answered IOERR"
+            );
+            *scratch = Vec::new();
+            failed(memory, req)
+        }
     }
 }
 
@@ -283,20 +346,19 @@ fn job(
     req: Request,
     ticket: Ticket,
     image: &Arc<dyn Image>,
-    vring: &Vring,
     memory: &MemoryGuard,
     ctx: Context<'_>,
-    q: usize,
+    at: At,
 ) -> Job {
-    let (image, vring, memory) = (image.clone(), vring.clone(), memory.clone());
+    let (image, memory) = (image.clone(), memory.clone());
     let (serial, writethrough) = (*ctx.serial, ctx.writethrough);
     Box::new(move |scratch: &mut Vec<u8>| {
         let ctx = Context {
             serial: &serial,
             writethrough,
         };
-        let len = answer(&*memory, &*image, &req, ctx, scratch);
-        complete(&vring, q, &[(req.head, len)]);
+        let len = answer_guarded(&memory, &*image, &req, ctx, scratch, at.q);
+        publish(&at.vring, &at.order, at.q, &[(at.place, req.head, len)]);
         // Dropped unrun (the device shutting down), it still leaves the count.
         drop(ticket);
     })
@@ -348,6 +410,32 @@ fn chain_depth(image: &dyn Image) -> usize {
         below = b.backing();
     }
     depth
+}
+
+/// Takes `answers` into the order and puts every answer whose turn has
+/// come in the used ring (under the order's lock, so they enter in order).
+fn publish(vring: &Vring, order: &Mutex<Order>, q: usize, answers: &[Answer]) {
+    if answers.is_empty() {
+        return;
+    }
+    let mut order = order.lock();
+    let mut ready = Vec::with_capacity(answers.len());
+    for &(place, head, len) in answers {
+        if place == order.next {
+            ready.push((head, len));
+            order.next += 1;
+        } else {
+            order.early.insert(place, (head, len));
+        }
+    }
+    while let Some(answer) = {
+        let next = order.next;
+        order.early.remove(&next)
+    } {
+        ready.push(answer);
+        order.next += 1;
+    }
+    complete(vring, q, &ready);
 }
 
 /// Puts answers (head, used length) in the used ring and notifies the

@@ -3,7 +3,10 @@
 //! domain's lock, which the run keeps), quiesced all together — every disk
 //! stops taking guest requests before any is drained, so the disks stop at
 //! one instant — then drained and flushed; a new top is switched in under
-//! the paused guest; dropping the guard resumes every disk.
+//! the paused guest; dropping the guard records the new tops in the run's
+//! record ([`crate::journal`]) and only then resumes every disk, so a
+//! daemon that dies at any moment is followed by one that serves what the
+//! guest last wrote to.
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -17,6 +20,7 @@ use strata_image::Image;
 use strata_vhost::Paused;
 
 use super::{ServedDisk, Server};
+use crate::journal::{self, RunRecord};
 
 /// How long quiescing waits for the requests in flight.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -24,15 +28,20 @@ pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// The served disks of one run, handed to one operation.
 pub struct LiveDisks<'a> {
     disks: &'a [ServedDisk],
+    /// The run's folder and its record, updated when a top changes.
+    run_dir: &'a Path,
+    record: RunRecord,
     /// New tops served since: (disk index, image).
     switched: RefCell<Vec<(usize, Arc<dyn Image>)>>,
 }
 
 impl<'a> LiveDisks<'a> {
-    /// The disks of a run.
-    pub fn new(disks: &'a [ServedDisk]) -> LiveDisks<'a> {
+    /// The disks of a run recorded in `run_dir` as `record`.
+    pub fn new(disks: &'a [ServedDisk], run_dir: &'a Path, record: RunRecord) -> LiveDisks<'a> {
         LiveDisks {
             disks,
+            run_dir,
+            record,
             switched: RefCell::new(Vec::new()),
         }
     }
@@ -121,5 +130,26 @@ impl Quiesced for Quiet<'_, '_> {
         tracing::info!(disk = %target, top = %image.path(), "serving a new top");
         self.disks.switched.borrow_mut().push((*i, image));
         Ok(())
+    }
+}
+
+impl Drop for Quiet<'_, '_> {
+    fn drop(&mut self) {
+        // Before the guest's requests are taken again (the paused gates
+        // resume as the fields drop, after this).
+        let switched = self.disks.switched.borrow();
+        if switched.is_empty() {
+            return;
+        }
+        let mut record = self.disks.record.clone();
+        for (i, top) in switched.iter() {
+            let target = &self.disks.disks[*i].target;
+            if let Some(d) = record.disks.iter_mut().find(|d| &d.target == target) {
+                d.source = top.path().into();
+            }
+        }
+        if let Err(e) = journal::write(self.disks.run_dir, &record) {
+            tracing::error!(error = %e, "the run record does not name the new tops");
+        }
     }
 }

@@ -79,6 +79,15 @@ impl ServedDisk {
         }
     }
 
+    /// How the run's record names it.
+    pub fn record(&self) -> crate::journal::DiskRecord {
+        crate::journal::DiskRecord {
+            target: self.target.clone(),
+            source: self.source.clone(),
+            backend: self.info().backend,
+        }
+    }
+
     /// Records that `image` (a new overlay on the old top) is served now.
     pub fn replace_top(&mut self, image: Arc<dyn Image>) {
         self.source = PathBuf::from(image.path());

@@ -60,7 +60,8 @@ impl Service {
         let n = name.to_string();
         tokio::task::spawn_blocking(move || {
             let mut served = run.disks_blocking();
-            let disks = LiveDisks::new(&served);
+            let record = run.record_of(&served);
+            let disks = LiveDisks::new(&served, &run.run_dir, record);
             let result = Store::open(&dir).and_then(|mut store| op(&mut store, &n, &disks));
             let switched = disks.into_switched();
             for (i, top) in switched {

@@ -11,6 +11,7 @@
 
 pub mod live;
 pub mod pause;
+pub mod recover;
 pub mod start;
 pub mod stop;
 pub mod watch;
@@ -37,6 +38,18 @@ pub struct Options {
     pub shutdown_timeout: Duration,
     /// How disks are served unless a domain chooses otherwise.
     pub disk_backend: crate::disks::Serve,
+    /// What becomes of running guests when the daemon stops.
+    pub on_stop: OnStop,
+}
+
+/// What becomes of running guests when the daemon stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStop {
+    /// The ACPI power button, then destroy after the shutdown timeout.
+    Shutdown,
+    /// Left running with their disks drained and closed, for the next
+    /// daemon to take over ([`recover`]).
+    Keep,
 }
 
 impl Default for Options {
@@ -47,6 +60,7 @@ impl Default for Options {
             destroy_grace: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
             disk_backend: crate::disks::Serve::VhostUser,
+            on_stop: OnStop::Shutdown,
         }
     }
 }

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use super::Service;
 use crate::disks;
 use crate::error::{Error, Result};
+use crate::journal::{self, RunRecord};
 use crate::registry::Running;
 use crate::types::{DomainInfo, Reason, State};
 
@@ -71,9 +72,22 @@ impl Service {
         // event watcher) logs in the domain's own span.
         let dspan = tracing::info_span!(parent: None, "domain", name = %name);
         let served = disks::serve_all(plan).instrument(dspan.clone()).await?;
+        let id = self.registry().next_id();
+        let record = RunRecord {
+            id,
+            uuid: domain.uuid(),
+            disks: served.iter().map(disks::ServedDisk::record).collect(),
+        };
+        if let Err(e) = journal::write(&run_dir, &record) {
+            disks::close_all(served).await;
+            return Err(e);
+        }
         let mut opts = StartOptions::new(&run_dir);
         opts.paused = paused;
         opts.destroy_grace = self.options.destroy_grace;
+        // The guest outlives this daemon: a crash or an upgrade of the
+        // daemon leaves QEMU running, for the next daemon to take over.
+        opts.kill_on_drop = false;
         let started = self
             .hypervisor
             .start(&machine, &opts)
@@ -91,7 +105,6 @@ impl Service {
             }
         };
         let events = vm.take_events();
-        let id = self.registry().next_id();
         let run = Arc::new(Running::new(id, domain.uuid(), vm, run_dir, served, lock));
         let (state, reason) = if paused {
             (State::Paused, Reason::User)
@@ -106,7 +119,7 @@ impl Service {
 
     /// Takes the domain's lock without waiting: another strata process
     /// that holds it is changing the domain's disks.
-    async fn domain_lock(&self, name: &str) -> Result<DomainLock> {
+    pub(super) async fn domain_lock(&self, name: &str) -> Result<DomainLock> {
         let dir = self.state_dir().to_path_buf();
         let n = name.to_string();
         let held = tokio::task::spawn_blocking(move || DomainLock::try_acquire(&dir, &n))

@@ -103,7 +103,9 @@ impl Service {
     }
 
     /// The stop policy, when the daemon is asked to stop (SIGTERM,
-    /// SIGINT): new starts are refused; every running domain gets the ACPI
+    /// SIGINT): new starts are refused. With [`super::OnStop::Keep`] every
+    /// active domain's disks are drained and closed and its QEMU left
+    /// running for the next daemon. Otherwise every running domain gets the ACPI
     /// power button and [`super::Options::shutdown_timeout`] to power off,
     /// then is destroyed; paused domains are destroyed at once (their
     /// guests cannot see the button). Disks are flushed and closed and
@@ -129,6 +131,11 @@ impl Service {
         let Some(run) = slot.running().filter(|_| status.state.is_active()) else {
             return;
         };
+        if self.options.on_stop == super::OnStop::Keep {
+            run.hand_over().await;
+            tracing::info!(pid = run.vm.pid(), "left running for the next daemon");
+            return;
+        }
         if status.state == State::Running {
             let rx = slot.watch();
             match run.vm.powerdown().await {

@@ -120,6 +120,22 @@ pub trait Hypervisor: Send + Sync {
         machine: &'a Machine,
         opts: &'a StartOptions,
     ) -> BoxFuture<'a, Result<Box<dyn Vm>>>;
+
+    /// Takes over machine `name`, started earlier (by a daemon that has
+    /// since died or restarted) in `opts.run_dir` and still running there.
+    fn adopt<'a>(
+        &'a self,
+        name: &'a str,
+        opts: &'a StartOptions,
+    ) -> BoxFuture<'a, Result<Box<dyn Vm>>> {
+        let _ = name;
+        Box::pin(async move {
+            Err(crate::Error::NotAdoptable {
+                run_dir: opts.run_dir.clone(),
+                reason: "this hypervisor cannot take over machines".into(),
+            })
+        })
+    }
 }
 
 /// A started machine.

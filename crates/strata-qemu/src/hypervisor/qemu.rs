@@ -125,6 +125,56 @@ impl QemuHypervisor {
     }
 }
 
+impl QemuHypervisor {
+    /// Takes over machine `name`, whose QEMU a previous daemon started in
+    /// `opts.run_dir` and which still runs: the process from its pid file
+    /// (only if its command line names this run's QMP socket, so a reused
+    /// pid is never taken for it), watched through a pidfd; a new QMP
+    /// connection (QEMU's monitor takes one client at a time, and the old
+    /// one died with its daemon); the events from now on.
+    pub async fn adopt_qemu(&self, name: &str, opts: &StartOptions) -> Result<QemuVm> {
+        let dir = &opts.run_dir;
+        let fail = |reason: String| Error::NotAdoptable {
+            run_dir: dir.clone(),
+            reason,
+        };
+        let qmp_socket = dir.join("qmp.sock");
+        let pid_file = dir.join("qemu.pid");
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .map_err(|e| fail(format!("{}: {e}", pid_file.display())))?
+            .trim()
+            .parse()
+            .map_err(|e| fail(format!("{}: not a pid: {e}", pid_file.display())))?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map_err(|e| fail(format!("process {pid}: {e}")))?;
+        let wanted = qmp_socket.to_string_lossy().into_owned();
+        if !cmdline
+            .split(|&b| b == 0)
+            .any(|arg| String::from_utf8_lossy(arg).contains(&wanted))
+        {
+            return Err(fail(format!("process {pid} is not this run's QEMU")));
+        }
+        let program = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map_err(|e| fail(format!("process {pid}: {e}")))?;
+        let process = QemuProcess::adopt(pid, &program, &dir.join("qemu.log"))?;
+        let span = tracing::info_span!("vm", name = %name, pid);
+        let (qmp, qmp_events) = QmpClient::connect(&qmp_socket, opts.qmp)
+            .instrument(span.clone())
+            .await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(forward(qmp_events, process.exit_watch(), tx).instrument(span.clone()));
+        span.in_scope(|| tracing::info!("taken over"));
+        Ok(QemuVm {
+            name: name.to_string(),
+            process,
+            qmp,
+            events: Mutex::new(Some(VmEvents::new(rx))),
+            destroy_grace: opts.destroy_grace,
+            qmp_socket,
+        })
+    }
+}
+
 /// Connects to QMP, unless the process exits first. QEMU greets only once
 /// the machine is built, so a failure to connect (the socket reset, closed
 /// before the greeting) is usually QEMU refusing its arguments: then the
@@ -238,6 +288,14 @@ impl Hypervisor for QemuHypervisor {
         opts: &'a StartOptions,
     ) -> BoxFuture<'a, Result<Box<dyn Vm>>> {
         Box::pin(async move { Ok(Box::new(self.start_qemu(machine, opts).await?) as Box<dyn Vm>) })
+    }
+
+    fn adopt<'a>(
+        &'a self,
+        name: &'a str,
+        opts: &'a StartOptions,
+    ) -> BoxFuture<'a, Result<Box<dyn Vm>>> {
+        Box::pin(async move { Ok(Box::new(self.adopt_qemu(name, opts).await?) as Box<dyn Vm>) })
     }
 }
 

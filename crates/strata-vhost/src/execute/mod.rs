@@ -73,6 +73,15 @@ pub(crate) fn answer<M: GuestMemory + ?Sized>(
     outcome.written.saturating_add(1)
 }
 
+/// Answers `req` with `IOERR` without running it (its run panicked): the
+/// status byte says so, and the answer keeps its place in the used ring.
+pub(crate) fn failed<M: GuestMemory + ?Sized>(mem: &M, req: &Request) -> u32 {
+    if mem.write_obj(VIRTIO_BLK_S_IOERR as u8, req.status).is_err() {
+        tracing::warn!(head = req.head, "virtio-blk status byte not writable");
+    }
+    1
+}
+
 /// Runs one operation.
 pub(crate) fn run<M: GuestMemory + ?Sized>(
     mem: &M,

@@ -214,19 +214,24 @@ fn past_its_time_budget_a_batch_goes_to_the_io_threads() {
 }
 
 #[test]
-fn a_request_that_panics_on_the_queue_thread_loses_its_answer_not_the_queue() {
+fn a_request_that_panics_on_the_queue_thread_is_answered_ioerr_in_its_turn() {
     let mut watched = watched(raw_image(1 << 20).0);
     watched.panic_at = Some(8192);
     let image = Arc::new(watched);
     let mut rig = Rig::new(image.clone(), config(), true);
     submit(&mut rig, 0, VIRTIO_BLK_T_IN, 0, 4096);
-    submit(&mut rig, 1, VIRTIO_BLK_T_IN, 8192, 4096);
+    let panics = submit(&mut rig, 1, VIRTIO_BLK_T_IN, 8192, 4096);
     let last = submit(&mut rig, 2, VIRTIO_BLK_T_IN, 16384, 4096);
     rig.kick();
-    let used = rig.wait_used(2);
-    assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), [4097, 4097]);
+    let used = rig.wait_used(3);
+    // In order: the panicked one answered IOERR (status byte only).
+    assert_eq!(
+        used.iter().map(|u| u.1).collect::<Vec<_>>(),
+        [4097, 1, 4097]
+    );
+    assert_eq!(rig.read(panics, 1)[0], VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(rig.read(last, 1)[0], VIRTIO_BLK_S_OK as u8);
-    assert_eq!(rig.gate.in_flight(), 0, "the lost request still left");
+    assert_eq!(rig.gate.in_flight(), 0);
     let status = submit(&mut rig, 3, VIRTIO_BLK_T_IN, 0, 512);
     rig.kick();
     rig.wait_used(1);
@@ -410,4 +415,32 @@ fn ring_poll_zero_never_polls() {
     assert_eq!(rig.used_idx(), 2);
     rig.kick();
     rig.wait_used(1);
+}
+
+#[test]
+fn answers_enter_the_used_ring_in_the_order_their_requests_were_taken() {
+    // A large read, held in an I/O thread, then a small write that the
+    // queue's thread runs at once: the write's answer waits for the read's,
+    // so the used index never passes a request without an answer (QEMU
+    // resumes a dead backend's ring there).
+    let held = crate::testutil::Hold::image(raw_image(4 << 20).0);
+    let mut rig = Rig::new(held.clone(), config(), true);
+    submit(&mut rig, 0, VIRTIO_BLK_T_IN, 0, 512 << 10);
+    let write = submit(&mut rig, 1, VIRTIO_BLK_T_OUT, 1 << 20, 4096);
+    rig.kick();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rig.read(write, 1)[0] == SENTINEL {
+        assert!(std::time::Instant::now() < deadline, "the write never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let early = rig.used_idx();
+    // Released before asserting: a held read would hold the rig's end.
+    held.release();
+    assert_eq!(early, 0, "the write was answered before the read");
+    let used = rig.wait_used(2);
+    assert_eq!(
+        used.iter().map(|u| u.1).collect::<Vec<_>>(),
+        [(512 << 10) + 1, 1]
+    );
 }
