@@ -6,7 +6,10 @@
 //! read back with qemu-img, holds an unbroken prefix of the records on each
 //! disk, vdb's equal to vda's or one shorter, and at least every record the
 //! guest had acknowledged before the create began; each checkpoint's
-//! bitmaps cover every record written after it; every file is clean.
+//! bitmaps cover every record written after it; every file is clean. The
+//! same again with the daemon killed (`kill -9`) five times at random
+//! moments, once in the middle of a snapshot: each new daemon takes the
+//! running guest over, which goes on without an error.
 
 mod common;
 use common::daemon::*;
@@ -120,11 +123,44 @@ fn extents(p: &Path, file: &str, name: &str) -> Vec<(u64, u64)> {
 
 #[test]
 fn live_snapshots_hold_one_instant_of_every_disk_and_checkpoints_miss_no_write() {
+    run(false);
+}
+
+#[test]
+fn the_guest_and_every_check_survive_five_kills_of_the_daemon() {
+    run(true);
+}
+
+/// A small random number source (xorshift), seeded from the clock; the
+/// seed is printed so a failing run can be told apart.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!("seed {seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn run(kills: bool) {
     let Some(kit) = strata_testguest::kit() else {
         return;
     };
     let d = tmp();
     let p = d.path();
+    let mut rng = Rng::new();
     kit.initrd(RECORDS, &[], &p.join("vm.initrd.gz"))
         .expect("building the initrd");
     for disk in ["a.qcow2", "b.qcow2"] {
@@ -161,7 +197,7 @@ fn live_snapshots_hold_one_instant_of_every_disk_and_checkpoints_miss_no_write()
     );
     std::fs::write(p.join("vm.xml"), xml).unwrap();
     ok(p, &st(&["domain", "define", "vm.xml"]));
-    let _daemon = DaemonProc::start(p, &[], &[]);
+    let mut daemon = DaemonProc::start(p, &[], &[]);
     ok(p, &st(&["domain", "start", "vm"]));
     wait_until(Duration::from_secs(120), "the guest writes", || {
         acked(p) > 20
@@ -201,9 +237,37 @@ fn live_snapshots_hold_one_instant_of_every_disk_and_checkpoints_miss_no_write()
             ]),
         }
         let before = acked(p);
+        if kills && i == 10 {
+            // Killed in the middle of the snapshot: it is taken or not.
+            let pid = daemon.pid();
+            let delay = rng.below(8);
+            let killer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(delay));
+                signal(pid, libc::SIGKILL);
+            });
+            let r = strata(p, &st(&args));
+            killer.join().unwrap();
+            daemon.kill9();
+            daemon = DaemonProc::start(p, &[], &[]);
+            eprintln!("killed {delay} ms into snapshot {name}: exit {}", r.code);
+            if strata(p, &st(&["snapshot", "dumpxml", "vm", &name])).code == 0 {
+                snaps.push((name, before));
+            }
+            continue;
+        }
         let made = ok(p, &st(&args)).json();
         stalls.push(made["stall_us"].as_u64().expect("a stall"));
         snaps.push((name, before));
+        if kills && [2, 6, 13, 17].contains(&i) {
+            std::thread::sleep(Duration::from_millis(rng.below(300)));
+            let seen = acked(p);
+            daemon.kill9();
+            daemon = DaemonProc::start(p, &[], &[]);
+            assert_eq!(domstate(p, "vm"), "running (unpaused)");
+            wait_until(Duration::from_secs(60), "the guest writes on", || {
+                acked(p) > seen + 5
+            });
+        }
         if i % 4 == 3 {
             let cp = format!("c{}", i / 4);
             let made = ok(

@@ -92,6 +92,15 @@ impl DaemonProc {
         }
     }
 
+    /// `kill -9`: the daemon dies at once, whatever it was doing (its
+    /// guests run on); waits until it is gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon-test.log")).unwrap_or_default()
