@@ -3,7 +3,8 @@
 //! succeed, and what it shows must be true — the revert undid the bad
 //! write, qemu-img judges both restores identical to the disks, the pull
 //! backup maps exactly the range written since the checkpoint as dirty,
-//! a guest strata runs writes through strata's disk and is shut down, and
+//! a guest strata runs writes through strata's disk, is snapshotted live
+//! and is shut down, and
 //! qemu-img check finds no error in any image strata wrote.
 
 use std::path::Path;
@@ -39,6 +40,13 @@ fn the_readme_demo_runs_and_shows_what_it_says() {
         text.contains("\nwritten by the guest, served by strata\n"),
         "{all}"
     );
-    assert_eq!(count(": no errors"), 7, "{all}");
+    // A live snapshot of the running guest, with its stall; the tree.
+    assert!(text.contains("\"stall_us\": "), "{all}");
+    assert!(
+        text.contains("\"source\": \"") && text.contains("guest.booted\""),
+        "{all}"
+    );
+    assert!(text.contains("\nbooted\n"), "{all}");
+    assert_eq!(count(": no errors"), 8, "{all}");
     assert!(!all.contains("strata: error"), "{all}");
 }

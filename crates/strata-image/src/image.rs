@@ -173,6 +173,17 @@ pub trait Image: Send + Sync + std::fmt::Debug {
     fn host_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         None
     }
+    /// True when changes guest writes made to the image's own structures
+    /// (new clusters mapped, zeroed ranges) are still only in this
+    /// process's memory, so that a process that dies now would lose writes
+    /// it has already completed. A server whose client outlives it (a
+    /// daemon that can be killed and replaced under a running guest)
+    /// flushes before answering such writes. False for images that keep no
+    /// such state (raw).
+    fn unwritten_metadata(&self) -> bool {
+        false
+    }
+
     /// Flushes and releases what the image holds (locks stay until drop).
     fn close(&self) -> Result<()> {
         self.flush()

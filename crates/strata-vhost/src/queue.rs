@@ -14,7 +14,10 @@
 //! used index, so a restarted backend takes again exactly the requests that
 //! had no answer (running one twice is harmless: the same data again), and
 //! the guest loses none. Answered out of order, a request taken before one
-//! already answered would be skipped for ever and its guest hang.
+//! already answered would be skipped for ever and its guest hang. For the
+//! same reason writes that mapped new clusters are answered only once the
+//! image's metadata is written back ([`settle`]): a daemon killed after
+//! answering must not take completed writes with it.
 //!
 //! While the driver keeps the queue busy (a batch held more than one
 //! request, or the last poll found more), the thread looks at the empty
@@ -260,14 +263,19 @@ impl Queue {
         }
         let started = Instant::now();
         let mut rest = here.into_iter();
+        let mut wrote = false;
         for (req, ticket, place) in rest.by_ref() {
             let scratch = &mut taker.scratch;
             let len = answer_guarded(memory, &*image, &req, ctx, scratch, q);
+            wrote |= changes_image(&req);
             taker.answered.push((place, req.head, len));
             taker.tickets.push(ticket);
             if started.elapsed() > INLINE_BUDGET {
                 break;
             }
+        }
+        if wrote {
+            settle(&*image, q);
         }
         let late: Vec<Job> = rest
             .map(|(req, ticket, place)| job(req, ticket, &image, memory, ctx, at(place)))
@@ -304,6 +312,29 @@ impl Queue {
         let mut order = self.order.lock();
         order.next = self.taken.load(Ordering::Relaxed);
         order.early.clear();
+    }
+}
+
+/// True for a request that changes the image (write, write-zeroes,
+/// discard).
+fn changes_image(req: &Request) -> bool {
+    matches!(
+        req.action,
+        Action::Run(Op::Write { .. } | Op::WriteZeroes { .. } | Op::Discard { .. })
+    )
+}
+
+/// Before writes are answered: if they changed the image's structures
+/// (a new cluster mapped) and those changes are only in memory, flush
+/// them. A daemon killed after answering would otherwise lose writes the
+/// guest saw complete, and the guest, which outlives the daemon, would go
+/// on as if they were there (its next flush answered by the new daemon).
+/// Writes into clusters already mapped need nothing.
+fn settle(image: &dyn Image, q: usize) {
+    if image.unwritten_metadata() {
+        if let Err(e) = image.flush() {
+            tracing::error!(queue = q, "writing back the image's metadata failed: {e}");
+        }
     }
 }
 
@@ -358,6 +389,9 @@ fn job(
             writethrough,
         };
         let len = answer_guarded(&memory, &*image, &req, ctx, scratch, at.q);
+        if changes_image(&req) {
+            settle(&*image, at.q);
+        }
         publish(&at.vring, &at.order, at.q, &[(at.place, req.head, len)]);
         // Dropped unrun (the device shutting down), it still leaves the count.
         drop(ticket);

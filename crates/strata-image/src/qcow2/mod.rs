@@ -442,6 +442,16 @@ impl Image for Qcow2 {
         self.backing.as_ref()
     }
 
+    fn unwritten_metadata(&self) -> bool {
+        if !self.writable {
+            return false;
+        }
+        let m = self.meta.lock();
+        // Lazy refcounts are rebuilt after a crash (the dirty bit): only
+        // the mappings matter then.
+        m.l1_dirty || m.l2.any_dirty() || (!m.lazy && (m.rb.any_dirty() || !m.rt_dirty.is_empty()))
+    }
+
     fn host_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         // Host offsets of data clusters point into the data file, if any.
         self.data.as_fd()
