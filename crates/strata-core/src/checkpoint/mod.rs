@@ -12,7 +12,7 @@ pub mod redefine;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use strata_image::transaction::{self, Action, BitmapOp, Held};
 use strata_image::Image;
@@ -296,11 +296,11 @@ pub(crate) fn create_in(
             "no qcow2 disk takes part in the checkpoint",
         ));
     }
-    let started = Instant::now();
     let quiesced = served.quiesce()?;
+    let paused_at = quiesced.paused_at();
     crate::faults::run(&actions, &held).map_err(|e| Error::invalid(&what, e.to_string()))?;
     drop(quiesced);
-    let stall = served.live().then(|| started.elapsed());
+    let stall = served.live().then(|| paused_at.elapsed());
     let def = CheckpointDef {
         name,
         description: req.description.clone(),

@@ -10,6 +10,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use strata_image::transaction::Held;
 use strata_image::Image;
@@ -36,6 +37,10 @@ pub trait Disks {
 
 /// Disks whose guest requests are held back (see [`Disks::quiesce`]).
 pub trait Quiesced {
+    /// When the guest's requests stopped being taken: the stall runs from
+    /// here to the guard's drop.
+    fn paused_at(&self) -> Instant;
+
     /// Serves `image` as disk `target` from now on (a new overlay whose
     /// backing is the image served so far).
     fn switch(&mut self, target: &str, image: Arc<dyn Image>) -> Result<()>;
@@ -59,14 +64,18 @@ impl Disks for Offline {
     }
 
     fn quiesce(&self) -> Result<Box<dyn Quiesced + '_>> {
-        Ok(Box::new(Nothing))
+        Ok(Box::new(Nothing(Instant::now())))
     }
 }
 
 /// Offline there is no guest to hold back and nothing is served.
-struct Nothing;
+struct Nothing(Instant);
 
 impl Quiesced for Nothing {
+    fn paused_at(&self) -> Instant {
+        self.0
+    }
+
     fn switch(&mut self, _target: &str, _image: Arc<dyn Image>) -> Result<()> {
         Ok(())
     }

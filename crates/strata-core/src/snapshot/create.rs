@@ -16,9 +16,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use strata_image::ops::external::default_overlay;
+use strata_image::ops::external::{self, default_overlay};
 use strata_image::transaction::{self, Action, Held, Outcome};
 use strata_image::{ChainOptions, Image};
 
@@ -228,7 +228,20 @@ pub fn create_on(
     if actions.is_empty() {
         return Err(Error::invalid(what, "no disk takes part in the snapshot"));
     }
-    let stall = run_quiesced(served, &actions, &targets, &name, &what)?;
+    // Live, each new overlay is made before the guest is paused (its
+    // header does not depend on the instant) and the transaction reuses it.
+    let precreated = if served.live() {
+        precreate(&mut actions, &served.held(), &what)?
+    } else {
+        Vec::new()
+    };
+    let stall = match run_quiesced(served, &actions, &targets, &name, &what) {
+        Ok(s) => s,
+        Err(e) => {
+            remove_files(&precreated);
+            return Err(e);
+        }
+    };
     let def = SnapshotDef {
         name,
         description: req.description.clone(),
@@ -255,9 +268,9 @@ pub fn create_on(
                 .filter_map(|a| match a {
                     Action::SnapshotExternal {
                         overlay: Some(o),
-                        reuse: false,
+                        reuse,
                         ..
-                    } => Some(o.clone()),
+                    } if !reuse || precreated.contains(o) => Some(o.clone()),
                     _ => None,
                 })
                 .collect();
@@ -279,6 +292,50 @@ pub fn create_on(
     Ok(Created { def, stall })
 }
 
+/// Creates the overlay of every external action that would create one, on
+/// the held image it goes on, and makes the action reuse it; returns the
+/// files made (removed again if the snapshot fails).
+fn precreate(actions: &mut [Action], held: &Held, what: &str) -> Result<Vec<PathBuf>> {
+    let mut made = Vec::new();
+    for a in actions.iter_mut() {
+        let Action::SnapshotExternal {
+            file,
+            overlay: Some(o),
+            reuse,
+            ..
+        } = a
+        else {
+            continue;
+        };
+        let Some(below) = held.get(file) else {
+            continue;
+        };
+        if *reuse || o.exists() {
+            // The transaction checks (and refuses) it as offline.
+            continue;
+        }
+        if let Err(e) = external::create_overlay(file, below.format(), below.size(), o) {
+            remove_files(&made);
+            return Err(Error::invalid(
+                what.to_string(),
+                format!("cannot create overlay {}: {e}", o.display()),
+            ));
+        }
+        made.push(o.clone());
+        *reuse = true;
+    }
+    Ok(made)
+}
+
+/// Removes files this snapshot made (best effort; failures logged).
+fn remove_files(files: &[PathBuf]) {
+    for f in files {
+        if let Err(e) = std::fs::remove_file(f) {
+            tracing::error!("{}: cannot remove the new overlay: {e}", f.display());
+        }
+    }
+}
+
 /// Runs the snapshot transaction with the guest's requests held back
 /// (live), and serves each new overlay in place of the image below it.
 /// Returns how long the guest was held back (live).
@@ -290,8 +347,8 @@ fn run_quiesced(
     what: &str,
 ) -> Result<Option<Duration>> {
     let held = disks.held();
-    let started = Instant::now();
     let mut quiesced = disks.quiesce()?;
+    let paused_at = quiesced.paused_at();
     let outcomes = crate::faults::run(actions, &held)
         .map_err(|e| Error::invalid(what.to_string(), e.to_string()))?;
     if !disks.live() {
@@ -326,7 +383,7 @@ fn run_quiesced(
         quiesced.switch(&target, top)?;
     }
     drop(quiesced);
-    let stall = started.elapsed();
+    let stall = paused_at.elapsed();
     tracing::info!(stall_us = stall.as_micros() as u64, "guest disks resumed");
     Ok(Some(stall))
 }
