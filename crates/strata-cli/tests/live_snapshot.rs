@@ -297,6 +297,12 @@ fn run(kills: bool) {
         }
         std::thread::sleep(Duration::from_millis(150));
     }
+    // The API shows the tops served now (s18 was external on both).
+    let info = curl_json(p, "GET", "/v1/domains/vm", None, 200);
+    for (k, top) in ["a.s18", "b.s18"].iter().enumerate() {
+        let source = info["disks"][k]["source"].as_str().unwrap_or_default();
+        assert!(source.ends_with(top), "disk {k} shows {source}: {info}");
+    }
     // The tree and the current snapshot read while it runs.
     let tree = ok(p, &st(&["snapshot", "list", "vm", "--tree"])).stdout;
     assert!(tree.contains("s0") && tree.contains("s19"), "{tree}");

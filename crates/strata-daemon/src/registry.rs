@@ -207,8 +207,9 @@ pub struct Running {
     pub vm: Box<dyn Vm>,
     /// `STATE/run/NAME`: sockets, pid file, QMP socket, QEMU's log.
     pub run_dir: PathBuf,
-    /// The served disks, as the API shows them.
-    pub disk_info: Vec<DiskInfo>,
+    /// The served disks, as the API shows them (new tops after a live
+    /// snapshot included).
+    disk_info: Mutex<Vec<DiskInfo>>,
     disks: tokio::sync::Mutex<Vec<ServedDisk>>,
     lock: Mutex<Option<DomainLock>>,
     end: Mutex<EndCause>,
@@ -239,7 +240,7 @@ impl Running {
             uuid,
             vm,
             run_dir,
-            disk_info: disks.iter().map(ServedDisk::info).collect(),
+            disk_info: Mutex::new(disks.iter().map(ServedDisk::info).collect()),
             disks: tokio::sync::Mutex::new(disks),
             lock: Mutex::new(Some(lock)),
             end: Mutex::new(EndCause::None),
@@ -257,6 +258,16 @@ impl Running {
     /// Who asked the run to end.
     pub fn end_cause(&self) -> EndCause {
         *lock(&self.end)
+    }
+
+    /// The served disks, as the API shows them.
+    pub fn disk_info(&self) -> Vec<DiskInfo> {
+        lock(&self.disk_info).clone()
+    }
+
+    /// Shows `disks` from now on (after their tops changed).
+    pub fn show_disks(&self, disks: &[ServedDisk]) {
+        *lock(&self.disk_info) = disks.iter().map(ServedDisk::info).collect();
     }
 
     /// The served disks, locked, from a blocking task (an operation on

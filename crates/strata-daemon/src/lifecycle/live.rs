@@ -64,8 +64,12 @@ impl Service {
             let disks = LiveDisks::new(&served, &run.run_dir, record);
             let result = Store::open(&dir).and_then(|mut store| op(&mut store, &n, &disks));
             let switched = disks.into_switched();
+            let moved = !switched.is_empty();
             for (i, top) in switched {
                 served[i].replace_top(top);
+            }
+            if moved {
+                run.show_disks(&served);
             }
             result.map_err(Error::from)
         })

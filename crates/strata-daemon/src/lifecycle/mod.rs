@@ -142,7 +142,7 @@ impl Service {
             state: status.map_or(State::ShutOff, |s| s.state),
             reason: status.map_or(crate::types::Reason::Unknown, |s| s.reason),
             pid: status.and_then(|s| s.pid),
-            disks: run.map(|r| r.disk_info.clone()).unwrap_or_default(),
+            disks: run.map(|r| r.disk_info()).unwrap_or_default(),
         }
     }
 
