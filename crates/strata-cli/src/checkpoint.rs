@@ -85,6 +85,7 @@ pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result
                 let mut v = serde_json::json!({ "name": def.name });
                 if let Some(us) = stall_us {
                     v["stall_us"] = us.into();
+                    v["stall-ms"] = crate::snapshot::stall_ms(us).into();
                 }
                 out.print_json(&v)?;
             } else {

@@ -29,6 +29,16 @@ impl Output {
         }
     }
 
+    /// Nothing printed but what a step inside a bigger command must (its
+    /// own errors): for the steps `snapshot revert --force` takes.
+    pub fn muted(&self) -> Output {
+        Output {
+            format: OutputFormat::Human,
+            quiet: true,
+            progress: false,
+        }
+    }
+
     /// True when stdout takes JSON.
     pub fn json(&self) -> bool {
         self.format == OutputFormat::Json

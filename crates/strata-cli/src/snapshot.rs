@@ -15,6 +15,7 @@ use strata_core::Store;
 use crate::cli::DomSnapshotCommand;
 use crate::domain::{read_xml, state_dir};
 use crate::exit::{usage, OK};
+use crate::lifecycle::Op;
 use crate::output::Output;
 use strata_core::snapshot::list::{self as snapshot_list, ListFilter, Listed};
 use strata_core::tree;
@@ -49,19 +50,25 @@ fn virsh_time(secs: i64) -> String {
     }
 }
 
+/// A stall of `us` µs in milliseconds, as `--output json` reports it
+/// (`stall-ms`, beside the exact `stall_us`).
+pub fn stall_ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
 /// Runs `strata snapshot …`.
 pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
     let dir = state_dir(state)?;
     let live = match &cmd {
         DomSnapshotCommand::Create(a) if !a.redefine => crate::live::is_active(&dir, &a.domain)?,
+        DomSnapshotCommand::Delete(a) => crate::live::is_active(&dir, &a.domain)?,
+        DomSnapshotCommand::Revert(a) => crate::live::is_active(&dir, &a.domain)?,
         _ => false,
     };
     let changes = match &cmd {
         DomSnapshotCommand::Create(a) if a.redefine => {
             Some((&a.domain, "snapshot create --redefine"))
         }
-        DomSnapshotCommand::Revert(a) => Some((&a.domain, "snapshot revert")),
-        DomSnapshotCommand::Delete(a) => Some((&a.domain, "snapshot delete")),
         _ => None,
     };
     if let Some((domain, what)) = changes {
@@ -143,6 +150,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 });
                 if let Some(us) = stall_us {
                     v["stall_us"] = us.into();
+                    v["stall-ms"] = stall_ms(us).into();
                 }
                 out.print_json(&v)?;
             } else {
@@ -230,14 +238,27 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
             }
         }
         DomSnapshotCommand::Revert(a) => {
-            if a.running || a.paused {
-                bail!(
-                    "domain '{}': --running and --paused would start the machine after the revert (not yet supported: revert, then domain start)",
-                    a.domain
-                );
+            if a.running && a.paused {
+                return Err(usage("--running and --paused exclude each other"));
             }
             let name = pick(&store, &a.domain, a.snapshot, a.current)?;
+            if live {
+                // No snapshot holds memory state yet: the guest cannot go
+                // on from it, only start again (libvirt's rule).
+                if !a.force {
+                    bail!(
+                        "revert requires force: domain '{}' is running and snapshot '{name}' holds no memory state, so the machine must be stopped (what the guest has not written is lost); use --force",
+                        a.domain
+                    );
+                }
+                store.snapshot(&a.domain, &name)?;
+                crate::lifecycle::run_op(Op::Destroy, &a.domain, &dir, &out.muted())?;
+            }
             let moved = snapshot_revert::revert(&mut store, &a.domain, &name)?;
+            if a.running || a.paused {
+                let start = Op::Start { paused: a.paused };
+                crate::lifecycle::run_op(start, &a.domain, &dir, &out.muted())?;
+            }
             if out.json() {
                 let disks: Vec<_> = moved
                     .iter()
@@ -258,9 +279,22 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 children_only: a.children_only,
                 metadata_only: a.metadata,
             };
-            let gone = snapshot_delete::delete(&mut store, &a.domain, &name, req)?;
+            let (gone, stall_us) = if live {
+                let gone = crate::live::client(&dir)
+                    .snapshot_delete(&a.domain, &name, &req)
+                    .map_err(crate::live::api_error)?;
+                (gone.deleted, gone.stall_us)
+            } else {
+                let gone = snapshot_delete::delete(&mut store, &a.domain, &name, req)?;
+                (gone, None)
+            };
             if out.json() {
-                out.print_json(&serde_json::json!({ "deleted": gone }))?;
+                let mut v = serde_json::json!({ "deleted": gone });
+                if let Some(us) = stall_us {
+                    v["stall_us"] = us.into();
+                    v["stall-ms"] = stall_ms(us).into();
+                }
+                out.print_json(&v)?;
             } else if a.children_only {
                 out.say(&format!("Domain snapshot {name} children deleted"))?;
             } else if a.metadata {

@@ -226,8 +226,13 @@ fn revert_internal_and_external_keeps_every_snapshot() {
         ok(p, &st(&["snapshot", "current", "vm", "--name"])).stdout,
         "s2\n"
     );
-    let r = strata(p, &st(&["snapshot", "revert", "vm", "s2", "--running"])).expect(1);
-    assert!(r.stderr.contains("not yet supported"), "{}", r.stderr);
+    let r = strata(
+        p,
+        &st(&["snapshot", "revert", "vm", "s2", "--running", "--paused"]),
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("exclude each other"), "{}", r.stderr);
+    assert_eq!(ok(p, &st(&["domain", "dumpxml", "vm"])).stdout, dom);
 }
 
 /// Everything a refused revert must leave as it was: every image file's

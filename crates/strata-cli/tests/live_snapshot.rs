@@ -14,113 +14,9 @@
 
 mod common;
 use common::daemon::*;
+use common::records::*;
 use common::*;
-use std::path::Path;
 use std::time::Duration;
-
-/// Appends record i (its number on a 4 KiB block at block i) to vda and
-/// then vdb, fsynced, and says `ACK i`; stops at the first failed write.
-const RECORDS: &str = "
-i=0
-while [ $i -lt 15000 ]; do
-  i=$((i+1))
-  printf 'REC %08d\\n' $i | dd of=/dev/vda bs=4096 seek=$i conv=sync,fsync 2>/dev/null || { echo WRITE-FAILED vda $i; exit 1; }
-  printf 'REC %08d\\n' $i | dd of=/dev/vdb bs=4096 seek=$i conv=sync,fsync 2>/dev/null || { echo WRITE-FAILED vdb $i; exit 1; }
-  echo ACK $i
-done
-";
-
-/// Records the console has acknowledged so far.
-fn acked(p: &Path) -> u64 {
-    let text = std::fs::read_to_string(p.join("vm.console")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("ACK ")?.parse().ok())
-        .max()
-        .unwrap_or(0)
-}
-
-/// The records a raw disk image holds: 1..=n, each where it belongs, and
-/// nothing after them (the prefix is unbroken).
-fn prefix(raw: &[u8], what: &str) -> u64 {
-    let mut n = 0u64;
-    for (k, block) in raw.chunks(4096).enumerate().skip(1) {
-        let want = format!("REC {k:08}\n");
-        if block.starts_with(want.as_bytes()) {
-            assert_eq!(
-                n + 1,
-                k as u64,
-                "{what}: record {k} after a gap at {}",
-                n + 1
-            );
-            n = k as u64;
-        } else {
-            assert!(
-                block.iter().all(|&b| b == 0),
-                "{what}: block {k} holds neither record {k} nor zeros"
-            );
-        }
-    }
-    n
-}
-
-/// The guest data of `file` (its snapshot `snap`, or its current state),
-/// read by qemu-img with shared locks.
-fn read_raw(p: &Path, file: &str, snap: Option<&str>) -> Vec<u8> {
-    let out = p.join("read.raw");
-    let mut args = vec!["convert", "-U", "-O", "raw"];
-    let l;
-    if let Some(s) = snap {
-        l = format!("snapshot.name={s}");
-        args.extend(["-l", &l]);
-    }
-    args.extend([file, out.to_str().unwrap()]);
-    qemu_img(p, &args);
-    let bytes = std::fs::read(&out).unwrap();
-    std::fs::remove_file(&out).unwrap();
-    bytes
-}
-
-/// The files of the chain under `top`, top first.
-fn chain(p: &Path, top: &str) -> Vec<String> {
-    let info = qemu_img(p, &["info", "-U", "--backing-chain", "--output=json", top]).json();
-    info.as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["filename"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// The file of `chain` that holds internal snapshot `name`.
-fn holder(p: &Path, chain: &[String], name: &str) -> String {
-    for f in chain {
-        let list = qemu_img(p, &["snapshot", "-U", "-l", f]).stdout;
-        if list
-            .lines()
-            .any(|l| l.split_whitespace().nth(1) == Some(name))
-        {
-            return f.clone();
-        }
-    }
-    panic!("no file of {chain:?} holds snapshot {name}");
-}
-
-/// Every dirty extent of bitmap `name` in `file`, if it has one.
-fn extents(p: &Path, file: &str, name: &str) -> Vec<(u64, u64)> {
-    let listed = ok(p, &["--output", "json", "img", "bitmap", "list", file]).json();
-    if !listed.as_array().unwrap().iter().any(|b| b["name"] == name) {
-        return Vec::new();
-    }
-    let dump = ok(
-        p,
-        &["--output", "json", "img", "bitmap", "dump", file, name],
-    )
-    .json();
-    dump.as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
-        .collect()
-}
 
 #[test]
 fn live_snapshots_hold_one_instant_of_every_disk_and_checkpoints_miss_no_write() {
@@ -162,42 +58,7 @@ fn run(kills: bool) {
     let d = tmp();
     let p = d.path();
     let mut rng = Rng::new();
-    kit.initrd(RECORDS, &[], &p.join("vm.initrd.gz"))
-        .expect("building the initrd");
-    for disk in ["a.qcow2", "b.qcow2"] {
-        qemu_img(p, &["create", "-q", "-f", "qcow2", disk, "64M"]);
-    }
-    let xml = format!(
-        "<domain type='qemu'>
-  <name>vm</name>
-  <memory unit='MiB'>256</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='q35'>hvm</type>
-    <kernel>{kernel}</kernel>
-    <initrd>{dir}/vm.initrd.gz</initrd>
-    <cmdline>console=ttyS0 panic=-1 quiet</cmdline>
-  </os>
-  <features><acpi/></features>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{dir}/a.qcow2'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{dir}/b.qcow2'/>
-      <target dev='vdb' bus='virtio'/>
-    </disk>
-    <serial type='file'><source path='{dir}/vm.console'/><target port='0'/></serial>
-  </devices>
-</domain>",
-        kernel = kit.kernel.display(),
-        dir = p.display(),
-    );
-    std::fs::write(p.join("vm.xml"), xml).unwrap();
-    ok(p, &st(&["domain", "define", "vm.xml"]));
+    define_records_guest(p, kit, "");
     let mut daemon = DaemonProc::start(p, &[], &[]);
     ok(p, &st(&["domain", "start", "vm"]));
     wait_until(Duration::from_secs(120), "the guest writes", || {

@@ -11,9 +11,10 @@ use serde::de::DeserializeOwned;
 
 use strata_core::checkpoint::CheckpointRequest;
 use strata_core::snapshot::create::CreateRequest;
+use strata_core::snapshot::delete::DeleteRequest;
 
 use crate::types::{
-    DaemonInfo, DomainInfo, ErrorBody, Made, ShutdownRequest, StartRequest, StateInfo,
+    DaemonInfo, DomainInfo, ErrorBody, Gone, Made, ShutdownRequest, StartRequest, StateInfo,
 };
 
 /// Why a request to the daemon failed.
@@ -157,6 +158,19 @@ impl Client {
         self.call("POST", &domain_path(name, "/snapshots"), Some(body))
     }
 
+    /// Deletes snapshot `snapshot` of a running domain (and what `req`
+    /// adds).
+    pub fn snapshot_delete(
+        &self,
+        name: &str,
+        snapshot: &str,
+        req: &DeleteRequest,
+    ) -> Result<Gone, ClientError> {
+        let body = serde_json::to_string(req).unwrap_or_default();
+        let path = domain_path(name, &format!("/snapshots/{}", encode(snapshot)));
+        self.call("DELETE", &path, Some(body))
+    }
+
     /// A checkpoint of a running domain.
     pub fn checkpoint_create(
         &self,
@@ -236,15 +250,19 @@ impl Client {
 
 /// `/v1/domains/NAME` + `rest`, the name percent-encoded.
 fn domain_path(name: &str, rest: &str) -> String {
-    let mut p = String::from("/v1/domains/");
-    for b in name.bytes() {
+    format!("/v1/domains/{}{rest}", encode(name))
+}
+
+/// `segment` percent-encoded for a path.
+fn encode(segment: &str) -> String {
+    let mut p = String::new();
+    for b in segment.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             p.push(b as char);
         } else {
             p.push_str(&format!("%{b:02X}"));
         }
     }
-    p.push_str(rest);
     p
 }
 

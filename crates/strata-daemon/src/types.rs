@@ -192,6 +192,17 @@ pub struct Made {
     pub stall_us: Option<u64>,
 }
 
+/// What a live `snapshot delete` deleted, and how long the guest's disks
+/// took no request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gone {
+    /// The snapshots deleted.
+    pub deleted: Vec<String>,
+    /// The stall of the guest's disks over all of them, in µs.
+    #[serde(default)]
+    pub stall_us: Option<u64>,
+}
+
 impl Made {
     /// `name`, made with the disks stalled for `stall`.
     pub fn new(name: String, stall: Option<std::time::Duration>) -> Made {

@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 pub mod daemon;
 pub mod nbd;
+pub mod records;
 
 /// What a finished process left behind.
 #[derive(Debug)]

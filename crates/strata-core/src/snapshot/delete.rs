@@ -1,4 +1,4 @@
-//! `snapshot delete` of a machine that is not running.
+//! `snapshot delete`.
 //!
 //! Deleting a snapshot with its disks never changes what the current state
 //! or any other snapshot reads:
@@ -16,14 +16,22 @@
 //! its parent becomes current. `--children` and `--children-only` take the
 //! descendants too, deepest first, one snapshot at a time; `--metadata`
 //! drops only the metadata.
+//!
+//! Of a running domain ([`delete_on`] with the daemon's disks), internal
+//! snapshots of the images the guest writes to are deleted with the
+//! guest's requests held back on every disk; deleting an external snapshot
+//! merges images, a block job, and is refused while the domain runs, as is
+//! an internal snapshot held in an image below the one the guest writes to.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use strata_image::transaction::Action;
+use serde::{Deserialize, Serialize};
+use strata_image::transaction::{Action, Held};
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
-use crate::lock::DomainLock;
+use crate::live::{Disks, Offline};
 use crate::refs::{self, canon, Graph};
 use crate::snapshot::merge::{self, Merge, World};
 use crate::snapshot::{DiskMode, SnapshotDef};
@@ -31,7 +39,8 @@ use crate::store::{SnapshotRow, Store};
 use crate::tree;
 
 /// What to delete besides (or instead of) the snapshot itself.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeleteRequest {
     /// The snapshot and all its descendants.
     pub children: bool,
@@ -41,16 +50,38 @@ pub struct DeleteRequest {
     pub metadata_only: bool,
 }
 
-/// Deletes snapshot `name` of `domain` (and what `req` adds); returns the
-/// names deleted.
-#[tracing::instrument(skip_all, fields(domain = %domain, snapshot = %name, op = "snapshot delete"))]
+/// Snapshots deleted.
+#[derive(Clone, Debug, Default)]
+pub struct Deleted {
+    /// Their names, in the order asked.
+    pub names: Vec<String>,
+    /// Of a running domain: how long the guest's disks took no request,
+    /// over all the deletions.
+    pub stall: Option<Duration>,
+}
+
+/// Deletes snapshot `name` of `domain`, which does not run (and what `req`
+/// adds); returns the names deleted.
 pub fn delete(
     store: &mut Store,
     domain: &str,
     name: &str,
     req: DeleteRequest,
 ) -> Result<Vec<String>> {
-    let _lock = DomainLock::acquire(store.dir(), domain)?;
+    delete_on(store, domain, name, req, &Offline).map(|d| d.names)
+}
+
+/// Deletes snapshot `name` of `domain` (and what `req` adds) on `disks`:
+/// offline, or the disks a daemon serves to the running guest.
+#[tracing::instrument(skip_all, fields(domain = %domain, snapshot = %name, op = "snapshot delete"))]
+pub fn delete_on(
+    store: &mut Store,
+    domain: &str,
+    name: &str,
+    req: DeleteRequest,
+    disks: &dyn Disks,
+) -> Result<Deleted> {
+    let _lock = disks.lock(store.dir(), domain)?;
     let rows = store.snapshots(domain)?;
     let what = format!("domain '{domain}': delete snapshot '{name}'");
     if req.children && req.children_only {
@@ -71,12 +102,28 @@ pub fn delete(
         store.delete_snapshots(domain, &set)?;
         // Files only those snapshots needed are the user's now.
         refs::disown_unneeded(store, domain)?;
-        return Ok(set);
+        return Ok(Deleted {
+            names: set,
+            stall: disks.live().then_some(Duration::ZERO),
+        });
+    }
+    let held = disks.held();
+    if disks.live() {
+        // Everything that cannot be done live is refused before anything
+        // is deleted.
+        for n in &set {
+            plan_live(store, domain, n, &held)?;
+        }
     }
     // Reversed, every snapshot goes after its descendants.
     let mut done = Vec::new();
+    let mut stall = disks.live().then_some(Duration::ZERO);
     for n in set.iter().rev() {
-        if let Err(e) = delete_one(store, domain, n) {
+        let one = delete_one(store, domain, n, disks, &held);
+        if let (Ok(Some(d)), Some(total)) = (&one, stall.as_mut()) {
+            *total += *d;
+        }
+        if let Err(e) = one {
             if done.is_empty() {
                 return Err(e);
             }
@@ -87,15 +134,66 @@ pub fn delete(
         }
         done.push(n.clone());
     }
-    Ok(set)
+    Ok(Deleted { names: set, stall })
 }
 
-/// Deletes one snapshot with its disks.
-fn delete_one(store: &mut Store, domain: &str, name: &str) -> Result<()> {
+/// Each disk of snapshot `name` with the image holding it then.
+fn disks_of(store: &Store, domain: &str, name: &str) -> Result<Vec<(String, DiskMode, PathBuf)>> {
     let what = format!("domain '{domain}': delete snapshot '{name}'");
     let row = store.snapshot(domain, name)?;
     let def = SnapshotDef::from_xml(&row.xml, &what)?;
     let then = def.domain.clone().map(Domain::from_element);
+    def.disks
+        .iter()
+        .filter(|d| d.mode != DiskMode::No)
+        .map(|d| {
+            let file = then
+                .as_ref()
+                .and_then(|t| t.disks().into_iter().find(|x| x.target == d.name))
+                .and_then(|x| x.source)
+                .ok_or_else(|| {
+                    Error::invalid(&what, format!("disk '{}': image not recorded", d.name))
+                })?;
+            Ok((d.name.clone(), d.mode, file))
+        })
+        .collect()
+}
+
+/// Refuses what deleting snapshot `name` would need that a running domain
+/// cannot do: a merge (an external disk), or an internal snapshot in an
+/// image below the one served (`held`).
+fn plan_live(store: &Store, domain: &str, name: &str, held: &Held) -> Result<()> {
+    for (disk, mode, file) in disks_of(store, domain, name)? {
+        let what = format!("domain '{domain}': delete snapshot '{name}': disk '{disk}'");
+        if mode != DiskMode::Internal {
+            return Err(Error::invalid(
+                what,
+                "an external snapshot is deleted by merging images (a block job), which is not yet supported while the domain runs: shut it off first",
+            ));
+        }
+        if held.get(&file).is_none() {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "the internal snapshot is in {}, below the image the running guest writes to: delete it once the domain is shut off",
+                    file.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Deletes one snapshot with its disks; of a running domain, returns how
+/// long the guest's disks were held back.
+fn delete_one(
+    store: &mut Store,
+    domain: &str,
+    name: &str,
+    disks: &dyn Disks,
+    held: &Held,
+) -> Result<Option<Duration>> {
+    let what = format!("domain '{domain}': delete snapshot '{name}'");
     let mut graph = Graph::default();
     let roots = refs::roots(store, Some((domain, name)))?;
     let needed = refs::needed(&mut graph, &roots);
@@ -108,28 +206,31 @@ fn delete_one(store: &mut Store, domain: &str, name: &str) -> Result<()> {
     };
     let mut internal = Vec::new();
     let mut merges = Vec::new();
-    for d in def.disks.iter().filter(|d| d.mode != DiskMode::No) {
-        let file = then
-            .as_ref()
-            .and_then(|t| t.disks().into_iter().find(|x| x.target == d.name))
-            .and_then(|x| x.source)
-            .ok_or_else(|| {
-                Error::invalid(&what, format!("disk '{}': image not recorded", d.name))
-            })?;
-        match d.mode {
+    for (disk, mode, file) in disks_of(store, domain, name)? {
+        match mode {
             DiskMode::Internal => internal.push(Action::SnapshotDeleteInternal {
                 file,
                 name: name.to_string(),
             }),
-            _ => merges.extend(merge::plan(&world, &d.name, &file)?),
+            _ => merges.extend(merge::plan(&world, &disk, &file)?),
         }
     }
-    let guard = format!("strata-merge-guard-{}", std::process::id());
-    merge::run(&merges, internal, &guard).map_err(|e| Error::invalid(&what, e.to_string()))?;
+    let stall = if disks.live() {
+        // Checked by plan_live: internal snapshots of served images only.
+        let quiesced = disks.quiesce()?;
+        let paused_at = quiesced.paused_at();
+        crate::faults::run(&internal, held).map_err(|e| Error::invalid(&what, e.to_string()))?;
+        drop(quiesced);
+        Some(paused_at.elapsed())
+    } else {
+        let guard = format!("strata-merge-guard-{}", std::process::id());
+        merge::run(&merges, internal, &guard).map_err(|e| Error::invalid(&what, e.to_string()))?;
+        None
+    };
     let (rewrites, new_dom) = rewrite_references(store, domain, name, &merges)?;
     store.delete_snapshots_rewriting(domain, &[name.to_string()], &rewrites, new_dom.as_ref())?;
     refs::collect_or_warn(store, domain);
-    Ok(())
+    Ok(stall)
 }
 
 /// New XML of surviving snapshots `(name, xml)`, and the new domain

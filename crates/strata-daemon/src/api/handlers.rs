@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use strata_core::checkpoint::CheckpointRequest;
 use strata_core::snapshot::create::CreateRequest;
+use strata_core::snapshot::delete::DeleteRequest;
 
 use super::error::ApiError;
 use super::json;
@@ -116,6 +117,20 @@ pub async fn snapshot_create(
     let name = name(p)?;
     let req: CreateRequest = body(&b)?;
     ok(&svc.snapshot_create(&name, req).await?)
+}
+
+/// `DELETE /v1/domains/{name}/snapshots/{snapshot}`: deletes a snapshot
+/// of a running domain (optional body: what else to delete).
+pub async fn snapshot_delete(
+    State(svc): Svc,
+    p: Result<Path<(String, String)>, PathRejection>,
+    b: Bytes,
+) -> Answer {
+    let (name, snapshot) = p
+        .map(|Path(n)| n)
+        .map_err(|e| ApiError::bad_request(format!("bad path: {e}")))?;
+    let req: DeleteRequest = body(&b)?;
+    ok(&svc.snapshot_delete(&name, &snapshot, req).await?)
 }
 
 /// `POST /v1/domains/{name}/checkpoints`: a checkpoint of a running domain.

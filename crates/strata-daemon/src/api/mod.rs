@@ -13,7 +13,7 @@ use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tracing::Instrument;
 
@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/domains/{name}/suspend"),
     ("POST", "/v1/domains/{name}/resume"),
     ("POST", "/v1/domains/{name}/snapshots"),
+    ("DELETE", "/v1/domains/{name}/snapshots/{snapshot}"),
     ("POST", "/v1/domains/{name}/checkpoints"),
 ];
 
@@ -66,6 +67,10 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/domains/{name}/suspend", post(h::suspend))
         .route("/v1/domains/{name}/resume", post(h::resume))
         .route("/v1/domains/{name}/snapshots", post(h::snapshot_create))
+        .route(
+            "/v1/domains/{name}/snapshots/{snapshot}",
+            delete(h::snapshot_delete),
+        )
         .route("/v1/domains/{name}/checkpoints", post(h::checkpoint_create))
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)

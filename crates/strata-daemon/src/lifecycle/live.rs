@@ -1,4 +1,4 @@
-//! Snapshots and checkpoints of a running domain: strata-core's own
+//! Snapshots (created, deleted) and checkpoints of a running domain: strata-core's own
 //! operations, handed the disks this daemon serves ([`LiveDisks`]), so
 //! that every disk holds the guest's requests back at one instant while
 //! the image transaction runs. Each runs under the domain's operation
@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use strata_core::checkpoint::{self, CheckpointRequest};
 use strata_core::snapshot::create::{self as snapshot_create, CreateRequest};
+use strata_core::snapshot::delete::{self as snapshot_delete, DeleteRequest};
 use strata_core::Store;
 use tracing::Instrument;
 
@@ -15,7 +16,7 @@ use super::Service;
 use crate::disks::live::LiveDisks;
 use crate::error::{Error, Result};
 use crate::registry::Running;
-use crate::types::Made;
+use crate::types::{Gone, Made};
 
 impl Service {
     /// `snapshot create` of running domain `name` (disks only).
@@ -24,6 +25,28 @@ impl Service {
         self.on_live_disks(name, move |store, n, disks| {
             let made = snapshot_create::create_on(store, n, &req, disks)?;
             Ok(Made::new(made.def.name, made.stall))
+        })
+        .instrument(span)
+        .await
+    }
+
+    /// `snapshot delete` of snapshot `snapshot` of running domain `name`
+    /// (internal snapshots of the served images only).
+    pub async fn snapshot_delete(
+        self: &Arc<Self>,
+        name: &str,
+        snapshot: &str,
+        req: DeleteRequest,
+    ) -> Result<Gone> {
+        let span =
+            tracing::info_span!("op", op = "snapshot delete", domain = %name, snapshot = %snapshot);
+        let snap = snapshot.to_string();
+        self.on_live_disks(name, move |store, n, disks| {
+            let gone = snapshot_delete::delete_on(store, n, &snap, req, disks)?;
+            Ok(Gone {
+                deleted: gone.names,
+                stall_us: gone.stall.map(|d| d.as_micros() as u64),
+            })
         })
         .instrument(span)
         .await
