@@ -6,7 +6,9 @@
 //! read back with qemu-img, holds an unbroken prefix of the records on each
 //! disk, vdb's equal to vda's or one shorter, and at least every record the
 //! guest had acknowledged before the create began; each checkpoint's
-//! bitmaps cover every record written after it; every file is clean. The
+//! bitmaps cover every record written after it, and a full backup of the
+//! first snapshot after it plus an incremental push backup since it restore
+//! to exactly the disks as they end; every file is clean. The
 //! same again with the daemon killed (`kill -9`) five times at random
 //! moments, once in the middle of a snapshot, and once stopped gracefully
 //! with `--on-stop keep`: each new daemon takes the running guest over,
@@ -16,6 +18,7 @@ mod common;
 use common::daemon::*;
 use common::records::*;
 use common::*;
+use std::path::Path;
 use std::time::Duration;
 
 #[test]
@@ -193,24 +196,9 @@ fn run(kills: bool) {
     };
     let chains = [chain(p, &top("vda")), chain(p, &top("vdb"))];
     for (name, before) in &snaps {
-        let xml = ok(p, &st(&["snapshot", "dumpxml", "vm", name]))
-            .stdout
-            .replace('"', "'");
         let mut got = Vec::new();
         for (k, dev) in ["vda", "vdb"].iter().enumerate() {
-            let at = xml.find(&format!("<disk name='{dev}'")).unwrap();
-            let disk = &xml[at..at + xml[at..].find("</disk>").unwrap_or(xml.len() - at)];
-            let raw = if disk.contains("snapshot='internal'") {
-                let f = holder(p, &chains[k], name);
-                read_raw(p, &f, Some(name))
-            } else {
-                // The overlay made then: the chain below it is the disk
-                // as it was.
-                let src = disk.find("<source file='").unwrap() + "<source file='".len();
-                let overlay = &disk[src..src + disk[src..].find('\'').unwrap()];
-                let below = &chain(p, overlay)[1];
-                read_raw(p, below, None)
-            };
+            let raw = disk_at(p, &chains[k], name, dev);
             got.push(prefix(&raw, &format!("{name} {dev}")));
         }
         let (a, b) = (got[0], got[1]);
@@ -241,6 +229,47 @@ fn run(kills: bool) {
             }
         }
     }
+    // A full backup of the first snapshot after each checkpoint plus an
+    // incremental push backup since the checkpoint (taken now, from the
+    // checkpoint's bitmaps and every later one) restore to exactly the
+    // disks as they are.
+    for (i, (cp, _)) in checkpoints.iter().enumerate() {
+        let Some((base, _)) = snaps
+            .iter()
+            .find(|(n, _)| n[1..].parse::<usize>().unwrap() > 4 * i + 3)
+        else {
+            continue;
+        };
+        std::fs::write(p.join("b.xml"), incremental_xml(p, cp)).unwrap();
+        let r = ok(
+            p,
+            &st(&[
+                "--output",
+                "json",
+                "backup",
+                "begin",
+                "vm",
+                "--backupxml",
+                "b.xml",
+            ]),
+        )
+        .json();
+        assert_eq!(r["state"], "completed", "{r}");
+        for (k, dev) in ["vda", "vdb"].iter().enumerate() {
+            std::fs::write(p.join("full.raw"), disk_at(p, &chains[k], base, dev)).unwrap();
+            let inc = format!("{dev}.inc");
+            qemu_img(p, &["rebase", "-u", "-F", "raw", "-b", "full.raw", &inc]);
+            let restored = read_raw(p, &inc, None);
+            let now = read_raw(p, &chains[k][0], None);
+            assert!(
+                restored == now,
+                "{dev}: {base} plus the incremental since {cp} is not the disk: {} records, not {}",
+                prefix(&restored, "restored"),
+                prefix(&now, "now")
+            );
+            std::fs::remove_file(p.join(&inc)).unwrap();
+        }
+    }
     // No corruption anywhere; after kills, leaked clusters are allowed (as
     // after any crash: exit 3), never more.
     for chain in &chains {
@@ -258,4 +287,36 @@ fn run(kills: bool) {
             );
         }
     }
+}
+
+/// Disk `dev` as snapshot `name` holds it: the internal snapshot in the
+/// file of `chain` that holds it, or the image below the overlay the
+/// snapshot made.
+fn disk_at(p: &Path, chain: &[String], name: &str, dev: &str) -> Vec<u8> {
+    let xml = ok(p, &st(&["snapshot", "dumpxml", "vm", name]))
+        .stdout
+        .replace('"', "'");
+    let at = xml.find(&format!("<disk name='{dev}'")).unwrap();
+    let disk = &xml[at..at + xml[at..].find("</disk>").unwrap_or(xml.len() - at)];
+    if disk.contains("snapshot='internal'") {
+        let f = holder(p, chain, name);
+        read_raw(p, &f, Some(name))
+    } else {
+        let src = disk.find("<source file='").unwrap() + "<source file='".len();
+        let overlay = &disk[src..src + disk[src..].find('\'').unwrap()];
+        let below = &common::records::chain(p, overlay)[1];
+        read_raw(p, below, None)
+    }
+}
+
+/// A push backup of both disks since checkpoint `cp`, to `vda.inc` and
+/// `vdb.inc` (qcow2: only what changed is allocated).
+fn incremental_xml(p: &Path, cp: &str) -> String {
+    let dir = p.display();
+    format!(
+        "<domainbackup mode='push'><incremental>{cp}</incremental><disks>\
+         <disk name='vda' type='file'><target file='{dir}/vda.inc'/><driver type='qcow2'/></disk>\
+         <disk name='vdb' type='file'><target file='{dir}/vdb.inc'/><driver type='qcow2'/></disk>\
+         </disks></domainbackup>"
+    )
 }
