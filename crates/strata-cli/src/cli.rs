@@ -314,6 +314,11 @@ pub struct DomSnapshotCreateArgs {
     /// All disks or none (always so in strata).
     #[arg(long)]
     pub atomic: bool,
+    /// Freeze the guest's filesystems through qemu-guest-agent around the
+    /// snapshot (a running domain with the agent's channel; refused when
+    /// the agent does not answer).
+    #[arg(long)]
+    pub quiesce: bool,
     /// Needs a running machine.
     #[arg(long)]
     pub live: bool,

@@ -121,6 +121,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 diskspecs: Vec::new(),
                 no_metadata: a.no_metadata,
                 reuse_external: a.reuse_external,
+                quiesce: a.quiesce,
             };
             if let Some((file, text)) = &xml {
                 let from = snapshot_redefine::request_from_xml(text, file)?;
@@ -134,14 +135,19 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 }
             }
             req.diskspecs = diskspecs;
-            let (def, stall_us) = if live {
+            let (def, stall_us, frozen) = if live {
                 let made = crate::live::client(&dir)
                     .snapshot_create(&a.domain, &req)
                     .map_err(crate::live::api_error)?;
                 let row = store.snapshot(&a.domain, &made.name)?;
-                (SnapshotDef::from_xml(&row.xml, &made.name)?, made.stall_us)
+                let def = SnapshotDef::from_xml(&row.xml, &made.name)?;
+                (def, made.stall_us, made.frozen)
             } else {
-                (snapshot_create::create(&mut store, &a.domain, &req)?, None)
+                (
+                    snapshot_create::create(&mut store, &a.domain, &req)?,
+                    None,
+                    None,
+                )
             };
             if out.json() {
                 let mut v = serde_json::json!({
@@ -151,6 +157,9 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 if let Some(us) = stall_us {
                     v["stall_us"] = us.into();
                     v["stall-ms"] = stall_ms(us).into();
+                }
+                if let Some(n) = frozen {
+                    v["frozen"] = n.into();
                 }
                 out.print_json(&v)?;
             } else {

@@ -190,6 +190,9 @@ pub struct Made {
     /// The stall of the guest's disks, in µs (absent offline).
     #[serde(default)]
     pub stall_us: Option<u64>,
+    /// With `quiesce`: how many filesystems the guest agent froze.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<u64>,
 }
 
 /// What a live `snapshot delete` deleted, and how long the guest's disks
@@ -209,6 +212,7 @@ impl Made {
         Made {
             name,
             stall_us: stall.map(|d| d.as_micros() as u64),
+            frozen: None,
         }
     }
 }

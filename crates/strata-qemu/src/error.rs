@@ -162,6 +162,18 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// The guest agent on `socket` did not answer, or answered `command`
+    /// with an error or with something that is not its protocol.
+    #[error("guest agent on {}: {}{reason}", socket.display(), command.as_ref().map(|c| format!("{c}: ")).unwrap_or_default())]
+    Agent {
+        /// The socket QEMU serves the agent's channel on.
+        socket: PathBuf,
+        /// The agent command, when one failed.
+        command: Option<String>,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// An operation needs a running process, and it has exited.
     #[error("emulator process {pid} has exited ({status})")]
     Exited {

@@ -13,6 +13,8 @@
 //!   end noticed however it comes.
 //! - [`qmp`]: a typed QMP client with command ids, typed errors, events on a
 //!   stream and timeouts.
+//! - [`agent`]: a client of qemu-guest-agent over the channel QEMU serves
+//!   (sync, filesystem freeze and thaw), as libvirt's `--quiesce` uses it.
 //! - [`hypervisor`]: the [`Hypervisor`]/[`Vm`] seam the layers above use,
 //!   with QEMU as its implementation.
 //!
@@ -21,6 +23,7 @@
 
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod cmdline;
 pub mod emulator;
 pub mod error;
@@ -29,6 +32,7 @@ pub mod machine;
 pub mod process;
 pub mod qmp;
 
+pub use agent::GuestAgent;
 pub use cmdline::{command_line, Runtime};
 pub use emulator::{Capabilities, Emulator};
 pub use error::{Error, Result};

@@ -115,11 +115,40 @@ pub fn extents(p: &Path, file: &str, name: &str) -> Vec<(u64, u64)> {
 /// qcow2 disks (`a.qcow2` as vda, `b.qcow2` as vdb), its console in
 /// `vm.console`; `devices` is added to its devices.
 pub fn define_records_guest(p: &Path, kit: &strata_testguest::Kit, devices: &str) {
-    kit.initrd(RECORDS, &[], &p.join("vm.initrd.gz"))
-        .expect("building the initrd");
     for disk in ["a.qcow2", "b.qcow2"] {
         qemu_img(p, &["create", "-q", "-f", "qcow2", disk, "64M"]);
     }
+    define_vm(p, kit, RECORDS, &["a.qcow2", "b.qcow2"], devices);
+}
+
+/// Defines domain `vm` in `p`: a direct-boot guest running `workload`,
+/// with the qcow2 `disks` of `p` as vda, vdb, …, its console in
+/// `vm.console`, and `devices` added to its devices.
+pub fn define_vm(
+    p: &Path,
+    kit: &strata_testguest::Kit,
+    workload: &str,
+    disks: &[&str],
+    devices: &str,
+) {
+    kit.initrd(workload, &[], &p.join("vm.initrd.gz"))
+        .expect("building the initrd");
+    let dir = p.display();
+    let disks: String = disks
+        .iter()
+        .enumerate()
+        .map(|(k, f)| {
+            format!(
+                "
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{dir}/{f}'/>
+      <target dev='vd{}' bus='virtio'/>
+    </disk>",
+                (b'a' + k as u8) as char
+            )
+        })
+        .collect();
     let xml = format!(
         "<domain type='qemu'>
   <name>vm</name>
@@ -132,22 +161,11 @@ pub fn define_records_guest(p: &Path, kit: &strata_testguest::Kit, devices: &str
     <cmdline>console=ttyS0 panic=-1 quiet</cmdline>
   </os>
   <features><acpi/></features>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{dir}/a.qcow2'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{dir}/b.qcow2'/>
-      <target dev='vdb' bus='virtio'/>
-    </disk>
+  <devices>{disks}
     <serial type='file'><source path='{dir}/vm.console'/><target port='0'/></serial>{devices}
   </devices>
 </domain>",
         kernel = kit.kernel.display(),
-        dir = p.display(),
     );
     std::fs::write(p.join("vm.xml"), xml).unwrap();
     ok(p, &st(&["domain", "define", "vm.xml"]));

@@ -5,7 +5,7 @@
 //! the set `virt-install` writes for a Linux guest. Anything else is
 //! refused, naming the element.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use strata_qemu::machine::{
     Disk, DiskBackend, Graphics, MacAddr, NetBackend, Nic, Serial, Video, VncListen,
@@ -18,6 +18,29 @@ use crate::xml::Element;
 
 /// The guest agent's virtio-serial port name.
 const GUEST_AGENT: &str = "org.qemu.guest_agent.0";
+
+/// Where QEMU serves the guest agent channel `<channel>` of a run in
+/// `run_dir`: its `<source path>`, else `run_dir/qga.sock`.
+fn agent_socket(channel: &Element, run_dir: &Path) -> PathBuf {
+    channel
+        .child("source")
+        .and_then(|s| s.attr("path"))
+        .map_or_else(|| run_dir.join("qga.sock"), Into::into)
+}
+
+/// The socket of the guest agent channel of domain XML `x` running in
+/// `run_dir`, or `None` when it has none.
+pub(crate) fn guest_agent(x: &Element, run_dir: &Path) -> Option<PathBuf> {
+    x.child("devices")?
+        .elements()
+        .filter(|e| e.name == "channel" && e.attr("type") == Some("unix"))
+        .find(|e| {
+            let target = e.child("target");
+            target.and_then(|t| t.attr("type")) == Some("virtio")
+                && target.and_then(|t| t.attr("name")) == Some(GUEST_AGENT)
+        })
+        .map(|e| agent_socket(e, run_dir))
+}
 
 /// Attaches every device of `x`'s `<devices>` to `m`.
 pub(crate) fn attach(
@@ -72,11 +95,7 @@ pub(crate) fn attach(
                         "strata attaches only the guest agent channel (type='unix', virtio, org.qemu.guest_agent.0)",
                     ));
                 }
-                let path = e
-                    .child("source")
-                    .and_then(|s| s.attr("path"))
-                    .map_or_else(|| run_dir.join("qga.sock"), Into::into);
-                m.guest_agent = Some(path);
+                m.guest_agent = Some(agent_socket(e, run_dir));
             }
             "input" => match (kind, e.attr("bus")) {
                 ("tablet", Some("usb")) => m.usb_tablet = true,

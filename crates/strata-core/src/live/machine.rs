@@ -63,6 +63,13 @@ impl Refuse<'_> {
     }
 }
 
+/// The socket QEMU serves domain `domain`'s guest agent channel on when it
+/// runs in `run_dir`, or `None` when the domain has no such channel
+/// (`<channel type='unix'>` with a virtio `org.qemu.guest_agent.0` target).
+pub fn guest_agent_socket(domain: &Domain, run_dir: &Path) -> Option<std::path::PathBuf> {
+    devices::guest_agent(domain.element(), run_dir)
+}
+
 /// The machine that runs `domain`, its disks attached as `disks` says
 /// (target dev → the backend strata serves it from); sockets QEMU makes
 /// for the domain go in `run_dir`.

@@ -8,4 +8,4 @@ pub mod disks;
 pub mod machine;
 
 pub use disks::{Disks, Offline, Quiesced};
-pub use machine::machine_of;
+pub use machine::{guest_agent_socket, machine_of};

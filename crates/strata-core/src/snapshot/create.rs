@@ -95,6 +95,10 @@ pub struct CreateRequest {
     pub no_metadata: bool,
     /// External overlays exist already and are used as they are.
     pub reuse_external: bool,
+    /// Freeze the guest's filesystems through its agent around the
+    /// snapshot (`--quiesce`): only the daemon, which talks to the running
+    /// guest, can; offline it is refused.
+    pub quiesce: bool,
 }
 
 /// A snapshot made.
@@ -135,6 +139,12 @@ pub fn create_on(
     let existing = store.snapshots(domain)?;
     if existing.iter().any(|s| s.name == name) {
         return Err(Error::invalid(what, "already exists"));
+    }
+    if req.quiesce && !disks.live() {
+        return Err(Error::invalid(
+            what,
+            "--quiesce needs a running domain (its guest agent freezes the guest's filesystems)",
+        ));
     }
     if disks.live() && !req.disk_only {
         return Err(Error::invalid(

@@ -46,6 +46,11 @@ impl<'a> LiveDisks<'a> {
         }
     }
 
+    /// The run's folder (`STATE/run/NAME`).
+    pub fn run_dir(&self) -> &Path {
+        self.run_dir
+    }
+
     /// The new tops switched in, by disk index, for the run to record.
     pub fn into_switched(self) -> Vec<(usize, Arc<dyn Image>)> {
         self.switched.into_inner()

@@ -12,7 +12,7 @@ use strata_core::snapshot::delete::{self as snapshot_delete, DeleteRequest};
 use strata_core::Store;
 use tracing::Instrument;
 
-use super::Service;
+use super::{quiesce, Service};
 use crate::disks::live::LiveDisks;
 use crate::error::{Error, Result};
 use crate::registry::Running;
@@ -23,8 +23,27 @@ impl Service {
     pub async fn snapshot_create(self: &Arc<Self>, name: &str, req: CreateRequest) -> Result<Made> {
         let span = tracing::info_span!("op", op = "snapshot create", domain = %name);
         self.on_live_disks(name, move |store, n, disks| {
-            let made = snapshot_create::create_on(store, n, &req, disks)?;
-            Ok(Made::new(made.def.name, made.stall))
+            let what = format!("domain '{n}': --quiesce");
+            let mut agent = match req.quiesce {
+                true => Some(quiesce::freeze(store, n, disks.run_dir(), &what)?),
+                false => None,
+            };
+            let made = snapshot_create::create_on(store, n, &req, disks);
+            let frozen = match agent.as_mut() {
+                Some((agent, count)) => {
+                    quiesce::thaw(
+                        agent,
+                        made.as_ref().ok().map(|m| m.def.name.as_str()),
+                        &what,
+                    )?;
+                    Some(*count)
+                }
+                None => None,
+            };
+            let made = made?;
+            let mut m = Made::new(made.def.name, made.stall);
+            m.frozen = frozen;
+            Ok(m)
         })
         .instrument(span)
         .await

@@ -11,6 +11,7 @@
 
 pub mod live;
 pub mod pause;
+mod quiesce;
 pub mod recover;
 pub mod start;
 pub mod stop;
