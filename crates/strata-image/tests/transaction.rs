@@ -227,3 +227,97 @@ fn validation_refuses_before_writing() {
     drop(held);
     assert_eq!(files(d.path()), before);
 }
+
+/// Image `a.qcow2` in `d` with data and an enabled bitmap `b0`, held open
+/// as a running guest's disk would be.
+fn tracked_base(d: &tempfile::TempDir) -> (PathBuf, std::sync::Arc<dyn strata_image::Image>) {
+    let base = at(d, "a.qcow2");
+    create(
+        &base,
+        CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+    );
+    let img = open_rw(&base);
+    img.write_at(&pattern(65536, 3), 0).unwrap();
+    qcow2(&img)
+        .bitmap_edits(&[strata_image::qcow2::BitmapEdit::Add {
+            name: "b0".into(),
+            granularity: None,
+            enabled: true,
+        }])
+        .unwrap();
+    (base, img)
+}
+
+/// The bitmaps of `file` as qemu-img lists them: `(name, flags)`.
+fn qemu_bitmaps(file: &Path) -> Vec<(String, Vec<String>)> {
+    let info: serde_json::Value =
+        serde_json::from_str(&run("qemu-img", &["info", "-U", "--output=json", s(file)])).unwrap();
+    info["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            let flags = b["flags"].as_array().unwrap();
+            (
+                b["name"].as_str().unwrap().to_string(),
+                flags
+                    .iter()
+                    .map(|f| f.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_overlay_prepared_ahead_is_held_through_the_transaction_and_tracks_after_it() {
+    let d = tmp();
+    let (base, img) = tracked_base(&d);
+    let overlay = at(&d, "a.s1");
+    let ov = strata_image::transaction::prepare_overlay(&base, &img, &overlay).unwrap();
+    let mut held = Held::none();
+    held.insert(&base, img.clone()).unwrap();
+    held.insert(&overlay, ov.clone()).unwrap();
+    let act = vec![Action::SnapshotExternal {
+        file: base.clone(),
+        overlay: Some(overlay.clone()),
+        name: Some("s1".into()),
+        reuse: true,
+    }];
+    // A failed transaction leaves the image tracking as before.
+    let fault = Fault {
+        member: 0,
+        phase: Phase::Commit,
+    };
+    run_with_fault(&act, &held, fault).unwrap_err();
+    assert!(qcow2(&img).bitmaps().unwrap()[0].enabled());
+    let out = strata_image::transaction::run_held(&act, &held).unwrap();
+    assert!(matches!(&out[0], Outcome::External { overlay: o } if *o == overlay));
+    // The guest writes on through the overlay held all along.
+    ov.write_at(&pattern(4096, 9), 1 << 20).unwrap();
+    ov.flush().unwrap();
+    assert_eq!(
+        qcow2(&ov).bitmap_dirty("b0").unwrap(),
+        vec![(1 << 20, 65536)]
+    );
+    drop((held, ov, img));
+    let flags = |f: &Path| qemu_bitmaps(f);
+    assert_eq!(flags(&base), [("b0".to_string(), Vec::<String>::new())]);
+    assert_eq!(
+        flags(&overlay),
+        [("b0".to_string(), vec!["auto".to_string()])]
+    );
+    assert_qemu_clean(&base);
+    assert_qemu_clean(&overlay);
+    // qemu-img reads the base's data below the guest's new write.
+    let raw = at(&d, "out.raw");
+    run("qemu-img", &["convert", "-O", "raw", s(&overlay), s(&raw)]);
+    let mut want = vec![0u8; SIZE as usize];
+    want[..65536].copy_from_slice(&pattern(65536, 3));
+    want[1 << 20..(1 << 20) + 4096].copy_from_slice(&pattern(4096, 9));
+    assert!(std::fs::read(&raw).unwrap() == want);
+}

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_image::ops::external::{self, default_overlay};
+use strata_image::ops::external::default_overlay;
 use strata_image::transaction::{self, Action, Held, Outcome};
 use strata_image::{ChainOptions, Image};
 
@@ -238,14 +238,16 @@ pub fn create_on(
     if actions.is_empty() {
         return Err(Error::invalid(what, "no disk takes part in the snapshot"));
     }
-    // Live, each new overlay is made before the guest is paused (its
-    // header does not depend on the instant) and the transaction reuses it.
+    // Live, each new overlay is made and opened before the guest is paused
+    // (its header does not depend on the instant) and the transaction
+    // reuses it as it is held.
+    let mut held = served.held();
     let precreated = if served.live() {
-        precreate(&mut actions, &served.held(), &what)?
+        precreate(&mut actions, &mut held, &what)?
     } else {
         Vec::new()
     };
-    let stall = match run_quiesced(served, &actions, &targets, &name, &what) {
+    let stall = match run_quiesced(served, &held, &actions, &targets, &name, &what) {
         Ok(s) => s,
         Err(e) => {
             remove_files(&precreated);
@@ -302,10 +304,11 @@ pub fn create_on(
     Ok(Created { def, stall })
 }
 
-/// Creates the overlay of every external action that would create one, on
-/// the held image it goes on, and makes the action reuse it; returns the
-/// files made (removed again if the snapshot fails).
-fn precreate(actions: &mut [Action], held: &Held, what: &str) -> Result<Vec<PathBuf>> {
+/// Creates and opens the overlay of every external action that would
+/// create one, on the held image it goes on ([`transaction::prepare_overlay`]),
+/// holds it and makes the action reuse it; returns the files made (removed
+/// again if the snapshot fails).
+fn precreate(actions: &mut [Action], held: &mut Held, what: &str) -> Result<Vec<PathBuf>> {
     let mut made = Vec::new();
     for a in actions.iter_mut() {
         let Action::SnapshotExternal {
@@ -317,14 +320,17 @@ fn precreate(actions: &mut [Action], held: &Held, what: &str) -> Result<Vec<Path
         else {
             continue;
         };
-        let Some(below) = held.get(file) else {
+        let Some(below) = held.get(file).cloned() else {
             continue;
         };
         if *reuse || o.exists() {
             // The transaction checks (and refuses) it as offline.
             continue;
         }
-        if let Err(e) = external::create_overlay(file, below.format(), below.size(), o) {
+        let opened =
+            transaction::prepare_overlay(file, &below, o).and_then(|ov| held.insert(o, ov));
+        if let Err(e) = opened {
+            let _ = std::fs::remove_file(&*o);
             remove_files(&made);
             return Err(Error::invalid(
                 what.to_string(),
@@ -351,25 +357,31 @@ fn remove_files(files: &[PathBuf]) {
 /// Returns how long the guest was held back (live).
 fn run_quiesced(
     disks: &dyn Disks,
+    held: &Held,
     actions: &[Action],
     targets: &[Option<String>],
     name: &str,
     what: &str,
 ) -> Result<Option<Duration>> {
-    let held = disks.held();
     let mut quiesced = disks.quiesce()?;
     let paused_at = quiesced.paused_at();
-    let outcomes = crate::faults::run(actions, &held)
+    let outcomes = crate::faults::run(actions, held)
         .map_err(|e| Error::invalid(what.to_string(), e.to_string()))?;
     if !disks.live() {
         return Ok(None);
     }
+    let transaction = paused_at.elapsed();
     // Open every overlay before switching any, so a failure switches none.
     let mut tops: Vec<(String, Arc<dyn Image>)> = Vec::new();
     for ((a, out), target) in actions.iter().zip(&outcomes).zip(targets) {
         let (Some(target), Outcome::External { overlay }) = (target, out) else {
             continue;
         };
+        if let Some(top) = held.get(overlay) {
+            // Made and opened before the pause.
+            tops.push((target.clone(), top.clone()));
+            continue;
+        }
         let below = held.get(a.file()).cloned().ok_or_else(|| {
             Error::invalid(format!("{what}: disk '{target}'"), "the disk is not served")
         })?;
@@ -381,7 +393,7 @@ fn run_quiesced(
             Ok(top) => tops.push((target.clone(), top)),
             Err(e) => {
                 drop(tops);
-                undo_disks(actions, name, &held);
+                undo_disks(actions, name, held);
                 return Err(Error::invalid(
                     format!("{what}: disk '{target}'"),
                     format!("cannot open the new overlay: {e}"),
@@ -389,9 +401,16 @@ fn run_quiesced(
             }
         }
     }
+    let opened = paused_at.elapsed();
     for (target, top) in tops {
         quiesced.switch(&target, top)?;
     }
+    tracing::debug!(
+        transaction_us = transaction.as_micros() as u64,
+        open_us = (opened - transaction).as_micros() as u64,
+        switch_us = (paused_at.elapsed() - opened).as_micros() as u64,
+        "the new tops are served"
+    );
     drop(quiesced);
     let stall = paused_at.elapsed();
     tracing::info!(stall_us = stall.as_micros() as u64, "guest disks resumed");

@@ -111,11 +111,14 @@ impl Disks for LiveDisks<'_> {
             p.drain(DRAIN_LIMIT)
                 .map_err(|e| refuse(&d.target, format!("requests in flight: {e}")))?;
         }
+        let drained = paused_at.elapsed();
         flush_all(self.disks, paused.iter().map(|(i, _)| *i).collect())?;
         Ok(Box::new(Quiet {
             disks: self,
             paused,
             paused_at,
+            drained,
+            flushed: paused_at.elapsed(),
         }))
     }
 }
@@ -150,6 +153,10 @@ struct Quiet<'a, 'b> {
     disks: &'b LiveDisks<'a>,
     paused: Vec<(usize, Paused)>,
     paused_at: Instant,
+    /// How long after the pause the requests in flight had ended, and the
+    /// flushes too (for the log).
+    drained: Duration,
+    flushed: Duration,
 }
 
 impl Quiesced for Quiet<'_, '_> {
@@ -175,10 +182,24 @@ impl Drop for Quiet<'_, '_> {
     fn drop(&mut self) {
         // Before the guest's requests are taken again (the paused gates
         // resume as the fields drop, after this).
+        let worked = self.paused_at.elapsed();
         let switched = self.disks.switched.borrow();
-        if switched.is_empty() {
-            return;
+        if !switched.is_empty() {
+            self.record_tops(&switched);
         }
+        tracing::debug!(
+            drain_us = self.drained.as_micros() as u64,
+            flush_us = (self.flushed - self.drained).as_micros() as u64,
+            work_us = (worked - self.flushed).as_micros() as u64,
+            record_us = (self.paused_at.elapsed() - worked).as_micros() as u64,
+            "resuming the guest's disks"
+        );
+    }
+}
+
+impl Quiet<'_, '_> {
+    /// Writes the run's record with the new tops `switched`.
+    fn record_tops(&self, switched: &[(usize, Arc<dyn Image>)]) {
         let mut record = self.disks.record.clone();
         for (i, top) in switched.iter() {
             let target = &self.disks.disks[*i].target;
@@ -186,7 +207,7 @@ impl Drop for Quiet<'_, '_> {
                 d.source = top.path().into();
             }
         }
-        if let Err(e) = journal::write(self.disks.run_dir, &record) {
+        if let Err(e) = journal::rewrite(self.disks.run_dir, &record) {
             tracing::error!(error = %e, "the run record does not name the new tops");
         }
     }

@@ -318,6 +318,9 @@ struct Opened {
     /// The overlay of each external action, decided once (a generated name
     /// comes from the clock and must not change between check and use).
     overlays: HashMap<usize, PathBuf>,
+    /// Overlays the caller holds open already (made by
+    /// [`prepare_overlay`] before the transaction), by action.
+    held_overlays: HashMap<usize, Arc<dyn Image>>,
     units: Vec<Unit>,
 }
 
@@ -403,6 +406,7 @@ fn validate(actions: &[Action], held: &Held) -> Result<Opened> {
     let mut external_on: HashMap<&PathBuf, usize> = HashMap::new();
     let mut overlays: Vec<PathBuf> = Vec::new();
     let mut overlay_of: HashMap<usize, PathBuf> = HashMap::new();
+    let mut held_overlays: HashMap<usize, Arc<dyn Image>> = HashMap::new();
     let mut units: Vec<Unit> = Vec::new();
     // Bitmap names and enabled flags per image, as the actions so far leave them.
     let mut names: HashMap<PathBuf, Vec<(String, bool)>> = HashMap::new();
@@ -498,7 +502,11 @@ fn validate(actions: &[Action], held: &Held) -> Result<Opened> {
                 reuse,
             } => {
                 let path = overlay_path(file, overlay.as_deref(), name.as_deref());
-                if *reuse {
+                let held_overlay = held.get(&path).filter(|_| *reuse).cloned();
+                if let Some(ov) = held_overlay {
+                    // Made over this very image by its holder, and open.
+                    held_overlays.insert(i, ov);
+                } else if *reuse {
                     external::check_reusable(file, &path).map_err(|e| action_error(i, a, e))?;
                 } else if path.exists() {
                     return Err(action_error(
@@ -597,6 +605,7 @@ fn validate(actions: &[Action], held: &Held) -> Result<Opened> {
     Ok(Opened {
         images,
         overlays: overlay_of,
+        held_overlays,
         units,
     })
 }
@@ -717,7 +726,10 @@ fn prepare<'a>(actions: &[Action], opened: &'a Opened, unit: &Unit) -> Result<Me
             };
             if !bitmaps.is_empty() {
                 let added = (|| -> Result<Vec<String>> {
-                    let ov = open_bitmaps_only(&path)?;
+                    let ov = match opened.held_overlays.get(i) {
+                        Some(ov) => ov.clone(),
+                        None => open_bitmaps_only(&path)?,
+                    };
                     let have: Vec<String> = bitmaps_of(&ov)?
                         .bitmaps()?
                         .into_iter()
@@ -788,6 +800,45 @@ impl Held {
     pub fn is_empty(&self) -> bool {
         self.images.is_empty()
     }
+}
+
+/// Makes the overlay an external snapshot of the held image `below` (the
+/// open image of `file`) will switch to, ahead of the transaction: created,
+/// opened writable over `below`, and tracking with an empty enabled bitmap
+/// each bitmap `below` tracks with, as the transaction would add them. Held
+/// (under `overlay`) and reused by the transaction, it is neither opened
+/// nor changed in it, which keeps file opens and writes out of the moment
+/// the guest is held back. The caller removes the file if the snapshot
+/// fails.
+pub fn prepare_overlay(
+    file: &Path,
+    below: &Arc<dyn Image>,
+    overlay: &Path,
+) -> Result<Arc<dyn Image>> {
+    external::create_overlay(file, below.format(), below.size(), overlay)?;
+    let made = (|| -> Result<Arc<dyn Image>> {
+        let opts = ChainOptions {
+            writable: true,
+            ..ChainOptions::default()
+        };
+        let ov = chain::open_over(overlay, below.clone(), &opts)?;
+        let adds: Vec<BitmapEdit> = enabled_bitmaps(below)?
+            .into_iter()
+            .map(|(name, granularity)| BitmapEdit::Add {
+                name,
+                granularity: Some(granularity),
+                enabled: true,
+            })
+            .collect();
+        if !adds.is_empty() {
+            bitmaps_of(&ov)?.bitmap_edits(&adds)?;
+        }
+        Ok(ov)
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(overlay);
+    }
+    made
 }
 
 /// Runs `actions` all-or-nothing. Returns each action's outcome, in order.
