@@ -92,6 +92,18 @@ fn running_domains_delete_internal_snapshots_live_and_revert_only_with_force() {
     writes_on(p, 3);
     snapshot(p, "i3", "internal");
     assert_eq!(internal(p, "a.e1"), ["i2", "i3"]);
+    // The metadata reads while the domain runs.
+    let xml = ok(p, &st(&["snapshot", "dumpxml", "vm", "e1"])).stdout;
+    assert!(xml.contains("<state>disk-snapshot</state>"), "{xml}");
+    assert!(xml.contains("a.e1"), "{xml}");
+    assert_eq!(
+        ok(p, &st(&["snapshot", "parent", "vm", "i3"])).stdout,
+        "i2\n"
+    );
+    assert_eq!(
+        ok(p, &st(&["snapshot", "current", "vm", "--name"])).stdout,
+        "i3\n"
+    );
 
     // The internal snapshot of the served image goes, live.
     let gone = ok(
