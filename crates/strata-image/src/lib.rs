@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod capability;
+pub mod cbw;
 pub mod chain;
 pub mod dirty;
 pub mod error;

@@ -1,0 +1,202 @@
+//! The bookkeeping of a copy-before-write view, per granule (a fixed-size
+//! aligned range of the disk): which granules the view still needs, which
+//! hold their old data in the scratch image, and who is using which right
+//! now (view readers share a granule; a guest write that copies takes it
+//! alone). A caller takes every granule of its range at once or waits, so
+//! two callers never hold part of each other's range: no deadlock.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// A fixed set of bits, one per granule.
+#[derive(Debug, Clone)]
+pub(crate) struct Bits(Vec<u64>);
+
+impl Bits {
+    /// `n` bits, all `value`.
+    pub(crate) fn new(n: u64, value: bool) -> Bits {
+        let words = n.div_ceil(64) as usize;
+        let mut b = Bits(vec![if value { u64::MAX } else { 0 }; words]);
+        if value && !n.is_multiple_of(64) {
+            if let Some(last) = b.0.last_mut() {
+                *last = (1u64 << (n % 64)) - 1;
+            }
+        }
+        b
+    }
+
+    pub(crate) fn get(&self, i: u64) -> bool {
+        self.0
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    pub(crate) fn set(&mut self, i: u64, value: bool) {
+        if let Some(w) = self.0.get_mut((i / 64) as usize) {
+            if value {
+                *w |= 1 << (i % 64);
+            } else {
+                *w &= !(1 << (i % 64));
+            }
+        }
+    }
+
+    /// How many bits are set.
+    pub(crate) fn count(&self) -> u64 {
+        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+}
+
+/// Who uses a granule now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// This many view readers.
+    Read(u32),
+    /// A guest write copying it.
+    Copy,
+}
+
+/// The state of every granule, behind one lock.
+#[derive(Debug)]
+pub(crate) struct State {
+    /// The view still needs the granule's data as it was at the start.
+    pub(crate) needed: Bits,
+    /// The scratch holds the granule's data as it was at the start.
+    pub(crate) copied: Bits,
+    users: HashMap<u64, Use>,
+}
+
+/// The granules of one view and the condition callers wait on.
+#[derive(Debug)]
+pub(crate) struct Granules {
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+impl Granules {
+    /// `n` granules, needed where `needed` says.
+    pub(crate) fn new(needed: Bits, n: u64) -> Granules {
+        Granules {
+            state: Mutex::new(State {
+                needed,
+                copied: Bits::new(n, false),
+                users: HashMap::new(),
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// The state, for a quick look or a change that takes no granule.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until no copy holds a granule of `range`, then holds them all
+    /// for reading; returns which of them are in the scratch.
+    pub(crate) fn read(&self, range: Range<u64>) -> Vec<bool> {
+        let mut st = self.lock();
+        while range.clone().any(|g| st.users.get(&g) == Some(&Use::Copy)) {
+            st = self.freed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        for g in range.clone() {
+            let u = st.users.entry(g).or_insert(Use::Read(0));
+            if let Use::Read(n) = u {
+                *n += 1;
+            }
+        }
+        range.map(|g| st.copied.get(g)).collect()
+    }
+
+    /// Releases what [`Granules::read`] held.
+    pub(crate) fn end_read(&self, range: Range<u64>) {
+        let mut st = self.lock();
+        for g in range {
+            if let Some(Use::Read(n)) = st.users.get_mut(&g) {
+                *n -= 1;
+                if *n == 0 {
+                    st.users.remove(&g);
+                }
+            }
+        }
+        drop(st);
+        self.freed.notify_all();
+    }
+
+    /// For a guest write over `range`: the granules it must copy first
+    /// (needed, not copied), held alone until [`Granules::end_copy`];
+    /// empty (nothing held) when there are none. Waits for the readers and
+    /// copies of those granules to end.
+    pub(crate) fn copy(&self, range: Range<u64>) -> Vec<u64> {
+        let mut st = self.lock();
+        loop {
+            let todo: Vec<u64> = range
+                .clone()
+                .filter(|&g| st.needed.get(g) && !st.copied.get(g))
+                .collect();
+            if todo.is_empty() {
+                return todo;
+            }
+            if todo.iter().all(|g| !st.users.contains_key(g)) {
+                for &g in &todo {
+                    st.users.insert(g, Use::Copy);
+                }
+                return todo;
+            }
+            st = self.freed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Releases what [`Granules::copy`] held; `copied` when the scratch
+    /// has their old data now.
+    pub(crate) fn end_copy(&self, held: &[u64], copied: bool) {
+        let mut st = self.lock();
+        for &g in held {
+            st.users.remove(&g);
+            if copied {
+                st.copied.set(g, true);
+            }
+        }
+        drop(st);
+        self.freed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_set_get_and_count_across_words() {
+        let mut b = Bits::new(130, true);
+        assert_eq!(b.count(), 130);
+        assert!(b.get(129) && !b.get(130));
+        b.set(64, false);
+        assert!(!b.get(64) && b.get(63) && b.get(65));
+        assert_eq!(b.count(), 129);
+        let mut z = Bits::new(70, false);
+        z.set(69, true);
+        assert_eq!(z.count(), 1);
+    }
+
+    #[test]
+    fn a_copy_waits_for_readers_and_a_read_for_copies() {
+        let g = std::sync::Arc::new(Granules::new(Bits::new(4, true), 4));
+        assert_eq!(g.read(0..2), [false, false]);
+        let g2 = g.clone();
+        let copier = std::thread::spawn(move || {
+            let held = g2.copy(1..3);
+            assert_eq!(held, [1, 2]);
+            g2.end_copy(&held, true);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!copier.is_finished(), "the copy waits for the reader");
+        g.end_read(0..2);
+        copier.join().unwrap();
+        // Copied now: nothing left to copy, and readers see the scratch.
+        assert!(g.copy(0..4).contains(&0));
+        g.end_copy(&[0, 3], false);
+        assert_eq!(g.read(0..4), [false, true, true, false]);
+        g.end_read(0..4);
+    }
+}

@@ -1,0 +1,223 @@
+//! Copy-before-write: a point-in-time view of a disk that goes on
+//! changing, without a snapshot in the image (QEMU's copy-before-write
+//! filter with its `snapshot-access` node; the fleecing libvirt's pull
+//! backups use).
+//!
+//! [`start`] puts a [`CbwFilter`] in front of the live image (what the
+//! guest writes through from now on) and opens a [`CbwView`] (what a
+//! backup reads). Before a guest write, zeroing or discard changes a
+//! granule the view still needs, the filter reads the granule's old data
+//! and writes it to a scratch qcow2 at the same offset; the view reads a
+//! granule from the scratch once it is there, else from the live image,
+//! holding the granule against a concurrent copy while it reads. Granules
+//! the view does not need (outside an incremental backup's bitmap) or no
+//! longer needs ([`CbwView::done`], an NBD trim of the view) are never
+//! copied, so the scratch holds only what the guest overwrote that the
+//! backup had yet to read.
+//!
+//! **The backup fails, the guest never does** (QEMU's
+//! `on-cbw-error=break-snapshot`): a copy that fails or takes longer than
+//! the timeout (QEMU's `cbw-timeout`) breaks the view — every later read
+//! of it fails, saying why — and the guest's write goes on. The old data
+//! is read before the write is let through, so a late scratch write can
+//! only be to a view already broken.
+//!
+//! The scratch file (0600) is removed when the last handle to the view
+//! goes.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::chain::{self, ChainOptions};
+use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::qcow2::{CreateOptions, Qcow2};
+
+mod filter;
+mod granules;
+mod view;
+
+pub use filter::CbwFilter;
+pub use view::CbwView;
+
+use granules::{Bits, Granules};
+
+/// The default granule: 64 KiB, a qcow2 cluster.
+pub const DEFAULT_GRANULE: u64 = 64 << 10;
+
+/// The default bound on one copy before the view is given up.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a view is made.
+#[derive(Debug, Clone)]
+pub struct CbwOptions {
+    /// The scratch qcow2 to create (it must not exist).
+    pub scratch: PathBuf,
+    /// The granule in bytes: a power of two from 4 KiB to 2 MiB.
+    pub granule: u64,
+    /// The ranges the view needs (`(offset, length)`, e.g. a bitmap's
+    /// dirty extents), or `None` for all of the disk.
+    pub needed: Option<Vec<(u64, u64)>>,
+    /// The longest a copy may take before the view is given up.
+    pub timeout: Duration,
+}
+
+impl CbwOptions {
+    /// A full view with scratch `scratch` and the defaults.
+    pub fn new(scratch: impl Into<PathBuf>) -> CbwOptions {
+        CbwOptions {
+            scratch: scratch.into(),
+            granule: DEFAULT_GRANULE,
+            needed: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// What a view has cost so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CbwStats {
+    /// Bytes of old data copied into the scratch.
+    pub copied: u64,
+    /// Bytes the scratch file takes on the host.
+    pub scratch_bytes: u64,
+    /// Bytes the view still needs.
+    pub needed: u64,
+}
+
+/// What the filter and the view share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    source: Arc<dyn Image>,
+    scratch: Arc<dyn Image>,
+    scratch_path: PathBuf,
+    granule: u64,
+    size: u64,
+    granules: Granules,
+    timeout: Duration,
+    broken: OnceLock<String>,
+    copied: AtomicU64,
+}
+
+impl Shared {
+    /// The granules `[offset, offset+len)` touches.
+    fn span(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
+        if len == 0 {
+            return 0..0;
+        }
+        offset / self.granule..(offset + len).div_ceil(self.granule)
+    }
+
+    /// Granule `g`'s byte range, clipped to the disk.
+    fn bytes(&self, g: u64) -> (u64, u64) {
+        let start = g * self.granule;
+        (start, self.granule.min(self.size - start))
+    }
+
+    /// Gives the view up for `why` (the first reason stays).
+    fn break_view(&self, why: String) {
+        if self.broken.set(why.clone()).is_ok() {
+            tracing::warn!(scratch = %self.scratch_path.display(), reason = %why, "the point-in-time view is broken; the guest goes on");
+        }
+    }
+
+    /// Why the view is broken, if it is.
+    fn broken(&self) -> Option<&str> {
+        self.broken.get().map(String::as_str)
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.scratch_path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(scratch = %self.scratch_path.display(), error = %e, "cannot remove the scratch file");
+            }
+        }
+    }
+}
+
+/// Starts a point-in-time view of `source` as it is now: returns the
+/// filter the guest must write through from now on, and the view. The
+/// caller makes sure no write reaches `source` other than through the
+/// filter from this moment (for a served disk: under the quiesce point).
+pub fn start(source: Arc<dyn Image>, opts: &CbwOptions) -> Result<(Arc<CbwFilter>, Arc<CbwView>)> {
+    let shown = opts.scratch.display().to_string();
+    let g = opts.granule;
+    if !g.is_power_of_two() || !(4096..=2 << 20).contains(&g) {
+        return Err(Error::invalid(
+            &shown,
+            format!("granule {g}: a power of two from 4 KiB to 2 MiB"),
+        ));
+    }
+    let size = source.size();
+    let n = size.div_ceil(g);
+    let needed = match &opts.needed {
+        None => Bits::new(n, true),
+        Some(ranges) => {
+            let mut b = Bits::new(n, false);
+            for &(off, len) in ranges {
+                if len == 0 {
+                    continue;
+                }
+                let end = off.saturating_add(len).min(size);
+                for i in off / g..end.div_ceil(g) {
+                    b.set(i, true);
+                }
+            }
+            b
+        }
+    };
+    let create = CreateOptions {
+        size: size.div_ceil(512) * 512,
+        cluster_size: g.max(512),
+        ..Default::default()
+    };
+    Qcow2::create_file(&opts.scratch, &create)?;
+    let scratch = chain::open(
+        &opts.scratch,
+        &ChainOptions {
+            writable: true,
+            ..Default::default()
+        },
+    );
+    let scratch = match scratch {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&opts.scratch);
+            return Err(e);
+        }
+    };
+    let shared = Arc::new(Shared {
+        source,
+        scratch,
+        scratch_path: opts.scratch.clone(),
+        granule: g,
+        size,
+        granules: Granules::new(needed, n),
+        timeout: opts.timeout,
+        broken: OnceLock::new(),
+        copied: AtomicU64::new(0),
+    });
+    Ok((
+        Arc::new(CbwFilter::new(shared.clone())),
+        Arc::new(CbwView::new(shared)),
+    ))
+}
+
+/// The statistics of the view `shared` backs.
+fn stats(shared: &Shared) -> CbwStats {
+    let needed = shared.granules.lock().needed.count() * shared.granule;
+    CbwStats {
+        copied: shared.copied.load(Ordering::Relaxed),
+        scratch_bytes: shared.scratch.actual_size().unwrap_or(0),
+        needed: needed.min(shared.size),
+    }
+}
+
+/// The path of the scratch file of `shared`.
+fn scratch_path(shared: &Shared) -> &Path {
+    &shared.scratch_path
+}

@@ -1,0 +1,212 @@
+//! The backup's side of a copy-before-write view: a read-only [`Image`]
+//! of the disk as it was when the view started. Each granule comes from
+//! the scratch once the guest has overwritten it, else from the live
+//! image, held against a concurrent copy while it is read.
+
+use std::sync::Arc;
+
+use super::{CbwStats, Shared};
+use crate::error::{Error, Result};
+use crate::image::{check_range, push_extent, Extent, Format, Image};
+
+/// A point in time of a live disk (see the module).
+#[derive(Debug)]
+pub struct CbwView {
+    shared: Arc<Shared>,
+}
+
+impl CbwView {
+    pub(super) fn new(shared: Arc<Shared>) -> CbwView {
+        CbwView { shared }
+    }
+
+    /// Says that `[offset, offset+len)` is no longer needed (read already,
+    /// or of no interest): the guest's writes there are not copied any
+    /// more, and what the scratch held of it is freed. Only granules the
+    /// range covers whole are given up.
+    pub fn done(&self, offset: u64, len: u64) -> Result<()> {
+        let s = &self.shared;
+        check_range(self.path(), s.size, offset, len)?;
+        let first = offset.div_ceil(s.granule);
+        let end = offset + len;
+        let last = if end == s.size {
+            s.size.div_ceil(s.granule)
+        } else {
+            end / s.granule
+        };
+        let mut free = Vec::new();
+        {
+            let mut st = s.granules.lock();
+            for g in first..last.max(first) {
+                st.needed.set(g, false);
+                if st.copied.get(g) {
+                    st.copied.set(g, false);
+                    free.push(s.bytes(g));
+                }
+            }
+        }
+        for (off, len) in free {
+            if let Err(e) = s.scratch.discard(off, len) {
+                tracing::debug!(error = %e, "cannot free scratch clusters");
+            }
+        }
+        Ok(())
+    }
+
+    /// What the view has cost so far.
+    pub fn stats(&self) -> CbwStats {
+        super::stats(&self.shared)
+    }
+
+    /// Why the view is broken (the backup failed, the guest went on), if
+    /// it is.
+    pub fn broken(&self) -> Option<&str> {
+        self.shared.broken()
+    }
+
+    /// The scratch file.
+    pub fn scratch(&self) -> &std::path::Path {
+        super::scratch_path(&self.shared)
+    }
+
+    fn check_broken(&self) -> Result<()> {
+        match self.shared.broken() {
+            Some(why) => Err(Error::invalid(
+                self.path(),
+                format!("the point-in-time view is broken: {why}"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Image for CbwView {
+    fn path(&self) -> &str {
+        self.shared.source.path()
+    }
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+    fn size(&self) -> u64 {
+        self.shared.size
+    }
+    fn writable(&self) -> bool {
+        false
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let s = &self.shared;
+        check_range(self.path(), s.size, offset, buf.len() as u64)?;
+        self.check_broken()?;
+        let span = s.span(offset, buf.len() as u64);
+        let copied = s.granules.read(span.clone());
+        let mut result = Ok(());
+        let end = offset + buf.len() as u64;
+        let mut at = offset;
+        while at < end && result.is_ok() {
+            let g = at / s.granule;
+            let from_scratch = copied[(g - span.start) as usize];
+            // The run of granules read from the same place.
+            let mut run_end = ((g + 1) * s.granule).min(end);
+            while run_end < end {
+                let next = run_end / s.granule;
+                if copied[(next - span.start) as usize] != from_scratch {
+                    break;
+                }
+                run_end = ((next + 1) * s.granule).min(end);
+            }
+            let part = &mut buf[(at - offset) as usize..(run_end - offset) as usize];
+            result = if from_scratch {
+                s.scratch.read_at(part, at)
+            } else {
+                s.source.read_at(part, at)
+            };
+            at = run_end;
+        }
+        s.granules.end_read(span);
+        result?;
+        // A copy that failed while this read ran may have let the guest
+        // write over what was read.
+        self.check_broken()
+    }
+    fn write_at(&self, _buf: &[u8], _offset: u64) -> Result<()> {
+        Err(Error::ReadOnly {
+            path: self.path().to_string(),
+        })
+    }
+    fn write_zeroes(&self, _offset: u64, _len: u64, _unmap: bool) -> Result<()> {
+        Err(Error::ReadOnly {
+            path: self.path().to_string(),
+        })
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        // What an NBD client's trim of the view means: read, not needed.
+        self.done(offset, len)
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    fn resize(&self, _new_size: u64) -> Result<()> {
+        Err(Error::ReadOnly {
+            path: self.path().to_string(),
+        })
+    }
+    /// Granules in the scratch are data; the others are as the live image
+    /// has them, unchanged since the view started (any change would have
+    /// copied them first).
+    fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let s = &self.shared;
+        check_range(self.path(), s.size, offset, len)?;
+        self.check_broken()?;
+        let span = s.span(offset, len);
+        let copied = s.granules.read(span.clone());
+        let mut out = Vec::new();
+        let end = offset + len;
+        let mut at = offset;
+        let mut result = Ok(());
+        while at < end {
+            let g = at / s.granule;
+            let in_scratch = copied[(g - span.start) as usize];
+            let mut stop = ((g + 1) * s.granule).min(end);
+            while stop < end && copied[(stop / s.granule - span.start) as usize] == in_scratch {
+                stop = ((stop / s.granule + 1) * s.granule).min(end);
+            }
+            if in_scratch {
+                push_extent(
+                    &mut out,
+                    Extent {
+                        start: at,
+                        length: stop - at,
+                        depth: 0,
+                        present: true,
+                        zero: false,
+                        data: true,
+                        compressed: false,
+                        offset: None,
+                    },
+                );
+            } else {
+                match s.source.block_status(at, stop - at) {
+                    Ok(list) => {
+                        for mut e in list {
+                            e.offset = None;
+                            push_extent(&mut out, e);
+                        }
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            at = stop;
+        }
+        s.granules.end_read(span);
+        result.map(|()| out)
+    }
+    fn backing(&self) -> Option<&Arc<dyn Image>> {
+        None
+    }
+    fn actual_size(&self) -> Result<u64> {
+        Ok(0)
+    }
+}

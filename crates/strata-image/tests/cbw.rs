@@ -1,0 +1,293 @@
+//! Copy-before-write views against a model: random guest writes, zeroings
+//! and discards through the filter, reads and "done" marks of the view,
+//! step by step; every view read equals the disk as it was at the start,
+//! every guest read the disk as the guest wrote it; only needed granules
+//! are ever copied; a failed copy breaks the view, never the guest; and
+//! under many threads at once the view still reads the start exactly.
+
+mod common;
+use common::*;
+use std::sync::Arc;
+use std::time::Duration;
+use strata_image::cbw::{self, CbwOptions, CbwView};
+use strata_image::qcow2::CreateOptions;
+use strata_image::Image;
+
+const SIZE: u64 = 4 << 20;
+const G: u64 = 64 << 10;
+
+/// A qcow2 with random data over most of it, and its contents.
+fn source(d: &tempfile::TempDir, seed: u64) -> (Arc<dyn Image>, Vec<u8>) {
+    let p = at(d, "disk.qcow2");
+    create(
+        &p,
+        CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+    );
+    let img = open_rw(&p);
+    let mut model = vec![0u8; SIZE as usize];
+    random_writes(img.as_ref(), &mut model, &mut Rng(seed), 40, 200_000);
+    (img, model)
+}
+
+/// Reads `[off, off+len)` of the view and checks it against `start`.
+fn check_view(view: &CbwView, start: &[u8], off: u64, len: u64, what: &str) {
+    let mut buf = vec![0u8; len as usize];
+    view.read_at(&mut buf, off)
+        .unwrap_or_else(|e| panic!("{what}: view read {off}+{len}: {e}"));
+    assert!(
+        buf == start[off as usize..(off + len) as usize],
+        "{what}: the view at {off}+{len} is not the start"
+    );
+}
+
+#[test]
+fn random_operations_keep_the_view_at_its_start_and_the_guest_at_its_writes() {
+    for seed in 1..=6u64 {
+        let d = tmp();
+        let (img, start) = source(&d, seed);
+        let mut opts = CbwOptions::new(at(&d, "scratch.qcow2"));
+        // Half the runs: an incremental view needing some ranges only.
+        let mut rng = Rng(seed * 7919);
+        let needed: Option<Vec<(u64, u64)>> = (seed % 2 == 0).then(|| {
+            (0..5)
+                .map(|_| (rng.below(SIZE - G), 1 + rng.below(4 * G)))
+                .collect()
+        });
+        opts.needed = needed.clone();
+        let (filter, view) = cbw::start(img.clone(), &opts).unwrap();
+        let is_needed = |g: u64| match &needed {
+            None => true,
+            Some(r) => r
+                .iter()
+                .any(|&(o, l)| o / G <= g && g < (o + l).min(SIZE).div_ceil(G)),
+        };
+        let mut guest = start.clone();
+        // Granules still needed, in the model.
+        let mut want: Vec<bool> = (0..SIZE / G).map(is_needed).collect();
+        let mut copied_max = 0u64;
+        for step in 0..300 {
+            let what = format!("seed {seed} step {step}");
+            let len = 1 + rng.below(3 * G);
+            let off = rng.below(SIZE - len);
+            match rng.below(10) {
+                0..=3 => {
+                    let data = pattern(len as usize, rng.next());
+                    filter.write_at(&data, off).unwrap();
+                    guest[off as usize..(off + len) as usize].copy_from_slice(&data);
+                    copied_max += len.div_ceil(G) * G + G;
+                }
+                4 => {
+                    filter.write_zeroes(off, len, rng.below(2) == 0).unwrap();
+                    guest[off as usize..(off + len) as usize].fill(0);
+                }
+                5 => {
+                    // A discard may leave data or zeros: read the truth.
+                    filter.discard(off, len).unwrap();
+                    let mut b = vec![0u8; len as usize];
+                    img.read_at(&mut b, off).unwrap();
+                    guest[off as usize..(off + len) as usize].copy_from_slice(&b);
+                }
+                6 => {
+                    view.done(off, len).unwrap();
+                    let first = off.div_ceil(G);
+                    let last = (off + len) / G;
+                    for g in first..last.max(first) {
+                        want[g as usize] = false;
+                    }
+                }
+                _ => {
+                    // Read whole still-needed granules of the range.
+                    for g in off / G..(off + len).div_ceil(G) {
+                        if want[g as usize] {
+                            check_view(&view, &start, g * G, G, &what);
+                        }
+                    }
+                }
+            }
+            let mut now = vec![0u8; len as usize];
+            filter.read_at(&mut now, off).unwrap();
+            assert!(
+                now == guest[off as usize..(off + len) as usize],
+                "{what}: the guest does not read what it wrote"
+            );
+        }
+        // Every granule still needed reads as at the start.
+        for g in 0..SIZE / G {
+            if want[g as usize] {
+                check_view(&view, &start, g * G, G, &format!("seed {seed} end"));
+            }
+        }
+        let st = view.stats();
+        assert!(st.copied <= copied_max, "{st:?}");
+        if needed.is_some() {
+            let n: u64 = (0..SIZE / G).filter(|&g| is_needed(g)).count() as u64;
+            assert!(
+                st.copied <= n * G,
+                "copied {} of {} needed",
+                st.copied,
+                n * G
+            );
+        }
+        assert!(view.broken().is_none());
+        let scratch = view.scratch().to_path_buf();
+        assert!(scratch.exists());
+        drop((filter, view));
+        assert!(!scratch.exists(), "the scratch goes with the view");
+        let path = std::path::PathBuf::from(img.path());
+        drop(img);
+        assert_qemu_clean(&path);
+    }
+}
+
+#[test]
+fn writes_outside_an_incremental_view_copy_nothing_and_done_ranges_stop_copying() {
+    let d = tmp();
+    let (img, start) = source(&d, 11);
+    let mut opts = CbwOptions::new(at(&d, "scratch.qcow2"));
+    opts.needed = Some(vec![(G, G), (10 * G, 3 * G)]);
+    let (filter, view) = cbw::start(img, &opts).unwrap();
+    filter.write_at(&[1u8; 4096], 5 * G).unwrap();
+    filter.write_zeroes(20 * G, 4 * G, true).unwrap();
+    assert_eq!(view.stats().copied, 0);
+    assert_eq!(view.stats().needed, 4 * G);
+    // Half of the second range is read and given up: not copied again.
+    view.done(10 * G, 2 * G).unwrap();
+    filter
+        .write_at(&vec![2u8; (3 * G) as usize], 10 * G)
+        .unwrap();
+    assert_eq!(view.stats().copied, G);
+    check_view(&view, &start, 12 * G, G, "after done");
+    filter.write_at(&[3u8; 100], G + 10).unwrap();
+    assert_eq!(view.stats().copied, 2 * G);
+    check_view(&view, &start, G, G, "copied");
+    // Block status: the copied granules are data.
+    let ext = view.block_status(G, G).unwrap();
+    assert!(ext.iter().all(|e| e.data && !e.zero), "{ext:?}");
+}
+
+#[test]
+fn a_copy_that_cannot_be_made_breaks_the_view_and_never_the_guest() {
+    let d = tmp();
+    let (img, _) = source(&d, 5);
+    let mut opts = CbwOptions::new(at(&d, "scratch.qcow2"));
+    opts.timeout = Duration::ZERO;
+    let (filter, view) = cbw::start(img.clone(), &opts).unwrap();
+    let data = pattern(8192, 3);
+    filter.write_at(&data, 3 * G).unwrap();
+    let mut back = vec![0u8; 8192];
+    filter.read_at(&mut back, 3 * G).unwrap();
+    assert_eq!(back, data);
+    let why = view.broken().expect("broken").to_string();
+    assert!(why.contains("longer than"), "{why}");
+    let e = view.read_at(&mut back, 0).unwrap_err().to_string();
+    assert!(e.contains("broken") && e.contains("longer than"), "{e}");
+    // Later writes go straight through.
+    filter.write_at(&data, 0).unwrap();
+}
+
+#[test]
+fn a_scratch_that_cannot_be_made_is_an_error_naming_it() {
+    let d = tmp();
+    let (img, _) = source(&d, 5);
+    let bad = CbwOptions::new(at(&d, "no/such/dir/scratch.qcow2"));
+    let e = cbw::start(img.clone(), &bad).unwrap_err().to_string();
+    assert!(e.contains("scratch.qcow2"), "{e}");
+    let mut odd = CbwOptions::new(at(&d, "s.qcow2"));
+    odd.granule = 3000;
+    let e = cbw::start(img, &odd).unwrap_err().to_string();
+    assert!(e.contains("granule"), "{e}");
+    assert!(!at(&d, "s.qcow2").exists());
+}
+
+/// An image whose reads take a while: a view reader holds its granules
+/// long enough for a guest write that did not wait for it to land.
+#[derive(Debug)]
+struct Slow(Arc<dyn Image>);
+
+impl Image for Slow {
+    fn path(&self) -> &str {
+        self.0.path()
+    }
+    fn format(&self) -> strata_image::Format {
+        self.0.format()
+    }
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> strata_image::Result<()> {
+        std::thread::sleep(Duration::from_micros(300));
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> strata_image::Result<()> {
+        self.0.write_at(buf, offset)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> strata_image::Result<()> {
+        self.0.write_zeroes(offset, len, unmap)
+    }
+    fn discard(&self, offset: u64, len: u64) -> strata_image::Result<()> {
+        self.0.discard(offset, len)
+    }
+    fn flush(&self) -> strata_image::Result<()> {
+        self.0.flush()
+    }
+    fn resize(&self, size: u64) -> strata_image::Result<()> {
+        self.0.resize(size)
+    }
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> strata_image::Result<Vec<strata_image::Extent>> {
+        self.0.block_status(offset, len)
+    }
+    fn backing(&self) -> Option<&Arc<dyn Image>> {
+        None
+    }
+    fn actual_size(&self) -> strata_image::Result<u64> {
+        self.0.actual_size()
+    }
+}
+
+#[test]
+fn many_threads_writing_and_reading_at_once_leave_the_view_at_its_start() {
+    let d = tmp();
+    let (img, start) = source(&d, 21);
+    let slow: Arc<dyn Image> = Arc::new(Slow(img));
+    let (filter, view) = cbw::start(slow, &CbwOptions::new(at(&d, "scratch.qcow2"))).unwrap();
+    let start = Arc::new(start);
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let filter = filter.clone();
+            s.spawn(move || {
+                let mut rng = Rng(100 + t);
+                for _ in 0..200 {
+                    let len = 1 + rng.below(2 * G);
+                    let off = rng.below(SIZE - len);
+                    filter
+                        .write_at(&pattern(len as usize, rng.next()), off)
+                        .unwrap();
+                }
+            });
+        }
+        for t in 0..2u64 {
+            let view = view.clone();
+            let start = start.clone();
+            s.spawn(move || {
+                let mut rng = Rng(200 + t);
+                for i in 0..300 {
+                    let len = 1 + rng.below(3 * G);
+                    let off = rng.below(SIZE - len);
+                    check_view(&view, &start, off, len, &format!("reader {t} read {i}"));
+                }
+            });
+        }
+    });
+    check_view(&view, &start, 0, SIZE, "after the threads");
+    assert!(view.stats().scratch_bytes > 0);
+}
