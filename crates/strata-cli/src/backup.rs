@@ -29,9 +29,10 @@ const ABORT_WAIT: Duration = Duration::from_secs(60);
 /// Runs `strata backup …`.
 pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
     let dir = state_dir(state)?;
-    if let BackupCommand::Begin(a) = &cmd {
-        crate::live::refuse_if_running(&dir, &a.domain, "backup begin")?;
-    }
+    let live = match &cmd {
+        BackupCommand::Begin(a) => crate::live::is_active(&dir, &a.domain)?,
+        _ => false,
+    };
     let mut store = Store::open(&dir)?;
     match cmd {
         BackupCommand::Begin(a) => {
@@ -54,6 +55,16 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
                 }
                 _ => None,
             };
+            if live {
+                return begin_live(
+                    &dir,
+                    &a.domain,
+                    req,
+                    def.as_ref(),
+                    a.tls_creds.is_some(),
+                    out,
+                );
+            }
             if let Some(def) = def.filter(|d| d.mode == BackupMode::Pull) {
                 // Credentials are checked before anything is recorded.
                 let tls = match (def.tls, &a.tls_creds) {
@@ -117,6 +128,38 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
 
 /// A pull backup: begins it, serves its exports until `backup abort` or a
 /// signal, and ends the job.
+/// `backup begin` of a running domain: the daemon runs it (pull mode).
+fn begin_live(
+    dir: &Path,
+    domain: &str,
+    req: BeginRequest,
+    def: Option<&BackupDef>,
+    tls_creds: bool,
+    out: &Output,
+) -> Result<u8> {
+    if def.is_none_or(|d| d.mode != BackupMode::Pull) {
+        bail!(
+            "domain '{domain}' is running: a push backup of a running domain is not yet supported (use mode='pull' with a <server>)"
+        );
+    }
+    if tls_creds {
+        bail!("domain '{domain}' is running: TLS for the backup of a running domain is not yet supported");
+    }
+    let body = strata_daemon::types::BackupRequest {
+        backup_xml: req.backup_xml,
+        checkpoint_xml: req.checkpoint_xml,
+    };
+    let job = crate::live::client(dir)
+        .backup_begin(domain, &body)
+        .map_err(crate::live::api_error)?;
+    if out.json() {
+        out.print_json(&job)?;
+    } else {
+        out.say(&format!("Backup of domain '{domain}' started"))?;
+    }
+    Ok(OK)
+}
+
 fn serve_pull(
     store: &mut Store,
     domain: &str,

@@ -16,7 +16,6 @@ use common::daemon::*;
 use common::records::*;
 use common::*;
 use std::path::Path;
-use std::time::Duration;
 
 /// The internal snapshots qemu-img lists in `file`.
 fn internal(p: &Path, file: &str) -> Vec<String> {
@@ -31,14 +30,6 @@ fn internal(p: &Path, file: &str) -> Vec<String> {
 /// The snapshot names `snapshot list` shows.
 fn listed(p: &Path) -> String {
     ok(p, &st(&["snapshot", "list", "vm", "--name"])).stdout
-}
-
-/// Waits for `n` more records than now.
-fn writes_on(p: &Path, n: u64) {
-    let seen = acked(p);
-    wait_until(Duration::from_secs(60), "the guest writes on", || {
-        acked(p) >= seen + n
-    });
 }
 
 fn snapshot(p: &Path, name: &str, mode: &str) {

@@ -12,9 +12,11 @@ use serde::de::DeserializeOwned;
 use strata_core::checkpoint::CheckpointRequest;
 use strata_core::snapshot::create::CreateRequest;
 use strata_core::snapshot::delete::DeleteRequest;
+use strata_core::store::Job;
 
 use crate::types::{
-    DaemonInfo, DomainInfo, ErrorBody, Gone, Made, ShutdownRequest, StartRequest, StateInfo,
+    BackupRequest, DaemonInfo, DomainInfo, ErrorBody, Gone, Made, ShutdownRequest, StartRequest,
+    StateInfo,
 };
 
 /// Why a request to the daemon failed.
@@ -169,6 +171,13 @@ impl Client {
         let body = serde_json::to_string(req).unwrap_or_default();
         let path = domain_path(name, &format!("/snapshots/{}", encode(snapshot)));
         self.call("DELETE", &path, Some(body))
+    }
+
+    /// A pull backup of a running domain; the job once its views are
+    /// served.
+    pub fn backup_begin(&self, name: &str, req: &BackupRequest) -> Result<Job, ClientError> {
+        let body = serde_json::to_string(req).unwrap_or_default();
+        self.call("POST", &domain_path(name, "/backup"), Some(body))
     }
 
     /// A checkpoint of a running domain.

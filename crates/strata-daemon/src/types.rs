@@ -195,6 +195,16 @@ pub struct Made {
     pub frozen: Option<u64>,
 }
 
+/// The body of `POST /v1/domains/{name}/backup`: `backup begin`'s XML.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupRequest {
+    /// The domainbackup XML (pull mode, with a `<server>`).
+    pub backup_xml: Option<String>,
+    /// The domaincheckpoint XML of a checkpoint made at the same instant.
+    pub checkpoint_xml: Option<String>,
+}
+
 /// What a live `snapshot delete` deleted, and how long the guest's disks
 /// took no request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,6 +28,25 @@ pub fn acked(p: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits for `n` more records than the console has acknowledged now.
+pub fn writes_on(p: &Path, n: u64) {
+    let seen = acked(p);
+    super::daemon::wait_until(
+        std::time::Duration::from_secs(60),
+        "the guest writes on",
+        || acked(p) >= seen + n,
+    );
+}
+
+/// Destroys domain `vm` and checks that its guest never saw a failed
+/// write.
+pub fn stop_and_check_console(p: &Path) {
+    ok(p, &st(&["domain", "destroy", "vm"]));
+    let console = std::fs::read_to_string(p.join("vm.console")).unwrap();
+    assert!(!console.contains("WRITE-FAILED"), "{console}");
+    assert!(!console.contains("I/O error"), "{console}");
+}
+
 /// The records a raw disk image holds: 1..=n, each where it belongs, and
 /// nothing after them (the prefix is unbroken).
 pub fn prefix(raw: &[u8], what: &str) -> u64 {

@@ -4,6 +4,7 @@
 //! [`BackupDef::resolve`] fills in what libvirt fills in for elements left
 //! out, so the XML written back says exactly what was done.
 
+pub mod live;
 pub mod pull;
 pub mod push;
 pub mod serve;

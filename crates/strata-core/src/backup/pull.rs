@@ -39,7 +39,7 @@ pub struct PullDisk {
 
 /// A pull backup being served; the domain stays locked while it lives.
 pub struct PullBackup {
-    _lock: DomainLock,
+    _lock: Option<DomainLock>,
     domain: String,
     /// Where to listen.
     pub server: BackupServer,

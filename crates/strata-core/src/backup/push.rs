@@ -119,7 +119,8 @@ pub fn begin(
 
 /// A backup request checked and resolved, under the domain lock.
 pub(crate) struct Prepared {
-    pub lock: DomainLock,
+    /// The domain's lock (`None` live: the run holds it).
+    pub lock: Option<DomainLock>,
     /// Names the backup in errors.
     pub what: String,
     /// The definition, every default resolved.
@@ -139,9 +140,28 @@ pub(crate) fn prepare(
     req: &BeginRequest,
     mode: BackupMode,
 ) -> Result<Prepared> {
-    let lock = DomainLock::acquire(store.dir(), domain)?;
+    prepare_on(store, domain, req, mode, &crate::live::Offline)
+}
+
+/// [`prepare`] on `disks`: live, the run holds the lock, and a job still
+/// active is one of this daemon's.
+pub(crate) fn prepare_on(
+    store: &mut Store,
+    domain: &str,
+    req: &BeginRequest,
+    mode: BackupMode,
+    disks: &dyn crate::live::Disks,
+) -> Result<Prepared> {
+    let lock = disks.lock(store.dir(), domain)?;
     let what = format!("domain '{domain}': backup");
-    reap(store, domain, &lock)?;
+    match &lock {
+        Some(l) => reap(store, domain, l)?,
+        None => {
+            if store.job(domain)?.is_some_and(|j| j.state.active()) {
+                return Err(Error::invalid(what, "a backup job is already running"));
+            }
+        }
+    }
     let dom = store.domain(domain)?;
     let def = match &req.backup_xml {
         Some(x) => BackupDef::from_xml(x, &format!("{what}: --backupxml"))?,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use strata_image::ChainOptions;
 use strata_nbd::{Config, Exports, Tls};
 
+use super::live::LiveBackup;
 use super::pull::{self, PullBackup};
 use super::push::BeginRequest;
 use super::BackupServer;
@@ -20,13 +21,13 @@ use crate::serve::{serve_until, Endpoint};
 use crate::store::{Job, Store};
 
 /// Clients a pull backup serves at once.
-const PULL_CLIENTS: usize = 8;
+pub const PULL_CLIENTS: usize = 8;
 
 /// NBD's registered port.
 const NBD_PORT: u16 = 10809;
 
 /// How often a served job looks for `backup abort` from another process.
-const ABORT_POLL: Duration = Duration::from_millis(100);
+pub const ABORT_POLL: Duration = Duration::from_millis(100);
 
 /// Begins a pull backup of `domain`, serves it until `stop` completes or the
 /// job is aborted, and ends the job. `ready(endpoint, exports)` is called
@@ -83,13 +84,40 @@ fn exports_of(pull: &PullBackup) -> Result<(Exports, Endpoint)> {
     for d in &pull.disks {
         let img = strata_image::open(&d.source, &ChainOptions::default())
             .map_err(|e| Error::invalid(format!("disk '{}'", d.disk), e.to_string()))?;
-        let mut e = ImageExport::new(img, &[], false)?;
-        if let Some((name, ranges)) = &d.bitmap {
-            e.add_dirty_ranges(name, ranges.clone());
-        }
-        exports.add(d.export_name.clone(), Arc::new(e));
+        add_export(&mut exports, &d.export_name, img, d.bitmap.as_ref())?;
     }
-    let endpoint = match &pull.server {
+    Ok((exports, endpoint_of(&pull.server)?))
+}
+
+/// Each view of a running domain's pull backup as a read-only export (its
+/// bitmap as a `qemu:dirty-bitmap` context), and where to listen.
+pub fn live_exports(backup: &LiveBackup) -> Result<(Exports, Endpoint)> {
+    let mut exports = Exports::new();
+    for d in &backup.disks {
+        let view: Arc<dyn strata_image::Image> = d.view.clone();
+        add_export(&mut exports, &d.export_name, view, d.bitmap.as_ref())?;
+    }
+    Ok((exports, endpoint_of(&backup.server)?))
+}
+
+/// `img` as read-only export `name` of `exports`.
+fn add_export(
+    exports: &mut Exports,
+    name: &str,
+    img: Arc<dyn strata_image::Image>,
+    bitmap: Option<&(String, Vec<(u64, u64)>)>,
+) -> Result<()> {
+    let mut e = ImageExport::new(img, &[], false)?;
+    if let Some((b, ranges)) = bitmap {
+        e.add_dirty_ranges(b, ranges.clone());
+    }
+    exports.add(name.to_string(), Arc::new(e));
+    Ok(())
+}
+
+/// Where a backup's `<server>` listens.
+pub fn endpoint_of(server: &BackupServer) -> Result<Endpoint> {
+    let endpoint = match server {
         BackupServer::Unix { socket } => Endpoint::Unix(socket.clone()),
         BackupServer::Tcp { name, port } => {
             let port = port.unwrap_or(NBD_PORT);
@@ -109,7 +137,7 @@ fn exports_of(pull: &PullBackup) -> Result<(Exports, Endpoint)> {
             }
         }
     };
-    Ok((exports, endpoint))
+    Ok(endpoint)
 }
 
 /// Completes when `backup abort` asks the job in `dir` for `domain` to

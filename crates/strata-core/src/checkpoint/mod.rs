@@ -229,6 +229,54 @@ pub(crate) fn create_in(
     served: &dyn Disks,
 ) -> Result<(CheckpointDef, Option<Duration>)> {
     let held = served.held();
+    let planned = plan(store, domain, req, &held)?;
+    let quiesced = served.quiesce()?;
+    let paused_at = quiesced.paused_at();
+    planned.apply(&held)?;
+    drop(quiesced);
+    let stall = served.live().then(|| paused_at.elapsed());
+    Ok((planned.record(store, domain)?, stall))
+}
+
+/// A checkpoint checked and planned: the image transaction that makes its
+/// bitmaps, and its metadata, recorded once the transaction ran.
+pub(crate) struct Planned {
+    what: String,
+    actions: Vec<Action>,
+    def: CheckpointDef,
+}
+
+impl Planned {
+    /// Runs the transaction (on the `held` images where held): the
+    /// checkpoint's instant, for a caller that holds the disks quiet.
+    pub(crate) fn apply(&self, held: &Held) -> Result<()> {
+        crate::faults::run(&self.actions, held)
+            .map(|_| ())
+            .map_err(|e| Error::invalid(&self.what, e.to_string()))
+    }
+
+    /// Records the checkpoint's metadata.
+    pub(crate) fn record(self, store: &mut Store, domain: &str) -> Result<CheckpointDef> {
+        let def = self.def;
+        store.add_checkpoint(
+            domain,
+            &def.name,
+            def.parent.as_deref(),
+            def.creation_time,
+            &def.to_xml(None, true),
+        )?;
+        Ok(def)
+    }
+}
+
+/// Checks checkpoint request `req` of `domain` and plans it on its disks
+/// (the `held` images where held).
+pub(crate) fn plan(
+    store: &Store,
+    domain: &str,
+    req: &CheckpointRequest,
+    held: &Held,
+) -> Result<Planned> {
     let dom = store.domain(domain)?;
     let created = crate::now();
     let name = req.name.clone().unwrap_or_else(|| created.to_string());
@@ -279,7 +327,7 @@ pub(crate) fn create_in(
             });
             if let Some(prev) = parent.and_then(|p| p.disks.iter().find(|x| x.name == d.target)) {
                 if let Some(pb) = &prev.bitmap {
-                    if enabled_in(src, pb, &held)? {
+                    if enabled_in(src, pb, held)? {
                         actions.push(Action::bitmap(BitmapOp::Disable, src.clone(), pb.clone()));
                     }
                 }
@@ -296,11 +344,6 @@ pub(crate) fn create_in(
             "no qcow2 disk takes part in the checkpoint",
         ));
     }
-    let quiesced = served.quiesce()?;
-    let paused_at = quiesced.paused_at();
-    crate::faults::run(&actions, &held).map_err(|e| Error::invalid(&what, e.to_string()))?;
-    drop(quiesced);
-    let stall = served.live().then(|| paused_at.elapsed());
     let def = CheckpointDef {
         name,
         description: req.description.clone(),
@@ -309,14 +352,7 @@ pub(crate) fn create_in(
         disks,
         domain: Some(dom.element().clone()),
     };
-    store.add_checkpoint(
-        domain,
-        &def.name,
-        def.parent.as_deref(),
-        created,
-        &def.to_xml(None, true),
-    )?;
-    Ok((def, stall))
+    Ok(Planned { what, actions, def })
 }
 
 /// True when image `file` (the `held` image where held) has an enabled
@@ -345,6 +381,17 @@ pub type DiskRanges = Vec<(String, Vec<(u64, u64)>)>;
 /// checkpoint that is still in the domain: the union of its bitmap and
 /// those of every later checkpoint, through each disk's whole chain.
 pub fn changed_ranges(store: &Store, domain: &str, name: &str) -> Result<DiskRanges> {
+    changed_ranges_in(store, domain, name, &Held::none())
+}
+
+/// [`changed_ranges`], reading the bitmaps of the `held` images where held
+/// (a running guest's disks: their bitmaps in memory are the truth).
+pub fn changed_ranges_in(
+    store: &Store,
+    domain: &str,
+    name: &str,
+    held: &Held,
+) -> Result<DiskRanges> {
     let all = checkpoints(store, domain)?;
     let at = all.iter().position(|c| c.name == name).ok_or_else(|| {
         Error::invalid(
@@ -366,7 +413,10 @@ pub fn changed_ranges(store: &Store, domain: &str, name: &str) -> Result<DiskRan
         else {
             continue;
         };
-        let chain = strata_image::open(&src, &Default::default())?;
+        let chain = match held.get(&src) {
+            Some(img) => img.clone(),
+            None => strata_image::open(&src, &Default::default())?,
+        };
         let mut ranges = Vec::new();
         let last = all.len() - 1;
         for (k, c) in all.iter().enumerate().skip(at) {

@@ -10,7 +10,7 @@ use super::Store;
 use crate::error::{Error, Result};
 
 /// Where a job is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Copying.
@@ -54,7 +54,7 @@ impl JobState {
 }
 
 /// A domain's job as stored.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     /// The domain.
     pub domain: String,

@@ -17,7 +17,9 @@ use strata_core::snapshot::delete::DeleteRequest;
 use super::error::ApiError;
 use super::json;
 use crate::lifecycle::Service;
-use crate::types::{DaemonInfo, ShutdownRequest, StartRequest, DEFAULT_SHUTDOWN_TIMEOUT};
+use crate::types::{
+    BackupRequest, DaemonInfo, ShutdownRequest, StartRequest, DEFAULT_SHUTDOWN_TIMEOUT,
+};
 
 /// The handlers' state.
 pub type Svc = State<Arc<Service>>;
@@ -131,6 +133,17 @@ pub async fn snapshot_delete(
         .map_err(|e| ApiError::bad_request(format!("bad path: {e}")))?;
     let req: DeleteRequest = body(&b)?;
     ok(&svc.snapshot_delete(&name, &snapshot, req).await?)
+}
+
+/// `POST /v1/domains/{name}/backup`: a pull backup of a running domain.
+pub async fn backup_begin(
+    State(svc): Svc,
+    p: Result<Path<String>, PathRejection>,
+    b: Bytes,
+) -> Answer {
+    let name = name(p)?;
+    let req: BackupRequest = body(&b)?;
+    ok(&svc.backup_begin(&name, req).await?)
 }
 
 /// `POST /v1/domains/{name}/checkpoints`: a checkpoint of a running domain.

@@ -37,6 +37,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/domains/{name}/snapshots"),
     ("DELETE", "/v1/domains/{name}/snapshots/{snapshot}"),
     ("POST", "/v1/domains/{name}/checkpoints"),
+    ("POST", "/v1/domains/{name}/backup"),
 ];
 
 /// `value` as a JSON answer with `status`.
@@ -72,6 +73,7 @@ pub fn router(svc: Arc<Service>) -> Router {
             delete(h::snapshot_delete),
         )
         .route("/v1/domains/{name}/checkpoints", post(h::checkpoint_create))
+        .route("/v1/domains/{name}/backup", post(h::backup_begin))
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
         .layer(axum::middleware::from_fn(log_request))

@@ -23,6 +23,7 @@ impl Service {
     pub async fn snapshot_create(self: &Arc<Self>, name: &str, req: CreateRequest) -> Result<Made> {
         let span = tracing::info_span!("op", op = "snapshot create", domain = %name);
         self.on_live_disks(name, move |store, n, disks| {
+            no_backup(store, n)?;
             let what = format!("domain '{n}': --quiesce");
             let mut agent = match req.quiesce {
                 true => Some(quiesce::freeze(store, n, disks.run_dir(), &what)?),
@@ -61,6 +62,7 @@ impl Service {
             tracing::info_span!("op", op = "snapshot delete", domain = %name, snapshot = %snapshot);
         let snap = snapshot.to_string();
         self.on_live_disks(name, move |store, n, disks| {
+            no_backup(store, n)?;
             let gone = snapshot_delete::delete_on(store, n, &snap, req, disks)?;
             Ok(Gone {
                 deleted: gone.names,
@@ -79,6 +81,7 @@ impl Service {
     ) -> Result<Made> {
         let span = tracing::info_span!("op", op = "checkpoint create", domain = %name);
         self.on_live_disks(name, move |store, n, disks| {
+            no_backup(store, n)?;
             let (def, stall) = checkpoint::create_on(store, n, &req, disks)?;
             Ok(Made::new(def.name, stall))
         })
@@ -88,7 +91,7 @@ impl Service {
 
     /// Runs `op` on the metadata store and the served disks of running
     /// domain `name`, then records the tops it switched in.
-    async fn on_live_disks<T: Send + 'static>(
+    pub(super) async fn on_live_disks<T: Send + 'static>(
         self: &Arc<Self>,
         name: &str,
         op: impl FnOnce(&mut Store, &str, &LiveDisks<'_>) -> strata_core::Result<T> + Send + 'static,
@@ -118,4 +121,16 @@ impl Service {
         .await
         .map_err(|e| Error::Internal(format!("live operation task: {e}")))?
     }
+}
+
+/// Refuses a change of the disks of `domain` while its backup job runs
+/// (its views hold the disks' instant).
+fn no_backup(store: &Store, domain: &str) -> strata_core::Result<()> {
+    if store.job(domain)?.is_some_and(|j| j.state.active()) {
+        return Err(strata_core::Error::invalid(
+            format!("domain '{domain}'"),
+            "a backup job is running: end it first (backup abort)",
+        ));
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@
 //! while it waits for the guest, so a `destroy` can still end a guest that
 //! ignores the power button.
 
+pub mod backup;
 pub mod live;
 pub mod pause;
 mod quiesce;

@@ -144,6 +144,27 @@ impl Drop for Shared {
 /// caller makes sure no write reaches `source` other than through the
 /// filter from this moment (for a served disk: under the quiesce point).
 pub fn start(source: Arc<dyn Image>, opts: &CbwOptions) -> Result<(Arc<CbwFilter>, Arc<CbwView>)> {
+    prepare(source, opts).map(Prepared::start)
+}
+
+/// A view made ready (its scratch created and open) but not started: what
+/// can fail is done, so that [`Prepared::start`], at the instant the view
+/// holds, cannot fail. Dropped unstarted, it removes its scratch.
+#[derive(Debug)]
+pub struct Prepared(Arc<Shared>);
+
+impl Prepared {
+    /// Starts the view now (see [`start`]).
+    pub fn start(self) -> (Arc<CbwFilter>, Arc<CbwView>) {
+        (
+            Arc::new(CbwFilter::new(self.0.clone())),
+            Arc::new(CbwView::new(self.0)),
+        )
+    }
+}
+
+/// Makes the scratch of a view of `source` ready (see [`Prepared`]).
+pub fn prepare(source: Arc<dyn Image>, opts: &CbwOptions) -> Result<Prepared> {
     let shown = opts.scratch.display().to_string();
     let g = opts.granule;
     if !g.is_power_of_two() || !(4096..=2 << 20).contains(&g) {
@@ -201,10 +222,7 @@ pub fn start(source: Arc<dyn Image>, opts: &CbwOptions) -> Result<(Arc<CbwFilter
         broken: OnceLock::new(),
         copied: AtomicU64::new(0),
     });
-    Ok((
-        Arc::new(CbwFilter::new(shared.clone())),
-        Arc::new(CbwView::new(shared)),
-    ))
+    Ok(Prepared(shared))
 }
 
 /// The statistics of the view `shared` backs.

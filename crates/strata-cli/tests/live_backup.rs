@@ -1,0 +1,186 @@
+//! Pull backups of a running guest: the records guest writes to two disks
+//! while a full pull backup (with a checkpoint) is read by nbdcopy well
+//! after the guest has overwritten the disks' tails, and an incremental
+//! one is read by a Python libnbd reader through its
+//! `qemu:dirty-bitmap:backup-<disk>` context. Each copy holds every record
+//! acknowledged before `backup begin` and none written after it returned,
+//! both disks at one instant; the guest never sees an error; `backup
+//! abort` ends the job and leaves no scratch file; snapshots are refused
+//! while the backup runs.
+
+mod common;
+use common::daemon::*;
+use common::records::*;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// A pull backup of vda and vdb on `p/nbd.sock` (incremental since
+/// `since` when given).
+fn pull_xml(p: &Path, since: Option<&str>) -> String {
+    let inc = since
+        .map(|c| format!("<incremental>{c}</incremental>"))
+        .unwrap_or_default();
+    format!(
+        "<domainbackup mode='pull'>{inc}<server transport='unix' socket='{}/nbd.sock'/>\
+         <disks><disk name='vda' type='file'/><disk name='vdb' type='file'/></disks></domainbackup>",
+        p.display()
+    )
+}
+
+/// `backup begin` with `xml` and a checkpoint `cp`; the records
+/// acknowledged before and after it.
+fn begin(p: &Path, xml: &str, cp: &str) -> (u64, u64) {
+    std::fs::write(p.join("b.xml"), xml).unwrap();
+    std::fs::write(
+        p.join("c.xml"),
+        format!("<domaincheckpoint><name>{cp}</name></domaincheckpoint>"),
+    )
+    .unwrap();
+    let before = acked(p);
+    let job = ok(
+        p,
+        &st(&[
+            "--output",
+            "json",
+            "backup",
+            "begin",
+            "vm",
+            "--backupxml",
+            "b.xml",
+            "--checkpointxml",
+            "c.xml",
+        ]),
+    )
+    .json();
+    let after = acked(p);
+    assert_eq!(job["state"], "running", "{job}");
+    (before, after)
+}
+
+/// The records of a copy of both disks, checked against the instant.
+fn check_copy(a: &[u8], b: &[u8], before: u64, after: u64, what: &str) {
+    let (na, nb) = (
+        prefix(a, &format!("{what} vda")),
+        prefix(b, &format!("{what} vdb")),
+    );
+    assert!(
+        nb == na || nb + 1 == na,
+        "{what}: vda {na} records, vdb {nb}"
+    );
+    assert!(
+        nb >= before,
+        "{what}: {nb} records, {before} acknowledged before"
+    );
+    assert!(
+        na <= after + 1,
+        "{what}: {na} records, {after} when begin returned"
+    );
+}
+
+/// Reads the dirty extents of export `disk` (its `backup-DISK` bitmap) over
+/// the copy in `file`, with libnbd from Python.
+fn read_dirty(p: &Path, disk: &str, file: &str) -> String {
+    let script = format!(
+        r#"
+import nbd
+CTX = "qemu:dirty-bitmap:backup-{disk}"
+h = nbd.NBD()
+h.add_meta_context(CTX)
+h.connect_uri("nbd+unix:///{disk}?socket={sock}")
+size = h.get_size()
+dirty = []
+off = 0
+while off < size:
+    got = []
+    def cb(ctx, o, entries, err):
+        if ctx == CTX:
+            got.extend(zip(entries[0::2], entries[1::2]))
+    h.block_status(min(size - off, 1 << 30), off, cb)
+    for (l, flags) in got:
+        if flags & 1:
+            dirty.append((off, l))
+        off += l
+total = 0
+with open("{file}", "r+b") as f:
+    for (o, l) in dirty:
+        while l > 0:
+            n = min(l, 4 << 20)
+            f.seek(o)
+            f.write(h.pread(n, o))
+            total += n
+            o += n
+            l -= n
+print(total)
+"#,
+        sock = p.join("nbd.sock").display(),
+    );
+    std::fs::write(p.join("read.py"), script).unwrap();
+    run_in(p, "/usr/bin/python3", &["read.py"]).expect(0).stdout
+}
+
+#[test]
+fn pull_backups_of_a_running_guest_hold_the_instant_they_began() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    define_records_guest(p, kit, "");
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    ok(p, &st(&["domain", "start", "vm"]));
+    wait_until(Duration::from_secs(120), "the guest writes", || {
+        acked(p) > 20
+    });
+
+    // A full backup with checkpoint c0, read once the guest has written on.
+    let (before, after) = begin(p, &pull_xml(p, None), "c0");
+    let r = strata(p, &st(&["snapshot", "create", "vm", "--disk-only"]));
+    assert!(r.stderr.contains("backup job is running"), "{}", r.stderr);
+    writes_on(p, 31);
+    for disk in ["vda", "vdb"] {
+        let uri = format!("nbd+unix:///{disk}?socket={}/nbd.sock", p.display());
+        run_in(p, "nbdcopy", &[&uri, &format!("{disk}.full")]).expect(0);
+    }
+    let (a, b) = (
+        std::fs::read(p.join("vda.full")).unwrap(),
+        std::fs::read(p.join("vdb.full")).unwrap(),
+    );
+    check_copy(&a, &b, before, after, "full");
+    let status = ok(p, &st(&["--output", "json", "backup", "status", "vm"])).json();
+    assert_eq!(status["state"], "running", "{status}");
+    ok(p, &st(&["backup", "abort", "vm"]));
+    let status = ok(p, &st(&["--output", "json", "backup", "status", "vm"])).json();
+    assert_eq!(status["state"], "completed", "{status}");
+    let scratch: Vec<_> = std::fs::read_dir(p.join("state/scratch"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(scratch.is_empty(), "scratch left: {scratch:?}");
+
+    // An incremental since c0, read through its dirty bitmaps on top of the
+    // full copy.
+    writes_on(p, 21);
+    let (before, after) = begin(p, &pull_xml(p, Some("c0")), "c1");
+    writes_on(p, 21);
+    for disk in ["vda", "vdb"] {
+        let read = read_dirty(p, disk, &format!("{disk}.full"));
+        let bytes: u64 = read.trim().parse().unwrap();
+        assert!(bytes > 0 && bytes < 64 << 20, "{disk}: {bytes} dirty bytes");
+    }
+    let (a, b) = (
+        std::fs::read(p.join("vda.full")).unwrap(),
+        std::fs::read(p.join("vdb.full")).unwrap(),
+    );
+    check_copy(&a, &b, before, after, "full + incremental");
+    ok(p, &st(&["backup", "abort", "vm"]));
+    assert_eq!(
+        ok(p, &st(&["checkpoint", "list", "vm", "--name"])).stdout,
+        "c0\nc1\n\n"
+    );
+    // The guest went on without an error, and writes on.
+    writes_on(p, 6);
+    stop_and_check_console(p);
+    for f in ["a.qcow2", "b.qcow2"] {
+        assert_clean(p, f);
+    }
+}

@@ -1,0 +1,296 @@
+//! Pull-mode backup of a running domain: each selected disk's point in
+//! time as a copy-before-write view ([`strata_image::cbw`]) that the caller
+//! exports over NBD while the guest goes on writing.
+//!
+//! [`begin_on`] does everything that can fail first — the request checked,
+//! each view's scratch made (`STATE/scratch/DOMAIN.DISK.qcow2`, 0600), the
+//! checkpoint planned, the job recorded — then, with every disk held back
+//! at one instant, runs the checkpoint's transaction and starts every view,
+//! the guest writing through each view's filter from then on. For an
+//! incremental backup, the ranges changed since the checkpoint are read
+//! from the served images' bitmaps once the guest runs again (a superset
+//! of the changes up to the instant: the bitmaps only grow), and the view
+//! gives up every other range, so guest writes there copy nothing.
+//! [`LiveBackup::end`] serves the live images again without their filters
+//! and records the job's end; the views and their scratch files go.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use strata_image::cbw::{self, CbwFilter, CbwOptions, CbwView};
+use strata_image::Image;
+
+use crate::backup::push::{self, BeginRequest, Prepared};
+use crate::backup::{BackupMode, BackupServer};
+use crate::checkpoint;
+use crate::error::{Error, Result};
+use crate::live::Disks;
+use crate::store::{Job, JobState, Store};
+
+/// One disk's view.
+#[derive(Debug)]
+pub struct LiveDisk {
+    /// Disk target (`vda`).
+    pub disk: String,
+    /// The NBD export name.
+    pub export_name: String,
+    /// The image the guest writes to (served again at the end).
+    pub source: Arc<dyn Image>,
+    /// The view a backup program reads.
+    pub view: Arc<CbwView>,
+    /// For an incremental backup: the exported bitmap's name and the ranges
+    /// changed since the checkpoint.
+    pub bitmap: Option<(String, Vec<(u64, u64)>)>,
+}
+
+/// A running domain's pull backup, its views started.
+#[derive(Debug)]
+pub struct LiveBackup {
+    domain: String,
+    /// Where to listen.
+    pub server: BackupServer,
+    /// The views.
+    pub disks: Vec<LiveDisk>,
+    /// The job as recorded.
+    pub job: Job,
+}
+
+/// Where the scratch of `disk` of `domain` goes.
+fn scratch_of(store: &Store, domain: &str, disk: &str) -> Result<PathBuf> {
+    let dir = store.dir().join("scratch");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+        path: dir.clone(),
+        op: "create",
+        source: e,
+    })?;
+    Ok(dir.join(format!("{domain}.{disk}.qcow2")))
+}
+
+/// Begins a pull backup of running domain `domain` on its served `disks`
+/// (see the module).
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "backup begin (live pull)"))]
+pub fn begin_on(
+    store: &mut Store,
+    domain: &str,
+    req: &BeginRequest,
+    disks: &dyn Disks,
+) -> Result<LiveBackup> {
+    let Prepared {
+        what,
+        def,
+        start,
+        checkpoint: cp,
+        ..
+    } = push::prepare_on(store, domain, req, BackupMode::Pull, disks)?;
+    if def.tls {
+        return Err(Error::invalid(
+            what,
+            "<server tls='yes'> is not yet supported for a running domain",
+        ));
+    }
+    let server = def
+        .server
+        .clone()
+        .ok_or_else(|| Error::invalid(&what, "mode='pull' needs a <server>"))?;
+    let held = disks.held();
+    let dom = store.domain(domain)?;
+    let mut planned = Vec::new();
+    for d in def.disks.iter().flatten().filter(|d| d.backup) {
+        let disk_what = format!("{what}: disk '{}'", d.name);
+        let path = push::disk_source(&dom, &d.name, &disk_what)?;
+        let source = held
+            .get(&path)
+            .cloned()
+            .ok_or_else(|| Error::invalid(&disk_what, "the disk is not served"))?;
+        let export_name = d.export_name.clone().unwrap_or_else(|| d.name.clone());
+        if planned
+            .iter()
+            .any(|(n, ..): &(String, _, _, _, _)| *n == export_name)
+        {
+            return Err(Error::invalid(
+                &disk_what,
+                format!("export name '{export_name}' is used twice"),
+            ));
+        }
+        let scratch = scratch_of(store, domain, &d.name)?;
+        let _ = std::fs::remove_file(&scratch);
+        let view = cbw::prepare(source.clone(), &CbwOptions::new(&scratch))
+            .map_err(|e| Error::invalid(&disk_what, format!("scratch: {e}")))?;
+        let bitmap = match (&d.incremental, &d.export_bitmap) {
+            (Some(c), Some(b)) => Some((c.clone(), b.clone())),
+            _ => None,
+        };
+        planned.push((export_name, d.name.clone(), source, view, bitmap));
+    }
+    if planned.is_empty() {
+        return Err(Error::invalid(what, "no disk takes part"));
+    }
+    let checkpoint = match &cp {
+        Some(c) => Some(checkpoint::plan(store, domain, c, &held)?),
+        None => None,
+    };
+    let job = Job::backup(domain, start, 0, Vec::new(), def.to_xml());
+    store.start_job(&job)?;
+    let fail = |store: &mut Store, e: Error| -> Error {
+        if let Err(e2) = store.set_job_state(domain, JobState::Failed, Some(&e.to_string())) {
+            tracing::error!(error = %e2, "cannot record the job's failure");
+        }
+        e
+    };
+    // The instant: the checkpoint's bitmaps and every view, all disks.
+    let mut started = Vec::new();
+    let mut incremental = Vec::new();
+    {
+        let mut quiet = match disks.quiesce() {
+            Ok(q) => q,
+            Err(e) => return Err(fail(store, e)),
+        };
+        if let Some(p) = &checkpoint {
+            if let Err(e) = p.apply(&held) {
+                drop(quiet);
+                return Err(fail(store, e));
+            }
+        }
+        for (export_name, disk, source, view, bitmap) in planned {
+            let (filter, view): (Arc<CbwFilter>, Arc<CbwView>) = view.start();
+            if let Err(e) = quiet.switch(&disk, filter) {
+                drop(quiet);
+                restore(disks, &started);
+                return Err(fail(store, e));
+            }
+            started.push(LiveDisk {
+                disk,
+                export_name,
+                source,
+                view,
+                bitmap: None,
+            });
+            incremental.push(bitmap);
+        }
+    }
+    let after = (|| -> Result<u64> {
+        if let Some(p) = checkpoint {
+            p.record(store, domain)?;
+        }
+        let mut cache: Vec<(String, checkpoint::DiskRanges)> = Vec::new();
+        let mut total = 0;
+        for (d, inc) in started.iter_mut().zip(&incremental) {
+            let Some((cp, name)) = inc else {
+                total += d.view.size();
+                continue;
+            };
+            if !cache.iter().any(|(n, _)| n == cp) {
+                let ranges = checkpoint::changed_ranges_in(store, domain, cp, &held)?;
+                cache.push((cp.clone(), ranges));
+            }
+            let ranges = cache
+                .iter()
+                .find(|(n, _)| n == cp)
+                .and_then(|(_, per)| per.iter().find(|(n, _)| *n == d.disk))
+                .map(|(_, r)| r.clone())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("{what}: disk '{}'", d.disk),
+                        format!("checkpoint '{cp}' has no bitmap for this disk"),
+                    )
+                })?;
+            for (off, len) in gaps(&ranges, d.view.size()) {
+                d.view.done(off, len)?;
+            }
+            total += ranges.iter().map(|r| r.1).sum::<u64>();
+            d.bitmap = Some((name.clone(), ranges));
+        }
+        Ok(total)
+    })();
+    match after {
+        Ok(_total) => Ok(LiveBackup {
+            domain: domain.to_string(),
+            server,
+            disks: started,
+            job,
+        }),
+        Err(e) => {
+            restore(disks, &started);
+            Err(fail(store, e))
+        }
+    }
+}
+
+/// The ranges of `[0, size)` outside the sorted, disjoint `ranges`.
+fn gaps(ranges: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &(o, l) in ranges {
+        if o > at {
+            out.push((at, o - at));
+        }
+        at = at.max(o + l);
+    }
+    if at < size {
+        out.push((at, size - at));
+    }
+    out
+}
+
+/// Serves each disk's live image again in place of its filter.
+fn restore(disks: &dyn Disks, started: &[LiveDisk]) {
+    let mut quiet = match disks.quiesce() {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot hold the disks back to take the backup's filters away");
+            return;
+        }
+    };
+    for d in started {
+        if let Err(e) = quiet.switch(&d.disk, d.source.clone()) {
+            tracing::error!(disk = %d.disk, error = %e, "cannot take the backup's filter away");
+        }
+    }
+}
+
+impl LiveBackup {
+    /// The domain backed up.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// Why the backup cannot go on (a view gave up), if it cannot.
+    pub fn broken(&self) -> Option<String> {
+        self.disks.iter().find_map(|d| {
+            d.view
+                .broken()
+                .map(|why| format!("disk '{}': {why}", d.disk))
+        })
+    }
+
+    /// Ends the job on the domain's served `disks` (`None`: the domain has
+    /// stopped): the live images served without filters, the views and
+    /// their scratch gone, the job completed, or failed with `outcome`'s
+    /// error or a view's.
+    pub fn end(
+        self,
+        store: &mut Store,
+        disks: Option<&dyn Disks>,
+        outcome: std::result::Result<(), String>,
+    ) -> Result<Job> {
+        if let Some(d) = disks {
+            restore(d, &self.disks);
+        }
+        let outcome = match (outcome, self.broken()) {
+            (Ok(()), Some(why)) => Err(why),
+            (o, _) => o,
+        };
+        let domain = self.domain.clone();
+        drop(self);
+        match outcome {
+            Ok(()) => store.set_job_state(&domain, JobState::Completed, None)?,
+            Err(e) => store.set_job_state(&domain, JobState::Failed, Some(&e))?,
+        }
+        store.job(&domain)?.ok_or_else(|| {
+            Error::invalid(
+                format!("domain '{domain}': backup"),
+                "the job's record vanished",
+            )
+        })
+    }
+}

@@ -1,0 +1,152 @@
+//! Pull backups of a running domain: strata-core starts a copy-before-write
+//! view of each disk at one instant ([`backup::live::begin_on`]) on the
+//! disks this daemon serves; the daemon serves the views over NBD (as the
+//! backup XML's `<server>` says) until `backup abort` (from any process,
+//! through the store), a view that gives up, or the end of the run; then
+//! the disks are served without their filters again and the job's end is
+//! recorded. The guest never waits on the backup's reader.
+
+use std::sync::Arc;
+
+use strata_core::backup::live::LiveBackup;
+use strata_core::backup::push::BeginRequest;
+use strata_core::backup::serve::{live_exports, ABORT_POLL, PULL_CLIENTS};
+use strata_core::backup::{self, live as backup_live};
+use strata_core::store::Job;
+use strata_core::Store;
+use strata_nbd::Config;
+use tracing::Instrument;
+
+use super::Service;
+use crate::error::{Error, Result};
+use crate::registry::{Running, Slot};
+use crate::types::BackupRequest;
+
+/// Why a served backup stopped.
+enum Stop {
+    /// `backup abort`: the normal end of a pull backup.
+    Aborted,
+    /// A view gave up (its reason).
+    Broken(String),
+    /// The run ended.
+    RunEnded,
+}
+
+impl Service {
+    /// `backup begin` of running domain `name` (pull mode): returns the job
+    /// once the views are served.
+    pub async fn backup_begin(self: &Arc<Self>, name: &str, req: BackupRequest) -> Result<Job> {
+        let span = tracing::info_span!("op", op = "backup begin", domain = %name);
+        let begin = BeginRequest {
+            backup_xml: req.backup_xml,
+            checkpoint_xml: req.checkpoint_xml,
+            reuse_external: false,
+        };
+        let backup = self
+            .on_live_disks(name, move |store, n, disks| {
+                backup_live::begin_on(store, n, &begin, disks)
+            })
+            .instrument(span.clone())
+            .await?;
+        let job = backup.job.clone();
+        let slot = self.active_slot(name).await?;
+        let run = slot
+            .running()
+            .ok_or_else(|| Error::invalid(name, "domain is not running"))?;
+        let svc = self.clone();
+        tokio::spawn(async move { svc.serve_backup(slot, run, backup).await }.instrument(span));
+        Ok(job)
+    }
+
+    /// Serves `backup`'s views until it stops, then ends it.
+    async fn serve_backup(self: Arc<Self>, slot: Arc<Slot>, run: Arc<Running>, backup: LiveBackup) {
+        let name = slot.name.clone();
+        let views: Vec<_> = backup
+            .disks
+            .iter()
+            .map(|d| (d.disk.clone(), d.view.clone()))
+            .collect();
+        let dir = self.state_dir().to_path_buf();
+        let stopped = Arc::new(std::sync::Mutex::new(None));
+        let served = match live_exports(&backup) {
+            Ok((exports, endpoint)) => {
+                let config = Config {
+                    max_clients: PULL_CLIENTS,
+                    persistent: true,
+                    ..Config::default()
+                };
+                let why = stopped.clone();
+                let (slot2, run2, n) = (slot.clone(), run.clone(), name.clone());
+                strata_core::serve::serve(exports, &endpoint, config, move |shown| {
+                    tracing::info!(endpoint = %shown, "backup served");
+                    async move {
+                        let stop = watch(dir, n, slot2, run2, views).await;
+                        *why.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop);
+                    }
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let stop = stopped.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let outcome = match (served, stop) {
+            (Err(e), _) => Err(e.to_string()),
+            (Ok(()), Some(Stop::Broken(why))) => Err(why),
+            (Ok(()), Some(Stop::RunEnded)) => Err("the domain stopped".to_string()),
+            (Ok(()), _) => Ok(()),
+        };
+        let still_running = slot.running().is_some_and(|r| Arc::ptr_eq(&r, &run));
+        let ended = if still_running {
+            let o = outcome.clone();
+            let r = self
+                .on_live_disks(&name, move |store, _, disks| {
+                    backup.end(store, Some(disks), o)
+                })
+                .await;
+            r.map(|_| ())
+        } else {
+            let dir = self.state_dir().to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                Store::open(&dir)
+                    .and_then(|mut s| backup.end(&mut s, None, outcome))
+                    .map(|_| ())
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("backup end task: {e}")))
+            .and_then(|r| r.map_err(Error::from))
+        };
+        match ended {
+            Ok(()) => tracing::info!("backup ended"),
+            Err(e) => tracing::error!(error = %e, "cannot end the backup"),
+        }
+    }
+}
+
+/// Completes when the backup of `name` must stop: `backup abort` recorded
+/// in the store of `dir`, a view broken, or the run gone.
+async fn watch(
+    dir: std::path::PathBuf,
+    name: String,
+    slot: Arc<Slot>,
+    run: Arc<Running>,
+    views: Vec<(String, Arc<strata_image::cbw::CbwView>)>,
+) -> Stop {
+    let mut store = None;
+    loop {
+        tokio::time::sleep(ABORT_POLL).await;
+        if !slot.running().is_some_and(|r| Arc::ptr_eq(&r, &run)) {
+            return Stop::RunEnded;
+        }
+        if let Some((disk, why)) = views.iter().find_map(|(d, v)| v.broken().map(|w| (d, w))) {
+            return Stop::Broken(format!("disk '{disk}': {why}"));
+        }
+        if store.is_none() {
+            store = Store::open(&dir).ok();
+        }
+        if let Some(s) = store.as_mut() {
+            if let Ok(true) = backup::pull::PullBackup::abort_requested(s, &name) {
+                return Stop::Aborted;
+            }
+        }
+    }
+}
