@@ -184,3 +184,112 @@ fn pull_backups_of_a_running_guest_hold_the_instant_they_began() {
         assert_clean(p, f);
     }
 }
+
+/// A job's state, as `backup status --output json` says.
+fn job_state(p: &Path) -> serde_json::Value {
+    ok(p, &st(&["--output", "json", "backup", "status", "vm"])).json()
+}
+
+/// The scratch files left in the state folder.
+fn scratch_files(p: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(p.join("state/scratch"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// A tmpfs mounted on a folder for a test's life.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let opts = format!("size={size},mode=0700");
+        run_in(
+            dir,
+            "mount",
+            &["-t", "tmpfs", "-o", &opts, "tmpfs", dir.to_str().unwrap()],
+        )
+        .expect(0);
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_scratch_fails_the_backup_and_never_the_guest() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    define_records_guest(p, kit, "");
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    ok(p, &st(&["domain", "start", "vm"]));
+    writes_on(p, 10);
+    let _scratch = Tmpfs::mount(&p.join("state/scratch"), "1m");
+    std::fs::write(p.join("b.xml"), pull_xml(p, None)).unwrap();
+    ok(p, &st(&["backup", "begin", "vm", "--backupxml", "b.xml"]));
+    // The guest fills the scratch with the old data of what it overwrites.
+    wait_until(Duration::from_secs(120), "the backup to fail", || {
+        job_state(p)["state"] == "failed"
+    });
+    let job = job_state(p);
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("disk 'vd") && error.contains("scratch"),
+        "{job}"
+    );
+    assert!(scratch_files(p).is_empty(), "{:?}", scratch_files(p));
+    assert!(!p.join("nbd.sock").exists());
+    writes_on(p, 20);
+    stop_and_check_console(p);
+}
+
+#[test]
+fn a_daemon_killed_mid_backup_leaves_nothing_and_the_next_incremental_holds() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    define_records_guest(p, kit, "");
+    let mut daemon = DaemonProc::start(p, &[], &[]);
+    ok(p, &st(&["domain", "start", "vm"]));
+    writes_on(p, 10);
+    // A full backup at c0, read whole.
+    begin(p, &pull_xml(p, None), "c0");
+    for disk in ["vda", "vdb"] {
+        let uri = format!("nbd+unix:///{disk}?socket={}/nbd.sock", p.display());
+        run_in(p, "nbdcopy", &[&uri, &format!("{disk}.full")]).expect(0);
+    }
+    ok(p, &st(&["backup", "abort", "vm"]));
+    writes_on(p, 20);
+    // An incremental at c1, and the daemon killed while it is served.
+    begin(p, &pull_xml(p, Some("c0")), "c1");
+    writes_on(p, 20);
+    daemon.kill9();
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    assert_eq!(domstate(p, "vm"), "running (unpaused)");
+    let job = job_state(p);
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(scratch_files(p).is_empty(), "{:?}", scratch_files(p));
+    writes_on(p, 20);
+    // The next incremental since c0 restores the instant it began.
+    let (before, after) = begin(p, &pull_xml(p, Some("c0")), "c2");
+    writes_on(p, 20);
+    for disk in ["vda", "vdb"] {
+        read_dirty(p, disk, &format!("{disk}.full"));
+    }
+    let (a, b) = (
+        std::fs::read(p.join("vda.full")).unwrap(),
+        std::fs::read(p.join("vdb.full")).unwrap(),
+    );
+    check_copy(&a, &b, before, after, "full + incremental after a kill");
+    ok(p, &st(&["backup", "abort", "vm"]));
+    stop_and_check_console(p);
+}

@@ -107,10 +107,21 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// Binds a unix socket at `path` (mode 0600).
+    /// Binds a unix socket at `path` (mode 0600); a stale socket file
+    /// (nobody answers on it) is replaced.
     pub fn unix(path: &Path) -> std::io::Result<Listener> {
         use std::os::unix::fs::PermissionsExt;
-        let l = UnixListener::bind(path)?;
+        let l = match UnixListener::bind(path) {
+            // A socket nobody answers on is a dead server's: replaced.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::os::unix::net::UnixStream::connect(path).is_err() =>
+            {
+                std::fs::remove_file(path)?;
+                UnixListener::bind(path)?
+            }
+            r => r?,
+        };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         Ok(Listener::Unix(l))
     }

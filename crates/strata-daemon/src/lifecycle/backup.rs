@@ -12,6 +12,7 @@ use strata_core::backup::live::LiveBackup;
 use strata_core::backup::push::BeginRequest;
 use strata_core::backup::serve::{live_exports, ABORT_POLL, PULL_CLIENTS};
 use strata_core::backup::{self, live as backup_live};
+use strata_core::serve::Endpoint;
 use strata_core::store::Job;
 use strata_core::Store;
 use strata_nbd::Config;
@@ -36,7 +37,7 @@ impl Service {
     /// `backup begin` of running domain `name` (pull mode): returns the job
     /// once the views are served.
     pub async fn backup_begin(self: &Arc<Self>, name: &str, req: BackupRequest) -> Result<Job> {
-        let span = tracing::info_span!("op", op = "backup begin", domain = %name);
+        let span = tracing::info_span!("op", op = "backup", domain = %name);
         let begin = BeginRequest {
             backup_xml: req.backup_xml,
             checkpoint_xml: req.checkpoint_xml,
@@ -53,57 +54,82 @@ impl Service {
         let run = slot
             .running()
             .ok_or_else(|| Error::invalid(name, "domain is not running"))?;
+        // Listening is part of the begin: a server that cannot listen
+        // fails it, and the views go at once.
+        let listened = match live_exports(&backup) {
+            Ok((exports, endpoint)) => match endpoint.listen(false).await {
+                Ok(listener) => Ok((exports, endpoint, listener)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let (exports, endpoint, listener) = match listened {
+            Ok(l) => l,
+            Err(e) => {
+                self.end_backup(&slot, &run, backup, Err(e.to_string()))
+                    .await;
+                return Err(Error::from(e));
+            }
+        };
+        tracing::info!(endpoint = %endpoint.shown(), "backup served");
         let svc = self.clone();
-        tokio::spawn(async move { svc.serve_backup(slot, run, backup).await }.instrument(span));
-        Ok(job)
-    }
-
-    /// Serves `backup`'s views until it stops, then ends it.
-    async fn serve_backup(self: Arc<Self>, slot: Arc<Slot>, run: Arc<Running>, backup: LiveBackup) {
-        let name = slot.name.clone();
-        let views: Vec<_> = backup
-            .disks
-            .iter()
-            .map(|d| (d.disk.clone(), d.view.clone()))
-            .collect();
-        let dir = self.state_dir().to_path_buf();
-        let stopped = Arc::new(std::sync::Mutex::new(None));
-        let served = match live_exports(&backup) {
-            Ok((exports, endpoint)) => {
+        tokio::spawn(
+            async move {
+                let views: Vec<_> = backup
+                    .disks
+                    .iter()
+                    .map(|d| (d.disk.clone(), d.view.clone()))
+                    .collect();
                 let config = Config {
                     max_clients: PULL_CLIENTS,
                     persistent: true,
                     ..Config::default()
                 };
+                let dir = svc.state_dir().to_path_buf();
+                let stopped = Arc::new(std::sync::Mutex::new(None));
                 let why = stopped.clone();
-                let (slot2, run2, n) = (slot.clone(), run.clone(), name.clone());
-                strata_core::serve::serve(exports, &endpoint, config, move |shown| {
-                    tracing::info!(endpoint = %shown, "backup served");
+                let stop = {
+                    let (slot, run, n) = (slot.clone(), run.clone(), slot.name.clone());
                     async move {
-                        let stop = watch(dir, n, slot2, run2, views).await;
+                        let stop = watch(dir, n, slot, run, views).await;
                         *why.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop);
                     }
-                })
-                .await
+                };
+                let served = strata_nbd::serve(exports, listener, config, stop).await;
+                if let Endpoint::Unix(path) = &endpoint {
+                    let _ = std::fs::remove_file(path);
+                }
+                let stop = stopped.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let outcome = match (served, stop) {
+                    (Err(e), _) => Err(format!("serving: {e}")),
+                    (Ok(()), Some(Stop::Broken(why))) => Err(why),
+                    (Ok(()), Some(Stop::RunEnded)) => Err("the domain stopped".to_string()),
+                    (Ok(()), _) => Ok(()),
+                };
+                svc.end_backup(&slot, &run, backup, outcome).await;
             }
-            Err(e) => Err(e),
-        };
-        let stop = stopped.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let outcome = match (served, stop) {
-            (Err(e), _) => Err(e.to_string()),
-            (Ok(()), Some(Stop::Broken(why))) => Err(why),
-            (Ok(()), Some(Stop::RunEnded)) => Err("the domain stopped".to_string()),
-            (Ok(()), _) => Ok(()),
-        };
-        let still_running = slot.running().is_some_and(|r| Arc::ptr_eq(&r, &run));
+            .instrument(span),
+        );
+        Ok(job)
+    }
+
+    /// Ends `backup` with `outcome`: on the served disks while `run` goes
+    /// on, else with the domain stopped.
+    async fn end_backup(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        run: &Arc<Running>,
+        backup: LiveBackup,
+        outcome: std::result::Result<(), String>,
+    ) {
+        let name = slot.name.clone();
+        let still_running = slot.running().is_some_and(|r| Arc::ptr_eq(&r, run));
         let ended = if still_running {
-            let o = outcome.clone();
-            let r = self
-                .on_live_disks(&name, move |store, _, disks| {
-                    backup.end(store, Some(disks), o)
-                })
-                .await;
-            r.map(|_| ())
+            self.on_live_disks(&name, move |store, _, disks| {
+                backup.end(store, Some(disks), outcome)
+            })
+            .await
+            .map(|_| ())
         } else {
             let dir = self.state_dir().to_path_buf();
             tokio::task::spawn_blocking(move || {

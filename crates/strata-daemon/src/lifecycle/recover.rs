@@ -9,6 +9,11 @@
 //! are at most leaking clusters (repaired on this writable open) and their
 //! bitmaps cover every write (strata's tracking is crash-consistent).
 //!
+//! Backups of running domains do not survive their daemon: at startup, the
+//! scratch files of any view are removed and a backup job whose process is
+//! gone is recorded as failed (its checkpoint, made at the view's instant,
+//! stays valid: the bitmaps kept every write).
+//!
 //! A record whose QEMU is gone is removed: the domain is shut off. When
 //! the record names a newer top than the store (a live snapshot whose
 //! metadata the dead daemon had not written yet), the store's definition
@@ -32,6 +37,11 @@ impl Service {
     /// Takes over every run a previous daemon left; returns the names of
     /// the domains taken over.
     pub async fn recover(self: &Arc<Self>) -> Vec<String> {
+        let dir = self.state_dir().to_path_buf();
+        let cleaned = tokio::task::spawn_blocking(move || clean_backups(&dir)).await;
+        if let Ok(Err(e)) = cleaned {
+            tracing::error!(error = %e, "cannot clean up after the backups of a previous daemon");
+        }
         let runs = self.state_dir().join("run");
         let Ok(entries) = std::fs::read_dir(&runs) else {
             return Vec::new();
@@ -153,4 +163,39 @@ impl Service {
         .await
         .map_err(|e| Error::Internal(format!("store task: {e}")))?
     }
+}
+
+/// Removes every view's scratch file (no backup runs before the daemon
+/// does) and records each backup job whose process is gone as failed.
+fn clean_backups(state_dir: &Path) -> strata_core::Result<()> {
+    if let Ok(entries) = std::fs::read_dir(state_dir.join("scratch")) {
+        for e in entries.flatten() {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(scratch = %e.path().display(), "removed a backup view's scratch left by a previous daemon")
+                }
+                Err(err) => {
+                    tracing::warn!(scratch = %e.path().display(), error = %err, "cannot remove a scratch file")
+                }
+            }
+        }
+    }
+    let mut store = Store::open(state_dir)?;
+    for d in store.list()? {
+        let Some(job) = store.job(&d.name)?.filter(|j| j.state.active()) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 sends nothing; it only asks whether
+        // the process exists.
+        let alive = unsafe { libc::kill(job.pid as libc::pid_t, 0) } == 0;
+        if !alive {
+            store.set_job_state(
+                &d.name,
+                strata_core::store::JobState::Failed,
+                Some("the daemon running it ended before it finished"),
+            )?;
+            tracing::info!(domain = %d.name, "a backup job of a previous daemon recorded as failed");
+        }
+    }
+    Ok(())
 }
