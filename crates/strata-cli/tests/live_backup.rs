@@ -126,12 +126,7 @@ fn pull_backups_of_a_running_guest_hold_the_instant_they_began() {
     };
     let d = tmp();
     let p = d.path();
-    define_records_guest(p, kit, "");
-    let _daemon = DaemonProc::start(p, &[], &[]);
-    ok(p, &st(&["domain", "start", "vm"]));
-    wait_until(Duration::from_secs(120), "the guest writes", || {
-        acked(p) > 20
-    });
+    let _daemon = start_records_guest(p, kit);
 
     // A full backup with checkpoint c0, read once the guest has written on.
     let (before, after) = begin(p, &pull_xml(p, None), "c0");
@@ -227,10 +222,7 @@ fn a_full_scratch_fails_the_backup_and_never_the_guest() {
     };
     let d = tmp();
     let p = d.path();
-    define_records_guest(p, kit, "");
-    let _daemon = DaemonProc::start(p, &[], &[]);
-    ok(p, &st(&["domain", "start", "vm"]));
-    writes_on(p, 10);
+    let _daemon = start_records_guest(p, kit);
     let _scratch = Tmpfs::mount(&p.join("state/scratch"), "1m");
     std::fs::write(p.join("b.xml"), pull_xml(p, None)).unwrap();
     ok(p, &st(&["backup", "begin", "vm", "--backupxml", "b.xml"]));
@@ -257,10 +249,7 @@ fn a_daemon_killed_mid_backup_leaves_nothing_and_the_next_incremental_holds() {
     };
     let d = tmp();
     let p = d.path();
-    define_records_guest(p, kit, "");
-    let mut daemon = DaemonProc::start(p, &[], &[]);
-    ok(p, &st(&["domain", "start", "vm"]));
-    writes_on(p, 10);
+    let mut daemon = start_records_guest(p, kit);
     // A full backup at c0, read whole.
     begin(p, &pull_xml(p, None), "c0");
     for disk in ["vda", "vdb"] {

@@ -59,10 +59,7 @@ fn running_domains_delete_internal_snapshots_live_and_revert_only_with_force() {
     };
     let d = tmp();
     let p = d.path();
-    define_records_guest(p, kit, "");
-    let _daemon = DaemonProc::start(p, &[], &[]);
-    ok(p, &st(&["domain", "start", "vm"]));
-    writes_on(p, 10);
+    let _daemon = start_records_guest(p, kit);
     // No guest agent channel: --quiesce is refused, naming what is missing.
     let r = strata(
         p,

@@ -140,6 +140,20 @@ pub fn define_records_guest(p: &Path, kit: &strata_testguest::Kit, devices: &str
     define_vm(p, kit, RECORDS, &["a.qcow2", "b.qcow2"], devices);
 }
 
+/// Defines the records guest as domain `vm` in `p` and starts it under a
+/// daemon of its own (returned), once it has written a few records.
+pub fn start_records_guest(p: &Path, kit: &strata_testguest::Kit) -> super::daemon::DaemonProc {
+    define_records_guest(p, kit, "");
+    let daemon = super::daemon::DaemonProc::start(p, &[], &[]);
+    ok(p, &st(&["domain", "start", "vm"]));
+    super::daemon::wait_until(
+        std::time::Duration::from_secs(120),
+        "the guest writes",
+        || acked(p) > 10,
+    );
+    daemon
+}
+
 /// Defines domain `vm` in `p`: a direct-boot guest running `workload`,
 /// with the qcow2 `disks` of `p` as vda, vdb, …, its console in
 /// `vm.console`, and `devices` added to its devices.
