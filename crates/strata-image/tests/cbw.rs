@@ -205,7 +205,7 @@ fn a_scratch_that_cannot_be_made_is_an_error_naming_it() {
 /// An image whose reads take a while: a view reader holds its granules
 /// long enough for a guest write that did not wait for it to land.
 #[derive(Debug)]
-struct Slow(Arc<dyn Image>);
+struct Slow(Arc<dyn Image>, Duration);
 
 impl Image for Slow {
     fn path(&self) -> &str {
@@ -221,7 +221,7 @@ impl Image for Slow {
         true
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> strata_image::Result<()> {
-        std::thread::sleep(Duration::from_micros(300));
+        std::thread::sleep(self.1);
         self.0.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> strata_image::Result<()> {
@@ -258,7 +258,7 @@ impl Image for Slow {
 fn many_threads_writing_and_reading_at_once_leave_the_view_at_its_start() {
     let d = tmp();
     let (img, start) = source(&d, 21);
-    let slow: Arc<dyn Image> = Arc::new(Slow(img));
+    let slow: Arc<dyn Image> = Arc::new(Slow(img, Duration::from_micros(300)));
     let (filter, view) = cbw::start(slow, &CbwOptions::new(at(&d, "scratch.qcow2"))).unwrap();
     let start = Arc::new(start);
     std::thread::scope(|s| {
@@ -290,4 +290,32 @@ fn many_threads_writing_and_reading_at_once_leave_the_view_at_its_start() {
     });
     check_view(&view, &start, 0, SIZE, "after the threads");
     assert!(view.stats().scratch_bytes > 0);
+}
+
+#[test]
+fn a_guest_write_waits_for_a_long_view_read_no_longer_than_one_granule() {
+    let d = tmp();
+    let (img, start) = source(&d, 31);
+    // Each read takes 1 ms: the view's read of the whole disk takes 64.
+    let slow: Arc<dyn Image> = Arc::new(Slow(img, Duration::from_millis(1)));
+    let (filter, view) = cbw::start(slow, &CbwOptions::new(at(&d, "scratch.qcow2"))).unwrap();
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut buf = vec![0u8; SIZE as usize];
+            view.read_at(&mut buf, 0).unwrap();
+            let ended = std::time::Instant::now();
+            assert!(buf == *start, "the long read is not the start");
+            ended
+        });
+        std::thread::sleep(Duration::from_millis(5));
+        filter.write_at(&[7u8; 4096], SIZE - G).unwrap();
+        let written = std::time::Instant::now();
+        let read = reader.join().unwrap();
+        // Held for the whole read, the write would end with it.
+        assert!(
+            read.saturating_duration_since(written) > Duration::from_millis(20),
+            "the write ended {:?} before the read: it waited for it",
+            read.saturating_duration_since(written)
+        );
+    });
 }

@@ -97,33 +97,24 @@ impl Image for CbwView {
         let s = &self.shared;
         check_range(self.path(), s.size, offset, buf.len() as u64)?;
         self.check_broken()?;
-        let span = s.span(offset, buf.len() as u64);
-        let copied = s.granules.read(span.clone());
-        let mut result = Ok(());
+        // One granule at a time: a guest write waits for a reader no
+        // longer than the read of one granule.
         let end = offset + buf.len() as u64;
         let mut at = offset;
-        while at < end && result.is_ok() {
+        while at < end {
             let g = at / s.granule;
-            let from_scratch = copied[(g - span.start) as usize];
-            // The run of granules read from the same place.
-            let mut run_end = ((g + 1) * s.granule).min(end);
-            while run_end < end {
-                let next = run_end / s.granule;
-                if copied[(next - span.start) as usize] != from_scratch {
-                    break;
-                }
-                run_end = ((next + 1) * s.granule).min(end);
-            }
-            let part = &mut buf[(at - offset) as usize..(run_end - offset) as usize];
-            result = if from_scratch {
+            let stop = ((g + 1) * s.granule).min(end);
+            let part = &mut buf[(at - offset) as usize..(stop - offset) as usize];
+            let in_scratch = s.granules.read(g..g + 1)[0];
+            let r = if in_scratch {
                 s.scratch.read_at(part, at)
             } else {
                 s.source.read_at(part, at)
             };
-            at = run_end;
+            s.granules.end_read(g..g + 1);
+            r?;
+            at = stop;
         }
-        s.granules.end_read(span);
-        result?;
         // A copy that failed while this read ran may have let the guest
         // write over what was read.
         self.check_broken()
