@@ -56,14 +56,7 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
                 _ => None,
             };
             if live {
-                return begin_live(
-                    &dir,
-                    &a.domain,
-                    req,
-                    def.as_ref(),
-                    a.tls_creds.is_some(),
-                    out,
-                );
+                return begin_live(&dir, &a.domain, req, a.tls_creds.is_some(), out);
             }
             if let Some(def) = def.filter(|d| d.mode == BackupMode::Pull) {
                 // Credentials are checked before anything is recorded.
@@ -128,19 +121,18 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
 
 /// A pull backup: begins it, serves its exports until `backup abort` or a
 /// signal, and ends the job.
-/// `backup begin` of a running domain: the daemon runs it (pull mode).
+/// `backup begin` of a running domain: the daemon runs it, and this
+/// returns once the job has started (as virsh does); `backup status` shows
+/// how it goes.
 fn begin_live(
     dir: &Path,
     domain: &str,
     req: BeginRequest,
-    def: Option<&BackupDef>,
     tls_creds: bool,
     out: &Output,
 ) -> Result<u8> {
-    if def.is_none_or(|d| d.mode != BackupMode::Pull) {
-        bail!(
-            "domain '{domain}' is running: a push backup of a running domain is not yet supported (use mode='pull' with a <server>)"
-        );
+    if req.reuse_external {
+        bail!("domain '{domain}' is running: --reuse-external is not yet supported for the backup of a running domain");
     }
     if tls_creds {
         bail!("domain '{domain}' is running: TLS for the backup of a running domain is not yet supported");

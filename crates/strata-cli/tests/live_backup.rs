@@ -6,7 +6,10 @@
 //! acknowledged before `backup begin` and none written after it returned,
 //! both disks at one instant; the guest never sees an error; `backup
 //! abort` ends the job and leaves no scratch file; snapshots are refused
-//! while the backup runs.
+//! while the backup runs. Push backups (full, then two incrementals, each
+//! with the next checkpoint) restore, chained by qemu-img, to their
+//! instants too; their copy is quick beside the guest's appends, so it is
+//! the pull test that proves the copy-before-write (it fails without it).
 
 mod common;
 use common::daemon::*;
@@ -280,5 +283,71 @@ fn a_daemon_killed_mid_backup_leaves_nothing_and_the_next_incremental_holds() {
     );
     check_copy(&a, &b, before, after, "full + incremental after a kill");
     ok(p, &st(&["backup", "abort", "vm"]));
+    stop_and_check_console(p);
+}
+
+/// A push backup of vda and vdb to `NAME.bROUND` qcow2 files (incremental
+/// since `since` when given).
+fn push_xml(p: &Path, round: usize, since: Option<&str>) -> String {
+    let inc = since
+        .map(|c| format!("<incremental>{c}</incremental>"))
+        .unwrap_or_default();
+    let dir = p.display();
+    format!(
+        "<domainbackup mode='push'>{inc}<disks>\
+         <disk name='vda' type='file'><target file='{dir}/vda.b{round}'/><driver type='qcow2'/></disk>\
+         <disk name='vdb' type='file'><target file='{dir}/vdb.b{round}'/><driver type='qcow2'/></disk>\
+         </disks></domainbackup>"
+    )
+}
+
+/// Waits for the job to end; its final state.
+fn job_end(p: &Path) -> serde_json::Value {
+    wait_until(Duration::from_secs(120), "the backup to end", || {
+        job_state(p)["state"] != "running"
+    });
+    job_state(p)
+}
+
+/// Disk `dev` as backup file `file` (and the files below it) restores it.
+fn restored(p: &Path, file: &str) -> Vec<u8> {
+    let out = p.join("restored.raw");
+    qemu_img(p, &["convert", "-O", "raw", file, out.to_str().unwrap()]);
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn push_backups_of_a_running_guest_restore_the_instant_they_began() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    let _daemon = start_records_guest(p, kit);
+    let mut since: Option<String> = None;
+    for round in 0..3 {
+        let cp = format!("c{round}");
+        let (before, after) = begin(p, &push_xml(p, round, since.as_deref()), &cp);
+        let job = job_end(p);
+        assert_eq!(job["state"], "completed", "{job}");
+        // An incremental copies what changed since the last round: well
+        // under the 64 MiB disks.
+        let total = job["total"].as_u64().unwrap();
+        assert!(total > 0 && total < 16 << 20, "{job}");
+        if round > 0 {
+            for disk in ["vda", "vdb"] {
+                let (cur, prev) = (format!("{disk}.b{round}"), format!("{disk}.b{}", round - 1));
+                qemu_img(p, &["rebase", "-u", "-F", "qcow2", "-b", &prev, &cur]);
+            }
+        }
+        let (a, b) = (
+            restored(p, &format!("vda.b{round}")),
+            restored(p, &format!("vdb.b{round}")),
+        );
+        check_copy(&a, &b, before, after, &format!("round {round}"));
+        assert!(scratch_files(p).is_empty(), "{:?}", scratch_files(p));
+        since = Some(cp);
+        writes_on(p, 30);
+    }
     stop_and_check_console(p);
 }

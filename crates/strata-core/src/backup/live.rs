@@ -1,6 +1,7 @@
-//! Pull-mode backup of a running domain: each selected disk's point in
-//! time as a copy-before-write view ([`strata_image::cbw`]) that the caller
-//! exports over NBD while the guest goes on writing.
+//! Backups of a running domain: each selected disk's point in time as a
+//! copy-before-write view ([`strata_image::cbw`]) that the caller exports
+//! over NBD (pull mode) or copies to the disk's target ([`LiveBackup::copy`],
+//! push mode) while the guest goes on writing.
 //!
 //! [`begin_on`] does everything that can fail first — the request checked,
 //! each view's scratch made (`STATE/scratch/DOMAIN.DISK.qcow2`, 0600), the
@@ -18,10 +19,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use strata_image::cbw::{self, CbwFilter, CbwOptions, CbwView};
-use strata_image::Image;
+use strata_image::{Format, Image};
 
 use crate::backup::push::{self, BeginRequest, Prepared};
-use crate::backup::{BackupMode, BackupServer};
+use crate::backup::{BackupDef, BackupMode, BackupServer};
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::live::Disks;
@@ -41,14 +42,22 @@ pub struct LiveDisk {
     /// For an incremental backup: the exported bitmap's name and the ranges
     /// changed since the checkpoint.
     pub bitmap: Option<(String, Vec<(u64, u64)>)>,
+    /// Push mode: the target file and its format.
+    pub target: Option<(PathBuf, Format)>,
+    /// Push mode: the ranges to copy.
+    pub ranges: Vec<(u64, u64)>,
 }
 
 /// A running domain's pull backup, its views started.
 #[derive(Debug)]
 pub struct LiveBackup {
     domain: String,
-    /// Where to listen.
-    pub server: BackupServer,
+    /// Pull or push.
+    pub mode: BackupMode,
+    /// Push mode: the targets exist already and are written into.
+    reuse: bool,
+    /// Pull mode: where to listen.
+    pub server: Option<BackupServer>,
     /// The views.
     pub disks: Vec<LiveDisk>,
     /// The job as recorded.
@@ -75,26 +84,35 @@ pub fn begin_on(
     req: &BeginRequest,
     disks: &dyn Disks,
 ) -> Result<LiveBackup> {
+    let mode = match &req.backup_xml {
+        Some(x) => BackupDef::from_xml(x, &format!("domain '{domain}': backup: --backupxml"))?.mode,
+        None => BackupMode::Push,
+    };
     let Prepared {
         what,
         def,
         start,
         checkpoint: cp,
         ..
-    } = push::prepare_on(store, domain, req, BackupMode::Pull, disks)?;
+    } = push::prepare_on(store, domain, req, mode, disks)?;
     if def.tls {
         return Err(Error::invalid(
             what,
             "<server tls='yes'> is not yet supported for a running domain",
         ));
     }
-    let server = def
-        .server
-        .clone()
-        .ok_or_else(|| Error::invalid(&what, "mode='pull' needs a <server>"))?;
+    let server = match mode {
+        BackupMode::Pull => Some(
+            def.server
+                .clone()
+                .ok_or_else(|| Error::invalid(&what, "mode='pull' needs a <server>"))?,
+        ),
+        BackupMode::Push => None,
+    };
     let held = disks.held();
     let dom = store.domain(domain)?;
     let mut planned = Vec::new();
+    let mut targets: Vec<(PathBuf, Format)> = Vec::new();
     for d in def.disks.iter().flatten().filter(|d| d.backup) {
         let disk_what = format!("{what}: disk '{}'", d.name);
         let path = push::disk_source(&dom, &d.name, &disk_what)?;
@@ -103,9 +121,19 @@ pub fn begin_on(
             .cloned()
             .ok_or_else(|| Error::invalid(&disk_what, "the disk is not served"))?;
         let export_name = d.export_name.clone().unwrap_or_else(|| d.name.clone());
-        if planned
-            .iter()
-            .any(|(n, ..): &(String, _, _, _, _)| *n == export_name)
+        let target = match mode {
+            BackupMode::Push => {
+                let taken: Vec<PathBuf> = targets.iter().map(|(t, _)| t.clone()).collect();
+                let t = push::target_of(d, req.reuse_external, &taken, &disk_what)?;
+                targets.push(t.clone());
+                Some(t)
+            }
+            BackupMode::Pull => None,
+        };
+        if mode == BackupMode::Pull
+            && planned
+                .iter()
+                .any(|(n, ..): &(String, _, _, _, _, _)| *n == export_name)
         {
             return Err(Error::invalid(
                 &disk_what,
@@ -118,9 +146,10 @@ pub fn begin_on(
             .map_err(|e| Error::invalid(&disk_what, format!("scratch: {e}")))?;
         let bitmap = match (&d.incremental, &d.export_bitmap) {
             (Some(c), Some(b)) => Some((c.clone(), b.clone())),
+            (Some(c), None) => Some((c.clone(), String::new())),
             _ => None,
         };
-        planned.push((export_name, d.name.clone(), source, view, bitmap));
+        planned.push((export_name, d.name.clone(), source, view, bitmap, target));
     }
     if planned.is_empty() {
         return Err(Error::invalid(what, "no disk takes part"));
@@ -129,7 +158,11 @@ pub fn begin_on(
         Some(c) => Some(checkpoint::plan(store, domain, c, &held)?),
         None => None,
     };
-    let job = Job::backup(domain, start, 0, Vec::new(), def.to_xml());
+    let files = match req.reuse_external {
+        true => Vec::new(),
+        false => targets.iter().map(|(t, _)| t.clone()).collect(),
+    };
+    let job = Job::backup(domain, start, 0, files, def.to_xml());
     store.start_job(&job)?;
     let fail = |store: &mut Store, e: Error| -> Error {
         if let Err(e2) = store.set_job_state(domain, JobState::Failed, Some(&e.to_string())) {
@@ -151,7 +184,7 @@ pub fn begin_on(
                 return Err(fail(store, e));
             }
         }
-        for (export_name, disk, source, view, bitmap) in planned {
+        for (export_name, disk, source, view, bitmap, target) in planned {
             let (filter, view): (Arc<CbwFilter>, Arc<CbwView>) = view.start();
             if let Err(e) = quiet.switch(&disk, filter) {
                 drop(quiet);
@@ -164,6 +197,8 @@ pub fn begin_on(
                 source,
                 view,
                 bitmap: None,
+                target,
+                ranges: Vec::new(),
             });
             incremental.push(bitmap);
         }
@@ -176,7 +211,12 @@ pub fn begin_on(
         let mut total = 0;
         for (d, inc) in started.iter_mut().zip(&incremental) {
             let Some((cp, name)) = inc else {
-                total += d.view.size();
+                let view: &dyn Image = d.view.as_ref();
+                d.ranges = match mode {
+                    BackupMode::Push => push::full_ranges(view, req.reuse_external)?,
+                    BackupMode::Pull => vec![(0, view.size())],
+                };
+                total += d.ranges.iter().map(|r| r.1).sum::<u64>();
                 continue;
             };
             if !cache.iter().any(|(n, _)| n == cp) {
@@ -198,13 +238,19 @@ pub fn begin_on(
                 d.view.done(off, len)?;
             }
             total += ranges.iter().map(|r| r.1).sum::<u64>();
-            d.bitmap = Some((name.clone(), ranges));
+            d.ranges = ranges.clone();
+            if mode == BackupMode::Pull {
+                d.bitmap = Some((name.clone(), ranges));
+            }
         }
+        store.job_total(domain, total)?;
         Ok(total)
     })();
     match after {
         Ok(_total) => Ok(LiveBackup {
             domain: domain.to_string(),
+            mode,
+            reuse: req.reuse_external,
             server,
             disks: started,
             job,
@@ -263,6 +309,29 @@ impl LiveBackup {
         })
     }
 
+    /// Push mode: copies each view's ranges to its target, recording
+    /// progress in the store of `dir` and stopping when `backup abort` asks
+    /// (the error then says so).
+    pub fn copy(&self, dir: &std::path::Path) -> Result<()> {
+        let plans: Vec<push::Plan> = self
+            .disks
+            .iter()
+            .filter_map(|d| {
+                let (target, format) = d.target.clone()?;
+                Some(push::Plan {
+                    disk: d.disk.clone(),
+                    src: d.view.clone(),
+                    target,
+                    format,
+                    size: d.view.size(),
+                    ranges: d.ranges.clone(),
+                })
+            })
+            .collect();
+        let total = plans.iter().flat_map(|p| &p.ranges).map(|r| r.1).sum();
+        push::copy_all(dir, &self.domain, &plans, self.reuse, total, &|_, _| {})
+    }
+
     /// Ends the job on the domain's served `disks` (`None`: the domain has
     /// stopped): the live images served without filters, the views and
     /// their scratch gone, the job completed, or failed with `outcome`'s
@@ -281,10 +350,26 @@ impl LiveBackup {
             (o, _) => o,
         };
         let domain = self.domain.clone();
+        let made: Vec<PathBuf> = match self.reuse {
+            true => Vec::new(),
+            false => self
+                .disks
+                .iter()
+                .filter_map(|d| d.target.clone().map(|t| t.0))
+                .collect(),
+        };
         drop(self);
         match outcome {
             Ok(()) => store.set_job_state(&domain, JobState::Completed, None)?,
-            Err(e) => store.set_job_state(&domain, JobState::Failed, Some(&e))?,
+            Err(e) => {
+                // A push backup's targets that did not complete go.
+                push::remove(&made);
+                let state = match e.contains(push::ABORTED) {
+                    true => JobState::Aborted,
+                    false => JobState::Failed,
+                };
+                store.set_job_state(&domain, state, Some(&e))?
+            }
         }
         store.job(&domain)?.ok_or_else(|| {
             Error::invalid(

@@ -43,14 +43,15 @@ pub struct BeginRequest {
 }
 
 /// One disk's copy.
-struct Plan {
-    disk: String,
-    /// The disk's chain, opened once for planning and copying.
-    src: std::sync::Arc<dyn strata_image::Image>,
-    target: PathBuf,
-    format: Format,
-    size: u64,
-    ranges: Vec<(u64, u64)>,
+pub(crate) struct Plan {
+    pub disk: String,
+    /// The disk's chain (or a running disk's view), opened once for
+    /// planning and copying.
+    pub src: std::sync::Arc<dyn strata_image::Image>,
+    pub target: PathBuf,
+    pub format: Format,
+    pub size: u64,
+    pub ranges: Vec<(u64, u64)>,
 }
 
 /// Runs a push backup of `domain` to its end; returns the finished job.
@@ -204,7 +205,7 @@ pub(crate) fn prepare_on(
 }
 
 /// The problem an aborted copy reports.
-const ABORTED: &str = "aborted on request";
+pub(crate) const ABORTED: &str = "aborted on request";
 
 /// Works out each disk's source, target and ranges, and checks targets.
 fn plan(
@@ -220,64 +221,14 @@ fn plan(
     for d in def.disks.iter().flatten().filter(|d| d.backup) {
         let disk_what = format!("{what}: disk '{}'", d.name);
         let source = disk_source(&dom, &d.name, &disk_what)?;
-        let target = d
-            .target
-            .clone()
-            .ok_or_else(|| Error::invalid(&disk_what, "has no target"))?;
-        let format = match d.format.as_deref() {
-            None | Some("qcow2") => Format::Qcow2,
-            Some("raw") => Format::Raw,
-            Some(f) => {
-                return Err(Error::invalid(
-                    &disk_what,
-                    format!("target format '{f}' is not qcow2 or raw"),
-                ))
-            }
-        };
-        match (reuse, target.exists()) {
-            (false, true) => {
-                return Err(Error::invalid(
-                    &disk_what,
-                    format!(
-                        "target {} exists (--reuse-external writes into it)",
-                        target.display()
-                    ),
-                ))
-            }
-            (true, false) => {
-                return Err(Error::invalid(
-                    &disk_what,
-                    format!(
-                        "target {} does not exist (--reuse-external needs it)",
-                        target.display()
-                    ),
-                ))
-            }
-            _ => {}
-        }
-        if plans.iter().any(|p: &Plan| p.target == target) {
-            return Err(Error::invalid(
-                &disk_what,
-                format!("target {} is used twice", target.display()),
-            ));
-        }
+        let taken: Vec<PathBuf> = plans.iter().map(|p: &Plan| p.target.clone()).collect();
+        let (target, format) = target_of(d, reuse, &taken, &disk_what)?;
         let chain = strata_image::open(&source, &ChainOptions::default())?;
         let size = chain.size();
         let ranges = match &d.incremental {
-            None if reuse => vec![(0, size)],
-            None => chain
-                .block_status(0, size)?
-                .into_iter()
-                .filter(|e| !e.zero)
-                .map(|e| (e.start, e.length))
-                .collect(),
+            None => full_ranges(chain.as_ref(), reuse)?,
             Some(cp) => disk_changes(store, domain, &mut changed, cp, &d.name, &disk_what)?,
         };
-        if format == Format::Raw && d.incremental.is_some() && !reuse {
-            tracing::warn!(
-                "{disk_what}: a raw incremental target cannot tell unchanged ranges from zeros"
-            );
-        }
         plans.push(Plan {
             disk: d.name.clone(),
             src: chain,
@@ -291,6 +242,78 @@ fn plan(
         return Err(Error::invalid(what, "no disk takes part"));
     }
     Ok(plans)
+}
+
+/// What a full backup of `src` copies: all of it into a target reused
+/// (whose old data must go), else what does not read as zeros.
+pub(crate) fn full_ranges(src: &dyn strata_image::Image, reuse: bool) -> Result<Vec<(u64, u64)>> {
+    let size = src.size();
+    if reuse {
+        return Ok(vec![(0, size)]);
+    }
+    Ok(src
+        .block_status(0, size)?
+        .into_iter()
+        .filter(|e| !e.zero)
+        .map(|e| (e.start, e.length))
+        .collect())
+}
+
+/// Disk `d`'s target and its format, checked: present when reused, absent
+/// otherwise, not one of `taken`.
+pub(crate) fn target_of(
+    d: &crate::backup::BackupDisk,
+    reuse: bool,
+    taken: &[PathBuf],
+    disk_what: &str,
+) -> Result<(PathBuf, Format)> {
+    let target = d
+        .target
+        .clone()
+        .ok_or_else(|| Error::invalid(disk_what, "has no target"))?;
+    let format = match d.format.as_deref() {
+        None | Some("qcow2") => Format::Qcow2,
+        Some("raw") => Format::Raw,
+        Some(f) => {
+            return Err(Error::invalid(
+                disk_what,
+                format!("target format '{f}' is not qcow2 or raw"),
+            ))
+        }
+    };
+    match (reuse, target.exists()) {
+        (false, true) => {
+            return Err(Error::invalid(
+                disk_what,
+                format!(
+                    "target {} exists (--reuse-external writes into it)",
+                    target.display()
+                ),
+            ))
+        }
+        (true, false) => {
+            return Err(Error::invalid(
+                disk_what,
+                format!(
+                    "target {} does not exist (--reuse-external needs it)",
+                    target.display()
+                ),
+            ))
+        }
+        _ => {}
+    }
+    if taken.contains(&target) {
+        return Err(Error::invalid(
+            disk_what,
+            format!("target {} is used twice", target.display()),
+        ));
+    }
+    if format == Format::Raw && d.incremental.is_some() && !reuse {
+        tracing::warn!(
+            "{disk_what}: a raw incremental target cannot tell unchanged ranges from zeros"
+        );
+    }
+    Ok((target, format))
 }
 
 /// The image of `dom`'s disk `disk` (`what` names it in errors).
@@ -333,7 +356,7 @@ pub(crate) fn disk_changes(
 
 /// Copies every disk, reporting progress to the store (and `progress`)
 /// and stopping at the next batch when an abort is requested.
-fn copy_all(
+pub(crate) fn copy_all(
     dir: &Path,
     domain: &str,
     plans: &[Plan],
@@ -465,7 +488,7 @@ fn batches(ranges: &[(u64, u64)], max: u64) -> Vec<Vec<(u64, u64)>> {
     out
 }
 
-fn remove(files: &[PathBuf]) {
+pub(crate) fn remove(files: &[PathBuf]) {
     for f in files {
         let _ = std::fs::remove_file(f);
     }

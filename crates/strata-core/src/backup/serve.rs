@@ -97,7 +97,13 @@ pub fn live_exports(backup: &LiveBackup) -> Result<(Exports, Endpoint)> {
         let view: Arc<dyn strata_image::Image> = d.view.clone();
         add_export(&mut exports, &d.export_name, view, d.bitmap.as_ref())?;
     }
-    Ok((exports, endpoint_of(&backup.server)?))
+    let server = backup.server.as_ref().ok_or_else(|| {
+        Error::invalid(
+            format!("domain '{}': backup", backup.domain()),
+            "a push backup is not served",
+        )
+    })?;
+    Ok((exports, endpoint_of(server)?))
 }
 
 /// `img` as read-only export `name` of `exports`.

@@ -211,8 +211,21 @@ impl Store {
         })
     }
 
-    /// Records progress of the domain's job; returns true when an abort
-    /// was requested.
+    /// Records how many bytes the domain's job has to process (known once
+    /// a live backup's instant has passed).
+    pub fn job_total(&mut self, domain: &str, total: u64) -> Result<()> {
+        self.write(|tx, sql| {
+            tx.execute(
+                "UPDATE jobs SET total = ?2 WHERE domain = ?1",
+                params![domain, total as i64],
+            )
+            .map(|_| ())
+            .map_err(sql)
+        })
+    }
+
+    /// Records the bytes the domain's job has processed; returns whether an
+    /// abort was requested.
     pub fn job_progress(&mut self, domain: &str, done: u64) -> Result<bool> {
         self.write(|tx, sql| {
             tx.execute(

@@ -1,17 +1,19 @@
-//! Pull backups of a running domain: strata-core starts a copy-before-write
+//! Backups of a running domain: strata-core starts a copy-before-write
 //! view of each disk at one instant ([`backup::live::begin_on`]) on the
-//! disks this daemon serves; the daemon serves the views over NBD (as the
-//! backup XML's `<server>` says) until `backup abort` (from any process,
-//! through the store), a view that gives up, or the end of the run; then
-//! the disks are served without their filters again and the job's end is
-//! recorded. The guest never waits on the backup's reader.
+//! disks this daemon serves. Pull mode: the daemon serves the views over
+//! NBD (as the backup XML's `<server>` says) until `backup abort` (from any
+//! process, through the store), a view that gives up, or the end of the
+//! run. Push mode: it copies each view to its target (progress and abort
+//! through the store). Then the disks are served without their filters
+//! again and the job's end is recorded. The guest never waits on the
+//! backup beyond the copy of one granule.
 
 use std::sync::Arc;
 
 use strata_core::backup::live::LiveBackup;
 use strata_core::backup::push::BeginRequest;
 use strata_core::backup::serve::{live_exports, ABORT_POLL, PULL_CLIENTS};
-use strata_core::backup::{self, live as backup_live};
+use strata_core::backup::{self, live as backup_live, BackupMode};
 use strata_core::serve::Endpoint;
 use strata_core::store::Job;
 use strata_core::Store;
@@ -54,6 +56,23 @@ impl Service {
         let run = slot
             .running()
             .ok_or_else(|| Error::invalid(name, "domain is not running"))?;
+        if backup.mode == BackupMode::Push {
+            let svc = self.clone();
+            let dir = self.state_dir().to_path_buf();
+            tokio::spawn(
+                async move {
+                    let (copied, backup) = tokio::task::spawn_blocking(move || {
+                        let r = backup.copy(&dir).map_err(|e| e.to_string());
+                        (r, backup)
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("the backup's copy task: {e}"));
+                    svc.end_backup(&slot, &run, backup, copied).await;
+                }
+                .instrument(span),
+            );
+            return Ok(job);
+        }
         // Listening is part of the begin: a server that cannot listen
         // fails it, and the views go at once.
         let listened = match live_exports(&backup) {
