@@ -173,8 +173,8 @@ impl Client {
         self.call("DELETE", &path, Some(body))
     }
 
-    /// A pull backup of a running domain; the job once its views are
-    /// served.
+    /// A backup of a running domain; the job once it has started (views
+    /// served, or the copy begun).
     pub fn backup_begin(&self, name: &str, req: &BackupRequest) -> Result<Job, ClientError> {
         let body = serde_json::to_string(req).unwrap_or_default();
         self.call("POST", &domain_path(name, "/backup"), Some(body))

@@ -199,7 +199,7 @@ pub struct Made {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackupRequest {
-    /// The domainbackup XML (pull mode, with a `<server>`).
+    /// The domainbackup XML (none: a full push backup of every disk).
     pub backup_xml: Option<String>,
     /// The domaincheckpoint XML of a checkpoint made at the same instant.
     pub checkpoint_xml: Option<String>,

@@ -135,7 +135,7 @@ pub async fn snapshot_delete(
     ok(&svc.snapshot_delete(&name, &snapshot, req).await?)
 }
 
-/// `POST /v1/domains/{name}/backup`: a pull backup of a running domain.
+/// `POST /v1/domains/{name}/backup`: a backup of a running domain.
 pub async fn backup_begin(
     State(svc): Svc,
     p: Result<Path<String>, PathRejection>,

@@ -36,8 +36,8 @@ enum Stop {
 }
 
 impl Service {
-    /// `backup begin` of running domain `name` (pull mode): returns the job
-    /// once the views are served.
+    /// `backup begin` of running domain `name`: returns the job once the
+    /// views are served (pull) or their copy has begun (push).
     pub async fn backup_begin(self: &Arc<Self>, name: &str, req: BackupRequest) -> Result<Job> {
         let span = tracing::info_span!("op", op = "backup", domain = %name);
         let begin = BeginRequest {
