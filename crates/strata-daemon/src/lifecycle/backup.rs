@@ -61,12 +61,21 @@ impl Service {
             let dir = self.state_dir().to_path_buf();
             tokio::spawn(
                 async move {
-                    let (copied, backup) = tokio::task::spawn_blocking(move || {
-                        let r = backup.copy(&dir).map_err(|e| e.to_string());
+                    let copied = tokio::task::spawn_blocking(move || {
+                        // Whatever happens to the copy, the job ends and the
+                        // filters go.
+                        let copy = std::panic::AssertUnwindSafe(|| backup.copy(&dir));
+                        let r = match std::panic::catch_unwind(copy) {
+                            Ok(r) => r.map_err(|e| e.to_string()),
+                            Err(_) => Err("the copy failed unexpectedly (a panic)".to_string()),
+                        };
                         (r, backup)
                     })
-                    .await
-                    .unwrap_or_else(|e| panic!("the backup's copy task: {e}"));
+                    .await;
+                    let Ok((copied, backup)) = copied else {
+                        tracing::error!("the backup's copy task was lost");
+                        return;
+                    };
                     svc.end_backup(&slot, &run, backup, copied).await;
                 }
                 .instrument(span),
