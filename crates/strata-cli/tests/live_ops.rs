@@ -202,7 +202,8 @@ fn start_counter(p: &Path, kit: &strata_testguest::Kit, agent: bool) {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("needs a running domain"), "{}", r.stderr);
     ok(p, &st(&["domain", "start", "vm"]));
-    writes_on(p, 5);
+    // Booted and writing (a busy host boots slowly).
+    wait_for_records(p, 5, 120);
 }
 
 /// `/count` in the ext4 of internal snapshot `snap` of `c.qcow2`, read by

@@ -31,11 +31,32 @@ pub fn acked(p: &Path) -> u64 {
 /// Waits for `n` more records than the console has acknowledged now.
 pub fn writes_on(p: &Path, n: u64) {
     let seen = acked(p);
-    super::daemon::wait_until(
-        std::time::Duration::from_secs(60),
-        "the guest writes on",
-        || acked(p) >= seen + n,
-    );
+    wait_for_records(p, seen + n, 60);
+}
+
+/// Waits up to `secs` seconds until the console has acknowledged `n`
+/// records; the console is in the panic message if it does not.
+pub fn wait_for_records(p: &Path, n: u64, secs: u64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while acked(p) < n {
+        if std::time::Instant::now() > until {
+            let console = std::fs::read_to_string(p.join("vm.console")).unwrap_or_default();
+            let tail: String = console
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "the guest acknowledged {} of {n} records in {secs} s; its console ends:\n{tail}",
+                acked(p)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Destroys domain `vm` and checks that its guest never saw a failed
@@ -146,11 +167,7 @@ pub fn start_records_guest(p: &Path, kit: &strata_testguest::Kit) -> super::daem
     define_records_guest(p, kit, "");
     let daemon = super::daemon::DaemonProc::start(p, &[], &[]);
     ok(p, &st(&["domain", "start", "vm"]));
-    super::daemon::wait_until(
-        std::time::Duration::from_secs(120),
-        "the guest writes",
-        || acked(p) > 10,
-    );
+    wait_for_records(p, 11, 120);
     daemon
 }
 
