@@ -22,7 +22,7 @@ use strata_image::cbw::{self, CbwFilter, CbwOptions, CbwView};
 use strata_image::{Format, Image};
 
 use crate::backup::push::{self, BeginRequest, Prepared};
-use crate::backup::{BackupDef, BackupMode, BackupServer};
+use crate::backup::{BackupMode, BackupServer};
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::live::Disks;
@@ -48,7 +48,7 @@ pub struct LiveDisk {
     pub ranges: Vec<(u64, u64)>,
 }
 
-/// A running domain's pull backup, its views started.
+/// A running domain's backup (pull or push), its views started.
 #[derive(Debug)]
 pub struct LiveBackup {
     domain: String,
@@ -75,26 +75,23 @@ fn scratch_of(store: &Store, domain: &str, disk: &str) -> Result<PathBuf> {
     Ok(dir.join(format!("{domain}.{disk}.qcow2")))
 }
 
-/// Begins a pull backup of running domain `domain` on its served `disks`
-/// (see the module).
-#[tracing::instrument(skip_all, fields(domain = %domain, op = "backup begin (live pull)"))]
+/// Begins a backup of running domain `domain` on its served `disks` (see
+/// the module).
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "backup begin (live)"))]
 pub fn begin_on(
     store: &mut Store,
     domain: &str,
     req: &BeginRequest,
     disks: &dyn Disks,
 ) -> Result<LiveBackup> {
-    let mode = match &req.backup_xml {
-        Some(x) => BackupDef::from_xml(x, &format!("domain '{domain}': backup: --backupxml"))?.mode,
-        None => BackupMode::Push,
-    };
     let Prepared {
         what,
         def,
         start,
         checkpoint: cp,
         ..
-    } = push::prepare_on(store, domain, req, mode, disks)?;
+    } = push::prepare_on(store, domain, req, None, disks)?;
+    let mode = def.mode;
     if def.tls {
         return Err(Error::invalid(
             what,
@@ -219,21 +216,9 @@ pub fn begin_on(
                 total += d.ranges.iter().map(|r| r.1).sum::<u64>();
                 continue;
             };
-            if !cache.iter().any(|(n, _)| n == cp) {
-                let ranges = checkpoint::changed_ranges_in(store, domain, cp, &held)?;
-                cache.push((cp.clone(), ranges));
-            }
-            let ranges = cache
-                .iter()
-                .find(|(n, _)| n == cp)
-                .and_then(|(_, per)| per.iter().find(|(n, _)| *n == d.disk))
-                .map(|(_, r)| r.clone())
-                .ok_or_else(|| {
-                    Error::invalid(
-                        format!("{what}: disk '{}'", d.disk),
-                        format!("checkpoint '{cp}' has no bitmap for this disk"),
-                    )
-                })?;
+            let disk_what = format!("{what}: disk '{}'", d.disk);
+            let ranges =
+                push::disk_changes(store, domain, &held, &mut cache, cp, &d.disk, &disk_what)?;
             for (off, len) in gaps(&ranges, d.view.size()) {
                 d.view.done(off, len)?;
             }

@@ -85,7 +85,15 @@ pub fn begin(store: &mut Store, domain: &str, req: &BeginRequest) -> Result<Pull
         let bitmap = match (&d.incremental, &d.export_bitmap) {
             (Some(cp), Some(name)) => Some((
                 name.clone(),
-                push::disk_changes(store, domain, &mut cache, cp, &d.name, &disk_what)?,
+                push::disk_changes(
+                    store,
+                    domain,
+                    &strata_image::transaction::Held::none(),
+                    &mut cache,
+                    cp,
+                    &d.name,
+                    &disk_what,
+                )?,
             )),
             _ => None,
         };

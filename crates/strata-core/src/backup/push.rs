@@ -141,16 +141,16 @@ pub(crate) fn prepare(
     req: &BeginRequest,
     mode: BackupMode,
 ) -> Result<Prepared> {
-    prepare_on(store, domain, req, mode, &crate::live::Offline)
+    prepare_on(store, domain, req, Some(mode), &crate::live::Offline)
 }
 
 /// [`prepare`] on `disks`: live, the run holds the lock, and a job still
-/// active is one of this daemon's.
+/// active is one of this daemon's. `mode` `None` takes the XML's.
 pub(crate) fn prepare_on(
     store: &mut Store,
     domain: &str,
     req: &BeginRequest,
-    mode: BackupMode,
+    mode: Option<BackupMode>,
     disks: &dyn crate::live::Disks,
 ) -> Result<Prepared> {
     let lock = disks.lock(store.dir(), domain)?;
@@ -168,7 +168,7 @@ pub(crate) fn prepare_on(
         Some(x) => BackupDef::from_xml(x, &format!("{what}: --backupxml"))?,
         None => BackupDef::full_push(),
     };
-    if def.mode != mode {
+    if let Some(mode) = mode.filter(|m| *m != def.mode) {
         let problem = match mode {
             BackupMode::Push => "mode='pull' is served by `strata backup begin` itself; this call only copies (push)",
             BackupMode::Pull => "this is a push backup; pull mode needs mode='pull' and a <server>",
@@ -227,7 +227,10 @@ fn plan(
         let size = chain.size();
         let ranges = match &d.incremental {
             None => full_ranges(chain.as_ref(), reuse)?,
-            Some(cp) => disk_changes(store, domain, &mut changed, cp, &d.name, &disk_what)?,
+            Some(cp) => {
+                let none = strata_image::transaction::Held::none();
+                disk_changes(store, domain, &none, &mut changed, cp, &d.name, &disk_what)?
+            }
         };
         plans.push(Plan {
             disk: d.name.clone(),
@@ -325,11 +328,13 @@ pub(crate) fn disk_source(dom: &crate::domain::Domain, disk: &str, what: &str) -
         .ok_or_else(|| Error::invalid(what, "has no image"))
 }
 
-/// The ranges of `disk` changed since checkpoint `cp`; `cache` keeps each
+/// The ranges of `disk` changed since checkpoint `cp`, read from the
+/// `held` images where held (a running domain's); `cache` keeps each
 /// checkpoint's answer for every disk.
 pub(crate) fn disk_changes(
     store: &Store,
     domain: &str,
+    held: &strata_image::transaction::Held,
     cache: &mut Vec<(String, checkpoint::DiskRanges)>,
     cp: &str,
     disk: &str,
@@ -338,7 +343,7 @@ pub(crate) fn disk_changes(
     if !cache.iter().any(|(n, _)| n == cp) {
         cache.push((
             cp.to_string(),
-            checkpoint::changed_ranges(store, domain, cp)?,
+            checkpoint::changed_ranges_in(store, domain, cp, held)?,
         ));
     }
     cache

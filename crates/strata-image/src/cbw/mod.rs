@@ -25,8 +25,8 @@
 //! The scratch file (0600) is removed when the last handle to the view
 //! goes.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -223,19 +223,4 @@ pub fn prepare(source: Arc<dyn Image>, opts: &CbwOptions) -> Result<Prepared> {
         copied: AtomicU64::new(0),
     });
     Ok(Prepared(shared))
-}
-
-/// The statistics of the view `shared` backs.
-fn stats(shared: &Shared) -> CbwStats {
-    let needed = shared.granules.lock().needed.count() * shared.granule;
-    CbwStats {
-        copied: shared.copied.load(Ordering::Relaxed),
-        scratch_bytes: shared.scratch.actual_size().unwrap_or(0),
-        needed: needed.min(shared.size),
-    }
-}
-
-/// The path of the scratch file of `shared`.
-fn scratch_path(shared: &Shared) -> &Path {
-    &shared.scratch_path
 }

@@ -55,7 +55,13 @@ impl CbwView {
 
     /// What the view has cost so far.
     pub fn stats(&self) -> CbwStats {
-        super::stats(&self.shared)
+        let s = &self.shared;
+        let needed = s.granules.lock().needed.count() * s.granule;
+        CbwStats {
+            copied: s.copied.load(std::sync::atomic::Ordering::Relaxed),
+            scratch_bytes: s.scratch.actual_size().unwrap_or(0),
+            needed: needed.min(s.size),
+        }
     }
 
     /// Why the view is broken (the backup failed, the guest went on), if
@@ -66,7 +72,7 @@ impl CbwView {
 
     /// The scratch file.
     pub fn scratch(&self) -> &std::path::Path {
-        super::scratch_path(&self.shared)
+        &self.shared.scratch_path
     }
 
     fn check_broken(&self) -> Result<()> {
