@@ -18,7 +18,7 @@ use strata_nbd::Tls;
 
 use crate::cli::BackupCommand;
 use crate::domain::{read_xml, state_dir};
-use crate::exit::OK;
+use crate::exit::{FELL_BACK, OK};
 use crate::nbd::stop_signal;
 use crate::output::{human_size, Output};
 use crate::progress::Progress;
@@ -43,6 +43,7 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
                 backup_xml: text(&a.backupxml)?,
                 checkpoint_xml: text(&a.checkpointxml)?,
                 reuse_external: a.reuse_external,
+                fallback_full: a.fallback_full,
             };
             let def = match (&req.backup_xml, &a.backupxml) {
                 (Some(x), Some(file)) => {
@@ -89,6 +90,7 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
                     human_size(job.total)
                 ))?;
             }
+            return Ok(fell_back(&job));
         }
         BackupCommand::Status(a) => match backup_push::status(&mut store, &a.domain)? {
             None if out.json() => out.print_json(&serde_json::Value::Null)?,
@@ -140,6 +142,7 @@ fn begin_live(
     let body = strata_daemon::types::BackupRequest {
         backup_xml: req.backup_xml,
         checkpoint_xml: req.checkpoint_xml,
+        fallback_full: req.fallback_full,
     };
     let job = crate::live::client(dir)
         .backup_begin(domain, &body)
@@ -149,7 +152,19 @@ fn begin_live(
     } else {
         out.say(&format!("Backup of domain '{domain}' started"))?;
     }
-    Ok(OK)
+    Ok(fell_back(&job))
+}
+
+/// Warns of each disk backed up in full instead of incrementally, and
+/// gives the exit status: [`FELL_BACK`] when any was, else [`OK`].
+fn fell_back(job: &Job) -> u8 {
+    for line in &job.fallback {
+        crate::exit::warn(line);
+    }
+    match job.fallback.is_empty() {
+        true => OK,
+        false => FELL_BACK,
+    }
 }
 
 fn serve_pull(
@@ -171,7 +186,7 @@ fn serve_pull(
     } else {
         out.say(&format!("Backup of domain '{domain}' ended"))?;
     }
-    Ok(OK)
+    Ok(fell_back(&job))
 }
 
 /// A job as `virsh domjobinfo` shows one.
@@ -198,6 +213,9 @@ fn describe(job: &Job) -> String {
     );
     if let Some(e) = &job.error {
         s.push_str(&format!("{:<17} {e}\n", "Error message:"));
+    }
+    for line in &job.fallback {
+        s.push_str(&format!("{:<17} {line}\n", "Fallback:"));
     }
     s.push('\n');
     s

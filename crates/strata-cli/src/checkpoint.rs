@@ -2,11 +2,13 @@
 //! changes (a persistent bitmap per disk), as virsh's checkpoint-* commands
 //! present them: create, list, dumpxml (`--size`: bytes changed since),
 //! parent, delete (the deleted intervals fold into the parent's bitmap),
-//! and create from XML or `--redefine` (metadata only).
+//! create from XML or `--redefine` (metadata only), and verify (whether the
+//! changes since each checkpoint can still be told exactly, and why not).
 
 use std::path::Path;
 
 use anyhow::{bail, Result};
+use strata_core::checkpoint::health::{self, DiskHealth};
 use strata_core::checkpoint::redefine as checkpoint_redefine;
 use strata_core::checkpoint::{self, CheckpointRequest};
 use strata_core::Store;
@@ -14,7 +16,7 @@ use strata_core::Store;
 use crate::cli::CheckpointCommand;
 use crate::domain::{read_xml, state_dir};
 use crate::exit::OK;
-use crate::output::Output;
+use crate::output::{human_size, Output};
 use strata_core::checkpoint::list as checkpoint_list;
 use strata_core::tree;
 
@@ -33,6 +35,8 @@ pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result
     }
     let live = match &cmd {
         CheckpointCommand::Create(a) if !a.redefine => crate::live::is_active(&dir, &a.domain)?,
+        CheckpointCommand::Verify(a) => crate::live::is_active(&dir, &a.domain)?,
+        CheckpointCommand::Dumpxml(a) if a.size => crate::live::is_active(&dir, &a.domain)?,
         _ => false,
     };
     let mut store = Store::open(&dir)?;
@@ -149,12 +153,48 @@ pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result
                     a.checkpoint
                 );
             };
-            let sizes = if a.size {
-                Some(checkpoint::sizes(&store, &a.domain, &a.checkpoint)?)
+            if !a.size {
+                out.text(&def.to_xml(None, !a.no_domain))?;
+                return Ok(OK);
+            }
+            let health = health_of(&dir, &store, &a.domain, Some(&a.checkpoint), live)?;
+            let sizes: Vec<(String, u64)> = health
+                .iter()
+                .filter_map(|h| Some((h.disk.clone(), h.changed?)))
+                .collect();
+            out.text(&def.to_xml(Some(&sizes), !a.no_domain))?;
+            let broken: Vec<&DiskHealth> = health.iter().filter(|h| !h.sound()).collect();
+            for h in &broken {
+                crate::exit::warn(&format!(
+                    "disk '{}': no size: {}",
+                    h.disk,
+                    h.problem.as_deref().unwrap_or_default()
+                ));
+            }
+            if !broken.is_empty() {
+                bail!(
+                    "domain '{}': checkpoint '{}': the changes since it cannot be told on {} disk(s)",
+                    a.domain,
+                    a.checkpoint,
+                    broken.len()
+                );
+            }
+        }
+        CheckpointCommand::Verify(a) => {
+            let health = health_of(&dir, &store, &a.domain, a.checkpoint.as_deref(), live)?;
+            if out.json() {
+                out.print_json(&health)?;
             } else {
-                None
-            };
-            out.text(&def.to_xml(sizes.as_deref(), !a.no_domain))?;
+                out.text(&health_table(&health))?;
+            }
+            let broken = health.iter().filter(|h| !h.sound()).count();
+            if broken > 0 {
+                bail!(
+                    "domain '{}': {broken} of {} checkpoint disks are broken: an incremental backup from them would miss changes (`backup begin --fallback-full` takes a full one instead)",
+                    a.domain,
+                    health.len()
+                );
+            }
         }
         CheckpointCommand::Delete(a) => {
             let how = checkpoint::CheckpointDelete {
@@ -190,4 +230,75 @@ pub fn run(cmd: CheckpointCommand, state: Option<&Path>, out: &Output) -> Result
         }
     }
     Ok(OK)
+}
+
+/// The health of checkpoint `name` (every one: `None`) of `domain`, per
+/// disk: asked of the daemon when the domain runs (`live`), whose served
+/// images hold the bitmaps' truth.
+fn health_of(
+    dir: &Path,
+    store: &Store,
+    domain: &str,
+    name: Option<&str>,
+    live: bool,
+) -> Result<Vec<DiskHealth>> {
+    if !live {
+        return Ok(health::verify(
+            store,
+            domain,
+            name,
+            &strata_image::transaction::Held::none(),
+        )?);
+    }
+    if let Some(n) = name {
+        if !checkpoint::checkpoints(store, domain)?
+            .iter()
+            .any(|c| c.name == n)
+        {
+            bail!("domain '{domain}': checkpoint '{n}' not found");
+        }
+    }
+    let all = crate::live::client(dir)
+        .checkpoint_health(domain)
+        .map_err(crate::live::api_error)?;
+    Ok(all
+        .into_iter()
+        .filter(|h| name.is_none_or(|n| h.checkpoint == n))
+        .collect())
+}
+
+/// `checkpoint verify`'s table: a line per checkpoint and disk.
+fn health_table(health: &[DiskHealth]) -> String {
+    let w = health
+        .iter()
+        .map(|h| h.checkpoint.len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
+    let d = health
+        .iter()
+        .map(|h| h.disk.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let mut s = format!(
+        " {:<w$}   {:<d$}   {:<10}   Health\n{}\n",
+        "Checkpoint",
+        "Disk",
+        "Changed",
+        "-".repeat(w + d + 30)
+    );
+    for h in health {
+        let changed = h.changed.map(human_size).unwrap_or_else(|| "-".into());
+        let state = match &h.problem {
+            None => "ok".to_string(),
+            Some(p) => format!("broken: {p}"),
+        };
+        s.push_str(&format!(
+            " {:<w$}   {:<d$}   {changed:<10}   {state}\n",
+            h.checkpoint, h.disk
+        ));
+    }
+    s.push('\n');
+    s
 }

@@ -155,6 +155,11 @@ pub struct BackupBeginArgs {
     /// Write into target files that already exist.
     #[arg(long)]
     pub reuse_external: bool,
+    /// A disk whose incremental backup would not be exact (its
+    /// checkpoint's bitmaps damaged or missing) gets a full backup instead
+    /// of failing; the command then exits with status 3.
+    #[arg(long)]
+    pub fallback_full: bool,
     /// Pull mode with `<server tls='yes'>`: x509 credentials in DIR, as for
     /// `nbd serve --tls-creds`.
     #[arg(long, value_name = "DIR")]
@@ -179,6 +184,9 @@ pub enum CheckpointCommand {
     Dumpxml(CheckpointDumpxmlArgs),
     /// Print a checkpoint's parent.
     Parent(DomSnapshotNameArgs),
+    /// Check that the changes since each checkpoint (or one) can be told
+    /// exactly on every disk: exit status 1 when any cannot.
+    Verify(CheckpointVerifyArgs),
     /// Delete a checkpoint (its changes fold into its parent's).
     Delete(CheckpointDeleteArgs),
 }
@@ -250,6 +258,15 @@ pub struct CheckpointListArgs {
     /// Parents before children.
     #[arg(long)]
     pub topological: bool,
+}
+
+/// `strata checkpoint verify`.
+#[derive(Debug, Args)]
+pub struct CheckpointVerifyArgs {
+    /// The domain.
+    pub domain: String,
+    /// Only this checkpoint (default: every checkpoint).
+    pub checkpoint: Option<String>,
 }
 
 /// `strata checkpoint dumpxml`.

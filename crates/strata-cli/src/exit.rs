@@ -10,6 +10,14 @@ pub const OK: u8 = 0;
 pub const ERROR: u8 = 1;
 /// The command line was wrong.
 pub const USAGE: u8 = 2;
+/// A backup done (or begun), but with a full backup of a disk asked
+/// incremental (`--fallback-full`).
+pub const FELL_BACK: u8 = 3;
+
+/// Prints a warning on standard error: `strata: warning: …`.
+pub fn warn(message: &str) {
+    eprintln!("strata: warning: {message}");
+}
 
 /// A command line that cannot be carried out as written (exit status 2).
 #[derive(Debug)]

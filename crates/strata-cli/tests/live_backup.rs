@@ -10,6 +10,9 @@
 //! with the next checkpoint) restore, chained by qemu-img, to their
 //! instants too; their copy is quick beside the guest's appends, so it is
 //! the pull test that proves the copy-before-write (it fails without it).
+//! A checkpoint bitmap damaged by a crash is reported by the daemon, an
+//! incremental backup from it refused, and `--fallback-full` backs that
+//! disk up in full.
 
 mod common;
 use common::daemon::*;
@@ -34,28 +37,8 @@ fn pull_xml(p: &Path, since: Option<&str>) -> String {
 /// `backup begin` with `xml` and a checkpoint `cp`; the records
 /// acknowledged before and after it.
 fn begin(p: &Path, xml: &str, cp: &str) -> (u64, u64) {
-    std::fs::write(p.join("b.xml"), xml).unwrap();
-    std::fs::write(
-        p.join("c.xml"),
-        format!("<domaincheckpoint><name>{cp}</name></domaincheckpoint>"),
-    )
-    .unwrap();
     let before = acked(p);
-    let job = ok(
-        p,
-        &st(&[
-            "--output",
-            "json",
-            "backup",
-            "begin",
-            "vm",
-            "--backupxml",
-            "b.xml",
-            "--checkpointxml",
-            "c.xml",
-        ]),
-    )
-    .json();
+    let job = begin_backup(p, xml, cp);
     let after = acked(p);
     assert_eq!(job["state"], "running", "{job}");
     (before, after)
@@ -79,47 +62,6 @@ fn check_copy(a: &[u8], b: &[u8], before: u64, after: u64, what: &str) {
         na <= after + 1,
         "{what}: {na} records, {after} when begin returned"
     );
-}
-
-/// Reads the dirty extents of export `disk` (its `backup-DISK` bitmap) over
-/// the copy in `file`, with libnbd from Python.
-fn read_dirty(p: &Path, disk: &str, file: &str) -> String {
-    let script = format!(
-        r#"
-import nbd
-CTX = "qemu:dirty-bitmap:backup-{disk}"
-h = nbd.NBD()
-h.add_meta_context(CTX)
-h.connect_uri("nbd+unix:///{disk}?socket={sock}")
-size = h.get_size()
-dirty = []
-off = 0
-while off < size:
-    got = []
-    def cb(ctx, o, entries, err):
-        if ctx == CTX:
-            got.extend(zip(entries[0::2], entries[1::2]))
-    h.block_status(min(size - off, 1 << 30), off, cb)
-    for (l, flags) in got:
-        if flags & 1:
-            dirty.append((off, l))
-        off += l
-total = 0
-with open("{file}", "r+b") as f:
-    for (o, l) in dirty:
-        while l > 0:
-            n = min(l, 4 << 20)
-            f.seek(o)
-            f.write(h.pread(n, o))
-            total += n
-            o += n
-            l -= n
-print(total)
-"#,
-        sock = p.join("nbd.sock").display(),
-    );
-    std::fs::write(p.join("read.py"), script).unwrap();
-    run_in(p, "/usr/bin/python3", &["read.py"]).expect(0).stdout
 }
 
 #[test]
@@ -349,5 +291,79 @@ fn push_backups_of_a_running_guest_restore_the_instant_they_began() {
         since = Some(cp);
         writes_on(p, 30);
     }
+    stop_and_check_console(p);
+}
+
+#[test]
+fn a_damaged_bitmap_is_reported_and_the_backup_falls_back_to_full() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    define_records_guest(p, kit, "");
+    ok(p, &st(&["checkpoint", "create", "vm", "--name", "c0"]));
+    // QEMU dies with vdb's image open: its bitmap stays "in use".
+    let r = run_in(p, "qemu-io", &["-c", "sigraise 9", "b.qcow2"]);
+    assert_ne!(r.code, 0, "qemu-io was to die: {}", r.stderr);
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    ok(p, &st(&["domain", "start", "vm"]));
+    wait_for_records(p, 11, 120);
+    // The daemon reports it from the images it serves.
+    let r = strata(p, &st(&["--output", "json", "checkpoint", "verify", "vm"]));
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let entry = |disk: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["checkpoint"] == "c0" && e["disk"] == disk)
+            .cloned()
+            .unwrap()
+    };
+    assert!(entry("vda")["problem"].is_null(), "{v}");
+    assert!(entry("vda")["changed"].as_u64().unwrap() > 0, "{v}");
+    let why = entry("vdb")["problem"].as_str().unwrap().to_string();
+    assert!(
+        why.contains("b.qcow2") && why.contains("'c0'") && why.contains("inconsistent"),
+        "{why}"
+    );
+    // An incremental backup is refused before anything is made.
+    let args = backup_files(p, &push_xml(p, 1, Some("c0")), "c1");
+    let r = strata(p, &st(&args));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    for part in ["disk 'vdb'", "'c0'", "--fallback-full"] {
+        assert!(r.stderr.contains(part), "{part}: {}", r.stderr);
+    }
+    assert!(job_state(p).is_null(), "{}", job_state(p));
+    assert!(scratch_files(p).is_empty(), "{:?}", scratch_files(p));
+    assert!(!p.join("vda.b1").exists());
+    // With --fallback-full: vdb in full, vda incremental, status 3, and
+    // both restore the instant the backup began.
+    let mut fallback = args.to_vec();
+    fallback.push("--fallback-full");
+    let before = acked(p);
+    let r = strata(p, &st(&fallback));
+    let after = acked(p);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("disk 'vdb': full backup instead"),
+        "{}",
+        r.stderr
+    );
+    let job = job_end(p);
+    assert_eq!(job["state"], "completed", "{job}");
+    assert!(
+        job["fallback"][0].as_str().unwrap().contains("vdb"),
+        "{job}"
+    );
+    let (a, b) = (restored(p, "vda.b1"), restored(p, "vdb.b1"));
+    check_copy(&a, &b, before, after, "incremental vda + fallback vdb");
+    // The new checkpoint is sound on both disks.
+    let r = strata(
+        p,
+        &st(&["--output", "json", "checkpoint", "verify", "vm", "c1"]),
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     stop_and_check_console(p);
 }

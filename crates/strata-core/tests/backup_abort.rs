@@ -50,6 +50,7 @@ fn abort_stops_a_running_backup_and_removes_its_files() {
         )),
         checkpoint_xml: Some("<domaincheckpoint><name>c1</name></domaincheckpoint>".into()),
         reuse_external: false,
+        fallback_full: false,
     };
     let asked = AtomicBool::new(false);
     let err = backup_push::begin(&mut store, "vm", &req, &|done, _| {
@@ -87,6 +88,7 @@ fn an_unreadable_job_file_list_is_an_error_not_nothing_to_delete() {
         backup_xml: None,
         checkpoint_xml: None,
         reuse_external: false,
+        fallback_full: false,
     };
     backup_push::begin(&mut store, "vm", &req, &|_, _| {}).unwrap();
     assert!(!store.job("vm").unwrap().unwrap().files.is_empty());

@@ -190,6 +190,14 @@ impl Client {
         self.call("POST", &domain_path(name, "/checkpoints"), Some(body))
     }
 
+    /// The health of every checkpoint of a running domain, per disk.
+    pub fn checkpoint_health(
+        &self,
+        name: &str,
+    ) -> Result<Vec<strata_core::checkpoint::health::DiskHealth>, ClientError> {
+        self.call("GET", &domain_path(name, "/checkpoints/health"), None)
+    }
+
     fn call<T: DeserializeOwned>(
         &self,
         method: &str,

@@ -203,6 +203,9 @@ pub struct BackupRequest {
     pub backup_xml: Option<String>,
     /// The domaincheckpoint XML of a checkpoint made at the same instant.
     pub checkpoint_xml: Option<String>,
+    /// A disk whose incremental backup would not be exact gets a full one
+    /// instead of failing the backup (`--fallback-full`).
+    pub fallback_full: bool,
 }
 
 /// What a live `snapshot delete` deleted, and how long the guest's disks

@@ -1,23 +1,33 @@
 //! The records guest of the live snapshot tests: it appends numbered 4 KiB
-//! records to vda and then vdb in turn, each write fsynced and checked, and
-//! says on its console which it has written; and the helpers that read the
-//! records back from images with qemu-img.
+//! records to vda and then vdb in turn, and after each record overwrites
+//! an older block (one of 1000 slots, in turn), each write fsynced and
+//! checked, and says on its console which it has written; and the helpers
+//! that read the records back from images with qemu-img and check them.
 
 use std::path::Path;
 
 use super::*;
 
-/// Appends record i (its number on a 4 KiB block at block i) to vda and
-/// then vdb, fsynced, and says `ACK i`; stops at the first failed write.
+/// Appends record i (its number on a 4 KiB block at block i) to vda,
+/// then overwrites slot i mod 1000 (block 15100 + i mod 1000, which held
+/// record i - 1000's mark) with `OVR i`, then the same on vdb, each write
+/// fsynced; says `ACK i`; stops at the first failed write.
 pub const RECORDS: &str = "
 i=0
 while [ $i -lt 15000 ]; do
   i=$((i+1))
-  printf 'REC %08d\\n' $i | dd of=/dev/vda bs=4096 seek=$i conv=sync,fsync 2>/dev/null || { echo WRITE-FAILED vda $i; exit 1; }
-  printf 'REC %08d\\n' $i | dd of=/dev/vdb bs=4096 seek=$i conv=sync,fsync 2>/dev/null || { echo WRITE-FAILED vdb $i; exit 1; }
+  for d in vda vdb; do
+    printf 'REC %08d\\n' $i | dd of=/dev/$d bs=4096 seek=$i conv=sync,fsync 2>/dev/null || { echo WRITE-FAILED $d $i; exit 1; }
+    printf 'OVR %08d\\n' $i | dd of=/dev/$d bs=4096 seek=$((15100 + i % 1000)) conv=sync,fsync 2>/dev/null || { echo WRITE-FAILED $d $i; exit 1; }
+  done
   echo ACK $i
 done
 ";
+
+/// The first block of the overwritten slots.
+const SLOT0: usize = 15100;
+/// How many slots the guest overwrites in turn.
+const SLOTS: u64 = 1000;
 
 /// Records the console has acknowledged so far.
 pub fn acked(p: &Path) -> u64 {
@@ -69,10 +79,12 @@ pub fn stop_and_check_console(p: &Path) {
 }
 
 /// The records a raw disk image holds: 1..=n, each where it belongs, and
-/// nothing after them (the prefix is unbroken).
+/// nothing after them (the prefix is unbroken); and each overwritten slot
+/// holds the newest mark of a record up to n (record n's own mark may not
+/// be written yet): an image from one instant holds no older mark.
 pub fn prefix(raw: &[u8], what: &str) -> u64 {
     let mut n = 0u64;
-    for (k, block) in raw.chunks(4096).enumerate().skip(1) {
+    for (k, block) in raw.chunks(4096).enumerate().skip(1).take(SLOT0 - 1) {
         let want = format!("REC {k:08}\n");
         if block.starts_with(want.as_bytes()) {
             assert_eq!(
@@ -89,7 +101,35 @@ pub fn prefix(raw: &[u8], what: &str) -> u64 {
             );
         }
     }
+    for s in 0..SLOTS {
+        let block = &raw[(SLOT0 + s as usize) * 4096..][..4096];
+        let mark = std::str::from_utf8(&block[..13])
+            .ok()
+            .and_then(|t| t.strip_prefix("OVR ")?.trim_end().parse::<u64>().ok());
+        if mark.is_none() {
+            assert!(
+                block.iter().all(|&b| b == 0),
+                "{what}: slot {s} holds neither a mark nor zeros"
+            );
+        }
+        let ok =
+            mark == newest_mark(n, s) || (n > 0 && n % SLOTS == s && mark == newest_mark(n - 1, s));
+        assert!(
+            ok,
+            "{what}: slot {s} holds mark {mark:?} with {n} records (want {:?})",
+            newest_mark(n, s)
+        );
+    }
     n
+}
+
+/// The newest record up to `upto` whose mark goes to slot `s`.
+fn newest_mark(upto: u64, s: u64) -> Option<u64> {
+    if upto < s {
+        return None;
+    }
+    let j = upto - (upto - s) % SLOTS;
+    (j > 0).then_some(j)
 }
 
 /// The guest data of `file` (its snapshot `snap`, or its current state),
@@ -219,4 +259,73 @@ pub fn define_vm(
     );
     std::fs::write(p.join("vm.xml"), xml).unwrap();
     ok(p, &st(&["domain", "define", "vm.xml"]));
+}
+
+/// Reads the dirty extents of export `disk` (its `backup-DISK` bitmap) over
+/// the copy in `file`, with libnbd from Python.
+pub fn read_dirty(p: &Path, disk: &str, file: &str) -> String {
+    let script = format!(
+        r#"
+import nbd
+CTX = "qemu:dirty-bitmap:backup-{disk}"
+h = nbd.NBD()
+h.add_meta_context(CTX)
+h.connect_uri("nbd+unix:///{disk}?socket={sock}")
+size = h.get_size()
+dirty = []
+off = 0
+while off < size:
+    got = []
+    def cb(ctx, o, entries, err):
+        if ctx == CTX:
+            got.extend(zip(entries[0::2], entries[1::2]))
+    h.block_status(min(size - off, 1 << 30), off, cb)
+    for (l, flags) in got:
+        if flags & 1:
+            dirty.append((off, l))
+        off += l
+total = 0
+with open("{file}", "r+b") as f:
+    for (o, l) in dirty:
+        while l > 0:
+            n = min(l, 4 << 20)
+            f.seek(o)
+            f.write(h.pread(n, o))
+            total += n
+            o += n
+            l -= n
+print(total)
+"#,
+        sock = p.join("nbd.sock").display(),
+    );
+    std::fs::write(p.join("read.py"), script).unwrap();
+    run_in(p, "/usr/bin/python3", &["read.py"]).expect(0).stdout
+}
+
+/// Writes `xml` as `p/b.xml` and a checkpoint `cp` as `p/c.xml`; the
+/// arguments of `backup begin vm` with both.
+pub fn backup_files(p: &Path, xml: &str, cp: &str) -> [&'static str; 7] {
+    std::fs::write(p.join("b.xml"), xml).unwrap();
+    std::fs::write(
+        p.join("c.xml"),
+        format!("<domaincheckpoint><name>{cp}</name></domaincheckpoint>"),
+    )
+    .unwrap();
+    [
+        "backup",
+        "begin",
+        "vm",
+        "--backupxml",
+        "b.xml",
+        "--checkpointxml",
+        "c.xml",
+    ]
+}
+
+/// `backup begin vm` of `xml` with a checkpoint `cp`, from files in `p`:
+/// the job it started (as JSON).
+pub fn begin_backup(p: &Path, xml: &str, cp: &str) -> serde_json::Value {
+    let mut args = vec!["--output", "json"];
+    args.extend(backup_files(p, xml, cp));
+    ok(p, &st(&args)).json()
 }

@@ -89,6 +89,7 @@ pub fn begin_on(
         def,
         start,
         checkpoint: cp,
+        fallback,
         ..
     } = push::prepare_on(store, domain, req, None, disks)?;
     let mode = def.mode;
@@ -159,7 +160,8 @@ pub fn begin_on(
         true => Vec::new(),
         false => targets.iter().map(|(t, _)| t.clone()).collect(),
     };
-    let job = Job::backup(domain, start, 0, files, def.to_xml());
+    let mut job = Job::backup(domain, start, 0, files, def.to_xml());
+    job.fallback = fallback;
     store.start_job(&job)?;
     let fail = |store: &mut Store, e: Error| -> Error {
         if let Err(e2) = store.set_job_state(domain, JobState::Failed, Some(&e.to_string())) {
@@ -204,7 +206,6 @@ pub fn begin_on(
         if let Some(p) = checkpoint {
             p.record(store, domain)?;
         }
-        let mut cache: Vec<(String, checkpoint::DiskRanges)> = Vec::new();
         let mut total = 0;
         for (d, inc) in started.iter_mut().zip(&incremental) {
             let Some((cp, name)) = inc else {
@@ -217,8 +218,7 @@ pub fn begin_on(
                 continue;
             };
             let disk_what = format!("{what}: disk '{}'", d.disk);
-            let ranges =
-                push::disk_changes(store, domain, &held, &mut cache, cp, &d.disk, &disk_what)?;
+            let ranges = push::disk_changes(store, domain, &held, cp, &d.disk, &disk_what)?;
             for (off, len) in gaps(&ranges, d.view.size()) {
                 d.view.done(off, len)?;
             }

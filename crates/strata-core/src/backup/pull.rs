@@ -61,6 +61,7 @@ pub fn begin(store: &mut Store, domain: &str, req: &BeginRequest) -> Result<Pull
         def,
         start,
         checkpoint: cp,
+        fallback,
     } = push::prepare(store, domain, req, BackupMode::Pull)?;
     let server = def
         .server
@@ -68,7 +69,6 @@ pub fn begin(store: &mut Store, domain: &str, req: &BeginRequest) -> Result<Pull
         .ok_or_else(|| Error::invalid(&what, "mode='pull' needs a <server>"))?;
     let dom = store.domain(domain)?;
     let mut disks = Vec::new();
-    let mut cache = Vec::new();
     for d in def.disks.iter().flatten().filter(|d| d.backup) {
         let disk_what = format!("{what}: disk '{}'", d.name);
         let source = push::disk_source(&dom, &d.name, &disk_what)?;
@@ -89,7 +89,6 @@ pub fn begin(store: &mut Store, domain: &str, req: &BeginRequest) -> Result<Pull
                     store,
                     domain,
                     &strata_image::transaction::Held::none(),
-                    &mut cache,
                     cp,
                     &d.name,
                     &disk_what,
@@ -113,7 +112,8 @@ pub fn begin(store: &mut Store, domain: &str, req: &BeginRequest) -> Result<Pull
         .flat_map(|(_, r)| r)
         .map(|&(_, l)| l)
         .sum();
-    let job = Job::backup(domain, start, total, Vec::new(), def.to_xml());
+    let mut job = Job::backup(domain, start, total, Vec::new(), def.to_xml());
+    job.fallback = fallback;
     store.start_job(&job)?;
     if let Some(c) = &cp {
         if let Err(e) = checkpoint::create_in(store, domain, c, &Offline) {

@@ -40,6 +40,10 @@ pub struct BeginRequest {
     pub checkpoint_xml: Option<String>,
     /// Write into target files that exist (otherwise they must not).
     pub reuse_external: bool,
+    /// A disk whose incremental backup would not be exact (its
+    /// checkpoint's bitmaps are damaged or missing) gets a full backup
+    /// instead of failing the backup.
+    pub fallback_full: bool,
 }
 
 /// One disk's copy.
@@ -68,6 +72,7 @@ pub fn begin(
         def,
         start,
         checkpoint: cp,
+        fallback,
     } = prepare(store, domain, req, BackupMode::Push)?;
     let plans = plan(store, domain, &def, req.reuse_external, &what)?;
     let total = plans.iter().flat_map(|p| &p.ranges).map(|&(_, l)| l).sum();
@@ -76,13 +81,9 @@ pub fn begin(
     } else {
         plans.iter().map(|p| p.target.clone()).collect()
     };
-    store.start_job(&Job::backup(
-        domain,
-        start,
-        total,
-        files.clone(),
-        def.to_xml(),
-    ))?;
+    let mut job = Job::backup(domain, start, total, files.clone(), def.to_xml());
+    job.fallback = fallback;
+    store.start_job(&job)?;
     let copied = copy_all(
         store.dir(),
         domain,
@@ -130,6 +131,9 @@ pub(crate) struct Prepared {
     pub start: u64,
     /// The checkpoint to create with it.
     pub checkpoint: Option<CheckpointRequest>,
+    /// Why disks get a full backup instead of the incremental one asked
+    /// (`--fallback-full`), one line per disk; empty when none does.
+    pub fallback: Vec<String>,
 }
 
 /// Takes the domain lock, reaps a dead job, reads and resolves the backup
@@ -176,7 +180,8 @@ pub(crate) fn prepare_on(
         return Err(Error::invalid(what, problem));
     }
     let start = crate::now();
-    let def = def.resolve(&dom, start, &what)?;
+    let mut def = def.resolve(&dom, start, &what)?;
+    let fallback = check_chains(store, domain, &mut def, req.fallback_full, disks, &what)?;
     let checkpoint = match &req.checkpoint_xml {
         Some(x) => Some(CheckpointRequest::from_xml(
             x,
@@ -201,7 +206,47 @@ pub(crate) fn prepare_on(
         def,
         start,
         checkpoint,
+        fallback,
     })
+}
+
+/// Checks, before anything is made, that every incremental disk of `def`
+/// can be backed up exactly from its checkpoint's bitmaps (read from the
+/// served images where `disks` holds them). A disk that cannot is an
+/// error naming the disk, the bitmap and why; with `fallback_full`, it is
+/// switched to a full backup instead, and the returned lines say so.
+fn check_chains(
+    store: &Store,
+    domain: &str,
+    def: &mut BackupDef,
+    fallback_full: bool,
+    disks: &dyn crate::live::Disks,
+    what: &str,
+) -> Result<Vec<String>> {
+    let held = disks.held();
+    let mut fallback = Vec::new();
+    for d in def.disks.iter_mut().flatten().filter(|d| d.backup) {
+        let Some(cp) = d.incremental.clone() else {
+            continue;
+        };
+        let Some(why) = checkpoint::health::problem(store, domain, &cp, &d.name, &held)? else {
+            continue;
+        };
+        if !fallback_full {
+            return Err(Error::invalid(
+                format!("{what}: disk '{}'", d.name),
+                format!("no exact incremental backup since checkpoint '{cp}': {why}; --fallback-full takes a full backup instead"),
+            ));
+        }
+        tracing::info!(disk = %d.name, checkpoint = %cp, "{why}: full backup instead");
+        fallback.push(format!(
+            "disk '{}': full backup instead of incremental since checkpoint '{cp}': {why}",
+            d.name
+        ));
+        d.incremental = None;
+        d.full = Some(true);
+    }
+    Ok(fallback)
 }
 
 /// The problem an aborted copy reports.
@@ -217,7 +262,6 @@ fn plan(
 ) -> Result<Vec<Plan>> {
     let dom = store.domain(domain)?;
     let mut plans = Vec::new();
-    let mut changed: Vec<(String, checkpoint::DiskRanges)> = Vec::new();
     for d in def.disks.iter().flatten().filter(|d| d.backup) {
         let disk_what = format!("{what}: disk '{}'", d.name);
         let source = disk_source(&dom, &d.name, &disk_what)?;
@@ -229,7 +273,7 @@ fn plan(
             None => full_ranges(chain.as_ref(), reuse)?,
             Some(cp) => {
                 let none = strata_image::transaction::Held::none();
-                disk_changes(store, domain, &none, &mut changed, cp, &d.name, &disk_what)?
+                disk_changes(store, domain, &none, cp, &d.name, &disk_what)?
             }
         };
         plans.push(Plan {
@@ -329,34 +373,20 @@ pub(crate) fn disk_source(dom: &crate::domain::Domain, disk: &str, what: &str) -
 }
 
 /// The ranges of `disk` changed since checkpoint `cp`, read from the
-/// `held` images where held (a running domain's); `cache` keeps each
-/// checkpoint's answer for every disk.
+/// `held` images where held (a running domain's); `what` names the disk
+/// in errors.
 pub(crate) fn disk_changes(
     store: &Store,
     domain: &str,
     held: &strata_image::transaction::Held,
-    cache: &mut Vec<(String, checkpoint::DiskRanges)>,
     cp: &str,
     disk: &str,
     what: &str,
 ) -> Result<Vec<(u64, u64)>> {
-    if !cache.iter().any(|(n, _)| n == cp) {
-        cache.push((
-            cp.to_string(),
-            checkpoint::changed_ranges_in(store, domain, cp, held)?,
-        ));
-    }
-    cache
-        .iter()
-        .find(|(n, _)| n == cp)
-        .and_then(|(_, per_disk)| per_disk.iter().find(|(n, _)| n == disk))
-        .map(|(_, r)| r.clone())
-        .ok_or_else(|| {
-            Error::invalid(
-                what,
-                format!("checkpoint '{cp}' has no bitmap for this disk"),
-            )
-        })
+    checkpoint::disk_ranges_in(store, domain, cp, disk, held).map_err(|e| match e {
+        Error::Invalid { problem, .. } => Error::invalid(what, problem),
+        other => other,
+    })
 }
 
 /// Copies every disk, reporting progress to the store (and `progress`)

@@ -7,6 +7,7 @@
 //! checkpoint, over every layer of the disk's chain (`dirty_since`), which
 //! keeps working across external snapshots.
 
+pub mod health;
 pub mod list;
 pub mod redefine;
 
@@ -356,13 +357,25 @@ pub(crate) fn plan(
 }
 
 /// True when image `file` (the `held` image where held) has an enabled
-/// bitmap `name`.
+/// bitmap `name` that is consistent: one left inconsistent (in use by an
+/// unclean shutdown) tracks nothing trustworthy and can only be removed,
+/// so a new checkpoint leaves it as it is.
 fn enabled_in(file: &Path, name: &str, held: &Held) -> Result<bool> {
-    let list = match held.get(file) {
-        Some(img) => bitmap_list(img)?,
-        None => bitmaps_of(file)?,
+    let opened;
+    let img = match held.get(file) {
+        Some(img) => img,
+        None => {
+            opened = open_layer(file)?;
+            &opened
+        }
     };
-    Ok(list.iter().any(|(n, on)| n == name && *on))
+    Ok(match img.dirty_bitmaps() {
+        Some(q) => q
+            .bitmaps()?
+            .iter()
+            .any(|b| b.name == name && b.enabled() && b.usable()),
+        None => false,
+    })
 }
 
 /// Bytes changed since checkpoint `name`, per disk: the union of its bitmap
@@ -393,55 +406,118 @@ pub fn changed_ranges_in(
     held: &Held,
 ) -> Result<DiskRanges> {
     let all = checkpoints(store, domain)?;
-    let at = all.iter().position(|c| c.name == name).ok_or_else(|| {
-        Error::invalid(
-            format!("domain '{domain}'"),
-            format!("checkpoint '{name}' not found"),
-        )
-    })?;
+    let at = position(&all, domain, name)?;
     let dom = store.domain(domain)?;
     let mut out = Vec::new();
     for d in &all[at].disks {
         if d.bitmap.is_none() {
             continue;
         }
-        let Some(src) = dom
-            .disks()
-            .into_iter()
-            .find(|x| x.target == d.name)
-            .and_then(|x| x.source)
-        else {
+        let Some(chain) = disk_chain(&dom, &d.name, held)? else {
             continue;
         };
-        let chain = match held.get(&src) {
-            Some(img) => img.clone(),
-            None => strata_image::open(&src, &Default::default())?,
-        };
-        let mut ranges = Vec::new();
-        let last = all.len() - 1;
-        for (k, c) in all.iter().enumerate().skip(at) {
-            if let Some(b) = c
-                .disks
-                .iter()
-                .find(|x| x.name == d.name)
-                .and_then(|x| x.bitmap.clone())
-            {
-                // The newest checkpoint's bitmap is still tracking: every
-                // layer from the top must hold it. Older ones were closed
-                // before later layers existed.
-                ranges.extend(if k == last {
-                    strata_image::dirty_since(chain.as_ref(), &b)?
-                } else {
-                    strata_image::dirty::dirty_in_layers(chain.as_ref(), &b)?
-                });
-            }
-        }
         out.push((
             d.name.clone(),
-            strata_image::dirty::union(ranges, chain.size()),
+            disk_changed(&all, at, &d.name, chain.as_ref())?,
         ));
     }
     Ok(out)
+}
+
+/// The guest ranges of disk `disk` changed since checkpoint `name` (see
+/// [`changed_ranges_in`]), read from the `held` images where held; an
+/// error when the checkpoint has no bitmap on the disk, or the changes
+/// cannot be told exactly.
+pub fn disk_ranges_in(
+    store: &Store,
+    domain: &str,
+    name: &str,
+    disk: &str,
+    held: &Held,
+) -> Result<Vec<(u64, u64)>> {
+    let all = checkpoints(store, domain)?;
+    let at = position(&all, domain, name)?;
+    let what = || format!("domain '{domain}': disk '{disk}'");
+    if !all[at]
+        .disks
+        .iter()
+        .any(|d| d.name == disk && d.bitmap.is_some())
+    {
+        return Err(Error::invalid(
+            what(),
+            format!("checkpoint '{name}' has no bitmap for this disk"),
+        ));
+    }
+    let dom = store.domain(domain)?;
+    let chain = disk_chain(&dom, disk, held)?
+        .ok_or_else(|| Error::invalid(what(), "the disk has no image"))?;
+    disk_changed(&all, at, disk, chain.as_ref())
+}
+
+/// Where checkpoint `name` is in `all`.
+fn position(all: &[CheckpointDef], domain: &str, name: &str) -> Result<usize> {
+    all.iter().position(|c| c.name == name).ok_or_else(|| {
+        Error::invalid(
+            format!("domain '{domain}'"),
+            format!("checkpoint '{name}' not found"),
+        )
+    })
+}
+
+/// The image chain of `dom`'s disk `disk` (the `held` image where held;
+/// `None`: the disk is gone or has no image).
+fn disk_chain(dom: &Domain, disk: &str, held: &Held) -> Result<Option<Arc<dyn Image>>> {
+    let Some(src) = dom
+        .disks()
+        .into_iter()
+        .find(|x| x.target == disk)
+        .and_then(|x| x.source)
+    else {
+        return Ok(None);
+    };
+    Ok(Some(match held.get(&src) {
+        Some(img) => img.clone(),
+        None => strata_image::open(&src, &Default::default())?,
+    }))
+}
+
+/// The guest ranges of disk `disk` (image chain `chain`) changed since
+/// checkpoint `all[at]`: the union of its bitmap and those of every later
+/// checkpoint on the disk. An error says why that cannot be answered
+/// exactly: a bitmap missing, inconsistent, not tracking in the top layer
+/// although it is the disk's newest, or absent from a layer above one
+/// that has it.
+pub(crate) fn disk_changed(
+    all: &[CheckpointDef],
+    at: usize,
+    disk: &str,
+    chain: &dyn Image,
+) -> Result<Vec<(u64, u64)>> {
+    let bitmaps: Vec<String> = all[at..]
+        .iter()
+        .filter_map(|c| c.disks.iter().find(|x| x.name == disk))
+        .filter_map(|x| x.bitmap.clone())
+        .collect();
+    let mut ranges = Vec::new();
+    for (k, b) in bitmaps.iter().enumerate() {
+        // The disk's newest bitmap is still tracking: every layer from the
+        // top must hold it, enabled in the top. Older ones were closed
+        // before later layers existed.
+        if k + 1 == bitmaps.len() {
+            if let Some(top) = chain.dirty_bitmaps() {
+                if top.bitmaps()?.iter().any(|x| &x.name == b && !x.enabled()) {
+                    return Err(Error::invalid(
+                        chain.path(),
+                        format!("bitmap '{b}' is disabled although its checkpoint is the newest: writes since it was disabled were not tracked"),
+                    ));
+                }
+            }
+            ranges.extend(strata_image::dirty_since(chain, b)?);
+        } else {
+            ranges.extend(strata_image::dirty::dirty_in_layers(chain, b)?);
+        }
+    }
+    Ok(strata_image::dirty::union(ranges, chain.size()))
 }
 
 /// The image files of the chain under `source`, top first.
@@ -458,14 +534,18 @@ fn layer_files(source: &Path) -> Result<Vec<std::path::PathBuf>> {
 
 /// `(name, enabled)` of every bitmap of one image file.
 fn bitmaps_of(file: &Path) -> Result<Vec<(String, bool)>> {
-    let img = strata_image::open(
+    bitmap_list(&open_layer(file)?)
+}
+
+/// One image file, without its backing chain.
+fn open_layer(file: &Path) -> Result<Arc<dyn Image>> {
+    Ok(strata_image::open(
         file,
         &strata_image::ChainOptions {
             backing: false,
             ..Default::default()
         },
-    )?;
-    bitmap_list(&img)
+    )?)
 }
 
 /// `(name, enabled)` of every bitmap of an open image.

@@ -80,6 +80,10 @@ pub struct Job {
     pub xml: String,
     /// Why it failed.
     pub error: Option<String>,
+    /// Disks backed up in full although an incremental backup was asked,
+    /// one line each saying why (`--fallback-full`).
+    #[serde(default)]
+    pub fallback: Vec<String>,
 }
 
 impl Job {
@@ -98,6 +102,7 @@ impl Job {
             files,
             xml,
             error: None,
+            fallback: Vec::new(),
         }
     }
 }
@@ -109,7 +114,7 @@ impl Store {
         let row = self
             .conn
             .query_row(
-                "SELECT kind, state, pid, started, ended, total, done, abort_requested, files, xml, error
+                "SELECT kind, state, pid, started, ended, total, done, abort_requested, files, xml, error, fallback
                  FROM jobs WHERE domain = ?1",
                 [domain],
                 |r| {
@@ -125,12 +130,26 @@ impl Store {
                         r.get::<_, String>(8)?,
                         r.get::<_, String>(9)?,
                         r.get::<_, Option<String>>(10)?,
+                        r.get::<_, String>(11)?,
                     ))
                 },
             )
             .optional()
             .map_err(|e| self.sql(e))?;
-        let Some((kind, state, pid, started, ended, total, done, abort, files, xml, error)) = row
+        let Some((
+            kind,
+            state,
+            pid,
+            started,
+            ended,
+            total,
+            done,
+            abort,
+            files,
+            xml,
+            error,
+            fallback,
+        )) = row
         else {
             return Ok(None);
         };
@@ -168,6 +187,7 @@ impl Store {
             files,
             xml,
             error,
+            fallback: serde_json::from_str(&fallback).unwrap_or_else(|_| vec![fallback]),
         }))
     }
 
@@ -175,6 +195,7 @@ impl Store {
     /// while another is active.
     pub fn start_job(&mut self, job: &Job) -> Result<()> {
         let files = serde_json::to_string(&job.files).unwrap_or_else(|_| "[]".into());
+        let fallback = serde_json::to_string(&job.fallback).unwrap_or_else(|_| "[]".into());
         self.write(|tx, sql| {
             let state: Option<String> = tx
                 .query_row(
@@ -192,8 +213,8 @@ impl Store {
             }
             tx.execute(
                 "INSERT OR REPLACE INTO jobs
-                 (domain, kind, state, pid, started, ended, total, done, abort_requested, files, xml, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, 0, ?8, ?9, NULL)",
+                 (domain, kind, state, pid, started, ended, total, done, abort_requested, files, xml, error, fallback)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, 0, ?8, ?9, NULL, ?10)",
                 params![
                     job.domain,
                     job.kind,
@@ -203,7 +224,8 @@ impl Store {
                     job.total as i64,
                     job.done as i64,
                     files,
-                    job.xml
+                    job.xml,
+                    fallback
                 ],
             )
             .map_err(sql)?;

@@ -71,6 +71,9 @@ const MIGRATIONS: &[&str] = &[
          owned INTEGER NOT NULL DEFAULT 1,
          PRIMARY KEY (domain, path)
      );",
+    // 4: why a backup job took full backups of disks asked incremental
+    // (`--fallback-full`): a JSON array of lines.
+    "ALTER TABLE jobs ADD COLUMN fallback TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// A domain as `domain list` shows it.

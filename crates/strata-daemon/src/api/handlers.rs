@@ -157,6 +157,13 @@ pub async fn checkpoint_create(
     ok(&svc.checkpoint_create(&name, req).await?)
 }
 
+/// `GET /v1/domains/{name}/checkpoints/health`: every checkpoint's
+/// health, per disk, of a running domain.
+pub async fn checkpoint_health(State(svc): Svc, p: Result<Path<String>, PathRejection>) -> Answer {
+    let name = name(p)?;
+    ok(&svc.checkpoint_health(&name).await?)
+}
+
 /// `GET /v1/daemon`.
 pub async fn daemon(State(svc): Svc) -> Answer {
     ok(&DaemonInfo {

@@ -37,6 +37,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/domains/{name}/snapshots"),
     ("DELETE", "/v1/domains/{name}/snapshots/{snapshot}"),
     ("POST", "/v1/domains/{name}/checkpoints"),
+    ("GET", "/v1/domains/{name}/checkpoints/health"),
     ("POST", "/v1/domains/{name}/backup"),
 ];
 
@@ -73,6 +74,10 @@ pub fn router(svc: Arc<Service>) -> Router {
             delete(h::snapshot_delete),
         )
         .route("/v1/domains/{name}/checkpoints", post(h::checkpoint_create))
+        .route(
+            "/v1/domains/{name}/checkpoints/health",
+            get(h::checkpoint_health),
+        )
         .route("/v1/domains/{name}/backup", post(h::backup_begin))
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)

@@ -44,6 +44,7 @@ impl Service {
             backup_xml: req.backup_xml,
             checkpoint_xml: req.checkpoint_xml,
             reuse_external: false,
+            fallback_full: req.fallback_full,
         };
         let backup = self
             .on_live_disks(name, move |store, n, disks| {

@@ -1,4 +1,4 @@
-//! Snapshots (created, deleted) and checkpoints of a running domain: strata-core's own
+//! Snapshots (created, deleted) and checkpoints (created, checked) of a running domain: strata-core's own
 //! operations, handed the disks this daemon serves ([`LiveDisks`]), so
 //! that every disk holds the guest's requests back at one instant while
 //! the image transaction runs. Each runs under the domain's operation
@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use strata_core::checkpoint::health::DiskHealth;
 use strata_core::checkpoint::{self, CheckpointRequest};
 use strata_core::snapshot::create::{self as snapshot_create, CreateRequest};
 use strata_core::snapshot::delete::{self as snapshot_delete, DeleteRequest};
@@ -86,6 +87,15 @@ impl Service {
             Ok(Made::new(def.name, stall))
         })
         .instrument(span)
+        .await
+    }
+
+    /// The health of every checkpoint of running domain `name`, read from
+    /// the images it serves (their bitmaps in memory are the truth).
+    pub async fn checkpoint_health(self: &Arc<Self>, name: &str) -> Result<Vec<DiskHealth>> {
+        self.on_live_disks(name, |store, n, disks| {
+            checkpoint::health::verify(store, n, None, &strata_core::live::Disks::held(disks))
+        })
         .await
     }
 
