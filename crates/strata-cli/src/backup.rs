@@ -44,6 +44,7 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
                 checkpoint_xml: text(&a.checkpointxml)?,
                 reuse_external: a.reuse_external,
                 fallback_full: a.fallback_full,
+                tls: a.tls_creds.is_some(),
             };
             let def = match (&req.backup_xml, &a.backupxml) {
                 (Some(x), Some(file)) => {
@@ -57,7 +58,7 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
                 _ => None,
             };
             if live {
-                return begin_live(&dir, &a.domain, req, a.tls_creds.is_some(), out);
+                return begin_live(&dir, &a.domain, req, a.tls_creds.as_deref(), out);
             }
             if let Some(def) = def.filter(|d| d.mode == BackupMode::Pull) {
                 // Credentials are checked before anything is recorded.
@@ -130,19 +131,24 @@ fn begin_live(
     dir: &Path,
     domain: &str,
     req: BeginRequest,
-    tls_creds: bool,
+    tls_creds: Option<&Path>,
     out: &Output,
 ) -> Result<u8> {
     if req.reuse_external {
         bail!("domain '{domain}' is running: --reuse-external is not yet supported for the backup of a running domain");
     }
-    if tls_creds {
-        bail!("domain '{domain}' is running: TLS for the backup of a running domain is not yet supported");
-    }
+    // The daemon reads the credentials: it is given their absolute path.
+    let tls_creds = match tls_creds {
+        Some(d) => {
+            Some(std::path::absolute(d).with_context(|| format!("--tls-creds {}", d.display()))?)
+        }
+        None => None,
+    };
     let body = strata_daemon::types::BackupRequest {
         backup_xml: req.backup_xml,
         checkpoint_xml: req.checkpoint_xml,
         fallback_full: req.fallback_full,
+        tls_creds,
     };
     let job = crate::live::client(dir)
         .backup_begin(domain, &body)

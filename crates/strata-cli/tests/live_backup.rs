@@ -367,3 +367,58 @@ fn a_damaged_bitmap_is_reported_and_the_backup_falls_back_to_full() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     stop_and_check_console(p);
 }
+
+#[test]
+fn a_pull_backup_over_tls_needs_its_credentials_and_holds_the_instant() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    x509_credentials(p, "ca");
+    let _daemon = start_records_guest(p, kit);
+    let sock = p.join("nbd.sock").display().to_string();
+    let xml = format!(
+        "<domainbackup mode='pull'><server tls='yes' transport='unix' socket='{sock}'/>\
+         <disks><disk name='vda' type='file'/><disk name='vdb' type='file'/></disks></domainbackup>"
+    );
+    let args = backup_files(p, &xml, "c0");
+    // Without credentials, or with a folder that has none: refused, and
+    // nothing is made.
+    for (extra, says) in [
+        (&[][..], "--tls-creds"),
+        (&["--tls-creds", "nope"][..], "nope"),
+    ] {
+        let mut a = args.to_vec();
+        a.extend_from_slice(extra);
+        let r = strata(p, &st(&a));
+        assert_ne!(r.code, 0, "{extra:?}");
+        assert!(r.stderr.contains(says), "{extra:?}: {}", r.stderr);
+        assert!(job_state(p).is_null(), "{}", job_state(p));
+        assert!(scratch_files(p).is_empty() && !p.join("nbd.sock").exists());
+    }
+    assert_eq!(
+        ok(p, &st(&["checkpoint", "list", "vm", "--name"])).stdout,
+        "\n"
+    );
+    let mut a = args.to_vec();
+    a.extend_from_slice(&["--tls-creds", "ca/server"]);
+    let before = acked(p);
+    ok(p, &st(&a));
+    let after = acked(p);
+    writes_on(p, 20);
+    // A client without TLS gets nothing; one with the CA reads the instant.
+    let plain = run_in(p, "nbdinfo", &[&format!("nbd+unix:///vda?socket={sock}")]);
+    assert_ne!(plain.code, 0, "{}", plain.stdout);
+    for disk in ["vda", "vdb"] {
+        let uri = format!("nbds+unix:///{disk}?socket={sock}&tls-certificates=ca/client");
+        run_in(p, "nbdcopy", &[&uri, &format!("{disk}.full")]).expect(0);
+    }
+    let (a, b) = (
+        std::fs::read(p.join("vda.full")).unwrap(),
+        std::fs::read(p.join("vdb.full")).unwrap(),
+    );
+    check_copy(&a, &b, before, after, "pull over TLS");
+    ok(p, &st(&["backup", "abort", "vm"]));
+    stop_and_check_console(p);
+}

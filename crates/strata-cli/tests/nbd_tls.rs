@@ -13,99 +13,6 @@ use common::nbd::*;
 use common::*;
 use std::path::Path;
 
-/// Runs openssl in `p`.
-fn openssl(p: &Path, args: &[&str]) {
-    let r = run_in(p, "openssl", args);
-    assert_eq!(r.code, 0, "openssl {args:?}: {}", r.stderr);
-}
-
-/// A CA in `ca/` and certificates it signs: `server/` (for localhost) and
-/// `client/`, each with the CA's certificate, as QEMU lays them out.
-fn credentials(p: &Path, ca: &str) {
-    for dir in [ca, &format!("{ca}/server"), &format!("{ca}/client")] {
-        std::fs::create_dir_all(p.join(dir)).unwrap();
-    }
-    let f = |name: &str| format!("{ca}/{name}");
-    openssl(
-        p,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &f("ca-key.pem"),
-            "-out",
-            &f("ca-cert.pem"),
-            "-days",
-            "30",
-            "-subj",
-            "/CN=strata test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    for (who, usage, extra) in [
-        (
-            "server",
-            "serverAuth",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-        ),
-        ("client", "clientAuth", ""),
-    ] {
-        let ext = format!(
-            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n{extra}"
-        );
-        std::fs::write(p.join(f(&format!("{who}.ext"))), ext).unwrap();
-        let key = f(&format!("{who}/{who}-key.pem"));
-        let csr = f(&format!("{who}.csr"));
-        openssl(
-            p,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={who}"),
-            ],
-        );
-        openssl(
-            p,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &f("ca-cert.pem"),
-                "-CAkey",
-                &f("ca-key.pem"),
-                "-CAcreateserial",
-                "-days",
-                "30",
-                "-sha256",
-                "-extfile",
-                &f(&format!("{who}.ext")),
-                "-out",
-                &f(&format!("{who}/{who}-cert.pem")),
-            ],
-        );
-        std::fs::copy(
-            p.join(f("ca-cert.pem")),
-            p.join(f(&format!("{who}/ca-cert.pem"))),
-        )
-        .unwrap();
-    }
-}
-
 /// The images both tests serve: `d.qcow2` with data (and `orig.qcow2`, a
 /// copy to compare with) read-only, and an empty `w.qcow2` to write.
 fn images(p: &Path) {
@@ -135,8 +42,8 @@ fn written(p: &Path) {
 fn qemu_and_nbdinfo_connect_with_x509() {
     let d = tmp();
     let p = d.path();
-    credentials(p, "ca");
-    credentials(p, "other");
+    x509_credentials(p, "ca");
+    x509_credentials(p, "other");
     images(p);
     let ours = strata_nbd(
         p,

@@ -51,6 +51,7 @@ fn abort_stops_a_running_backup_and_removes_its_files() {
         checkpoint_xml: Some("<domaincheckpoint><name>c1</name></domaincheckpoint>".into()),
         reuse_external: false,
         fallback_full: false,
+        tls: false,
     };
     let asked = AtomicBool::new(false);
     let err = backup_push::begin(&mut store, "vm", &req, &|done, _| {
@@ -89,6 +90,7 @@ fn an_unreadable_job_file_list_is_an_error_not_nothing_to_delete() {
         checkpoint_xml: None,
         reuse_external: false,
         fallback_full: false,
+        tls: false,
     };
     backup_push::begin(&mut store, "vm", &req, &|_, _| {}).unwrap();
     assert!(!store.job("vm").unwrap().unwrap().files.is_empty());

@@ -206,6 +206,10 @@ pub struct BackupRequest {
     /// A disk whose incremental backup would not be exact gets a full one
     /// instead of failing the backup (`--fallback-full`).
     pub fallback_full: bool,
+    /// For a pull backup with `<server tls='yes'>`: the folder of the
+    /// server's x509 credentials, as `nbd serve --tls-creds` (absolute,
+    /// read by the daemon).
+    pub tls_creds: Option<std::path::PathBuf>,
 }
 
 /// What a live `snapshot delete` deleted, and how long the guest's disks

@@ -302,3 +302,96 @@ pub fn backup_begin(p: &Path, backup_xml: &str, checkpoint_xml: &str) -> serde_j
     assert_eq!(r["state"], "completed", "{r}");
     r
 }
+
+/// Runs openssl in `p`.
+pub fn openssl(p: &Path, args: &[&str]) {
+    let r = run_in(p, "openssl", args);
+    assert_eq!(r.code, 0, "openssl {args:?}: {}", r.stderr);
+}
+
+/// A CA in `ca/` and certificates it signs: `server/` (for localhost) and
+/// `client/`, each with the CA's certificate, as QEMU lays them out.
+pub fn x509_credentials(p: &Path, ca: &str) {
+    for dir in [ca, &format!("{ca}/server"), &format!("{ca}/client")] {
+        std::fs::create_dir_all(p.join(dir)).unwrap();
+    }
+    let f = |name: &str| format!("{ca}/{name}");
+    openssl(
+        p,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &f("ca-key.pem"),
+            "-out",
+            &f("ca-cert.pem"),
+            "-days",
+            "30",
+            "-subj",
+            "/CN=strata test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    for (who, usage, extra) in [
+        (
+            "server",
+            "serverAuth",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        ),
+        ("client", "clientAuth", ""),
+    ] {
+        let ext = format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n{extra}"
+        );
+        std::fs::write(p.join(f(&format!("{who}.ext"))), ext).unwrap();
+        let key = f(&format!("{who}/{who}-key.pem"));
+        let csr = f(&format!("{who}.csr"));
+        openssl(
+            p,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={who}"),
+            ],
+        );
+        openssl(
+            p,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &f("ca-cert.pem"),
+                "-CAkey",
+                &f("ca-key.pem"),
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-sha256",
+                "-extfile",
+                &f(&format!("{who}.ext")),
+                "-out",
+                &f(&format!("{who}/{who}-cert.pem")),
+            ],
+        );
+        std::fs::copy(
+            p.join(f("ca-cert.pem")),
+            p.join(f(&format!("{who}/ca-cert.pem"))),
+        )
+        .unwrap();
+    }
+}

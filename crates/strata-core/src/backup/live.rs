@@ -93,11 +93,20 @@ pub fn begin_on(
         ..
     } = push::prepare_on(store, domain, req, None, disks)?;
     let mode = def.mode;
-    if def.tls {
-        return Err(Error::invalid(
-            what,
-            "<server tls='yes'> is not yet supported for a running domain",
-        ));
+    match (def.tls && mode == BackupMode::Pull, req.tls) {
+        (true, false) => {
+            return Err(Error::invalid(
+                what,
+                "<server tls='yes'> needs the server's TLS credentials: --tls-creds DIR",
+            ))
+        }
+        (false, true) => {
+            return Err(Error::invalid(
+                what,
+                "--tls-creds is for a pull backup with <server tls='yes'>",
+            ))
+        }
+        _ => {}
     }
     let server = match mode {
         BackupMode::Pull => Some(

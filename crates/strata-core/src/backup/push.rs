@@ -44,6 +44,9 @@ pub struct BeginRequest {
     /// checkpoint's bitmaps are damaged or missing) gets a full backup
     /// instead of failing the backup.
     pub fallback_full: bool,
+    /// TLS credentials were given for the pull backup's server (needed by,
+    /// and only taken for, `<server tls='yes'>`).
+    pub tls: bool,
 }
 
 /// One disk's copy.

@@ -17,7 +17,7 @@ use strata_core::backup::{self, live as backup_live, BackupMode};
 use strata_core::serve::Endpoint;
 use strata_core::store::Job;
 use strata_core::Store;
-use strata_nbd::Config;
+use strata_nbd::{Config, Tls};
 use tracing::Instrument;
 
 use super::Service;
@@ -40,11 +40,22 @@ impl Service {
     /// views are served (pull) or their copy has begun (push).
     pub async fn backup_begin(self: &Arc<Self>, name: &str, req: BackupRequest) -> Result<Job> {
         let span = tracing::info_span!("op", op = "backup", domain = %name);
+        // Credentials are read before anything is made.
+        let tls = match &req.tls_creds {
+            Some(dir) => Some(Tls::x509_dir(dir).map_err(|e| {
+                Error::from(strata_core::Error::invalid(
+                    format!("domain '{name}': backup: --tls-creds {}", dir.display()),
+                    e.to_string(),
+                ))
+            })?),
+            None => None,
+        };
         let begin = BeginRequest {
             backup_xml: req.backup_xml,
             checkpoint_xml: req.checkpoint_xml,
             reuse_external: false,
             fallback_full: req.fallback_full,
+            tls: tls.is_some(),
         };
         let backup = self
             .on_live_disks(name, move |store, n, disks| {
@@ -112,6 +123,7 @@ impl Service {
                 let config = Config {
                     max_clients: PULL_CLIENTS,
                     persistent: true,
+                    tls,
                     ..Config::default()
                 };
                 let dir = svc.state_dir().to_path_buf();
