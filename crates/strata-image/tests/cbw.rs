@@ -319,3 +319,39 @@ fn a_guest_write_waits_for_a_long_view_read_no_longer_than_one_granule() {
         );
     });
 }
+
+#[test]
+fn a_read_once_view_gives_up_what_it_read_and_refuses_a_stale_second_read() {
+    let d = tmp();
+    let (img, start) = source(&d, 41);
+    let opts = CbwOptions {
+        read_once: true,
+        ..CbwOptions::new(at(&d, "scratch.qcow2"))
+    };
+    let (filter, view) = cbw::start(img, &opts).unwrap();
+    // A guest write before the read is copied; the read gets the start.
+    filter.write_at(&[1u8; 4096], G + 100).unwrap();
+    assert_eq!(view.stats().copied, G);
+    check_view(&view, &start, 0, 4 * G, "first read");
+    // Read whole: given up, and the scratch copy of granule 1 freed. A
+    // write there now copies nothing.
+    filter.write_at(&[2u8; 4096], 2 * G).unwrap();
+    filter.write_at(&[3u8; 4096], G).unwrap();
+    assert_eq!(view.stats().copied, G, "nothing more was copied");
+    // A granule read only in part is still held for the view.
+    check_view(&view, &start, 4 * G + 10, 100, "part of granule 4");
+    filter.write_at(&[4u8; 4096], 4 * G).unwrap();
+    assert_eq!(view.stats().copied, 2 * G);
+    check_view(&view, &start, 4 * G, G, "granule 4, from the scratch");
+    // Granule 3 was read and is unchanged: it reads again; granule 2 was
+    // written since: an error, never the guest's data.
+    check_view(&view, &start, 3 * G, G, "granule 3 again");
+    let mut buf = vec![0u8; G as usize];
+    let e = view.read_at(&mut buf, 2 * G).unwrap_err().to_string();
+    assert!(e.contains("given up"), "{e}");
+    assert!(view.block_status(2 * G, G).is_err());
+    // The guest's own view is its writes.
+    let mut g = vec![0u8; 4096];
+    filter.read_at(&mut g, 2 * G).unwrap();
+    assert_eq!(g, [2u8; 4096]);
+}

@@ -149,7 +149,12 @@ pub fn begin_on(
         }
         let scratch = scratch_of(store, domain, &d.name)?;
         let _ = std::fs::remove_file(&scratch);
-        let view = cbw::prepare(source.clone(), &CbwOptions::new(&scratch))
+        // A backup reads each range once: what it has read is given up.
+        let opts = CbwOptions {
+            read_once: true,
+            ..CbwOptions::new(&scratch)
+        };
+        let view = cbw::prepare(source.clone(), &opts)
             .map_err(|e| Error::invalid(&disk_what, format!("scratch: {e}")))?;
         let bitmap = match (&d.incremental, &d.export_bitmap) {
             (Some(c), Some(b)) => Some((c.clone(), b.clone())),
@@ -182,7 +187,13 @@ pub fn begin_on(
     let mut started = Vec::new();
     let mut incremental = Vec::new();
     {
-        let mut quiet = match disks.quiesce() {
+        // A checkpoint writes to the images: flushed first, as for a
+        // snapshot. The views alone write nothing there.
+        let held_back = match &checkpoint {
+            Some(_) => disks.quiesce(),
+            None => disks.hold(),
+        };
+        let mut quiet = match held_back {
             Ok(q) => q,
             Err(e) => return Err(fail(store, e)),
         };
@@ -274,7 +285,7 @@ fn gaps(ranges: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
 
 /// Serves each disk's live image again in place of its filter.
 fn restore(disks: &dyn Disks, started: &[LiveDisk]) {
-    let mut quiet = match disks.quiesce() {
+    let mut quiet = match disks.hold() {
         Ok(q) => q,
         Err(e) => {
             tracing::error!(error = %e, "cannot hold the disks back to take the backup's filters away");

@@ -33,6 +33,13 @@ pub trait Disks {
     /// Stops taking guest requests on every disk, waits for those in
     /// flight and flushes; the disks resume when the guard is dropped.
     fn quiesce(&self) -> Result<Box<dyn Quiesced + '_>>;
+
+    /// [`Disks::quiesce`] without the flushes: for an operation that
+    /// writes nothing to the images (a backup's filters put in or taken
+    /// away), whose instant needs no data on disk.
+    fn hold(&self) -> Result<Box<dyn Quiesced + '_>> {
+        self.quiesce()
+    }
 }
 
 /// Disks whose guest requests are held back (see [`Disks::quiesce`]).

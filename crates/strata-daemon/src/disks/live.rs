@@ -82,6 +82,18 @@ impl Disks for LiveDisks<'_> {
     }
 
     fn quiesce(&self) -> strata_core::Result<Box<dyn Quiesced + '_>> {
+        self.pause(true)
+    }
+
+    fn hold(&self) -> strata_core::Result<Box<dyn Quiesced + '_>> {
+        self.pause(false)
+    }
+}
+
+impl LiveDisks<'_> {
+    /// Pauses and drains every disk, flushing them (before the pause, and
+    /// what is left under it) when `flush`.
+    fn pause(&self, flush: bool) -> strata_core::Result<Box<dyn Quiesced + '_>> {
         if let Some(d) = self
             .disks
             .iter()
@@ -94,7 +106,9 @@ impl Disks for LiveDisks<'_> {
         }
         // Most of what is dirty goes to disk while the guest still runs,
         // so that the flushes under the pause have little left to do.
-        flush_all(self.disks, (0..self.disks.len()).collect())?;
+        if flush {
+            flush_all(self.disks, (0..self.disks.len()).collect())?;
+        }
         // Stop taking requests everywhere first: one instant for all disks.
         let paused_at = Instant::now();
         let paused: Vec<(usize, Paused)> = self
@@ -112,7 +126,9 @@ impl Disks for LiveDisks<'_> {
                 .map_err(|e| refuse(&d.target, format!("requests in flight: {e}")))?;
         }
         let drained = paused_at.elapsed();
-        flush_all(self.disks, paused.iter().map(|(i, _)| *i).collect())?;
+        if flush {
+            flush_all(self.disks, paused.iter().map(|(i, _)| *i).collect())?;
+        }
         Ok(Box::new(Quiet {
             disks: self,
             paused,

@@ -4,7 +4,7 @@
 //! capability (bitmaps keep tracking) go straight to the live image.
 
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use super::Shared;
 use crate::capability::{Bitmaps, Placement, Snapshots, Transactional};
@@ -70,33 +70,10 @@ impl CbwFilter {
         }
         // The old data is in hand: only the scratch write may be slow,
         // and the guest waits for it no longer than the timeout.
-        let scratch = s.scratch.clone();
-        let (tx, rx) = mpsc::channel();
         let bytes: u64 = runs.iter().map(|r| r.1).sum();
-        std::thread::Builder::new()
-            .name("strata-cbw".into())
-            .spawn(move || {
-                let r = data
-                    .iter()
-                    .try_for_each(|(off, buf)| scratch.write_at(buf, *off))
-                    .map_err(|e| format!("writing the scratch: {e}"));
-                let _ = tx.send(r);
-            })
-            .map_err(|e| format!("starting the copy: {e}"))?;
-        match rx.recv_timeout(s.timeout) {
-            Ok(Ok(())) => {
-                s.copied.fetch_add(bytes, Ordering::Relaxed);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
-                "a copy into the scratch took longer than {:?}",
-                s.timeout
-            )),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err("the copy ended without a word".into())
-            }
-        }
+        s.copier.write(data, s.timeout)?;
+        s.copied.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
     }
 }
 

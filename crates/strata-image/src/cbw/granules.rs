@@ -4,6 +4,11 @@
 //! now (view readers share a granule; a guest write that copies takes it
 //! alone). A caller takes every granule of its range at once or waits, so
 //! two callers never hold part of each other's range: no deadlock.
+//!
+//! A granule the view has read whole is given up ("read once": a backup
+//! reads each range once), so later guest writes there copy nothing; a
+//! guest write over it marks it stale, and reading it again is then an
+//! error rather than data from after the view's instant.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -64,6 +69,10 @@ pub(crate) struct State {
     pub(crate) needed: Bits,
     /// The scratch holds the granule's data as it was at the start.
     pub(crate) copied: Bits,
+    /// The view read the granule whole and gave it up.
+    read_once: Bits,
+    /// … and the guest has changed it since.
+    stale: Bits,
     users: HashMap<u64, Use>,
 }
 
@@ -81,6 +90,8 @@ impl Granules {
             state: Mutex::new(State {
                 needed,
                 copied: Bits::new(n, false),
+                read_once: Bits::new(n, false),
+                stale: Bits::new(n, false),
                 users: HashMap::new(),
             }),
             freed: Condvar::new(),
@@ -93,11 +104,15 @@ impl Granules {
     }
 
     /// Waits until no copy holds a granule of `range`, then holds them all
-    /// for reading; returns which of them are in the scratch.
-    pub(crate) fn read(&self, range: Range<u64>) -> Vec<bool> {
+    /// for reading; returns which of them are in the scratch, or the first
+    /// granule that was read once already and changed since (nothing held).
+    pub(crate) fn read(&self, range: Range<u64>) -> std::result::Result<Vec<bool>, u64> {
         let mut st = self.lock();
         while range.clone().any(|g| st.users.get(&g) == Some(&Use::Copy)) {
             st = self.freed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if let Some(g) = range.clone().find(|&g| st.stale.get(g)) {
+            return Err(g);
         }
         for g in range.clone() {
             let u = st.users.entry(g).or_insert(Use::Read(0));
@@ -105,11 +120,13 @@ impl Granules {
                 *n += 1;
             }
         }
-        range.map(|g| st.copied.get(g)).collect()
+        Ok(range.map(|g| st.copied.get(g)).collect())
     }
 
-    /// Releases what [`Granules::read`] held.
-    pub(crate) fn end_read(&self, range: Range<u64>) {
+    /// Releases what [`Granules::read`] held, and gives up the granules of
+    /// `whole` (those the read covered whole): no longer needed, read
+    /// once. Returns the granules whose scratch copy can be freed.
+    pub(crate) fn end_read(&self, range: Range<u64>, whole: Range<u64>) -> Vec<u64> {
         let mut st = self.lock();
         for g in range {
             if let Some(Use::Read(n)) = st.users.get_mut(&g) {
@@ -119,14 +136,25 @@ impl Granules {
                 }
             }
         }
+        let mut free = Vec::new();
+        for g in whole {
+            st.needed.set(g, false);
+            st.read_once.set(g, true);
+            if st.copied.get(g) {
+                st.copied.set(g, false);
+                free.push(g);
+            }
+        }
         drop(st);
         self.freed.notify_all();
+        free
     }
 
     /// For a guest write over `range`: the granules it must copy first
     /// (needed, not copied), held alone until [`Granules::end_copy`];
     /// empty (nothing held) when there are none. Waits for the readers and
-    /// copies of those granules to end.
+    /// copies of those granules to end, and for the readers of granules
+    /// read once (the write makes them stale).
     pub(crate) fn copy(&self, range: Range<u64>) -> Vec<u64> {
         let mut st = self.lock();
         loop {
@@ -134,12 +162,17 @@ impl Granules {
                 .clone()
                 .filter(|&g| st.needed.get(g) && !st.copied.get(g))
                 .collect();
-            if todo.is_empty() {
-                return todo;
-            }
-            if todo.iter().all(|g| !st.users.contains_key(g)) {
+            let reading = range
+                .clone()
+                .any(|g| st.read_once.get(g) && st.users.contains_key(&g));
+            if !reading && todo.iter().all(|g| !st.users.contains_key(g)) {
                 for &g in &todo {
                     st.users.insert(g, Use::Copy);
+                }
+                for g in range.clone() {
+                    if st.read_once.get(g) {
+                        st.stale.set(g, true);
+                    }
                 }
                 return todo;
             }
@@ -182,7 +215,7 @@ mod tests {
     #[test]
     fn a_copy_waits_for_readers_and_a_read_for_copies() {
         let g = std::sync::Arc::new(Granules::new(Bits::new(4, true), 4));
-        assert_eq!(g.read(0..2), [false, false]);
+        assert_eq!(g.read(0..2), Ok(vec![false, false]));
         let g2 = g.clone();
         let copier = std::thread::spawn(move || {
             let held = g2.copy(1..3);
@@ -191,12 +224,15 @@ mod tests {
         });
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(!copier.is_finished(), "the copy waits for the reader");
-        g.end_read(0..2);
+        g.end_read(0..2, 0..0);
         copier.join().unwrap();
         // Copied now: nothing left to copy, and readers see the scratch.
         assert!(g.copy(0..4).contains(&0));
         g.end_copy(&[0, 3], false);
-        assert_eq!(g.read(0..4), [false, true, true, false]);
-        g.end_read(0..4);
+        assert_eq!(g.read(0..4), Ok(vec![false, true, true, false]));
+        // Read whole: given up, and the scratch copies can go.
+        assert_eq!(g.end_read(0..4, 1..3), [1, 2]);
+        assert!(g.copy(1..3).is_empty(), "nothing to copy once read");
+        assert_eq!(g.read(0..2), Err(1), "written since it was read");
     }
 }

@@ -26,7 +26,7 @@
 //! goes.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::qcow2::{CreateOptions, Qcow2};
 
+mod copier;
 mod filter;
 mod granules;
 mod view;
@@ -42,6 +43,7 @@ mod view;
 pub use filter::CbwFilter;
 pub use view::CbwView;
 
+use copier::Copier;
 use granules::{Bits, Granules};
 
 /// The default granule: 64 KiB, a qcow2 cluster.
@@ -49,6 +51,9 @@ pub const DEFAULT_GRANULE: u64 = 64 << 10;
 
 /// The default bound on one copy before the view is given up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Scratch bytes freed between two flushes that make them reusable.
+const REUSE_AFTER: u64 = 16 << 20;
 
 /// How a view is made.
 #[derive(Debug, Clone)]
@@ -62,6 +67,11 @@ pub struct CbwOptions {
     pub needed: Option<Vec<(u64, u64)>>,
     /// The longest a copy may take before the view is given up.
     pub timeout: Duration,
+    /// Give up each granule the view reads whole, as a backup that reads
+    /// every range once does: guest writes there copy nothing afterwards
+    /// (the scratch stays small), and a second read of it after a guest
+    /// write is an error, never data from after the instant.
+    pub read_once: bool,
 }
 
 impl CbwOptions {
@@ -72,6 +82,7 @@ impl CbwOptions {
             granule: DEFAULT_GRANULE,
             needed: None,
             timeout: DEFAULT_TIMEOUT,
+            read_once: false,
         }
     }
 }
@@ -97,6 +108,11 @@ pub(crate) struct Shared {
     size: u64,
     granules: Granules,
     timeout: Duration,
+    read_once: bool,
+    /// Bytes of scratch freed since its last flush.
+    freed: AtomicU64,
+    /// The threads that write the scratch for guest writes.
+    copier: Copier,
     broken: OnceLock<String>,
     copied: AtomicU64,
 }
@@ -114,6 +130,39 @@ impl Shared {
     fn bytes(&self, g: u64) -> (u64, u64) {
         let start = g * self.granule;
         (start, self.granule.min(self.size - start))
+    }
+
+    /// The granules `[offset, offset+len)` covers whole (the last, short
+    /// granule of the disk counts as whole when the range reaches the end).
+    fn whole(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
+        let first = offset.div_ceil(self.granule);
+        let end = offset + len;
+        let last = if end == self.size {
+            self.size.div_ceil(self.granule)
+        } else {
+            end / self.granule
+        };
+        first..last.max(first)
+    }
+
+    /// Frees the scratch copies of granules `gs` (best effort: a cluster
+    /// not freed only costs space). Every [`REUSE_AFTER`] bytes freed the
+    /// scratch is flushed, which makes its freed clusters free for the next
+    /// copies: the scratch grows no larger than what it holds at once.
+    fn free(&self, gs: &[u64]) {
+        for &g in gs {
+            let (off, len) = self.bytes(g);
+            if let Err(e) = self.scratch.discard(off, len) {
+                tracing::debug!(error = %e, "cannot free scratch clusters");
+            }
+        }
+        let freed = gs.len() as u64 * self.granule;
+        if freed > 0 && self.freed.fetch_add(freed, Ordering::Relaxed) + freed >= REUSE_AFTER {
+            self.freed.store(0, Ordering::Relaxed);
+            if let Err(e) = self.scratch.flush() {
+                tracing::debug!(error = %e, "cannot flush the scratch");
+            }
+        }
     }
 
     /// Gives the view up for `why` (the first reason stays).
@@ -211,6 +260,14 @@ pub fn prepare(source: Arc<dyn Image>, opts: &CbwOptions) -> Result<Prepared> {
             return Err(e);
         }
     };
+    let copier = match Copier::start(scratch.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            drop(scratch);
+            let _ = std::fs::remove_file(&opts.scratch);
+            return Err(e);
+        }
+    };
     let shared = Arc::new(Shared {
         source,
         scratch,
@@ -219,6 +276,9 @@ pub fn prepare(source: Arc<dyn Image>, opts: &CbwOptions) -> Result<Prepared> {
         size,
         granules: Granules::new(needed, n),
         timeout: opts.timeout,
+        read_once: opts.read_once,
+        freed: AtomicU64::new(0),
+        copier,
         broken: OnceLock::new(),
         copied: AtomicU64::new(0),
     });

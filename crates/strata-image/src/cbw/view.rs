@@ -27,29 +27,18 @@ impl CbwView {
     pub fn done(&self, offset: u64, len: u64) -> Result<()> {
         let s = &self.shared;
         check_range(self.path(), s.size, offset, len)?;
-        let first = offset.div_ceil(s.granule);
-        let end = offset + len;
-        let last = if end == s.size {
-            s.size.div_ceil(s.granule)
-        } else {
-            end / s.granule
-        };
         let mut free = Vec::new();
         {
             let mut st = s.granules.lock();
-            for g in first..last.max(first) {
+            for g in s.whole(offset, len) {
                 st.needed.set(g, false);
                 if st.copied.get(g) {
                     st.copied.set(g, false);
-                    free.push(s.bytes(g));
+                    free.push(g);
                 }
             }
         }
-        for (off, len) in free {
-            if let Err(e) = s.scratch.discard(off, len) {
-                tracing::debug!(error = %e, "cannot free scratch clusters");
-            }
-        }
+        s.free(&free);
         Ok(())
     }
 
@@ -86,6 +75,59 @@ impl CbwView {
     }
 }
 
+/// Granules a read holds at once.
+const HOLD: u64 = 1;
+
+impl CbwView {
+    /// The error of a second look at granule `g`, given up after a read
+    /// and written by the guest since.
+    fn given_up(&self, g: u64) -> Error {
+        Error::invalid(
+            self.path(),
+            format!(
+                "the point-in-time view was read at offset {} already and given up; the guest has written there since",
+                g * self.shared.granule
+            ),
+        )
+    }
+
+    /// Reads `buf` at `offset` with its granules held against guest
+    /// copies, each run of granules from the scratch or the live image at
+    /// once; then, for a read-once view, gives up the granules it covered
+    /// whole, freeing their scratch copies.
+    fn read_held(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let s = &self.shared;
+        let end = offset + buf.len() as u64;
+        let span = s.span(offset, buf.len() as u64);
+        let in_scratch = s
+            .granules
+            .read(span.clone())
+            .map_err(|g| self.given_up(g))?;
+        let mut result = Ok(());
+        let mut at = offset;
+        while at < end && result.is_ok() {
+            let here = in_scratch[(at / s.granule - span.start) as usize];
+            let mut stop = ((at / s.granule + 1) * s.granule).min(end);
+            while stop < end && in_scratch[(stop / s.granule - span.start) as usize] == here {
+                stop = ((stop / s.granule + 1) * s.granule).min(end);
+            }
+            let part = &mut buf[(at - offset) as usize..(stop - offset) as usize];
+            result = match here {
+                true => s.scratch.read_at(part, at),
+                false => s.source.read_at(part, at),
+            };
+            at = stop;
+        }
+        let whole = match result {
+            Ok(()) if s.read_once => s.whole(offset, buf.len() as u64),
+            _ => 0..0,
+        };
+        let free = s.granules.end_read(span, whole);
+        s.free(&free);
+        result
+    }
+}
+
 impl Image for CbwView {
     fn path(&self) -> &str {
         self.shared.source.path()
@@ -103,22 +145,14 @@ impl Image for CbwView {
         let s = &self.shared;
         check_range(self.path(), s.size, offset, buf.len() as u64)?;
         self.check_broken()?;
-        // One granule at a time: a guest write waits for a reader no
-        // longer than the read of one granule.
+        // At most HOLD granules at a time: a guest write waits for a
+        // reader no longer than the read of that much.
         let end = offset + buf.len() as u64;
         let mut at = offset;
         while at < end {
-            let g = at / s.granule;
-            let stop = ((g + 1) * s.granule).min(end);
+            let stop = ((at / s.granule + HOLD) * s.granule).min(end);
             let part = &mut buf[(at - offset) as usize..(stop - offset) as usize];
-            let in_scratch = s.granules.read(g..g + 1)[0];
-            let r = if in_scratch {
-                s.scratch.read_at(part, at)
-            } else {
-                s.source.read_at(part, at)
-            };
-            s.granules.end_read(g..g + 1);
-            r?;
+            self.read_held(part, at)?;
             at = stop;
         }
         // A copy that failed while this read ran may have let the guest
@@ -155,7 +189,10 @@ impl Image for CbwView {
         check_range(self.path(), s.size, offset, len)?;
         self.check_broken()?;
         let span = s.span(offset, len);
-        let copied = s.granules.read(span.clone());
+        let copied = s
+            .granules
+            .read(span.clone())
+            .map_err(|g| self.given_up(g))?;
         let mut out = Vec::new();
         let end = offset + len;
         let mut at = offset;
@@ -197,7 +234,7 @@ impl Image for CbwView {
             }
             at = stop;
         }
-        s.granules.end_read(span);
+        s.granules.end_read(span, 0..0);
         result.map(|()| out)
     }
     fn backing(&self) -> Option<&Arc<dyn Image>> {
