@@ -19,23 +19,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-50}
-for t in qemu-system-x86_64 qemu-img python3; do
-  command -v $t >/dev/null || { echo "$t is missing (scripts/peers installs it)" >&2; exit 1; }
-done
-scripts/guest-kit build >/dev/null
-KIT=${STRATA_GUEST_KIT:-$PWD/target/guest-kit}
-cargo build --release -q -p strata-cli
-S=$PWD/target/release/strata
-if [ -n "${BENCH_DIR:-}" ]; then D=$BENCH_DIR; mkdir -p "$D"; else
-  D=$(mktemp -d /var/tmp/strata-stall.XXXXXX); fi
-cleanup() {
-  STRATA_STATE_DIR=$D/state "$S" domain destroy vm >/dev/null 2>&1 || true
-  [ -f "$D/state/strata.sock.lock" ] && kill "$(sed 's/pid //' "$D/state/strata.sock.lock")" 2>/dev/null || true
-  [ -f "$D/qemu.pid" ] && kill "$(cat "$D/qemu.pid")" 2>/dev/null || true
-  sleep 1
-  [ -n "${BENCH_DIR:-}" ] || rm -rf "$D"
-}
-trap cleanup EXIT
+. bench/guest-bench.sh
+guest_bench stall qemu-system-x86_64 qemu-img python3
 echo "workdir $D, $N snapshots each, 4 disks under fio"
 
 cat >"$D/fio.sh" <<'EOF'
