@@ -134,9 +134,6 @@ fn begin_live(
     tls_creds: Option<&Path>,
     out: &Output,
 ) -> Result<u8> {
-    if req.reuse_external {
-        bail!("domain '{domain}' is running: --reuse-external is not yet supported for the backup of a running domain");
-    }
     // The daemon reads the credentials: it is given their absolute path.
     let tls_creds = match tls_creds {
         Some(d) => {
@@ -148,6 +145,7 @@ fn begin_live(
         backup_xml: req.backup_xml,
         checkpoint_xml: req.checkpoint_xml,
         fallback_full: req.fallback_full,
+        reuse_external: req.reuse_external,
         tls_creds,
     };
     let job = crate::live::client(dir)

@@ -203,8 +203,31 @@ fn a_daemon_killed_mid_backup_leaves_nothing_and_the_next_incremental_holds() {
     }
     ok(p, &st(&["backup", "abort", "vm"]));
     writes_on(p, 20);
-    // An incremental at c1, and the daemon killed while it is served.
-    begin(p, &pull_xml(p, Some("c0")), "c1");
+    // An incremental at c1 with vda's scratch where the XML says (a file
+    // there already is refused first), and the daemon killed while it is
+    // served.
+    let scratch = p.join("vda.scratch");
+    let xml = pull_xml(p, Some("c0")).replace(
+        "<disk name='vda' type='file'/>",
+        &format!(
+            "<disk name='vda' type='file'><scratch file='{}'/></disk>",
+            scratch.display()
+        ),
+    );
+    std::fs::write(&scratch, b"mine").unwrap();
+    let args = backup_files(p, &xml, "c1");
+    let r = strata(p, &st(&args));
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("vda.scratch exists"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&scratch).unwrap(), b"mine");
+    std::fs::remove_file(&scratch).unwrap();
+    begin(p, &xml, "c1");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&scratch).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let dumped = ok(p, &st(&["backup", "dumpxml", "vm"])).stdout;
+    assert!(dumped.contains("<scratch file="), "{dumped}");
     writes_on(p, 20);
     daemon.kill9();
     let _daemon = DaemonProc::start(p, &[], &[]);
@@ -212,6 +235,7 @@ fn a_daemon_killed_mid_backup_leaves_nothing_and_the_next_incremental_holds() {
     let job = job_state(p);
     assert_eq!(job["state"], "failed", "{job}");
     assert!(scratch_files(p).is_empty(), "{:?}", scratch_files(p));
+    assert!(!scratch.exists(), "the named scratch is left");
     writes_on(p, 20);
     // The next incremental since c0 restores the instant it began.
     let (before, after) = begin(p, &pull_xml(p, Some("c0")), "c2");
@@ -420,5 +444,37 @@ fn a_pull_backup_over_tls_needs_its_credentials_and_holds_the_instant() {
     );
     check_copy(&a, &b, before, after, "pull over TLS");
     ok(p, &st(&["backup", "abort", "vm"]));
+    stop_and_check_console(p);
+}
+
+#[test]
+fn a_push_backup_of_a_running_guest_reuses_targets_when_told() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    let _daemon = start_records_guest(p, kit);
+    let args = backup_files(p, &push_xml(p, 0, None), "c0");
+    let mut reuse = args.to_vec();
+    reuse.push("--reuse-external");
+    // Targets that do not exist are refused with --reuse-external.
+    let r = strata(p, &st(&reuse));
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
+    assert!(job_state(p).is_null(), "{}", job_state(p));
+    // Made beforehand (with old data in them): written over, and kept.
+    for disk in ["vda", "vdb"] {
+        let t = format!("{disk}.b0");
+        qemu_img(p, &["create", "-q", "-f", "qcow2", &t, "64M"]);
+        qemu_io(p, "qcow2", &t, &["write -P 0x55 60M 1M"]);
+    }
+    let before = acked(p);
+    ok(p, &st(&reuse));
+    let after = acked(p);
+    let job = job_end(p);
+    assert_eq!(job["state"], "completed", "{job}");
+    let (a, b) = (restored(p, "vda.b0"), restored(p, "vdb.b0"));
+    check_copy(&a, &b, before, after, "push into reused targets");
     stop_and_check_console(p);
 }

@@ -206,6 +206,9 @@ pub struct BackupRequest {
     /// A disk whose incremental backup would not be exact gets a full one
     /// instead of failing the backup (`--fallback-full`).
     pub fallback_full: bool,
+    /// Push mode: write into target files that exist (otherwise they must
+    /// not), as `--reuse-external`.
+    pub reuse_external: bool,
     /// For a pull backup with `<server tls='yes'>`: the folder of the
     /// server's x509 credentials, as `nbd serve --tls-creds` (absolute,
     /// read by the daemon).

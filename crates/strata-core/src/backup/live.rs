@@ -120,6 +120,7 @@ pub fn begin_on(
     let dom = store.domain(domain)?;
     let mut planned = Vec::new();
     let mut targets: Vec<(PathBuf, Format)> = Vec::new();
+    let mut named_scratch: Vec<PathBuf> = Vec::new();
     for d in def.disks.iter().flatten().filter(|d| d.backup) {
         let disk_what = format!("{what}: disk '{}'", d.name);
         let path = push::disk_source(&dom, &d.name, &disk_what)?;
@@ -147,8 +148,25 @@ pub fn begin_on(
                 format!("export name '{export_name}' is used twice"),
             ));
         }
-        let scratch = scratch_of(store, domain, &d.name)?;
-        let _ = std::fs::remove_file(&scratch);
+        // A scratch the XML names is made there and must not exist; the
+        // default one, in the state folder, may be a dead daemon's.
+        let scratch = match &d.scratch {
+            Some(f) if f.exists() => {
+                return Err(Error::invalid(
+                    &disk_what,
+                    format!("scratch {} exists", f.display()),
+                ))
+            }
+            Some(f) => {
+                named_scratch.push(f.clone());
+                f.clone()
+            }
+            None => {
+                let f = scratch_of(store, domain, &d.name)?;
+                let _ = std::fs::remove_file(&f);
+                f
+            }
+        };
         // A backup reads each range once: what it has read is given up.
         let opts = CbwOptions {
             read_once: true,
@@ -170,10 +188,13 @@ pub fn begin_on(
         Some(c) => Some(checkpoint::plan(store, domain, c, &held)?),
         None => None,
     };
-    let files = match req.reuse_external {
+    // The job's files: what a dead daemon's successor removes (push
+    // targets, scratch files outside the state folder).
+    let mut files: Vec<PathBuf> = match req.reuse_external {
         true => Vec::new(),
         false => targets.iter().map(|(t, _)| t.clone()).collect(),
     };
+    files.extend(named_scratch);
     let mut job = Job::backup(domain, start, 0, files, def.to_xml());
     job.fallback = fallback;
     store.start_job(&job)?;

@@ -46,6 +46,10 @@ pub struct BackupDisk {
     pub export_name: Option<String>,
     /// Pull mode: the exported dirty bitmap's name.
     pub export_bitmap: Option<String>,
+    /// Pull mode of a running domain: the scratch file of the disk's
+    /// point-in-time view (`<scratch file=…>`; default: in the state
+    /// folder).
+    pub scratch: Option<PathBuf>,
 }
 
 /// Where a pull-mode backup's NBD server listens (`<server>`).
@@ -279,6 +283,7 @@ fn not_taking_part(name: &str) -> BackupDisk {
         format: None,
         export_name: None,
         export_bitmap: None,
+        scratch: None,
     }
 }
 
@@ -356,6 +361,23 @@ fn disk_from(d: &Element, bad: &dyn Fn(String) -> Error) -> Result<BackupDisk> {
             )));
         }
     }
+    let scratch = match d.child("scratch") {
+        None => None,
+        Some(sc) => match (sc.attr("file"), sc.attr("dev")) {
+            (Some(f), _) if f.starts_with('/') => Some(PathBuf::from(f)),
+            (Some(f), _) => {
+                return Err(bad(format!(
+                    "disk '{name}': scratch '{f}' is not an absolute path"
+                )))
+            }
+            (None, Some(dev)) => {
+                return Err(bad(format!(
+                "disk '{name}': a block device as scratch ('{dev}') is not supported; give a file"
+            )))
+            }
+            (None, None) => return Err(bad(format!("disk '{name}': <scratch> names no file"))),
+        },
+    };
     Ok(BackupDisk {
         name: name.to_string(),
         backup,
@@ -369,6 +391,7 @@ fn disk_from(d: &Element, bad: &dyn Fn(String) -> Error) -> Result<BackupDisk> {
             .map(str::to_string),
         export_name: d.attr("exportname").map(str::to_string),
         export_bitmap: d.attr("exportbitmap").map(str::to_string),
+        scratch,
     })
 }
 
@@ -397,6 +420,11 @@ fn disk_to(d: &BackupDisk, mode: BackupMode) -> Element {
             }
             if let Some(b) = &d.export_bitmap {
                 e.set_attr("exportbitmap", b);
+            }
+            if let Some(f) = &d.scratch {
+                let mut sc = Element::new("scratch");
+                sc.set_attr("file", &f.display().to_string());
+                e.children.push(Node::Element(sc));
             }
         }
         BackupMode::Push => {

@@ -53,7 +53,7 @@ impl Service {
         let begin = BeginRequest {
             backup_xml: req.backup_xml,
             checkpoint_xml: req.checkpoint_xml,
-            reuse_external: false,
+            reuse_external: req.reuse_external,
             fallback_full: req.fallback_full,
             tls: tls.is_some(),
         };

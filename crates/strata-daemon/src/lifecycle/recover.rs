@@ -189,6 +189,12 @@ fn clean_backups(state_dir: &Path) -> strata_core::Result<()> {
         // the process exists.
         let alive = unsafe { libc::kill(job.pid as libc::pid_t, 0) } == 0;
         if !alive {
+            // Push targets it had begun, scratch files it made elsewhere.
+            for f in &job.files {
+                if std::fs::remove_file(f).is_ok() {
+                    tracing::info!(file = %f.display(), "removed a file of a previous daemon's backup");
+                }
+            }
             store.set_job_state(
                 &d.name,
                 strata_core::store::JobState::Failed,
