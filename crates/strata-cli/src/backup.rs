@@ -221,6 +221,9 @@ fn describe(job: &Job) -> String {
     for line in &job.fallback {
         s.push_str(&format!("{:<17} {line}\n", "Fallback:"));
     }
+    if job.scratch > 0 {
+        s.push_str(&format!("{:<17} {}\n", "Scratch:", human_size(job.scratch)));
+    }
     s.push('\n');
     s
 }

@@ -78,6 +78,16 @@ fn pull_backups_of_a_running_guest_hold_the_instant_they_began() {
     let r = strata(p, &st(&["snapshot", "create", "vm", "--disk-only"]));
     assert!(r.stderr.contains("backup job is running"), "{}", r.stderr);
     writes_on(p, 31);
+    // The status says what the guest's writes cost in scratch, and that
+    // nothing was read yet.
+    wait_until(
+        Duration::from_secs(10),
+        "the scratch size in the status",
+        || job_state(p)["scratch"].as_u64().unwrap_or(0) > 0,
+    );
+    let status = job_state(p);
+    assert_eq!(status["total"], 128u64 << 20, "{status}");
+    assert_eq!(status["done"], 0, "{status}");
     for disk in ["vda", "vdb"] {
         let uri = format!("nbd+unix:///{disk}?socket={}/nbd.sock", p.display());
         run_in(p, "nbdcopy", &[&uri, &format!("{disk}.full")]).expect(0);
@@ -87,8 +97,15 @@ fn pull_backups_of_a_running_guest_hold_the_instant_they_began() {
         std::fs::read(p.join("vdb.full")).unwrap(),
     );
     check_copy(&a, &b, before, after, "full");
-    let status = ok(p, &st(&["--output", "json", "backup", "status", "vm"])).json();
+    // What was read is done (nbdcopy skips what block status says is
+    // zero: that is never read, so never done).
+    wait_until(Duration::from_secs(10), "the read in the status", || {
+        job_state(p)["done"].as_u64().unwrap_or(0) > 0
+    });
+    let status = job_state(p);
     assert_eq!(status["state"], "running", "{status}");
+    let text = ok(p, &st(&["backup", "status", "vm"])).stdout;
+    assert!(text.contains("Scratch:"), "{text}");
     ok(p, &st(&["backup", "abort", "vm"]));
     let status = ok(p, &st(&["--output", "json", "backup", "status", "vm"])).json();
     assert_eq!(status["state"], "completed", "{status}");

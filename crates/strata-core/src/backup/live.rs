@@ -64,6 +64,26 @@ pub struct LiveBackup {
     pub job: Job,
 }
 
+/// A running backup's views and the bytes each is to give, for progress.
+#[derive(Debug, Clone)]
+pub struct Meter(Vec<(Arc<CbwView>, u64)>);
+
+impl Meter {
+    /// Bytes processed so far (given up by the views: read, or of no
+    /// interest) and bytes the views' scratch files take on the host.
+    pub fn now(&self) -> (u64, u64) {
+        self.0
+            .iter()
+            .fold((0, 0), |(done, scratch), (view, total)| {
+                let st = view.stats();
+                (
+                    done + total.saturating_sub(st.needed.min(*total)),
+                    scratch + st.scratch_bytes,
+                )
+            })
+    }
+}
+
 /// Where the scratch of `disk` of `domain` goes.
 fn scratch_of(store: &Store, domain: &str, disk: &str) -> Result<PathBuf> {
     let dir = store.dir().join("scratch");
@@ -326,6 +346,16 @@ impl LiveBackup {
         &self.domain
     }
 
+    /// What measures the backup's progress while it runs.
+    pub fn meter(&self) -> Meter {
+        Meter(
+            self.disks
+                .iter()
+                .map(|d| (d.view.clone(), d.ranges.iter().map(|r| r.1).sum()))
+                .collect(),
+        )
+    }
+
     /// Why the backup cannot go on (a view gave up), if it cannot.
     pub fn broken(&self) -> Option<String> {
         self.disks.iter().find_map(|d| {
@@ -355,7 +385,17 @@ impl LiveBackup {
             })
             .collect();
         let total = plans.iter().flat_map(|p| &p.ranges).map(|r| r.1).sum();
-        push::copy_all(dir, &self.domain, &plans, self.reuse, total, &|_, _| {})
+        let meter = self.meter();
+        let scratch = || meter.now().1;
+        push::copy_all(
+            dir,
+            &self.domain,
+            &plans,
+            self.reuse,
+            total,
+            &|_, _| {},
+            Some(&scratch),
+        )
     }
 
     /// Ends the job on the domain's served `disks` (`None`: the domain has

@@ -94,6 +94,7 @@ pub fn begin(
         req.reuse_external,
         total,
         progress,
+        None,
     );
     // Close the sources (and their locks): the checkpoint writes to them.
     drop(plans);
@@ -392,8 +393,9 @@ pub(crate) fn disk_changes(
     })
 }
 
-/// Copies every disk, reporting progress to the store (and `progress`)
-/// and stopping at the next batch when an abort is requested.
+/// Copies every disk, reporting progress to the store (and `progress`;
+/// with `scratch`, the bytes a live backup's scratch files take too) and
+/// stopping at the next batch when an abort is requested.
 pub(crate) fn copy_all(
     dir: &Path,
     domain: &str,
@@ -401,6 +403,7 @@ pub(crate) fn copy_all(
     reuse: bool,
     total: u64,
     progress: Progress,
+    scratch: Option<&(dyn Fn() -> u64 + Sync)>,
 ) -> Result<()> {
     let done = AtomicU64::new(0);
     let abort = AtomicBool::new(false);
@@ -411,7 +414,12 @@ pub(crate) fn copy_all(
             let Ok(mut st) = Store::open(dir) else { return };
             loop {
                 let end = over.load(Ordering::Acquire);
-                if let Ok(true) = st.job_progress(domain, done.load(Ordering::Relaxed)) {
+                let now = done.load(Ordering::Relaxed);
+                let asked = match scratch {
+                    Some(bytes) => st.job_usage(domain, now, bytes()),
+                    None => st.job_progress(domain, now),
+                };
+                if let Ok(true) = asked {
                     abort.store(true, Ordering::Release);
                 }
                 if end {

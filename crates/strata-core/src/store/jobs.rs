@@ -84,6 +84,10 @@ pub struct Job {
     /// one line each saying why (`--fallback-full`).
     #[serde(default)]
     pub fallback: Vec<String>,
+    /// A live backup: bytes its scratch files take on the host now (at the
+    /// end: when it ended).
+    #[serde(default)]
+    pub scratch: u64,
 }
 
 impl Job {
@@ -103,6 +107,7 @@ impl Job {
             xml,
             error: None,
             fallback: Vec::new(),
+            scratch: 0,
         }
     }
 }
@@ -114,7 +119,7 @@ impl Store {
         let row = self
             .conn
             .query_row(
-                "SELECT kind, state, pid, started, ended, total, done, abort_requested, files, xml, error, fallback
+                "SELECT kind, state, pid, started, ended, total, done, abort_requested, files, xml, error, fallback, scratch
                  FROM jobs WHERE domain = ?1",
                 [domain],
                 |r| {
@@ -131,6 +136,7 @@ impl Store {
                         r.get::<_, String>(9)?,
                         r.get::<_, Option<String>>(10)?,
                         r.get::<_, String>(11)?,
+                        r.get::<_, i64>(12)?,
                     ))
                 },
             )
@@ -149,6 +155,7 @@ impl Store {
             xml,
             error,
             fallback,
+            scratch,
         )) = row
         else {
             return Ok(None);
@@ -188,6 +195,7 @@ impl Store {
             xml,
             error,
             fallback: serde_json::from_str(&fallback).unwrap_or_else(|_| vec![fallback]),
+            scratch: scratch.max(0) as u64,
         }))
     }
 
@@ -253,6 +261,24 @@ impl Store {
             tx.execute(
                 "UPDATE jobs SET done = ?2 WHERE domain = ?1",
                 params![domain, done as i64],
+            )
+            .map_err(sql)?;
+            tx.query_row(
+                "SELECT abort_requested FROM jobs WHERE domain = ?1",
+                [domain],
+                |r| r.get(0),
+            )
+            .map_err(sql)
+        })
+    }
+
+    /// Records a live backup's progress: bytes processed and bytes its
+    /// scratch files take; returns whether an abort was requested.
+    pub fn job_usage(&mut self, domain: &str, done: u64, scratch: u64) -> Result<bool> {
+        self.write(|tx, sql| {
+            tx.execute(
+                "UPDATE jobs SET done = ?2, scratch = ?3 WHERE domain = ?1",
+                params![domain, done as i64, scratch as i64],
             )
             .map_err(sql)?;
             tx.query_row(

@@ -74,6 +74,8 @@ const MIGRATIONS: &[&str] = &[
     // 4: why a backup job took full backups of disks asked incremental
     // (`--fallback-full`): a JSON array of lines.
     "ALTER TABLE jobs ADD COLUMN fallback TEXT NOT NULL DEFAULT '[]';",
+    // 5: the bytes a live backup's scratch files take on the host.
+    "ALTER TABLE jobs ADD COLUMN scratch INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A domain as `domain list` shows it.

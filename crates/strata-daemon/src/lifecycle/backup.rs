@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use strata_core::backup::live::LiveBackup;
+use strata_core::backup::live::{LiveBackup, Meter};
 use strata_core::backup::push::BeginRequest;
 use strata_core::backup::serve::{live_exports, ABORT_POLL, PULL_CLIENTS};
 use strata_core::backup::{self, live as backup_live, BackupMode};
@@ -129,10 +129,11 @@ impl Service {
                 let dir = svc.state_dir().to_path_buf();
                 let stopped = Arc::new(std::sync::Mutex::new(None));
                 let why = stopped.clone();
+                let meter = backup.meter();
                 let stop = {
                     let (slot, run, n) = (slot.clone(), run.clone(), slot.name.clone());
                     async move {
-                        let stop = watch(dir, n, slot, run, views).await;
+                        let stop = watch(dir, n, slot, run, views, meter).await;
                         *why.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop);
                     }
                 };
@@ -190,16 +191,18 @@ impl Service {
 }
 
 /// Completes when the backup of `name` must stop: `backup abort` recorded
-/// in the store of `dir`, a view broken, or the run gone.
+/// in the store of `dir`, a view broken, or the run gone. Every
+/// [`USAGE_EVERY`] looks it records the job's progress and scratch size.
 async fn watch(
     dir: std::path::PathBuf,
     name: String,
     slot: Arc<Slot>,
     run: Arc<Running>,
     views: Vec<(String, Arc<strata_image::cbw::CbwView>)>,
+    meter: Meter,
 ) -> Stop {
     let mut store = None;
-    loop {
+    for look in 0u64.. {
         tokio::time::sleep(ABORT_POLL).await;
         if !slot.running().is_some_and(|r| Arc::ptr_eq(&r, &run)) {
             return Stop::RunEnded;
@@ -211,9 +214,20 @@ async fn watch(
             store = Store::open(&dir).ok();
         }
         if let Some(s) = store.as_mut() {
-            if let Ok(true) = backup::pull::PullBackup::abort_requested(s, &name) {
+            let asked = match look % USAGE_EVERY {
+                0 => {
+                    let (done, scratch) = meter.now();
+                    s.job_usage(&name, done, scratch)
+                }
+                _ => backup::pull::PullBackup::abort_requested(s, &name),
+            };
+            if let Ok(true) = asked {
                 return Stop::Aborted;
             }
         }
     }
+    Stop::RunEnded
 }
+
+/// Looks at the store between two records of a pull backup's progress.
+const USAGE_EVERY: u64 = 5;
