@@ -90,14 +90,15 @@ fn a_domain_runs_through_its_lifecycle_as_libvirt_says() {
     assert_eq!(info["disks"][0]["backend"], "vhost-user-blk");
 
     // What a running domain cannot do yet is refused, clearly: a snapshot
-    // with memory, a backup into existing files. A checkpoint is taken live.
+    // with memory; a backup into existing files that do not exist is
+    // refused as offline. A checkpoint is taken live.
     err(
         &["snapshot", "create", "vm", "--name", "s1"],
         "memory state is not yet supported (use --disk-only)",
     );
     err(
         &["backup", "begin", "vm", "--reuse-external"],
-        "--reuse-external is not yet supported",
+        "does not exist (--reuse-external needs it)",
     );
     let made = json_of(p, &["checkpoint", "create", "vm", "--name", "c1"]);
     assert_eq!(made["name"], "c1");

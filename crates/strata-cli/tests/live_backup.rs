@@ -184,7 +184,14 @@ fn a_full_scratch_fails_the_backup_and_never_the_guest() {
     };
     let d = tmp();
     let p = d.path();
-    let _daemon = start_records_guest(p, kit);
+    // Disks full of old data (zeros would need no copy).
+    define_records_guest(p, kit, "");
+    for f in ["a.qcow2", "b.qcow2"] {
+        qemu_io(p, "qcow2", f, &["write -P 0x11 0 56M"]);
+    }
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    ok(p, &st(&["domain", "start", "vm"]));
+    wait_for_records(p, 11, 120);
     let _scratch = Tmpfs::mount(&p.join("state/scratch"), "1m");
     std::fs::write(p.join("b.xml"), pull_xml(p, None)).unwrap();
     ok(p, &st(&["backup", "begin", "vm", "--backupxml", "b.xml"]));

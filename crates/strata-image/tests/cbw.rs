@@ -323,7 +323,10 @@ fn a_guest_write_waits_for_a_long_view_read_no_longer_than_one_granule() {
 #[test]
 fn a_read_once_view_gives_up_what_it_read_and_refuses_a_stale_second_read() {
     let d = tmp();
-    let (img, start) = source(&d, 41);
+    let (img, mut start) = source(&d, 41);
+    // Data in granule 4 (zeros would need no copy).
+    img.write_at(&[5u8; 4096], 4 * G).unwrap();
+    start[4 * G as usize..4 * G as usize + 4096].fill(5);
     let opts = CbwOptions {
         read_once: true,
         ..CbwOptions::new(at(&d, "scratch.qcow2"))
@@ -354,4 +357,29 @@ fn a_read_once_view_gives_up_what_it_read_and_refuses_a_stale_second_read() {
     let mut g = vec![0u8; 4096];
     filter.read_at(&mut g, 2 * G).unwrap();
     assert_eq!(g, [2u8; 4096]);
+}
+
+#[test]
+fn zeros_overwritten_by_the_guest_cost_no_scratch_and_still_read_as_zeros() {
+    let d = tmp();
+    let p = at(&d, "empty.qcow2");
+    create(
+        &p,
+        CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+    );
+    let img = open_rw(&p);
+    img.write_at(&[9u8; 4096], 0).unwrap();
+    let (filter, view) = cbw::start(img, &CbwOptions::new(at(&d, "scratch.qcow2"))).unwrap();
+    // Granule 0 held data: copied. Granules 2..4 were zeros: not copied.
+    filter.write_at(&[1u8; 4096], 0).unwrap();
+    filter.write_at(&vec![2u8; 2 * G as usize], 2 * G).unwrap();
+    assert_eq!(view.stats().copied, G);
+    let mut start = vec![0u8; SIZE as usize];
+    start[..4096].fill(9);
+    check_view(&view, &start, 0, SIZE, "the view");
+    let ext = view.block_status(2 * G, 2 * G).unwrap();
+    assert!(ext.iter().all(|e| e.zero && !e.data), "{ext:?}");
 }

@@ -44,13 +44,14 @@ impl CbwFilter {
         if let Err(why) = &copied {
             s.break_view(why.clone());
         }
-        s.granules.end_copy(&held, copied.is_ok());
+        let ok = copied.is_ok();
+        s.granules.end_copy(&held, ok, &copied.unwrap_or_default());
     }
 
     /// Reads the old data of granules `held` (ascending) and writes it to
     /// the scratch, each run of adjacent granules at once, within the
-    /// timeout.
-    fn copy(&self, held: &[u64]) -> std::result::Result<(), String> {
+    /// timeout; a granule that was zeros is not written: returns those.
+    fn copy(&self, held: &[u64]) -> std::result::Result<Vec<u64>, String> {
         let s = &self.shared;
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for &g in held {
@@ -68,12 +69,25 @@ impl CbwFilter {
                 .map_err(|e| format!("reading the old data at offset {off}: {e}"))?;
             data.push((off, buf));
         }
+        // Zeros need no copy: the view reads them as zeros.
+        let mut zeros = Vec::new();
+        data.retain(|(off, buf)| {
+            let zero = buf.iter().all(|&b| b == 0);
+            if zero {
+                let first = off / s.granule;
+                zeros.extend(first..first + (buf.len() as u64).div_ceil(s.granule));
+            }
+            !zero
+        });
+        if data.is_empty() {
+            return Ok(zeros);
+        }
         // The old data is in hand: only the scratch write may be slow,
         // and the guest waits for it no longer than the timeout.
-        let bytes: u64 = runs.iter().map(|r| r.1).sum();
+        let bytes: u64 = data.iter().map(|(_, b)| b.len() as u64).sum();
         s.copier.write(data, s.timeout)?;
         s.copied.fetch_add(bytes, Ordering::Relaxed);
-        Ok(())
+        Ok(zeros)
     }
 }
 

@@ -53,6 +53,17 @@ impl Bits {
     }
 }
 
+/// Where a granule's data as it was at the view's start is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// In the live image, unchanged.
+    Live,
+    /// In the scratch.
+    Scratch,
+    /// Nowhere: it was zeros, and the guest has written there since.
+    Zero,
+}
+
 /// Who uses a granule now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Use {
@@ -69,11 +80,37 @@ pub(crate) struct State {
     pub(crate) needed: Bits,
     /// The scratch holds the granule's data as it was at the start.
     pub(crate) copied: Bits,
+    /// The granule was zeros at the start and the guest has changed it:
+    /// the view reads zeros (nothing went to the scratch).
+    pub(crate) zero: Bits,
     /// The view read the granule whole and gave it up.
     read_once: Bits,
     /// … and the guest has changed it since.
     stale: Bits,
     users: HashMap<u64, Use>,
+}
+
+impl State {
+    /// Where granule `g`'s start data is.
+    pub(crate) fn place(&self, g: u64) -> Place {
+        if self.copied.get(g) {
+            Place::Scratch
+        } else if self.zero.get(g) {
+            Place::Zero
+        } else {
+            Place::Live
+        }
+    }
+
+    /// Gives granule `g` up: not needed any more. True when its scratch
+    /// copy can be freed.
+    pub(crate) fn give_up(&mut self, g: u64) -> bool {
+        self.needed.set(g, false);
+        self.zero.set(g, false);
+        let had = self.copied.get(g);
+        self.copied.set(g, false);
+        had
+    }
 }
 
 /// The granules of one view and the condition callers wait on.
@@ -90,6 +127,7 @@ impl Granules {
             state: Mutex::new(State {
                 needed,
                 copied: Bits::new(n, false),
+                zero: Bits::new(n, false),
                 read_once: Bits::new(n, false),
                 stale: Bits::new(n, false),
                 users: HashMap::new(),
@@ -104,9 +142,9 @@ impl Granules {
     }
 
     /// Waits until no copy holds a granule of `range`, then holds them all
-    /// for reading; returns which of them are in the scratch, or the first
-    /// granule that was read once already and changed since (nothing held).
-    pub(crate) fn read(&self, range: Range<u64>) -> std::result::Result<Vec<bool>, u64> {
+    /// for reading; returns where each one's data is, or the first granule
+    /// that was read once already and changed since (nothing held).
+    pub(crate) fn read(&self, range: Range<u64>) -> std::result::Result<Vec<Place>, u64> {
         let mut st = self.lock();
         while range.clone().any(|g| st.users.get(&g) == Some(&Use::Copy)) {
             st = self.freed.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -120,7 +158,7 @@ impl Granules {
                 *n += 1;
             }
         }
-        Ok(range.map(|g| st.copied.get(g)).collect())
+        Ok(range.map(|g| st.place(g)).collect())
     }
 
     /// Releases what [`Granules::read`] held, and gives up the granules of
@@ -138,10 +176,8 @@ impl Granules {
         }
         let mut free = Vec::new();
         for g in whole {
-            st.needed.set(g, false);
             st.read_once.set(g, true);
-            if st.copied.get(g) {
-                st.copied.set(g, false);
+            if st.give_up(g) {
                 free.push(g);
             }
         }
@@ -160,7 +196,7 @@ impl Granules {
         loop {
             let todo: Vec<u64> = range
                 .clone()
-                .filter(|&g| st.needed.get(g) && !st.copied.get(g))
+                .filter(|&g| st.needed.get(g) && st.place(g) == Place::Live)
                 .collect();
             let reading = range
                 .clone()
@@ -180,14 +216,17 @@ impl Granules {
         }
     }
 
-    /// Releases what [`Granules::copy`] held; `copied` when the scratch
-    /// has their old data now.
-    pub(crate) fn end_copy(&self, held: &[u64], copied: bool) {
+    /// Releases what [`Granules::copy`] held; `copied` when their old
+    /// data is kept now: in the scratch, or as zeros for those in `zeros`.
+    pub(crate) fn end_copy(&self, held: &[u64], copied: bool, zeros: &[u64]) {
         let mut st = self.lock();
         for &g in held {
             st.users.remove(&g);
             if copied {
-                st.copied.set(g, true);
+                match zeros.contains(&g) {
+                    true => st.zero.set(g, true),
+                    false => st.copied.set(g, true),
+                }
             }
         }
         drop(st);
@@ -215,12 +254,12 @@ mod tests {
     #[test]
     fn a_copy_waits_for_readers_and_a_read_for_copies() {
         let g = std::sync::Arc::new(Granules::new(Bits::new(4, true), 4));
-        assert_eq!(g.read(0..2), Ok(vec![false, false]));
+        assert_eq!(g.read(0..2), Ok(vec![Place::Live, Place::Live]));
         let g2 = g.clone();
         let copier = std::thread::spawn(move || {
             let held = g2.copy(1..3);
             assert_eq!(held, [1, 2]);
-            g2.end_copy(&held, true);
+            g2.end_copy(&held, true, &[2]);
         });
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(!copier.is_finished(), "the copy waits for the reader");
@@ -228,10 +267,13 @@ mod tests {
         copier.join().unwrap();
         // Copied now: nothing left to copy, and readers see the scratch.
         assert!(g.copy(0..4).contains(&0));
-        g.end_copy(&[0, 3], false);
-        assert_eq!(g.read(0..4), Ok(vec![false, true, true, false]));
-        // Read whole: given up, and the scratch copies can go.
-        assert_eq!(g.end_read(0..4, 1..3), [1, 2]);
+        g.end_copy(&[0, 3], false, &[]);
+        assert_eq!(
+            g.read(0..4),
+            Ok(vec![Place::Live, Place::Scratch, Place::Zero, Place::Live])
+        );
+        // Read whole: given up, and the scratch copy can go.
+        assert_eq!(g.end_read(0..4, 1..3), [1]);
         assert!(g.copy(1..3).is_empty(), "nothing to copy once read");
         assert_eq!(g.read(0..2), Err(1), "written since it was read");
     }

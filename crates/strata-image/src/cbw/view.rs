@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::granules::Place;
 use super::{CbwStats, Shared};
 use crate::error::{Error, Result};
 use crate::image::{check_range, push_extent, Extent, Format, Image};
@@ -31,9 +32,7 @@ impl CbwView {
         {
             let mut st = s.granules.lock();
             for g in s.whole(offset, len) {
-                st.needed.set(g, false);
-                if st.copied.get(g) {
-                    st.copied.set(g, false);
+                if st.give_up(g) {
                     free.push(g);
                 }
             }
@@ -99,22 +98,26 @@ impl CbwView {
         let s = &self.shared;
         let end = offset + buf.len() as u64;
         let span = s.span(offset, buf.len() as u64);
-        let in_scratch = s
+        let places = s
             .granules
             .read(span.clone())
             .map_err(|g| self.given_up(g))?;
         let mut result = Ok(());
         let mut at = offset;
         while at < end && result.is_ok() {
-            let here = in_scratch[(at / s.granule - span.start) as usize];
+            let here = places[(at / s.granule - span.start) as usize];
             let mut stop = ((at / s.granule + 1) * s.granule).min(end);
-            while stop < end && in_scratch[(stop / s.granule - span.start) as usize] == here {
+            while stop < end && places[(stop / s.granule - span.start) as usize] == here {
                 stop = ((stop / s.granule + 1) * s.granule).min(end);
             }
             let part = &mut buf[(at - offset) as usize..(stop - offset) as usize];
             result = match here {
-                true => s.scratch.read_at(part, at),
-                false => s.source.read_at(part, at),
+                Place::Scratch => s.scratch.read_at(part, at),
+                Place::Live => s.source.read_at(part, at),
+                Place::Zero => {
+                    part.fill(0);
+                    Ok(())
+                }
             };
             at = stop;
         }
@@ -181,15 +184,15 @@ impl Image for CbwView {
             path: self.path().to_string(),
         })
     }
-    /// Granules in the scratch are data; the others are as the live image
-    /// has them, unchanged since the view started (any change would have
-    /// copied them first).
+    /// Granules in the scratch are data, those that were zeros read as
+    /// zeros; the others are as the live image has them, unchanged since
+    /// the view started (any change would have copied them first).
     fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let s = &self.shared;
         check_range(self.path(), s.size, offset, len)?;
         self.check_broken()?;
         let span = s.span(offset, len);
-        let copied = s
+        let places = s
             .granules
             .read(span.clone())
             .map_err(|g| self.given_up(g))?;
@@ -199,27 +202,25 @@ impl Image for CbwView {
         let mut result = Ok(());
         while at < end {
             let g = at / s.granule;
-            let in_scratch = copied[(g - span.start) as usize];
+            let here = places[(g - span.start) as usize];
             let mut stop = ((g + 1) * s.granule).min(end);
-            while stop < end && copied[(stop / s.granule - span.start) as usize] == in_scratch {
+            while stop < end && places[(stop / s.granule - span.start) as usize] == here {
                 stop = ((stop / s.granule + 1) * s.granule).min(end);
             }
-            if in_scratch {
-                push_extent(
-                    &mut out,
-                    Extent {
-                        start: at,
-                        length: stop - at,
-                        depth: 0,
-                        present: true,
-                        zero: false,
-                        data: true,
-                        compressed: false,
-                        offset: None,
-                    },
-                );
-            } else {
-                match s.source.block_status(at, stop - at) {
+            let kept = |zero: bool| Extent {
+                start: at,
+                length: stop - at,
+                depth: 0,
+                present: true,
+                zero,
+                data: !zero,
+                compressed: false,
+                offset: None,
+            };
+            match here {
+                Place::Scratch => push_extent(&mut out, kept(false)),
+                Place::Zero => push_extent(&mut out, kept(true)),
+                Place::Live => match s.source.block_status(at, stop - at) {
                     Ok(list) => {
                         for mut e in list {
                             e.offset = None;
@@ -230,7 +231,7 @@ impl Image for CbwView {
                         result = Err(e);
                         break;
                     }
-                }
+                },
             }
             at = stop;
         }
