@@ -245,8 +245,8 @@ fn external_delete_with_merge_is_all_or_nothing() {
     let info = qemu(&["info", "-U", "--output=json", b]);
     assert!(info.contains("\"auto\""), "c1 is enabled again: {info}");
     assert!(!info.contains("strata-merge-guard"), "{info}");
-    let sizes = checkpoint::sizes(&store, "vm", "c1").unwrap();
-    assert_eq!(sizes[0], ("vda".to_string(), 65536));
+    let health = checkpoint::health::verify(&store, "vm", Some("c1"), &Default::default()).unwrap();
+    assert_eq!(health[0].changed, Some(65536), "{health:?}");
 }
 
 #[test]

@@ -233,7 +233,7 @@ fn check_chains(
         let Some(cp) = d.incremental.clone() else {
             continue;
         };
-        let Some(why) = checkpoint::health::problem(store, domain, &cp, &d.name, &held)? else {
+        let Some(why) = checkpoint::health::problem(store, domain, &cp, &d.name, &held) else {
             continue;
         };
         if !fallback_full {

@@ -84,21 +84,9 @@ pub fn verify(
 }
 
 /// Why an incremental backup of `disk` since checkpoint `name` would not
-/// be exact (`None`: it would be).
-pub fn problem(
-    store: &Store,
-    domain: &str,
-    name: &str,
-    disk: &str,
-    held: &Held,
-) -> Result<Option<String>> {
-    Ok(verify(store, domain, Some(name), held)?
-        .into_iter()
-        .find(|h| h.disk == disk)
-        .map(|h| h.problem)
-        .unwrap_or_else(|| {
-            Some(format!(
-                "checkpoint '{name}' has no bitmap for disk '{disk}'"
-            ))
-        }))
+/// be exact (`None`: it would be); only that disk's chain is read.
+pub fn problem(store: &Store, domain: &str, name: &str, disk: &str, held: &Held) -> Option<String> {
+    super::disk_ranges_in(store, domain, name, disk, held)
+        .err()
+        .map(|e| e.to_string())
 }

@@ -258,16 +258,20 @@ impl Planned {
 
     /// Records the checkpoint's metadata.
     pub(crate) fn record(self, store: &mut Store, domain: &str) -> Result<CheckpointDef> {
-        let def = self.def;
-        store.add_checkpoint(
-            domain,
-            &def.name,
-            def.parent.as_deref(),
-            def.creation_time,
-            &def.to_xml(None, true),
-        )?;
-        Ok(def)
+        store_def(store, domain, &self.def)?;
+        Ok(self.def)
     }
+}
+
+/// Adds checkpoint `def` of `domain` to the store.
+pub(crate) fn store_def(store: &mut Store, domain: &str, def: &CheckpointDef) -> Result<()> {
+    store.add_checkpoint(
+        domain,
+        &def.name,
+        def.parent.as_deref(),
+        def.creation_time,
+        &def.to_xml(None, true),
+    )
 }
 
 /// Checks checkpoint request `req` of `domain` and plans it on its disks
@@ -378,56 +382,11 @@ fn enabled_in(file: &Path, name: &str, held: &Held) -> Result<bool> {
     })
 }
 
-/// Bytes changed since checkpoint `name`, per disk: the union of its bitmap
-/// and those of every later checkpoint, through each disk's whole chain.
-pub fn sizes(store: &Store, domain: &str, name: &str) -> Result<Vec<(String, u64)>> {
-    Ok(changed_ranges(store, domain, name)?
-        .into_iter()
-        .map(|(disk, ranges)| (disk, ranges.iter().map(|&(_, l)| l).sum()))
-        .collect())
-}
-
-/// Per disk target, guest ranges `(offset, length)`.
-pub type DiskRanges = Vec<(String, Vec<(u64, u64)>)>;
-
-/// The guest ranges changed since checkpoint `name`, per disk of the
-/// checkpoint that is still in the domain: the union of its bitmap and
-/// those of every later checkpoint, through each disk's whole chain.
-pub fn changed_ranges(store: &Store, domain: &str, name: &str) -> Result<DiskRanges> {
-    changed_ranges_in(store, domain, name, &Held::none())
-}
-
-/// [`changed_ranges`], reading the bitmaps of the `held` images where held
-/// (a running guest's disks: their bitmaps in memory are the truth).
-pub fn changed_ranges_in(
-    store: &Store,
-    domain: &str,
-    name: &str,
-    held: &Held,
-) -> Result<DiskRanges> {
-    let all = checkpoints(store, domain)?;
-    let at = position(&all, domain, name)?;
-    let dom = store.domain(domain)?;
-    let mut out = Vec::new();
-    for d in &all[at].disks {
-        if d.bitmap.is_none() {
-            continue;
-        }
-        let Some(chain) = disk_chain(&dom, &d.name, held)? else {
-            continue;
-        };
-        out.push((
-            d.name.clone(),
-            disk_changed(&all, at, &d.name, chain.as_ref())?,
-        ));
-    }
-    Ok(out)
-}
-
-/// The guest ranges of disk `disk` changed since checkpoint `name` (see
-/// [`changed_ranges_in`]), read from the `held` images where held; an
-/// error when the checkpoint has no bitmap on the disk, or the changes
-/// cannot be told exactly.
+/// The guest ranges of disk `disk` changed since checkpoint `name` (the
+/// union of its bitmap and those of every later checkpoint, through the
+/// disk's whole chain), read from the `held` images where held; an error
+/// when the checkpoint has no bitmap on the disk, or the changes cannot be
+/// told exactly ([`disk_changed`]).
 pub fn disk_ranges_in(
     store: &Store,
     domain: &str,

@@ -55,13 +55,7 @@ pub fn redefine(store: &mut Store, domain: &str, xml: &str) -> Result<Checkpoint
             ));
         }
     }
-    store.add_checkpoint(
-        domain,
-        &def.name,
-        def.parent.as_deref(),
-        def.creation_time,
-        &def.to_xml(None, true),
-    )?;
+    super::store_def(store, domain, &def)?;
     Ok(def)
 }
 
