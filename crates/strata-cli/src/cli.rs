@@ -74,11 +74,85 @@ pub enum Command {
     /// Back up a machine's disks, full or incremental (virsh backup-*).
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Commit a running domain's image layers into a lower one (virsh
+    /// blockcommit): an intermediate layer, or with --active the one the
+    /// guest writes to, then --pivot to serve the base.
+    Blockcommit(BlockCommitArgs),
+    /// Copy a running domain's backing files into the image the guest
+    /// writes to, then drop them from its chain (virsh blockpull).
+    Blockpull(BlockPullArgs),
+    /// Show, abort or pivot a running domain's block job (virsh blockjob).
+    Blockjob(BlockJobArgs),
     /// Serve images over NBD (as qemu-nbd).
     #[command(subcommand)]
     Nbd(NbdCommand),
     /// Run the service that runs domains (foreground; systemd-friendly).
     Daemon(DaemonArgs),
+}
+
+/// `strata blockcommit`.
+#[derive(Debug, Args)]
+pub struct BlockCommitArgs {
+    /// The running domain.
+    pub domain: String,
+    /// The disk (its target, e.g. vda, or its image file).
+    pub disk: String,
+    /// The layer to commit (default: the active layer, with --active).
+    #[arg(long, value_name = "IMG")]
+    pub top: Option<PathBuf>,
+    /// The layer to commit into (default: the top's backing file).
+    #[arg(long, value_name = "IMG")]
+    pub base: Option<PathBuf>,
+    /// Commit the active layer (two phases: copy, then --pivot).
+    #[arg(long)]
+    pub active: bool,
+    /// With --active: serve the base once the copy caught up (implies --wait).
+    #[arg(long, requires = "active")]
+    pub pivot: bool,
+    /// Wait for the job: its end, or for --active without --pivot its
+    /// ready state (with the global --verbose: showing progress).
+    #[arg(long)]
+    pub wait: bool,
+    /// Copy at most this many MiB per second (0: no limit).
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    pub bandwidth: u64,
+}
+
+/// `strata blockpull`.
+#[derive(Debug, Args)]
+pub struct BlockPullArgs {
+    /// The running domain.
+    pub domain: String,
+    /// The disk (its target, e.g. vda, or its image file).
+    pub disk: String,
+    /// Keep this backing file (and what is below it); default: pull all.
+    #[arg(long, value_name = "IMG")]
+    pub base: Option<PathBuf>,
+    /// Wait for the job's end (with the global --verbose: showing
+    /// progress).
+    #[arg(long)]
+    pub wait: bool,
+    /// Copy at most this many MiB per second (0: no limit).
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    pub bandwidth: u64,
+}
+
+/// `strata blockjob`.
+#[derive(Debug, Args)]
+pub struct BlockJobArgs {
+    /// The running domain.
+    pub domain: String,
+    /// The disk (its target, e.g. vda).
+    pub disk: String,
+    /// Show the job (the default).
+    #[arg(long, conflicts_with_all = ["abort", "pivot"])]
+    pub info: bool,
+    /// Stop the job: the disk's chain stays as it was.
+    #[arg(long, conflicts_with = "pivot")]
+    pub abort: bool,
+    /// Serve a ready active commit's base from now on.
+    #[arg(long)]
+    pub pivot: bool,
 }
 
 /// `strata nbd` subcommands.

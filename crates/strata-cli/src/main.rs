@@ -4,6 +4,7 @@
 //! and `strata-core`.
 
 mod backup;
+mod blockjob;
 mod checkpoint;
 mod cli;
 mod daemon;
@@ -78,6 +79,9 @@ fn run() -> ExitCode {
         Command::Snapshot(cmd) => snapshot::run(cmd, cli.global.state_dir.as_deref(), &out),
         Command::Checkpoint(cmd) => checkpoint::run(cmd, cli.global.state_dir.as_deref(), &out),
         Command::Backup(cmd) => backup::run(cmd, cli.global.state_dir.as_deref(), &out),
+        Command::Blockcommit(args) => blockjob::commit(args, &cli.global, &out),
+        Command::Blockpull(args) => blockjob::pull(args, &cli.global, &out),
+        Command::Blockjob(args) => blockjob::job(args, cli.global.state_dir.as_deref(), &out),
         Command::Nbd(cmd) => nbd::run(cmd),
         Command::Daemon(args) => daemon::run(args, cli.global.state_dir.as_deref()),
     };

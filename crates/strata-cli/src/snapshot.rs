@@ -135,25 +135,29 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 }
             }
             req.diskspecs = diskspecs;
-            let (def, stall_us, frozen) = if live {
+            let no_metadata = req.no_metadata;
+            let (name, def, stall_us, frozen) = if live {
                 let made = crate::live::client(&dir)
                     .snapshot_create(&a.domain, &req)
                     .map_err(crate::live::api_error)?;
-                let row = store.snapshot(&a.domain, &made.name)?;
-                let def = SnapshotDef::from_xml(&row.xml, &made.name)?;
-                (def, made.stall_us, made.frozen)
+                // Without metadata there is no record to read back.
+                let def = match no_metadata {
+                    true => None,
+                    false => {
+                        let row = store.snapshot(&a.domain, &made.name)?;
+                        Some(SnapshotDef::from_xml(&row.xml, &made.name)?)
+                    }
+                };
+                (made.name, def, made.stall_us, made.frozen)
             } else {
-                (
-                    snapshot_create::create(&mut store, &a.domain, &req)?,
-                    None,
-                    None,
-                )
+                let def = snapshot_create::create(&mut store, &a.domain, &req)?;
+                (def.name.clone(), Some(def), None, None)
             };
             if out.json() {
-                let mut v = serde_json::json!({
-                    "name": def.name,
-                    "disks": def.disks,
-                });
+                let mut v = serde_json::json!({ "name": name });
+                if let Some(def) = &def {
+                    v["disks"] = serde_json::to_value(&def.disks)?;
+                }
                 if let Some(us) = stall_us {
                     v["stall_us"] = us.into();
                     v["stall-ms"] = stall_ms(us).into();
@@ -164,7 +168,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 out.print_json(&v)?;
             } else {
                 let from = xml.map(|(f, _)| format!(" from '{f}'")).unwrap_or_default();
-                out.say(&format!("Domain snapshot {} created{from}", def.name))?;
+                out.say(&format!("Domain snapshot {name} created{from}"))?;
             }
         }
         DomSnapshotCommand::List(a) => {

@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod backup;
+pub mod blockjob;
 pub mod checkpoint;
 pub mod domain;
 pub mod error;

@@ -129,7 +129,7 @@ pub(crate) enum Owner {
 
 impl Owner {
     /// How a message names it, seen from domain `here`.
-    fn describe(&self, here: &str) -> String {
+    pub(crate) fn describe(&self, here: &str) -> String {
         let of = |d: &str| {
             if d == here {
                 String::new()

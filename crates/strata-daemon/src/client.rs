@@ -15,8 +15,8 @@ use strata_core::snapshot::delete::DeleteRequest;
 use strata_core::store::Job;
 
 use crate::types::{
-    BackupRequest, DaemonInfo, DomainInfo, ErrorBody, Gone, Made, ShutdownRequest, StartRequest,
-    StateInfo,
+    BackupRequest, BlockJobInfo, BlockJobRequest, DaemonInfo, DomainInfo, ErrorBody, Gone, Made,
+    ShutdownRequest, StartRequest, StateInfo,
 };
 
 /// Why a request to the daemon failed.
@@ -178,6 +178,29 @@ impl Client {
     pub fn backup_begin(&self, name: &str, req: &BackupRequest) -> Result<Job, ClientError> {
         let body = serde_json::to_string(req).unwrap_or_default();
         self.call("POST", &domain_path(name, "/backup"), Some(body))
+    }
+
+    /// Begins a block job on a running domain.
+    pub fn block_job_begin(
+        &self,
+        name: &str,
+        req: &BlockJobRequest,
+    ) -> Result<BlockJobInfo, ClientError> {
+        let body = serde_json::to_string(req).unwrap_or_default();
+        self.call("POST", &domain_path(name, "/blockjobs"), Some(body))
+    }
+
+    /// The block job of `disk` (`what`: "" for its info, "/abort" or
+    /// "/pivot" to end it).
+    pub fn block_job(
+        &self,
+        name: &str,
+        disk: &str,
+        what: &str,
+    ) -> Result<BlockJobInfo, ClientError> {
+        let path = domain_path(name, &format!("/blockjobs/{}{what}", encode(disk)));
+        let method = if what.is_empty() { "GET" } else { "POST" };
+        self.call(method, &path, None)
     }
 
     /// A checkpoint of a running domain.

@@ -213,6 +213,8 @@ pub struct Running {
     disks: tokio::sync::Mutex<Vec<ServedDisk>>,
     lock: Mutex<Option<DomainLock>>,
     end: Mutex<EndCause>,
+    /// Its block jobs.
+    pub jobs: crate::lifecycle::blockjob::RunJobs,
 }
 
 impl std::fmt::Debug for Running {
@@ -244,6 +246,7 @@ impl Running {
             disks: tokio::sync::Mutex::new(disks),
             lock: Mutex::new(Some(lock)),
             end: Mutex::new(EndCause::None),
+            jobs: Default::default(),
         }
     }
 

@@ -236,3 +236,64 @@ impl Made {
         }
     }
 }
+
+/// `POST /v1/domains/{name}/blockjobs`: a block job to start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlockJobRequest {
+    /// The job (disk, commit or pull, top, base, bandwidth).
+    #[serde(flatten)]
+    pub job: strata_core::blockjob::BlockRequest,
+    /// An active commit pivots by itself once ready (virsh `--pivot`).
+    pub pivot: bool,
+}
+
+/// Where a block job is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobPhase {
+    /// Copying.
+    Running,
+    /// An active commit caught up: it goes on mirroring the guest's
+    /// writes until pivoted or aborted.
+    Ready,
+    /// Ended well: the new chain is served.
+    Completed,
+    /// Given up by `--abort`: the chain is as before.
+    Aborted,
+    /// Failed (the chain is as before, unless said otherwise).
+    Failed,
+}
+
+impl JobPhase {
+    /// True once the job is over.
+    pub fn ended(&self) -> bool {
+        matches!(
+            self,
+            JobPhase::Completed | JobPhase::Aborted | JobPhase::Failed
+        )
+    }
+}
+
+/// A block job as `blockjob --info` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockJobInfo {
+    /// The disk's target.
+    pub disk: String,
+    /// commit, active-commit or pull.
+    pub kind: strata_core::blockjob::Kind,
+    /// The top layer (commit) or the active layer (pull).
+    pub top: String,
+    /// The base, if any.
+    pub base: Option<String>,
+    /// Where the job is.
+    pub phase: JobPhase,
+    /// Why it failed or was aborted.
+    pub error: Option<String>,
+    /// Bytes copied.
+    pub done: u64,
+    /// Bytes known to copy.
+    pub total: u64,
+    /// The bandwidth limit, bytes per second (0: none).
+    pub bandwidth: u64,
+}

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::image::Image;
 use crate::qcow2::{BitmapEdit, BitmapInfo, PendingChange, SnapshotChange, SnapshotInfo};
 use crate::storage::Storage;
 
@@ -67,6 +68,10 @@ pub trait Placement: Send + Sync {
     /// Writes one cluster compressed (`offset` cluster-aligned; `data` a
     /// whole cluster or the image's tail).
     fn write_compressed(&self, offset: u64, data: &[u8]) -> Result<()>;
+    /// The same file opened again with `backing` below it, after its
+    /// backing link changed on disk; this handle is retired (it writes
+    /// nothing more) and the new one takes over its storage and locks.
+    fn reopen_over(&self, backing: Option<Arc<dyn Image>>) -> Result<Arc<dyn Image>>;
 }
 
 /// A layer's header facts, as `qemu-img info` reports them.

@@ -17,6 +17,7 @@ pub mod chain;
 pub mod dirty;
 pub mod error;
 pub mod image;
+pub mod jobs;
 pub mod localtime;
 pub mod ops;
 pub mod qcow2;

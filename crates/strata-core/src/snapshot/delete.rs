@@ -19,9 +19,15 @@
 //!
 //! Of a running domain ([`delete_on`] with the daemon's disks), internal
 //! snapshots of the images the guest writes to are deleted with the
-//! guest's requests held back on every disk; deleting an external snapshot
-//! merges images, a block job, and is refused while the domain runs, as is
-//! an internal snapshot held in an image below the one the guest writes to.
+//! guest's requests held back on every disk. An external snapshot's merge
+//! of an image the guest reads is a block job ([`crate::blockjob`]): a
+//! commit of the overlay into the snapshot's image while the guest runs
+//! (an active one when the overlay is what the guest writes to), every
+//! disk's copy first, then one instant where every disk's chain changes
+//! and the internal snapshots go; a copy that fails gives every job up
+//! and nothing changes. Merges of files no disk serves are made as
+//! offline. Refused while the domain runs: an internal snapshot held in an
+//! image below the one the guest writes to.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +35,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use strata_image::transaction::{Action, Held};
 
+use crate::blockjob::{self, BlockRequest, Layers};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::live::{Disks, Offline};
@@ -165,13 +172,7 @@ fn disks_of(store: &Store, domain: &str, name: &str) -> Result<Vec<(String, Disk
 fn plan_live(store: &Store, domain: &str, name: &str, held: &Held) -> Result<()> {
     for (disk, mode, file) in disks_of(store, domain, name)? {
         let what = format!("domain '{domain}': delete snapshot '{name}': disk '{disk}'");
-        if mode != DiskMode::Internal {
-            return Err(Error::invalid(
-                what,
-                "an external snapshot is deleted by merging images (a block job), which is not yet supported while the domain runs: shut it off first",
-            ));
-        }
-        if held.get(&file).is_none() {
+        if mode == DiskMode::Internal && held.get(&file).is_none() {
             return Err(Error::invalid(
                 what,
                 format!(
@@ -216,12 +217,9 @@ fn delete_one(
         }
     }
     let stall = if disks.live() {
-        // Checked by plan_live: internal snapshots of served images only.
-        let quiesced = disks.quiesce()?;
-        let paused_at = quiesced.paused_at();
-        crate::faults::run(&internal, held).map_err(|e| Error::invalid(&what, e.to_string()))?;
-        drop(quiesced);
-        Some(paused_at.elapsed())
+        Some(delete_live(
+            store, domain, name, disks, held, &merges, &internal,
+        )?)
     } else {
         let guard = format!("strata-merge-guard-{}", std::process::id());
         merge::run(&merges, internal, &guard).map_err(|e| Error::invalid(&what, e.to_string()))?;
@@ -231,6 +229,80 @@ fn delete_one(
     store.delete_snapshots_rewriting(domain, &[name.to_string()], &rewrites, new_dom.as_ref())?;
     refs::collect_or_warn(store, domain);
     Ok(stall)
+}
+
+/// The disk changes of deleting snapshot `name` of a running domain:
+/// merges of served images as block jobs (copies first, while the guest
+/// runs), the other merges as offline, then at one instant the jobs'
+/// chains and the internal snapshots' deletion. Returns the stall.
+fn delete_live(
+    store: &mut Store,
+    domain: &str,
+    name: &str,
+    disks: &dyn Disks,
+    held: &Held,
+    merges: &[Merge],
+    internal: &[Action],
+) -> Result<Duration> {
+    let what = format!("domain '{domain}': delete snapshot '{name}'");
+    let served: Vec<Layers> = held.images().into_iter().map(Layers::of).collect();
+    let is_served = |f: &std::path::Path| served.iter().any(|l| l.depth(f).is_some());
+    let (live, offline): (Vec<&Merge>, Vec<&Merge>) =
+        merges.iter().partition(|m| is_served(&m.top));
+    let mut jobs = Vec::new();
+    for m in live {
+        // The overlay is what the guest writes to: an active commit.
+        let active = served.iter().any(|l| l.depth(&m.top) == Some(0));
+        let req = BlockRequest {
+            disk: m.disk.clone(),
+            top: (!active).then(|| m.top.clone()),
+            base: Some(m.base.clone()),
+            active,
+            ..BlockRequest::default()
+        };
+        let copied = blockjob::begin_leaving(store, domain, &req, disks, Some((domain, name)))
+            .and_then(|job| job.run().map(|()| job));
+        match copied {
+            Ok(job) => jobs.push(job),
+            Err(e) => {
+                for j in jobs {
+                    if let Err(a) = j.abort(domain, disks) {
+                        tracing::error!(error = %a, "giving a merge up");
+                    }
+                }
+                return Err(Error::invalid(
+                    &what,
+                    format!(
+                        "disk '{}': merging {} into {}: {e}",
+                        m.disk,
+                        m.top.display(),
+                        m.base.display()
+                    ),
+                ));
+            }
+        }
+    }
+    let offline: Vec<Merge> = offline.into_iter().cloned().collect();
+    if !offline.is_empty() {
+        let guard = format!("strata-merge-guard-{}", std::process::id());
+        merge::run(&offline, Vec::new(), &guard)
+            .map_err(|e| Error::invalid(&what, e.to_string()))?;
+    }
+    let mut quiesced = disks.quiesce()?;
+    let paused_at = quiesced.paused_at();
+    if !internal.is_empty() {
+        crate::faults::run(internal, held).map_err(|e| Error::invalid(&what, e.to_string()))?;
+    }
+    blockjob::complete_under(jobs, store, domain, quiesced.as_mut())?;
+    drop(quiesced);
+    // Images built on a merged overlay that no disk serves (another
+    // branch) are pointed at its base too.
+    for m in merges.iter().filter(|m| is_served(&m.top)) {
+        for f in m.above.iter().filter(|f| !is_served(f)) {
+            merge::set_backing(f, &m.base)?;
+        }
+    }
+    Ok(paused_at.elapsed())
 }
 
 /// New XML of surviving snapshots `(name, xml)`, and the new domain

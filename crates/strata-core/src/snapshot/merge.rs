@@ -238,7 +238,7 @@ fn roll_back(merges: &[Merge], repointed: &[(PathBuf, PathBuf)], guard: &str) {
 }
 
 /// Records `backing` (qcow2) as the backing file of image `file`.
-fn set_backing(file: &Path, backing: &Path) -> Result<()> {
+pub(crate) fn set_backing(file: &Path, backing: &Path) -> Result<()> {
     let img = strata_image::open(
         file,
         &ChainOptions {

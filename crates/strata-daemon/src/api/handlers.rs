@@ -18,7 +18,8 @@ use super::error::ApiError;
 use super::json;
 use crate::lifecycle::Service;
 use crate::types::{
-    BackupRequest, DaemonInfo, ShutdownRequest, StartRequest, DEFAULT_SHUTDOWN_TIMEOUT,
+    BackupRequest, BlockJobRequest, DaemonInfo, ShutdownRequest, StartRequest,
+    DEFAULT_SHUTDOWN_TIMEOUT,
 };
 
 /// The handlers' state.
@@ -144,6 +145,52 @@ pub async fn backup_begin(
     let name = name(p)?;
     let req: BackupRequest = body(&b)?;
     ok(&svc.backup_begin(&name, req).await?)
+}
+
+/// `POST /v1/domains/{name}/blockjobs`: a block job on a running domain.
+pub async fn block_job_begin(
+    State(svc): Svc,
+    p: Result<Path<String>, PathRejection>,
+    b: Bytes,
+) -> Answer {
+    let name = name(p)?;
+    let req: BlockJobRequest = body(&b)?;
+    ok(&svc.block_job_begin(&name, req).await?)
+}
+
+/// The domain name and disk of the path.
+fn name_disk(
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), ApiError> {
+    p.map(|Path(n)| n)
+        .map_err(|e| ApiError::bad_request(format!("bad path: {e}")))
+}
+
+/// `GET /v1/domains/{name}/blockjobs/{disk}`.
+pub async fn block_job_info(
+    State(svc): Svc,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Answer {
+    let (name, disk) = name_disk(p)?;
+    ok(&svc.block_job_info(&name, &disk).await?)
+}
+
+/// `POST /v1/domains/{name}/blockjobs/{disk}/abort`.
+pub async fn block_job_abort(
+    State(svc): Svc,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Answer {
+    let (name, disk) = name_disk(p)?;
+    ok(&svc.block_job_abort(&name, &disk).await?)
+}
+
+/// `POST /v1/domains/{name}/blockjobs/{disk}/pivot`.
+pub async fn block_job_pivot(
+    State(svc): Svc,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Answer {
+    let (name, disk) = name_disk(p)?;
+    ok(&svc.block_job_pivot(&name, &disk).await?)
 }
 
 /// `POST /v1/domains/{name}/checkpoints`: a checkpoint of a running domain.

@@ -39,6 +39,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/domains/{name}/checkpoints"),
     ("GET", "/v1/domains/{name}/checkpoints/health"),
     ("POST", "/v1/domains/{name}/backup"),
+    ("POST", "/v1/domains/{name}/blockjobs"),
+    ("GET", "/v1/domains/{name}/blockjobs/{disk}"),
+    ("POST", "/v1/domains/{name}/blockjobs/{disk}/abort"),
+    ("POST", "/v1/domains/{name}/blockjobs/{disk}/pivot"),
 ];
 
 /// `value` as a JSON answer with `status`.
@@ -79,6 +83,19 @@ pub fn router(svc: Arc<Service>) -> Router {
             get(h::checkpoint_health),
         )
         .route("/v1/domains/{name}/backup", post(h::backup_begin))
+        .route("/v1/domains/{name}/blockjobs", post(h::block_job_begin))
+        .route(
+            "/v1/domains/{name}/blockjobs/{disk}",
+            get(h::block_job_info),
+        )
+        .route(
+            "/v1/domains/{name}/blockjobs/{disk}/abort",
+            post(h::block_job_abort),
+        )
+        .route(
+            "/v1/domains/{name}/blockjobs/{disk}/pivot",
+            post(h::block_job_pivot),
+        )
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
         .layer(axum::middleware::from_fn(log_request))
@@ -160,7 +177,8 @@ mod tests {
             app.clone().oneshot(req)
         };
         for (m, p) in ROUTES {
-            let resp = call(m, &p.replace("{name}", "nope")).await.unwrap();
+            let path = p.replace("{name}", "nope").replace("{disk}", "vda");
+            let resp = call(m, &path).await.unwrap();
             let code = resp.status().as_u16();
             // Unknown domain: 404 from the handler, never "no route".
             assert!(code == 200 || code == 404, "{m} {p}: {code}");

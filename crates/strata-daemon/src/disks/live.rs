@@ -33,6 +33,8 @@ pub struct LiveDisks<'a> {
     record: RunRecord,
     /// New tops served since: (disk index, image).
     switched: RefCell<Vec<(usize, Arc<dyn Image>)>>,
+    /// The disk a block job runs on, if one does.
+    block_job: Option<String>,
 }
 
 impl<'a> LiveDisks<'a> {
@@ -43,6 +45,25 @@ impl<'a> LiveDisks<'a> {
             run_dir,
             record,
             switched: RefCell::new(Vec::new()),
+            block_job: None,
+        }
+    }
+
+    /// Notes that a block job runs on disk `disk`.
+    pub fn with_block_job(mut self, disk: Option<String>) -> Self {
+        self.block_job = disk;
+        self
+    }
+
+    /// Refuses an operation on the disks of `domain` while a block job
+    /// runs (it holds the disk's chain in the middle of a change).
+    pub fn no_block_job(&self, domain: &str) -> strata_core::Result<()> {
+        match &self.block_job {
+            Some(disk) => Err(strata_core::Error::invalid(
+                format!("domain '{domain}'"),
+                format!("a block job runs on disk '{disk}': wait for it or abort it first (blockjob --abort)"),
+            )),
+            None => Ok(()),
         }
     }
 

@@ -59,6 +59,7 @@ impl Service {
         };
         let backup = self
             .on_live_disks(name, move |store, n, disks| {
+                disks.no_block_job(n)?;
                 backup_live::begin_on(store, n, &begin, disks)
             })
             .instrument(span.clone())

@@ -25,6 +25,7 @@ impl Service {
         let span = tracing::info_span!("op", op = "snapshot create", domain = %name);
         self.on_live_disks(name, move |store, n, disks| {
             no_backup(store, n)?;
+            disks.no_block_job(n)?;
             let what = format!("domain '{n}': --quiesce");
             let mut agent = match req.quiesce {
                 true => Some(quiesce::freeze(store, n, disks.run_dir(), &what)?),
@@ -64,6 +65,7 @@ impl Service {
         let snap = snapshot.to_string();
         self.on_live_disks(name, move |store, n, disks| {
             no_backup(store, n)?;
+            disks.no_block_job(n)?;
             let gone = snapshot_delete::delete_on(store, n, &snap, req, disks)?;
             Ok(Gone {
                 deleted: gone.names,
@@ -83,6 +85,7 @@ impl Service {
         let span = tracing::info_span!("op", op = "checkpoint create", domain = %name);
         self.on_live_disks(name, move |store, n, disks| {
             no_backup(store, n)?;
+            disks.no_block_job(n)?;
             let (def, stall) = checkpoint::create_on(store, n, &req, disks)?;
             Ok(Made::new(def.name, stall))
         })
@@ -116,7 +119,8 @@ impl Service {
         tokio::task::spawn_blocking(move || {
             let mut served = run.disks_blocking();
             let record = run.record_of(&served);
-            let disks = LiveDisks::new(&served, &run.run_dir, record);
+            let disks =
+                LiveDisks::new(&served, &run.run_dir, record).with_block_job(run.jobs.active());
             let result = Store::open(&dir).and_then(|mut store| op(&mut store, &n, &disks));
             let switched = disks.into_switched();
             let moved = !switched.is_empty();
@@ -135,7 +139,7 @@ impl Service {
 
 /// Refuses a change of the disks of `domain` while its backup job runs
 /// (its views hold the disks' instant).
-fn no_backup(store: &Store, domain: &str) -> strata_core::Result<()> {
+pub(super) fn no_backup(store: &Store, domain: &str) -> strata_core::Result<()> {
     if store.job(domain)?.is_some_and(|j| j.state.active()) {
         return Err(strata_core::Error::invalid(
             format!("domain '{domain}'"),

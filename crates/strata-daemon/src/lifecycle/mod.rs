@@ -10,6 +10,7 @@
 //! ignores the power button.
 
 pub mod backup;
+pub mod blockjob;
 pub mod live;
 pub mod pause;
 mod quiesce;

@@ -69,7 +69,7 @@ pub fn commit(top: &dyn Image, opts: &CommitOptions, progress: Progress) -> Resu
     })?;
     base.flush()?;
     if !opts.skip_bitmaps {
-        merge_bitmaps(top, base, opts.base_depth)?;
+        merge_bitmaps(top, opts.base_depth, base, false)?;
     }
     if !opts.keep_top {
         match top.placement() {
@@ -85,14 +85,23 @@ pub fn commit(top: &dyn Image, opts: &CommitOptions, progress: Progress) -> Resu
     Ok(())
 }
 
-/// A bitmap of a committed layer: name, granularity, dirty extents.
-type Found = (String, u64, Vec<(u64, u64)>);
+/// A bitmap of a committed layer: name, granularity, dirty extents, and
+/// whether the top layer's copy is enabled.
+type Found = (String, u64, Vec<(u64, u64)>, bool);
 
-/// Merges every consistent bitmap of the layers above the base into the
-/// base's bitmap of the same name, as one commit in the base. Data is
-/// already durable in the base, and the upper layers keep their bitmaps,
-/// so a crash before this leaves every change still recorded above.
-fn merge_bitmaps(top: &dyn Image, base: &dyn Image, base_depth: u32) -> Result<()> {
+/// Merges every consistent bitmap of the `base_depth` layers from `top`
+/// down into `base`'s bitmap of the same name (made, disabled, where
+/// `base` has none), as one commit in `base`; with `enable`, those the top
+/// layer tracks with are enabled in `base` too (it becomes the top: an
+/// active commit's pivot). Data is already durable in the base, and the
+/// upper layers keep their bitmaps, so a crash before this leaves every
+/// change still recorded above.
+pub fn merge_bitmaps(
+    top: &dyn Image,
+    base_depth: u32,
+    base: &dyn Image,
+    enable: bool,
+) -> Result<()> {
     // (name, granularity, dirty extents) of every bitmap found above the base.
     let mut found: Vec<Found> = Vec::new();
     for depth in 0..base_depth {
@@ -101,9 +110,13 @@ fn merge_bitmaps(top: &dyn Image, base: &dyn Image, base_depth: u32) -> Result<(
         };
         for b in q.bitmaps()?.into_iter().filter(|b| b.usable()) {
             let extents = q.bitmap_dirty(&b.name)?;
-            match found.iter_mut().find(|(n, _, _)| n == &b.name) {
-                Some(f) => f.2.extend(extents),
-                None => found.push((b.name, b.granularity, extents)),
+            let tracking = depth == 0 && b.enabled();
+            match found.iter_mut().find(|f| f.0 == b.name) {
+                Some(f) => {
+                    f.2.extend(extents);
+                    f.3 |= tracking;
+                }
+                None => found.push((b.name, b.granularity, extents, tracking)),
             }
         }
     }
@@ -119,7 +132,7 @@ fn merge_bitmaps(top: &dyn Image, base: &dyn Image, base_depth: u32) -> Result<(
     };
     let have = qb.bitmaps()?;
     let mut edits = Vec::new();
-    for (name, granularity, extents) in found {
+    for (name, granularity, extents, tracking) in found {
         match have.iter().find(|b| b.name == name) {
             // Left inconsistent by an unclean QEMU: nothing to merge into.
             Some(b) if !b.usable() => continue,
@@ -129,6 +142,9 @@ fn merge_bitmaps(top: &dyn Image, base: &dyn Image, base_depth: u32) -> Result<(
                 granularity: Some(granularity),
                 enabled: false,
             }),
+        }
+        if enable && tracking {
+            edits.push(BitmapEdit::SetEnabled(name.clone(), true));
         }
         edits.push(BitmapEdit::Merge {
             target: name,

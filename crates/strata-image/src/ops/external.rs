@@ -23,7 +23,7 @@ pub fn default_overlay(file: &Path, snapshot: &str) -> PathBuf {
 
 /// The backing name to record in an overlay: relative when both files share
 /// a folder (so the pair can move together), absolute otherwise.
-fn backing_name(file: &Path, overlay: &Path) -> Result<String> {
+pub fn backing_name(file: &Path, overlay: &Path) -> Result<String> {
     let shown = file.display().to_string();
     let abs = std::fs::canonicalize(file).map_err(|e| Error::io(&shown, "open", 0, e))?;
     let dir = overlay

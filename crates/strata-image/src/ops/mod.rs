@@ -9,7 +9,7 @@ mod copy;
 pub mod external;
 mod rebase;
 
-pub use commit::{commit, CommitOptions};
+pub use commit::{chain_member, commit, merge_bitmaps, CommitOptions};
 pub use compare::{compare, CompareResult};
 pub use convert::{convert, convert_dirty, ConvertOptions};
 pub use rebase::{rebase, RebaseOptions};

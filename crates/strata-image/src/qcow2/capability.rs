@@ -7,6 +7,7 @@ use super::header::{COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 use super::{BitmapEdit, BitmapInfo, PendingChange, Qcow2, SnapshotChange, SnapshotInfo};
 use crate::capability::{Bitmaps, Layout, Placement, Snapshots, Transactional};
 use crate::error::Result;
+use crate::image::Image;
 use crate::storage::Storage;
 
 impl Snapshots for Qcow2 {
@@ -78,5 +79,8 @@ impl Placement for Qcow2 {
     }
     fn write_compressed(&self, offset: u64, data: &[u8]) -> Result<()> {
         Qcow2::write_compressed(self, offset, data)
+    }
+    fn reopen_over(&self, backing: Option<Arc<dyn Image>>) -> Result<Arc<dyn Image>> {
+        Ok(Arc::new(Qcow2::reopen_over(self, backing)?))
     }
 }

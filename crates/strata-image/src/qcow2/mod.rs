@@ -96,6 +96,9 @@ pub struct Qcow2 {
     /// Guest writes are allowed (false for a bitmaps-only open).
     guest_writes: bool,
     backing: Option<Arc<dyn Image>>,
+    /// Set once [`Qcow2::reopen_over`] handed the file to a new handle:
+    /// this one then writes nothing, not even on drop.
+    retired: std::sync::atomic::AtomicBool,
     gate: RwLock<()>,
     alloc: Mutex<()>,
     inflight: inflight::InFlight,
@@ -169,6 +172,7 @@ impl Qcow2 {
             writable: opts.writable,
             guest_writes: opts.writable && !opts.bitmaps_only,
             backing,
+            retired: std::sync::atomic::AtomicBool::new(false),
             gate: RwLock::new(()),
             alloc: Mutex::new(()),
             inflight: inflight::InFlight::default(),
@@ -266,8 +270,42 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Hands the file to a new handle with `backing` below it (a block job
+    /// that changed the backing file on disk, under a paused guest): this
+    /// handle's metadata is written back and it is retired — it writes
+    /// nothing any more, not even when dropped — and the new handle opens
+    /// the same storage (whose locks it keeps) afresh.
+    pub fn reopen_over(&self, backing: Option<Arc<dyn Image>>) -> Result<Qcow2> {
+        if self.writable {
+            self.exclusive(|m| {
+                m.close()?;
+                self.retired.store(true, Ordering::SeqCst);
+                Ok(())
+            })?;
+        }
+        let opts = OpenOptions {
+            writable: self.writable,
+            lock: false,
+            data_file: self.geo.data_file.then(|| self.data.clone()),
+            bitmaps_only: self.writable && !self.guest_writes,
+            ..OpenOptions::default()
+        };
+        let reopened = Qcow2::open(self.st.clone(), backing, &opts);
+        if reopened.is_err() {
+            // The old handle goes on serving.
+            self.retired.store(false, Ordering::SeqCst);
+        }
+        reopened
+    }
+
     /// Refuses unless the image is open for writing.
     fn require_writable(&self) -> Result<()> {
+        if self.retired.load(Ordering::Relaxed) {
+            return Err(Error::invalid(
+                &self.path,
+                "this handle was retired: the file was opened again by a block job",
+            ));
+        }
         if self.writable {
             Ok(())
         } else {
@@ -420,7 +458,7 @@ impl Image for Qcow2 {
     }
 
     fn flush(&self) -> Result<()> {
-        if !self.writable {
+        if !self.writable || self.retired.load(Ordering::Relaxed) {
             return Ok(());
         }
         // Exclusive, so the releases it applies cannot pull a cluster from
@@ -491,7 +529,7 @@ impl Image for Qcow2 {
     }
 
     fn close(&self) -> Result<()> {
-        if !self.writable {
+        if !self.writable || self.retired.load(Ordering::Relaxed) {
             return Ok(());
         }
         self.exclusive(|m| m.close())
@@ -500,7 +538,7 @@ impl Image for Qcow2 {
 
 impl Drop for Qcow2 {
     fn drop(&mut self) {
-        if self.writable {
+        if self.writable && !*self.retired.get_mut() {
             if let Err(e) = self.meta.get_mut().close() {
                 tracing::error!("{}: closing failed: {e}", self.path);
             }

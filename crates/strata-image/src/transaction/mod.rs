@@ -800,6 +800,11 @@ impl Held {
     pub fn is_empty(&self) -> bool {
         self.images.is_empty()
     }
+
+    /// Every image held.
+    pub fn images(&self) -> Vec<Arc<dyn Image>> {
+        self.images.values().cloned().collect()
+    }
 }
 
 /// Makes the overlay an external snapshot of the held image `below` (the
