@@ -130,6 +130,8 @@ fn commits_and_pull_keep_every_write_and_leave_virshs_chains() {
     let p = d.path();
     let _daemon = start_layered_guest(p, kit);
     assert_eq!(served_chain(p, "vda"), ["a.s2", "a.s1", "a.qcow2"]);
+    // Changes since c1 stay known through every job.
+    ok(p, &st(&["checkpoint", "create", "vm", "--name", "c1"]));
 
     // Intermediate commit: a.s1 into a.qcow2 while the guest writes to a.s2.
     let done = ok(
@@ -169,6 +171,9 @@ fn commits_and_pull_keep_every_write_and_leave_virshs_chains() {
         done.stdout
     );
     assert_eq!(served_chain(p, "vdb"), ["b.s1", "b.qcow2"]);
+    // The base is served with QEMU's write lock: no other writer.
+    let r = run_in(p, "qemu-img", &["info", "b.s1"]);
+    assert!(r.code != 0 && r.stderr.contains("lock"), "{}", r.stderr);
     writes_on(p, 5);
     check_paused(p, "vdb", "vdb after the pivot");
 
@@ -203,6 +208,11 @@ fn commits_and_pull_keep_every_write_and_leave_virshs_chains() {
     );
     assert_eq!(served_chain(p, "vdb"), ["b.s1", "b.qcow2"]);
     writes_on(p, 5);
+    let health = ok(p, &st(&["--output", "json", "checkpoint", "verify", "vm"])).json();
+    for h in health.as_array().unwrap() {
+        assert!(h["problem"].is_null(), "{health}");
+        assert!(h["changed"].as_u64().unwrap() > 0, "{health}");
+    }
 
     stop_and_check_console(p);
     let seen = acked(p);
@@ -368,4 +378,114 @@ fn deleting_external_snapshots_of_a_running_domain_merges_them_live() {
     // s3 still reverts to what its disks held then (its image is the
     // merged one now).
     ok(p, &st(&["snapshot", "revert", "vm", "s3"]));
+}
+
+/// fio in the guest, round after round: random 4 KiB writes over the first
+/// 16 MiB of vda (O_DIRECT, a new seed each round), then every block read
+/// back and checked (`--verify=crc32c`); says `FIO-OK n` or `FIO-FAILED n`.
+const FIO: &str = "
+n=0
+while [ $n -lt 100000 ]; do
+  n=$((n+1))
+  if fio --name=v --filename=/dev/vda --rw=randwrite --bs=4k --size=16M --ioengine=psync --direct=1 --verify=crc32c --do_verify=1 --randseed=$n --eta=never --output=/tmp/fio.out; then
+    echo FIO-OK $n
+  else
+    echo FIO-FAILED $n; cat /tmp/fio.out
+  fi
+done
+";
+
+/// The fio rounds the console has reported passed.
+fn fio_rounds(p: &Path) -> u64 {
+    let text = std::fs::read_to_string(p.join("vm.console")).unwrap_or_default();
+    assert!(!text.contains("FIO-FAILED"), "{text}");
+    text.lines()
+        .filter_map(|l| l[l.find("FIO-OK ")? + 7..].trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits for `n` more passed fio rounds.
+fn fio_on(p: &Path, n: u64) {
+    let want = fio_rounds(p) + n;
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while fio_rounds(p) < want {
+        if std::time::Instant::now() > until {
+            let text = std::fs::read_to_string(p.join("vm.console")).unwrap_or_default();
+            panic!("no {want} fio rounds in 120 s; the console:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn fio_verifies_through_an_intermediate_and_an_active_commit() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    qemu_img(p, &["create", "-q", "-f", "qcow2", "f.qcow2", "128M"]);
+    qemu_io(p, "qcow2", "f.qcow2", &["write -P 0x11 64M 16M"]);
+    qemu_img(
+        p,
+        &[
+            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", "f.qcow2", "f.s1",
+        ],
+    );
+    qemu_io(
+        p,
+        "qcow2",
+        "f.s1",
+        &["write -P 0x22 80M 16M", "write -P 0x33 0 16M"],
+    );
+    qemu_img(
+        p,
+        &[
+            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", "f.s1", "f.s2",
+        ],
+    );
+    define_vm(p, kit, FIO, &["f.s2"], "");
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    ok(p, &st(&["domain", "start", "vm"]));
+    fio_on(p, 1);
+    // Slowed down so that fio rounds run through the copies.
+    ok(
+        p,
+        &st(&[
+            "blockcommit",
+            "vm",
+            "vda",
+            "--top",
+            "f.s1",
+            "--bandwidth",
+            "8",
+            "--wait",
+        ]),
+    );
+    assert_eq!(served_chain(p, "vda"), ["f.s2", "f.qcow2"]);
+    fio_on(p, 1);
+    ok(
+        p,
+        &st(&[
+            "blockcommit",
+            "vm",
+            "vda",
+            "--active",
+            "--pivot",
+            "--bandwidth",
+            "8",
+        ]),
+    );
+    assert_eq!(served_chain(p, "vda"), ["f.qcow2"]);
+    fio_on(p, 2);
+    ok(p, &st(&["domain", "destroy", "vm"]));
+    fio_rounds(p);
+    assert_clean(p, "f.qcow2");
+    qemu_io(
+        p,
+        "qcow2",
+        "f.qcow2",
+        &["read -P 0x11 64M 16M", "read -P 0x22 80M 16M"],
+    );
 }

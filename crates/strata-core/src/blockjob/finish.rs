@@ -4,6 +4,7 @@
 
 use strata_image::jobs;
 use strata_image::ops::merge_bitmaps;
+use strata_image::storage::LockMode;
 
 use super::{BlockJob, Kind};
 use crate::error::{Error, Result};
@@ -27,9 +28,22 @@ impl BlockJob {
         complete_all(vec![self], store, domain, disks)
     }
 
-    /// What comes before the final instant: a commit's bitmaps merged
-    /// into its base, which is then closed.
+    /// What comes before the final instant: an active commit catches up
+    /// with the guest at full speed (so that little is left to copy with
+    /// the guest held back); a commit's bitmaps are merged into its base,
+    /// which is then closed.
     fn before_instant(&mut self) -> Result<()> {
+        if let (Kind::ActiveCommit, Some(t), Some(base)) = (self.kind, &self.tracked, &self.base_rw)
+        {
+            let free = jobs::Control::new(0);
+            for _ in 0..super::CATCH_UP_PASSES {
+                let dirty = t.take_dirty();
+                jobs::copy_ranges(t.inner().as_ref(), &dirty, base.as_ref(), &free)?;
+                if t.dirty_bytes() < super::PIVOT_BELOW {
+                    break;
+                }
+            }
+        }
         if self.kind == Kind::Commit {
             let base_rw = self.base_rw.take().expect("a commit opens its base");
             let top = self.layers.get(self.top_depth);
@@ -64,6 +78,17 @@ impl BlockJob {
                 merge_bitmaps(t.inner().as_ref(), self.base_depth, base_rw.as_ref(), true)?;
                 base_rw.flush()?;
                 q.switch(&disk, base_rw.clone())?;
+                // The guest writes to the base from now on: its handle
+                // takes the write lock the chain's read-only one stood in
+                // for (QEMU's locks keep other writers off it).
+                if let Some(st) = self.layers.get(self.base_depth).storage() {
+                    st.lock(LockMode::None)?;
+                }
+                if let Some(st) = base_rw.storage() {
+                    if let Err(e) = st.lock(LockMode::Write) {
+                        tracing::warn!(disk = %disk, error = %e, "the base is served without its write lock");
+                    }
+                }
                 let mut dom = store.domain(domain)?;
                 let file = self.base_file.clone().expect("a commit has a base");
                 dom.set_disk_source(&disk, &file, base_rw.format().name())?;

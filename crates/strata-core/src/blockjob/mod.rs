@@ -257,14 +257,19 @@ pub(crate) fn begin_leaving(
     Ok(job)
 }
 
-/// What an active commit leaves to copy before it counts as ready.
-pub const READY_BELOW: u64 = 16 << 20;
+/// What an active commit leaves to copy at its pivot, with the guest held
+/// back: before it, passes over what the guest wrote (at full speed) go on
+/// until less is left (or [`CATCH_UP_PASSES`] were made).
+pub const PIVOT_BELOW: u64 = 4 << 20;
+
+/// The most passes an active commit makes to catch up before its pivot.
+pub const CATCH_UP_PASSES: usize = 8;
 
 impl BlockJob {
     /// The copy (blocking; [`Control::cancel`] stops it): for a commit,
-    /// the first pass, then for an active one passes over what the guest
-    /// wrote meanwhile until less than [`READY_BELOW`] is left; for a pull,
-    /// the stream.
+    /// the first pass, then for an active one a pass over what the guest
+    /// wrote meanwhile (it is then ready, and [`BlockJob::converge`] keeps
+    /// it close); for a pull, the stream.
     pub fn run(&self) -> Result<()> {
         let ctl = &self.control;
         match self.kind {
@@ -282,11 +287,7 @@ impl BlockJob {
                     ctl,
                 )?;
                 if self.kind == Kind::ActiveCommit {
-                    for _ in 0..64 {
-                        if self.converge()? < READY_BELOW {
-                            break;
-                        }
-                    }
+                    self.converge()?;
                 }
             }
         }
