@@ -489,3 +489,43 @@ fn fio_verifies_through_an_intermediate_and_an_active_commit() {
         &["read -P 0x11 64M 16M", "read -P 0x22 80M 16M"],
     );
 }
+
+#[test]
+fn a_daemon_killed_mid_job_leaves_the_chain_and_the_next_job_works() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    let mut daemon = start_layered_guest(p, kit);
+    let before = served_chain(p, "vda");
+    ok(
+        p,
+        &st(&["blockcommit", "vm", "vda", "--active", "--bandwidth", "1"]),
+    );
+    writes_on(p, 5);
+    let human = ok(p, &st(&["blockjob", "vm", "vda"])).stdout;
+    assert!(
+        human.starts_with("Active Block Commit: [") && human.contains("Bandwidth limit: 1 MiB/s"),
+        "{human}"
+    );
+    daemon.kill9();
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    assert_eq!(domstate(p, "vm"), "running (unpaused)");
+    // The job went with its daemon; the chain is as it was.
+    strata(p, &st(&["blockjob", "vm", "vda"])).one_error(1, "no block job");
+    assert_eq!(served_chain(p, "vda"), before);
+    writes_on(p, 5);
+    check_paused(p, "vda", "vda after the kill");
+    // The next job starts afresh and completes.
+    ok(p, &st(&["blockcommit", "vm", "vda", "--active", "--pivot"]));
+    assert_eq!(served_chain(p, "vda"), ["a.s1", "a.qcow2"]);
+    writes_on(p, 5);
+    stop_and_check_console(p);
+    let seen = acked(p);
+    for f in chain(p, "a.s1") {
+        assert_clean(p, &f);
+    }
+    assert!(prefix(&read_raw(p, "a.s1", None), "vda") >= seen);
+    check_fill(p, "a.s1");
+}
