@@ -139,9 +139,11 @@ fn begin(
 
 /// virsh's progress line: `Block Commit: [ 42 %]`.
 fn line(info: &BlockJobInfo) -> String {
+    // A ready job has copied all it knew of; what the guest writes since
+    // is the pivot's.
     let pct = match info.total {
-        0 if info.phase == JobPhase::Running => 0,
-        0 => 100,
+        _ if info.phase != JobPhase::Running => 100,
+        0 => 0,
         t => (info.done.min(t) * 100 / t) as u32,
     };
     let ready = if info.phase == JobPhase::Ready {
