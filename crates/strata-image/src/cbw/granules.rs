@@ -161,6 +161,54 @@ impl Granules {
         Ok(range.map(|g| st.place(g)).collect())
     }
 
+    /// A look without holding anything, for a read that goes ahead
+    /// unheld: `None` unless every granule of `range` is in the live image,
+    /// unchanged and not being copied; else whether each one is needed.
+    /// [`Granules::settle`] then tells which of them changed meanwhile.
+    pub(crate) fn peek_live(&self, range: Range<u64>) -> Option<Vec<bool>> {
+        let st = self.lock();
+        let live = range.clone().all(|g| {
+            st.place(g) == Place::Live && !st.stale.get(g) && st.users.get(&g) != Some(&Use::Copy)
+        });
+        live.then(|| range.map(|g| st.needed.get(g)).collect())
+    }
+
+    /// After an unheld read of `range` that [`Granules::peek_live`] let
+    /// go ahead with `needed` as it saw it: the granules the guest may have
+    /// written over meanwhile (a copy moved their data to the scratch or
+    /// zeros, or they were given up, or changed after being read once) —
+    /// what was read of them must be read again, held. The others of
+    /// `whole` are given up (read once); returns both, and the granules
+    /// whose scratch copies can go.
+    pub(crate) fn settle(
+        &self,
+        range: Range<u64>,
+        needed: &[bool],
+        whole: Range<u64>,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let mut st = self.lock();
+        let start = range.start;
+        let redo: Vec<u64> = range
+            .filter(|&g| {
+                st.place(g) != Place::Live
+                    || st.stale.get(g)
+                    || st.needed.get(g) != needed[(g - start) as usize]
+            })
+            .collect();
+        let mut free = Vec::new();
+        for g in whole {
+            // A copy under way keeps its granule until it ends.
+            if redo.contains(&g) || st.users.contains_key(&g) {
+                continue;
+            }
+            st.read_once.set(g, true);
+            if st.give_up(g) {
+                free.push(g);
+            }
+        }
+        (redo, free)
+    }
+
     /// Releases what [`Granules::read`] held, and gives up the granules of
     /// `whole` (those the read covered whole): no longer needed, read
     /// once. Returns the granules whose scratch copy can be freed.
