@@ -119,7 +119,7 @@ pub(crate) fn map_runs_in(
         let l2 = m.l2_offset_in(l1, l1_index)?;
         if l2 == 0 {
             // A whole missing L2 table is unallocated.
-            let table_end = ((l1_index + 1) * geo.l2_span()).min(end);
+            let table_end = (l1_index + 1).saturating_mul(geo.l2_span()).min(end);
             push_run(
                 &mut runs,
                 Run {

@@ -119,7 +119,7 @@ impl Qcow2 {
                 !has_backing && !geo.v3
             };
             if m.l2_offset(l1_index)? == 0 && skip {
-                pos = ((l1_index + 1) * geo.l2_span()).min(end);
+                pos = (l1_index + 1).saturating_mul(geo.l2_span()).min(end);
                 continue;
             }
             let (entry, bitmap) = m.l2_entry(pos)?;
