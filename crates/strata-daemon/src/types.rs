@@ -297,3 +297,24 @@ pub struct BlockJobInfo {
     /// The bandwidth limit, bytes per second (0: none).
     pub bandwidth: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_job_request_refuses_unknown_fields() {
+        let ok: BlockJobRequest =
+            serde_json::from_str(r#"{"disk": "vda", "active": true, "pivot": true}"#).unwrap();
+        assert!(ok.pivot && ok.job.active && ok.job.disk == "vda");
+        for bad in [
+            r#"{"disk": "vda", "bogus": 1}"#,
+            r#"{"disk": "vda", "pivot": "yes"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<BlockJobRequest>(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}
