@@ -82,6 +82,29 @@ fn check_fill(p: &Path, top: &str) {
     );
 }
 
+/// With the guest stopped: every file of the chain under `top` is clean
+/// for `qemu-img check`, and it holds every record acknowledged.
+fn check_stopped(p: &Path, top: &str, what: &str) {
+    for f in chain(p, top) {
+        assert_clean(p, &f);
+    }
+    let (n, seen) = (prefix(&read_raw(p, top, None), what), acked(p));
+    assert!(n >= seen, "{what}: {n} records, {seen} acknowledged");
+}
+
+/// After a snapshot deletion that merged `X.gone` away: each disk serves
+/// `X.top` on `X.qcow2`, and the merged overlay is gone.
+fn merged(p: &Path, top: &str, gone: &str) {
+    for (disk, x) in [("vda", "a"), ("vdb", "b")] {
+        assert_eq!(
+            served_chain(p, disk),
+            [format!("{x}.{top}"), format!("{x}.qcow2")]
+        );
+        let file = format!("{x}.{gone}");
+        assert!(!p.join(&file).exists(), "the merged overlay {file} stays");
+    }
+}
+
 /// The files of the chain `disk` serves now (top first), by name.
 fn served_chain(p: &Path, disk: &str) -> Vec<String> {
     let xml = ok(p, &st(&["domain", "dumpxml", "vm"]))
@@ -215,14 +238,9 @@ fn commits_and_pull_keep_every_write_and_leave_virshs_chains() {
     }
 
     stop_and_check_console(p);
-    let seen = acked(p);
     assert_eq!(served_chain(p, "vda"), ["a.s3", "a.s2"]);
     for (disk, top) in [("vda", "a.s3"), ("vdb", "b.s1")] {
-        for f in chain(p, top) {
-            assert_clean(p, &f);
-        }
-        let n = prefix(&read_raw(p, top, None), disk);
-        assert!(n >= seen, "{disk}: {n} records, {seen} acknowledged");
+        check_stopped(p, top, disk);
         check_fill(p, top);
     }
 }
@@ -270,14 +288,9 @@ fn aborted_jobs_leave_the_chain_as_it_was() {
     }
     writes_on(p, 5);
     stop_and_check_console(p);
-    let seen = acked(p);
     for disk in ["vda", "vdb"] {
         let top = served_chain(p, disk)[0].clone();
-        for f in chain(p, &top) {
-            assert_clean(p, &f);
-        }
-        let n = prefix(&read_raw(p, &top, None), disk);
-        assert!(n >= seen, "{disk}: {n} records, {seen} acknowledged");
+        check_stopped(p, &top, disk);
         check_fill(p, &top);
     }
 }
@@ -336,44 +349,21 @@ fn deleting_external_snapshots_of_a_running_domain_merges_them_live() {
     )
     .json();
     assert!(gone["stall_us"].as_u64().is_some(), "{gone}");
-    for (disk, x) in [("vda", "a"), ("vdb", "b")] {
-        assert_eq!(
-            served_chain(p, disk),
-            [format!("{x}.s1"), format!("{x}.qcow2")]
-        );
-        assert!(
-            !p.join(format!("{x}.s2")).exists(),
-            "the merged overlay stays"
-        );
-    }
+    merged(p, "s1", "s2");
     writes_on(p, 5);
     check_paused(p, "vda", "vda after deleting s2");
     check_paused(p, "vdb", "vdb after deleting s2");
     // s1's overlay is below s3's now: an intermediate commit, re-pointed.
     snap("s3");
     ok(p, &st(&["snapshot", "delete", "vm", "s1"]));
-    for (disk, x) in [("vda", "a"), ("vdb", "b")] {
-        assert_eq!(
-            served_chain(p, disk),
-            [format!("{x}.s3"), format!("{x}.qcow2")]
-        );
-        assert!(
-            !p.join(format!("{x}.s1")).exists(),
-            "the merged overlay stays"
-        );
-    }
+    merged(p, "s3", "s1");
     writes_on(p, 5);
     check_paused(p, "vdb", "vdb after deleting s1");
     let list = ok(p, &st(&["snapshot", "list", "vm", "--name"])).stdout;
     assert_eq!(list.split_whitespace().collect::<Vec<_>>(), ["s3"]);
     stop_and_check_console(p);
-    let seen = acked(p);
     for (disk, top) in [("vda", "a.s3"), ("vdb", "b.s3")] {
-        for f in chain(p, top) {
-            assert_clean(p, &f);
-        }
-        let n = prefix(&read_raw(p, top, None), disk);
-        assert!(n >= seen, "{disk}: {n} records, {seen} acknowledged");
+        check_stopped(p, top, disk);
     }
     // s3 still reverts to what its disks held then (its image is the
     // merged one now).
@@ -522,10 +512,6 @@ fn a_daemon_killed_mid_job_leaves_the_chain_and_the_next_job_works() {
     assert_eq!(served_chain(p, "vda"), ["a.s1", "a.qcow2"]);
     writes_on(p, 5);
     stop_and_check_console(p);
-    let seen = acked(p);
-    for f in chain(p, "a.s1") {
-        assert_clean(p, &f);
-    }
-    assert!(prefix(&read_raw(p, "a.s1", None), "vda") >= seen);
+    check_stopped(p, "a.s1", "vda");
     check_fill(p, "a.s1");
 }
