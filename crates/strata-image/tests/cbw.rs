@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_image::cbw::{self, CbwOptions, CbwView};
+use strata_image::cbw::{self, CbwOptions, CbwView, MIN_GRANULE};
 use strata_image::qcow2::CreateOptions;
 use strata_image::Image;
 
@@ -32,6 +32,15 @@ fn source(d: &tempfile::TempDir, seed: u64) -> (Arc<dyn Image>, Vec<u8>) {
     (img, model)
 }
 
+/// A view's options with a granule of a cluster ([`G`]), what the
+/// figures of the tests that use it count in.
+fn opts_g(d: &tempfile::TempDir) -> CbwOptions {
+    CbwOptions {
+        granule: Some(G),
+        ..CbwOptions::new(at(d, "scratch.qcow2"))
+    }
+}
+
 /// Reads `[off, off+len)` of the view and checks it against `start`.
 fn check_view(view: &CbwView, start: &[u8], off: u64, len: u64, what: &str) {
     let mut buf = vec![0u8; len as usize];
@@ -48,12 +57,15 @@ fn random_operations_keep_the_view_at_its_start_and_the_guest_at_its_writes() {
     for seed in 1..=6u64 {
         let d = tmp();
         let (img, start) = source(&d, seed);
+        // Granules of a page and of a cluster.
+        let gr = if seed > 3 { MIN_GRANULE } else { G };
         let mut opts = CbwOptions::new(at(&d, "scratch.qcow2"));
+        opts.granule = Some(gr);
         // Half the runs: an incremental view needing some ranges only.
         let mut rng = Rng(seed * 7919);
         let needed: Option<Vec<(u64, u64)>> = (seed % 2 == 0).then(|| {
             (0..5)
-                .map(|_| (rng.below(SIZE - G), 1 + rng.below(4 * G)))
+                .map(|_| (rng.below(SIZE - gr), 1 + rng.below(4 * gr)))
                 .collect()
         });
         opts.needed = needed.clone();
@@ -62,22 +74,22 @@ fn random_operations_keep_the_view_at_its_start_and_the_guest_at_its_writes() {
             None => true,
             Some(r) => r
                 .iter()
-                .any(|&(o, l)| o / G <= g && g < (o + l).min(SIZE).div_ceil(G)),
+                .any(|&(o, l)| o / gr <= g && g < (o + l).min(SIZE).div_ceil(gr)),
         };
         let mut guest = start.clone();
         // Granules still needed, in the model.
-        let mut want: Vec<bool> = (0..SIZE / G).map(is_needed).collect();
+        let mut want: Vec<bool> = (0..SIZE / gr).map(is_needed).collect();
         let mut copied_max = 0u64;
         for step in 0..300 {
             let what = format!("seed {seed} step {step}");
-            let len = 1 + rng.below(3 * G);
+            let len = 1 + rng.below(3 * gr);
             let off = rng.below(SIZE - len);
             match rng.below(10) {
                 0..=3 => {
                     let data = pattern(len as usize, rng.next());
                     filter.write_at(&data, off).unwrap();
                     guest[off as usize..(off + len) as usize].copy_from_slice(&data);
-                    copied_max += len.div_ceil(G) * G + G;
+                    copied_max += len.div_ceil(gr) * gr + gr;
                 }
                 4 => {
                     filter.write_zeroes(off, len, rng.below(2) == 0).unwrap();
@@ -92,17 +104,17 @@ fn random_operations_keep_the_view_at_its_start_and_the_guest_at_its_writes() {
                 }
                 6 => {
                     view.done(off, len).unwrap();
-                    let first = off.div_ceil(G);
-                    let last = (off + len) / G;
+                    let first = off.div_ceil(gr);
+                    let last = (off + len) / gr;
                     for g in first..last.max(first) {
                         want[g as usize] = false;
                     }
                 }
                 _ => {
                     // Read whole still-needed granules of the range.
-                    for g in off / G..(off + len).div_ceil(G) {
+                    for g in off / gr..(off + len).div_ceil(gr) {
                         if want[g as usize] {
-                            check_view(&view, &start, g * G, G, &what);
+                            check_view(&view, &start, g * gr, gr, &what);
                         }
                     }
                 }
@@ -115,20 +127,20 @@ fn random_operations_keep_the_view_at_its_start_and_the_guest_at_its_writes() {
             );
         }
         // Every granule still needed reads as at the start.
-        for g in 0..SIZE / G {
+        for g in 0..SIZE / gr {
             if want[g as usize] {
-                check_view(&view, &start, g * G, G, &format!("seed {seed} end"));
+                check_view(&view, &start, g * gr, gr, &format!("seed {seed} end"));
             }
         }
         let st = view.stats();
         assert!(st.copied <= copied_max, "{st:?}");
         if needed.is_some() {
-            let n: u64 = (0..SIZE / G).filter(|&g| is_needed(g)).count() as u64;
+            let n: u64 = (0..SIZE / gr).filter(|&g| is_needed(g)).count() as u64;
             assert!(
-                st.copied <= n * G,
+                st.copied <= n * gr,
                 "copied {} of {} needed",
                 st.copied,
-                n * G
+                n * gr
             );
         }
         assert!(view.broken().is_none());
@@ -147,6 +159,7 @@ fn writes_outside_an_incremental_view_copy_nothing_and_done_ranges_stop_copying(
     let d = tmp();
     let (img, start) = source(&d, 11);
     let mut opts = CbwOptions::new(at(&d, "scratch.qcow2"));
+    opts.granule = Some(G);
     opts.needed = Some(vec![(G, G), (10 * G, 3 * G)]);
     let (filter, view) = cbw::start(img, &opts).unwrap();
     filter.write_at(&[1u8; 4096], 5 * G).unwrap();
@@ -196,7 +209,7 @@ fn a_scratch_that_cannot_be_made_is_an_error_naming_it() {
     let e = cbw::start(img.clone(), &bad).unwrap_err().to_string();
     assert!(e.contains("scratch.qcow2"), "{e}");
     let mut odd = CbwOptions::new(at(&d, "s.qcow2"));
-    odd.granule = 3000;
+    odd.granule = Some(3000);
     let e = cbw::start(img, &odd).unwrap_err().to_string();
     assert!(e.contains("granule"), "{e}");
     assert!(!at(&d, "s.qcow2").exists());
@@ -245,6 +258,8 @@ impl Image for Slow {
         offset: u64,
         len: u64,
     ) -> strata_image::Result<Vec<strata_image::Extent>> {
+        // A slow look, as a read.
+        std::thread::sleep(self.1);
         self.0.block_status(offset, len)
     }
     fn backing(&self) -> Option<&Arc<dyn Image>> {
@@ -260,7 +275,7 @@ fn many_threads_writing_and_reading_at_once_leave_the_view_at_its_start() {
     let d = tmp();
     let (img, start) = source(&d, 21);
     let slow: Arc<dyn Image> = Arc::new(Slow(img, Duration::from_micros(300)));
-    let (filter, view) = cbw::start(slow, &CbwOptions::new(at(&d, "scratch.qcow2"))).unwrap();
+    let (filter, view) = cbw::start(slow, &opts_g(&d)).unwrap();
     let start = Arc::new(start);
     std::thread::scope(|s| {
         for t in 0..3u64 {
@@ -299,7 +314,7 @@ fn a_guest_write_never_waits_for_a_long_view_read() {
     let (img, start) = source(&d, 31);
     // Each read takes 1 ms: the view's read of the whole disk takes 64.
     let slow: Arc<dyn Image> = Arc::new(Slow(img, Duration::from_millis(1)));
-    let (filter, view) = cbw::start(slow, &CbwOptions::new(at(&d, "scratch.qcow2"))).unwrap();
+    let (filter, view) = cbw::start(slow, &opts_g(&d)).unwrap();
     std::thread::scope(|s| {
         let reader = s.spawn(|| {
             let mut buf = vec![0u8; SIZE as usize];
@@ -330,7 +345,7 @@ fn a_read_once_view_gives_up_what_it_read_and_refuses_a_stale_second_read() {
     start[4 * G as usize..4 * G as usize + 4096].fill(5);
     let opts = CbwOptions {
         read_once: true,
-        ..CbwOptions::new(at(&d, "scratch.qcow2"))
+        ..opts_g(&d)
     };
     let (filter, view) = cbw::start(img, &opts).unwrap();
     // A guest write before the read is copied; the read gets the start.
@@ -373,7 +388,7 @@ fn zeros_overwritten_by_the_guest_cost_no_scratch_and_still_read_as_zeros() {
     );
     let img = open_rw(&p);
     img.write_at(&[9u8; 4096], 0).unwrap();
-    let (filter, view) = cbw::start(img, &CbwOptions::new(at(&d, "scratch.qcow2"))).unwrap();
+    let (filter, view) = cbw::start(img, &opts_g(&d)).unwrap();
     // Granule 0 held data: copied. Granules 2..4 were zeros: not copied.
     filter.write_at(&[1u8; 4096], 0).unwrap();
     filter.write_at(&vec![2u8; 2 * G as usize], 2 * G).unwrap();
@@ -393,10 +408,11 @@ fn backup_reads_racing_guest_writes_read_the_start() {
     for round in 0..12u64 {
         // Each round a new view of the disk as the guest has left it, read
         // once in 256 KiB pieces (as nbdcopy does) while two guest threads
-        // write all over it.
+        // write all over it; granules of a cluster and of a page in turn.
         let start = read_all(img.as_ref());
         let opts = CbwOptions {
             read_once: true,
+            granule: Some(if round % 2 == 0 { G } else { MIN_GRANULE }),
             ..CbwOptions::new(at(&d, &format!("scratch{round}.qcow2")))
         };
         let (filter, view) = cbw::start(slow.clone(), &opts).unwrap();
@@ -409,15 +425,29 @@ fn backup_reads_racing_guest_writes_read_the_start() {
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let len = 1 + rng.below(G);
                         let off = rng.below(SIZE - len);
-                        filter
-                            .write_at(&pattern(len as usize, rng.next()), off)
-                            .unwrap();
+                        match rng.below(4) {
+                            // A cluster of zeros unmapped: the live image's
+                            // block status says zeros there now.
+                            0 => filter.write_zeroes(off / G * G, G, true).unwrap(),
+                            _ => filter
+                                .write_at(&pattern(len as usize, rng.next()), off)
+                                .unwrap(),
+                        }
                     }
                 });
             }
             let piece = 4 * G;
             let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 for off in (0..SIZE).step_by(piece as usize) {
+                    // Block status, as nbdcopy asks before reading, never
+                    // calls zeros what held data at the start.
+                    for e in view.block_status(off, piece).unwrap() {
+                        let at = &start[e.start as usize..(e.start + e.length) as usize];
+                        assert!(
+                            !e.zero || at.iter().all(|&b| b == 0),
+                            "round {round}: {e:?} is not zeros at the start"
+                        );
+                    }
                     check_view(&view, &start, off, piece, &format!("round {round}"));
                 }
             }));

@@ -161,44 +161,63 @@ impl Granules {
         Ok(range.map(|g| st.place(g)).collect())
     }
 
-    /// A look without holding anything, for a read that goes ahead
-    /// unheld: `None` unless every granule of `range` is in the live image,
-    /// unchanged and not being copied; else whether each one is needed.
-    /// [`Granules::settle`] then tells which of them changed meanwhile.
-    pub(crate) fn peek_live(&self, range: Range<u64>) -> Option<Vec<bool>> {
+    /// Where each granule of `range` is now, holding nothing (a guest
+    /// write may move it right after); or the first granule that was read
+    /// once and changed since.
+    pub(crate) fn places(&self, range: Range<u64>) -> std::result::Result<Vec<Place>, u64> {
         let st = self.lock();
-        let live = range.clone().all(|g| {
-            st.place(g) == Place::Live && !st.stale.get(g) && st.users.get(&g) != Some(&Use::Copy)
-        });
-        live.then(|| range.map(|g| st.needed.get(g)).collect())
+        if let Some(g) = range.clone().find(|&g| st.stale.get(g)) {
+            return Err(g);
+        }
+        Ok(range.map(|g| st.place(g)).collect())
+    }
+
+    /// A look without holding anything, for a read that goes ahead
+    /// unheld: for each granule of `range`, whether the view needs it
+    /// (`Some`) when it is in the live image, unchanged and not being
+    /// copied, else `None`; `None` for all when no granule is.
+    /// [`Granules::settle`] then tells which of them changed meanwhile.
+    pub(crate) fn peek_live(&self, range: Range<u64>) -> Option<Vec<Option<bool>>> {
+        let st = self.lock();
+        let copying = !st.users.is_empty();
+        let seen: Vec<Option<bool>> = range
+            .map(|g| {
+                let live = st.place(g) == Place::Live
+                    && !st.stale.get(g)
+                    && !(copying && st.users.get(&g) == Some(&Use::Copy));
+                live.then(|| st.needed.get(g))
+            })
+            .collect();
+        seen.iter().any(Option::is_some).then_some(seen)
     }
 
     /// After an unheld read of `range` that [`Granules::peek_live`] let
-    /// go ahead with `needed` as it saw it: the granules the guest may have
-    /// written over meanwhile (a copy moved their data to the scratch or
-    /// zeros, or they were given up, or changed after being read once) —
-    /// what was read of them must be read again, held. The others of
-    /// `whole` are given up (read once); returns both, and the granules
-    /// whose scratch copies can go.
+    /// go ahead with `seen` as it saw it: the granules not live then, or
+    /// that the guest may have written over meanwhile (a copy moved their
+    /// data to the scratch or zeros, or they were given up, or changed
+    /// after being read once) — what was read of them must be read again,
+    /// held. The others of `whole` are given up (read once); returns both,
+    /// and the granules whose scratch copies can go.
     pub(crate) fn settle(
         &self,
         range: Range<u64>,
-        needed: &[bool],
+        seen: &[Option<bool>],
         whole: Range<u64>,
     ) -> (Vec<u64>, Vec<u64>) {
         let mut st = self.lock();
         let start = range.start;
         let redo: Vec<u64> = range
             .filter(|&g| {
-                st.place(g) != Place::Live
+                seen[(g - start) as usize] != Some(st.needed.get(g))
+                    || st.place(g) != Place::Live
                     || st.stale.get(g)
-                    || st.needed.get(g) != needed[(g - start) as usize]
             })
             .collect();
         let mut free = Vec::new();
+        let busy = !st.users.is_empty();
         for g in whole {
             // A copy under way keeps its granule until it ends.
-            if redo.contains(&g) || st.users.contains_key(&g) {
+            if redo.binary_search(&g).is_ok() || (busy && st.users.contains_key(&g)) {
                 continue;
             }
             st.read_once.set(g, true);

@@ -46,8 +46,26 @@ pub use view::CbwView;
 use copier::Copier;
 use granules::{Bits, Granules};
 
-/// The default granule: 64 KiB, a qcow2 cluster.
-pub const DEFAULT_GRANULE: u64 = 64 << 10;
+/// The smallest granule: a page, the least a guest writes at once.
+pub const MIN_GRANULE: u64 = 4 << 10;
+
+/// The largest granule (a qcow2 cluster can be no larger).
+pub const MAX_GRANULE: u64 = 2 << 20;
+
+/// The most granules a view keeps track of (five bits each).
+const MAX_GRANULES: u64 = 1 << 24;
+
+/// The granule of a view of a disk of `size` bytes, unless told: a page,
+/// so that a guest's small write copies no more than it overwrites (QEMU
+/// copies at least 64 KiB), or larger on a disk of more than
+/// [`MAX_GRANULES`] pages, up to [`MAX_GRANULE`].
+pub fn granule_for(size: u64) -> u64 {
+    let mut g = MIN_GRANULE;
+    while size.div_ceil(g) > MAX_GRANULES && g < MAX_GRANULE {
+        g *= 2;
+    }
+    g
+}
 
 /// The default bound on one copy before the view is given up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,8 +78,9 @@ const REUSE_AFTER: u64 = 16 << 20;
 pub struct CbwOptions {
     /// The scratch qcow2 to create (it must not exist).
     pub scratch: PathBuf,
-    /// The granule in bytes: a power of two from 4 KiB to 2 MiB.
-    pub granule: u64,
+    /// The granule in bytes: a power of two from 4 KiB to 2 MiB, or
+    /// `None` for [`granule_for`] the disk's size.
+    pub granule: Option<u64>,
     /// The ranges the view needs (`(offset, length)`, e.g. a bitmap's
     /// dirty extents), or `None` for all of the disk.
     pub needed: Option<Vec<(u64, u64)>>,
@@ -79,7 +98,7 @@ impl CbwOptions {
     pub fn new(scratch: impl Into<PathBuf>) -> CbwOptions {
         CbwOptions {
             scratch: scratch.into(),
-            granule: DEFAULT_GRANULE,
+            granule: None,
             needed: None,
             timeout: DEFAULT_TIMEOUT,
             read_once: false,
@@ -215,14 +234,14 @@ impl Prepared {
 /// Makes the scratch of a view of `source` ready (see [`Prepared`]).
 pub fn prepare(source: Arc<dyn Image>, opts: &CbwOptions) -> Result<Prepared> {
     let shown = opts.scratch.display().to_string();
-    let g = opts.granule;
-    if !g.is_power_of_two() || !(4096..=2 << 20).contains(&g) {
+    let size = source.size();
+    let g = opts.granule.unwrap_or_else(|| granule_for(size));
+    if !g.is_power_of_two() || !(MIN_GRANULE..=MAX_GRANULE).contains(&g) {
         return Err(Error::invalid(
             &shown,
             format!("granule {g}: a power of two from 4 KiB to 2 MiB"),
         ));
     }
-    let size = source.size();
     let n = size.div_ceil(g);
     let needed = match &opts.needed {
         None => Bits::new(n, true),
@@ -283,4 +302,23 @@ pub fn prepare(source: Arc<dyn Image>, opts: &CbwOptions) -> Result<Prepared> {
         copied: AtomicU64::new(0),
     });
     Ok(Prepared(shared))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn granules_are_pages_until_there_would_be_too_many() {
+        assert_eq!(granule_for(0), MIN_GRANULE);
+        assert_eq!(granule_for(1), MIN_GRANULE);
+        // 64 GiB of pages is the most.
+        assert_eq!(granule_for(64 << 30), MIN_GRANULE);
+        assert_eq!(granule_for((64 << 30) + 1), 2 * MIN_GRANULE);
+        assert_eq!(granule_for(1 << 40), 64 << 10);
+        for size in [1u64 << 20, 100 << 30, 3 << 40, 32 << 40] {
+            assert!(size.div_ceil(granule_for(size)) <= MAX_GRANULES, "{size}");
+        }
+        assert_eq!(granule_for(1 << 50), MAX_GRANULE);
+    }
 }

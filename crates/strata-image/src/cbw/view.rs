@@ -74,8 +74,9 @@ impl CbwView {
     }
 }
 
-/// Granules a read holds at once.
-const HOLD: u64 = 1;
+/// The most a held read holds at once (at least one granule): a guest
+/// write waits for a reader no longer than the read of that much.
+const HOLD_BYTES: u64 = 64 << 10;
 
 impl CbwView {
     /// The error of a second look at granule `g`, given up after a read
@@ -132,19 +133,19 @@ impl CbwView {
 }
 
 impl CbwView {
-    /// The common case of a backup's read: every granule of the range is
-    /// still in the live image. It is read at once without holding
-    /// anything (no guest write waits for it at all), then checked: a
-    /// guest write to a needed granule copies it to the scratch (or notes
-    /// zeros) before it lands, so a granule still in the live image and
-    /// still needed afterwards was read as it was at the start. The others
-    /// are read again, held. False (nothing read) when some granule is
-    /// elsewhere already.
+    /// The common case of a backup's read: most granules of the range are
+    /// still in the live image. The range is read from there at once
+    /// without holding anything (no guest write waits for it at all), then
+    /// checked: a guest write to a needed granule copies it to the scratch
+    /// (or notes zeros) before it lands, so a granule still in the live
+    /// image and still needed afterwards was read as it was at the start.
+    /// The others (elsewhere already, or changed meanwhile) are read again,
+    /// held. False (nothing read) when no granule is in the live image.
     fn read_unheld(&self, buf: &mut [u8], offset: u64) -> Result<bool> {
         let s = &self.shared;
         let len = buf.len() as u64;
         let span = s.span(offset, len);
-        let Some(needed) = s.granules.peek_live(span.clone()) else {
+        let Some(seen) = s.granules.peek_live(span.clone()) else {
             return Ok(false);
         };
         s.source.read_at(buf, offset)?;
@@ -152,18 +153,82 @@ impl CbwView {
             true => s.whole(offset, len),
             false => 0..0,
         };
-        let (redo, free) = s.granules.settle(span, &needed, whole);
+        let (redo, free) = s.granules.settle(span, &seen, whole);
         s.free(&free);
-        let end = offset + len;
+        // Adjacent granules to read again go together.
+        let mut runs: Vec<(u64, u64)> = Vec::new();
         for g in redo {
-            let (start, glen) = s.bytes(g);
-            let (at, stop) = (start.max(offset), (start + glen).min(end));
-            self.read_held(
+            match runs.last_mut() {
+                Some((_, end)) if *end == g => *end += 1,
+                _ => runs.push((g, g + 1)),
+            }
+        }
+        let end = offset + len;
+        for (first, last) in runs {
+            let at = (first * s.granule).max(offset);
+            let stop = (last * s.granule).min(end);
+            self.read_held_in_parts(
                 &mut buf[(at - offset) as usize..(stop - offset) as usize],
                 at,
             )?;
         }
         Ok(true)
+    }
+
+    /// The extents of `[offset, offset+len)` with its granules where
+    /// `places` says (from the first granule of the range on).
+    fn extents(&self, offset: u64, len: u64, places: &[Place]) -> Result<Vec<Extent>> {
+        let s = &self.shared;
+        let first = offset / s.granule;
+        let mut out = Vec::new();
+        let end = offset + len;
+        let mut at = offset;
+        while at < end {
+            let g = at / s.granule;
+            let here = places[(g - first) as usize];
+            let mut stop = ((g + 1) * s.granule).min(end);
+            while stop < end && places[(stop / s.granule - first) as usize] == here {
+                stop = ((stop / s.granule + 1) * s.granule).min(end);
+            }
+            let kept = |zero: bool| Extent {
+                start: at,
+                length: stop - at,
+                depth: 0,
+                present: true,
+                zero,
+                data: !zero,
+                compressed: false,
+                offset: None,
+            };
+            match here {
+                Place::Scratch => push_extent(&mut out, kept(false)),
+                Place::Zero => push_extent(&mut out, kept(true)),
+                Place::Live => {
+                    for mut e in s.source.block_status(at, stop - at)? {
+                        e.offset = None;
+                        push_extent(&mut out, e);
+                    }
+                }
+            }
+            at = stop;
+        }
+        Ok(out)
+    }
+
+    /// [`CbwView::read_held`] of `buf` at `offset`, [`HOLD_BYTES`] at a
+    /// time.
+    fn read_held_in_parts(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let s = &self.shared;
+        let hold = (HOLD_BYTES / s.granule).max(1);
+        let end = offset + buf.len() as u64;
+        let mut at = offset;
+        while at < end {
+            let stop = ((at / s.granule + hold) * s.granule).min(end);
+            let part = &mut buf[(at - offset) as usize..(stop - offset) as usize];
+            self.read_held(part, at)?;
+            at = stop;
+        }
+        Ok(())
     }
 }
 
@@ -185,16 +250,7 @@ impl Image for CbwView {
         check_range(self.path(), s.size, offset, buf.len() as u64)?;
         self.check_broken()?;
         if !self.read_unheld(buf, offset)? {
-            // At most HOLD granules at a time: a guest write waits for a
-            // reader no longer than the read of that much.
-            let end = offset + buf.len() as u64;
-            let mut at = offset;
-            while at < end {
-                let stop = ((at / s.granule + HOLD) * s.granule).min(end);
-                let part = &mut buf[(at - offset) as usize..(stop - offset) as usize];
-                self.read_held(part, at)?;
-                at = stop;
-            }
+            self.read_held_in_parts(buf, offset)?;
         }
         // A copy that failed while this read ran may have let the guest
         // write over what was read.
@@ -224,57 +280,30 @@ impl Image for CbwView {
     }
     /// Granules in the scratch are data, those that were zeros read as
     /// zeros; the others are as the live image has them, unchanged since
-    /// the view started (any change would have copied them first).
+    /// the view started (any change would have copied them first). Found
+    /// without holding anything, then checked: when a guest write moved a
+    /// granule meanwhile (the live image may show what it wrote), found
+    /// again, held.
     fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let s = &self.shared;
         check_range(self.path(), s.size, offset, len)?;
         self.check_broken()?;
         let span = s.span(offset, len);
+        let seen = s
+            .granules
+            .places(span.clone())
+            .map_err(|g| self.given_up(g))?;
+        let out = self.extents(offset, len, &seen)?;
+        if s.granules.places(span.clone()).as_ref() == Ok(&seen) {
+            return Ok(out);
+        }
         let places = s
             .granules
             .read(span.clone())
             .map_err(|g| self.given_up(g))?;
-        let mut out = Vec::new();
-        let end = offset + len;
-        let mut at = offset;
-        let mut result = Ok(());
-        while at < end {
-            let g = at / s.granule;
-            let here = places[(g - span.start) as usize];
-            let mut stop = ((g + 1) * s.granule).min(end);
-            while stop < end && places[(stop / s.granule - span.start) as usize] == here {
-                stop = ((stop / s.granule + 1) * s.granule).min(end);
-            }
-            let kept = |zero: bool| Extent {
-                start: at,
-                length: stop - at,
-                depth: 0,
-                present: true,
-                zero,
-                data: !zero,
-                compressed: false,
-                offset: None,
-            };
-            match here {
-                Place::Scratch => push_extent(&mut out, kept(false)),
-                Place::Zero => push_extent(&mut out, kept(true)),
-                Place::Live => match s.source.block_status(at, stop - at) {
-                    Ok(list) => {
-                        for mut e in list {
-                            e.offset = None;
-                            push_extent(&mut out, e);
-                        }
-                    }
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                },
-            }
-            at = stop;
-        }
+        let out = self.extents(offset, len, &places);
         s.granules.end_read(span, 0..0);
-        result.map(|()| out)
+        out
     }
     fn backing(&self) -> Option<&Arc<dyn Image>> {
         None
