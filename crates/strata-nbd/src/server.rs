@@ -225,6 +225,33 @@ pub async fn serve(
     Ok(())
 }
 
+/// The send buffer asked for each unix-socket connection: room for a few
+/// large read replies, so that one goes out in one write rather than in
+/// pieces, each after a wake-up (the default is about 200 KiB, less than
+/// one 256 KiB read; the system caps it at `net.core.wmem_max`). TCP
+/// sizes its buffers itself.
+const SEND_BUFFER: libc::c_int = 2 << 20;
+
+/// Asks for [`SEND_BUFFER`] on socket `fd` (best effort: a smaller
+/// buffer only costs more wake-ups).
+fn widen_send_buffer(fd: RawFd) {
+    let size = SEND_BUFFER;
+    // SAFETY: setsockopt reads one c_int from a live local for an open
+    // socket.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot widen the send buffer");
+    }
+}
+
 /// The next client: its stream, and the socket's descriptor (which lives
 /// as long as the stream).
 async fn accept(l: &Listener) -> std::io::Result<(Box<dyn Stream>, RawFd)> {
@@ -232,6 +259,7 @@ async fn accept(l: &Listener) -> std::io::Result<(Box<dyn Stream>, RawFd)> {
         Listener::Unix(u) => {
             let s = u.accept().await?.0;
             let fd = s.as_raw_fd();
+            widen_send_buffer(fd);
             (Box::new(s), fd)
         }
         Listener::Tcp(t) => {

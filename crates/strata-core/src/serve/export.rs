@@ -28,6 +28,9 @@ pub struct ImageExport {
     /// Exported bitmaps: name and dirty ranges (sorted, disjoint).
     bitmaps: Vec<(String, Vec<(u64, u64)>)>,
     allocation_depth: bool,
+    /// Some layer of the chain keeps its data in a plain file (see
+    /// [`Export::placement`]); views and filters do not.
+    in_files: bool,
 }
 
 impl ImageExport {
@@ -45,12 +48,15 @@ impl ImageExport {
             .iter()
             .map(|b| Ok((b.clone(), strata_image::dirty_since(img.as_ref(), b)?)))
             .collect::<strata_image::Result<_>>()?;
+        let in_files =
+            std::iter::successors(Some(&img), |l| l.backing()).any(|l| l.host_fd().is_some());
         Ok(ImageExport {
             img,
             read_only,
             description,
             bitmaps,
             allocation_depth,
+            in_files,
         })
     }
 }
@@ -189,8 +195,10 @@ impl Export for ImageExport {
     /// A read-only chain's plain data clusters lie in its layers' files:
     /// reads can send them without copying. (A writable image's clusters
     /// may move, or be freed and reused, while a reply is on its way.)
+    /// An image with no layer in a file (a backup's point-in-time view)
+    /// has nothing to send without copying: its reads are copied at once.
     fn placement(&self, offset: u64, len: u64) -> Outcome<Option<Vec<Placement<'_>>>> {
-        if !self.read_only {
+        if !self.read_only || !self.in_files {
             return Ok(None);
         }
         let mut out = Vec::new();
