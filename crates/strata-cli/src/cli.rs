@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::live_args::{
-    DaemonArgs, DomainListArgs, DomainNameArgs, DomainShutdownArgs, DomainStartArgs, DomstateArgs,
+    DaemonArgs, DomainListArgs, DomainNameArgs, DomainRestoreArgs, DomainSaveArgs,
+    DomainShutdownArgs, DomainStartArgs, DomstateArgs,
 };
 use crate::size::{parse_byte, parse_size, parse_size_change, SizeChange};
 
@@ -577,6 +578,10 @@ pub enum DomainCommand {
     Suspend(DomainNameArgs),
     /// Run a paused domain's vCPUs.
     Resume(DomainNameArgs),
+    /// Save a domain's memory and definition to a file and stop it.
+    Save(DomainSaveArgs),
+    /// Start a domain from a file `domain save` wrote, where it left off.
+    Restore(DomainRestoreArgs),
     /// Print a domain's state: running, paused or shut off.
     Domstate(DomstateArgs),
     /// Print a domain's XML.

@@ -63,6 +63,8 @@ pub fn run(cmd: DomainCommand, state: Option<&Path>, out: &Output) -> Result<u8>
         DomainCommand::Resume(a) => {
             return crate::lifecycle::run_op(Op::Resume, &a.domain, &dir, out)
         }
+        DomainCommand::Save(a) => return crate::save::save(&a, &dir, out),
+        DomainCommand::Restore(a) => return crate::save::restore(&a, &dir, out),
         DomainCommand::Domstate(a) => return crate::lifecycle::domstate(&a, &dir, out),
         DomainCommand::Dumpxml(a) => {
             out.no_json("domain dumpxml")?;

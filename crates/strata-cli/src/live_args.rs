@@ -89,6 +89,52 @@ pub struct DomainNameArgs {
     pub domain: String,
 }
 
+/// The state a restored machine is left in, as virsh's `--running` and
+/// `--paused` (by default: as it was when saved).
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct AfterRestoreArgs {
+    /// Run it after the restore.
+    #[arg(long)]
+    pub running: bool,
+    /// Leave it paused after the restore.
+    #[arg(long)]
+    pub paused: bool,
+}
+
+impl AfterRestoreArgs {
+    /// Paused (`Some(true)`), running (`Some(false)`), or as saved.
+    pub fn paused(&self) -> Option<bool> {
+        match (self.running, self.paused) {
+            (true, _) => Some(false),
+            (_, true) => Some(true),
+            _ => None,
+        }
+    }
+}
+
+/// `strata domain save`.
+#[derive(Debug, Args)]
+pub struct DomainSaveArgs {
+    /// The domain (running or paused).
+    pub domain: String,
+    /// The file to save into; it must not exist.
+    pub file: PathBuf,
+    /// The state a restore leaves it in.
+    #[command(flatten)]
+    pub after: AfterRestoreArgs,
+}
+
+/// `strata domain restore`.
+#[derive(Debug, Args)]
+pub struct DomainRestoreArgs {
+    /// A file `domain save` wrote.
+    pub file: PathBuf,
+    /// The state to leave it in.
+    #[command(flatten)]
+    pub after: AfterRestoreArgs,
+}
+
 /// `strata domain domstate`.
 #[derive(Debug, Args)]
 pub struct DomstateArgs {

@@ -17,6 +17,7 @@ mod live_args;
 mod nbd;
 mod output;
 mod progress;
+mod save;
 mod size;
 mod snapshot;
 

@@ -16,7 +16,7 @@ use strata_core::store::Job;
 
 use crate::types::{
     BackupRequest, BlockJobInfo, BlockJobRequest, DaemonInfo, DomainInfo, ErrorBody, Gone, Made,
-    ShutdownRequest, StartRequest, StateInfo,
+    RestoreRequest, SaveInfo, SaveRequest, ShutdownRequest, StartRequest, StateInfo,
 };
 
 /// Why a request to the daemon failed.
@@ -152,6 +152,37 @@ impl Client {
     /// Runs a paused domain's vCPUs.
     pub fn resume(&self, name: &str) -> Result<DomainInfo, ClientError> {
         self.call("POST", &domain_path(name, "/resume"), None)
+    }
+
+    /// Saves a domain's memory and definition to `file` (absolute) and
+    /// stops it; `paused` is the state a restore leaves it in.
+    pub fn save(
+        &self,
+        name: &str,
+        file: &std::path::Path,
+        paused: Option<bool>,
+    ) -> Result<SaveInfo, ClientError> {
+        let req = SaveRequest {
+            file: file.to_path_buf(),
+            paused,
+        };
+        let body = serde_json::to_string(&req).unwrap_or_default();
+        self.call("POST", &domain_path(name, "/save"), Some(body))
+    }
+
+    /// Starts the domain saved in `file` (absolute); `paused` overrides
+    /// the state it was saved in.
+    pub fn restore(
+        &self,
+        file: &std::path::Path,
+        paused: Option<bool>,
+    ) -> Result<DomainInfo, ClientError> {
+        let req = RestoreRequest {
+            file: file.to_path_buf(),
+            paused,
+        };
+        let body = serde_json::to_string(&req).unwrap_or_default();
+        self.call("POST", "/v1/restore", Some(body))
     }
 
     /// A disk-only snapshot of a running domain.

@@ -193,6 +193,8 @@ pub enum EndCause {
     None,
     /// `destroy`.
     Destroy,
+    /// `save`: the state is in a file now.
+    Save,
     /// The daemon, while stopping.
     Daemon,
 }

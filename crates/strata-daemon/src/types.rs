@@ -2,6 +2,7 @@
 //! a domain's state in virsh's words, its reason, and the request bodies.
 
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// A domain's state, as `virsh domstate` words it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +46,9 @@ pub enum Reason {
     /// Running: it was resumed.
     #[serde(rename = "unpaused")]
     Unpaused,
+    /// Running: it was restored from a saved state.
+    #[serde(rename = "restored")]
+    Restored,
     /// Paused: a user asked (suspend, or start paused).
     #[serde(rename = "user")]
     User,
@@ -65,6 +69,9 @@ pub enum Reason {
     /// Shut off: `destroy`.
     #[serde(rename = "destroyed")]
     Destroyed,
+    /// Shut off: its state was saved (`domain save`).
+    #[serde(rename = "saved")]
+    Saved,
     /// Shut off: the domain failed to start.
     #[serde(rename = "failed")]
     Failed,
@@ -80,12 +87,14 @@ impl Reason {
             Reason::Unknown => "unknown",
             Reason::Booted => "booted",
             Reason::Unpaused => "unpaused",
+            Reason::Restored => "restored",
             Reason::User => "user",
             Reason::ShuttingDown => "shutting down",
             Reason::IoError => "ioerror",
             Reason::Crashed => "crashed",
             Reason::Shutdown => "shutdown",
             Reason::Destroyed => "destroyed",
+            Reason::Saved => "saved",
             Reason::Failed => "failed",
             Reason::Daemon => "daemon",
         }
@@ -156,6 +165,45 @@ pub struct StartRequest {
     /// Leave the vCPUs stopped (`virsh start --paused`).
     #[serde(default)]
     pub paused: bool,
+}
+
+/// `POST /v1/domains/{name}/save`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveRequest {
+    /// The file to save into (absolute; it must not exist).
+    pub file: PathBuf,
+    /// The state a restore leaves it in: paused (`Some(true)`), running
+    /// (`Some(false)`), or as it is now.
+    #[serde(default)]
+    pub paused: Option<bool>,
+}
+
+/// What `POST /v1/domains/{name}/save` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveInfo {
+    /// The domain, shut off now.
+    pub domain: DomainInfo,
+    /// The file.
+    pub file: PathBuf,
+    /// Bytes of saved state (memory and devices).
+    pub bytes: u64,
+    /// Milliseconds from pausing the guest to its state being saved.
+    pub paused_ms: u64,
+    /// Milliseconds the whole save took.
+    pub total_ms: u64,
+}
+
+/// `POST /v1/restore`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The saved machine (absolute).
+    pub file: PathBuf,
+    /// Run it (`Some(false)`) or leave it paused (`Some(true)`); by
+    /// default as it was when saved.
+    #[serde(default)]
+    pub paused: Option<bool>,
 }
 
 /// `POST /v1/domains/{name}/shutdown` (an empty body means the defaults).

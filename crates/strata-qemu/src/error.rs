@@ -174,6 +174,25 @@ pub enum Error {
         reason: String,
     },
 
+    /// Saving the machine's state to a file, or loading it from one, did not
+    /// complete.
+    #[error("{} the machine's state {} {uri}: {reason}", if *saving { "saving" } else { "loading" }, if *saving { "to" } else { "from" })]
+    Migration {
+        /// Saving (else loading).
+        saving: bool,
+        /// The stream's URI (`file:PATH,offset=N`).
+        uri: String,
+        /// Why (QEMU's `error-desc`, or the status it ended in).
+        reason: String,
+    },
+
+    /// The machine cannot do this (a hypervisor without the feature).
+    #[error("{what} is not supported by this hypervisor")]
+    Unsupported {
+        /// What was asked.
+        what: &'static str,
+    },
+
     /// An operation needs a running process, and it has exited.
     #[error("emulator process {pid} has exited ({status})")]
     Exited {

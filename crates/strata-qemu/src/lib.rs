@@ -37,7 +37,8 @@ pub use cmdline::{command_line, Runtime};
 pub use emulator::{Capabilities, Emulator};
 pub use error::{Error, Result};
 pub use hypervisor::{
-    BoxFuture, Hypervisor, QemuHypervisor, QemuVm, StartOptions, Vm, VmEvent, VmEvents, VmStatus,
+    BoxFuture, Hypervisor, QemuHypervisor, QemuVm, SavedState, StartOptions, Vm, VmEvent, VmEvents,
+    VmStatus,
 };
 pub use machine::Machine;
 pub use process::{ExitInfo, QemuProcess, SpawnOptions};

@@ -1,11 +1,12 @@
 //! Running domains: what strata-core knows of a machine that runs: the
 //! machine QEMU runs for a domain ([`machine::machine_of`]) and the disks
 //! an operation is handed, offline or served to a running guest
-//! ([`disks`]).
+//! ([`disks`]); the file a saved machine is kept in ([`saved`]).
 
 mod devices;
 pub mod disks;
 pub mod machine;
+pub mod saved;
 
 pub use disks::{Disks, Offline, Quiesced};
 pub use machine::{guest_agent_socket, machine_of};

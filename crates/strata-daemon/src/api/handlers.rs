@@ -18,8 +18,8 @@ use super::error::ApiError;
 use super::json;
 use crate::lifecycle::Service;
 use crate::types::{
-    BackupRequest, BlockJobRequest, DaemonInfo, ShutdownRequest, StartRequest,
-    DEFAULT_SHUTDOWN_TIMEOUT,
+    BackupRequest, BlockJobRequest, DaemonInfo, RestoreRequest, SaveRequest, ShutdownRequest,
+    StartRequest, DEFAULT_SHUTDOWN_TIMEOUT,
 };
 
 /// The handlers' state.
@@ -108,6 +108,35 @@ pub async fn resume(State(svc): Svc, p: Result<Path<String>, PathRejection>, b: 
     let name = name(p)?;
     no_body(&b)?;
     ok(&svc.resume(&name).await?)
+}
+
+/// An absolute file named in a request body.
+fn absolute_file(file: &std::path::Path) -> Result<(), ApiError> {
+    if file.is_absolute() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "file '{}': an absolute path is required",
+            file.display()
+        )))
+    }
+}
+
+/// `POST /v1/domains/{name}/save`.
+pub async fn save(State(svc): Svc, p: Result<Path<String>, PathRejection>, b: Bytes) -> Answer {
+    let name = name(p)?;
+    // An unknown domain is that, whatever the body.
+    svc.info(&name).await?;
+    let req: SaveRequest = body(&b)?;
+    absolute_file(&req.file)?;
+    ok(&svc.save(&name, &req.file, req.paused).await?)
+}
+
+/// `POST /v1/restore`.
+pub async fn restore(State(svc): Svc, b: Bytes) -> Answer {
+    let req: RestoreRequest = body(&b)?;
+    absolute_file(&req.file)?;
+    ok(&svc.restore(&req.file, req.paused).await?)
 }
 
 /// `POST /v1/domains/{name}/snapshots`: a disk-only snapshot of a running

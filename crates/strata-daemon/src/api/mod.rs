@@ -34,6 +34,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/domains/{name}/destroy"),
     ("POST", "/v1/domains/{name}/suspend"),
     ("POST", "/v1/domains/{name}/resume"),
+    ("POST", "/v1/domains/{name}/save"),
+    ("POST", "/v1/restore"),
     ("POST", "/v1/domains/{name}/snapshots"),
     ("DELETE", "/v1/domains/{name}/snapshots/{snapshot}"),
     ("POST", "/v1/domains/{name}/checkpoints"),
@@ -72,6 +74,8 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/domains/{name}/destroy", post(h::destroy))
         .route("/v1/domains/{name}/suspend", post(h::suspend))
         .route("/v1/domains/{name}/resume", post(h::resume))
+        .route("/v1/domains/{name}/save", post(h::save))
+        .route("/v1/restore", post(h::restore))
         .route("/v1/domains/{name}/snapshots", post(h::snapshot_create))
         .route(
             "/v1/domains/{name}/snapshots/{snapshot}",
@@ -180,6 +184,11 @@ mod tests {
             let path = p.replace("{name}", "nope").replace("{disk}", "vda");
             let resp = call(m, &path).await.unwrap();
             let code = resp.status().as_u16();
+            if *p == "/v1/restore" {
+                // No domain in the path; the file is required.
+                assert_eq!(code, 400, "{m} {p}");
+                continue;
+            }
             // Unknown domain: 404 from the handler, never "no route".
             assert!(code == 200 || code == 404, "{m} {p}: {code}");
             let body = axum::body::to_bytes(resp.into_body(), 1 << 20)

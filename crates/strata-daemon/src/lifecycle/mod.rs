@@ -1,7 +1,7 @@
 //! The lifecycle of domains, as the API asks for it: [`Service`] holds the
 //! state folder, the hypervisor and the [`Registry`], and carries out
 //! start ([`start`]), shutdown and destroy ([`stop`]), suspend and resume
-//! ([`pause`]), and the daemon's stop policy ([`stop::Service::stop_all`]).
+//! ([`pause`]), save and restore ([`save`]), and the daemon's stop policy ([`stop::Service::stop_all`]).
 //! [`watch`] turns QEMU's events into state changes and ends runs.
 //!
 //! Every operation on a domain holds the domain's operation mutex while it
@@ -15,6 +15,7 @@ pub mod live;
 pub mod pause;
 mod quiesce;
 pub mod recover;
+pub mod save;
 pub mod start;
 pub mod stop;
 pub mod watch;

@@ -46,6 +46,19 @@ impl Service {
             return Err(Error::Stopping);
         }
         let domain = self.definition(name).await?;
+        self.launch(name, &domain, paused, None).await
+    }
+
+    /// Starts `name` as `domain` defines it, running or paused; with
+    /// `state` (a file and the offset of the stream in it), QEMU loads that
+    /// saved state before it runs.
+    pub(super) async fn launch(
+        self: &Arc<Self>,
+        name: &str,
+        domain: &strata_core::Domain,
+        paused: bool,
+        state: Option<(&Path, u64)>,
+    ) -> Result<DomainInfo> {
         let slot = self.registry().slot(name);
         let _op = slot.op.lock().await;
         if self.is_stopping() {
@@ -57,12 +70,12 @@ impl Service {
         let lock = self.domain_lock(name).await?;
         let run_dir = self.state_dir().join("run").join(name);
         make_private_dir(&run_dir)?;
-        let plan = disks::plan(&domain, &run_dir, self.options.disk_backend)?;
+        let plan = disks::plan(domain, &run_dir, self.options.disk_backend)?;
         let backends: Vec<_> = plan
             .iter()
             .map(|p| (p.target.clone(), p.backend.clone()))
             .collect();
-        let machine = strata_core::live::machine_of(&domain, &backends, &run_dir).map_err(|e| {
+        let machine = strata_core::live::machine_of(domain, &backends, &run_dir).map_err(|e| {
             Error::Config {
                 domain: name.to_string(),
                 source: e,
@@ -84,6 +97,7 @@ impl Service {
         }
         let mut opts = StartOptions::new(&run_dir);
         opts.paused = paused;
+        opts.incoming = state.is_some();
         opts.destroy_grace = self.options.destroy_grace;
         // The guest outlives this daemon: a crash or an upgrade of the
         // daemon leaves QEMU running, for the next daemon to take over.
@@ -104,12 +118,23 @@ impl Service {
                 });
             }
         };
+        if let Some((file, offset)) = state {
+            if let Err(e) = load(vm.as_ref(), file, offset, paused).await {
+                let _ = vm.destroy().await;
+                disks::close_all(served).await;
+                slot.failed();
+                return Err(Error::Hypervisor {
+                    domain: name.to_string(),
+                    source: e,
+                });
+            }
+        }
         let events = vm.take_events();
         let run = Arc::new(Running::new(id, domain.uuid(), vm, run_dir, served, lock));
-        let (state, reason) = if paused {
-            (State::Paused, Reason::User)
-        } else {
-            (State::Running, Reason::Booted)
+        let (state, reason) = match (paused, state.is_some()) {
+            (true, _) => (State::Paused, Reason::User),
+            (false, true) => (State::Running, Reason::Restored),
+            (false, false) => (State::Running, Reason::Booted),
         };
         slot.begin(run.clone(), state, reason);
         let span = tracing::info_span!(parent: &dspan, "run", id, pid = run.vm.pid());
@@ -129,6 +154,21 @@ impl Service {
             domain: name.to_string(),
         })
     }
+}
+
+/// Loads the saved state at `offset` in `file` into `vm` (started
+/// waiting for it), then runs it unless `paused`.
+async fn load(
+    vm: &dyn strata_qemu::Vm,
+    file: &Path,
+    offset: u64,
+    paused: bool,
+) -> strata_qemu::Result<()> {
+    vm.load_state(file, offset).await?;
+    if !paused {
+        vm.resume().await?;
+    }
+    Ok(())
 }
 
 /// Makes `dir` (and its parents), owner-only.

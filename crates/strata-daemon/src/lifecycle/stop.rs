@@ -86,7 +86,7 @@ impl Service {
 
     /// Ends the active run of `slot` (whose operation lock the caller
     /// holds) and waits for its disks to close.
-    async fn end_run(&self, slot: &Slot, cause: EndCause) -> Result<()> {
+    pub(super) async fn end_run(&self, slot: &Slot, cause: EndCause) -> Result<()> {
         let status = slot.status();
         let Some(run) = slot.running().filter(|_| status.state.is_active()) else {
             return Err(Error::invalid(&slot.name, "domain is not running"));

@@ -44,6 +44,7 @@ pub async fn watch(slot: Arc<Slot>, run: Arc<Running>, events: Option<VmEvents>)
 fn shut_off_reason(cause: EndCause, shutdown: Option<Seen>, exit: ExitInfo) -> Reason {
     match (cause, shutdown) {
         (EndCause::Destroy, _) => Reason::Destroyed,
+        (EndCause::Save, _) => Reason::Saved,
         // The guest obeyed the stop policy's power button.
         (
             EndCause::Daemon,

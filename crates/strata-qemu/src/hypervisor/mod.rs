@@ -7,9 +7,10 @@
 //! objects (`Box<dyn Vm>`).
 
 mod qemu;
+mod state;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -40,6 +41,9 @@ pub struct StartOptions {
     pub destroy_grace: Duration,
     /// Kill the emulator when its [`Vm`] handle is dropped.
     pub kill_on_drop: bool,
+    /// Start waiting for a saved state (`-incoming defer`), paused in
+    /// `inmigrate`, for [`Vm::load_state`].
+    pub incoming: bool,
 }
 
 impl StartOptions {
@@ -52,6 +56,7 @@ impl StartOptions {
             qmp: QmpOptions::default(),
             destroy_grace: Duration::from_secs(10),
             kill_on_drop: true,
+            incoming: false,
         }
     }
 }
@@ -159,4 +164,40 @@ pub trait Vm: Send + Sync {
     fn wait(&self) -> BoxFuture<'_, ExitInfo>;
     /// The machine's events; `Some` the first time only.
     fn take_events(&self) -> Option<VmEvents>;
+    /// Writes the machine's memory and device state (QEMU's migration
+    /// stream) into `path` from byte `offset` on, and returns once all of
+    /// it is there. A paused machine stays paused; a running one runs
+    /// while its memory is copied and is paused for the last of it (it is
+    /// then in `postmigrate`). The bytes before `offset` are left zero.
+    fn save_state<'a>(&'a self, path: &'a Path, offset: u64) -> BoxFuture<'a, Result<SavedState>> {
+        let _ = (path, offset);
+        Box::pin(async {
+            Err(crate::Error::Unsupported {
+                what: "saving state",
+            })
+        })
+    }
+    /// Loads a state [`Vm::save_state`] wrote into a machine started with
+    /// [`StartOptions::incoming`], and returns once it is loaded; the
+    /// machine stays paused.
+    fn load_state<'a>(&'a self, path: &'a Path, offset: u64) -> BoxFuture<'a, Result<()>> {
+        let _ = (path, offset);
+        Box::pin(async {
+            Err(crate::Error::Unsupported {
+                what: "loading state",
+            })
+        })
+    }
+}
+
+/// What a saved state took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SavedState {
+    /// The stream's length in bytes.
+    pub bytes: u64,
+    /// How long the guest was paused for it by the save itself, in
+    /// milliseconds (0 when it was paused already).
+    pub downtime_ms: u64,
+    /// How long the save took, in milliseconds.
+    pub total_ms: u64,
 }

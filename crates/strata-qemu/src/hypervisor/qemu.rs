@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::{BoxFuture, Hypervisor, StartOptions, Vm, VmEvent, VmEvents, VmStatus};
+use super::{BoxFuture, Hypervisor, SavedState, StartOptions, Vm, VmEvent, VmEvents, VmStatus};
 use crate::cmdline::{command_line, Runtime};
 use crate::emulator::{resolve, Emulator};
 use crate::machine::Machine;
@@ -70,7 +70,10 @@ impl QemuHypervisor {
             qmp_socket: dir.join("qmp.sock"),
             pid_file: dir.join("qemu.pid"),
         };
-        let args = command_line(machine, &runtime, &emulator.caps)?;
+        let mut args = command_line(machine, &runtime, &emulator.caps)?;
+        if opts.incoming {
+            args.extend(["-incoming".into(), "defer".into()]);
+        }
         for stale in [&runtime.qmp_socket, &runtime.pid_file] {
             match std::fs::remove_file(stale) {
                 Ok(()) => {}
@@ -113,7 +116,7 @@ impl QemuHypervisor {
             destroy_grace: opts.destroy_grace,
             qmp_socket: runtime.qmp_socket,
         };
-        if !opts.paused {
+        if !opts.paused && !opts.incoming {
             if let Err(e) = vm.qmp.cont().await {
                 vm.process.kill();
                 vm.process.wait().await;
@@ -346,5 +349,13 @@ impl Vm for QemuVm {
 
     fn take_events(&self) -> Option<VmEvents> {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn save_state<'a>(&'a self, path: &'a Path, offset: u64) -> BoxFuture<'a, Result<SavedState>> {
+        Box::pin(async move { self.qmp_op(self.save_state_qemu(path, offset).await).await })
+    }
+
+    fn load_state<'a>(&'a self, path: &'a Path, offset: u64) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.qmp_op(self.load_state_qemu(path, offset).await).await })
     }
 }

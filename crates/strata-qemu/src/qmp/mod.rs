@@ -72,6 +72,7 @@ macro_rules! string_enum {
 mod client;
 pub mod commands;
 pub mod events;
+pub mod migration;
 pub mod types;
 mod wire;
 
