@@ -36,6 +36,8 @@ fn initial(opts: &CreateOptions) -> Vec<u8> {
 #[derive(Clone, Copy, Debug)]
 enum Op {
     Create,
+    /// Create with a VM state of several clusters.
+    CreateWithState,
     Apply,
     Delete,
 }
@@ -43,22 +45,34 @@ enum Op {
 fn apply(img: &Qcow2, op: Op) -> strata_image::Result<()> {
     match op {
         Op::Create => img.snapshot_create(Some("c"), 0).map(|_| ()),
+        Op::CreateWithState => img
+            .snapshot_create_with_state(Some("c"), 0, &pattern(300_000, 1))
+            .map(|_| ()),
         Op::Apply => img.snapshot_apply("a").map(|_| ()),
         Op::Delete => img.snapshot_delete("a").map(|_| ()),
     }
 }
 
-/// (snapshot names, active contents) of an image in bytes.
+/// (snapshot names, active contents) of an image in bytes; a snapshot
+/// with a VM state is named with its size, and its state is checked.
 fn state(bytes: Vec<u8>) -> (Vec<String>, Vec<u8>) {
     let img = open(Arc::new(MemoryStorage::from_bytes("s", bytes)), false).unwrap();
-    (
-        img.snapshots()
-            .unwrap()
-            .into_iter()
-            .map(|s| s.name)
-            .collect(),
-        read_all(&img),
-    )
+    let mut names = Vec::new();
+    for s in img.snapshots().unwrap() {
+        if s.vm_state_size == 0 {
+            names.push(s.name);
+            continue;
+        }
+        let mut st = vec![0u8; s.vm_state_size as usize];
+        img.read_vmstate(&s.name, &mut st, 0).unwrap();
+        assert!(
+            st == pattern(st.len(), 1),
+            "snapshot {}: its VM state",
+            s.name
+        );
+        names.push(format!("{} ({} bytes of state)", s.name, s.vm_state_size));
+    }
+    (names, read_all(&img))
 }
 
 fn crash_every_write(name: &str, opts: CreateOptions, op: Op) {
@@ -117,7 +131,12 @@ fn crash_every_write(name: &str, opts: CreateOptions, op: Op) {
             assert!(code == 0 || code == 3, "{ctx}: qemu-img check:\n{text}");
             let listed: Vec<String> = qemu_snapshots(&path).into_iter().map(|(_, n)| n).collect();
             let now = state(image);
-            assert_eq!(listed, now.0, "{ctx}: qemu-img and strata list differently");
+            let names: Vec<&str> = now
+                .0
+                .iter()
+                .map(|n| n.split(' ').next().unwrap_or(""))
+                .collect();
+            assert_eq!(listed, names, "{ctx}: qemu-img and strata list differently");
             assert!(
                 now == before || now == after,
                 "{ctx}: neither fully before nor fully after (list {:?})",
@@ -146,6 +165,21 @@ fn crash_during_create() {
         },
         Op::Create,
     );
+}
+
+#[test]
+fn crash_during_create_with_a_vm_state() {
+    for (name, cluster_size) in [("64k", 65536), ("4k", 4096)] {
+        crash_every_write(
+            name,
+            CreateOptions {
+                size: SIZE,
+                cluster_size,
+                ..Default::default()
+            },
+            Op::CreateWithState,
+        );
+    }
 }
 
 #[test]

@@ -28,6 +28,7 @@ mod snapshot;
 pub mod snapshot_table;
 mod snapshot_view;
 mod types;
+pub mod vmstate;
 mod zero;
 
 pub use bitmaps::{BitmapEdit, BitmapInfo};
@@ -37,6 +38,7 @@ pub use header::{CompressionType, Header};
 pub use pending::{PendingChange, SnapshotChange};
 pub use snapshot::SnapshotInfo;
 pub use snapshot_view::SnapshotView;
+pub use vmstate::{FileVmState, VmStateSource};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -93,7 +93,7 @@ impl Meta {
     }
 
     /// Adds `delta` (+1 or -1) to every data cluster an L2 table maps.
-    fn adjust_data(&mut self, tx: &mut Tx, table: &[u64], delta: i8) -> Result<()> {
+    pub(crate) fn adjust_data(&mut self, tx: &mut Tx, table: &[u64], delta: i8) -> Result<()> {
         let geo = self.geo;
         for j in 0..geo.l2_entries as usize {
             let mut clusters = Vec::new();
@@ -317,7 +317,10 @@ impl Meta {
         let entries = self.snapshot_entries()?;
         let (_, entry) = find(path, &entries, name)?;
         let entry = entry.clone();
-        let sn_l1 = self.snapshot_l1(&entry)?;
+        let size = entry.disk_size.unwrap_or(self.header.size);
+        let mut sn_l1 = self.snapshot_l1(&entry)?;
+        // The guest disk only: a VM state past it stays the snapshot's.
+        sn_l1.truncate(self.geo.l1_entries_for(size) as usize);
         let old = self.l1.clone();
         // Every enabled bitmap marks the clusters the switch changes, in
         // the same commit (a crash cannot keep one without the other).
@@ -357,7 +360,6 @@ impl Meta {
                 self.adjust_data(tx, &table, 1)?;
             }
         }
-        let size = entry.disk_size.unwrap_or(self.header.size);
         if (sn_l1.len() as u64) < self.geo.l1_entries_for(size) {
             return Err(Error::corrupt(
                 path,
