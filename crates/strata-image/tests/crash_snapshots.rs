@@ -38,6 +38,8 @@ enum Op {
     Create,
     /// Create with a VM state of several clusters.
     CreateWithState,
+    /// Attach a VM state to an existing snapshot.
+    AttachState,
     Apply,
     Delete,
 }
@@ -47,6 +49,9 @@ fn apply(img: &Qcow2, op: Op) -> strata_image::Result<()> {
         Op::Create => img.snapshot_create(Some("c"), 0).map(|_| ()),
         Op::CreateWithState => img
             .snapshot_create_with_state(Some("c"), 0, &pattern(300_000, 1))
+            .map(|_| ()),
+        Op::AttachState => img
+            .snapshot_attach_state("a", &pattern(300_000, 1))
             .map(|_| ()),
         Op::Apply => img.snapshot_apply("a").map(|_| ()),
         Op::Delete => img.snapshot_delete("a").map(|_| ()),
@@ -168,7 +173,7 @@ fn crash_during_create() {
 }
 
 #[test]
-fn crash_during_create_with_a_vm_state() {
+fn crash_during_create_with_a_vm_state_or_attaching_one() {
     for (name, cluster_size) in [("64k", 65536), ("4k", 4096)] {
         crash_every_write(
             name,
@@ -178,6 +183,15 @@ fn crash_during_create_with_a_vm_state() {
                 ..Default::default()
             },
             Op::CreateWithState,
+        );
+        crash_every_write(
+            name,
+            CreateOptions {
+                size: SIZE,
+                cluster_size,
+                ..Default::default()
+            },
+            Op::AttachState,
         );
     }
 }

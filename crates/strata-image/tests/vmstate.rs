@@ -205,3 +205,46 @@ fn qemu_loads_a_state_strata_stored_and_strata_reads_one_qemu_saved() {
     assert!(out.contains("Not a migration stream"), "{out}");
     assert_qemu_clean(&ours);
 }
+
+#[test]
+fn a_state_attached_to_a_snapshot_afterwards_is_as_one_made_with_it() {
+    let d = tmp();
+    let img = at(&d, "a.qcow2");
+    create(
+        &img,
+        CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+    );
+    let mut model = vec![0u8; SIZE as usize];
+    let mut rng = Rng(23);
+    let state = pattern(200_000, 5);
+    let at_snapshot;
+    {
+        let i = open_rw(&img);
+        random_writes(i.as_ref(), &mut model, &mut rng, 30, 200_000);
+        qcow2(&i).snapshot_create(Some("s"), 0).unwrap();
+        at_snapshot = model.clone();
+        random_writes(i.as_ref(), &mut model, &mut rng, 30, 200_000);
+        let info = qcow2(&i).snapshot_attach_state("s", &state).unwrap();
+        assert_eq!(info.vm_state_size, state.len() as u64);
+        let e = qcow2(&i)
+            .snapshot_attach_state("s", &state)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has a VM state already"), "{e}");
+        assert!(read_all(i.as_ref()) == model, "the guest data is untouched");
+        let mut back = vec![0u8; state.len()];
+        qcow2(&i).read_vmstate("s", &mut back, 0).unwrap();
+        assert!(back == state);
+    }
+    assert_qemu_clean(&img);
+    assert_eq!(listed_sizes(&img)[0].1, "195 KiB");
+    assert!(qemu_read_snapshot(&img, "s", d.path()) == at_snapshot);
+    {
+        let i = open_rw(&img);
+        qcow2(&i).snapshot_delete("s").unwrap();
+    }
+    assert_qemu_clean(&img);
+}

@@ -199,6 +199,46 @@ impl Qcow2 {
         })
     }
 
+    /// Gives snapshot `name` (by name or ID), which has none, `state` as
+    /// its VM state, in one shadow commit: the snapshot gets an L1 table of
+    /// its own with the state's entries past its disk; its old one goes.
+    /// For a snapshot of several disks taken at one instant, the state goes
+    /// with the first disk's afterwards.
+    pub fn snapshot_attach_state(
+        &self,
+        name: &str,
+        state: &dyn VmStateSource,
+    ) -> Result<SnapshotInfo> {
+        self.require_writable()?;
+        self.exclusive(|m| {
+            let budget = m.tx_budget(0) + m.vmstate_budget(state.len());
+            m.transaction(budget, |m, tx| {
+                let mut entries = m.snapshot_entries()?;
+                let (index, entry) = super::snapshot::find(&self.path, &entries, name)?;
+                if entry.vm_state_size != 0 {
+                    return Err(Error::invalid(
+                        &self.path,
+                        format!("snapshot '{}' has a VM state already", entry.name),
+                    ));
+                }
+                let old = entry.clone();
+                let old_l1 = m.snapshot_l1(&old)?;
+                let entry = &mut entries[index];
+                m.attach_vmstate(tx, entry, &old_l1, state)?;
+                let cs = m.geo.cluster_size;
+                let n = (old.l1_size as u64 * 8).div_ceil(cs);
+                tx.frees_after
+                    .extend((0..n).map(|k| old.l1_table_offset + k * cs));
+                let info = SnapshotInfo::from(&*entry);
+                let switch = super::shadow::Switch {
+                    snapshots: Some(entries),
+                    ..Default::default()
+                };
+                Ok((switch, info))
+            })
+        })
+    }
+
     /// Reads `buf` from position `pos` of the VM state of snapshot `name`
     /// (by name or ID); an error when the range is past the state's end.
     pub fn read_vmstate(&self, name: &str, buf: &mut [u8], pos: u64) -> Result<()> {
