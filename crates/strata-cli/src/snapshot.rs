@@ -56,6 +56,25 @@ pub fn stall_ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// What `snapshot revert` says it did.
+fn print_reverted(
+    out: &Output,
+    domain: &str,
+    name: &str,
+    moved: &[(String, std::path::PathBuf)],
+) -> Result<()> {
+    if out.json() {
+        let disks: Vec<_> = moved
+            .iter()
+            .map(|(t, f)| serde_json::json!({"disk": t, "source": f}))
+            .collect();
+        out.print_json(&serde_json::json!({"name": name, "new_overlays": disks}))?;
+    } else {
+        out.say(&format!("Domain '{domain}' reverted to snapshot {name}"))?;
+    }
+    Ok(())
+}
+
 /// Runs `strata snapshot …`.
 pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
     let dir = state_dir(state)?;
@@ -85,7 +104,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
             }
             if live && (a.live || a.halt) {
                 bail!(
-                    "domain '{}': --live and --halt save the memory state, which is not yet supported (use --disk-only)",
+                    "domain '{}': --live and --halt are not supported yet (a snapshot with memory pauses the guest while its memory is saved)",
                     a.domain
                 );
             }
@@ -255,9 +274,30 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 return Err(usage("--running and --paused exclude each other"));
             }
             let name = pick(&store, &a.domain, a.snapshot, a.current)?;
+            // A snapshot with memory: the guest goes on from it (checked
+            // before anything changes).
+            let memory = snapshot_revert::memory_image(&store, &a.domain, &name)?;
+            if memory.is_some() {
+                let def = store.snapshot(&a.domain, &name)?.def()?;
+                if live {
+                    crate::lifecycle::run_op(Op::Destroy, &a.domain, &dir, &out.muted())?;
+                }
+                let moved = snapshot_revert::revert(&mut store, &a.domain, &name)?;
+                let paused = a.paused || (!a.running && def.state == "paused");
+                crate::live::ensure_daemon(&dir, out.quiet)?
+                    .start_from_snapshot(&a.domain, &name, paused)
+                    .map_err(|e| {
+                        crate::live::api_error(e).context(format!(
+                            "the disks of domain '{}' were reverted to snapshot {name}, but its memory could not be loaded (the domain stays shut off)",
+                            a.domain
+                        ))
+                    })?;
+                print_reverted(out, &a.domain, &name, &moved)?;
+                return Ok(OK);
+            }
             if live {
-                // No snapshot holds memory state yet: the guest cannot go
-                // on from it, only start again (libvirt's rule).
+                // No memory in the snapshot: the guest cannot go on from
+                // it, only start again (libvirt's rule).
                 if !a.force {
                     bail!(
                         "revert requires force: domain '{}' is running and snapshot '{name}' holds no memory state, so the machine must be stopped (what the guest has not written is lost); use --force",
@@ -272,18 +312,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 let start = Op::Start { paused: a.paused };
                 crate::lifecycle::run_op(start, &a.domain, &dir, &out.muted())?;
             }
-            if out.json() {
-                let disks: Vec<_> = moved
-                    .iter()
-                    .map(|(t, f)| serde_json::json!({"disk": t, "source": f}))
-                    .collect();
-                out.print_json(&serde_json::json!({"name": name, "new_overlays": disks}))?;
-            } else {
-                out.say(&format!(
-                    "Domain '{}' reverted to snapshot {name}",
-                    a.domain
-                ))?;
-            }
+            print_reverted(out, &a.domain, &name, &moved)?;
         }
         DomSnapshotCommand::Delete(a) => {
             let name = pick(&store, &a.domain, a.snapshot, a.current)?;

@@ -129,7 +129,27 @@ impl Client {
 
     /// Starts a domain.
     pub fn start(&self, name: &str, paused: bool) -> Result<DomainInfo, ClientError> {
-        let body = serde_json::to_string(&StartRequest { paused }).unwrap_or_default();
+        let req = StartRequest {
+            paused,
+            memory_of: None,
+        };
+        let body = serde_json::to_string(&req).unwrap_or_default();
+        self.call("POST", &domain_path(name, "/start"), Some(body))
+    }
+
+    /// Starts a domain from the memory kept with its snapshot `snapshot`
+    /// (its disks reverted to it already), running or paused.
+    pub fn start_from_snapshot(
+        &self,
+        name: &str,
+        snapshot: &str,
+        paused: bool,
+    ) -> Result<DomainInfo, ClientError> {
+        let req = StartRequest {
+            paused,
+            memory_of: Some(snapshot.to_string()),
+        };
+        let body = serde_json::to_string(&req).unwrap_or_default();
         self.call("POST", &domain_path(name, "/start"), Some(body))
     }
 

@@ -159,12 +159,16 @@ pub struct DaemonInfo {
 }
 
 /// `POST /v1/domains/{name}/start` (an empty body means the defaults).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
     /// Leave the vCPUs stopped (`virsh start --paused`).
     #[serde(default)]
     pub paused: bool,
+    /// Start from the memory kept with this snapshot (after its disks were
+    /// reverted to it): the guest goes on from the snapshot's instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_of: Option<String>,
 }
 
 /// `POST /v1/domains/{name}/save`.

@@ -26,6 +26,15 @@ pub trait Snapshots: Send + Sync {
     fn snapshot_delete(&self, name: &str) -> Result<SnapshotInfo>;
     /// Makes the guest data what it was at snapshot `name`.
     fn snapshot_apply(&self, name: &str) -> Result<SnapshotInfo>;
+    /// Gives snapshot `name`, which has none, `state` as its VM state (a
+    /// machine's memory, as QEMU's `savevm` keeps it).
+    fn snapshot_attach_state(
+        &self,
+        name: &str,
+        state: &dyn crate::qcow2::VmStateSource,
+    ) -> Result<SnapshotInfo>;
+    /// Reads `buf` from position `pos` of snapshot `name`'s VM state.
+    fn read_vmstate(&self, name: &str, buf: &mut [u8], pos: u64) -> Result<()>;
 }
 
 /// Persistent dirty bitmaps kept inside the image.

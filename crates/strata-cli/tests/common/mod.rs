@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod counter;
 pub mod daemon;
 pub mod nbd;
 pub mod records;

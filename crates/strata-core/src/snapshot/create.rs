@@ -14,7 +14,7 @@
 //! disk-only snapshot is external, a full one internal). CD-ROMs, floppies
 //! and transient disks do not take part.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,14 +116,52 @@ pub fn create(store: &mut Store, domain: &str, req: &CreateRequest) -> Result<Sn
     create_on(store, domain, req, &Offline).map(|c| c.def)
 }
 
+/// A running machine's memory, saved while its guest is paused for the
+/// snapshot (QEMU's migration stream in a file), to keep with it.
+#[derive(Clone, Debug)]
+pub struct Memory {
+    /// The file holding the stream.
+    pub file: PathBuf,
+    /// Where the stream starts in it.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+    /// The guest ran (else it was paused) when the snapshot was taken.
+    pub running: bool,
+}
+
 /// Creates a snapshot of domain `domain` on `disks`: offline, or the disks
 /// a daemon serves to the running guest (disks only, all at one instant).
-#[tracing::instrument(skip_all, fields(domain = %domain, op = "snapshot create"))]
 pub fn create_on(
     store: &mut Store,
     domain: &str,
     req: &CreateRequest,
     disks: &dyn Disks,
+) -> Result<Created> {
+    create_inner(store, domain, req, disks, None)
+}
+
+/// Creates a snapshot of running domain `domain` on the disks a daemon
+/// serves, with its guest's `memory` saved at the same instant (the guest
+/// paused meanwhile): every disk gets an internal snapshot, and the first
+/// one's keeps the memory as its VM state, as QEMU's `savevm` does.
+pub fn create_with_memory_on(
+    store: &mut Store,
+    domain: &str,
+    req: &CreateRequest,
+    disks: &dyn Disks,
+    memory: &Memory,
+) -> Result<Created> {
+    create_inner(store, domain, req, disks, Some(memory))
+}
+
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "snapshot create"))]
+fn create_inner(
+    store: &mut Store,
+    domain: &str,
+    req: &CreateRequest,
+    disks: &dyn Disks,
+    memory: Option<&Memory>,
 ) -> Result<Created> {
     let _lock = disks.lock(store.dir(), domain)?;
     let dom = store.domain(domain)?;
@@ -146,10 +184,10 @@ pub fn create_on(
             "--quiesce needs a running domain (its guest agent freezes the guest's filesystems)",
         ));
     }
-    if disks.live() && !req.disk_only {
+    if disks.live() && !req.disk_only && memory.is_none() {
         return Err(Error::invalid(
             what,
-            "the domain is running: a snapshot with its memory state is not yet supported (use --disk-only)",
+            "the domain is running: a snapshot without --disk-only keeps its memory, which was not saved",
         ));
     }
     let served = disks;
@@ -238,6 +276,23 @@ pub fn create_on(
     if actions.is_empty() {
         return Err(Error::invalid(what, "no disk takes part in the snapshot"));
     }
+    // The memory goes into the first disk's internal snapshot: every disk
+    // is snapshotted internally then (libvirt's rule for internal memory).
+    let memory_file = match memory {
+        Some(_) => {
+            if let Some(d) = snap_disks.iter().find(|d| d.mode == DiskMode::External) {
+                return Err(Error::invalid(
+                    format!("{what}: disk '{}'", d.name),
+                    "the memory is kept inside the first disk, with internal snapshots of every disk: an external disk snapshot cannot go with it (use --disk-only)",
+                ));
+            }
+            actions.iter().find_map(|a| match a {
+                Action::SnapshotInternal { file, .. } => Some(file.clone()),
+                _ => None,
+            })
+        }
+        None => None,
+    };
     // Live, each new overlay is made and opened before the guest is paused
     // (its header does not depend on the instant) and the transaction
     // reuses it as it is held.
@@ -254,19 +309,34 @@ pub fn create_on(
             return Err(e);
         }
     };
+    if let (Some(m), Some(file)) = (memory, &memory_file) {
+        if let Err(e) = attach_memory(&held, file, &name, m) {
+            // The guest is paused: the disks go back as they were.
+            undo_disks(&actions, &name, &held);
+            return Err(Error::invalid(
+                format!("{what}: disk {}", file.display()),
+                format!("keeping the memory in the snapshot: {e}"),
+            ));
+        }
+    }
     let def = SnapshotDef {
         name,
         description: req.description.clone(),
         // As libvirt records them: a disk-only snapshot, or the state of a
         // machine that is not running.
-        state: if req.disk_only {
-            "disk-snapshot".into()
-        } else {
-            "shutoff".into()
+        state: match (req.disk_only, memory) {
+            (true, _) => "disk-snapshot".into(),
+            (false, Some(m)) if m.running => "running".into(),
+            (false, Some(_)) => "paused".into(),
+            (false, None) => "shutoff".into(),
         },
         creation_time: created,
         parent: existing.iter().find(|s| s.current).map(|s| s.name.clone()),
-        memory: None,
+        memory: memory.map(|_| {
+            let mut e = crate::xml::Element::new("memory");
+            e.set_attr("snapshot", "internal");
+            e
+        }),
         disks: snap_disks,
         domain: Some(dom.element().clone()),
     };
@@ -302,6 +372,28 @@ pub fn create_on(
         return Err(e);
     }
     Ok(Created { def, stall })
+}
+
+/// Stores `memory` as the VM state of the new internal snapshot `name`
+/// of `file` (held).
+fn attach_memory(held: &Held, file: &Path, name: &str, memory: &Memory) -> Result<()> {
+    let img = held
+        .get(file)
+        .ok_or_else(|| Error::invalid(file.display().to_string(), "not held"))?;
+    let snaps = img
+        .internal_snapshots()
+        .ok_or_else(|| Error::invalid(file.display().to_string(), "keeps no internal snapshots"))?;
+    let state = strata_image::qcow2::FileVmState {
+        file: std::fs::File::open(&memory.file).map_err(|e| Error::Io {
+            path: memory.file.clone(),
+            op: "read the saved memory",
+            source: e,
+        })?,
+        offset: memory.offset,
+        len: memory.len,
+    };
+    snaps.snapshot_attach_state(name, &state)?;
+    Ok(())
 }
 
 /// Creates and opens the overlay of every external action that would

@@ -42,6 +42,104 @@ fn revert_overlay(base: &Path, snap: &str) -> PathBuf {
         .expect("a free name")
 }
 
+/// Where the memory of snapshot `name` of domain `domain` is kept, when it
+/// holds one: the image whose internal snapshot of that name has it as
+/// its VM state, and the state's length. An error (nothing changed) when
+/// the snapshot says it holds memory that is not there, or is kept in a
+/// way strata does not restore yet.
+pub fn memory_image(store: &Store, domain: &str, name: &str) -> Result<Option<(PathBuf, u64)>> {
+    let row = store.snapshot(domain, name)?;
+    let def = SnapshotDef::from_xml(&row.xml, &format!("snapshot '{name}'"))?;
+    if !def.has_memory() {
+        return Ok(None);
+    }
+    let what = format!("domain '{domain}': snapshot '{name}' holds memory");
+    let kind = def.memory.as_ref().and_then(|m| m.attr("snapshot"));
+    if kind != Some("internal") {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "kept as {} memory, which strata does not restore yet",
+                kind.unwrap_or("?")
+            ),
+        ));
+    }
+    let then = def
+        .domain
+        .clone()
+        .map(Domain::from_element)
+        .ok_or_else(|| Error::invalid(&what, "the snapshot has no domain definition"))?;
+    let first = def
+        .disks
+        .iter()
+        .find(|d| d.mode == DiskMode::Internal)
+        .ok_or_else(|| Error::invalid(&what, "but no disk has an internal snapshot to keep it"))?;
+    let image = then
+        .disks()
+        .into_iter()
+        .find(|d| d.target == first.name)
+        .and_then(|d| d.source)
+        .ok_or_else(|| Error::invalid(&what, format!("disk '{}' has no image", first.name)))?;
+    let opened = open_alone(&image)
+        .map_err(|e| Error::invalid(&what, format!("its memory is in {}: {e}", image.display())))?;
+    let len = opened
+        .internal_snapshots()
+        .and_then(|s| s.snapshots().ok())
+        .and_then(|list| list.into_iter().find(|s| s.name == name))
+        .map(|s| s.vm_state_size)
+        .unwrap_or(0);
+    if len == 0 {
+        return Err(Error::invalid(
+            what,
+            format!("but {} keeps no VM state for it", image.display()),
+        ));
+    }
+    Ok(Some((image, len)))
+}
+
+/// `image` alone (no backing file), read-only and unlocked: a look at a
+/// snapshot's VM state, which nothing changes, while a daemon may serve
+/// the image.
+fn open_alone(image: &Path) -> strata_image::Result<std::sync::Arc<dyn strata_image::Image>> {
+    let opts = strata_image::ChainOptions {
+        backing: false,
+        lock: false,
+        ..Default::default()
+    };
+    strata_image::chain::open(image, &opts)
+}
+
+/// Copies the `len` bytes of VM state of internal snapshot `name` of
+/// `image` into a new file `to` (0600): the stream QEMU loads.
+pub fn extract_memory(image: &Path, name: &str, len: u64, to: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let img = open_alone(image)?;
+    let snaps = img.internal_snapshots().ok_or_else(|| {
+        Error::invalid(image.display().to_string(), "keeps no internal snapshots")
+    })?;
+    let io = |e| Error::Io {
+        path: to.to_path_buf(),
+        op: "write the memory to load",
+        source: e,
+    };
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .map_err(io)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(buf.len() as u64) as usize;
+        snaps.read_vmstate(name, &mut buf[..n], pos)?;
+        out.write_all(&buf[..n]).map_err(io)?;
+        pos += n as u64;
+    }
+    out.sync_all().map_err(io)
+}
+
 /// Reverts domain `domain` to snapshot `name`; returns the overlays it made
 /// `(target, file)` (disks that go back to the image holding an internal
 /// snapshot are not among them).
@@ -52,12 +150,6 @@ pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String
     let row = store.snapshot(domain, name)?;
     let def = SnapshotDef::from_xml(&row.xml, &format!("snapshot '{name}'"))?;
     let what = format!("domain '{domain}': revert to snapshot '{name}'");
-    if def.has_memory() {
-        return Err(Error::invalid(
-            what,
-            "the snapshot holds a running machine's memory: reverting to it needs a hypervisor (strata runs none yet)",
-        ));
-    }
     let then = def
         .domain
         .clone()

@@ -70,7 +70,10 @@ pub async fn state(State(svc): Svc, p: Result<Path<String>, PathRejection>) -> A
 pub async fn start(State(svc): Svc, p: Result<Path<String>, PathRejection>, b: Bytes) -> Answer {
     let name = name(p)?;
     let req: StartRequest = body(&b)?;
-    ok(&svc.start(&name, req.paused).await?)
+    match &req.memory_of {
+        Some(snapshot) => ok(&svc.start_from_snapshot(&name, snapshot, req.paused).await?),
+        None => ok(&svc.start(&name, req.paused).await?),
+    }
 }
 
 /// `POST /v1/domains/{name}/shutdown`.

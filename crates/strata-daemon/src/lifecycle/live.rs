@@ -20,8 +20,12 @@ use crate::registry::Running;
 use crate::types::{Gone, Made};
 
 impl Service {
-    /// `snapshot create` of running domain `name` (disks only).
+    /// `snapshot create` of running domain `name`: disks only, or with
+    /// its memory ([`Service::snapshot_create_with_memory`]).
     pub async fn snapshot_create(self: &Arc<Self>, name: &str, req: CreateRequest) -> Result<Made> {
+        if !req.disk_only {
+            return self.snapshot_create_with_memory(name, req).await;
+        }
         let span = tracing::info_span!("op", op = "snapshot create", domain = %name);
         self.on_live_disks(name, move |store, n, disks| {
             no_backup(store, n)?;
@@ -114,6 +118,17 @@ impl Service {
         let run: Arc<Running> = slot
             .running()
             .ok_or_else(|| Error::invalid(name, "domain is not running"))?;
+        self.with_disks(run, name, op).await
+    }
+
+    /// [`Service::on_live_disks`] on run `run`, whose domain's operation
+    /// lock the caller holds.
+    pub(super) async fn with_disks<T: Send + 'static>(
+        &self,
+        run: Arc<Running>,
+        name: &str,
+        op: impl FnOnce(&mut Store, &str, &LiveDisks<'_>) -> strata_core::Result<T> + Send + 'static,
+    ) -> Result<T> {
         let dir = self.state_dir().to_path_buf();
         let n = name.to_string();
         tokio::task::spawn_blocking(move || {

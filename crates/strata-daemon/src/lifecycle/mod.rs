@@ -12,6 +12,7 @@
 pub mod backup;
 pub mod blockjob;
 pub mod live;
+pub mod memory;
 pub mod pause;
 mod quiesce;
 pub mod recover;

@@ -23,6 +23,16 @@ impl Snapshots for Qcow2 {
     fn snapshot_apply(&self, name: &str) -> Result<SnapshotInfo> {
         Qcow2::snapshot_apply(self, name)
     }
+    fn snapshot_attach_state(
+        &self,
+        name: &str,
+        state: &dyn super::VmStateSource,
+    ) -> Result<SnapshotInfo> {
+        Qcow2::snapshot_attach_state(self, name, state)
+    }
+    fn read_vmstate(&self, name: &str, buf: &mut [u8], pos: u64) -> Result<()> {
+        Qcow2::read_vmstate(self, name, buf, pos)
+    }
 }
 
 impl Bitmaps for Qcow2 {

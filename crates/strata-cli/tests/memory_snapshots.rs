@@ -1,0 +1,108 @@
+//! Snapshots of a running machine with its memory (no `--disk-only`), with
+//! a real guest (the guest kit under TCG) that counts in memory and on its
+//! disk: the memory goes into the disk's internal snapshot as QEMU's
+//! `savevm` keeps it (`qemu-img snapshot -l` shows its VM SIZE), the
+//! snapshot XML says the machine ran (libvirt's schema accepts it), and a
+//! revert puts the guest back where it was: the disk holds the count of
+//! the snapshot's instant, the console goes on from the next count (not
+//! from the latest, not from 1), the kernel's uptime goes back to the
+//! instant and on (no reboot); `--paused` leaves it paused until resume.
+
+mod common;
+use common::counter::*;
+use common::daemon::*;
+use common::*;
+use std::time::Duration;
+
+const SCHEMA: &str = "/usr/share/libvirt/schemas/domainsnapshot.rng";
+
+#[test]
+fn a_snapshot_with_memory_is_reverted_to_where_the_guest_was() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    guest_domain(p, kit, "vm", COUNTER, "");
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    ok(p, &st(&["domain", "start", "vm"]));
+    wait_counts(p, 5);
+
+    // The snapshot: the guest paused for it, then running on.
+    let before = counts(p).len();
+    let made = ok(
+        p,
+        &st(&[
+            "--output", "json", "snapshot", "create", "vm", "--name", "s1",
+        ]),
+    )
+    .json();
+    assert_eq!(made["name"], "s1");
+    let taken = counts(p);
+    assert_eq!(domstate(p, "vm"), "running (unpaused)");
+    let listed = run_in(p, "qemu-img", &["snapshot", "-l", "-U", "vm.qcow2"]).stdout;
+    let row = listed
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("s1"))
+        .unwrap_or_else(|| panic!("no s1 in:\n{listed}"));
+    assert!(!row.contains(" 0 B "), "s1 keeps no VM state:\n{listed}");
+    let xml = ok(p, &st(&["snapshot", "dumpxml", "vm", "s1"])).stdout;
+    assert!(xml.contains("<state>running</state>"), "{xml}");
+    assert!(
+        xml.contains("<memory snapshot='internal'/>")
+            || xml.contains("<memory snapshot=\"internal\"/>"),
+        "{xml}"
+    );
+    std::fs::write(p.join("s1.xml"), &xml).unwrap();
+    run_in(p, "xmllint", &["--noout", "--relaxng", SCHEMA, "s1.xml"]).expect(0);
+
+    // The guest counts on well past the snapshot, then is reverted.
+    let latest = wait_counts(p, taken.len() + 15);
+    let went_to = latest.last().unwrap().0;
+    let r = ok(p, &st(&["snapshot", "revert", "vm", "s1", "--paused"]));
+    assert_eq!(r.stdout, "Domain 'vm' reverted to snapshot s1\n");
+    assert_eq!(domstate(p, "vm"), "paused (user)");
+    let at_revert = counts(p);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(counts(p).len(), at_revert.len(), "a paused guest counted");
+    // The disk is as it was at the instant: a count the guest had printed
+    // by then (it writes each after printing it).
+    let on_disk = disk_count(p);
+    let (first_possible, last_possible) = (taken[before - 1].0 - 1, taken.last().unwrap().0);
+    assert!(
+        (first_possible..=last_possible).contains(&on_disk),
+        "the disk holds {on_disk}, the snapshot was taken between counts {first_possible} and {last_possible}"
+    );
+    ok(p, &st(&["domain", "resume", "vm"]));
+    let after = wait_counts(p, at_revert.len() + 3);
+    let (next, up) = after[at_revert.len()];
+    assert!(
+        next == on_disk + 1 || next == on_disk + 2,
+        "after the revert the guest counts {next}; its disk held {on_disk} (it went to {went_to} before)"
+    );
+    assert!(
+        next < went_to,
+        "the guest went on from {went_to}, not from the snapshot"
+    );
+    // The uptime of that count's first life, and before the revert.
+    let then = latest.iter().find(|c| c.0 == next).map(|c| c.1).unwrap();
+    let latest_up = latest.last().unwrap().1;
+    assert!(
+        (up - then).abs() < 5.0 && up < latest_up,
+        "uptime {up} at count {next} after the revert; {then} the first time, {latest_up} before the revert"
+    );
+    assert_eq!(domstate(p, "vm"), "running (unpaused)");
+
+    // Reverted again while it runs, to running: no --force needed.
+    let latest = wait_counts(p, after.len() + 5);
+    ok(p, &st(&["snapshot", "revert", "vm", "s1"]));
+    assert_eq!(domstate(p, "vm"), "running (restored)");
+    let again = wait_counts(p, latest.len() + 3);
+    let next_again = again[latest.len()].0;
+    assert!(
+        next_again == on_disk + 1 || next_again == on_disk + 2,
+        "the second revert counts on from {next_again}"
+    );
+    ok(p, &st(&["domain", "destroy", "vm"]));
+    assert_clean(p, "vm.qcow2");
+}

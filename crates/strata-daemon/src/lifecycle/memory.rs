@@ -1,0 +1,127 @@
+//! Snapshots of a running domain with its memory, as `virsh
+//! snapshot-create` without `--disk-only` makes them for QEMU (`savevm`'s
+//! layout): the guest is paused, QEMU's migration stream of its memory and
+//! devices goes to a file in the run folder, every disk is snapshotted
+//! internally at that same instant, the stream goes into the first disk's
+//! snapshot as its VM state, and the guest runs on as it was. What the
+//! guest is paused for is reported as the snapshot's stall. And the way
+//! back: a domain whose disks were reverted to such a snapshot starts from
+//! its memory, going on from the snapshot's instant.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use strata_core::snapshot::create::{self as snapshot_create, CreateRequest, Memory};
+use tracing::Instrument;
+
+use super::live::no_backup;
+use super::Service;
+use crate::error::{Error, Result};
+use crate::types::{Made, State};
+
+impl Service {
+    /// `snapshot create` of running or paused domain `name` with its
+    /// memory.
+    pub(super) async fn snapshot_create_with_memory(
+        self: &Arc<Self>,
+        name: &str,
+        req: CreateRequest,
+    ) -> Result<Made> {
+        let span = tracing::info_span!("op", op = "snapshot create", domain = %name, memory = true);
+        async {
+            let slot = self.active_slot(name).await?;
+            let _op = slot.op.lock().await;
+            let run = slot
+                .running()
+                .ok_or_else(|| Error::invalid(name, "domain is not running"))?;
+            let running = slot.status().state == State::Running;
+            let hv = |source| Error::Hypervisor {
+                domain: name.to_string(),
+                source,
+            };
+            let paused_at = Instant::now();
+            if running {
+                run.vm.pause().await.map_err(hv)?;
+            }
+            let stream = run.run_dir.join("memory.part");
+            let _ = std::fs::remove_file(&stream);
+            let made = match run.vm.save_state(&stream, 0).await {
+                Ok(saved) => {
+                    let memory = Memory {
+                        file: stream.clone(),
+                        offset: 0,
+                        len: saved.bytes,
+                        running,
+                    };
+                    self.with_disks(run.clone(), name, move |store, n, disks| {
+                        no_backup(store, n)?;
+                        disks.no_block_job(n)?;
+                        snapshot_create::create_with_memory_on(store, n, &req, disks, &memory)
+                    })
+                    .await
+                }
+                Err(e) => Err(hv(e)),
+            };
+            let _ = std::fs::remove_file(&stream);
+            if running {
+                if let Err(e) = run.vm.resume().await {
+                    tracing::error!(error = %e, "cannot run the guest again after the snapshot");
+                    if made.is_ok() {
+                        return Err(hv(e));
+                    }
+                }
+            }
+            let created = made?;
+            Ok(Made::new(created.def.name, Some(paused_at.elapsed())))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl Service {
+    /// Starts `name`, whose disks were reverted to snapshot `snapshot`,
+    /// from the memory kept with it: QEMU waits for the state, which is
+    /// copied out of the first disk's snapshot into the run folder and
+    /// loaded; the guest then runs, or stays paused.
+    pub async fn start_from_snapshot(
+        self: &Arc<Self>,
+        name: &str,
+        snapshot: &str,
+        paused: bool,
+    ) -> Result<crate::types::DomainInfo> {
+        let span = tracing::info_span!("op", op = "start", domain = %name, snapshot = %snapshot);
+        async {
+            if self.is_stopping() {
+                return Err(Error::Stopping);
+            }
+            let domain = self.definition(name).await?;
+            let (n, s) = (name.to_string(), snapshot.to_string());
+            let found = self
+                .store(move |store| strata_core::snapshot::revert::memory_image(store, &n, &s))
+                .await?;
+            let Some((image, len)) = found else {
+                return Err(Error::Core(strata_core::Error::invalid(
+                    format!("domain '{name}': snapshot '{snapshot}'"),
+                    "holds no memory to start from",
+                )));
+            };
+            let run_dir = self.state_dir().join("run").join(name);
+            std::fs::create_dir_all(&run_dir)
+                .map_err(|e| Error::io(&run_dir, "create the run folder", e))?;
+            let stream = run_dir.join("memory.load");
+            let _ = std::fs::remove_file(&stream);
+            let (to, snap) = (stream.clone(), snapshot.to_string());
+            tokio::task::spawn_blocking(move || {
+                strata_core::snapshot::revert::extract_memory(&image, &snap, len, &to)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("memory task: {e}")))??;
+            let started = self.launch(name, &domain, paused, Some((&stream, 0))).await;
+            let _ = std::fs::remove_file(&stream);
+            started
+        }
+        .instrument(span)
+        .await
+    }
+}
