@@ -90,11 +90,12 @@ fn a_domain_runs_through_its_lifecycle_as_libvirt_says() {
     assert_eq!(info["disks"][0]["backend"], "vhost-user-blk");
 
     // What a running domain cannot do yet is refused, clearly: a snapshot
-    // with memory; a backup into existing files that do not exist is
-    // refused as offline. A checkpoint is taken live.
+    // with memory saved while the guest runs (--live); a backup into
+    // existing files that do not exist is refused as offline. A checkpoint
+    // is taken live.
     err(
-        &["snapshot", "create", "vm", "--name", "s1"],
-        "memory state is not yet supported (use --disk-only)",
+        &["snapshot", "create", "vm", "--name", "s1", "--live"],
+        "--live and --halt are not supported yet",
     );
     err(
         &["backup", "begin", "vm", "--reuse-external"],
