@@ -279,6 +279,20 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
             let memory = snapshot_revert::memory_image(&store, &a.domain, &name)?;
             if memory.is_some() {
                 let def = store.snapshot(&a.domain, &name)?.def()?;
+                if let Some(then) = def.domain.clone() {
+                    let now = store.domain(&a.domain)?;
+                    let changed = strata_core::snapshot::abi::differences(
+                        &strata_core::Domain::from_element(then),
+                        &now,
+                    );
+                    if !changed.is_empty() && !a.force {
+                        bail!(
+                            "revert requires force: snapshot '{name}' of domain '{}' holds the memory of another machine ({}); its guest could not go on in this one. Use --force to run the snapshot's machine",
+                            a.domain,
+                            changed.join("; ")
+                        );
+                    }
+                }
                 if live {
                     crate::lifecycle::run_op(Op::Destroy, &a.domain, &dir, &out.muted())?;
                 }

@@ -103,6 +103,33 @@ fn a_snapshot_with_memory_is_reverted_to_where_the_guest_was() {
         next_again == on_disk + 1 || next_again == on_disk + 2,
         "the second revert counts on from {next_again}"
     );
+
+    // The domain's definition changed since (2 vCPUs): its memory cannot
+    // go on in that machine. Refused without --force, nothing changed; with
+    // it, the snapshot's machine runs from the snapshot.
+    let xml = std::fs::read_to_string(p.join("vm.xml")).unwrap();
+    std::fs::write(
+        p.join("vm2.xml"),
+        xml.replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu>"),
+    )
+    .unwrap();
+    ok(p, &st(&["domain", "define", "vm2.xml"]));
+    let before_refusal = wait_counts(p, again.len() + 2);
+    strata(p, &st(&["snapshot", "revert", "vm", "s1"]))
+        .one_error(1, "revert requires force: snapshot 's1' of domain 'vm' holds the memory of another machine (vCPUs: 1 then, 2 now)");
+    assert_eq!(domstate(p, "vm"), "running (restored)");
+    let still = wait_counts(p, before_refusal.len() + 2);
+    assert!(
+        still.last().unwrap().0 > before_refusal.last().unwrap().0,
+        "the guest went on counting"
+    );
+    ok(p, &st(&["snapshot", "revert", "vm", "s1", "--force"]));
+    let forced = wait_counts(p, still.len() + 3);
+    let next_forced = forced[still.len()].0;
+    assert!(
+        next_forced == on_disk + 1 || next_forced == on_disk + 2,
+        "the forced revert counts on from {next_forced}"
+    );
     ok(p, &st(&["domain", "destroy", "vm"]));
     assert_clean(p, "vm.qcow2");
 }

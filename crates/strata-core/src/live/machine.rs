@@ -131,7 +131,7 @@ pub fn machine_of(
 }
 
 /// libvirt's memory units, in bytes (default KiB).
-fn unit_bytes(unit: &str) -> Option<u64> {
+pub(crate) fn unit_bytes(unit: &str) -> Option<u64> {
     Some(match unit {
         "b" | "bytes" => 1,
         "KB" => 1000,

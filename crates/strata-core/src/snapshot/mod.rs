@@ -4,6 +4,7 @@
 //! the disks with how each was snapshotted, and the full domain definition
 //! at snapshot time.
 
+pub mod abi;
 pub mod create;
 pub mod delete;
 pub mod list;

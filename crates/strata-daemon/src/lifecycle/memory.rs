@@ -81,9 +81,10 @@ impl Service {
 
 impl Service {
     /// Starts `name`, whose disks were reverted to snapshot `snapshot`,
-    /// from the memory kept with it: QEMU waits for the state, which is
-    /// copied out of the first disk's snapshot into the run folder and
-    /// loaded; the guest then runs, or stays paused.
+    /// from the memory kept with it, as the machine the snapshot recorded:
+    /// QEMU waits for the state, which is copied out of the first disk's
+    /// snapshot into the run folder and loaded; the guest then runs, or
+    /// stays paused.
     pub async fn start_from_snapshot(
         self: &Arc<Self>,
         name: &str,
@@ -95,7 +96,16 @@ impl Service {
             if self.is_stopping() {
                 return Err(Error::Stopping);
             }
-            let domain = self.definition(name).await?;
+            // The machine the memory was saved with: the snapshot's own
+            // definition (a revert --force past ABI changes runs it).
+            let (n, s) = (name.to_string(), snapshot.to_string());
+            let then = self
+                .store(move |store| Ok(store.snapshot(&n, &s)?.def()?.domain))
+                .await?;
+            let domain = match then {
+                Some(e) => strata_core::Domain::from_element(e),
+                None => self.definition(name).await?,
+            };
             let (n, s) = (name.to_string(), snapshot.to_string());
             let found = self
                 .store(move |store| strata_core::snapshot::revert::memory_image(store, &n, &s))
