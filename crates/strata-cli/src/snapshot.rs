@@ -102,9 +102,9 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                     a.domain
                 );
             }
-            if live && (a.live || a.halt) {
+            if live && a.live {
                 bail!(
-                    "domain '{}': --live and --halt are not supported yet (a snapshot with memory pauses the guest while its memory is saved)",
+                    "domain '{}': --live is not supported yet (a snapshot with memory pauses the guest while its memory is saved)",
                     a.domain
                 );
             }
@@ -141,6 +141,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 no_metadata: a.no_metadata,
                 reuse_external: a.reuse_external,
                 quiesce: a.quiesce,
+                halt: a.halt,
             };
             if let Some((file, text)) = &xml {
                 let from = snapshot_redefine::request_from_xml(text, file)?;
@@ -297,6 +298,12 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                     crate::lifecycle::run_op(Op::Destroy, &a.domain, &dir, &out.muted())?;
                 }
                 let moved = snapshot_revert::revert(&mut store, &a.domain, &name)?;
+                // The machine that runs now is the snapshot's: so is the
+                // definition (as libvirt restores it), or the next
+                // snapshot would record another machine than its memory's.
+                if let Some(then) = def.domain.clone() {
+                    store.define(&strata_core::Domain::from_element(then))?;
+                }
                 let paused = a.paused || (!a.running && def.state == "paused");
                 crate::live::ensure_daemon(&dir, out.quiet)?
                     .start_from_snapshot(&a.domain, &name, paused)

@@ -95,7 +95,7 @@ fn a_domain_runs_through_its_lifecycle_as_libvirt_says() {
     // is taken live.
     err(
         &["snapshot", "create", "vm", "--name", "s1", "--live"],
-        "--live and --halt are not supported yet",
+        "--live is not supported yet",
     );
     err(
         &["backup", "begin", "vm", "--reuse-external"],

@@ -124,11 +124,34 @@ fn a_snapshot_with_memory_is_reverted_to_where_the_guest_was() {
         "the guest went on counting"
     );
     ok(p, &st(&["snapshot", "revert", "vm", "s1", "--force"]));
+    // The snapshot's machine runs, and the definition is its again.
+    let now = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout;
+    assert!(now.contains("<vcpu>1</vcpu>"), "{now}");
     let forced = wait_counts(p, still.len() + 3);
     let next_forced = forced[still.len()].0;
     assert!(
         next_forced == on_disk + 1 || next_forced == on_disk + 2,
         "the forced revert counts on from {next_forced}"
+    );
+
+    // --halt: a second snapshot, then the machine stops; deleting the
+    // first frees its memory (check finds no leak), the second reverts.
+    ok(
+        p,
+        &st(&["snapshot", "create", "vm", "--name", "s2", "--halt"]),
+    );
+    assert_eq!(domstate(p, "vm"), "shut off (from snapshot)");
+    ok(p, &st(&["snapshot", "delete", "vm", "s1"]));
+    assert_clean(p, "vm.qcow2");
+    let names = run_in(p, "qemu-img", &["snapshot", "-l", "vm.qcow2"]).stdout;
+    assert!(!names.contains(" s1 ") && names.contains(" s2 "), "{names}");
+    let halted = counts(p);
+    ok(p, &st(&["snapshot", "revert", "vm", "s2"]));
+    assert_eq!(domstate(p, "vm"), "running (restored)");
+    let resumed = wait_counts(p, halted.len() + 2);
+    assert!(
+        resumed[halted.len()].0 > on_disk + 2,
+        "s2 goes on from its own count"
     );
     ok(p, &st(&["domain", "destroy", "vm"]));
     assert_clean(p, "vm.qcow2");

@@ -195,6 +195,8 @@ pub enum EndCause {
     Destroy,
     /// `save`: the state is in a file now.
     Save,
+    /// `snapshot create --halt`: stopped once its snapshot was taken.
+    Snapshot,
     /// The daemon, while stopping.
     Daemon,
 }

@@ -72,6 +72,9 @@ pub enum Reason {
     /// Shut off: its state was saved (`domain save`).
     #[serde(rename = "saved")]
     Saved,
+    /// Shut off: stopped after a snapshot (`snapshot create --halt`).
+    #[serde(rename = "from snapshot")]
+    FromSnapshot,
     /// Shut off: the domain failed to start.
     #[serde(rename = "failed")]
     Failed,
@@ -95,6 +98,7 @@ impl Reason {
             Reason::Shutdown => "shutdown",
             Reason::Destroyed => "destroyed",
             Reason::Saved => "saved",
+            Reason::FromSnapshot => "from snapshot",
             Reason::Failed => "failed",
             Reason::Daemon => "daemon",
         }

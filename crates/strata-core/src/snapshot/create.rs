@@ -99,6 +99,10 @@ pub struct CreateRequest {
     /// snapshot (`--quiesce`): only the daemon, which talks to the running
     /// guest, can; offline it is refused.
     pub quiesce: bool,
+    /// Stop the running domain once the snapshot is taken (`--halt`): the
+    /// daemon does it.
+    #[serde(default)]
+    pub halt: bool,
 }
 
 /// A snapshot made.

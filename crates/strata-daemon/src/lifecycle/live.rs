@@ -23,9 +23,27 @@ impl Service {
     /// `snapshot create` of running domain `name`: disks only, or with
     /// its memory ([`Service::snapshot_create_with_memory`]).
     pub async fn snapshot_create(self: &Arc<Self>, name: &str, req: CreateRequest) -> Result<Made> {
-        if !req.disk_only {
-            return self.snapshot_create_with_memory(name, req).await;
+        let halt = req.halt;
+        let made = match req.disk_only {
+            false => self.snapshot_create_with_memory(name, req).await?,
+            true => self.snapshot_create_disks(name, req).await?,
+        };
+        if halt {
+            // `--halt`: the machine stops once its snapshot is taken.
+            let slot = self.active_slot(name).await?;
+            let _op = slot.op.lock().await;
+            self.end_run(&slot, crate::registry::EndCause::Snapshot)
+                .await?;
         }
+        Ok(made)
+    }
+
+    /// `snapshot create --disk-only` of running domain `name`.
+    async fn snapshot_create_disks(
+        self: &Arc<Self>,
+        name: &str,
+        req: CreateRequest,
+    ) -> Result<Made> {
         let span = tracing::info_span!("op", op = "snapshot create", domain = %name);
         self.on_live_disks(name, move |store, n, disks| {
             no_backup(store, n)?;

@@ -45,6 +45,7 @@ fn shut_off_reason(cause: EndCause, shutdown: Option<Seen>, exit: ExitInfo) -> R
     match (cause, shutdown) {
         (EndCause::Destroy, _) => Reason::Destroyed,
         (EndCause::Save, _) => Reason::Saved,
+        (EndCause::Snapshot, _) => Reason::FromSnapshot,
         // The guest obeyed the stop policy's power button.
         (
             EndCause::Daemon,
