@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::qemu::QemuVm;
 use super::SavedState;
 use crate::qmp::migration::{
-    file_uri, Migrate, MigrateIncoming, MigrationInfo, MigrationStatus, QueryMigrate,
+    file_uri, Migrate, MigrateIncoming, MigrateSetParameters, MigrationInfo, MigrationStatus,
+    QueryMigrate, UNLIMITED,
 };
 use crate::{Error, Result};
 
@@ -20,6 +21,11 @@ impl QemuVm {
     /// [`super::Vm::save_state`].
     pub(super) async fn save_state_qemu(&self, path: &Path, offset: u64) -> Result<SavedState> {
         let uri = file_uri(path, offset);
+        // As libvirt for a save: as fast as the file takes it.
+        let unlimited = MigrateSetParameters {
+            max_bandwidth: UNLIMITED,
+        };
+        self.qmp().call(&unlimited).await?;
         self.qmp().call(&Migrate { uri: uri.clone() }).await?;
         let info = self.follow(&uri, true).await?;
         let bytes = std::fs::metadata(path)

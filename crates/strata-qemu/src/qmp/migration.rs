@@ -109,6 +109,23 @@ impl Command for MigrateSetCapabilities {
     type Returns = serde::de::IgnoredAny;
 }
 
+/// `migrate-set-parameters`, the one strata sets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MigrateSetParameters {
+    /// Bytes per second at most (QEMU's default is 128 MiB/s, meant to
+    /// spare a network; a save to a file wants no limit).
+    #[serde(rename = "max-bandwidth")]
+    pub max_bandwidth: u64,
+}
+
+impl Command for MigrateSetParameters {
+    const NAME: &'static str = "migrate-set-parameters";
+    type Returns = serde::de::IgnoredAny;
+}
+
+/// No limit, in practice: 1 TiB/s.
+pub const UNLIMITED: u64 = 1 << 40;
+
 /// `migrate`: sends the machine's state to `uri` and returns at once;
 /// `query-migrate` (or the `MIGRATION` events) follows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -201,6 +218,12 @@ mod tests {
         assert_eq!(
             describe(&caps),
             serde_json::json!({"capabilities": [{"capability": "background-snapshot", "state": true}]})
+        );
+        assert_eq!(
+            describe(&MigrateSetParameters {
+                max_bandwidth: UNLIMITED
+            }),
+            serde_json::json!({"max-bandwidth": 1u64 << 40})
         );
         let m = Migrate {
             uri: file_uri(std::path::Path::new("/s/m.save"), 4096),
