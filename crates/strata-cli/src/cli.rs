@@ -411,7 +411,8 @@ pub struct DomSnapshotCreateArgs {
     /// the agent does not answer).
     #[arg(long)]
     pub quiesce: bool,
-    /// Needs a running machine.
+    /// Save the memory while the guest runs, pausing it only for the last
+    /// of it (needs a running machine; not with --disk-only).
     #[arg(long)]
     pub live: bool,
     /// Needs a running machine.

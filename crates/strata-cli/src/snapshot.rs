@@ -102,9 +102,9 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                     a.domain
                 );
             }
-            if live && a.live {
+            if a.live && a.disk_only {
                 bail!(
-                    "domain '{}': --live is not supported yet (a snapshot with memory pauses the guest while its memory is saved)",
+                    "domain '{}': --live is for snapshots with memory (a --disk-only snapshot never pauses the guest)",
                     a.domain
                 );
             }
@@ -142,6 +142,7 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 reuse_external: a.reuse_external,
                 quiesce: a.quiesce,
                 halt: a.halt,
+                live: a.live,
             };
             if let Some((file, text)) = &xml {
                 let from = snapshot_redefine::request_from_xml(text, file)?;

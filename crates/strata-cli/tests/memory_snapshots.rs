@@ -156,3 +156,113 @@ fn a_snapshot_with_memory_is_reverted_to_where_the_guest_was() {
     ok(p, &st(&["domain", "destroy", "vm"]));
     assert_clean(p, "vm.qcow2");
 }
+
+/// Checks, with the guest paused after a revert, that both disks hold the
+/// count of the snapshot's instant (taken between the last count of
+/// `before` and the last of `taken`; vdb is written after vda), resumes
+/// it, and checks that it counts on from there in the same boot (the
+/// count's uptime is its first one in `latest`, the console so far), not
+/// from where it went since (the last of `latest`).
+fn reverted_to(
+    p: &std::path::Path,
+    before: &[(u64, f64)],
+    taken: &[(u64, f64)],
+    latest: &[(u64, f64)],
+) {
+    let vda = count_in(p, "vm.qcow2");
+    let vdb = count_in(p, "vdb.qcow2");
+    let (lo, hi) = (before.last().unwrap().0 - 1, taken.last().unwrap().0);
+    assert!(
+        (lo..=hi).contains(&vda),
+        "vda holds {vda}; the snapshot was taken between counts {lo} and {hi}"
+    );
+    assert!(vdb == vda || vdb + 1 == vda, "vda holds {vda}, vdb {vdb}");
+    let shown = counts(p);
+    ok(p, &st(&["domain", "resume", "vm"]));
+    let after = wait_counts(p, shown.len() + 3);
+    let next = after[shown.len()].0;
+    assert!(
+        next == vda + 1 || next == vda + 2,
+        "after the revert the guest counts {next}; its disk held {vda}"
+    );
+    counted_again(latest, after[shown.len()]);
+}
+
+#[test]
+fn live_and_paused_snapshots_of_two_disks_revert_where_the_guest_was() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    guest_domain(p, kit, "vm", COUNTER_TWO_DISKS, "");
+    run_in(
+        p,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "vdb.qcow2", "64M"],
+    )
+    .expect(0);
+    let xml = std::fs::read_to_string(p.join("vm.xml")).unwrap();
+    let vdb = format!(
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source file='{}/vdb.qcow2'/><target dev='vdb' bus='virtio'/></disk>\n    <serial",
+        p.display()
+    );
+    std::fs::write(p.join("vm.xml"), xml.replacen("<serial", &vdb, 1)).unwrap();
+    ok(p, &st(&["domain", "define", "vm.xml"]));
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    ok(p, &st(&["domain", "start", "vm"]));
+    strata(
+        p,
+        &st(&["snapshot", "create", "vm", "--live", "--disk-only"]),
+    )
+    .one_error(1, "--live is for snapshots with memory");
+    let before = wait_counts(p, 5);
+
+    // --live: QEMU copies the memory while the guest runs, pausing it only
+    // for the last of it; both disks are snapshotted at that instant.
+    ok(
+        p,
+        &st(&["snapshot", "create", "vm", "--name", "live1", "--live"]),
+    );
+    let taken = counts(p);
+    assert_eq!(domstate(p, "vm"), "running (unpaused)");
+    let xml = ok(p, &st(&["snapshot", "dumpxml", "vm", "live1"])).stdout;
+    assert!(xml.contains("<state>running</state>"), "{xml}");
+    std::fs::write(p.join("live1.xml"), &xml).unwrap();
+    run_in(p, "xmllint", &["--noout", "--relaxng", SCHEMA, "live1.xml"]).expect(0);
+    for (file, with_state) in [("vm.qcow2", true), ("vdb.qcow2", false)] {
+        let listed = run_in(p, "qemu-img", &["snapshot", "-l", "-U", file]).stdout;
+        let row = listed
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("live1"))
+            .unwrap_or_else(|| panic!("no live1 in {file}:\n{listed}"));
+        assert_eq!(!row.contains(" 0 B "), with_state, "{file}:\n{listed}");
+    }
+
+    // A paused domain's snapshot: state paused; a revert to it leaves the
+    // guest paused.
+    let before_p = wait_counts(p, taken.len() + 5);
+    ok(p, &st(&["domain", "suspend", "vm"]));
+    let taken_p = counts(p);
+    ok(p, &st(&["snapshot", "create", "vm", "--name", "p1"]));
+    let xml = ok(p, &st(&["snapshot", "dumpxml", "vm", "p1"])).stdout;
+    assert!(xml.contains("<state>paused</state>"), "{xml}");
+    assert_eq!(domstate(p, "vm"), "paused (user)");
+    ok(p, &st(&["domain", "resume", "vm"]));
+
+    let latest = wait_counts(p, taken_p.len() + 10);
+    ok(p, &st(&["snapshot", "revert", "vm", "live1", "--paused"]));
+    reverted_to(p, &before, &taken, &latest);
+    let latest = wait_counts(p, counts(p).len() + 3);
+    ok(p, &st(&["snapshot", "revert", "vm", "p1"]));
+    assert!(
+        domstate(p, "vm").starts_with("paused"),
+        "{}",
+        domstate(p, "vm")
+    );
+    reverted_to(p, &before_p, &taken_p, &latest);
+    ok(p, &st(&["domain", "destroy", "vm"]));
+    assert_clean(p, "vm.qcow2");
+    assert_clean(p, "vdb.qcow2");
+}

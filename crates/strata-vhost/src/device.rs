@@ -5,7 +5,8 @@
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
-    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
@@ -23,6 +24,13 @@ pub(crate) const MAX_RANGE_SEGMENTS: u32 = 32;
 /// Bytes of the configuration space this device fills (up to and with
 /// `unused1`); the rest of what a frontend asks for reads as zero.
 pub(crate) const CONFIG_SPACE_LEN: usize = 60;
+/// The largest segment a request may carry (`size_max`): any size (all
+/// but the last page of 4 GiB); offered
+/// (with the topology) so that a guest that booted on QEMU's own
+/// vhost-user-blk export, which offers both, can move to this device: a
+/// migration stream carries the features the guest took, and QEMU loads it
+/// only where each of them is offered.
+pub(crate) const SIZE_MAX: u32 = !4095;
 /// Offset of `writeback` in the configuration space.
 pub(crate) const WRITEBACK_OFFSET: u32 = 32;
 
@@ -38,8 +46,10 @@ pub(crate) fn virtio_features(config: &Config) -> u64 {
         | bit(VIRTIO_RING_F_EVENT_IDX)
         | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
         | VhostUserVirtioFeatures::LOG_ALL.bits()
+        | bit(VIRTIO_BLK_F_SIZE_MAX)
         | bit(VIRTIO_BLK_F_SEG_MAX)
         | bit(VIRTIO_BLK_F_BLK_SIZE)
+        | bit(VIRTIO_BLK_F_TOPOLOGY)
         | bit(VIRTIO_BLK_F_FLUSH)
         | bit(VIRTIO_BLK_F_CONFIG_WCE)
         | bit(VIRTIO_BLK_F_MQ);
@@ -104,8 +114,12 @@ pub(crate) fn config_space(
     let mut c = [0u8; CONFIG_SPACE_LEN];
     let mut put = |off: usize, bytes: &[u8]| c[off..off + bytes.len()].copy_from_slice(bytes);
     put(0, &(limits.capacity / SECTOR).to_le_bytes()); // capacity
+    put(8, &SIZE_MAX.to_le_bytes()); // size_max
     put(12, &config.seg_max.to_le_bytes()); // seg_max
     put(20, &config.block_size.to_le_bytes()); // blk_size
+                                               // topology: one logical block per physical one, aligned, the smallest
+                                               // I/O one block (physical_block_exp, alignment_offset 0; no opt_io_size).
+    put(26, &1u16.to_le_bytes()); // min_io_size
     put(32, &[u8::from(writeback)]); // writeback
     put(34, &config.queues.to_le_bytes()); // num_queues
     if !config.readonly {
@@ -146,7 +160,9 @@ mod tests {
 
     #[test]
     fn offsets_match_the_linux_header() {
+        assert_eq!(offset_of!(virtio_blk_config, size_max), 8);
         assert_eq!(offset_of!(virtio_blk_config, seg_max), 12);
+        assert_eq!(offset_of!(virtio_blk_config, min_io_size), 26);
         assert_eq!(offset_of!(virtio_blk_config, blk_size), 20);
         assert_eq!(
             offset_of!(virtio_blk_config, wce),
@@ -178,7 +194,9 @@ mod tests {
             u64::from_le_bytes(c[0..8].try_into().unwrap()),
             (1 << 30) / 512 + 1
         );
+        assert_eq!(le32(&c, 8), SIZE_MAX);
         assert_eq!(le32(&c, 12), 254);
+        assert_eq!(&c[24..32], &[0, 0, 1, 0, 0, 0, 0, 0]);
         assert_eq!(le32(&c, 20), 4096);
         assert_eq!(c[32], 1);
         assert_eq!(u16::from_le_bytes([c[34], c[35]]), 3);

@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 pub mod counter;
 pub mod daemon;
 pub mod nbd;
+pub mod plain_qemu;
 pub mod records;
 
 /// What a finished process left behind.

@@ -103,6 +103,10 @@ pub struct CreateRequest {
     /// daemon does it.
     #[serde(default)]
     pub halt: bool,
+    /// Save the memory while the guest runs (`--live`): it is paused only
+    /// for the last of it, and the disks are snapshotted at that instant.
+    #[serde(default)]
+    pub live: bool,
 }
 
 /// A snapshot made.
@@ -145,16 +149,22 @@ pub fn create_on(
     create_inner(store, domain, req, disks, None)
 }
 
+/// Finishes saving a machine's memory once its disks are snapshotted (the
+/// guest paused): returns where the saved memory is.
+pub type MemoryDone<'a> = Box<dyn FnOnce() -> Result<Memory> + 'a>;
+
 /// Creates a snapshot of running domain `domain` on the disks a daemon
-/// serves, with its guest's `memory` saved at the same instant (the guest
-/// paused meanwhile): every disk gets an internal snapshot, and the first
-/// one's keeps the memory as its VM state, as QEMU's `savevm` does.
+/// serves, with its guest's memory saved at the same instant (the guest
+/// paused meanwhile; `memory` is called once the disks are snapshotted and
+/// returns the saved memory, finishing the save if need be): every disk
+/// gets an internal snapshot, and the first one's keeps the memory as its
+/// VM state, as QEMU's `savevm` does.
 pub fn create_with_memory_on(
     store: &mut Store,
     domain: &str,
     req: &CreateRequest,
     disks: &dyn Disks,
-    memory: &Memory,
+    memory: MemoryDone<'_>,
 ) -> Result<Created> {
     create_inner(store, domain, req, disks, Some(memory))
 }
@@ -165,7 +175,7 @@ fn create_inner(
     domain: &str,
     req: &CreateRequest,
     disks: &dyn Disks,
-    memory: Option<&Memory>,
+    memory: Option<MemoryDone<'_>>,
 ) -> Result<Created> {
     let _lock = disks.lock(store.dir(), domain)?;
     let dom = store.domain(domain)?;
@@ -188,7 +198,8 @@ fn create_inner(
             "--quiesce needs a running domain (its guest agent freezes the guest's filesystems)",
         ));
     }
-    if disks.live() && !req.disk_only && memory.is_none() {
+    let with_memory = memory.is_some();
+    if disks.live() && !req.disk_only && !with_memory {
         return Err(Error::invalid(
             what,
             "the domain is running: a snapshot without --disk-only keeps its memory, which was not saved",
@@ -282,8 +293,8 @@ fn create_inner(
     }
     // The memory goes into the first disk's internal snapshot: every disk
     // is snapshotted internally then (libvirt's rule for internal memory).
-    let memory_file = match memory {
-        Some(_) => {
+    let memory_file = match with_memory {
+        true => {
             if let Some(d) = snap_disks.iter().find(|d| d.mode == DiskMode::External) {
                 return Err(Error::invalid(
                     format!("{what}: disk '{}'", d.name),
@@ -295,7 +306,7 @@ fn create_inner(
                 _ => None,
             })
         }
-        None => None,
+        false => None,
     };
     // Live, each new overlay is made and opened before the guest is paused
     // (its header does not depend on the instant) and the transaction
@@ -313,7 +324,15 @@ fn create_inner(
             return Err(e);
         }
     };
-    if let (Some(m), Some(file)) = (memory, &memory_file) {
+    let memory = match memory.map(|done| done()).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            // The guest is paused: the disks go back as they were.
+            undo_disks(&actions, &name, &held);
+            return Err(e);
+        }
+    };
+    if let (Some(m), Some(file)) = (&memory, &memory_file) {
         if let Err(e) = attach_memory(&held, file, &name, m) {
             // The guest is paused: the disks go back as they were.
             undo_disks(&actions, &name, &held);
@@ -328,7 +347,7 @@ fn create_inner(
         description: req.description.clone(),
         // As libvirt records them: a disk-only snapshot, or the state of a
         // machine that is not running.
-        state: match (req.disk_only, memory) {
+        state: match (req.disk_only, &memory) {
             (true, _) => "disk-snapshot".into(),
             (false, Some(m)) if m.running => "running".into(),
             (false, Some(_)) => "paused".into(),
@@ -336,7 +355,7 @@ fn create_inner(
         },
         creation_time: created,
         parent: existing.iter().find(|s| s.current).map(|s| s.name.clone()),
-        memory: memory.map(|_| {
+        memory: memory.as_ref().map(|_| {
             let mut e = crate::xml::Element::new("memory");
             e.set_attr("snapshot", "internal");
             e

@@ -3,8 +3,11 @@
 //! layout): the guest is paused, QEMU's migration stream of its memory and
 //! devices goes to a file in the run folder, every disk is snapshotted
 //! internally at that same instant, the stream goes into the first disk's
-//! snapshot as its VM state, and the guest runs on as it was. What the
-//! guest is paused for is reported as the snapshot's stall. And the way
+//! snapshot as its VM state, and the guest runs on as it was. With
+//! `--live` the guest runs while QEMU copies its memory (a pre-copy
+//! migration into the file) and is paused only for the last of it, when
+//! the disks are snapshotted. What the guest is paused for is reported as
+//! the snapshot's stall. And the way
 //! back: a domain whose disks were reverted to such a snapshot starts from
 //! its memory, going on from the snapshot's instant.
 
@@ -35,35 +38,68 @@ impl Service {
                 .running()
                 .ok_or_else(|| Error::invalid(name, "domain is not running"))?;
             let running = slot.status().state == State::Running;
+            let live = req.live && running;
             let hv = |source| Error::Hypervisor {
                 domain: name.to_string(),
                 source,
             };
-            let paused_at = Instant::now();
-            if running {
+            let mut paused_at = Instant::now();
+            if running && !live {
                 run.vm.pause().await.map_err(hv)?;
             }
             let stream = run.run_dir.join("memory.part");
             let _ = std::fs::remove_file(&stream);
-            let made = match run.vm.save_state(&stream, 0).await {
+            // Live, the guest runs while most of its memory is copied, and
+            // is paused at the switchover: the disks are snapshotted then,
+            // and the save finished.
+            let begun = match live {
+                true => run.vm.save_state_live(&stream, 0).await.map(|()| None),
+                false => run.vm.save_state(&stream, 0).await.map(Some),
+            };
+            if live {
+                paused_at = Instant::now();
+            }
+            let made = match begun {
                 Ok(saved) => {
-                    let memory = Memory {
-                        file: stream.clone(),
-                        offset: 0,
-                        len: saved.bytes,
-                        running,
-                    };
+                    let (run2, file) = (run.clone(), stream.clone());
+                    let handle = tokio::runtime::Handle::current();
                     self.with_disks(run.clone(), name, move |store, n, disks| {
                         no_backup(store, n)?;
                         disks.no_block_job(n)?;
-                        snapshot_create::create_with_memory_on(store, n, &req, disks, &memory)
+                        let done = Box::new(move || {
+                            let saved =
+                                match saved {
+                                    Some(s) => s,
+                                    None => handle
+                                        .block_on(run2.vm.finish_save(&file, 0))
+                                        .map_err(|e| {
+                                            strata_core::Error::invalid(
+                                                format!("domain '{n}'"),
+                                                format!("saving its memory: {e}"),
+                                            )
+                                        })?,
+                                };
+                            Ok(Memory {
+                                file,
+                                offset: 0,
+                                len: saved.bytes,
+                                running,
+                            })
+                        });
+                        snapshot_create::create_with_memory_on(store, n, &req, disks, done)
                     })
                     .await
                 }
                 Err(e) => Err(hv(e)),
             };
             let _ = std::fs::remove_file(&stream);
-            if running {
+            if live && made.is_err() {
+                // QEMU runs the guest again once the save is given up.
+                if let Err(e) = run.vm.cancel_save().await {
+                    tracing::warn!(error = %e, "cannot cancel the live save");
+                }
+            }
+            if running && (made.is_ok() || !live) {
                 if let Err(e) = run.vm.resume().await {
                     tracing::error!(error = %e, "cannot run the guest again after the snapshot");
                     if made.is_ok() {

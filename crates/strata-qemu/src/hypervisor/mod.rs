@@ -177,6 +177,37 @@ pub trait Vm: Send + Sync {
             })
         })
     }
+    /// Starts writing the machine's state into `path` from byte `offset`
+    /// on while it runs (a pre-copy migration: the memory is copied, then
+    /// what the guest changed meanwhile, again and again), and returns once
+    /// the guest is paused for the last part: its memory and disks do not
+    /// change until [`Vm::finish_save`] (or [`Vm::cancel_save`]).
+    fn save_state_live<'a>(&'a self, path: &'a Path, offset: u64) -> BoxFuture<'a, Result<()>> {
+        let _ = (path, offset);
+        Box::pin(async {
+            Err(crate::Error::Unsupported {
+                what: "saving state live",
+            })
+        })
+    }
+    /// Writes the rest of the state [`Vm::save_state_live`] began; the
+    /// machine stays paused (`postmigrate`).
+    fn finish_save<'a>(&'a self, path: &'a Path, offset: u64) -> BoxFuture<'a, Result<SavedState>> {
+        let _ = (path, offset);
+        Box::pin(async {
+            Err(crate::Error::Unsupported {
+                what: "saving state live",
+            })
+        })
+    }
+    /// Gives up the save [`Vm::save_state_live`] began; the guest runs on.
+    fn cancel_save(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async {
+            Err(crate::Error::Unsupported {
+                what: "saving state live",
+            })
+        })
+    }
     /// Loads a state [`Vm::save_state`] wrote into a machine started with
     /// [`StartOptions::incoming`], and returns once it is loaded; the
     /// machine stays paused.

@@ -355,6 +355,21 @@ impl Vm for QemuVm {
         Box::pin(async move { self.qmp_op(self.save_state_qemu(path, offset).await).await })
     }
 
+    fn save_state_live<'a>(&'a self, path: &'a Path, offset: u64) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.qmp_op(self.save_state_live_qemu(path, offset).await)
+                .await
+        })
+    }
+
+    fn finish_save<'a>(&'a self, path: &'a Path, offset: u64) -> BoxFuture<'a, Result<SavedState>> {
+        Box::pin(async move { self.qmp_op(self.finish_save_qemu(path, offset).await).await })
+    }
+
+    fn cancel_save(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.qmp_op(self.cancel_save_qemu().await).await })
+    }
+
     fn load_state<'a>(&'a self, path: &'a Path, offset: u64) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { self.qmp_op(self.load_state_qemu(path, offset).await).await })
     }

@@ -1,7 +1,9 @@
 //! Saving and loading a QEMU machine's state through a file: `migrate` to
 //! `file:PATH,offset=N` (QEMU's migration stream), `migrate-incoming` from
 //! it into a QEMU started with `-incoming defer`, each followed with
-//! `query-migrate` until it ends.
+//! `query-migrate` until it ends. A live save runs as a pre-copy migration
+//! with `pause-before-switchover`, so that the caller acts at the instant
+//! the guest is paused for the last of it (snapshots its disks).
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,8 +11,9 @@ use std::time::Duration;
 use super::qemu::QemuVm;
 use super::SavedState;
 use crate::qmp::migration::{
-    file_uri, Migrate, MigrateIncoming, MigrateSetParameters, MigrationInfo, MigrationStatus,
-    QueryMigrate, UNLIMITED,
+    file_uri, CapabilityState, Migrate, MigrateCancel, MigrateContinue, MigrateIncoming,
+    MigrateSetCapabilities, MigrateSetParameters, MigrationInfo, MigrationStatus, QueryMigrate,
+    PAUSE_BEFORE_SWITCHOVER, UNLIMITED,
 };
 use crate::{Error, Result};
 
@@ -20,13 +23,75 @@ const POLL: Duration = Duration::from_millis(20);
 impl QemuVm {
     /// [`super::Vm::save_state`].
     pub(super) async fn save_state_qemu(&self, path: &Path, offset: u64) -> Result<SavedState> {
+        self.begin_save(path, offset, false).await?;
+        self.finish(path, offset).await
+    }
+
+    /// [`super::Vm::save_state_live`]: the migration stops, the guest
+    /// paused, before its last part (`pre-switchover`).
+    pub(super) async fn save_state_live_qemu(&self, path: &Path, offset: u64) -> Result<()> {
+        let uri = self.begin_save(path, offset, true).await?;
+        loop {
+            let info = self.qmp().call(&QueryMigrate).await?;
+            match &info.status {
+                Some(MigrationStatus::PreSwitchover) => return Ok(()),
+                Some(s) if s.is_final() => return Err(ended(&info, s, &uri, true)),
+                _ => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    /// [`super::Vm::finish_save`].
+    pub(super) async fn finish_save_qemu(&self, path: &Path, offset: u64) -> Result<SavedState> {
+        let go_on = MigrateContinue {
+            state: MigrationStatus::PreSwitchover,
+        };
+        self.qmp().call(&go_on).await?;
+        self.finish(path, offset).await
+    }
+
+    /// [`super::Vm::cancel_save`]: returns once the migration has ended
+    /// (QEMU runs the guest again if it ran before).
+    pub(super) async fn cancel_save_qemu(&self) -> Result<()> {
+        self.qmp().call(&MigrateCancel).await?;
+        loop {
+            let info = self.qmp().call(&QueryMigrate).await?;
+            match &info.status {
+                Some(s) if s.is_final() => return Ok(()),
+                None => return Ok(()),
+                _ => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    /// Starts the migration into `path` at `offset`, stopping before the
+    /// switchover if `pause_before_switchover`; returns its URI.
+    async fn begin_save(
+        &self,
+        path: &Path,
+        offset: u64,
+        pause_before_switchover: bool,
+    ) -> Result<String> {
         let uri = file_uri(path, offset);
         // As libvirt for a save: as fast as the file takes it.
         let unlimited = MigrateSetParameters {
             max_bandwidth: UNLIMITED,
         };
         self.qmp().call(&unlimited).await?;
+        let caps = MigrateSetCapabilities {
+            capabilities: vec![CapabilityState {
+                capability: PAUSE_BEFORE_SWITCHOVER.into(),
+                state: pause_before_switchover,
+            }],
+        };
+        self.qmp().call(&caps).await?;
         self.qmp().call(&Migrate { uri: uri.clone() }).await?;
+        Ok(uri)
+    }
+
+    /// Waits for the save into `path` at `offset` to complete.
+    async fn finish(&self, path: &Path, offset: u64) -> Result<SavedState> {
+        let uri = file_uri(path, offset);
         let info = self.follow(&uri, true).await?;
         let bytes = std::fs::metadata(path)
             .map(|m| m.len().saturating_sub(offset))
@@ -60,18 +125,22 @@ impl QemuVm {
             let info = self.qmp().call(&QueryMigrate).await?;
             match &info.status {
                 Some(MigrationStatus::Completed) => return Ok(info),
-                Some(s) if s.is_final() => {
-                    return Err(Error::Migration {
-                        saving,
-                        uri: uri.to_string(),
-                        reason: info
-                            .error_desc
-                            .clone()
-                            .unwrap_or_else(|| format!("it ended {s}")),
-                    })
-                }
+                Some(s) if s.is_final() => return Err(ended(&info, s, uri, saving)),
                 _ => tokio::time::sleep(POLL).await,
             }
         }
+    }
+}
+
+/// The error of a migration on `uri` that ended in `status` without
+/// completing.
+fn ended(info: &MigrationInfo, status: &MigrationStatus, uri: &str, saving: bool) -> Error {
+    Error::Migration {
+        saving,
+        uri: uri.to_string(),
+        reason: info
+            .error_desc
+            .clone()
+            .unwrap_or_else(|| format!("it ended {status}")),
     }
 }

@@ -174,6 +174,23 @@ impl Command for MigrateCancel {
     type Returns = serde::de::IgnoredAny;
 }
 
+/// `migrate-continue`: lets a migration paused at `pre-switchover` (the
+/// `pause-before-switchover` capability) go on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MigrateContinue {
+    /// The state it waits in: `pre-switchover`.
+    pub state: MigrationStatus,
+}
+
+impl Command for MigrateContinue {
+    const NAME: &'static str = "migrate-continue";
+    type Returns = serde::de::IgnoredAny;
+}
+
+/// The capability that stops a migration once the guest is paused for its
+/// last part, until `migrate-continue`.
+pub const PAUSE_BEFORE_SWITCHOVER: &str = "pause-before-switchover";
+
 /// The URI of a file stream starting `offset` bytes into `path`.
 pub fn file_uri(path: &std::path::Path, offset: u64) -> String {
     format!("file:{},offset={offset}", path.display())
