@@ -9,10 +9,15 @@
 #   - QEMU: its own qcow2 driver, QMP `snapshot-save` (the savevm job:
 #     the guest paused while memory and disks are saved), and
 #     `snapshot-load`.
+#   - and live: strata's --live (a pre-copy migration into a file, the
+#     disks snapshotted when QEMU pauses the guest for the last of it)
+#     beside QEMU driven as libvirt does it (migrate to a file while the
+#     guest runs, QEMU pausing it at the end; an internal disk snapshot;
+#     cont).
 # The guest (1 GiB of RAM, TCG) fills MEM_MIB of it with random data first,
 # so the state is not mostly zero pages. Medians of REPEAT snapshots per
-# side: how long the guest was paused, and the whole command; then one
-# revert per side.
+# side and mode: how long the guest was paused, and the whole command; then
+# one revert per side.
 #
 # Usage: bench/memory-snapshot-vs-qemu.sh   Env: MEM_MIB (default 400),
 # REPEAT (default 3), BENCH_DIR, STRATA_GUEST_KIT.
@@ -51,12 +56,15 @@ export STRATA_STATE_DIR=$D/state
 "$S" -q domain start vm >/dev/null
 wait_filled "$D/strata.console"
 for i in $(seq "$REPEAT"); do
-  t0=$(now)
-  stall=$("$S" --output json snapshot create vm --name "s$i" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stall_us"] / 1e6)')
-  t1=$(now)
-  echo "$stall $(echo "$t1 - $t0" | bc -l)" >>"$D/strata.times"
+  for mode in paused live; do
+    flag=; [ $mode = live ] && flag=--live
+    t0=$(now)
+    stall=$("$S" --output json snapshot create vm --name "$mode$i" $flag | python3 -c 'import json,sys; print(json.load(sys.stdin)["stall_us"] / 1e6)')
+    t1=$(now)
+    echo "$stall $(echo "$t1 - $t0" | bc -l)" >>"$D/strata-$mode.times"
+  done
 done
-t0=$(now); "$S" -q snapshot revert vm s1 >/dev/null; t1=$(now)
+t0=$(now); "$S" -q snapshot revert vm paused1 >/dev/null; t1=$(now)
 echo "$(echo "$t1 - $t0" | bc -l)" >"$D/strata.revert"
 "$S" domain destroy vm >/dev/null
 qemu-img snapshot -l "$D/s.qcow2" | tail -n +3 | awk '{print $3, $4}' | head -1 >"$D/strata.size"
@@ -92,18 +100,35 @@ def job(c, **a):
             return
         time.sleep(0.01)
 json.loads(f.readline()); cmd("qmp_capabilities")
+def paused_for(t0, t1):
+    # The guest was paused from STOP to RESUME.
+    cmd("query-status")
+    stops = [t for t, m in events if m.get("event") == "STOP"]
+    resumes = [t for t, m in events if m.get("event") == "RESUME"]
+    return (resumes[-1] - stops[0]) if stops and resumes else t1 - t0
+cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
 for i in range(1, n + 1):
     events.clear()
     t0 = time.time()
     job("snapshot-save", **{"job-id": f"save{i}", "tag": f"s{i}", "vmstate": "d0", "devices": ["d0"]})
     t1 = time.time()
-    # The guest was paused from STOP to RESUME.
-    cmd("query-status")
-    stops = [t for t, m in events if m.get("event") == "STOP"]
-    resumes = [t for t, m in events if m.get("event") == "RESUME"]
-    paused = (resumes[-1] - stops[0]) if stops and resumes else t1 - t0
-    with open(f"{d}/qemu.times", "a") as r:
-        r.write(f"{paused} {t1 - t0}\n")
+    with open(f"{d}/qemu-paused.times", "a") as r:
+        r.write(f"{paused_for(t0, t1)} {t1 - t0}\n")
+    # libvirt's live way: the memory migrated into a file while the guest
+    # runs (QEMU pauses it for the last of it), the disk snapshotted, cont.
+    events.clear()
+    t0 = time.time()
+    cmd("migrate", uri=f"file:{d}/live{i}.mem")
+    while True:
+        st = cmd("query-migrate").get("status")
+        if st == "completed": break
+        if st in ("failed", "cancelled"): sys.exit(f"live save: {st}")
+        time.sleep(0.01)
+    cmd("blockdev-snapshot-internal-sync", device="d0", name=f"live{i}")
+    cmd("cont")
+    t1 = time.time()
+    with open(f"{d}/qemu-live.times", "a") as r:
+        r.write(f"{paused_for(t0, t1)} {t1 - t0}\n")
 t0 = time.time()
 job("snapshot-load", **{"job-id": "load", "tag": "s1", "vmstate": "d0", "devices": ["d0"]})
 with open(f"{d}/qemu.revert", "w") as r:
@@ -116,19 +141,25 @@ qemu-img snapshot -l "$D/q.qcow2" | tail -n +3 | awk '{print $3, $4}' | head -1 
 python3 - "$D" <<'PY'
 import statistics, sys
 d = sys.argv[1]
-rows = []
-for side, name in (("strata", "strata (its backend; migration to a file, then one transaction)"),
-                   ("qemu", "QEMU (its qcow2 driver; QMP snapshot-save, snapshot-load)")):
+def med(side):
     t = [list(map(float, l.split())) for l in open(f"{d}/{side}.times")]
-    paused = statistics.median(x[0] for x in t)
-    total = statistics.median(x[1] for x in t)
-    revert = float(open(f"{d}/{side}.revert").read())
-    size = open(f"{d}/{side}.size").read().strip()
-    rows.append((name, paused, total, revert, size))
+    return statistics.median(x[0] for x in t), statistics.median(x[1] for x in t)
 print("| | guest paused s | snapshot s | revert s | VM SIZE |")
 print("|---|---|---|---|---|")
-for name, p, t, r, size in rows:
-    print(f"| {name} | {p:.2f} | {t:.2f} | {r:.2f} | {size} |")
-s, q = rows
-print(f"\nstrata/QEMU: paused {s[1] / q[1]:.2f}x, snapshot {s[2] / q[2]:.2f}x, revert {s[3] / q[3]:.2f}x (below 1: strata is faster)")
+rows = {}
+for side, name, rev in (
+        ("strata-paused", "strata, paused (its backend; QEMU's stream to a file, one transaction)", "strata"),
+        ("qemu-paused", "QEMU, paused (its qcow2 driver; QMP snapshot-save, snapshot-load)", "qemu"),
+        ("strata-live", "strata, --live (pre-copy into a file, disks at the switchover)", None),
+        ("qemu-live", "QEMU, live as libvirt drives it (migrate to a file, internal disk snapshot, cont)", None)):
+    p, t = med(side)
+    rows[side] = (p, t)
+    r = f"{float(open(f'{d}/{rev}.revert').read()):.2f}" if rev else "-"
+    size = open(f"{d}/{rev}.size").read().strip() if rev else "-"
+    print(f"| {name} | {p:.2f} | {t:.2f} | {r} | {size} |")
+sr, qr = (float(open(f"{d}/{x}.revert").read()) for x in ("strata", "qemu"))
+for mode in ("paused", "live"):
+    s, q = rows[f"strata-{mode}"], rows[f"qemu-{mode}"]
+    print(f"{mode}: strata/QEMU paused {s[0] / q[0]:.2f}x, snapshot {s[1] / q[1]:.2f}x (below 1: strata is faster)")
+print(f"revert: strata/QEMU {sr / qr:.2f}x")
 PY

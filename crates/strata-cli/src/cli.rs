@@ -415,6 +415,11 @@ pub struct DomSnapshotCreateArgs {
     /// of it (needs a running machine; not with --disk-only).
     #[arg(long)]
     pub live: bool,
+    /// Where the memory goes: [file=]PATH[,snapshot=external] (a file of its
+    /// own, the disks then snapshotted externally), snapshot=internal (the
+    /// default: inside the first disk's snapshot) or snapshot=no.
+    #[arg(long, value_name = "SPEC")]
+    pub memspec: Option<String>,
     /// Needs a running machine.
     #[arg(long)]
     pub halt: bool,

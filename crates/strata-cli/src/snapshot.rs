@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use strata_core::snapshot::create::{self as snapshot_create, CreateRequest, DiskSpec};
 use strata_core::snapshot::delete::{self as snapshot_delete, DeleteRequest};
+use strata_core::snapshot::memspec::MemSpec;
 use strata_core::snapshot::{redefine as snapshot_redefine, revert as snapshot_revert};
 use strata_core::snapshot::{DiskMode, SnapshotDef};
 use strata_core::store::SnapshotRow;
@@ -143,6 +144,15 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 quiesce: a.quiesce,
                 halt: a.halt,
                 live: a.live,
+                memspec: match &a.memspec {
+                    Some(spec) => {
+                        let mut m = MemSpec::parse(spec).map_err(|e| usage(e.to_string()))?;
+                        // The daemon writes it: a path from here.
+                        m.file = m.file.map(|f| std::path::absolute(&f)).transpose()?;
+                        Some(m)
+                    }
+                    None => None,
+                },
             };
             if let Some((file, text)) = &xml {
                 let from = snapshot_redefine::request_from_xml(text, file)?;

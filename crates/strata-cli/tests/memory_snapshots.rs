@@ -266,3 +266,125 @@ fn live_and_paused_snapshots_of_two_disks_revert_where_the_guest_was() {
     assert_clean(p, "vm.qcow2");
     assert_clean(p, "vdb.qcow2");
 }
+
+/// The source file of disk `vda` of domain `vm` now.
+fn vda_source(p: &std::path::Path) -> String {
+    let xml = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout;
+    let at = xml.find("<source file=").expect("a disk source");
+    let rest = &xml[at + "<source file=".len() + 1..];
+    rest[..rest.find(['\'', '"']).unwrap()].to_string()
+}
+
+#[test]
+fn external_memory_goes_to_its_own_file_and_back() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    guest_domain(p, kit, "vm", COUNTER, "");
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    let err = |args: &[&str], needle: &str| strata(p, &st(args)).one_error(1, needle);
+    err(
+        &["snapshot", "create", "vm", "--memspec", "e0.mem"],
+        "--memspec keeps the memory of a running machine",
+    );
+    ok(p, &st(&["domain", "start", "vm"]));
+    strata(
+        p,
+        &st(&["snapshot", "create", "vm", "--memspec", "snapshot=external"]),
+    )
+    .one_error(
+        2,
+        "memspec 'snapshot=external': external memory needs file=PATH",
+    );
+    err(
+        &[
+            "snapshot",
+            "create",
+            "vm",
+            "--memspec",
+            "e0.mem",
+            "--diskspec",
+            "vda,snapshot=internal",
+        ],
+        "the disks take external snapshots with it",
+    );
+    assert!(!p.join("e0.mem").exists());
+    let before = wait_counts(p, 5);
+
+    // The memory in a file of its own (a relative path is the caller's),
+    // the disk snapshotted externally at the same instant, --live.
+    ok(
+        p,
+        &st(&[
+            "snapshot",
+            "create",
+            "vm",
+            "--name",
+            "e1",
+            "--live",
+            "--memspec",
+            "file=e1.mem,snapshot=external",
+        ]),
+    );
+    let taken = counts(p);
+    let mem = p.join("e1.mem");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&mem).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let xml = ok(p, &st(&["snapshot", "dumpxml", "vm", "e1"])).stdout;
+    assert!(xml.contains("<state>running</state>"), "{xml}");
+    assert!(
+        xml.contains(&format!("file='{}'", mem.display()))
+            || xml.contains(&format!("file=\"{}\"", mem.display())),
+        "{xml}"
+    );
+    std::fs::write(p.join("e1.xml"), &xml).unwrap();
+    run_in(p, "xmllint", &["--noout", "--relaxng", SCHEMA, "e1.xml"]).expect(0);
+    let overlay = vda_source(p);
+    assert!(overlay.ends_with("vm.e1"), "{overlay}");
+    err(
+        &["snapshot", "create", "vm", "--memspec", "e1.mem"],
+        "never overwrites",
+    );
+
+    // A damaged memory file is refused before anything changes.
+    let latest = wait_counts(p, taken.len() + 10);
+    let good = std::fs::read(&mem).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 100;
+    bad[last] ^= 1;
+    std::fs::write(&mem, &bad).unwrap();
+    err(
+        &["snapshot", "revert", "vm", "e1"],
+        "but its file cannot be restored",
+    );
+    assert_eq!(domstate(p, "vm"), "running (unpaused)");
+    assert_eq!(vda_source(p), overlay);
+    std::fs::write(&mem, &good).unwrap();
+
+    // The revert: the disks back at the instant, the memory from the file.
+    let latest = wait_counts(p, latest.len() + 3);
+    ok(p, &st(&["snapshot", "revert", "vm", "e1", "--paused"]));
+    let vda = count_in(p, &vda_source(p));
+    let (lo, hi) = (before.last().unwrap().0 - 1, taken.last().unwrap().0);
+    assert!(
+        (lo..=hi).contains(&vda),
+        "vda holds {vda}; the snapshot was between {lo} and {hi}"
+    );
+    let shown = counts(p).len();
+    ok(p, &st(&["domain", "resume", "vm"]));
+    let after = wait_counts(p, shown + 3);
+    let next = after[shown].0;
+    assert!(
+        next == vda + 1 || next == vda + 2,
+        "counts {next} after; the disk held {vda}"
+    );
+    counted_again(&latest, after[shown]);
+
+    // Deleted, the snapshot's memory file goes with it.
+    ok(p, &st(&["domain", "destroy", "vm"]));
+    ok(p, &st(&["snapshot", "delete", "vm", "e1"]));
+    assert!(!mem.exists(), "the memory file stayed");
+}

@@ -35,6 +35,10 @@ pub trait Snapshots: Send + Sync {
     ) -> Result<SnapshotInfo>;
     /// Reads `buf` from position `pos` of snapshot `name`'s VM state.
     fn read_vmstate(&self, name: &str, buf: &mut [u8], pos: u64) -> Result<()>;
+    /// Where snapshot `name`'s VM state lies in the image file, when it is
+    /// one run of plain clusters there: the file offset of its first byte
+    /// (a reader can take it from the file as it is).
+    fn vmstate_extent(&self, name: &str) -> Result<Option<u64>>;
 }
 
 /// Persistent dirty bitmaps kept inside the image.

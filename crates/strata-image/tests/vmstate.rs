@@ -119,6 +119,7 @@ fn a_state_strata_stores_is_listed_read_back_and_goes_with_its_snapshot() {
             "{e}"
         );
         assert!(q.read_vmstate("plain", &mut [0u8; 1], 0).is_err());
+        assert_eq!(q.vmstate_extent("plain").unwrap(), None, "no state");
         // Applied: the guest data is the snapshot's, the state stays with it.
         q.snapshot_apply("with-state").unwrap();
         assert!(read_all(i.as_ref()) == at_snapshot);
@@ -238,6 +239,17 @@ fn a_state_attached_to_a_snapshot_afterwards_is_as_one_made_with_it() {
         let mut back = vec![0u8; state.len()];
         qcow2(&i).read_vmstate("s", &mut back, 0).unwrap();
         assert!(back == state);
+        // It lies in the file in one piece: a reader (QEMU loading it) can
+        // take it from there.
+        let at = qcow2(&i).vmstate_extent("s").unwrap().expect("one piece");
+        let mut raw = vec![0u8; state.len()];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::open(&img).unwrap(),
+            &mut raw,
+            at,
+        )
+        .unwrap();
+        assert!(raw == state, "the file holds the state at {at}");
     }
     assert_qemu_clean(&img);
     assert_eq!(listed_sizes(&img)[0].1, "195 KiB");

@@ -25,6 +25,7 @@ use strata_image::{ChainOptions, Image};
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::live::{Disks, Offline};
+use crate::snapshot::memspec::MemSpec;
 use crate::snapshot::{DiskMode, SnapshotDef, SnapshotDisk};
 use crate::store::Store;
 
@@ -107,6 +108,31 @@ pub struct CreateRequest {
     /// for the last of it, and the disks are snapshotted at that instant.
     #[serde(default)]
     pub live: bool,
+    /// Where the memory goes (`--memspec`): by default inside the first
+    /// disk's internal snapshot.
+    #[serde(default)]
+    pub memspec: Option<MemSpec>,
+}
+
+impl CreateRequest {
+    /// The snapshot keeps no memory: `--disk-only`, or `--memspec
+    /// snapshot=no`.
+    pub fn without_memory(&self) -> bool {
+        self.disk_only
+            || self
+                .memspec
+                .as_ref()
+                .is_some_and(|m| m.mode == DiskMode::No)
+    }
+
+    /// The memory goes to a file of its own (`--memspec
+    /// file=PATH,snapshot=external`): that file.
+    pub fn memory_file(&self) -> Option<&Path> {
+        self.memspec
+            .as_ref()
+            .filter(|m| m.mode == DiskMode::External)
+            .and_then(|m| m.file.as_deref())
+    }
 }
 
 /// A snapshot made.
@@ -199,7 +225,20 @@ fn create_inner(
         ));
     }
     let with_memory = memory.is_some();
-    if disks.live() && !req.disk_only && !with_memory {
+    let external_memory = with_memory && req.memory_file().is_some();
+    if req.disk_only && req.memspec.as_ref().is_some_and(|m| m.mode != DiskMode::No) {
+        return Err(Error::invalid(
+            what,
+            "--disk-only keeps no memory: --memspec can only be snapshot=no with it",
+        ));
+    }
+    if !with_memory && !req.without_memory() && req.memspec.is_some() {
+        return Err(Error::invalid(
+            what,
+            "--memspec keeps the memory of a running machine",
+        ));
+    }
+    if disks.live() && !req.without_memory() && !with_memory {
         return Err(Error::invalid(
             what,
             "the domain is running: a snapshot without --disk-only keeps its memory, which was not saved",
@@ -229,7 +268,7 @@ fn create_inner(
             DiskMode::No
         } else if let Some(m) = d.snapshot.as_deref().and_then(DiskMode::parse) {
             m
-        } else if req.disk_only {
+        } else if req.disk_only || external_memory {
             DiskMode::External
         } else {
             DiskMode::Internal
@@ -291,9 +330,21 @@ fn create_inner(
     if actions.is_empty() {
         return Err(Error::invalid(what, "no disk takes part in the snapshot"));
     }
-    // The memory goes into the first disk's internal snapshot: every disk
-    // is snapshotted internally then (libvirt's rule for internal memory).
-    let memory_file = match with_memory {
+    // External memory goes with external disk snapshots (libvirt does not
+    // mix them).
+    if let Some(d) = snap_disks
+        .iter()
+        .find(|d| external_memory && d.mode == DiskMode::Internal)
+    {
+        return Err(Error::invalid(
+            format!("{what}: disk '{}'", d.name),
+            "the memory goes to a file of its own (--memspec external): the disks take external snapshots with it, not internal ones",
+        ));
+    }
+    // Internal memory goes into the first disk's internal snapshot: every
+    // disk is snapshotted internally then (libvirt's rule for internal
+    // memory).
+    let memory_file = match with_memory && !external_memory {
         true => {
             if let Some(d) = snap_disks.iter().find(|d| d.mode == DiskMode::External) {
                 return Err(Error::invalid(
@@ -355,9 +406,14 @@ fn create_inner(
         },
         creation_time: created,
         parent: existing.iter().find(|s| s.current).map(|s| s.name.clone()),
-        memory: memory.as_ref().map(|_| {
+        memory: memory.as_ref().map(|m| {
             let mut e = crate::xml::Element::new("memory");
-            e.set_attr("snapshot", "internal");
+            if external_memory {
+                e.set_attr("snapshot", "external");
+                e.set_attr("file", &m.file.display().to_string());
+            } else {
+                e.set_attr("snapshot", "internal");
+            }
             e
         }),
         disks: snap_disks,

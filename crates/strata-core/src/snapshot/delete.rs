@@ -126,7 +126,14 @@ pub fn delete_on(
     let mut done = Vec::new();
     let mut stall = disks.live().then_some(Duration::ZERO);
     for n in set.iter().rev() {
+        let memory_file = external_memory(store, domain, n)?;
         let one = delete_one(store, domain, n, disks, &held);
+        if let (Ok(_), Some(file)) = (&one, memory_file) {
+            // Its memory file goes with it (libvirt removes it too).
+            if let Err(e) = std::fs::remove_file(&file) {
+                tracing::warn!(file = %file.display(), error = %e, "cannot remove the snapshot's memory file");
+            }
+        }
         if let (Ok(Some(d)), Some(total)) = (&one, stall.as_mut()) {
             *total += *d;
         }
@@ -183,6 +190,18 @@ fn plan_live(store: &Store, domain: &str, name: &str, held: &Held) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// The file snapshot `name` of `domain` keeps its memory in, if it is
+/// external memory.
+fn external_memory(store: &Store, domain: &str, name: &str) -> Result<Option<std::path::PathBuf>> {
+    let def = store.snapshot(domain, name)?.def()?;
+    Ok(def
+        .memory
+        .as_ref()
+        .filter(|m| m.attr("snapshot") == Some("external"))
+        .and_then(|m| m.attr("file"))
+        .map(std::path::PathBuf::from))
 }
 
 /// Deletes one snapshot with its disks; of a running domain, returns how

@@ -8,6 +8,7 @@ pub mod abi;
 pub mod create;
 pub mod delete;
 pub mod list;
+pub mod memspec;
 mod merge;
 pub mod redefine;
 pub mod revert;

@@ -42,12 +42,35 @@ fn revert_overlay(base: &Path, snap: &str) -> PathBuf {
         .expect("a free name")
 }
 
+/// Where a snapshot's memory is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemoryAt {
+    /// The VM state of the internal snapshot of that name of `image`,
+    /// `len` bytes.
+    Internal {
+        /// The qcow2 image.
+        image: PathBuf,
+        /// The state's length.
+        len: u64,
+        /// Where it starts in the image file, when it lies there in one
+        /// piece (as strata writes it): QEMU can read it in place.
+        in_file: Option<u64>,
+    },
+    /// A saved machine file (`--memspec external`), checked whole: its
+    /// stream starts at `offset`.
+    External {
+        /// The file.
+        file: PathBuf,
+        /// Where the stream starts in it.
+        offset: u64,
+    },
+}
+
 /// Where the memory of snapshot `name` of domain `domain` is kept, when it
-/// holds one: the image whose internal snapshot of that name has it as
-/// its VM state, and the state's length. An error (nothing changed) when
-/// the snapshot says it holds memory that is not there, or is kept in a
-/// way strata does not restore yet.
-pub fn memory_image(store: &Store, domain: &str, name: &str) -> Result<Option<(PathBuf, u64)>> {
+/// holds one. An error (nothing changed) when the snapshot says it holds
+/// memory that is not there or is damaged (an external file is checked
+/// whole), or is kept in a way strata does not restore.
+pub fn memory_image(store: &Store, domain: &str, name: &str) -> Result<Option<MemoryAt>> {
     let row = store.snapshot(domain, name)?;
     let def = SnapshotDef::from_xml(&row.xml, &format!("snapshot '{name}'"))?;
     if !def.has_memory() {
@@ -55,11 +78,25 @@ pub fn memory_image(store: &Store, domain: &str, name: &str) -> Result<Option<(P
     }
     let what = format!("domain '{domain}': snapshot '{name}' holds memory");
     let kind = def.memory.as_ref().and_then(|m| m.attr("snapshot"));
+    if kind == Some("external") {
+        let file = def
+            .memory
+            .as_ref()
+            .and_then(|m| m.attr("file"))
+            .map(PathBuf::from)
+            .ok_or_else(|| Error::invalid(&what, "external, but names no file"))?;
+        let saved = crate::live::saved::read(&file)
+            .map_err(|e| Error::invalid(&what, format!("but its file cannot be restored: {e}")))?;
+        return Ok(Some(MemoryAt::External {
+            file,
+            offset: saved.stream_offset,
+        }));
+    }
     if kind != Some("internal") {
         return Err(Error::invalid(
             what,
             format!(
-                "kept as {} memory, which strata does not restore yet",
+                "kept as {} memory, which strata does not restore",
                 kind.unwrap_or("?")
             ),
         ));
@@ -94,7 +131,14 @@ pub fn memory_image(store: &Store, domain: &str, name: &str) -> Result<Option<(P
             format!("but {} keeps no VM state for it", image.display()),
         ));
     }
-    Ok(Some((image, len)))
+    let in_file = opened
+        .internal_snapshots()
+        .and_then(|s| s.vmstate_extent(name).ok().flatten());
+    Ok(Some(MemoryAt::Internal {
+        image,
+        len,
+        in_file,
+    }))
 }
 
 /// `image` alone (no backing file), read-only and unlocked: a look at a

@@ -24,7 +24,7 @@ impl Service {
     /// its memory ([`Service::snapshot_create_with_memory`]).
     pub async fn snapshot_create(self: &Arc<Self>, name: &str, req: CreateRequest) -> Result<Made> {
         let halt = req.halt;
-        let made = match req.disk_only {
+        let made = match req.without_memory() {
             false => self.snapshot_create_with_memory(name, req).await?,
             true => self.snapshot_create_disks(name, req).await?,
         };

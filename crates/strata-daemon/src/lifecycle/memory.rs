@@ -17,7 +17,11 @@ use std::time::Instant;
 use strata_core::snapshot::create::{self as snapshot_create, CreateRequest, Memory};
 use tracing::Instrument;
 
+use strata_core::live::saved;
+use strata_core::snapshot::revert::MemoryAt;
+
 use super::live::no_backup;
+use super::save::{check_new, finish_blocking};
 use super::Service;
 use crate::error::{Error, Result};
 use crate::types::{Made, State};
@@ -43,45 +47,75 @@ impl Service {
                 domain: name.to_string(),
                 source,
             };
+            // External memory (--memspec file=PATH): a saved machine file,
+            // as `domain save` writes it, made whole once the save ends.
+            // Internal: a stream in the run folder, copied into the first
+            // disk's snapshot.
+            let external = match req.memory_file() {
+                Some(file) => {
+                    if !file.is_absolute() {
+                        return Err(Error::Core(strata_core::Error::invalid(
+                            format!("domain '{name}': --memspec file={}", file.display()),
+                            "give an absolute path",
+                        )));
+                    }
+                    check_new(file)?;
+                    let xml = self.definition(name).await?.to_xml(true);
+                    Some((file.to_path_buf(), xml))
+                }
+                None => None,
+            };
+            let (stream, offset) = match &external {
+                Some((file, xml)) => (saved::partial(file), saved::stream_offset(xml)),
+                None => (run.run_dir.join("memory.part"), 0),
+            };
             let mut paused_at = Instant::now();
             if running && !live {
                 run.vm.pause().await.map_err(hv)?;
             }
-            let stream = run.run_dir.join("memory.part");
             let _ = std::fs::remove_file(&stream);
             // Live, the guest runs while most of its memory is copied, and
             // is paused at the switchover: the disks are snapshotted then,
             // and the save finished.
             let begun = match live {
-                true => run.vm.save_state_live(&stream, 0).await.map(|()| None),
-                false => run.vm.save_state(&stream, 0).await.map(Some),
+                true => run.vm.save_state_live(&stream, offset).await.map(|()| None),
+                false => run.vm.save_state(&stream, offset).await.map(Some),
             };
             if live {
                 paused_at = Instant::now();
             }
             let made = match begun {
                 Ok(saved) => {
-                    let (run2, file) = (run.clone(), stream.clone());
+                    let (run2, part) = (run.clone(), stream.clone());
+                    let external = external.clone();
                     let handle = tokio::runtime::Handle::current();
                     self.with_disks(run.clone(), name, move |store, n, disks| {
                         no_backup(store, n)?;
                         disks.no_block_job(n)?;
                         let done = Box::new(move || {
-                            let saved =
-                                match saved {
-                                    Some(s) => s,
-                                    None => handle
-                                        .block_on(run2.vm.finish_save(&file, 0))
-                                        .map_err(|e| {
-                                            strata_core::Error::invalid(
-                                                format!("domain '{n}'"),
-                                                format!("saving its memory: {e}"),
-                                            )
-                                        })?,
-                                };
+                            let failed = |e: String| {
+                                strata_core::Error::invalid(
+                                    format!("domain '{n}'"),
+                                    format!("saving its memory: {e}"),
+                                )
+                            };
+                            let saved = match saved {
+                                Some(s) => s,
+                                None => handle
+                                    .block_on(run2.vm.finish_save(&part, offset))
+                                    .map_err(|e| failed(e.to_string()))?,
+                            };
+                            let file = match external {
+                                Some((file, xml)) => {
+                                    finish_blocking(&part, &file, &xml, running)
+                                        .map_err(|e| failed(e.to_string()))?;
+                                    file
+                                }
+                                None => part,
+                            };
                             Ok(Memory {
                                 file,
-                                offset: 0,
+                                offset,
                                 len: saved.bytes,
                                 running,
                             })
@@ -93,6 +127,9 @@ impl Service {
                 Err(e) => Err(hv(e)),
             };
             let _ = std::fs::remove_file(&stream);
+            if let (Some((file, _)), Err(_)) = (&external, &made) {
+                let _ = std::fs::remove_file(file);
+            }
             if live && made.is_err() {
                 // QEMU runs the guest again once the save is given up.
                 if let Err(e) = run.vm.cancel_save().await {
@@ -118,9 +155,10 @@ impl Service {
 impl Service {
     /// Starts `name`, whose disks were reverted to snapshot `snapshot`,
     /// from the memory kept with it, as the machine the snapshot recorded:
-    /// QEMU waits for the state, which is copied out of the first disk's
-    /// snapshot into the run folder and loaded; the guest then runs, or
-    /// stays paused.
+    /// QEMU waits for the state and reads it where it lies (a memory file,
+    /// or the first disk's image when the state is there in one piece, as
+    /// strata writes it; else it is copied out into the run folder first);
+    /// the guest then runs, or stays paused.
     pub async fn start_from_snapshot(
         self: &Arc<Self>,
         name: &str,
@@ -146,11 +184,26 @@ impl Service {
             let found = self
                 .store(move |store| strata_core::snapshot::revert::memory_image(store, &n, &s))
                 .await?;
-            let Some((image, len)) = found else {
+            let Some(at) = found else {
                 return Err(Error::Core(strata_core::Error::invalid(
                     format!("domain '{name}': snapshot '{snapshot}'"),
                     "holds no memory to start from",
                 )));
+            };
+            let (image, len) = match at {
+                // A saved machine file, or a VM state in one piece in the
+                // image: QEMU reads it where it is.
+                MemoryAt::External { file, offset }
+                | MemoryAt::Internal {
+                    image: file,
+                    in_file: Some(offset),
+                    ..
+                } => {
+                    return self
+                        .launch(name, &domain, paused, Some((&file, offset)))
+                        .await;
+                }
+                MemoryAt::Internal { image, len, .. } => (image, len),
             };
             let run_dir = self.state_dir().join("run").join(name);
             std::fs::create_dir_all(&run_dir)

@@ -134,7 +134,7 @@ impl Service {
 
 /// Refuses a save over an existing file, or into a folder that is not
 /// there.
-fn check_new(file: &Path) -> Result<()> {
+pub(super) fn check_new(file: &Path) -> Result<()> {
     if file.symlink_metadata().is_ok() {
         return Err(refuse(
             file.display().to_string(),
@@ -163,17 +163,20 @@ fn refuse(what: impl Into<String>, problem: impl Into<String>) -> Error {
 /// `file`.
 async fn finish(part: &Path, file: &Path, xml: String, running: bool) -> Result<()> {
     let (part, file) = (part.to_path_buf(), file.to_path_buf());
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        saved::finish(&part, &xml, running)?;
-        std::fs::rename(&part, &file)
-            .map_err(|e| Error::io(&file, "move the saved machine into place", e))?;
-        if let Some(dir) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
+    tokio::task::spawn_blocking(move || finish_blocking(&part, &file, &xml, running))
+        .await
+        .map_err(|e| Error::Internal(format!("save task: {e}")))?
+}
+
+/// [`finish`], in a blocking task.
+pub(super) fn finish_blocking(part: &Path, file: &Path, xml: &str, running: bool) -> Result<()> {
+    saved::finish(part, xml, running)?;
+    std::fs::rename(part, file)
+        .map_err(|e| Error::io(file, "move the saved machine into place", e))?;
+    if let Some(dir) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
         }
-        Ok(())
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("save task: {e}")))?
+    }
+    Ok(())
 }

@@ -30,6 +30,10 @@ impl Snapshots for Qcow2 {
     ) -> Result<SnapshotInfo> {
         Qcow2::snapshot_attach_state(self, name, state)
     }
+    fn vmstate_extent(&self, name: &str) -> Result<Option<u64>> {
+        Qcow2::vmstate_extent(self, name)
+    }
+
     fn read_vmstate(&self, name: &str, buf: &mut [u8], pos: u64) -> Result<()> {
         Qcow2::read_vmstate(self, name, buf, pos)
     }

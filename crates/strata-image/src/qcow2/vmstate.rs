@@ -239,20 +239,45 @@ impl Qcow2 {
         })
     }
 
+    /// Where the VM state of snapshot `name` (by name or ID) lies in the
+    /// image file, when it is one run of plain clusters there (as strata
+    /// writes it): the file offset of its first byte. `None` when it is
+    /// spread out, partly unallocated or compressed, or kept in an
+    /// external data file, or when the snapshot has no VM state.
+    pub fn vmstate_extent(&self, name: &str) -> Result<Option<u64>> {
+        let (l1, size, vm_size, _) = self.vmstate_of(name)?;
+        if vm_size == 0 || self.geo.data_file {
+            return Ok(None);
+        }
+        let off = vm_state_offset(&self.geo, size);
+        let _g = self.gate.read();
+        let runs = super::io::map_runs_in(&mut self.meta.lock(), Some(&l1), off, vm_size)?;
+        Ok(match runs.as_slice() {
+            [r] => match r.kind {
+                super::types::Cluster::Data { host, .. } if r.len == vm_size => Some(host),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
+    /// Snapshot `name`'s L1 table, disk size, VM state size and name.
+    fn vmstate_of(&self, name: &str) -> Result<(Vec<u64>, u64, u64, String)> {
+        let m = self.meta.lock();
+        let entries = m.snapshot_entries()?;
+        let (_, e) = super::snapshot::find(&self.path, &entries, name)?;
+        Ok((
+            m.snapshot_l1(e)?,
+            e.disk_size.unwrap_or(m.header.size),
+            e.vm_state_size,
+            e.name.clone(),
+        ))
+    }
+
     /// Reads `buf` from position `pos` of the VM state of snapshot `name`
     /// (by name or ID); an error when the range is past the state's end.
     pub fn read_vmstate(&self, name: &str, buf: &mut [u8], pos: u64) -> Result<()> {
-        let (l1, size, vm_size, label) = {
-            let m = self.meta.lock();
-            let entries = m.snapshot_entries()?;
-            let (_, e) = super::snapshot::find(&self.path, &entries, name)?;
-            (
-                m.snapshot_l1(e)?,
-                e.disk_size.unwrap_or(m.header.size),
-                e.vm_state_size,
-                e.name.clone(),
-            )
-        };
+        let (l1, size, vm_size, label) = self.vmstate_of(name)?;
         let end = pos.checked_add(buf.len() as u64);
         if end.is_none_or(|end| end > vm_size) {
             return Err(Error::invalid(
