@@ -124,6 +124,9 @@ for i in range(1, n + 1):
         if st == "completed": break
         if st in ("failed", "cancelled"): sys.exit(f"live save: {st}")
         time.sleep(0.01)
+    # The migration left the images inactive: active again, as libvirt
+    # makes them (QEMU 10's blockdev-set-active), then the snapshot.
+    cmd("blockdev-set-active", active=True)
     cmd("blockdev-snapshot-internal-sync", device="d0", name=f"live{i}")
     cmd("cont")
     t1 = time.time()

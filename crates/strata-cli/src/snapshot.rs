@@ -144,20 +144,21 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 quiesce: a.quiesce,
                 halt: a.halt,
                 live: a.live,
-                memspec: match &a.memspec {
-                    Some(spec) => {
-                        let mut m = MemSpec::parse(spec).map_err(|e| usage(e.to_string()))?;
-                        // The daemon writes it: a path from here.
-                        m.file = m.file.map(|f| std::path::absolute(&f)).transpose()?;
-                        Some(m)
-                    }
-                    None => None,
-                },
+                memspec: absolute_memspec(
+                    a.memspec
+                        .as_deref()
+                        .map(MemSpec::parse)
+                        .transpose()
+                        .map_err(|e| usage(e.to_string()))?,
+                )?,
             };
             if let Some((file, text)) = &xml {
                 let from = snapshot_redefine::request_from_xml(text, file)?;
                 req.name = req.name.or(from.name);
                 req.description = req.description.or(from.description);
+                if req.memspec.is_none() {
+                    req.memspec = absolute_memspec(from.memspec)?;
+                }
                 // --diskspec options win over the XML's disks.
                 for d in from.diskspecs {
                     if !diskspecs.iter().any(|s| s.target == d.target) {
@@ -470,4 +471,14 @@ fn table(listed: &[Listed], parent: bool) -> String {
     }
     s.push('\n');
     s
+}
+
+/// `spec` with its file made absolute (the daemon writes it: a relative
+/// path is the caller's).
+fn absolute_memspec(spec: Option<MemSpec>) -> Result<Option<MemSpec>> {
+    let Some(mut m) = spec else {
+        return Ok(None);
+    };
+    m.file = m.file.map(|f| std::path::absolute(&f)).transpose()?;
+    Ok(Some(m))
 }

@@ -254,7 +254,15 @@ fn live_and_paused_snapshots_of_two_disks_revert_where_the_guest_was() {
     let latest = wait_counts(p, taken_p.len() + 10);
     ok(p, &st(&["snapshot", "revert", "vm", "live1", "--paused"]));
     reverted_to(p, &before, &taken, &latest);
-    let latest = wait_counts(p, counts(p).len() + 3);
+    // Counting on from live1's instant, well past p1's count (so that
+    // going on from p1 cannot look like going on from here).
+    let past = taken_p.last().unwrap().0 + 5;
+    let latest = loop {
+        let c = wait_counts(p, counts(p).len() + 1);
+        if c.last().unwrap().0 > past {
+            break c;
+        }
+    };
     ok(p, &st(&["snapshot", "revert", "vm", "p1"]));
     assert!(
         domstate(p, "vm").starts_with("paused"),
@@ -382,6 +390,20 @@ fn external_memory_goes_to_its_own_file_and_back() {
         "counts {next} after; the disk held {vda}"
     );
     counted_again(&latest, after[shown]);
+
+    // From XML, as virsh snapshot-create takes it.
+    std::fs::write(
+        p.join("e2.xml"),
+        "<domainsnapshot><name>e2</name><memory snapshot='external' file='e2.mem'/></domainsnapshot>",
+    )
+    .unwrap();
+    ok(p, &st(&["snapshot", "create", "vm", "--xmlfile", "e2.xml"]));
+    assert!(p.join("e2.mem").exists());
+    let xml = ok(p, &st(&["snapshot", "dumpxml", "vm", "e2"])).stdout;
+    assert!(
+        xml.contains("<state>running</state>") && xml.contains("vm.e2"),
+        "{xml}"
+    );
 
     // Deleted, the snapshot's memory file goes with it.
     ok(p, &st(&["domain", "destroy", "vm"]));

@@ -375,6 +375,7 @@ fn create_inner(
             return Err(e);
         }
     };
+    let saving = std::time::Instant::now();
     let memory = match memory.map(|done| done()).transpose() {
         Ok(m) => m,
         Err(e) => {
@@ -383,9 +384,18 @@ fn create_inner(
             return Err(e);
         }
     };
+    let kept = std::time::Instant::now();
     if let (Some(m), Some(file)) = (&memory, &memory_file) {
-        if let Err(e) = attach_memory(&held, file, &name, m) {
-            // The guest is paused: the disks go back as they were.
+        let attached = attach_memory(&held, file, &name, m);
+        tracing::info!(
+            finish_ms = kept.duration_since(saving).as_millis() as u64,
+            keep_ms = kept.elapsed().as_millis() as u64,
+            bytes = m.len,
+            "memory kept in the first disk's snapshot"
+        );
+        if let Err(e) = attached {
+            // The disks go back as they were (each snapshot deleted at once
+            // for that disk's requests: the guest may run again by now).
             undo_disks(&actions, &name, &held);
             return Err(Error::invalid(
                 format!("{what}: disk {}", file.display()),

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::lock::DomainLock;
 use crate::redefine;
 use crate::snapshot::create::{CreateRequest, DiskSpec};
+use crate::snapshot::memspec::MemSpec;
 use crate::snapshot::{DiskMode, SnapshotDef};
 use crate::store::Store;
 
@@ -56,13 +57,30 @@ pub fn redefine(store: &mut Store, domain: &str, xml: &str, current: bool) -> Re
 /// The request a domainsnapshot XML makes of `snapshot create --xmlfile`.
 pub fn request_from_xml(xml: &str, what: &str) -> Result<CreateRequest> {
     let def = SnapshotDef::from_xml(xml, what)?;
-    if def.has_memory() {
-        return Err(Error::invalid(
-            what,
-            "a memory snapshot needs a running machine (strata runs none yet)",
-        ));
-    }
+    // `<memory snapshot='internal|external|no' [file=…]/>`: where the memory
+    // of a running machine goes (`--memspec`).
+    let memspec = match &def.memory {
+        Some(m) => {
+            let mode = m.attr("snapshot").unwrap_or("internal");
+            let mode = DiskMode::parse(mode).ok_or_else(|| {
+                Error::invalid(
+                    what,
+                    format!("<memory snapshot='{mode}'>: use internal, external or no"),
+                )
+            })?;
+            let file = m.attr("file").map(std::path::PathBuf::from);
+            if mode == DiskMode::External && file.is_none() {
+                return Err(Error::invalid(
+                    what,
+                    "<memory snapshot='external'> names no file",
+                ));
+            }
+            Some(MemSpec { mode, file })
+        }
+        None => None,
+    };
     Ok(CreateRequest {
+        memspec,
         name: Some(def.name).filter(|n| !n.is_empty()),
         description: def.description,
         diskspecs: def

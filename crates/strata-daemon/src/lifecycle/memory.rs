@@ -6,8 +6,10 @@
 //! snapshot as its VM state, and the guest runs on as it was. With
 //! `--live` the guest runs while QEMU copies its memory (a pre-copy
 //! migration into the file) and is paused only for the last of it, when
-//! the disks are snapshotted. What the guest is paused for is reported as
-//! the snapshot's stall. And the way
+//! the disks are snapshotted. The guest runs again as soon as its disks
+//! are snapshotted and its memory saved; the memory is then copied into the
+//! first disk's snapshot (that disk's requests wait meanwhile). What the
+//! guest is paused for is reported as the snapshot's stall. And the way
 //! back: a domain whose disks were reverted to such a snapshot starts from
 //! its memory, going on from the snapshot's instant.
 
@@ -84,10 +86,17 @@ impl Service {
             if live {
                 paused_at = Instant::now();
             }
+            tracing::info!(
+                ms = paused_at.elapsed().as_millis() as u64,
+                "memory saved (live: up to the switchover)"
+            );
+            // When the guest ran again (before the memory is kept).
+            let resumed = Arc::new(std::sync::Mutex::new(None::<Instant>));
             let made = match begun {
                 Ok(saved) => {
                     let (run2, part) = (run.clone(), stream.clone());
                     let external = external.clone();
+                    let resumed = resumed.clone();
                     let handle = tokio::runtime::Handle::current();
                     self.with_disks(run.clone(), name, move |store, n, disks| {
                         no_backup(store, n)?;
@@ -113,6 +122,21 @@ impl Service {
                                 }
                                 None => part,
                             };
+                            // The disks are snapshotted and the memory saved:
+                            // the guest runs on while the memory is kept
+                            // (copied into the first disk's snapshot, which
+                            // holds that disk's requests meanwhile).
+                            if running {
+                                match handle.block_on(run2.vm.resume()) {
+                                    Ok(()) => {
+                                        *resumed.lock().unwrap_or_else(|e| e.into_inner()) =
+                                            Some(Instant::now())
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "cannot resume the guest yet")
+                                    }
+                                }
+                            }
                             Ok(Memory {
                                 file,
                                 offset,
@@ -136,7 +160,8 @@ impl Service {
                     tracing::warn!(error = %e, "cannot cancel the live save");
                 }
             }
-            if running && (made.is_ok() || !live) {
+            let resumed_at = *resumed.lock().unwrap_or_else(|e| e.into_inner());
+            if running && resumed_at.is_none() && (made.is_ok() || !live) {
                 if let Err(e) = run.vm.resume().await {
                     tracing::error!(error = %e, "cannot run the guest again after the snapshot");
                     if made.is_ok() {
@@ -145,7 +170,8 @@ impl Service {
                 }
             }
             let created = made?;
-            Ok(Made::new(created.def.name, Some(paused_at.elapsed())))
+            let paused_for = resumed_at.map_or(paused_at.elapsed(), |at| at - paused_at);
+            Ok(Made::new(created.def.name, Some(paused_for)))
         }
         .instrument(span)
         .await

@@ -19,6 +19,14 @@ use crate::{Error, Result};
 
 /// How often a migration's progress is asked for.
 const POLL: Duration = Duration::from_millis(20);
+/// A live save pauses the guest when what is left takes this long to write
+/// (milliseconds)...
+const LIVE_DOWNTIME_MS: u64 = 20;
+/// ... or, when the guest changes its memory faster than that converges,
+/// after this long, with whatever is left.
+const LIVE_CONVERGE: Duration = Duration::from_secs(10);
+/// The downtime allowed then (milliseconds).
+const LIVE_DOWNTIME_LAST_MS: u64 = 60_000;
 
 impl QemuVm {
     /// [`super::Vm::save_state`].
@@ -31,11 +39,17 @@ impl QemuVm {
     /// paused, before its last part (`pre-switchover`).
     pub(super) async fn save_state_live_qemu(&self, path: &Path, offset: u64) -> Result<()> {
         let uri = self.begin_save(path, offset, true).await?;
+        let started = std::time::Instant::now();
+        let mut forced = false;
         loop {
             let info = self.qmp().call(&QueryMigrate).await?;
             match &info.status {
                 Some(MigrationStatus::PreSwitchover) => return Ok(()),
                 Some(s) if s.is_final() => return Err(ended(&info, s, &uri, true)),
+                _ if !forced && started.elapsed() > LIVE_CONVERGE => {
+                    forced = true;
+                    self.qmp().call(&parameters(LIVE_DOWNTIME_LAST_MS)).await?;
+                }
                 _ => tokio::time::sleep(POLL).await,
             }
         }
@@ -73,11 +87,9 @@ impl QemuVm {
         pause_before_switchover: bool,
     ) -> Result<String> {
         let uri = file_uri(path, offset);
-        // As libvirt for a save: as fast as the file takes it.
-        let unlimited = MigrateSetParameters {
-            max_bandwidth: UNLIMITED,
-        };
-        self.qmp().call(&unlimited).await?;
+        // As libvirt for a save: as fast as the file takes it; live, the
+        // pause kept short.
+        self.qmp().call(&parameters(LIVE_DOWNTIME_MS)).await?;
         let caps = MigrateSetCapabilities {
             capabilities: vec![CapabilityState {
                 capability: PAUSE_BEFORE_SWITCHOVER.into(),
@@ -129,6 +141,14 @@ impl QemuVm {
                 _ => tokio::time::sleep(POLL).await,
             }
         }
+    }
+}
+
+/// No bandwidth limit, and `downtime_ms` for a live migration's pause.
+fn parameters(downtime_ms: u64) -> MigrateSetParameters {
+    MigrateSetParameters {
+        max_bandwidth: UNLIMITED,
+        downtime_limit: Some(downtime_ms),
     }
 }
 

@@ -109,13 +109,18 @@ impl Command for MigrateSetCapabilities {
     type Returns = serde::de::IgnoredAny;
 }
 
-/// `migrate-set-parameters`, the one strata sets.
+/// `migrate-set-parameters`, the ones strata sets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MigrateSetParameters {
     /// Bytes per second at most (QEMU's default is 128 MiB/s, meant to
     /// spare a network; a save to a file wants no limit).
     #[serde(rename = "max-bandwidth")]
     pub max_bandwidth: u64,
+    /// How long, in milliseconds, a live migration may pause the guest for
+    /// its last part (QEMU's default is 300: at a file's speed that is
+    /// hundreds of MiB left for the pause).
+    #[serde(rename = "downtime-limit", skip_serializing_if = "Option::is_none")]
+    pub downtime_limit: Option<u64>,
 }
 
 impl Command for MigrateSetParameters {
@@ -238,9 +243,17 @@ mod tests {
         );
         assert_eq!(
             describe(&MigrateSetParameters {
-                max_bandwidth: UNLIMITED
+                max_bandwidth: UNLIMITED,
+                downtime_limit: None,
             }),
             serde_json::json!({"max-bandwidth": 1u64 << 40})
+        );
+        assert_eq!(
+            describe(&MigrateSetParameters {
+                max_bandwidth: UNLIMITED,
+                downtime_limit: Some(20),
+            }),
+            serde_json::json!({"max-bandwidth": 1u64 << 40, "downtime-limit": 20})
         );
         let m = Migrate {
             uri: file_uri(std::path::Path::new("/s/m.save"), 4096),
