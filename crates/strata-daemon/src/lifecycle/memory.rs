@@ -76,6 +76,7 @@ impl Service {
                 run.vm.pause().await.map_err(hv)?;
             }
             let _ = std::fs::remove_file(&stream);
+            let saving = Instant::now();
             // Live, the guest runs while most of its memory is copied, and
             // is paused at the switchover: the disks are snapshotted then,
             // and the save finished.
@@ -83,13 +84,14 @@ impl Service {
                 true => run.vm.save_state_live(&stream, offset).await.map(|()| None),
                 false => run.vm.save_state(&stream, offset).await.map(Some),
             };
+            tracing::info!(
+                ms = saving.elapsed().as_millis() as u64,
+                live,
+                "memory saved (live: up to the switchover)"
+            );
             if live {
                 paused_at = Instant::now();
             }
-            tracing::info!(
-                ms = paused_at.elapsed().as_millis() as u64,
-                "memory saved (live: up to the switchover)"
-            );
             // When the guest ran again (before the memory is kept).
             let resumed = Arc::new(std::sync::Mutex::new(None::<Instant>));
             let made = match begun {

@@ -171,11 +171,7 @@ pub trait Vm: Send + Sync {
     /// then in `postmigrate`). The bytes before `offset` are left zero.
     fn save_state<'a>(&'a self, path: &'a Path, offset: u64) -> BoxFuture<'a, Result<SavedState>> {
         let _ = (path, offset);
-        Box::pin(async {
-            Err(crate::Error::Unsupported {
-                what: "saving state",
-            })
-        })
+        unsupported("saving state")
     }
     /// Starts writing the machine's state into `path` from byte `offset`
     /// on while it runs (a pre-copy migration: the memory is copied, then
@@ -184,40 +180,24 @@ pub trait Vm: Send + Sync {
     /// change until [`Vm::finish_save`] (or [`Vm::cancel_save`]).
     fn save_state_live<'a>(&'a self, path: &'a Path, offset: u64) -> BoxFuture<'a, Result<()>> {
         let _ = (path, offset);
-        Box::pin(async {
-            Err(crate::Error::Unsupported {
-                what: "saving state live",
-            })
-        })
+        unsupported("saving state live")
     }
     /// Writes the rest of the state [`Vm::save_state_live`] began; the
     /// machine stays paused (`postmigrate`).
     fn finish_save<'a>(&'a self, path: &'a Path, offset: u64) -> BoxFuture<'a, Result<SavedState>> {
         let _ = (path, offset);
-        Box::pin(async {
-            Err(crate::Error::Unsupported {
-                what: "saving state live",
-            })
-        })
+        unsupported("saving state live")
     }
     /// Gives up the save [`Vm::save_state_live`] began; the guest runs on.
     fn cancel_save(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async {
-            Err(crate::Error::Unsupported {
-                what: "saving state live",
-            })
-        })
+        unsupported("saving state live")
     }
     /// Loads a state [`Vm::save_state`] wrote into a machine started with
     /// [`StartOptions::incoming`], and returns once it is loaded; the
     /// machine stays paused.
     fn load_state<'a>(&'a self, path: &'a Path, offset: u64) -> BoxFuture<'a, Result<()>> {
         let _ = (path, offset);
-        Box::pin(async {
-            Err(crate::Error::Unsupported {
-                what: "loading state",
-            })
-        })
+        unsupported("loading state")
     }
 }
 
@@ -231,4 +211,9 @@ pub struct SavedState {
     pub downtime_ms: u64,
     /// How long the save took, in milliseconds.
     pub total_ms: u64,
+}
+
+/// The answer of a [`Vm`] that cannot do `what`.
+fn unsupported<'a, T: 'a>(what: &'static str) -> BoxFuture<'a, Result<T>> {
+    Box::pin(async move { Err(crate::Error::Unsupported { what }) })
 }
