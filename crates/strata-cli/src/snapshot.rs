@@ -309,22 +309,28 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 if live {
                     crate::lifecycle::run_op(Op::Destroy, &a.domain, &dir, &out.muted())?;
                 }
-                let moved = snapshot_revert::revert(&mut store, &a.domain, &name)?;
                 // The machine that runs now is the snapshot's: so is the
                 // definition (as libvirt restores it), or the next
                 // snapshot would record another machine than its memory's.
-                if let Some(then) = def.domain.clone() {
-                    store.define(&strata_core::Domain::from_element(then))?;
-                }
+                let reverted = snapshot_revert::revert_for_memory(&mut store, &a.domain, &name)?;
                 let paused = a.paused || (!a.running && def.state == "paused");
-                crate::live::ensure_daemon(&dir, out.quiet)?
-                    .start_from_snapshot(&a.domain, &name, paused)
-                    .map_err(|e| {
-                        crate::live::api_error(e).context(format!(
-                            "the disks of domain '{}' were reverted to snapshot {name}, but its memory could not be loaded (the domain stays shut off)",
-                            a.domain
-                        ))
-                    })?;
+                let started = crate::live::ensure_daemon(&dir, out.quiet).and_then(|c| {
+                    c.start_from_snapshot(&a.domain, &name, paused)
+                        .map_err(crate::live::api_error)
+                });
+                if let Err(e) = started {
+                    // Nothing of the revert stays: the disks and the
+                    // definition as they were, the domain shut off.
+                    let undone = match reverted.undo(&mut store) {
+                        Ok(()) => "its disks are as they were before the revert".to_string(),
+                        Err(u) => format!("taking the revert back failed too: {u}"),
+                    };
+                    return Err(e.context(format!(
+                        "domain '{}': the memory of snapshot {name} could not be loaded; the domain stays shut off and {undone}",
+                        a.domain
+                    )));
+                }
+                let moved = reverted.finish(&mut store);
                 print_reverted(out, &a.domain, &name, &moved)?;
                 return Ok(OK);
             }

@@ -319,6 +319,7 @@ fn external_memory_goes_to_its_own_file_and_back() {
         "the disks take external snapshots with it",
     );
     assert!(!p.join("e0.mem").exists());
+    let before_e1 = vda_source(p);
     let before = wait_counts(p, 5);
 
     // The memory in a file of its own (a relative path is the caller's),
@@ -375,7 +376,13 @@ fn external_memory_goes_to_its_own_file_and_back() {
     // The revert: the disks back at the instant, the memory from the file.
     let latest = wait_counts(p, latest.len() + 3);
     ok(p, &st(&["snapshot", "revert", "vm", "e1", "--paused"]));
-    let vda = count_in(p, &vda_source(p));
+    // A fresh overlay over the snapshot's image takes the guest's writes;
+    // the image stays as the snapshot left it.
+    let reverted = vda_source(p);
+    assert!(reverted.ends_with("vm.e1.1"), "{reverted}");
+    let base = p.join(&before_e1);
+    let base_bytes = std::fs::read(&base).unwrap();
+    let vda = count_in(p, &reverted);
     let (lo, hi) = (before.last().unwrap().0 - 1, taken.last().unwrap().0);
     assert!(
         (lo..=hi).contains(&vda),
@@ -390,6 +397,10 @@ fn external_memory_goes_to_its_own_file_and_back() {
         "counts {next} after; the disk held {vda}"
     );
     counted_again(&latest, after[shown]);
+    assert!(
+        std::fs::read(&base).unwrap() == base_bytes,
+        "the guest wrote into {before_e1}, the snapshot's image"
+    );
 
     // From XML, as virsh snapshot-create takes it.
     std::fs::write(
@@ -400,8 +411,10 @@ fn external_memory_goes_to_its_own_file_and_back() {
     ok(p, &st(&["snapshot", "create", "vm", "--xmlfile", "e2.xml"]));
     assert!(p.join("e2.mem").exists());
     let xml = ok(p, &st(&["snapshot", "dumpxml", "vm", "e2"])).stdout;
+    let e2 = vda_source(p);
+    assert!(e2.ends_with(".e2"), "{e2}");
     assert!(
-        xml.contains("<state>running</state>") && xml.contains("vm.e2"),
+        xml.contains("<state>running</state>") && xml.contains(&e2),
         "{xml}"
     );
 
@@ -409,4 +422,119 @@ fn external_memory_goes_to_its_own_file_and_back() {
     ok(p, &st(&["domain", "destroy", "vm"]));
     ok(p, &st(&["snapshot", "delete", "vm", "e1"]));
     assert!(!mem.exists(), "the memory file stayed");
+}
+
+/// Flips the first byte of the migration stream's magic (`QEVM`, version
+/// 3) where it starts a cluster of qcow2 image `file` (where strata keeps
+/// a snapshot's VM state): QEMU then refuses the stream. Flipping again
+/// mends it.
+fn flip_stream_magic(file: &std::path::Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut head = [0u8; 8];
+    let at = (0..len / 65536)
+        .map(|c| c * 65536)
+        .find(|&at| {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.read_exact(&mut head).unwrap();
+            head[1..] == *b"EVM\0\0\0\x03" && (head[0] == b'Q' || head[0] == b'Q' ^ 0xff)
+        })
+        .unwrap_or_else(|| panic!("no VM state in {}", file.display()));
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[head[0] ^ 0xff]).unwrap();
+}
+
+#[test]
+fn a_stream_qemu_refuses_leaves_the_machine_as_it_was() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    guest_domain(p, kit, "vm", COUNTER, "");
+    let _daemon = DaemonProc::start(p, &[], &[]);
+    ok(p, &st(&["domain", "start", "vm"]));
+    let before = wait_counts(p, 5);
+    ok(p, &st(&["snapshot", "create", "vm", "--name", "s1"]));
+    let taken = counts(p);
+    wait_counts(p, taken.len() + 3);
+    ok(
+        p,
+        &st(&[
+            "snapshot",
+            "create",
+            "vm",
+            "--name",
+            "s2",
+            "--disk-only",
+            "--diskspec",
+            "vda,snapshot=internal",
+        ]),
+    );
+    let source = vda_source(p);
+    let image = p.join("vm.qcow2");
+    assert_eq!(std::path::Path::new(&source), image);
+
+    // QEMU refuses s1's stream: the revert is taken back whole. The domain
+    // is shut off (the guest was stopped for the revert), its disk holds
+    // what the guest wrote last (not the snapshot's count), s2 is still
+    // current, and no guard snapshot is left in the image.
+    flip_stream_magic(&image);
+    let latest = wait_counts(p, taken.len() + 10);
+    let refused = strata(p, &st(&["snapshot", "revert", "vm", "s1"])).one_error(
+        1,
+        "the memory of snapshot s1 could not be loaded; the domain stays shut off and its disks are as they were before the revert",
+    );
+    // QEMU's reason, and where the stream it refused lies.
+    assert!(
+        refused.contains("load of migration failed") && refused.contains("vm.qcow2,offset="),
+        "{refused}"
+    );
+    assert!(
+        domstate(p, "vm").starts_with("shut off"),
+        "{}",
+        domstate(p, "vm")
+    );
+    let on_disk = disk_count(p);
+    assert!(
+        on_disk + 1 >= latest.last().unwrap().0 && on_disk > taken.last().unwrap().0,
+        "the disk holds {on_disk}: the guest had counted to {}, the snapshot was at {}",
+        latest.last().unwrap().0,
+        taken.last().unwrap().0
+    );
+    assert_eq!(vda_source(p), source);
+    let current = ok(p, &st(&["snapshot", "current", "vm", "--name"])).stdout;
+    assert_eq!(current.trim(), "s2");
+    let listed = run_in(p, "qemu-img", &["snapshot", "-l", "vm.qcow2"]).stdout;
+    assert!(
+        listed.contains(" s1 ")
+            && listed.contains(" s2 ")
+            && !listed.contains("strata-revert-undo"),
+        "{listed}"
+    );
+    assert_clean(p, "vm.qcow2");
+
+    // Mended, the stream loads: the guest goes on from s1, and the guard
+    // the revert kept until then is gone.
+    flip_stream_magic(&image);
+    ok(p, &st(&["snapshot", "revert", "vm", "s1"]));
+    assert_eq!(domstate(p, "vm"), "running (restored)");
+    let shown = counts(p);
+    let after = wait_counts(p, shown.len() + 3);
+    let next = after[shown.len()].0;
+    let (lo, hi) = (before.last().unwrap().0, taken.last().unwrap().0 + 2);
+    assert!(
+        (lo..=hi).contains(&next),
+        "after the revert the guest counts {next}; s1 was taken between {lo} and {hi}"
+    );
+    counted_again(&latest, after[shown.len()]);
+    let listed = run_in(p, "qemu-img", &["snapshot", "-l", "-U", "vm.qcow2"]).stdout;
+    assert!(!listed.contains("strata-revert-undo"), "{listed}");
+    ok(p, &st(&["domain", "destroy", "vm"]));
+    assert_clean(p, "vm.qcow2");
 }

@@ -282,3 +282,69 @@ fn revert_into_an_image_no_longer_active_is_all_or_nothing() {
         snapshot_revert::revert(s, "vm", "s1").map(|_| ())
     });
 }
+
+#[test]
+fn a_revert_for_memory_is_taken_back_whole() {
+    // A revert whose memory QEMU then refuses is taken back: internal
+    // snapshots applied (guarded), fresh overlays made, the definition and
+    // the current snapshot replaced; after the undo every image and the
+    // metadata are as before, with no guard snapshot and no overlay left.
+    let cases: [(&str, [DiskMode; 2]); 3] = [
+        ("s0", [DiskMode::Internal, DiskMode::Internal]),
+        ("e0", [DiskMode::External, DiskMode::External]),
+        ("m0", [DiskMode::External, DiskMode::Internal]),
+    ];
+    for (name, modes) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let mut store = setup(d.path());
+        snap(&mut store, name, modes);
+        snap(
+            &mut store,
+            "later",
+            [DiskMode::Internal, DiskMode::Internal],
+        );
+        write_disk(&store, 0, &[9; 4096], 0);
+        write_disk(&store, 1, &[8; 4096], 65536);
+        let before = state(d.path(), &store);
+        let sources = |s: &Store| -> Vec<_> {
+            s.domain("vm")
+                .unwrap()
+                .disks()
+                .into_iter()
+                .map(|k| k.source.unwrap())
+                .collect()
+        };
+        let was = sources(&store);
+        let r = snapshot_revert::revert_for_memory(&mut store, "vm", name).unwrap();
+        assert_ne!(state(d.path(), &store), before, "{name}: nothing reverted");
+        // Each disk is where the revert left it: a fresh overlay for an
+        // external snapshot (never the snapshot's own image, which the
+        // guest must not write to), the image holding an internal one.
+        let now = sources(&store);
+        for ((k, mode), (was, now)) in modes.iter().enumerate().zip(was.iter().zip(&now)) {
+            let moved = r.moved().iter().find(|(t, _)| t == ["vda", "vdb"][k]);
+            match mode {
+                DiskMode::External => {
+                    assert_eq!(Some(now), moved.map(|(_, f)| f), "{name}: disk {k}");
+                    assert_ne!(now, was);
+                }
+                _ => assert_eq!(now, was, "{name}: disk {k}"),
+            }
+        }
+        r.undo(&mut store).unwrap();
+        let after = state(d.path(), &store);
+        assert_eq!(after, before, "{name}: the undo left a change");
+        assert!(!after.contains("strata-revert-undo"), "{after}");
+    }
+}
+
+#[test]
+fn a_revert_for_memory_is_all_or_nothing() {
+    let prep = |s: &mut Store| {
+        snap(s, "s0", [DiskMode::Internal, DiskMode::Internal]);
+        write_disk(s, 0, &[9; 4096], 0);
+    };
+    every_fault("revert for memory", 2, prep, |s| {
+        snapshot_revert::revert_for_memory(s, "vm", "s0").map(|_| ())
+    });
+}

@@ -12,6 +12,7 @@ pub mod memspec;
 mod merge;
 pub mod redefine;
 pub mod revert;
+pub mod undo;
 
 use std::path::PathBuf;
 

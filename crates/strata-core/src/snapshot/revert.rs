@@ -30,6 +30,7 @@ use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::lock::DomainLock;
 use crate::refs::{self, Graph, Owner, Root};
+use crate::snapshot::undo::{self, Reverted};
 use crate::snapshot::{DiskMode, SnapshotDef};
 use crate::store::Store;
 
@@ -189,6 +190,22 @@ pub fn extract_memory(image: &Path, name: &str, len: u64, to: &Path) -> Result<(
 /// snapshot are not among them).
 #[tracing::instrument(skip_all, fields(domain = %domain, snapshot = %name, op = "snapshot revert"))]
 pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String, PathBuf)>> {
+    Ok(revert_in(store, domain, name, false)?.finish(store))
+}
+
+/// Reverts the disks of domain `domain`, which does not run, to snapshot
+/// `name`, which holds memory, so that its guest can go on from that
+/// memory: the domain's definition becomes the snapshot's (the machine the
+/// memory was saved in; each disk's source where the revert left it). The
+/// revert can be taken back until the memory is loaded
+/// ([`Reverted::undo`], [`Reverted::finish`]).
+#[tracing::instrument(skip_all, fields(domain = %domain, snapshot = %name, op = "snapshot revert"))]
+pub fn revert_for_memory(store: &mut Store, domain: &str, name: &str) -> Result<Reverted> {
+    revert_in(store, domain, name, true)
+}
+
+/// [`revert`], or with `memory` [`revert_for_memory`].
+fn revert_in(store: &mut Store, domain: &str, name: &str, memory: bool) -> Result<Reverted> {
     let _lock = DomainLock::acquire(store.dir(), domain)?;
     let dom = store.domain(domain)?;
     let row = store.snapshot(domain, name)?;
@@ -202,7 +219,8 @@ pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String
     let now_disks = dom.disks();
     let then_disks = then.disks();
     let mut actions = Vec::new();
-    let mut new_dom = dom.clone();
+    // With memory, the machine the memory was saved in runs again.
+    let mut new_dom = if memory { then.clone() } else { dom.clone() };
     let mut moved = Vec::new();
     // What the metadata needs once the revert is done: every root but the
     // current images of the disks taking part, whose state is discarded.
@@ -282,17 +300,54 @@ pub fn revert(store: &mut Store, domain: &str, name: &str) -> Result<Vec<(String
     if actions.is_empty() {
         return Err(Error::invalid(what, "no disk took part in the snapshot"));
     }
-    crate::faults::run(&actions, &Held::none())
-        .map_err(|e| Error::invalid(&what, e.to_string()))?;
+    // The state each applied snapshot discards is kept in a guard until
+    // the memory is loaded.
+    let guards = memory.then(|| {
+        let files: Vec<PathBuf> = actions
+            .iter()
+            .filter(|a| matches!(a, Action::SnapshotApplyInternal { .. }))
+            .map(|a| a.file().to_path_buf())
+            .collect();
+        (undo::guard_name(), files)
+    });
+    if let Some((guard, files)) = guards.as_ref().filter(|(_, f)| !f.is_empty()) {
+        undo::take(files, guard)
+            .map_err(|e| Error::invalid(&what, format!("keeping the state being left: {e}")))?;
+    }
+    let drop_guards = |guards: &Option<(String, Vec<PathBuf>)>| {
+        if let Some((guard, files)) = guards.as_ref().filter(|(_, f)| !f.is_empty()) {
+            if let Err(e) = undo::delete(files, guard) {
+                tracing::warn!(error = %e, guard = %guard, "guard snapshots kept");
+            }
+        }
+    };
+    if let Err(e) = crate::faults::run(&actions, &Held::none()) {
+        drop_guards(&guards);
+        return Err(Error::invalid(&what, e.to_string()));
+    }
     let made: Vec<PathBuf> = moved.iter().map(|(_, o)| o.clone()).collect();
+    let current = store
+        .snapshots(domain)?
+        .into_iter()
+        .find(|r| r.current)
+        .map(|r| r.name);
     if let Err(e) = store.revert_to(domain, name, &new_dom, &made) {
-        // The internal applies cannot be undone, but new overlays can go.
+        // New overlays go; the applies are taken back when guarded.
         for o in &made {
             let _ = std::fs::remove_file(o);
         }
+        if let Some((guard, files)) = guards.as_ref().filter(|(_, f)| !f.is_empty()) {
+            if let Err(u) = undo::apply_back(files, guard) {
+                tracing::error!(error = %u, guard = %guard, "the state before the revert is kept in guard snapshots");
+            }
+        }
         return Err(e);
     }
-    // The state left behind goes, unless a snapshot still needs it.
-    refs::collect_or_warn(store, domain);
-    Ok(moved)
+    Ok(Reverted {
+        domain: domain.to_string(),
+        moved,
+        guards: guards.filter(|(_, f)| !f.is_empty()),
+        before: dom,
+        current,
+    })
 }

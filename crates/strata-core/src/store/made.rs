@@ -9,6 +9,22 @@ use rusqlite::params;
 use super::Store;
 use crate::error::{Error, Result};
 
+/// The SQL transaction and its error mapping, as [`Store::write`] hands
+/// them.
+type Tx<'a, 'b> = (
+    &'a rusqlite::Transaction<'b>,
+    &'a dyn Fn(rusqlite::Error) -> Error,
+);
+
+/// Runs `stmt` with `(domain, path)` for each of `files` in `tx`.
+fn each_in((tx, sql): Tx<'_, '_>, stmt: &str, domain: &str, files: &[PathBuf]) -> Result<()> {
+    for f in files {
+        tx.execute(stmt, params![domain, f.to_string_lossy()])
+            .map_err(sql)?;
+    }
+    Ok(())
+}
+
 /// Records `made` as files strata made for `domain`.
 pub(super) fn record_made(
     tx: &rusqlite::Transaction<'_>,
@@ -16,14 +32,19 @@ pub(super) fn record_made(
     domain: &str,
     made: &[PathBuf],
 ) -> Result<()> {
-    for f in made {
-        tx.execute(
-            "INSERT OR IGNORE INTO made_files (domain, path) VALUES (?1, ?2)",
-            params![domain, f.to_string_lossy()],
-        )
-        .map_err(sql)?;
-    }
-    Ok(())
+    let stmt = "INSERT OR IGNORE INTO made_files (domain, path) VALUES (?1, ?2)";
+    each_in((tx, sql), stmt, domain, made)
+}
+
+/// Forgets `made`, files strata made for `domain` (deleted, or never used).
+pub(super) fn forget_in(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &dyn Fn(rusqlite::Error) -> Error,
+    domain: &str,
+    made: &[PathBuf],
+) -> Result<()> {
+    let stmt = "DELETE FROM made_files WHERE domain = ?1 AND path = ?2";
+    each_in((tx, sql), stmt, domain, made)
 }
 
 impl Store {
@@ -64,21 +85,11 @@ impl Store {
 
     /// Forgets files strata made for `domain` (after deleting them).
     pub fn forget_made(&mut self, domain: &str, files: &[PathBuf]) -> Result<()> {
-        self.each_made(
-            "DELETE FROM made_files WHERE domain = ?1 AND path = ?2",
-            domain,
-            files,
-        )
+        self.write(|tx, sql| forget_in(tx, sql, domain, files))
     }
 
     /// Runs `stmt` with `(domain, path)` for each of `files`, at once.
     fn each_made(&mut self, stmt: &str, domain: &str, files: &[PathBuf]) -> Result<()> {
-        self.write(|tx, sql| {
-            for f in files {
-                tx.execute(stmt, params![domain, f.to_string_lossy()])
-                    .map_err(sql)?;
-            }
-            Ok(())
-        })
+        self.write(|tx, sql| each_in((tx, sql), stmt, domain, files))
     }
 }

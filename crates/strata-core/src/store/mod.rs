@@ -19,7 +19,7 @@ use crate::snapshot::SnapshotDef;
 mod jobs;
 mod made;
 pub use jobs::{Job, JobState};
-use made::record_made;
+use made::{forget_in, record_made};
 
 /// Schema changes, in order; version N is reached by applying the first N.
 const MIGRATIONS: &[&str] = &[
@@ -441,6 +441,30 @@ impl Store {
             tx.execute(
                 "UPDATE snapshots SET is_current = (name = ?2) WHERE domain = ?1",
                 params![domain, name],
+            )
+            .map_err(sql)?;
+            set_domain_xml(tx, sql, domain, &xml)?;
+            Ok(())
+        })
+    }
+
+    /// Takes a revert back ([`Store::revert_to`]): `current` is the
+    /// current snapshot again (`None`: none is), the domain definition is
+    /// `dom` again and the files made for the revert (deleted) are
+    /// forgotten, at once.
+    pub fn undo_revert(
+        &mut self,
+        domain: &str,
+        current: Option<&str>,
+        dom: &Domain,
+        made: &[PathBuf],
+    ) -> Result<()> {
+        let xml = dom.to_xml(true);
+        self.write(|tx, sql| {
+            forget_in(tx, sql, domain, made)?;
+            tx.execute(
+                "UPDATE snapshots SET is_current = (name IS ?2) WHERE domain = ?1",
+                params![domain, current],
             )
             .map_err(sql)?;
             set_domain_xml(tx, sql, domain, &xml)?;

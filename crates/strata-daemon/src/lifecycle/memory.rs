@@ -198,16 +198,10 @@ impl Service {
             if self.is_stopping() {
                 return Err(Error::Stopping);
             }
-            // The machine the memory was saved with: the snapshot's own
-            // definition (a revert --force past ABI changes runs it).
-            let (n, s) = (name.to_string(), snapshot.to_string());
-            let then = self
-                .store(move |store| Ok(store.snapshot(&n, &s)?.def()?.domain))
-                .await?;
-            let domain = match then {
-                Some(e) => strata_core::Domain::from_element(e),
-                None => self.definition(name).await?,
-            };
+            // The machine the memory was saved with: the revert made the
+            // snapshot's definition the domain's (with each disk where the
+            // revert left it).
+            let domain = self.definition(name).await?;
             let (n, s) = (name.to_string(), snapshot.to_string());
             let found = self
                 .store(move |store| strata_core::snapshot::revert::memory_image(store, &n, &s))

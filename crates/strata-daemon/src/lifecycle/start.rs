@@ -118,8 +118,19 @@ impl Service {
                 });
             }
         };
+        let mut served = served;
         if let Some((file, offset)) = state {
-            if let Err(e) = load(vm.as_ref(), file, offset, paused).await {
+            let loaded = vm.load_state(file, offset).await;
+            if loaded.is_ok() {
+                // Loaded: a revert that led here is final, before the
+                // guest runs.
+                served = drop_guards(served, run_dir.clone(), record).await;
+            }
+            let ran = match loaded {
+                Ok(()) if !paused => vm.resume().await,
+                other => other,
+            };
+            if let Err(e) = ran {
                 let _ = vm.destroy().await;
                 disks::close_all(served).await;
                 slot.failed();
@@ -156,19 +167,30 @@ impl Service {
     }
 }
 
-/// Loads the saved state at `offset` in `file` into `vm` (started
-/// waiting for it), then runs it unless `paused`.
-async fn load(
-    vm: &dyn strata_qemu::Vm,
-    file: &Path,
-    offset: u64,
-    paused: bool,
-) -> strata_qemu::Result<()> {
-    vm.load_state(file, offset).await?;
-    if !paused {
-        vm.resume().await?;
+/// Deletes the guard snapshots a revert kept in the images of `served`
+/// (recorded in `run_dir` as `record`), now that the memory is loaded and
+/// the revert final; a failure is logged (the next load tries again).
+async fn drop_guards(
+    served: Vec<disks::ServedDisk>,
+    run_dir: std::path::PathBuf,
+    record: RunRecord,
+) -> Vec<disks::ServedDisk> {
+    let task = tokio::task::spawn_blocking(move || {
+        let files: Vec<_> = served.iter().map(|d| d.source.clone()).collect();
+        let live = disks::live::LiveDisks::new(&served, &run_dir, record);
+        match strata_core::snapshot::undo::drop_guards_on(&live, &files) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(guards = n, "the revert's guard snapshots deleted"),
+            Err(e) => tracing::warn!(error = %e, "the revert's guard snapshots kept"),
+        }
+        drop(live);
+        served
+    });
+    match task.await {
+        Ok(served) => served,
+        // The served disks went with the task: nothing to go on with.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
-    Ok(())
 }
 
 /// Makes `dir` (and its parents), owner-only.
