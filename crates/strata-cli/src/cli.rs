@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::live_args::{
-    DaemonArgs, DomainListArgs, DomainNameArgs, DomainRestoreArgs, DomainSaveArgs,
-    DomainShutdownArgs, DomainStartArgs, DomstateArgs,
+    DaemonArgs, DomainListArgs, DomainManagedSaveArgs, DomainNameArgs, DomainRestoreArgs,
+    DomainSaveArgs, DomainShutdownArgs, DomainStartArgs, DomstateArgs,
 };
 use crate::size::{parse_byte, parse_size, parse_size_change, SizeChange};
 
@@ -588,6 +588,13 @@ pub enum DomainCommand {
     Save(DomainSaveArgs),
     /// Start a domain from a file `domain save` wrote, where it left off.
     Restore(DomainRestoreArgs),
+    /// Save a domain's memory where strata keeps it and stop it: the next
+    /// `domain start` restores it.
+    #[command(name = "managedsave")]
+    ManagedSave(DomainManagedSaveArgs),
+    /// Discard a domain's managed save (its next start boots afresh).
+    #[command(name = "managedsave-remove")]
+    ManagedSaveRemove(DomainNameArgs),
     /// Print a domain's state: running, paused or shut off.
     Domstate(DomstateArgs),
     /// Print a domain's XML.
@@ -624,6 +631,9 @@ pub struct DomainUndefineArgs {
     /// Also drop the metadata of its checkpoints (bitmaps are not touched).
     #[arg(long)]
     pub checkpoints_metadata: bool,
+    /// Also remove its managed save.
+    #[arg(long)]
+    pub managed_save: bool,
 }
 
 /// Image formats accepted on the command line.

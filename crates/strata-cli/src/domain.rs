@@ -47,7 +47,10 @@ pub fn run(cmd: DomainCommand, state: Option<&Path>, out: &Output) -> Result<u8>
         }
         DomainCommand::List(a) => return crate::lifecycle::list(&a, &dir, out),
         DomainCommand::Start(a) => {
-            let op = Op::Start { paused: a.paused };
+            let op = Op::Start {
+                paused: a.paused,
+                force_boot: a.force_boot,
+            };
             return crate::lifecycle::run_op(op, &a.domain, &dir, out);
         }
         DomainCommand::Shutdown(a) => {
@@ -65,6 +68,10 @@ pub fn run(cmd: DomainCommand, state: Option<&Path>, out: &Output) -> Result<u8>
         }
         DomainCommand::Save(a) => return crate::save::save(&a, &dir, out),
         DomainCommand::Restore(a) => return crate::save::restore(&a, &dir, out),
+        DomainCommand::ManagedSave(a) => return crate::save::managed_save(&a, &dir, out),
+        DomainCommand::ManagedSaveRemove(a) => {
+            return crate::save::managed_save_remove(&a.domain, &dir, out)
+        }
         DomainCommand::Domstate(a) => return crate::lifecycle::domstate(&a, &dir, out),
         DomainCommand::Dumpxml(a) => {
             out.no_json("domain dumpxml")?;
@@ -74,6 +81,13 @@ pub fn run(cmd: DomainCommand, state: Option<&Path>, out: &Output) -> Result<u8>
         DomainCommand::Undefine(a) => {
             refuse_running_undefine(&dir, &a.domain)?;
             let _lock = strata_core::lock::DomainLock::acquire(&dir, &a.domain)?;
+            store.domain(&a.domain)?;
+            if strata_core::live::managed::exists(&dir, &a.domain) {
+                if !a.managed_save {
+                    anyhow::bail!("Requested operation is not valid: refusing to undefine domain '{}' while its managed save exists (--managed-save removes it)", a.domain);
+                }
+                strata_core::live::managed::remove(&dir, &a.domain)?;
+            }
             store.undefine(&a.domain, a.snapshots_metadata, a.checkpoints_metadata)?;
             out.say(&format!("Domain '{}' has been undefined", a.domain))?;
         }

@@ -24,6 +24,8 @@ pub enum Op {
     Start {
         /// Leave the vCPUs stopped.
         paused: bool,
+        /// Discard a managed save and boot afresh.
+        force_boot: bool,
     },
     /// `shutdown`, waiting this many seconds.
     Shutdown {
@@ -84,7 +86,7 @@ pub fn run_op(op: Op, name: &str, dir: &Path, out: &Output) -> Result<u8> {
         _ => live::client(dir),
     };
     let answer = match op {
-        Op::Start { paused } => client.start(name, paused),
+        Op::Start { paused, force_boot } => client.start_with(name, paused, force_boot),
         Op::Shutdown { timeout } => {
             let c = client.with_timeout(
                 live::ANSWER_LIMIT.saturating_add(std::time::Duration::from_secs(timeout)),

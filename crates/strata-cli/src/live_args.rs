@@ -69,6 +69,10 @@ pub struct DomainStartArgs {
     /// Leave the vCPUs stopped.
     #[arg(long)]
     pub paused: bool,
+    /// Boot afresh, discarding the domain's managed save (without it, a
+    /// domain with one is restored from it).
+    #[arg(long)]
+    pub force_boot: bool,
 }
 
 /// `strata domain shutdown`.
@@ -121,6 +125,16 @@ pub struct DomainSaveArgs {
     /// The file to save into; it must not exist.
     pub file: PathBuf,
     /// The state a restore leaves it in.
+    #[command(flatten)]
+    pub after: AfterRestoreArgs,
+}
+
+/// `strata domain managedsave`.
+#[derive(Debug, Args)]
+pub struct DomainManagedSaveArgs {
+    /// The domain (running or paused).
+    pub domain: String,
+    /// The state `domain start` leaves it in.
     #[command(flatten)]
     pub after: AfterRestoreArgs,
 }

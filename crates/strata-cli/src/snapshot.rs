@@ -331,6 +331,8 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                     )));
                 }
                 let moved = reverted.finish(&mut store);
+                // A managed save of the state left behind is stale now.
+                strata_core::live::managed::remove(&dir, &a.domain)?;
                 print_reverted(out, &a.domain, &name, &moved)?;
                 return Ok(OK);
             }
@@ -346,9 +348,24 @@ pub fn run(cmd: DomSnapshotCommand, state: Option<&Path>, out: &Output) -> Resul
                 store.snapshot(&a.domain, &name)?;
                 crate::lifecycle::run_op(Op::Destroy, &a.domain, &dir, &out.muted())?;
             }
+            // A managed save goes with the state it holds (libvirt's rule:
+            // only with --force, it is the guest's memory).
+            let managed = strata_core::live::managed::exists(&dir, &a.domain);
+            if managed && !a.force {
+                bail!(
+                    "revert requires force: domain '{}' has a managed save, and snapshot '{name}' holds no memory state: the revert would make the saved memory stale, so it would be removed; use --force",
+                    a.domain
+                );
+            }
             let moved = snapshot_revert::revert(&mut store, &a.domain, &name)?;
+            if managed {
+                strata_core::live::managed::remove(&dir, &a.domain)?;
+            }
             if a.running || a.paused {
-                let start = Op::Start { paused: a.paused };
+                let start = Op::Start {
+                    paused: a.paused,
+                    force_boot: false,
+                };
                 crate::lifecycle::run_op(start, &a.domain, &dir, &out.muted())?;
             }
             print_reverted(out, &a.domain, &name, &moved)?;

@@ -129,9 +129,21 @@ impl Client {
 
     /// Starts a domain.
     pub fn start(&self, name: &str, paused: bool) -> Result<DomainInfo, ClientError> {
+        self.start_with(name, paused, false)
+    }
+
+    /// Starts a domain, running or paused: from its managed save if it has
+    /// one, unless `force_boot` discards it.
+    pub fn start_with(
+        &self,
+        name: &str,
+        paused: bool,
+        force_boot: bool,
+    ) -> Result<DomainInfo, ClientError> {
         let req = StartRequest {
             paused,
             memory_of: None,
+            force_boot,
         };
         let body = serde_json::to_string(&req).unwrap_or_default();
         self.call("POST", &domain_path(name, "/start"), Some(body))
@@ -148,6 +160,7 @@ impl Client {
         let req = StartRequest {
             paused,
             memory_of: Some(snapshot.to_string()),
+            force_boot: false,
         };
         let body = serde_json::to_string(&req).unwrap_or_default();
         self.call("POST", &domain_path(name, "/start"), Some(body))

@@ -173,6 +173,10 @@ pub struct StartRequest {
     /// reverted to it): the guest goes on from the snapshot's instant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_of: Option<String>,
+    /// Boot afresh, discarding the domain's managed save (`virsh start
+    /// --force-boot`); without it a managed save is restored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_boot: bool,
 }
 
 /// `POST /v1/domains/{name}/save`.

@@ -72,7 +72,7 @@ pub async fn start(State(svc): Svc, p: Result<Path<String>, PathRejection>, b: B
     let req: StartRequest = body(&b)?;
     match &req.memory_of {
         Some(snapshot) => ok(&svc.start_from_snapshot(&name, snapshot, req.paused).await?),
-        None => ok(&svc.start(&name, req.paused).await?),
+        None => ok(&svc.start_with(&name, req.paused, req.force_boot).await?),
     }
 }
 

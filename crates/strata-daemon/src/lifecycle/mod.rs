@@ -145,7 +145,15 @@ impl Service {
             name: name.to_string(),
             uuid,
             state: status.map_or(State::ShutOff, |s| s.state),
-            reason: status.map_or(crate::types::Reason::Unknown, |s| s.reason),
+            reason: match status.map(|s| s.reason) {
+                Some(r) if r != crate::types::Reason::Unknown => r,
+                // Shut off with a managed save (also after a daemon
+                // restart, which forgets the reason).
+                _ if strata_core::live::managed::exists(self.state_dir(), name) => {
+                    crate::types::Reason::Saved
+                }
+                _ => crate::types::Reason::Unknown,
+            },
             pid: status.and_then(|s| s.pid),
             disks: run.map(|r| r.disk_info()).unwrap_or_default(),
         }

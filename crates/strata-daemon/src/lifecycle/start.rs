@@ -8,6 +8,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
+use strata_core::live::managed;
 use strata_core::lock::DomainLock;
 use strata_qemu::StartOptions;
 use tracing::Instrument;
@@ -23,8 +24,23 @@ impl Service {
     /// Starts `name`, running or paused; libvirt's "domain is already
     /// running" when it is active.
     pub async fn start(self: &Arc<Self>, name: &str, paused: bool) -> Result<DomainInfo> {
+        self.start_with(name, paused, false).await
+    }
+
+    /// [`Service::start`]: a domain with a managed save is restored from
+    /// it (which then goes), unless `force_boot` discards it first.
+    pub async fn start_with(
+        self: &Arc<Self>,
+        name: &str,
+        paused: bool,
+        force_boot: bool,
+    ) -> Result<DomainInfo> {
         let span = tracing::info_span!("op", op = "start", domain = %name, paused);
-        match self.start_in(name, paused).instrument(span).await {
+        match self
+            .start_in(name, paused, force_boot)
+            .instrument(span)
+            .await
+        {
             Ok(info) => Ok(info),
             Err(e) => {
                 if matches!(
@@ -41,12 +57,52 @@ impl Service {
         }
     }
 
-    async fn start_in(self: &Arc<Self>, name: &str, paused: bool) -> Result<DomainInfo> {
+    async fn start_in(
+        self: &Arc<Self>,
+        name: &str,
+        paused: bool,
+        force_boot: bool,
+    ) -> Result<DomainInfo> {
         if self.is_stopping() {
             return Err(Error::Stopping);
         }
         let domain = self.definition(name).await?;
+        if managed::exists(self.state_dir(), name) {
+            if !force_boot {
+                return self.restore_managed(name, &domain, paused).await;
+            }
+            managed::remove(self.state_dir(), name)?;
+            tracing::info!("managed save discarded (--force-boot)");
+        }
         self.launch(name, &domain, paused, None).await
+    }
+
+    /// Restores `name` (defined as `defined`) from its managed save, which
+    /// goes once the machine runs again: paused if `paused` or if it was
+    /// when saved. A save that does not fit the domain any more (its disks
+    /// moved since) or is damaged is refused and kept.
+    async fn restore_managed(
+        self: &Arc<Self>,
+        name: &str,
+        defined: &strata_core::Domain,
+        paused: bool,
+    ) -> Result<DomainInfo> {
+        let file = managed::path(self.state_dir(), name);
+        let f = file.clone();
+        let saved = tokio::task::spawn_blocking(move || strata_core::live::saved::read(&f))
+            .await
+            .map_err(|e| Error::Internal(format!("restore task: {e}")))??;
+        let what = file.display().to_string();
+        let domain = strata_core::Domain::from_xml(&saved.xml, &what)?;
+        managed::check(&file, &domain, defined)?;
+        let paused = paused || !saved.running;
+        let info = self
+            .launch(name, &domain, paused, Some((&file, saved.stream_offset)))
+            .await?;
+        if let Err(e) = managed::remove(self.state_dir(), name) {
+            tracing::warn!(error = %e, "the managed save the domain was restored from stays");
+        }
+        Ok(info)
     }
 
     /// Starts `name` as `domain` defines it, running or paused; with
