@@ -84,6 +84,10 @@ pub enum Command {
     Blockpull(BlockPullArgs),
     /// Show, abort or pivot a running domain's block job (virsh blockjob).
     Blockjob(BlockJobArgs),
+    /// A backup repository: deduplicated, compressed, optionally
+    /// encrypted, every backup verifiable and restorable on its own.
+    #[command(subcommand)]
+    Repo(crate::repo_args::RepoCommand),
     /// Serve images over NBD (as qemu-nbd).
     #[command(subcommand)]
     Nbd(NbdCommand),

@@ -17,6 +17,8 @@ mod live_args;
 mod nbd;
 mod output;
 mod progress;
+mod repo;
+mod repo_args;
 mod save;
 mod size;
 mod snapshot;
@@ -83,6 +85,7 @@ fn run() -> ExitCode {
         Command::Blockcommit(args) => blockjob::commit(args, &cli.global, &out),
         Command::Blockpull(args) => blockjob::pull(args, &cli.global, &out),
         Command::Blockjob(args) => blockjob::job(args, cli.global.state_dir.as_deref(), &out),
+        Command::Repo(cmd) => repo::run(cmd, cli.global.state_dir.as_deref(), &out),
         Command::Nbd(cmd) => nbd::run(cmd),
         Command::Daemon(args) => daemon::run(args, cli.global.state_dir.as_deref()),
     };

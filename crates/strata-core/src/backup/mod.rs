@@ -7,6 +7,7 @@
 pub mod live;
 pub mod pull;
 pub mod push;
+pub mod repo;
 pub mod serve;
 
 use std::path::PathBuf;

@@ -1,0 +1,279 @@
+//! `strata repo`: a backup repository (`docs/repo.md`) in a folder. The
+//! format and the checks are strata-repo's; backing a domain up is
+//! strata-core's.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use strata_core::backup::repo::{self as repo_backup, RepoRequest};
+use strata_core::Store;
+use strata_repo::backend::LocalDir;
+use strata_repo::manifest::Manifest;
+use strata_repo::Repo;
+
+use crate::exit::{ERROR, FELL_BACK, OK};
+use crate::output::Output;
+use crate::progress::Progress;
+use crate::repo_args::{RepoAt, RepoCommand};
+
+/// Runs a `strata repo` command.
+pub fn run(cmd: RepoCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
+    match cmd {
+        RepoCommand::Init(at) => {
+            let secret = key(&at)?;
+            let repo = Repo::init(backend(&at)?, secret.as_deref())?;
+            if out.json() {
+                out.print_json(&json!({
+                    "repo": repo.describe(),
+                    "encrypted": secret.is_some(),
+                }))?;
+            } else {
+                let how = if secret.is_some() { "encrypted " } else { "" };
+                out.say(&format!(
+                    "Initialized {how}strata repository at {}",
+                    at.repo.display()
+                ))?;
+            }
+            Ok(OK)
+        }
+        RepoCommand::Backup(a) => {
+            let repo = open(&a.at)?;
+            let dir = crate::domain::state_dir(state)?;
+            if let Some(d) = crate::live::daemon_view(&dir, &a.domain).unwrap_or(None) {
+                if d.state.is_active() {
+                    bail!(
+                        "domain '{}' is {}: repo backup of a running domain is not there yet (shut it down first)",
+                        a.domain,
+                        d.state.as_str()
+                    );
+                }
+            }
+            let mut store = Store::open(&dir)?;
+            let req = RepoRequest {
+                incremental: a.incremental,
+                fallback_full: a.fallback_full,
+                host: host(),
+            };
+            let bar = Progress::new(out, &format!("backup of {}", a.domain));
+            let total = AtomicU64::new(0);
+            let done = AtomicU64::new(0);
+            let made = repo_backup::back_up(
+                &mut store,
+                &repo,
+                &a.domain,
+                &req,
+                &|t| total.store(t, Ordering::Relaxed),
+                &|n| {
+                    let d = done.fetch_add(n, Ordering::Relaxed) + n;
+                    bar.update(d, total.load(Ordering::Relaxed));
+                },
+            )?;
+            bar.finish();
+            if let Some(why) = &made.fallback {
+                crate::exit::warn(&format!("a full backup was made: {why}"));
+            }
+            let m = &made.manifest;
+            if out.json() {
+                out.print_json(&listed(m))?;
+            } else {
+                let read: u64 = m.disks.iter().map(|d| d.read_chunks).sum();
+                let chunks: u64 = m.disks.iter().map(|d| d.chunks).sum();
+                out.say(&format!(
+                    "Backup {} of domain '{}': {} disk(s), {read} of {chunks} chunks read, {} stored",
+                    m.id,
+                    a.domain,
+                    m.disks.len(),
+                    bytes(m.stored())
+                ))?;
+            }
+            Ok(if made.fallback.is_some() {
+                FELL_BACK
+            } else {
+                OK
+            })
+        }
+        RepoCommand::List(a) => {
+            let repo = open(&a.at)?;
+            let all: Vec<Manifest> = repo
+                .backups()?
+                .into_iter()
+                .filter(|m| a.domain.as_ref().is_none_or(|d| &m.label == d))
+                .collect();
+            if out.json() {
+                out.print_json(&all.iter().map(listed).collect::<Vec<_>>())?;
+            } else {
+                let mut t = format!(
+                    "{:<30} {:<20} {:<16} {:<12} {:>12} {:>12}\n",
+                    "ID", "Time (UTC)", "Domain", "Disks", "Size", "Stored"
+                );
+                t.push_str(&"-".repeat(107));
+                t.push('\n');
+                for m in &all {
+                    let disks: Vec<&str> = m.disks.iter().map(|d| d.name.as_str()).collect();
+                    t.push_str(&format!(
+                        "{:<30} {:<20} {:<16} {:<12} {:>12} {:>12}\n",
+                        m.id,
+                        utc(m.time),
+                        m.label,
+                        disks.join(","),
+                        bytes(m.logical_size()),
+                        bytes(m.stored())
+                    ));
+                }
+                out.text(&t)?;
+            }
+            Ok(OK)
+        }
+        RepoCommand::Restore(a) => {
+            let repo = open(&a.at)?;
+            if a.dst.symlink_metadata().is_ok() {
+                bail!(
+                    "{}: exists; a restore never overwrites a file",
+                    a.dst.display()
+                );
+            }
+            let bar = Progress::new(out, &format!("restore of {}", a.disk));
+            let size = repo
+                .backup(&a.backup)?
+                .disks
+                .iter()
+                .find(|d| d.name == a.disk)
+                .map_or(0, |d| d.size);
+            let done = AtomicU64::new(0);
+            repo_backup::restore(&repo, &a.backup, &a.disk, a.format.format(), &a.dst, &|n| {
+                bar.update(done.fetch_add(n, Ordering::Relaxed) + n, size)
+            })?;
+            bar.finish();
+            out.say(&format!(
+                "Disk '{}' of backup {} restored to {}",
+                a.disk,
+                a.backup,
+                a.dst.display()
+            ))?;
+            Ok(OK)
+        }
+        RepoCommand::Verify(a) => {
+            let repo = open(&a.at)?;
+            let report = strata_repo::verify::verify(&repo, a.backup.as_deref(), &|_| {})?;
+            if out.json() {
+                out.print_json(&report)?;
+            } else {
+                let mut t = String::new();
+                for p in &report.problems {
+                    t.push_str(&format!(
+                        "{}: {} (backups: {})\n",
+                        p.object,
+                        p.problem,
+                        p.backups.join(", ")
+                    ));
+                }
+                t.push_str(&format!(
+                    "{} backup(s), {} chunk(s) checked: {}\n",
+                    report.backups,
+                    report.chunks,
+                    if report.sound() {
+                        "all sound".to_string()
+                    } else {
+                        format!("{} damaged object(s)", report.problems.len())
+                    }
+                ));
+                out.text(&t)?;
+            }
+            Ok(if report.sound() { OK } else { ERROR })
+        }
+    }
+}
+
+/// The key file's bytes, when one is given.
+fn key(at: &RepoAt) -> Result<Option<Vec<u8>>> {
+    at.key_file
+        .as_ref()
+        .map(|f| {
+            let k = std::fs::read(f).with_context(|| format!("key file {}", f.display()))?;
+            if k.is_empty() {
+                bail!("key file {}: empty", f.display());
+            }
+            Ok(k)
+        })
+        .transpose()
+}
+
+/// The backend `at` names (a folder; object stores are not there yet).
+fn backend(at: &RepoAt) -> Result<Box<LocalDir>> {
+    let shown = at.repo.display().to_string();
+    if shown.contains("://") {
+        bail!("{shown}: only a folder is a repository yet (object storage comes next)");
+    }
+    Ok(Box::new(LocalDir::new(&at.repo)?))
+}
+
+/// The repository at `at`, opened.
+fn open(at: &RepoAt) -> Result<Repo> {
+    if !at.repo.join(strata_repo::repo::CONFIG).exists()
+        && !at.repo.to_string_lossy().contains("://")
+    {
+        bail!(
+            "{}: no strata repository there (repo init makes one)",
+            at.repo.display()
+        );
+    }
+    Ok(Repo::open(backend(at)?, key(at)?.as_deref())?)
+}
+
+/// This host's name, for the manifest.
+fn host() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A backup as `repo list --output json` shows it (CLI.md).
+fn listed(m: &Manifest) -> serde_json::Value {
+    let chunks: u64 = m.disks.iter().map(|d| d.chunks - d.zero_chunks).sum();
+    let new: u64 = m.disks.iter().map(|d| d.new_chunks).sum();
+    json!({
+        "id": m.id,
+        "domain": m.label,
+        "time": m.time,
+        "host": m.host,
+        "parent": m.parent,
+        "disks": m.disks.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+        "logical-size": m.logical_size(),
+        "stored-size": m.stored(),
+        "read-chunks": m.disks.iter().map(|d| d.read_chunks).sum::<u64>(),
+        "data-chunks": chunks,
+        "new-chunks": new,
+    })
+}
+
+/// `bytes` as a human reads them.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS`.
+fn utc(secs: u64) -> String {
+    let t = strata_repo::repo::utc(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+    format!(
+        "{}-{}-{} {}:{}:{}",
+        &t[0..4],
+        &t[4..6],
+        &t[6..8],
+        &t[9..11],
+        &t[11..13],
+        &t[13..15]
+    )
+}

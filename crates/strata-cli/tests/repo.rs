@@ -1,0 +1,436 @@
+//! `strata repo` on a domain that is not running, with QEMU's tools as the
+//! oracle: every backup of a ten-round incremental-forever series of two
+//! disks restores (qcow2 and raw) to exactly the disks at its instant
+//! (`qemu-img compare`), each incremental reading only the chunks that
+//! changed; damage is named by `verify` with the backups it hits and
+//! refused by their restore; an encrypted repository needs its key and
+//! shows no plaintext; a backup killed at any point leaves the repository
+//! sound, lists no half backup, and the next backup is still incremental.
+
+mod common;
+use common::*;
+
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+
+/// Domain `vm` with disks vda (48 MiB) and vdb (22 MiB, not a whole
+/// number of chunks), defined in `state`.
+fn two_disk_domain(p: &Path) {
+    let mut disks = String::new();
+    for (t, size) in [("vda", "48M"), ("vdb", "22M")] {
+        qemu_img(
+            p,
+            &["create", "-q", "-f", "qcow2", &format!("{t}.qcow2"), size],
+        );
+        disks.push_str(&format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}/{t}.qcow2'/><target dev='{t}' bus='virtio'/></disk>",
+            p.display()
+        ));
+    }
+    std::fs::write(
+        p.join("vm.xml"),
+        format!("<domain type='kvm'><name>vm</name><memory unit='MiB'>256</memory><devices>{disks}</devices></domain>"),
+    )
+    .unwrap();
+    ok(p, &st(&["domain", "define", "vm.xml"]));
+}
+
+/// Guest-like writes: a few runs of data or zeros on each disk; the 4 MiB
+/// chunks they touched.
+fn scribble(p: &Path, rng: &mut impl Rng) -> u64 {
+    let mut touched = 0;
+    for (t, size) in [("vda", 48 * MIB), ("vdb", 22 * MIB)] {
+        let mut cmds = Vec::new();
+        let mut chunks = std::collections::BTreeSet::new();
+        for _ in 0..rng.gen_range(1..4) {
+            let len = rng.gen_range(1..64u64) * 4096;
+            let off = rng.gen_range(0..(size - len) / 512) * 512;
+            cmds.push(if rng.gen_bool(0.2) {
+                format!("write -z {off} {len}")
+            } else {
+                format!("write -P {} {off} {len}", rng.gen_range(1..255))
+            });
+            chunks.extend(off / (4 * MIB)..=(off + len - 1) / (4 * MIB));
+        }
+        let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
+        qemu_io(p, "qcow2", &format!("{t}.qcow2"), &cmds);
+        touched += chunks.len() as u64;
+    }
+    touched
+}
+
+fn json_of(p: &Path, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--output", "json"];
+    a.extend_from_slice(args);
+    let r = ok(p, &st(&a));
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+#[test]
+fn every_backup_of_ten_incremental_rounds_restores_its_instant() {
+    let d = tmp();
+    let p = d.path();
+    two_disk_domain(p);
+    let r = ok(p, &st(&["repo", "init", "r"]));
+    assert_eq!(r.stdout, "Initialized strata repository at r\n");
+    strata(p, &st(&["repo", "init", "r"])).one_error(1, "a repository is there already");
+    strata(p, &st(&["repo", "backup", "r", "vm", "--incremental"]))
+        .one_error(1, "nothing to be incremental from");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(18);
+    let mut ids = Vec::new();
+    for round in 0..10 {
+        let touched = scribble(p, &mut rng);
+        let args: Vec<&str> = if round == 0 {
+            vec!["repo", "backup", "r", "vm"]
+        } else {
+            vec!["repo", "backup", "r", "vm", "--incremental"]
+        };
+        let b = json_of(p, &args);
+        if round > 0 {
+            let read = b["read-chunks"].as_u64().unwrap();
+            assert!(
+                read <= touched,
+                "round {round}: {read} chunks read, {touched} touched"
+            );
+        }
+        assert_eq!(b["disks"], serde_json::json!(["vda", "vdb"]));
+        let id = b["id"].as_str().unwrap().to_string();
+        for t in ["vda", "vdb"] {
+            std::fs::copy(
+                p.join(format!("{t}.qcow2")),
+                p.join(format!("{id}.{t}.qcow2")),
+            )
+            .unwrap();
+        }
+        ids.push(id);
+    }
+    // One checkpoint per repository: the last backup's.
+    let cps = ok(p, &st(&["checkpoint", "list", "vm", "--name"])).stdout;
+    assert!(
+        cps.trim().starts_with("repo-")
+            && cps.trim().ends_with(&format!("-{}", ids[9]))
+            && cps.trim().lines().count() == 1,
+        "{cps}"
+    );
+    let listed = json_of(p, &["repo", "list", "r", "vm"]);
+    let listed: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ids);
+    for (k, id) in ids.iter().enumerate() {
+        for t in ["vda", "vdb"] {
+            let (fmt, dst) = if k % 2 == 0 {
+                ("qcow2", "out.qcow2")
+            } else {
+                ("raw", "out.raw")
+            };
+            ok(p, &st(&["repo", "restore", "r", id, t, "-O", fmt, dst]));
+            assert_same(p, &format!("{id}.{t}.qcow2"), dst);
+            if fmt == "qcow2" {
+                assert_clean(p, dst);
+            }
+            std::fs::remove_file(p.join(dst)).unwrap();
+        }
+    }
+    let v = ok(p, &st(&["repo", "verify", "r"]));
+    assert!(v.stdout.ends_with("all sound\n"), "{}", v.stdout);
+    // Restores are sparse where the disk reads as zeros.
+    ok(
+        p,
+        &st(&[
+            "repo",
+            "restore",
+            "r",
+            &ids[0],
+            "vda",
+            "-O",
+            "qcow2",
+            "sparse.qcow2",
+        ]),
+    );
+    let map = run_in(p, "qemu-img", &["map", "--output=json", "sparse.qcow2"])
+        .expect(0)
+        .stdout;
+    let data: u64 = serde_json::from_str::<serde_json::Value>(&map)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum();
+    assert!(data < 8 * MIB, "{data} bytes of data in a sparse restore");
+    // What cannot be restored is refused, naming it; nothing is written.
+    strata(
+        p,
+        &st(&["repo", "restore", "r", &ids[0], "vdz", "-O", "raw", "x.raw"]),
+    )
+    .one_error(1, "has no disk 'vdz' (it has vda, vdb)");
+    strata(
+        p,
+        &st(&["repo", "restore", "r", "nope", "vda", "-O", "raw", "x.raw"]),
+    )
+    .one_error(1, "backups/nope: missing");
+    strata(
+        p,
+        &st(&[
+            "repo", "restore", "r", &ids[0], "vda", "-O", "raw", "vm.xml",
+        ]),
+    )
+    .one_error(1, "exists; a restore never overwrites");
+    assert!(!p.join("x.raw").exists());
+}
+
+#[test]
+fn damage_is_named_and_only_the_backups_it_hits_fail_to_restore() {
+    let d = tmp();
+    let p = d.path();
+    two_disk_domain(p);
+    ok(p, &st(&["repo", "init", "r"]));
+    qemu_io(p, "qcow2", "vda.qcow2", &["write -P 7 0 1M"]);
+    let a = json_of(p, &["repo", "backup", "r", "vm"]);
+    qemu_io(p, "qcow2", "vdb.qcow2", &["write -P 8 0 1M"]);
+    let b = json_of(p, &["repo", "backup", "r", "vm", "--incremental"]);
+    let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    // vdb's chunk 0 is only in the second backup: damage it.
+    let chunks: Vec<_> = walk(&p.join("r/chunks"));
+    assert_eq!(chunks.len(), 2, "{chunks:?}");
+    ok(
+        p,
+        &st(&["repo", "restore", "r", a, "vdb", "-O", "raw", "a-vdb.raw"]),
+    );
+    let victim = chunks
+        .iter()
+        .find(|c| {
+            let mut bytes = std::fs::read(c).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 1;
+            std::fs::write(c, &bytes).unwrap();
+            let hit = strata(
+                p,
+                &st(&["repo", "restore", "r", a, "vda", "-O", "raw", "probe.raw"]),
+            )
+            .code
+                == 0;
+            let _ = std::fs::remove_file(p.join("probe.raw"));
+            bytes[mid] ^= 1;
+            std::fs::write(c, &bytes).unwrap();
+            hit
+        })
+        .unwrap()
+        .clone();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[10] ^= 0x20;
+    std::fs::write(&victim, &bytes).unwrap();
+    let name = victim
+        .strip_prefix(p.join("r"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let v = strata(p, &st(&["repo", "verify", "r"])).expect(1);
+    assert!(
+        v.stdout.contains(&format!("{name}: ")) && v.stdout.contains(&format!("(backups: {b})")),
+        "{}",
+        v.stdout
+    );
+    assert!(v.stdout.ends_with("1 damaged object(s)\n"), "{}", v.stdout);
+    let j = serde_json::from_str::<serde_json::Value>(
+        &strata(p, &st(&["--output", "json", "repo", "verify", "r", b]))
+            .expect(1)
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(j["problems"][0]["object"], name.as_str());
+    strata(
+        p,
+        &st(&["repo", "restore", "r", b, "vdb", "-O", "raw", "b-vdb.raw"]),
+    )
+    .one_error(1, &name);
+    assert!(!p.join("b-vdb.raw").exists(), "a half restore was left");
+    // The first backup does not use it: it restores, and verifies alone.
+    ok(
+        p,
+        &st(&[
+            "repo",
+            "restore",
+            "r",
+            a,
+            "vda",
+            "-O",
+            "qcow2",
+            "a-vda.qcow2",
+        ]),
+    );
+    ok(p, &st(&["repo", "verify", "r", a]));
+}
+
+/// Every file under `dir`, sorted.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn an_encrypted_repository_needs_its_key_and_shows_no_plaintext() {
+    let d = tmp();
+    let p = d.path();
+    two_disk_domain(p);
+    let text = b"STRATA-REPO-KNOWN-PLAINTEXT ".repeat(4096);
+    std::fs::write(p.join("plain.bin"), &text).unwrap();
+    let len = text.len().to_string();
+    qemu_io(
+        p,
+        "qcow2",
+        "vda.qcow2",
+        &[&format!("write -s plain.bin 0 {len}")],
+    );
+    std::fs::write(p.join("key"), b"a passphrase in a file\n").unwrap();
+    std::fs::write(p.join("wrong"), b"another one\n").unwrap();
+    let r = ok(p, &st(&["repo", "init", "r", "--key-file", "key"]));
+    assert_eq!(r.stdout, "Initialized encrypted strata repository at r\n");
+    let b = json_of(p, &["repo", "backup", "r", "vm", "--key-file", "key"]);
+    strata(p, &st(&["repo", "list", "r"]))
+        .one_error(1, "the repository is encrypted: give its key");
+    strata(p, &st(&["repo", "list", "r", "--key-file", "wrong"])).one_error(1, "wrong key");
+    let id = b["id"].as_str().unwrap();
+    ok(
+        p,
+        &st(&[
+            "repo",
+            "restore",
+            "r",
+            id,
+            "vda",
+            "-O",
+            "qcow2",
+            "out.qcow2",
+            "--key-file",
+            "key",
+        ]),
+    );
+    assert_same(p, "vda.qcow2", "out.qcow2");
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
+    c.current_dir(p)
+        .args(st(&["repo", "verify", "r"]))
+        .env("STRATA_REPO_KEY_FILE", "key");
+    assert!(
+        c.status().unwrap().success(),
+        "the key from the environment"
+    );
+    for f in walk(&p.join("r")) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(20).any(|w| w == &text[..20]),
+            "plaintext in {}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn a_backup_killed_anywhere_leaves_a_sound_repository_and_the_next_is_incremental() {
+    let d = tmp();
+    let p = d.path();
+    two_disk_domain(p);
+    // Enough data for a backup to take a while: random bytes, compressed
+    // and hashed.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+    let data: Vec<u8> = (0..40 * MIB).map(|_| rng.gen()).collect();
+    std::fs::write(p.join("rand.bin"), &data).unwrap();
+    qemu_io(
+        p,
+        "qcow2",
+        "vda.qcow2",
+        &[&format!("write -s rand.bin 0 {}", 40 * MIB)],
+    );
+    ok(p, &st(&["repo", "init", "r"]));
+    ok(p, &st(&["repo", "backup", "r", "vm"]));
+    let mut finished = 1;
+    for k in 0..20u64 {
+        // A change each time, so each backup has something to write.
+        qemu_io(
+            p,
+            "qcow2",
+            "vdb.qcow2",
+            &[&format!("write -P {} {} 64k", k + 1, k * MIB)],
+        );
+        let full = k % 2 == 0;
+        let mut args = st(&["repo", "backup", "r", "vm"]);
+        if !full {
+            args.push("--incremental");
+        }
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .current_dir(p)
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(
+            rng.gen_range(0..if full { 250 } else { 40 }),
+        ));
+        let _ = child.kill();
+        if child.wait().unwrap().success() {
+            finished += 1;
+        }
+        let v = strata(p, &st(&["repo", "verify", "r"]));
+        assert_eq!(v.code, 0, "after kill {k}: {}", v.stdout);
+    }
+    // The kills fell while backups ran, not only after.
+    assert!(
+        finished <= 18,
+        "{finished} of 21 backups finished before their kill"
+    );
+    // No half backup: every listed one restores vda as it is now.
+    let listed = json_of(p, &["repo", "list", "r"]);
+    let listed = listed.as_array().unwrap();
+    assert!(
+        listed.len() >= finished,
+        "{} listed, {finished} finished",
+        listed.len()
+    );
+    for b in listed.iter().rev().take(3) {
+        let id = b["id"].as_str().unwrap();
+        ok(
+            p,
+            &st(&["repo", "restore", "r", id, "vda", "-O", "raw", "vda.raw"]),
+        );
+        assert_same(p, "vda.qcow2", "vda.raw");
+        std::fs::remove_file(p.join("vda.raw")).unwrap();
+    }
+    // Only the last backup's checkpoint is left (killed ones' went too).
+    let cps = ok(p, &st(&["checkpoint", "list", "vm", "--name"])).stdout;
+    assert_eq!(cps.trim().lines().count(), 1, "{cps}");
+    // The next backup works and is incremental: it reads what changed.
+    qemu_io(p, "qcow2", "vdb.qcow2", &["write -P 99 0 64k"]);
+    let b = json_of(p, &["repo", "backup", "r", "vm", "--incremental"]);
+    assert!(b["parent"].is_string(), "{b}");
+    assert!(b["read-chunks"].as_u64().unwrap() <= 6, "{b}");
+    let id = b["id"].as_str().unwrap();
+    for t in ["vda", "vdb"] {
+        ok(
+            p,
+            &st(&["repo", "restore", "r", id, t, "-O", "qcow2", "now.qcow2"]),
+        );
+        assert_same(p, &format!("{t}.qcow2"), "now.qcow2");
+        std::fs::remove_file(p.join("now.qcow2")).unwrap();
+    }
+}

@@ -1,0 +1,323 @@
+//! Backups of a domain that is not running into a strata repository
+//! (`strata repo backup`, `docs/repo.md`), and a disk of one back into an
+//! image file (`strata repo restore`).
+//!
+//! Under the domain's lock: every disk (with an image) is read at once
+//! chunk by chunk into the repository; with `--incremental`, only the
+//! chunks the dirty bitmaps mark as changed since the checkpoint the
+//! latest backup of this domain made (the others come from that backup's
+//! index, so every backup is whole). Then a checkpoint `repo-FP-ID` (`FP`
+//! the repository's fingerprint) marks the instant (nothing wrote since:
+//! the lock), and the manifest is written last: a backup interrupted
+//! anywhere is not listed, and the next incremental starts from the last
+//! one that was. Once it is, the repository's earlier checkpoints go (one
+//! per repository stays).
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde_json::json;
+use strata_image::qcow2::{CreateOptions, Qcow2};
+use strata_image::storage::{FileStorage, Storage};
+use strata_image::transaction::Held;
+use strata_image::{ChainOptions, Format};
+use strata_repo::index::{self, Index};
+use strata_repo::manifest::Manifest;
+use strata_repo::write::{restore_disk, write_disk, DiskSource};
+use strata_repo::Repo;
+
+use crate::checkpoint::{self, CheckpointRequest};
+use crate::error::{Error, Result};
+use crate::live::Offline;
+use crate::lock::DomainLock;
+use crate::store::Store;
+
+/// What `repo backup` was asked.
+#[derive(Clone, Debug, Default)]
+pub struct RepoRequest {
+    /// Read only what changed since the latest backup of the domain.
+    pub incremental: bool,
+    /// When that cannot be told (no earlier backup, its checkpoint gone),
+    /// read everything instead of failing.
+    pub fallback_full: bool,
+    /// The host named in the manifest.
+    pub host: String,
+}
+
+/// A backup made.
+#[derive(Clone, Debug)]
+pub struct RepoBackedUp {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Why an incremental backup read everything (`--fallback-full`).
+    pub fallback: Option<String>,
+}
+
+/// The checkpoints backups into `repo` make start so.
+fn checkpoint_prefix(repo: &Repo) -> String {
+    format!("repo-{}-", repo.fingerprint())
+}
+
+/// The latest backup of `domain` (UUID `uuid`) whose checkpoint still
+/// exists, with the same disks.
+fn parent_of(
+    store: &Store,
+    repo: &Repo,
+    domain: &str,
+    uuid: &str,
+    disks: &[(String, u64)],
+) -> Result<std::result::Result<Manifest, String>> {
+    let checkpoints: Vec<String> = store
+        .checkpoints(domain)?
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    let mine: Vec<Manifest> = repo
+        .backups()
+        .map_err(repo_error)?
+        .into_iter()
+        .filter(|m| m.label == domain && m.meta["uuid"] == uuid)
+        .collect();
+    // The latest: no other follows it (times are in whole seconds).
+    let latest = mine
+        .iter()
+        .filter(|m| !mine.iter().any(|o| o.parent.as_ref() == Some(&m.id)))
+        .max_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)))
+        .cloned();
+    let Some(m) = latest else {
+        return Ok(Err(format!(
+            "no earlier backup of domain '{domain}' in {}",
+            repo.describe()
+        )));
+    };
+    let same: Vec<(String, u64)> = m.disks.iter().map(|d| (d.name.clone(), d.size)).collect();
+    let cp = m.meta["checkpoint"].as_str().unwrap_or_default();
+    Ok(if same != disks {
+        Err(format!(
+            "the latest backup of domain '{domain}', {}, has other disks or sizes",
+            m.id
+        ))
+    } else if !checkpoints.iter().any(|c| c == cp) {
+        Err(format!(
+            "the checkpoint '{cp}' of the latest backup of domain '{domain}', {}, is gone",
+            m.id
+        ))
+    } else {
+        Ok(m)
+    })
+}
+
+/// A repository error, as core's.
+fn repo_error(e: strata_repo::Error) -> Error {
+    Error::invalid("repository", e.to_string())
+}
+
+/// Backs up `domain`, which must not run, into `repo`. `total` is told the
+/// bytes to go over once known, `progress` each chunk's bytes once done.
+#[tracing::instrument(skip_all, fields(domain = %domain, op = "repo backup"))]
+pub fn back_up(
+    store: &mut Store,
+    repo: &Repo,
+    domain: &str,
+    req: &RepoRequest,
+    total: &dyn Fn(u64),
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<RepoBackedUp> {
+    let lock = DomainLock::acquire(store.dir(), domain)?;
+    let dom = store.domain(domain)?;
+    let what = format!("domain '{domain}': repo backup");
+    let sources: Vec<(String, PathBuf)> = dom
+        .disks()
+        .into_iter()
+        .filter(|d| d.device == "disk")
+        .filter_map(|d| d.source.map(|s| (d.target, s)))
+        .collect();
+    if sources.is_empty() {
+        return Err(Error::invalid(what, "the domain has no disk with an image"));
+    }
+    let mut images = Vec::new();
+    for (target, src) in &sources {
+        let img = strata_image::chain::open(src, &ChainOptions::default())
+            .map_err(|e| Error::invalid(format!("{what}: disk '{target}'"), e.to_string()))?;
+        images.push(img);
+    }
+    let sizes: Vec<(String, u64)> = sources
+        .iter()
+        .zip(&images)
+        .map(|((t, _), i)| (t.clone(), i.size()))
+        .collect();
+    let (parent, mut fallback) = if req.incremental {
+        match parent_of(store, repo, domain, &dom.uuid(), &sizes)? {
+            Ok(p) => (Some(p), None),
+            Err(why) if req.fallback_full => (None, Some(why)),
+            Err(why) => {
+                return Err(Error::invalid(
+                    what,
+                    format!("{why}: nothing to be incremental from (a full backup first, or --fallback-full)"),
+                ))
+            }
+        }
+    } else {
+        (None, None)
+    };
+    let id = strata_repo::repo::new_backup_id(SystemTime::now());
+    let cs = repo.chunk_size();
+    // Per disk: the parent's index and which chunks changed since.
+    let mut since: Vec<Option<(Index, Vec<bool>)>> = Vec::new();
+    for (target, _) in &sources {
+        let Some(p) = &parent else {
+            since.push(None);
+            continue;
+        };
+        let entry = p.disks.iter().find(|d| &d.name == target);
+        let cp = p.meta["checkpoint"].as_str().unwrap_or_default();
+        let changed = entry.ok_or_else(|| "not in it".to_string()).and_then(|e| {
+            let ix = repo.get_index(e).map_err(|e| e.to_string())?;
+            let ranges = checkpoint::disk_ranges_in(store, domain, cp, target, &Held::none())
+                .map_err(|e| e.to_string())?;
+            let mut bits = vec![false; index::count(e.size, cs) as usize];
+            for (off, len) in ranges.into_iter().filter(|&(_, l)| l > 0) {
+                let last = ((off + len - 1) / cs as u64).min(bits.len() as u64 - 1);
+                for b in &mut bits[(off / cs as u64) as usize..=last as usize] {
+                    *b = true;
+                }
+            }
+            Ok((ix, bits))
+        });
+        match changed {
+            Ok(c) => since.push(Some(c)),
+            Err(why) if req.fallback_full => {
+                fallback.get_or_insert(format!("disk '{target}': {why}"));
+                since.push(None);
+            }
+            Err(why) => {
+                return Err(Error::invalid(
+                    format!("{what}: disk '{target}'"),
+                    format!("the changes since backup {} cannot be told: {why}", p.id),
+                ))
+            }
+        }
+    }
+    let to_read: u64 = sizes
+        .iter()
+        .zip(&since)
+        .map(|((_, size), s)| match s {
+            Some((_, bits)) => bits.iter().filter(|&&b| b).count() as u64 * cs as u64,
+            None => *size,
+        })
+        .sum();
+    total(to_read);
+    let mut disks = Vec::new();
+    for (((target, _), img), s) in sources.iter().zip(&images).zip(&since) {
+        let pred = |k: u64| s.as_ref().is_none_or(|(_, bits)| bits[k as usize]);
+        let src = DiskSource {
+            name: target,
+            image: img.as_ref(),
+            since: s
+                .as_ref()
+                .map(|(ix, _)| (ix, &pred as &(dyn Fn(u64) -> bool + Sync))),
+        };
+        let entry = write_disk(repo, &id, &src, progress)
+            .map_err(|e| Error::invalid(format!("{what}: disk '{target}'"), e.to_string()))?;
+        disks.push(entry);
+    }
+    // Closed (their locks too): the checkpoint writes to them.
+    drop(images);
+    let cp = format!("{}{id}", checkpoint_prefix(repo));
+    let req_cp = CheckpointRequest {
+        name: Some(cp.clone()),
+        description: Some(format!("strata repo backup {id}")),
+        diskspecs: Vec::new(),
+    };
+    checkpoint::create_in(store, domain, &req_cp, &Offline)?;
+    let manifest = Manifest {
+        id: id.clone(),
+        time: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        host: req.host.clone(),
+        label: domain.to_string(),
+        parent: parent.map(|p| p.id),
+        disks,
+        meta: json!({
+            "domain": domain,
+            "uuid": dom.uuid(),
+            "xml": dom.to_xml(false),
+            "checkpoint": cp,
+        }),
+    };
+    repo.commit(&manifest).map_err(repo_error)?;
+    drop(lock);
+    // The earlier checkpoints for this repository have done their work
+    // (the parent's, and any a killed backup left): the next incremental
+    // starts from this one. Deleting them merges their bitmaps down.
+    let prefix = checkpoint_prefix(repo);
+    let old: Vec<String> = store
+        .checkpoints(domain)?
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .filter(|n| n.starts_with(&prefix) && *n != cp)
+        .collect();
+    for o in old {
+        if let Err(e) = checkpoint::delete(store, domain, &o, Default::default()) {
+            tracing::warn!(checkpoint = %o, error = %e, "an earlier backup's checkpoint is kept");
+        }
+    }
+    Ok(RepoBackedUp { manifest, fallback })
+}
+
+/// Restores disk `disk` of backup `backup` of `repo` into a new image file
+/// `dst` of `format` (refusing one that exists), sparse where the disk
+/// read as zeros. `progress` is told each chunk's bytes once written.
+pub fn restore(
+    repo: &Repo,
+    backup: &str,
+    disk: &str,
+    format: Format,
+    dst: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let m = repo.backup(backup).map_err(repo_error)?;
+    let entry = m.disks.iter().find(|d| d.name == disk).ok_or_else(|| {
+        let names: Vec<&str> = m.disks.iter().map(|d| d.name.as_str()).collect();
+        Error::invalid(
+            format!("backup {backup}"),
+            format!("has no disk '{disk}' (it has {})", names.join(", ")),
+        )
+    })?;
+    match format {
+        Format::Qcow2 => Qcow2::create_file(
+            dst,
+            &CreateOptions {
+                size: entry.size,
+                ..Default::default()
+            },
+        )?,
+        _ => {
+            let st = FileStorage::create(dst, false)?;
+            st.set_len(entry.size)?;
+            st.flush()?;
+        }
+    }
+    let restored = strata_image::open(
+        dst,
+        &ChainOptions {
+            writable: true,
+            format: Some(format),
+            backing: false,
+            lock: true,
+            ..Default::default()
+        },
+    )
+    .map_err(Error::from)
+    .and_then(|img| {
+        restore_disk(repo, entry, img.as_ref(), progress).map_err(repo_error)?;
+        img.close().map_err(Error::from)
+    });
+    if let Err(e) = restored {
+        // Never a half-restored disk left looking like a restored one.
+        let _ = std::fs::remove_file(dst);
+        return Err(e);
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! Where a repository's objects live. An object has a name of
+//! `/`-separated parts (`chunks/ab/ab12…`) and bytes that never change
+//! once it is there: a writer creates it whole or not at all. A folder on
+//! a local disk ([`LocalDir`]) is one such place; an object store bucket
+//! is another.
+
+mod local;
+
+pub use local::LocalDir;
+
+use crate::error::Result;
+
+/// A place for a repository's objects.
+pub trait Backend: Send + Sync {
+    /// Where it is, for messages (a folder, a bucket URL).
+    fn describe(&self) -> String;
+
+    /// Creates object `name` holding `data`, unless it exists already (as
+    /// a content-addressed object, it then holds the same bytes): true
+    /// when it was created. Whole or not at all.
+    fn put_new(&self, name: &str, data: &[u8]) -> Result<bool>;
+
+    /// Creates or replaces object `name` with `data`, whole or not at all.
+    fn put(&self, name: &str, data: &[u8]) -> Result<()>;
+
+    /// The bytes of object `name` ([`crate::Error::Missing`] when it is
+    /// not there).
+    fn get(&self, name: &str) -> Result<Vec<u8>>;
+
+    /// Whether object `name` is there.
+    fn exists(&self, name: &str) -> Result<bool>;
+
+    /// The names of the objects whose names start with `prefix`, sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+
+    /// Removes object `name` (not there: nothing to do).
+    fn delete(&self, name: &str) -> Result<()>;
+
+    /// Makes every object created so far durable (before the object that
+    /// makes them part of a backup is written).
+    fn sync(&self) -> Result<()>;
+}

@@ -1,0 +1,289 @@
+//! Backups of disks that change between rounds, checked against a model
+//! (the disk's bytes at each backup's instant): every backup of an
+//! incremental-forever series restores exactly its instant; damage to any
+//! object is named by `verify` with the backups it affects, refused by a
+//! restore of those, and leaves the others restorable; an encrypted
+//! repository opens only with its key and shows nothing of the data.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use rand::{Rng, SeedableRng};
+use strata_image::{ChainOptions, Image};
+use strata_repo::backend::LocalDir;
+use strata_repo::index::Index;
+use strata_repo::manifest::Manifest;
+use strata_repo::repo::new_backup_id;
+use strata_repo::verify::verify;
+use strata_repo::write::{restore_disk, write_disk, DiskSource};
+use strata_repo::{Error, Repo};
+
+const CHUNK: u64 = 4 << 20;
+/// Five chunks and a short one (whole sectors, as a raw image's size is).
+const SIZE: u64 = 5 * CHUNK + 12_288;
+
+fn raw(path: &Path, size: u64) -> Arc<dyn Image> {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    strata_image::open(
+        path,
+        &ChainOptions {
+            writable: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn repo_at(dir: &Path, key: Option<&[u8]>, init: bool) -> Repo {
+    let b = Box::new(LocalDir::new(dir).unwrap());
+    if init {
+        Repo::init(b, key).unwrap()
+    } else {
+        Repo::open(b, key).unwrap()
+    }
+}
+
+/// One backup of `image` (`vda`) after `parent` with chunks `changed`.
+fn back_up(
+    repo: &Repo,
+    image: &dyn Image,
+    n: u64,
+    parent: Option<&Manifest>,
+    changed: &[bool],
+) -> Manifest {
+    let id = new_backup_id(UNIX_EPOCH + Duration::from_secs(1_800_000_000 + n));
+    let pix: Option<Index> = parent.map(|p| repo.get_index(&p.disks[0]).unwrap());
+    let pred = |k: u64| changed[k as usize];
+    let src = DiskSource {
+        name: "vda",
+        image,
+        since: pix
+            .as_ref()
+            .map(|p| (p, &pred as &(dyn Fn(u64) -> bool + Sync))),
+    };
+    let disk = write_disk(repo, &id, &src, &|_| {}).unwrap();
+    let m = Manifest {
+        id,
+        time: n,
+        host: "test".into(),
+        label: "vm".into(),
+        parent: parent.map(|p| p.id.clone()),
+        disks: vec![disk],
+        meta: serde_json::json!({"round": n}),
+    };
+    repo.commit(&m).unwrap();
+    m
+}
+
+fn restored(repo: &Repo, m: &Manifest, dir: &Path) -> Result<Vec<u8>, Error> {
+    let path = dir.join(format!("r-{}", m.id));
+    let img = raw(&path, m.disks[0].size);
+    let r = restore_disk(repo, &m.disks[0], img.as_ref(), &|_| {});
+    img.close().unwrap();
+    drop(img);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    r.map(|()| bytes)
+}
+
+/// Random guest-like writes into `image` and `model`: a few runs of
+/// random or zero bytes; which chunks they touched.
+fn scribble(rng: &mut impl Rng, image: &dyn Image, model: &mut [u8]) -> Vec<bool> {
+    let mut changed = vec![false; SIZE.div_ceil(CHUNK) as usize];
+    for _ in 0..rng.gen_range(1..6) {
+        let len = rng.gen_range(1..300_000u64);
+        let off = rng.gen_range(0..SIZE - len);
+        let zero = rng.gen_bool(0.2);
+        let data: Vec<u8> = (0..len).map(|_| if zero { 0 } else { rng.gen() }).collect();
+        image.write_at(&data, off).unwrap();
+        model[off as usize..(off + len) as usize].copy_from_slice(&data);
+        for c in off / CHUNK..=(off + len - 1) / CHUNK {
+            changed[c as usize] = true;
+        }
+    }
+    changed
+}
+
+#[test]
+fn ten_incremental_rounds_each_restore_their_instant() {
+    for encrypted in [false, true] {
+        let d = tempfile::tempdir().unwrap();
+        let key: Option<&[u8]> = encrypted.then_some(b"correct horse battery staple");
+        let repo = repo_at(&d.path().join("repo"), key, true);
+        let img = raw(&d.path().join("vda.raw"), SIZE);
+        let mut model = vec![0u8; SIZE as usize];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7 + encrypted as u64);
+        let mut backups: Vec<(Manifest, blake3::Hash)> = Vec::new();
+        for round in 0..10 {
+            let changed = scribble(&mut rng, img.as_ref(), &mut model);
+            let parent = backups.last().map(|(m, _)| m);
+            let m = back_up(&repo, img.as_ref(), round, parent, &changed);
+            let disk = &m.disks[0];
+            if round > 0 {
+                // Only what changed was read.
+                let want = changed.iter().filter(|&&c| c).count() as u64;
+                assert!(
+                    disk.read_chunks <= want,
+                    "round {round}: read {} of {want}",
+                    disk.read_chunks
+                );
+            }
+            backups.push((m, blake3::hash(&model)));
+            // Every backup so far restores its own instant.
+            for (m, want) in &backups {
+                let got = restored(&repo, m, d.path()).unwrap();
+                assert_eq!(blake3::hash(&got), *want, "round {round}: backup {}", m.id);
+            }
+        }
+        let report = verify(&repo, None, &|_| {}).unwrap();
+        assert!(report.sound(), "{report:?}");
+        assert_eq!(report.backups, 10);
+        // Reopened from the folder, the same backups are listed.
+        let again = repo_at(&d.path().join("repo"), key, false);
+        let listed: Vec<String> = again.backups().unwrap().into_iter().map(|m| m.id).collect();
+        let made: Vec<String> = backups.iter().map(|(m, _)| m.id.clone()).collect();
+        assert_eq!(listed, made);
+    }
+}
+
+/// A repository with three backups of a disk, the third not sharing the
+/// first's data chunk 0: (repo folder, backups, their instants).
+fn three_backups(dir: &Path) -> (Vec<Manifest>, Vec<blake3::Hash>) {
+    let repo = repo_at(&dir.join("repo"), None, true);
+    let img = raw(&dir.join("vda.raw"), SIZE);
+    let mut model = vec![0u8; SIZE as usize];
+    let mut out = (Vec::new(), Vec::new());
+    for (n, fill) in [(0u64, 1u8), (1, 1), (2, 2)] {
+        let data = vec![fill; CHUNK as usize];
+        img.write_at(&data, 0).unwrap();
+        model[..CHUNK as usize].copy_from_slice(&data);
+        let tail = vec![3u8; 1000];
+        img.write_at(&tail, SIZE - 1000).unwrap();
+        model[(SIZE - 1000) as usize..].copy_from_slice(&tail);
+        let m = back_up(&repo, img.as_ref(), n, None, &[]);
+        out.0.push(m);
+        out.1.push(blake3::hash(&model));
+    }
+    out
+}
+
+#[test]
+fn damage_is_named_with_the_backups_it_affects_and_the_others_restore() {
+    type Damage = fn(&Path, &[Manifest]) -> String;
+    let cases: [(&str, Damage); 4] = [
+        ("a flipped byte in a chunk", |repo, ms| {
+            let ix = chunk_of(repo, &ms[0], 0);
+            let mut b = std::fs::read(repo.join(&ix)).unwrap();
+            let mid = b.len() / 2;
+            b[mid] ^= 1;
+            std::fs::write(repo.join(&ix), b).unwrap();
+            ix
+        }),
+        ("a removed chunk", |repo, ms| {
+            let ix = chunk_of(repo, &ms[0], 0);
+            std::fs::remove_file(repo.join(&ix)).unwrap();
+            ix
+        }),
+        ("a truncated index", |repo, ms| {
+            let ix = ms[1].disks[0].index.clone();
+            let b = std::fs::read(repo.join(&ix)).unwrap();
+            std::fs::write(repo.join(&ix), &b[..b.len() - 7]).unwrap();
+            ix
+        }),
+        ("a modified manifest", |repo, ms| {
+            let name = Manifest::object(&ms[1].id);
+            let b = std::fs::read(repo.join(&name)).unwrap();
+            let text = String::from_utf8_lossy(&b).replace("\"label\":\"vm\"", "\"label\":\"vx\"");
+            std::fs::write(repo.join(&name), text.as_bytes()).unwrap();
+            name
+        }),
+    ];
+    for (what, damage) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let (ms, wants) = three_backups(d.path());
+        let root = d.path().join("repo");
+        let object = damage(&root, &ms);
+        let repo = repo_at(&root, None, false);
+        let report = verify(&repo, None, &|_| {}).unwrap();
+        assert_eq!(report.problems.len(), 1, "{what}: {report:?}");
+        let p = &report.problems[0];
+        assert_eq!(p.object, object, "{what}");
+        // Chunk 0 of the first two backups is the same chunk; the third's
+        // is another. The index and manifest cases damage the second.
+        let hit: Vec<String> = if object.starts_with("chunks/") {
+            vec![ms[0].id.clone(), ms[1].id.clone()]
+        } else {
+            vec![ms[1].id.clone()]
+        };
+        assert_eq!(p.backups, hit, "{what}: {p:?}");
+        for (m, want) in ms.iter().zip(&wants) {
+            let r = repo
+                .backup(&m.id)
+                .and_then(|m| restored(&repo, &m, d.path()));
+            if hit.contains(&m.id) {
+                let e = r.expect_err(what);
+                assert!(e.to_string().contains(&object), "{what}: {e}");
+            } else {
+                assert_eq!(blake3::hash(&r.unwrap()), *want, "{what}: {}", m.id);
+            }
+        }
+    }
+}
+
+/// The object name of chunk `k` of backup `m`'s disk.
+fn chunk_of(root: &Path, m: &Manifest, k: usize) -> String {
+    let repo = repo_at(root, None, false);
+    let ix = repo.get_index(&m.disks[0]).unwrap();
+    strata_repo::chunk::name(&ix.chunks[k].unwrap())
+}
+
+#[test]
+fn an_encrypted_repository_opens_only_with_its_key_and_hides_the_data() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("repo");
+    let repo = repo_at(&root, Some(b"the key"), true);
+    let img = raw(&d.path().join("vda.raw"), SIZE);
+    let pattern = b"STRATA-KNOWN-PLAINTEXT-PATTERN!";
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut data = Vec::new();
+    while data.len() < CHUNK as usize {
+        data.extend_from_slice(pattern);
+        data.extend((0..rng.gen_range(1..64)).map(|_| rng.gen::<u8>()));
+    }
+    img.write_at(&data[..CHUNK as usize], 0).unwrap();
+    let m = back_up(&repo, img.as_ref(), 0, None, &[]);
+    // No key, a wrong one: refused at once.
+    let open = |k: Option<&[u8]>| Repo::open(Box::new(LocalDir::new(&root).unwrap()), k);
+    assert!(matches!(open(None), Err(Error::NeedKey { .. })));
+    assert!(matches!(
+        open(Some(b"not the key")),
+        Err(Error::WrongKey { .. })
+    ));
+    let repo = open(Some(b"the key")).unwrap();
+    assert_eq!(repo.backups().unwrap(), vec![m]);
+    // Nothing in any object shows the pattern, nor the disk's name.
+    let mut todo = vec![root.clone()];
+    let mut files = 0;
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                files += 1;
+                let b = std::fs::read(&p).unwrap();
+                assert!(
+                    !b.windows(pattern.len()).any(|w| w == pattern),
+                    "{}",
+                    p.display()
+                );
+                if !p.ends_with("config") && !p.to_string_lossy().contains("indexes/") {
+                    assert!(!b.windows(4).any(|w| w == b"\"vda"), "{}", p.display());
+                }
+            }
+        }
+    }
+    assert!(files >= 4, "{files} objects");
+}
