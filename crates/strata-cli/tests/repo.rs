@@ -434,3 +434,78 @@ fn a_backup_killed_anywhere_leaves_a_sound_repository_and_the_next_is_incrementa
         std::fs::remove_file(p.join("now.qcow2")).unwrap();
     }
 }
+
+#[test]
+fn a_raw_disk_is_backed_up_whole_and_the_qcow2_one_incrementally() {
+    let d = tmp();
+    let p = d.path();
+    qemu_img(p, &["create", "-q", "-f", "qcow2", "vda.qcow2", "16M"]);
+    qemu_img(p, &["create", "-q", "-f", "raw", "vdb.raw", "8M"]);
+    let disk = |t: &str, f: &str, fmt: &str| {
+        format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/><source file='{}/{f}'/><target dev='{t}' bus='virtio'/></disk>",
+            p.display()
+        )
+    };
+    std::fs::write(
+        p.join("vm.xml"),
+        format!(
+            "<domain type='kvm'><name>vm</name><memory unit='MiB'>256</memory><devices>{}{}</devices></domain>",
+            disk("vda", "vda.qcow2", "qcow2"),
+            disk("vdb", "vdb.raw", "raw")
+        ),
+    )
+    .unwrap();
+    ok(p, &st(&["domain", "define", "vm.xml"]));
+    ok(p, &st(&["repo", "init", "r"]));
+    qemu_io(p, "raw", "vdb.raw", &["write -P 4 0 1M"]);
+    ok(p, &st(&["repo", "backup", "r", "vm"]));
+    // The checkpoint tracks vda only.
+    let cp = ok(p, &st(&["checkpoint", "list", "vm", "--name"])).stdout;
+    let xml = ok(p, &st(&["checkpoint", "dumpxml", "vm", cp.trim()])).stdout;
+    assert!(
+        xml.contains("name=\"vdb\" checkpoint=\"no\"")
+            || xml.contains("name='vdb' checkpoint='no'"),
+        "{xml}"
+    );
+    qemu_io(p, "qcow2", "vda.qcow2", &["write -P 5 4M 64k"]);
+    qemu_io(p, "raw", "vdb.raw", &["write -P 6 2M 64k"]);
+    strata(p, &st(&["repo", "backup", "r", "vm", "--incremental"]))
+        .one_error(1, "disk 'vdb': the changes since backup");
+    let r = strata(
+        p,
+        &st(&[
+            "--output",
+            "json",
+            "repo",
+            "backup",
+            "r",
+            "vm",
+            "--incremental",
+            "--fallback-full",
+        ]),
+    );
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("warning: a full backup was made: disk 'vdb'"),
+        "{}",
+        r.stderr
+    );
+    let b: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    // vda: its one changed chunk; vdb: whole (its second chunk is a hole,
+    // read only where the file system cannot tell holes).
+    let read = b["read-chunks"].as_u64().unwrap();
+    assert!((2..=3).contains(&read), "{b}");
+    let id = b["id"].as_str().unwrap();
+    ok(
+        p,
+        &st(&["repo", "restore", "r", id, "vda", "-O", "qcow2", "a.qcow2"]),
+    );
+    assert_same(p, "vda.qcow2", "a.qcow2");
+    ok(
+        p,
+        &st(&["repo", "restore", "r", id, "vdb", "-O", "raw", "b.raw"]),
+    );
+    assert_same(p, "vdb.raw", "b.raw");
+}

@@ -91,7 +91,12 @@ fn parent_of(
         )));
     };
     let same: Vec<(String, u64)> = m.disks.iter().map(|d| (d.name.clone(), d.size)).collect();
-    let cp = m.meta["checkpoint"].as_str().unwrap_or_default();
+    let Some(cp) = m.meta["checkpoint"].as_str() else {
+        return Ok(Err(format!(
+            "the latest backup of domain '{domain}', {}, made no checkpoint (none of its disks keeps bitmaps: qcow2 does, raw does not)",
+            m.id
+        )));
+    };
     Ok(if same != disks {
         Err(format!(
             "the latest backup of domain '{domain}', {}, has other disks or sizes",
@@ -221,15 +226,26 @@ pub fn back_up(
             .map_err(|e| Error::invalid(format!("{what}: disk '{target}'"), e.to_string()))?;
         disks.push(entry);
     }
+    // Only qcow2 images keep bitmaps: the others take no part in the
+    // checkpoint (their next backups read them whole), and with none,
+    // there is no checkpoint.
+    let tracked: Vec<bool> = images.iter().map(|i| i.format() == Format::Qcow2).collect();
     // Closed (their locks too): the checkpoint writes to them.
     drop(images);
     let cp = format!("{}{id}", checkpoint_prefix(repo));
-    let req_cp = CheckpointRequest {
-        name: Some(cp.clone()),
-        description: Some(format!("strata repo backup {id}")),
-        diskspecs: Vec::new(),
-    };
-    checkpoint::create_in(store, domain, &req_cp, &Offline)?;
+    if tracked.iter().any(|&t| t) {
+        let req_cp = CheckpointRequest {
+            name: Some(cp.clone()),
+            description: Some(format!("strata repo backup {id}")),
+            diskspecs: sources
+                .iter()
+                .zip(&tracked)
+                .filter(|(_, &t)| !t)
+                .map(|((target, _), _)| format!("{target},checkpoint=no"))
+                .collect(),
+        };
+        checkpoint::create_in(store, domain, &req_cp, &Offline)?;
+    }
     let manifest = Manifest {
         id: id.clone(),
         time: SystemTime::now()
@@ -243,7 +259,7 @@ pub fn back_up(
             "domain": domain,
             "uuid": dom.uuid(),
             "xml": dom.to_xml(false),
-            "checkpoint": cp,
+            "checkpoint": tracked.iter().any(|&t| t).then_some(&cp),
         }),
     };
     repo.commit(&manifest).map_err(repo_error)?;
