@@ -45,6 +45,7 @@ pub fn run(cmd: BackupCommand, state: Option<&Path>, out: &Output) -> Result<u8>
                 reuse_external: a.reuse_external,
                 fallback_full: a.fallback_full,
                 tls: a.tls_creds.is_some(),
+                in_process: false,
             };
             let def = match (&req.backup_xml, &a.backupxml) {
                 (Some(x), Some(file)) => {

@@ -3,11 +3,11 @@
 //! strata-core's.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use strata_core::backup::repo::{self as repo_backup, RepoRequest};
+use strata_core::backup::repo::{self as repo_backup, RepoBackedUp, RepoRequest};
 use strata_core::Store;
 use strata_repo::backend::LocalDir;
 use strata_repo::manifest::Manifest;
@@ -16,7 +16,7 @@ use strata_repo::Repo;
 use crate::exit::{ERROR, FELL_BACK, OK};
 use crate::output::Output;
 use crate::progress::Progress;
-use crate::repo_args::{RepoAt, RepoCommand};
+use crate::repo_args::{RepoAt, RepoBackupArgs, RepoCommand};
 
 /// Runs a `strata repo` command.
 pub fn run(cmd: RepoCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
@@ -41,35 +41,31 @@ pub fn run(cmd: RepoCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
         RepoCommand::Backup(a) => {
             let repo = open(&a.at)?;
             let dir = crate::domain::state_dir(state)?;
-            if let Some(d) = crate::live::daemon_view(&dir, &a.domain).unwrap_or(None) {
-                if d.state.is_active() {
-                    bail!(
-                        "domain '{}' is {}: repo backup of a running domain is not there yet (shut it down first)",
-                        a.domain,
-                        d.state.as_str()
-                    );
-                }
-            }
-            let mut store = Store::open(&dir)?;
             let req = RepoRequest {
                 incremental: a.incremental,
                 fallback_full: a.fallback_full,
                 host: host(),
             };
             let bar = Progress::new(out, &format!("backup of {}", a.domain));
-            let total = AtomicU64::new(0);
-            let done = AtomicU64::new(0);
-            let made = repo_backup::back_up(
-                &mut store,
-                &repo,
-                &a.domain,
-                &req,
-                &|t| total.store(t, Ordering::Relaxed),
-                &|n| {
-                    let d = done.fetch_add(n, Ordering::Relaxed) + n;
-                    bar.update(d, total.load(Ordering::Relaxed));
-                },
-            )?;
+            let made = if crate::live::is_active(&dir, &a.domain)? {
+                drop(repo);
+                back_up_live(&dir, &a, &req, &bar)?
+            } else {
+                let mut store = Store::open(&dir)?;
+                let total = AtomicU64::new(0);
+                let done = AtomicU64::new(0);
+                repo_backup::back_up(
+                    &mut store,
+                    &repo,
+                    &a.domain,
+                    &req,
+                    &|t| total.store(t, Ordering::Relaxed),
+                    &|n| {
+                        let d = done.fetch_add(n, Ordering::Relaxed) + n;
+                        bar.update(d, total.load(Ordering::Relaxed));
+                    },
+                )?
+            };
             bar.finish();
             if let Some(why) = &made.fallback {
                 crate::exit::warn(&format!("a full backup was made: {why}"));
@@ -183,21 +179,56 @@ pub fn run(cmd: RepoCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
             }
             Ok(if report.sound() { OK } else { ERROR })
         }
+        RepoCommand::Prune(a) => crate::repo_prune::run(&open(&a.at)?, &a, out),
     }
+}
+
+/// `repo backup` of running domain `a.domain`: the daemon that serves its
+/// disks makes it (given the repository's and the key file's absolute
+/// paths); the job's progress, read from the store, moves `bar`.
+fn back_up_live(
+    dir: &Path,
+    a: &RepoBackupArgs,
+    req: &RepoRequest,
+    bar: &Progress,
+) -> Result<RepoBackedUp> {
+    let absolute = |p: &Path| std::path::absolute(p).with_context(|| p.display().to_string());
+    let body = strata_daemon::types::RepoBackupRequest {
+        repo: absolute(&a.at.repo)?,
+        key_file: a.at.key_file.as_deref().map(absolute).transpose()?,
+        incremental: req.incremental,
+        fallback_full: req.fallback_full,
+        host: req.host.clone(),
+    };
+    let finished = AtomicBool::new(false);
+    let made = std::thread::scope(|s| {
+        s.spawn(|| {
+            let Ok(store) = Store::open(dir) else { return };
+            while !finished.load(Ordering::Relaxed) {
+                if let Ok(Some(job)) = store.job(&a.domain) {
+                    bar.update(job.done, job.total);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        let made = strata_daemon::Client::for_state_dir(dir).repo_backup(&a.domain, &body);
+        finished.store(true, Ordering::Relaxed);
+        made
+    })
+    .map_err(crate::live::api_error)?;
+    Ok(RepoBackedUp {
+        manifest: made.manifest,
+        fallback: made.fallback,
+    })
 }
 
 /// The key file's bytes, when one is given.
 fn key(at: &RepoAt) -> Result<Option<Vec<u8>>> {
-    at.key_file
-        .as_ref()
-        .map(|f| {
-            let k = std::fs::read(f).with_context(|| format!("key file {}", f.display()))?;
-            if k.is_empty() {
-                bail!("key file {}: empty", f.display());
-            }
-            Ok(k)
-        })
-        .transpose()
+    Ok(at
+        .key_file
+        .as_deref()
+        .map(strata_repo::keys::read_key_file)
+        .transpose()?)
 }
 
 /// The backend `at` names (a folder; object stores are not there yet).
@@ -211,15 +242,17 @@ fn backend(at: &RepoAt) -> Result<Box<LocalDir>> {
 
 /// The repository at `at`, opened.
 fn open(at: &RepoAt) -> Result<Repo> {
-    if !at.repo.join(strata_repo::repo::CONFIG).exists()
-        && !at.repo.to_string_lossy().contains("://")
-    {
-        bail!(
-            "{}: no strata repository there (repo init makes one)",
-            at.repo.display()
-        );
+    let shown = at.repo.display().to_string();
+    if shown.contains("://") {
+        bail!("{shown}: only a folder is a repository yet (object storage comes next)");
     }
-    Ok(Repo::open(backend(at)?, key(at)?.as_deref())?)
+    let repo = Repo::open(Box::new(LocalDir::open(&at.repo)?), key(at)?.as_deref())?;
+    if at.key_file.is_some() && !repo.encrypted() {
+        crate::exit::warn(&format!(
+            "{shown}: the repository is not encrypted: the key file is not used"
+        ));
+    }
+    Ok(repo)
 }
 
 /// This host's name, for the manifest.
@@ -249,7 +282,7 @@ fn listed(m: &Manifest) -> serde_json::Value {
 }
 
 /// `bytes` as a human reads them.
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -265,7 +298,7 @@ fn bytes(n: u64) -> String {
 }
 
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS`.
-fn utc(secs: u64) -> String {
+pub(crate) fn utc(secs: u64) -> String {
     let t = strata_repo::repo::utc(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
     format!(
         "{}-{}-{} {}:{}:{}",

@@ -22,7 +22,7 @@ pub struct RepoAt {
 pub enum RepoCommand {
     /// Make a new repository (encrypted with --key-file).
     Init(RepoAt),
-    /// Back a domain that is not running up: every disk at one instant.
+    /// Back a domain up (running or not): every disk at one instant.
     Backup(RepoBackupArgs),
     /// List the backups (of one domain).
     List(RepoListArgs),
@@ -30,6 +30,9 @@ pub enum RepoCommand {
     Restore(RepoRestoreArgs),
     /// Check every backup (or one): manifests, indexes and every chunk.
     Verify(RepoVerifyArgs),
+    /// Remove the backups a keep policy does not keep, then collect what
+    /// no backup names.
+    Prune(RepoPruneArgs),
 }
 
 /// `strata repo backup`.
@@ -85,4 +88,54 @@ pub struct RepoVerifyArgs {
     pub at: RepoAt,
     /// Only this backup (and the chunks it names).
     pub backup: Option<String>,
+}
+
+/// `strata repo prune`.
+#[derive(Debug, Args)]
+pub struct RepoPruneArgs {
+    /// The repository.
+    #[command(flatten)]
+    pub at: RepoAt,
+    /// Only this domain's backups (default: each domain's, apart).
+    pub domain: Option<String>,
+    /// Keep the N newest backups.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the N latest hours (UTC).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest backup of each of the N latest days (UTC).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the N latest weeks (from Monday).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the N latest months.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_monthly: Option<u32>,
+    /// Say what would go; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep what no backup names but was made or used this recently: a
+    /// backup in progress (on any host) may still need it. It must be
+    /// longer than any backup takes. `30s`, `90m`, `24h`, `7d`.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = duration)]
+    pub grace: std::time::Duration,
+}
+
+/// A duration as `--grace` takes one: a whole number and s, m, h or d.
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = text.split_at(text.len().saturating_sub(1));
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err("a whole number and s, m, h or d (24h)".into()),
+    };
+    n.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(secs))
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| "a whole number and s, m, h or d (24h)".into())
 }

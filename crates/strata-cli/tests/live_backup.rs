@@ -44,26 +44,6 @@ fn begin(p: &Path, xml: &str, cp: &str) -> (u64, u64) {
     (before, after)
 }
 
-/// The records of a copy of both disks, checked against the instant.
-fn check_copy(a: &[u8], b: &[u8], before: u64, after: u64, what: &str) {
-    let (na, nb) = (
-        prefix(a, &format!("{what} vda")),
-        prefix(b, &format!("{what} vdb")),
-    );
-    assert!(
-        nb == na || nb + 1 == na,
-        "{what}: vda {na} records, vdb {nb}"
-    );
-    assert!(
-        nb >= before,
-        "{what}: {nb} records, {before} acknowledged before"
-    );
-    assert!(
-        na <= after + 1,
-        "{what}: {na} records, {after} when begin returned"
-    );
-}
-
 #[test]
 fn pull_backups_of_a_running_guest_hold_the_instant_they_began() {
     let Some(kit) = strata_testguest::kit() else {
@@ -143,17 +123,6 @@ fn pull_backups_of_a_running_guest_hold_the_instant_they_began() {
 }
 
 /// A job's state, as `backup status --output json` says.
-fn job_state(p: &Path) -> serde_json::Value {
-    ok(p, &st(&["--output", "json", "backup", "status", "vm"])).json()
-}
-
-/// The scratch files left in the state folder.
-fn scratch_files(p: &Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(p.join("state/scratch"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
-}
-
 /// A tmpfs mounted on a folder for a test's life.
 struct Tmpfs(std::path::PathBuf);
 

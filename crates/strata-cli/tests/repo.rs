@@ -416,9 +416,6 @@ fn a_backup_killed_anywhere_leaves_a_sound_repository_and_the_next_is_incrementa
         assert_same(p, "vda.qcow2", "vda.raw");
         std::fs::remove_file(p.join("vda.raw")).unwrap();
     }
-    // Only the last backup's checkpoint is left (killed ones' went too).
-    let cps = ok(p, &st(&["checkpoint", "list", "vm", "--name"])).stdout;
-    assert_eq!(cps.trim().lines().count(), 1, "{cps}");
     // The next backup works and is incremental: it reads what changed.
     qemu_io(p, "qcow2", "vdb.qcow2", &["write -P 99 0 64k"]);
     let b = json_of(p, &["repo", "backup", "r", "vm", "--incremental"]);
@@ -433,6 +430,11 @@ fn a_backup_killed_anywhere_leaves_a_sound_repository_and_the_next_is_incrementa
         assert_same(p, &format!("{t}.qcow2"), "now.qcow2");
         std::fs::remove_file(p.join("now.qcow2")).unwrap();
     }
+    // Only its checkpoint is left: the killed ones' went too (the last
+    // kill may have left one, between its checkpoint and its manifest).
+    let cps = ok(p, &st(&["checkpoint", "list", "vm", "--name"])).stdout;
+    assert_eq!(cps.trim().lines().count(), 1, "{cps}");
+    assert!(cps.trim().ends_with(id), "{cps}");
 }
 
 #[test]
@@ -508,4 +510,109 @@ fn a_raw_disk_is_backed_up_whole_and_the_qcow2_one_incrementally() {
         &st(&["repo", "restore", "r", id, "vdb", "-O", "raw", "b.raw"]),
     );
     assert_same(p, "vdb.raw", "b.raw");
+}
+
+/// The bytes of every file under `dir`.
+fn stored_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn prune_keeps_what_its_rules_say_and_what_is_kept_still_restores() {
+    let d = tmp();
+    let p = d.path();
+    two_disk_domain(p);
+    ok(p, &st(&["repo", "init", "r"]));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+    let mut ids = Vec::new();
+    for round in 0..6 {
+        scribble(p, &mut rng);
+        let mut args = vec!["repo", "backup", "r", "vm"];
+        if round > 0 {
+            args.push("--incremental");
+        }
+        let b = json_of(p, &args);
+        ids.push(b["id"].as_str().unwrap().to_string());
+        for t in ["vda", "vdb"] {
+            std::fs::copy(
+                p.join(format!("{t}.qcow2")),
+                p.join(format!("{t}.{round}.qcow2")),
+            )
+            .unwrap();
+        }
+    }
+    let listed = || -> Vec<String> {
+        json_of(p, &["repo", "list", "r"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Without a rule, or with a rule keeping nothing, nothing goes.
+    strata(p, &st(&["repo", "prune", "r"])).one_error(1, "needs a rule");
+    strata(p, &st(&["repo", "prune", "r", "--keep-last", "0"])).one_error(2, "--keep-last");
+    strata(
+        p,
+        &st(&["repo", "prune", "r", "--keep-last", "1", "--grace", "1y"]),
+    )
+    .one_error(2, "--grace");
+    // A dry run says what would go and changes nothing.
+    let before = stored_bytes(&p.join("r"));
+    let dry = json_of(p, &["repo", "prune", "r", "--keep-last", "2", "--dry-run"]);
+    assert_eq!(dry["removed"], 4, "{dry}");
+    assert_eq!(listed(), ids);
+    assert_eq!(stored_bytes(&p.join("r")), before);
+    // Within the default grace period (24 h), the chunks stay.
+    let pr = json_of(p, &["repo", "prune", "r", "--keep-last", "4"]);
+    assert_eq!(pr["removed"], 2, "{pr}");
+    assert_eq!(pr["gc"]["chunks-deleted"], 0, "{pr}");
+    assert!(pr["gc"]["chunks-in-grace"].as_u64().unwrap() > 0, "{pr}");
+    assert_eq!(listed(), ids[2..]);
+    // Without one, what only the removed backups named goes.
+    let chunks = stored_bytes(&p.join("r/chunks"));
+    let pr = json_of(
+        p,
+        &["repo", "prune", "r", "--keep-last", "2", "--grace", "0s"],
+    );
+    assert_eq!(pr["removed"], 2, "{pr}");
+    assert!(pr["gc"]["chunks-deleted"].as_u64().unwrap() > 0, "{pr}");
+    assert!(stored_bytes(&p.join("r/chunks")) < chunks);
+    assert_eq!(listed(), ids[4..]);
+    ok(p, &st(&["repo", "verify", "r"]));
+    for (round, id) in ids.iter().enumerate().skip(4) {
+        for t in ["vda", "vdb"] {
+            ok(
+                p,
+                &st(&["repo", "restore", "r", id, t, "-O", "qcow2", "back.qcow2"]),
+            );
+            assert_same(p, &format!("{t}.{round}.qcow2"), "back.qcow2");
+            std::fs::remove_file(p.join("back.qcow2")).unwrap();
+        }
+    }
+    // The next incremental starts from the newest kept backup.
+    scribble(p, &mut rng);
+    let b = json_of(p, &["repo", "backup", "r", "vm", "--incremental"]);
+    assert_eq!(b["parent"], ids[5], "{b}");
+    let id = b["id"].as_str().unwrap();
+    for t in ["vda", "vdb"] {
+        ok(
+            p,
+            &st(&["repo", "restore", "r", id, t, "-O", "qcow2", "back.qcow2"]),
+        );
+        assert_same(p, &format!("{t}.qcow2"), "back.qcow2");
+        std::fs::remove_file(p.join("back.qcow2")).unwrap();
+    }
 }

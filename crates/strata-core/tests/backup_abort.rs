@@ -52,6 +52,7 @@ fn abort_stops_a_running_backup_and_removes_its_files() {
         reuse_external: false,
         fallback_full: false,
         tls: false,
+        in_process: false,
     };
     let asked = AtomicBool::new(false);
     let err = backup_push::begin(&mut store, "vm", &req, &|done, _| {
@@ -91,6 +92,7 @@ fn an_unreadable_job_file_list_is_an_error_not_nothing_to_delete() {
         reuse_external: false,
         fallback_full: false,
         tls: false,
+        in_process: false,
     };
     backup_push::begin(&mut store, "vm", &req, &|_, _| {}).unwrap();
     assert!(!store.job("vm").unwrap().unwrap().files.is_empty());

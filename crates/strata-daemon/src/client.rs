@@ -16,7 +16,8 @@ use strata_core::store::Job;
 
 use crate::types::{
     BackupRequest, BlockJobInfo, BlockJobRequest, DaemonInfo, DomainInfo, ErrorBody, Gone, Made,
-    RestoreRequest, SaveInfo, SaveRequest, ShutdownRequest, StartRequest, StateInfo,
+    RepoBackupMade, RepoBackupRequest, RestoreRequest, SaveInfo, SaveRequest, ShutdownRequest,
+    StartRequest, StateInfo,
 };
 
 /// Why a request to the daemon failed.
@@ -242,6 +243,17 @@ impl Client {
     pub fn backup_begin(&self, name: &str, req: &BackupRequest) -> Result<Job, ClientError> {
         let body = serde_json::to_string(req).unwrap_or_default();
         self.call("POST", &domain_path(name, "/backup"), Some(body))
+    }
+
+    /// A backup of a running domain into a repository; the backup once
+    /// made.
+    pub fn repo_backup(
+        &self,
+        name: &str,
+        req: &RepoBackupRequest,
+    ) -> Result<RepoBackupMade, ClientError> {
+        let body = serde_json::to_string(req).unwrap_or_default();
+        self.call("POST", &domain_path(name, "/repo-backup"), Some(body))
     }
 
     /// Begins a block job on a running domain.

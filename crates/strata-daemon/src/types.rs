@@ -275,6 +275,34 @@ pub struct BackupRequest {
     pub tls_creds: Option<std::path::PathBuf>,
 }
 
+/// The body of `POST /v1/domains/{name}/repo-backup`: `repo backup` of a
+/// running domain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepoBackupRequest {
+    /// The repository's folder (absolute, opened by the daemon).
+    pub repo: PathBuf,
+    /// The key file of an encrypted repository (absolute, read by the
+    /// daemon).
+    pub key_file: Option<PathBuf>,
+    /// Read only what changed since the domain's latest backup there.
+    pub incremental: bool,
+    /// With `incremental`: read everything when the changes cannot be told.
+    pub fallback_full: bool,
+    /// The host named in the manifest.
+    pub host: String,
+}
+
+/// A backup made by `POST /v1/domains/{name}/repo-backup`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepoBackupMade {
+    /// Its manifest.
+    pub manifest: strata_repo::manifest::Manifest,
+    /// Why an incremental backup read everything (`fallback_full`).
+    #[serde(default)]
+    pub fallback: Option<String>,
+}
+
 /// What a live `snapshot delete` deleted, and how long the guest's disks
 /// took no request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

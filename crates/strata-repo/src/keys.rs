@@ -59,3 +59,20 @@ impl Keys {
         *h.finalize().as_bytes()
     }
 }
+
+/// The bytes of key file `file` (a passphrase in a file will do): an
+/// unreadable or empty file is refused, naming it.
+pub fn read_key_file(file: &std::path::Path) -> crate::Result<Vec<u8>> {
+    let k = std::fs::read(file).map_err(|e| crate::Error::Io {
+        path: file.to_path_buf(),
+        op: "read the key file",
+        source: e,
+    })?;
+    if k.is_empty() {
+        return Err(crate::Error::invalid(
+            format!("key file {}", file.display()),
+            "empty",
+        ));
+    }
+    Ok(k)
+}

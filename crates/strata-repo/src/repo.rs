@@ -79,6 +79,23 @@ impl Repo {
         })
     }
 
+    /// Removes backup `id`: its manifest first (it is gone at once), then
+    /// its indexes. Its chunks stay until garbage collection
+    /// ([`crate::gc::collect`]) finds no backup naming them.
+    pub fn remove_backup(&self, id: &str) -> Result<()> {
+        let m = self.backup(id)?;
+        self.backend.delete(&Manifest::object(&m.id))?;
+        for d in &m.disks {
+            self.backend.delete(&d.index)?;
+        }
+        Ok(())
+    }
+
+    /// Whether its chunks are encrypted (it was made with a key).
+    pub fn encrypted(&self) -> bool {
+        self.config.encryption.is_some()
+    }
+
     /// Where it is.
     pub fn describe(&self) -> String {
         self.backend.describe()
@@ -116,7 +133,9 @@ impl Repo {
         }
         let id = self.keys.chunk_id(data);
         let name = chunk::name(&id);
-        if self.backend.exists(&name)? {
+        // One there already is marked used now, for garbage collection's
+        // grace period (docs/repo.md).
+        if self.backend.touch(&name)? {
             return Ok(Stored {
                 id: Some(id),
                 written: 0,

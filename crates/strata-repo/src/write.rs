@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use strata_image::Image;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::{self, Index};
 use crate::keys::ChunkId;
 use crate::manifest::DiskEntry;
@@ -28,7 +28,16 @@ pub struct DiskSource<'a> {
     /// The parent backup's index of this disk, and whether chunk `n`
     /// changed since: an unchanged chunk is taken from the parent.
     pub since: Option<(&'a Index, &'a (dyn Fn(u64) -> bool + Sync))>,
+    /// Told the offset and length of each chunk that reads as zeros (never
+    /// read), for a source that can let go of what it will not be asked.
+    pub skipped: Option<&'a (dyn Fn(u64, u64) + Sync)>,
+    /// Set from elsewhere to stop the backup: the next chunk fails with
+    /// [`STOPPED`].
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
+
+/// The problem of a backup stopped through [`DiskSource::stop`].
+pub const STOPPED: &str = "aborted on request";
 
 /// Counters of one disk's backup.
 #[derive(Default)]
@@ -60,17 +69,38 @@ pub fn write_disk(
         n,
         || vec![0u8; cs as usize],
         |buf, k| {
+            if src.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                return Err(Error::Invalid {
+                    what: format!("disk '{}'", src.name),
+                    problem: STOPPED.to_string(),
+                });
+            }
             let off = k * cs as u64;
             let len = (size - off).min(cs as u64) as usize;
-            let (id, looked) = match parent {
-                Some((p, changed)) if !changed(k) => (p.chunks[k as usize], false),
-                _ => (
+            let inherited = match parent {
+                Some((p, changed)) if !changed(k) => match p.chunks[k as usize] {
+                    None => Some(None),
+                    // Marked used now, for garbage collection's grace
+                    // period; one gone since the parent is read again.
+                    Some(id) => repo
+                        .backend()
+                        .touch(&crate::chunk::name(&id))?
+                        .then_some(Some(id)),
+                },
+                _ => None,
+            };
+            let (id, looked) = match inherited {
+                Some(id) => (id, false),
+                None => (
                     one_chunk(repo, src.image, off, &mut buf[..len], &counts)?,
                     true,
                 ),
             };
             if id.is_none() {
                 counts.zero.fetch_add(1, Ordering::Relaxed);
+                if let Some(skip) = src.skipped.filter(|_| looked) {
+                    skip(off, len as u64);
+                }
             }
             *ids[k as usize].lock().unwrap_or_else(|e| e.into_inner()) = id;
             if looked {

@@ -62,6 +62,8 @@ fn back_up(
         since: pix
             .as_ref()
             .map(|p| (p, &pred as &(dyn Fn(u64) -> bool + Sync))),
+        skipped: None,
+        stop: None,
     };
     let disk = write_disk(repo, &id, &src, &|_| {}).unwrap();
     let m = Manifest {
@@ -286,4 +288,162 @@ fn an_encrypted_repository_opens_only_with_its_key_and_hides_the_data() {
         }
     }
     assert!(files >= 4, "{files} objects");
+}
+
+/// The chunk ids a disk holding `model` names: a model of its index
+/// (the repository's id key on each chunk that is not all zeros).
+fn ids_of(repo: &Repo, model: &[u8]) -> std::collections::BTreeSet<String> {
+    model
+        .chunks(CHUNK as usize)
+        .filter(|c| c.iter().any(|&b| b != 0))
+        .map(|c| strata_repo::chunk::name(&repo.keys().chunk_id(c)))
+        .collect()
+}
+
+/// Sets every object's time under `root` `ago` back.
+fn age_all(root: &Path, ago: Duration) {
+    let when = std::time::SystemTime::now() - ago;
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                let f = std::fs::File::options().write(true).open(e.path()).unwrap();
+                f.set_modified(when).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn random_removals_and_collections_keep_exactly_what_the_rest_name() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("repo");
+    let repo = repo_at(&root, None, true);
+    let img = raw(&d.path().join("vda.raw"), SIZE);
+    let mut model = vec![0u8; SIZE as usize];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    // The backups there: manifest, instant, the chunks it names.
+    type Kept = (Manifest, blake3::Hash, std::collections::BTreeSet<String>);
+    let mut kept: Vec<Kept> = Vec::new();
+    let mut latest: Option<Manifest> = None;
+    let (mut removals, mut deleted) = (0, 0);
+    for step in 0..40u64 {
+        match rng.gen_range(0..4) {
+            0 | 1 => {
+                let changed = scribble(&mut rng, img.as_ref(), &mut model);
+                // Incremental from the latest backup while it is there.
+                let parent = latest
+                    .as_ref()
+                    .filter(|l| kept.iter().any(|(m, ..)| m.id == l.id));
+                let all = vec![true; changed.len()];
+                let changed = if parent.is_some() { changed } else { all };
+                let m = back_up(&repo, img.as_ref(), step, parent, &changed);
+                kept.push((m.clone(), blake3::hash(&model), ids_of(&repo, &model)));
+                latest = Some(m);
+            }
+            2 if !kept.is_empty() => {
+                let k = rng.gen_range(0..kept.len());
+                repo.remove_backup(&kept.remove(k).0.id).unwrap();
+                removals += 1;
+            }
+            _ => {
+                let c = strata_repo::gc::collect(&repo, Duration::ZERO, &[], false).unwrap();
+                let want: std::collections::BTreeSet<String> = kept
+                    .iter()
+                    .flat_map(|(_, _, ids)| ids.iter().cloned())
+                    .collect();
+                let have: std::collections::BTreeSet<String> = repo
+                    .backend()
+                    .list("chunks/")
+                    .unwrap()
+                    .into_iter()
+                    .collect();
+                assert_eq!(have, want, "step {step}: {c:?}");
+                assert_eq!(c.chunks_in_use, want.len() as u64);
+                deleted += c.chunks_deleted;
+                // No index of a removed backup is left.
+                let indexes = repo.backend().list("indexes/").unwrap();
+                assert_eq!(indexes.len(), kept.len(), "step {step}: {indexes:?}");
+                for (m, want, _) in &kept {
+                    let got = restored(&repo, m, d.path()).unwrap();
+                    assert_eq!(blake3::hash(&got), *want, "step {step}: backup {}", m.id);
+                }
+            }
+        }
+    }
+    // The run removed backups and collected their chunks.
+    assert!(
+        removals >= 5 && deleted >= 5,
+        "{removals} removals, {deleted} chunks deleted"
+    );
+    let report = verify(&repo, None, &|_| {}).unwrap();
+    assert!(report.sound(), "{report:?}");
+}
+
+#[test]
+fn collection_spares_what_a_backup_in_progress_uses_within_the_grace_period() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("repo");
+    let repo = repo_at(&root, None, true);
+    let img = raw(&d.path().join("vda.raw"), SIZE);
+    img.write_at(&vec![1u8; CHUNK as usize], 0).unwrap();
+    let first = back_up(&repo, img.as_ref(), 0, None, &[]);
+    img.write_at(&vec![2u8; CHUNK as usize], 0).unwrap();
+    let second = back_up(&repo, img.as_ref(), 1, None, &[]);
+    age_all(&root, Duration::from_secs(7200));
+    repo.remove_backup(&first.id).unwrap();
+    // Within the grace period nothing goes; a dry run says what would.
+    let hour = Duration::from_secs(3600);
+    let c = strata_repo::gc::collect(&repo, Duration::from_secs(3 * 3600), &[], false).unwrap();
+    assert_eq!((c.chunks_deleted, c.chunks_in_grace), (0, 1), "{c:?}");
+    let dry = strata_repo::gc::collect(&repo, hour, &[], true).unwrap();
+    assert_eq!(dry.chunks_deleted, 1, "{dry:?}");
+    assert_eq!(repo.backend().list("chunks/").unwrap().len(), 2);
+    // A backup in progress finds the removed backup's chunk there and
+    // uses it: it is touched, and the collection spares it.
+    let reused = repo.put_chunk(&vec![1u8; CHUNK as usize]).unwrap();
+    assert_eq!(reused.written, 0);
+    let c = strata_repo::gc::collect(&repo, hour, &[], false).unwrap();
+    assert_eq!((c.chunks_deleted, c.chunks_in_grace), (0, 1), "{c:?}");
+    // So does an incremental one taking a chunk from its parent's index
+    // unread, the parent removed meanwhile; the unused one, old now, goes.
+    age_all(&root, Duration::from_secs(7200));
+    let pix = repo.get_index(&second.disks[0]).unwrap();
+    let unchanged = |_: u64| false;
+    let src = DiskSource {
+        name: "vda",
+        image: img.as_ref(),
+        since: Some((&pix, &unchanged as &(dyn Fn(u64) -> bool + Sync))),
+        skipped: None,
+        stop: None,
+    };
+    let id = new_backup_id(UNIX_EPOCH + Duration::from_secs(1_800_000_002));
+    let disk = write_disk(&repo, &id, &src, &|_| {}).unwrap();
+    assert_eq!(disk.read_chunks, 0);
+    repo.remove_backup(&second.id).unwrap();
+    let c = strata_repo::gc::collect(&repo, hour, &[], false).unwrap();
+    assert_eq!((c.chunks_deleted, c.chunks_in_grace), (1, 1), "{c:?}");
+    let third = Manifest {
+        id,
+        time: 2,
+        host: "test".into(),
+        label: "vm".into(),
+        parent: None,
+        disks: vec![disk],
+        meta: serde_json::Value::Null,
+    };
+    repo.commit(&third).unwrap();
+    assert_eq!(
+        restored(&repo, &third, d.path()).unwrap()[..CHUNK as usize],
+        vec![2u8; CHUNK as usize][..]
+    );
+    // A killed writer's leftovers go once old; what a backup names stays.
+    std::fs::write(root.join("tmp/999.1"), b"half").unwrap();
+    age_all(&root, Duration::from_secs(7200));
+    let c = strata_repo::gc::collect(&repo, hour, &[], false).unwrap();
+    assert_eq!((c.chunks_deleted, c.leftovers_deleted), (0, 1), "{c:?}");
+    assert_eq!(repo.backend().list("chunks/").unwrap().len(), 1);
+    assert!(verify(&repo, None, &|_| {}).unwrap().sound());
 }

@@ -329,3 +329,35 @@ pub fn begin_backup(p: &Path, xml: &str, cp: &str) -> serde_json::Value {
     args.extend(backup_files(p, xml, cp));
     ok(p, &st(&args)).json()
 }
+
+/// The records of a copy of both disks, checked against the instant.
+pub fn check_copy(a: &[u8], b: &[u8], before: u64, after: u64, what: &str) {
+    let (na, nb) = (
+        prefix(a, &format!("{what} vda")),
+        prefix(b, &format!("{what} vdb")),
+    );
+    assert!(
+        nb == na || nb + 1 == na,
+        "{what}: vda {na} records, vdb {nb}"
+    );
+    assert!(
+        nb >= before,
+        "{what}: {nb} records, {before} acknowledged before"
+    );
+    assert!(
+        na <= after + 1,
+        "{what}: {na} records, {after} when begin returned"
+    );
+}
+
+/// `backup status vm` as JSON.
+pub fn job_state(p: &Path) -> serde_json::Value {
+    ok(p, &st(&["--output", "json", "backup", "status", "vm"])).json()
+}
+
+/// The scratch files left in the state folder.
+pub fn scratch_files(p: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(p.join("state/scratch"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}

@@ -129,6 +129,7 @@ pub fn begin_on(
         _ => {}
     }
     let server = match mode {
+        BackupMode::Pull if req.in_process => None,
         BackupMode::Pull => Some(
             def.server
                 .clone()
@@ -280,8 +281,10 @@ pub fn begin_on(
             };
             let disk_what = format!("{what}: disk '{}'", d.disk);
             let ranges = push::disk_changes(store, domain, &held, cp, &d.disk, &disk_what)?;
-            for (off, len) in gaps(&ranges, d.view.size()) {
-                d.view.done(off, len)?;
+            if !req.in_process {
+                for (off, len) in gaps(&ranges, d.view.size()) {
+                    d.view.done(off, len)?;
+                }
             }
             total += ranges.iter().map(|r| r.1).sum::<u64>();
             d.ranges = ranges.clone();

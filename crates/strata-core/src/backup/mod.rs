@@ -8,6 +8,7 @@ pub mod live;
 pub mod pull;
 pub mod push;
 pub mod repo;
+pub mod repo_live;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -256,12 +257,6 @@ impl BackupDef {
                 }
             }
             out.push(d);
-        }
-        if self.mode == BackupMode::Pull && self.server.is_none() {
-            return Err(Error::invalid(
-                what,
-                "mode='pull' needs a <server> (transport='unix' socket=PATH, or name=HOST port=PORT)",
-            ));
         }
         Ok(BackupDef {
             mode: self.mode,

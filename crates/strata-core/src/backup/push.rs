@@ -47,6 +47,11 @@ pub struct BeginRequest {
     /// TLS credentials were given for the pull backup's server (needed by,
     /// and only taken for, `<server tls='yes'>`).
     pub tls: bool,
+    /// Pull mode read by the caller in its own process (a repository
+    /// backup): no `<server>`, and the views give up nothing by
+    /// themselves (the caller reads whole chunks around the changes and
+    /// gives up the rest).
+    pub in_process: bool,
 }
 
 /// One disk's copy.
@@ -185,6 +190,12 @@ pub(crate) fn prepare_on(
     }
     let start = crate::now();
     let mut def = def.resolve(&dom, start, &what)?;
+    if def.mode == BackupMode::Pull && def.server.is_none() && !req.in_process {
+        return Err(Error::invalid(
+            what,
+            "mode='pull' needs a <server> (transport='unix' socket=PATH, or name=HOST port=PORT)",
+        ));
+    }
     let fallback = check_chains(store, domain, &mut def, req.fallback_full, disks, &what)?;
     let checkpoint = match &req.checkpoint_xml {
         Some(x) => Some(CheckpointRequest::from_xml(

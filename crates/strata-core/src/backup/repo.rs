@@ -54,7 +54,7 @@ pub struct RepoBackedUp {
 }
 
 /// The checkpoints backups into `repo` make start so.
-fn checkpoint_prefix(repo: &Repo) -> String {
+pub(crate) fn checkpoint_prefix(repo: &Repo) -> String {
     format!("repo-{}-", repo.fingerprint())
 }
 
@@ -112,8 +112,102 @@ fn parent_of(
     })
 }
 
+/// Which chunks of `cs` bytes of a disk of `size` bytes the changed
+/// `ranges` touch.
+pub(crate) fn changed_chunks(ranges: &[(u64, u64)], size: u64, cs: u32) -> Vec<bool> {
+    let mut bits = vec![false; index::count(size, cs) as usize];
+    for &(off, len) in ranges.iter().filter(|&&(_, l)| l > 0) {
+        let first = (off / cs as u64) as usize;
+        let last = ((off + len - 1) / cs as u64).min(bits.len() as u64 - 1) as usize;
+        for b in bits.iter_mut().take(last + 1).skip(first) {
+            *b = true;
+        }
+    }
+    bits
+}
+
+/// Deletes the checkpoints of earlier backups of `domain` into `repo`
+/// (the parent's, and any a killed backup left), all but `keep`: the next
+/// incremental starts from `keep`. Deleting them merges their bitmaps
+/// down; one that cannot go is kept, with a warning.
+pub(crate) fn drop_old_checkpoints(store: &mut Store, repo: &Repo, domain: &str, keep: &str) {
+    let prefix = checkpoint_prefix(repo);
+    let old: Vec<String> = match store.checkpoints(domain) {
+        Ok(all) => all
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .filter(|n| n.starts_with(&prefix) && n != keep)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "the earlier backups' checkpoints are kept");
+            return;
+        }
+    };
+    for o in old {
+        if let Err(e) = checkpoint::delete(store, domain, &o, Default::default()) {
+            tracing::warn!(checkpoint = %o, error = %e, "an earlier backup's checkpoint is kept");
+        }
+    }
+}
+
+/// The manifest of backup `id` of domain `dom` (named `domain`) with
+/// `disks`, from `parent`, marked by checkpoint `cp` (if any).
+pub(crate) fn manifest_of(
+    id: &str,
+    req: &RepoRequest,
+    domain: &str,
+    dom: &crate::domain::Domain,
+    parent: Option<String>,
+    disks: Vec<strata_repo::manifest::DiskEntry>,
+    cp: Option<&str>,
+) -> Manifest {
+    Manifest {
+        id: id.to_string(),
+        time: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        host: req.host.clone(),
+        label: domain.to_string(),
+        parent,
+        disks,
+        meta: json!({
+            "domain": domain,
+            "uuid": dom.uuid(),
+            "xml": dom.to_xml(false),
+            "checkpoint": cp,
+        }),
+    }
+}
+
+/// The parent of an incremental backup (`None` for a full one) and why
+/// an incremental one reads everything (`--fallback-full`); an error when
+/// it cannot be incremental and may not fall back.
+pub(crate) fn parent_for(
+    store: &Store,
+    repo: &Repo,
+    domain: &str,
+    uuid: &str,
+    req: &RepoRequest,
+    disks: &[(String, u64)],
+    what: &str,
+) -> Result<(Option<Manifest>, Option<String>)> {
+    if !req.incremental {
+        return Ok((None, None));
+    }
+    match parent_of(store, repo, domain, uuid, disks)? {
+        Ok(p) => Ok((Some(p), None)),
+        Err(why) if req.fallback_full => Ok((None, Some(why))),
+        Err(why) => Err(Error::invalid(
+            what,
+            format!(
+                "{why}: nothing to be incremental from (a full backup first, or --fallback-full)"
+            ),
+        )),
+    }
+}
+
 /// A repository error, as core's.
-fn repo_error(e: strata_repo::Error) -> Error {
+pub(crate) fn repo_error(e: strata_repo::Error) -> Error {
     Error::invalid("repository", e.to_string())
 }
 
@@ -151,20 +245,7 @@ pub fn back_up(
         .zip(&images)
         .map(|((t, _), i)| (t.clone(), i.size()))
         .collect();
-    let (parent, mut fallback) = if req.incremental {
-        match parent_of(store, repo, domain, &dom.uuid(), &sizes)? {
-            Ok(p) => (Some(p), None),
-            Err(why) if req.fallback_full => (None, Some(why)),
-            Err(why) => {
-                return Err(Error::invalid(
-                    what,
-                    format!("{why}: nothing to be incremental from (a full backup first, or --fallback-full)"),
-                ))
-            }
-        }
-    } else {
-        (None, None)
-    };
+    let (parent, mut fallback) = parent_for(store, repo, domain, &dom.uuid(), req, &sizes, &what)?;
     let id = strata_repo::repo::new_backup_id(SystemTime::now());
     let cs = repo.chunk_size();
     // Per disk: the parent's index and which chunks changed since.
@@ -180,14 +261,7 @@ pub fn back_up(
             let ix = repo.get_index(e).map_err(|e| e.to_string())?;
             let ranges = checkpoint::disk_ranges_in(store, domain, cp, target, &Held::none())
                 .map_err(|e| e.to_string())?;
-            let mut bits = vec![false; index::count(e.size, cs) as usize];
-            for (off, len) in ranges.into_iter().filter(|&(_, l)| l > 0) {
-                let last = ((off + len - 1) / cs as u64).min(bits.len() as u64 - 1);
-                for b in &mut bits[(off / cs as u64) as usize..=last as usize] {
-                    *b = true;
-                }
-            }
-            Ok((ix, bits))
+            Ok((ix, changed_chunks(&ranges, e.size, cs)))
         });
         match changed {
             Ok(c) => since.push(Some(c)),
@@ -221,6 +295,8 @@ pub fn back_up(
             since: s
                 .as_ref()
                 .map(|(ix, _)| (ix, &pred as &(dyn Fn(u64) -> bool + Sync))),
+            skipped: None,
+            stop: None,
         };
         let entry = write_disk(repo, &id, &src, progress)
             .map_err(|e| Error::invalid(format!("{what}: disk '{target}'"), e.to_string()))?;
@@ -246,39 +322,19 @@ pub fn back_up(
         };
         checkpoint::create_in(store, domain, &req_cp, &Offline)?;
     }
-    let manifest = Manifest {
-        id: id.clone(),
-        time: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        host: req.host.clone(),
-        label: domain.to_string(),
-        parent: parent.map(|p| p.id),
+    let has_cp = tracked.iter().any(|&t| t);
+    let manifest = manifest_of(
+        &id,
+        req,
+        domain,
+        &dom,
+        parent.map(|p| p.id),
         disks,
-        meta: json!({
-            "domain": domain,
-            "uuid": dom.uuid(),
-            "xml": dom.to_xml(false),
-            "checkpoint": tracked.iter().any(|&t| t).then_some(&cp),
-        }),
-    };
+        has_cp.then_some(cp.as_str()),
+    );
     repo.commit(&manifest).map_err(repo_error)?;
     drop(lock);
-    // The earlier checkpoints for this repository have done their work
-    // (the parent's, and any a killed backup left): the next incremental
-    // starts from this one. Deleting them merges their bitmaps down.
-    let prefix = checkpoint_prefix(repo);
-    let old: Vec<String> = store
-        .checkpoints(domain)?
-        .into_iter()
-        .map(|(n, _, _)| n)
-        .filter(|n| n.starts_with(&prefix) && *n != cp)
-        .collect();
-    for o in old {
-        if let Err(e) = checkpoint::delete(store, domain, &o, Default::default()) {
-            tracing::warn!(checkpoint = %o, error = %e, "an earlier backup's checkpoint is kept");
-        }
-    }
+    drop_old_checkpoints(store, repo, domain, &cp);
     Ok(RepoBackedUp { manifest, fallback })
 }
 

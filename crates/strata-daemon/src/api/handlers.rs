@@ -18,8 +18,8 @@ use super::error::ApiError;
 use super::json;
 use crate::lifecycle::Service;
 use crate::types::{
-    BackupRequest, BlockJobRequest, DaemonInfo, RestoreRequest, SaveRequest, ShutdownRequest,
-    StartRequest, DEFAULT_SHUTDOWN_TIMEOUT,
+    BackupRequest, BlockJobRequest, DaemonInfo, RepoBackupRequest, RestoreRequest, SaveRequest,
+    ShutdownRequest, StartRequest, DEFAULT_SHUTDOWN_TIMEOUT,
 };
 
 /// The handlers' state.
@@ -177,6 +177,18 @@ pub async fn backup_begin(
     let name = name(p)?;
     let req: BackupRequest = body(&b)?;
     ok(&svc.backup_begin(&name, req).await?)
+}
+
+/// `POST /v1/domains/{name}/repo-backup`: a backup of a running domain
+/// into a repository; answers once it is made.
+pub async fn repo_backup(
+    State(svc): Svc,
+    p: Result<Path<String>, PathRejection>,
+    b: Bytes,
+) -> Answer {
+    let name = name(p)?;
+    let req: RepoBackupRequest = body(&b)?;
+    ok(&svc.repo_backup(&name, req).await?)
 }
 
 /// `POST /v1/domains/{name}/blockjobs`: a block job on a running domain.

@@ -41,6 +41,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/domains/{name}/checkpoints"),
     ("GET", "/v1/domains/{name}/checkpoints/health"),
     ("POST", "/v1/domains/{name}/backup"),
+    ("POST", "/v1/domains/{name}/repo-backup"),
     ("POST", "/v1/domains/{name}/blockjobs"),
     ("GET", "/v1/domains/{name}/blockjobs/{disk}"),
     ("POST", "/v1/domains/{name}/blockjobs/{disk}/abort"),
@@ -87,6 +88,7 @@ pub fn router(svc: Arc<Service>) -> Router {
             get(h::checkpoint_health),
         )
         .route("/v1/domains/{name}/backup", post(h::backup_begin))
+        .route("/v1/domains/{name}/repo-backup", post(h::repo_backup))
         .route("/v1/domains/{name}/blockjobs", post(h::block_job_begin))
         .route(
             "/v1/domains/{name}/blockjobs/{disk}",

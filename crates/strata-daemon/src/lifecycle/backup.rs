@@ -26,7 +26,7 @@ use crate::registry::{Running, Slot};
 use crate::types::BackupRequest;
 
 /// Why a served backup stopped.
-enum Stop {
+pub(super) enum Stop {
     /// `backup abort`: the normal end of a pull backup.
     Aborted,
     /// A view gave up (its reason).
@@ -56,6 +56,7 @@ impl Service {
             reuse_external: req.reuse_external,
             fallback_full: req.fallback_full,
             tls: tls.is_some(),
+            in_process: false,
         };
         let backup = self
             .on_live_disks(name, move |store, n, disks| {
@@ -158,7 +159,7 @@ impl Service {
 
     /// Ends `backup` with `outcome`: on the served disks while `run` goes
     /// on, else with the domain stopped.
-    async fn end_backup(
+    pub(super) async fn end_backup(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
         run: &Arc<Running>,
@@ -194,7 +195,7 @@ impl Service {
 /// Completes when the backup of `name` must stop: `backup abort` recorded
 /// in the store of `dir`, a view broken, or the run gone. Every
 /// [`USAGE_EVERY`] looks it records the job's progress and scratch size.
-async fn watch(
+pub(super) async fn watch(
     dir: std::path::PathBuf,
     name: String,
     slot: Arc<Slot>,

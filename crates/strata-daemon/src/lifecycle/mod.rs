@@ -16,6 +16,7 @@ pub mod memory;
 pub mod pause;
 mod quiesce;
 pub mod recover;
+pub mod repo;
 pub mod save;
 pub mod start;
 pub mod stop;

@@ -12,8 +12,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
-use super::Backend;
+use super::{Backend, Listed};
 use crate::error::{Error, Result};
 
 /// Objects in a folder.
@@ -53,6 +54,19 @@ impl LocalDir {
             touched: Mutex::new(BTreeSet::new()),
             next_tmp: AtomicU64::new(0),
         })
+    }
+
+    /// The objects in folder `root`, which must exist (a repository is
+    /// opened, never made, there).
+    pub fn open(root: impl Into<PathBuf>) -> Result<LocalDir> {
+        let root = root.into();
+        if !root.is_dir() {
+            return Err(Error::invalid(
+                root.display().to_string(),
+                "no strata repository there (repo init makes one)",
+            ));
+        }
+        LocalDir::new(root)
     }
 
     /// The folder.
@@ -210,6 +224,83 @@ impl Backend for LocalDir {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io(&path, "delete the object")(e)),
         }
+    }
+
+    fn touch(&self, name: &str) -> Result<bool> {
+        let path = self.path(name)?;
+        let f = match OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(&path, "touch the object")(e)),
+        };
+        f.set_modified(SystemTime::now())
+            .map_err(io(&path, "touch the object"))?;
+        Ok(true)
+    }
+
+    fn list_meta(&self, prefix: &str) -> Result<Vec<Listed>> {
+        let mut out = Vec::new();
+        for name in self.list(prefix)? {
+            let path = self.path(&name)?;
+            match fs::metadata(&path).and_then(|m| Ok((m.len(), m.modified()?))) {
+                Ok((size, time)) => out.push(Listed { name, size, time }),
+                // Gone since the listing.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path, "look at the object")(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_if_older(&self, name: &str, cutoff: SystemTime) -> Result<bool> {
+        let path = self.path(name)?;
+        // Moved aside first: a touch after the move finds the object gone
+        // (and its writer writes it again); one before it shows here.
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let aside = self
+            .root
+            .join("tmp")
+            .join(format!("gc.{}.{n}", std::process::id()));
+        match fs::rename(&path, &aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(&path, "move the object aside")(e)),
+        }
+        let young = fs::metadata(&aside)
+            .and_then(|m| m.modified())
+            .map_err(io(&aside, "look at the object"))?
+            >= cutoff;
+        if young {
+            match fs::hard_link(&aside, &path) {
+                Ok(()) => {}
+                // Written again meanwhile: the same bytes.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(&path, "put the object back")(e)),
+            }
+        }
+        fs::remove_file(&aside).map_err(io(&aside, "delete the object"))?;
+        Ok(!young)
+    }
+
+    fn sweep_leftovers(&self, cutoff: SystemTime) -> Result<u64> {
+        let dir = self.root.join("tmp");
+        let mut n = 0;
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io(&dir, "list the folder")(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io(&dir, "list the folder"))?;
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < cutoff);
+            if old && fs::remove_file(entry.path()).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn sync(&self) -> Result<()> {

@@ -8,7 +8,20 @@ mod local;
 
 pub use local::LocalDir;
 
+use std::time::SystemTime;
+
 use crate::error::Result;
+
+/// An object as listed with its size and time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Its name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was made or last touched.
+    pub time: SystemTime,
+}
 
 /// A place for a repository's objects.
 pub trait Backend: Send + Sync {
@@ -39,4 +52,21 @@ pub trait Backend: Send + Sync {
     /// Makes every object created so far durable (before the object that
     /// makes them part of a backup is written).
     fn sync(&self) -> Result<()>;
+
+    /// Marks object `name` as used now (its time is what garbage
+    /// collection's grace period counts from): false when it is not there.
+    fn touch(&self, name: &str) -> Result<bool>;
+
+    /// The objects whose names start with `prefix`, sorted, each with its
+    /// size and the time it was made or last touched.
+    fn list_meta(&self, prefix: &str) -> Result<Vec<Listed>>;
+
+    /// Removes object `name` unless it was touched at or after `cutoff`
+    /// (checked so that a touch racing the removal either keeps the
+    /// object or finds it gone): true when it was removed.
+    fn delete_if_older(&self, name: &str, cutoff: SystemTime) -> Result<bool>;
+
+    /// Removes what killed writers left behind (temporary files) older
+    /// than `cutoff`; how many.
+    fn sweep_leftovers(&self, cutoff: SystemTime) -> Result<u64>;
 }
