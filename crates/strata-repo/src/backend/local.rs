@@ -25,6 +25,9 @@ pub struct LocalDir {
     touched: Mutex<BTreeSet<PathBuf>>,
     /// Names for temporary files.
     next_tmp: AtomicU64,
+    /// Random, so that two writers (processes, hosts, or handles in one
+    /// process) never pick the same temporary name.
+    tag: String,
 }
 
 fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -53,6 +56,7 @@ impl LocalDir {
             root,
             touched: Mutex::new(BTreeSet::new()),
             next_tmp: AtomicU64::new(0),
+            tag: crate::hex::encode(&crate::seal::random::<8>()),
         })
     }
 
@@ -93,10 +97,7 @@ impl LocalDir {
     /// Writes `data` into a new synced temporary file; its path.
     fn write_tmp(&self, data: &[u8]) -> Result<PathBuf> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{}.{n}", std::process::id()));
+        let tmp = self.root.join("tmp").join(format!("{}.{n}", self.tag));
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
@@ -257,10 +258,7 @@ impl Backend for LocalDir {
         // Moved aside first: a touch after the move finds the object gone
         // (and its writer writes it again); one before it shows here.
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let aside = self
-            .root
-            .join("tmp")
-            .join(format!("gc.{}.{n}", std::process::id()));
+        let aside = self.root.join("tmp").join(format!("gc.{}.{n}", self.tag));
         match fs::rename(&path, &aside) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
