@@ -9,9 +9,10 @@
 #   - ROUNDS (default 10) rounds: CHANGE_PCT (default 1) % of the disk
 #     rewritten with random data in blocks of CHANGE_KIB (default 1024)
 #     KiB at random places (through qemu-nbd, so the bitmaps see it), then
-#     a backup by each tool. strata reads every 4 MiB chunk a block
-#     touches: 1 MiB blocks (files written whole) touch about 1.25 % of
-#     the disk, 64 KiB ones scattered (CHANGE_KIB=64) half of its chunks;
+#     a backup by each tool. strata reads every chunk a block touches
+#     (1 MiB chunks unless CHUNK_SIZE says otherwise): 1 MiB blocks at
+#     random places touch about 2 % of the disk; 64 KiB ones scattered
+#     (CHANGE_KIB=64) many more chunks;
 #   - all three encrypted (strata --key-file, restic always, borg repokey)
 #     and compressed with zstd level 3;
 #   - then a restore of the last backup by each, to a file.
@@ -19,7 +20,7 @@
 # the rounds, the restore; strata's time over each peer's.
 #
 # Usage: bench/repo-vs-restic-borg.sh   Env: DISK_GIB, DATA_GIB, ROUNDS,
-# CHANGE_PCT, CHANGE_KIB, BENCH_DIR (default a new dir under /var/tmp, removed at the
+# CHANGE_PCT, CHANGE_KIB, CHUNK_SIZE (strata's, default 1M), BENCH_DIR (default a new dir under /var/tmp, removed at the
 # end). Needs restic, borg (apt-get install restic borgbackup), qemu-img,
 # qemu-nbd and python3-libnbd.
 set -euo pipefail
@@ -78,7 +79,7 @@ ST="$D/state"
 "$S" --state-dir "$ST" domain define "$D/vm.xml" >/dev/null
 printf 'bench key\n' >"$D/key"
 export RESTIC_PASSWORD="bench key" BORG_PASSPHRASE="bench key" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
-"$S" repo init "$D/strata" --key-file "$D/key" >/dev/null
+"$S" repo init "$D/strata" --key-file "$D/key" --chunk-size "${CHUNK_SIZE:-1M}" >/dev/null
 restic -q -r "$D/restic" init >/dev/null
 borg init -e repokey "$D/borg" >/dev/null 2>&1
 

@@ -21,13 +21,17 @@ use crate::repo_args::{RepoAt, RepoBackupArgs, RepoCommand};
 /// Runs a `strata repo` command.
 pub fn run(cmd: RepoCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
     match cmd {
-        RepoCommand::Init(at) => {
+        RepoCommand::Init(a) => {
+            let at = a.at;
             let secret = key(&at)?;
-            let repo = Repo::init(backend(&at)?, secret.as_deref())?;
+            let cs = u32::try_from(a.chunk_size).unwrap_or(u32::MAX);
+            strata_repo::config::check_chunk_size(cs)?;
+            let repo = Repo::init_with(backend(&at)?, secret.as_deref(), cs)?;
             if out.json() {
                 out.print_json(&json!({
                     "repo": repo.describe(),
                     "encrypted": secret.is_some(),
+                    "chunk-size": repo.chunk_size(),
                 }))?;
             } else {
                 let how = if secret.is_some() { "encrypted " } else { "" };

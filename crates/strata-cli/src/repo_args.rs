@@ -21,7 +21,7 @@ pub struct RepoAt {
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {
     /// Make a new repository (encrypted with --key-file).
-    Init(RepoAt),
+    Init(RepoInitArgs),
     /// Back a domain up (running or not): every disk at one instant.
     Backup(RepoBackupArgs),
     /// List the backups (of one domain).
@@ -33,6 +33,19 @@ pub enum RepoCommand {
     /// Remove the backups a keep policy does not keep, then collect what
     /// no backup names.
     Prune(RepoPruneArgs),
+}
+
+/// `strata repo init`.
+#[derive(Debug, Args)]
+pub struct RepoInitArgs {
+    /// The repository.
+    #[command(flatten)]
+    pub at: RepoAt,
+    /// The size of the chunks disks are cut into: a power of two from 64K
+    /// to 16M. Smaller ones store less again when little changes; larger
+    /// ones make fewer objects.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = crate::size::parse_size)]
+    pub chunk_size: u64,
 }
 
 /// `strata repo backup`.

@@ -38,8 +38,8 @@ fn two_disk_domain(p: &Path) {
     ok(p, &st(&["domain", "define", "vm.xml"]));
 }
 
-/// Guest-like writes: a few runs of data or zeros on each disk; the 4 MiB
-/// chunks they touched.
+/// Guest-like writes: a few runs of data or zeros on each disk; the
+/// chunks (1 MiB, the default) they touched.
 fn scribble(p: &Path, rng: &mut impl Rng) -> u64 {
     let mut touched = 0;
     for (t, size) in [("vda", 48 * MIB), ("vdb", 22 * MIB)] {
@@ -53,7 +53,7 @@ fn scribble(p: &Path, rng: &mut impl Rng) -> u64 {
             } else {
                 format!("write -P {} {off} {len}", rng.gen_range(1..255))
             });
-            chunks.extend(off / (4 * MIB)..=(off + len - 1) / (4 * MIB));
+            chunks.extend(off / MIB..=(off + len - 1) / MIB);
         }
         let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
         qemu_io(p, "qcow2", &format!("{t}.qcow2"), &cmds);
@@ -539,6 +539,9 @@ fn prune_keeps_what_its_rules_say_and_what_is_kept_still_restores() {
     let mut ids = Vec::new();
     for round in 0..6 {
         scribble(p, &mut rng);
+        // Each backup holds a chunk no other does.
+        let mark = format!("write -P {} 0 64k", round + 1);
+        qemu_io(p, "qcow2", "vda.qcow2", &[&mark]);
         let mut args = vec!["repo", "backup", "r", "vm"];
         if round > 0 {
             args.push("--incremental");
@@ -615,4 +618,30 @@ fn prune_keeps_what_its_rules_say_and_what_is_kept_still_restores() {
         assert_same(p, &format!("{t}.qcow2"), "back.qcow2");
         std::fs::remove_file(p.join("back.qcow2")).unwrap();
     }
+}
+
+#[test]
+fn init_takes_a_chunk_size_and_a_bad_one_makes_nothing() {
+    let d = tmp();
+    let p = d.path();
+    let r = json_of(p, &["repo", "init", "r"]);
+    assert_eq!(r["chunk-size"], 1 << 20, "{r}");
+    let r = json_of(p, &["repo", "init", "big", "--chunk-size", "4M"]);
+    assert_eq!(r["chunk-size"], 4 << 20, "{r}");
+    for bad in ["3M", "32K", "32M"] {
+        strata(p, &st(&["repo", "init", "bad", "--chunk-size", bad]))
+            .one_error(1, "a power of two from 64 KiB to 16 MiB");
+        assert!(!p.join("bad").exists(), "{bad}");
+    }
+    // A backup into the 4 MiB one reads 4 MiB chunks and restores.
+    two_disk_domain(p);
+    let b = json_of(p, &["repo", "backup", "big", "vm"]);
+    let id = b["id"].as_str().unwrap();
+    ok(
+        p,
+        &st(&[
+            "repo", "restore", "big", id, "vdb", "-O", "qcow2", "b.qcow2",
+        ]),
+    );
+    assert_same(p, "vdb.qcow2", "b.qcow2");
 }

@@ -20,8 +20,21 @@ use crate::seal;
 /// The format this code writes and reads.
 pub const FORMAT: u32 = 1;
 
-/// The chunk size: 4 MiB, aligned to the disk.
-pub const CHUNK_SIZE: u32 = 4 << 20;
+/// The chunk size of a new repository unless told: 1 MiB (aligned to
+/// the disk). Each repository's config keeps its own.
+pub const CHUNK_SIZE: u32 = 1 << 20;
+
+/// Refuses a chunk size a new repository may not have: a power of two
+/// from 64 KiB (a dirty bitmap's usual granule) to 16 MiB is needed.
+pub fn check_chunk_size(chunk_size: u32) -> crate::Result<()> {
+    if !chunk_size.is_power_of_two() || !(64 << 10..=16 << 20).contains(&chunk_size) {
+        return Err(crate::Error::invalid(
+            format!("chunk size {chunk_size}"),
+            "a power of two from 64 KiB to 16 MiB is needed",
+        ));
+    }
+    Ok(())
+}
 
 /// What the config holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]

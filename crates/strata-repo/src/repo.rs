@@ -44,8 +44,20 @@ impl Repo {
     /// Makes a new repository in `backend`, encrypted under `secret` (a
     /// key file's bytes) when given. Refused where one is already.
     pub fn init(backend: Box<dyn Backend>, secret: Option<&[u8]>) -> Result<Repo> {
+        Repo::init_with(backend, secret, crate::config::CHUNK_SIZE)
+    }
+
+    /// [`Repo::init`] with chunks of `chunk_size` bytes: a power of two
+    /// from 64 KiB (a dirty bitmap's usual granule) to 16 MiB.
+    pub fn init_with(
+        backend: Box<dyn Backend>,
+        secret: Option<&[u8]>,
+        chunk_size: u32,
+    ) -> Result<Repo> {
+        crate::config::check_chunk_size(chunk_size)?;
         let keys = Keys::generate(secret.is_some());
-        let config = Config::new(&keys, secret)?;
+        let mut config = Config::new(&keys, secret)?;
+        config.chunk_size = chunk_size;
         if !backend.put_new(CONFIG, &config.to_bytes())? {
             return Err(Error::invalid(
                 backend.describe(),

@@ -15,7 +15,7 @@ use strata_repo::repo::new_backup_id;
 use strata_repo::write::{restore_disk, write_disk, DiskSource};
 use strata_repo::{Error, Repo};
 
-pub const CHUNK: u64 = 4 << 20;
+pub const CHUNK: u64 = 1 << 20;
 /// Five chunks and a short one (whole sectors, as a raw image's size is).
 pub const SIZE: u64 = 5 * CHUNK + 12_288;
 
