@@ -19,6 +19,7 @@ mod output;
 mod progress;
 mod repo;
 mod repo_args;
+mod repo_mount;
 mod repo_prune;
 mod save;
 mod size;

@@ -184,6 +184,7 @@ pub fn run(cmd: RepoCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
             Ok(if report.sound() { OK } else { ERROR })
         }
         RepoCommand::Prune(a) => crate::repo_prune::run(&open(&a.at)?, &a, out),
+        RepoCommand::Mount(a) => crate::repo_mount::run(open(&a.at)?, &a, out),
     }
 }
 

@@ -33,6 +33,9 @@ pub enum RepoCommand {
     /// Remove the backups a keep policy does not keep, then collect what
     /// no backup names.
     Prune(RepoPruneArgs),
+    /// Serve every disk of a backup over NBD, read-only, until a signal:
+    /// a machine can boot from it at once.
+    Mount(RepoMountArgs),
 }
 
 /// `strata repo init`.
@@ -151,4 +154,28 @@ fn duration(text: &str) -> Result<std::time::Duration, String> {
         .and_then(|n| n.checked_mul(secs))
         .map(std::time::Duration::from_secs)
         .ok_or_else(|| "a whole number and s, m, h or d (24h)".into())
+}
+
+/// `strata repo mount`.
+#[derive(Debug, Args)]
+pub struct RepoMountArgs {
+    /// The repository.
+    #[command(flatten)]
+    pub at: RepoAt,
+    /// The backup (its id, as `repo list` shows it).
+    pub backup: String,
+    /// Listen on this unix socket (made mode 0600, removed at the end).
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "bind",
+        required_unless_present = "bind"
+    )]
+    pub socket: Option<PathBuf>,
+    /// Listen on TCP at ADDR:PORT (loopback unless --insecure).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub bind: Option<String>,
+    /// Allow a TCP address other than loopback without TLS.
+    #[arg(long)]
+    pub insecure: bool,
 }

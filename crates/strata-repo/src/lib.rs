@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod gc;
 pub mod hex;
+pub mod image;
 pub mod index;
 pub mod keys;
 pub mod manifest;
