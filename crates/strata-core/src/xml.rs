@@ -265,14 +265,31 @@ impl Element {
     }
 }
 
-fn start(e: &BytesStart<'_>) -> std::result::Result<Element, quick_xml::Error> {
-    let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+/// Whether `name` is an XML name (XML 1.0 §2.3, with every character
+/// from U+0080 up taken as a name character): what the writer puts back
+/// must be read again, and a name holding a control character or a
+/// delimiter would not be.
+fn xml_name(name: &str) -> bool {
+    let start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':' || c >= '\u{80}';
+    let mut chars = name.chars();
+    chars.next().is_some_and(start)
+        && chars.all(|c| start(c) || c.is_ascii_digit() || c == '-' || c == '.')
+}
 
+fn start(e: &BytesStart<'_>) -> std::result::Result<Element, String> {
+    let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+    if !xml_name(&name) {
+        return Err(format!("'{}' is not an element name", name.escape_debug()));
+    }
     let mut attrs = Vec::new();
     for a in e.attributes() {
-        let a = a.map_err(quick_xml::Error::from)?;
+        let a = a.map_err(|e| e.to_string())?;
         let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
-        attrs.push((key, a.unescape_value()?.into_owned()));
+        if !xml_name(&key) {
+            return Err(format!("'{}' is not an attribute name", key.escape_debug()));
+        }
+        let value = a.unescape_value().map_err(|e| e.to_string())?;
+        attrs.push((key, value.into_owned()));
     }
     Ok(Element {
         name,
@@ -342,6 +359,24 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn names_that_would_not_read_back_are_refused() {
+        for bad in [
+            "<domain a\u{0}b='1'/>",
+            "<domain 1a='1'/>",
+            "<d\u{1}omain/>",
+            "<domain><-x/></domain>",
+        ] {
+            let e = Element::parse(bad, "t.xml").unwrap_err().to_string();
+            assert!(e.contains("is not an"), "{bad:?}: {e}");
+        }
+        let ok = Element::parse("<domain xmlns:q='u' q:a-b.c='1'><é/></domain>", "t.xml").unwrap();
+        assert_eq!(
+            Element::parse(&ok.to_xml(), "t.xml").unwrap().to_xml(),
+            ok.to_xml()
+        );
     }
 
     #[test]
