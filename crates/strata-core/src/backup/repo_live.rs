@@ -46,7 +46,6 @@ pub struct RepoLive {
     since: Vec<Option<(Index, Vec<bool>)>>,
     checkpoint: Option<String>,
     fallback: Option<String>,
-    chunk_size: u64,
 }
 
 /// Begins a backup of running domain `domain` on its served `disks` into
@@ -161,7 +160,6 @@ pub fn begin_on(
         since,
         checkpoint: cp,
         fallback,
-        chunk_size: cs as u64,
     })
 }
 
@@ -174,25 +172,6 @@ fn drop_views(store: &mut Store, disks: &dyn Disks, backup: LiveBackup, why: &Er
 }
 
 impl RepoLive {
-    /// The backup's id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Bytes to read from the views.
-    pub fn to_read(&self) -> u64 {
-        let cs = self.chunk_size;
-        self.backup
-            .disks
-            .iter()
-            .zip(&self.since)
-            .map(|(d, s)| match s {
-                Some((_, bits)) => bits.iter().filter(|&&b| b).count() as u64 * cs,
-                None => d.view.size(),
-            })
-            .sum()
-    }
-
     /// Reads every view into `repo` and writes the manifest last;
     /// `progress` is told each chunk's bytes once done; `stop` set stops
     /// it (`backup abort`). The caller then
