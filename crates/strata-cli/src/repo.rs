@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use strata_core::backup::repo::{self as repo_backup, RepoBackedUp, RepoRequest};
 use strata_core::Store;
-use strata_repo::backend::LocalDir;
+use strata_repo::backend::{Backend, S3Options};
 use strata_repo::manifest::Manifest;
 use strata_repo::Repo;
 
@@ -37,7 +37,7 @@ pub fn run(cmd: RepoCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
                 let how = if secret.is_some() { "encrypted " } else { "" };
                 out.say(&format!(
                     "Initialized {how}strata repository at {}",
-                    at.repo.display()
+                    repo.describe()
                 ))?;
             }
             Ok(OK)
@@ -198,8 +198,14 @@ fn back_up_live(
     bar: &Progress,
 ) -> Result<RepoBackedUp> {
     let absolute = |p: &Path| std::path::absolute(p).with_context(|| p.display().to_string());
+    let at = location(&a.at)?;
     let body = strata_daemon::types::RepoBackupRequest {
-        repo: absolute(&a.at.repo)?,
+        repo: if at.starts_with("s3://") {
+            at.into()
+        } else {
+            absolute(&a.at.repo)?
+        },
+        s3_endpoint: a.at.s3_endpoint.clone(),
         key_file: a.at.key_file.as_deref().map(absolute).transpose()?,
         incremental: req.incremental,
         fallback_full: req.fallback_full,
@@ -236,22 +242,38 @@ fn key(at: &RepoAt) -> Result<Option<Vec<u8>>> {
         .transpose()?)
 }
 
-/// The backend `at` names (a folder; object stores are not there yet).
-fn backend(at: &RepoAt) -> Result<Box<LocalDir>> {
-    let shown = at.repo.display().to_string();
-    if shown.contains("://") {
-        bail!("{shown}: only a folder is a repository yet (object storage comes next)");
+/// Where `at` is: a folder or a bucket.
+fn location(at: &RepoAt) -> Result<String> {
+    at.repo
+        .to_str()
+        .map(str::to_string)
+        .with_context(|| format!("{}: not a UTF-8 name", at.repo.display()))
+}
+
+/// How `at` reaches object storage.
+fn s3_options(at: &RepoAt) -> S3Options {
+    S3Options {
+        endpoint: at.s3_endpoint.clone(),
+        retries: std::env::var("STRATA_S3_RETRIES")
+            .ok()
+            .and_then(|v| v.parse().ok()),
     }
-    Ok(Box::new(LocalDir::new(&at.repo)?))
+}
+
+/// The backend `at` names, made when a folder is not there.
+fn backend(at: &RepoAt) -> Result<Box<dyn Backend>> {
+    Ok(strata_repo::backend::at(
+        &location(at)?,
+        &s3_options(at),
+        true,
+    )?)
 }
 
 /// The repository at `at`, opened.
 fn open(at: &RepoAt) -> Result<Repo> {
-    let shown = at.repo.display().to_string();
-    if shown.contains("://") {
-        bail!("{shown}: only a folder is a repository yet (object storage comes next)");
-    }
-    let repo = Repo::open(Box::new(LocalDir::open(&at.repo)?), key(at)?.as_deref())?;
+    let shown = location(at)?;
+    let b = strata_repo::backend::at(&shown, &s3_options(at), false)?;
+    let repo = Repo::open(b, key(at)?.as_deref())?;
     if at.key_file.is_some() && !repo.encrypted() {
         crate::exit::warn(&format!(
             "{shown}: the repository is not encrypted: the key file is not used"

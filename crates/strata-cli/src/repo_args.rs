@@ -9,8 +9,13 @@ use crate::cli::FormatArg;
 /// Where the repository is and how to open it.
 #[derive(Debug, Args)]
 pub struct RepoAt {
-    /// The repository: a folder.
+    /// The repository: a folder, or `s3://BUCKET/PREFIX` in object
+    /// storage (credentials and region from the usual AWS_* variables).
     pub repo: PathBuf,
+    /// The S3 server's URL, for storage other than AWS
+    /// (`http://127.0.0.1:3900`).
+    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL")]
+    pub s3_endpoint: Option<String>,
     /// The key file of an encrypted repository (its bytes are the key; a
     /// passphrase in a file will do).
     #[arg(long, value_name = "FILE", env = "STRATA_REPO_KEY_FILE")]

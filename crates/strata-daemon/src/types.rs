@@ -280,8 +280,13 @@ pub struct BackupRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RepoBackupRequest {
-    /// The repository's folder (absolute, opened by the daemon).
+    /// The repository: its folder (absolute) or `s3://BUCKET/PREFIX`,
+    /// opened by the daemon (with the `AWS_*` variables of its
+    /// environment).
     pub repo: PathBuf,
+    /// The S3 server's URL, for storage other than AWS.
+    #[serde(default)]
+    pub s3_endpoint: Option<String>,
     /// The key file of an encrypted repository (absolute, read by the
     /// daemon).
     pub key_file: Option<PathBuf>,

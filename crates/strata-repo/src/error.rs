@@ -43,6 +43,23 @@ pub enum Error {
         /// The repository.
         repo: String,
     },
+    /// An object store did not do what it was asked (after its retries).
+    #[error("{at}: cannot {op}: {problem}")]
+    Remote {
+        /// The object (its URL).
+        at: String,
+        /// What was being done.
+        op: &'static str,
+        /// Why, as the store said.
+        problem: String,
+    },
+    /// A backup whose chunks a garbage collection running at the same
+    /// time deleted: it is not kept.
+    #[error("{object}: deleted by a garbage collection that ran during the backup, which is not kept: run it again")]
+    Collected {
+        /// The chunk.
+        object: String,
+    },
     /// A request that cannot be carried out.
     #[error("{what}: {problem}")]
     Invalid {

@@ -20,6 +20,9 @@ pub struct Repo {
     backend: Box<dyn Backend>,
     config: Config,
     keys: Keys,
+    /// When it was opened: a garbage collection since may have deleted
+    /// what a backup made through it names ([`crate::gc`]).
+    opened: SystemTime,
 }
 
 impl std::fmt::Debug for Repo {
@@ -69,6 +72,7 @@ impl Repo {
             backend,
             config,
             keys,
+            opened: SystemTime::now(),
         })
     }
 
@@ -88,6 +92,7 @@ impl Repo {
             backend,
             config,
             keys,
+            opened: SystemTime::now(),
         })
     }
 
@@ -203,9 +208,17 @@ impl Repo {
     }
 
     /// Makes backup `m` visible: everything it names is made durable
-    /// first, then its manifest is written.
+    /// first, and checked to be there still when a garbage collection ran
+    /// meanwhile ([`crate::gc`]), then its manifest is written.
     pub fn commit(&self, m: &Manifest) -> Result<()> {
         self.backend.sync()?;
+        crate::gc::settle(self, self.opened, &|| {
+            let mut ids = std::collections::BTreeSet::new();
+            for d in &m.disks {
+                ids.extend(self.get_index(d)?.chunks.into_iter().flatten());
+            }
+            Ok(ids)
+        })?;
         let name = Manifest::object(&m.id);
         if !self.backend.put_new(&name, &m.encode(&self.keys))? {
             return Err(Error::invalid(name, "a backup of that id is there already"));
@@ -232,12 +245,18 @@ impl Repo {
     }
 
     /// Every backup, oldest first (a damaged manifest is an error naming
-    /// it).
+    /// it; one removed since the listing, by a prune elsewhere, is not
+    /// there).
     pub fn backups(&self) -> Result<Vec<Manifest>> {
-        self.backup_ids()?
-            .iter()
-            .map(|id| self.backup(id))
-            .collect()
+        let mut out = Vec::new();
+        for id in self.backup_ids()? {
+            match self.backup(&id) {
+                Ok(m) => out.push(m),
+                Err(Error::Missing { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 }
 

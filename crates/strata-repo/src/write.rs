@@ -157,7 +157,7 @@ fn one_chunk(
 
 /// Runs `work` on chunks `0..n` on a few workers at once, each with its
 /// own state from `init`; the first error stops them all and is returned.
-fn on_workers<S>(
+pub(crate) fn on_workers<S>(
     n: u64,
     init: impl Fn() -> S + Sync,
     work: impl Fn(&mut S, u64) -> Result<()> + Sync,

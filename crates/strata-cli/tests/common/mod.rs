@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 pub mod counter;
 pub mod daemon;
+pub mod garage;
 pub mod nbd;
 pub mod plain_qemu;
 pub mod records;
@@ -82,8 +83,14 @@ impl Run {
 
 /// Runs `program args…` in `dir`.
 pub fn run_in(dir: &Path, program: &str, args: &[&str]) -> Run {
+    run_with(dir, program, args, &[])
+}
+
+/// Runs `program args…` in `dir` with environment variables `env` added.
+pub fn run_with(dir: &Path, program: &str, args: &[&str], env: &[(String, String)]) -> Run {
     let out = Command::new(program)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()

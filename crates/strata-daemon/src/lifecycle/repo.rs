@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use strata_core::backup::repo::RepoRequest;
 use strata_core::backup::repo_live;
-use strata_repo::backend::LocalDir;
+use strata_repo::backend::S3Options;
 use strata_repo::Repo;
 use tracing::Instrument;
 
@@ -20,10 +20,11 @@ use super::Service;
 use crate::error::{Error, Result};
 use crate::types::{RepoBackupMade, RepoBackupRequest};
 
-/// The repository in folder `dir`, opened with key file `key`.
-fn open(dir: &Path, key: Option<&Path>) -> strata_repo::Result<Repo> {
+/// The repository at `at` (a folder or a bucket), opened with key file
+/// `key`.
+fn open(at: &str, s3: &S3Options, key: Option<&Path>) -> strata_repo::Result<Repo> {
     let secret = key.map(strata_repo::keys::read_key_file).transpose()?;
-    Repo::open(Box::new(LocalDir::open(dir)?), secret.as_deref())
+    Repo::open(strata_repo::backend::at(at, s3, false)?, secret.as_deref())
 }
 
 impl Service {
@@ -37,16 +38,20 @@ impl Service {
         let what = format!("domain '{name}': repo backup");
         // An unknown or stopped domain first, as for every call.
         self.active_slot(name).await?;
-        if !req.repo.is_absolute() {
+        let at = req.repo.to_string_lossy().into_owned();
+        if !req.repo.is_absolute() && !at.starts_with("s3://") {
             return Err(Error::from(strata_core::Error::invalid(
                 &what,
-                format!("repo '{}': an absolute path is needed", req.repo.display()),
+                format!("repo '{at}': an absolute path or an s3:// URL is needed"),
             )));
         }
-        let at = req.repo.clone();
+        let s3 = S3Options {
+            endpoint: req.s3_endpoint.clone(),
+            retries: None,
+        };
         let key = req.key_file.clone();
         // Opening may derive the key (a moment of CPU and memory).
-        let repo = tokio::task::spawn_blocking(move || open(&at, key.as_deref()))
+        let repo = tokio::task::spawn_blocking(move || open(&at, &s3, key.as_deref()))
             .await
             .map_err(|e| Error::Internal(format!("repository open task: {e}")))?
             .map_err(|e| Error::from(strata_core::Error::invalid(&what, e.to_string())))?;

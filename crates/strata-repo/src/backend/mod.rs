@@ -5,12 +5,34 @@
 //! is another.
 
 mod local;
+mod s3;
 
 pub use local::LocalDir;
+pub use s3::{parse_url, S3Options, S3};
 
 use std::time::SystemTime;
 
 use crate::error::Result;
+
+/// The place `location` names: `s3://BUCKET[/PREFIX]` (with `s3` for
+/// its server and retries), else a local folder, made when `create`
+/// (`repo init`), else required to be there.
+pub fn at(location: &str, s3: &S3Options, create: bool) -> Result<Box<dyn Backend>> {
+    if location.starts_with("s3://") {
+        return Ok(Box::new(S3::new(location, s3)?));
+    }
+    if location.contains("://") {
+        return Err(crate::Error::invalid(
+            format!("repository '{location}'"),
+            "a folder or an s3://BUCKET/PREFIX URL is a repository; no other URL is",
+        ));
+    }
+    Ok(Box::new(if create {
+        LocalDir::new(location)?
+    } else {
+        LocalDir::open(location)?
+    }))
+}
 
 /// An object as listed with its size and time.
 #[derive(Clone, Debug, PartialEq, Eq)]
