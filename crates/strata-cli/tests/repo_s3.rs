@@ -6,7 +6,9 @@
 //! another prunes and collects, and afterwards every backup left verifies
 //! and restores its instant (`qemu-img compare`) from any node; a server
 //! killed in the middle of a backup fails it cleanly, with nothing half
-//! made listed, and the next backups (full, then incremental) work.
+//! made listed, and the next backups (full, then incremental) work; a
+//! running guest is backed up into a bucket by its daemon, each backup
+//! holding one instant of both disks.
 
 mod common;
 use common::garage::{Garage, BUCKET};
@@ -405,4 +407,56 @@ fn a_server_killed_mid_backup_fails_cleanly_and_the_next_backups_work() {
     )
     .expect(0);
     assert_same(&host, "vda.qcow2", "out.qcow2");
+}
+
+#[test]
+fn a_running_guest_is_backed_up_into_a_bucket_by_its_daemon() {
+    let Some(kit) = strata_testguest::kit() else {
+        return;
+    };
+    let d = tmp();
+    let p = d.path();
+    let g = Garage::start(&p.join("garage"));
+    let env = g.env(0);
+    // The daemon opens the bucket with its own environment.
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    common::records::define_records_guest(p, kit, "");
+    let _daemon = common::daemon::DaemonProc::start(p, &[], &envs);
+    ok(p, &st(&["domain", "start", "vm"]));
+    common::records::wait_for_records(p, 11, 120);
+    let repo = format!("s3://{BUCKET}/live");
+    strata_at(&g, 0, p, &["repo", "init", &repo]).expect(0);
+    let mut parent = serde_json::Value::Null;
+    for round in 0..2 {
+        let before = common::records::acked(p);
+        let mut args = st(&["--output", "json", "repo", "backup", &repo, "vm"]);
+        if round > 0 {
+            args.push("--incremental");
+        }
+        let made = strata_at(&g, 0, p, &args).expect(0).json();
+        let after = common::records::acked(p);
+        assert_eq!(made["parent"], parent, "{made}");
+        if round > 0 {
+            let read = made["read-chunks"].as_u64().unwrap();
+            assert!(read > 0 && read < 16, "{made}");
+        }
+        let id = made["id"].as_str().unwrap().to_string();
+        let mut disks = Vec::new();
+        for t in ["vda", "vdb"] {
+            let out = format!("{t}.{id}.raw");
+            strata_at(
+                &g,
+                1,
+                p,
+                &st(&["repo", "restore", &repo, &id, t, "-O", "raw", &out]),
+            )
+            .expect(0);
+            disks.push(std::fs::read(p.join(&out)).unwrap());
+        }
+        let what = format!("round {round}");
+        common::records::check_copy(&disks[0], &disks[1], before, after, &what);
+        parent = made["id"].clone();
+        common::records::writes_on(p, 10);
+    }
+    strata_at(&g, 2, p, &["repo", "verify", &repo]).expect(0);
 }
