@@ -183,4 +183,10 @@ pub struct RepoMountArgs {
     /// Allow a TCP address other than loopback without TLS.
     #[arg(long)]
     pub insecure: bool,
+    /// Serve the disks writable: what clients write goes into qcow2
+    /// overlays in this folder (`DISK.qcow2` each, made when missing,
+    /// kept for the next mount of the same backup); the backup is never
+    /// changed.
+    #[arg(long, value_name = "FOLDER")]
+    pub writable: Option<PathBuf>,
 }

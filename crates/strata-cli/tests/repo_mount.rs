@@ -4,7 +4,10 @@
 //! backup's instant, nbdinfo sees a read-only export whose map shows the
 //! disk's zero chunks as holes, a write is refused, SIGTERM ends it and
 //! removes the socket; a damaged chunk fails the reads that cover it and
-//! never gives wrong bytes.
+//! never gives wrong bytes. Mounted `--writable FOLDER`, clients write
+//! into a qcow2 overlay per disk there (sound for `qemu-img check`), kept
+//! for the next mount of that backup and refused for another one; the
+//! backup itself never changes.
 
 mod common;
 use common::daemon::{signal, wait_until};
@@ -16,9 +19,16 @@ const MIB: u64 = 1 << 20;
 
 /// `repo mount r ID --socket m.sock` started in `p`, once it listens.
 fn mount(p: &Path, id: &str) -> std::process::Child {
+    mount_with(p, id, &[])
+}
+
+/// [`mount`] with `more` arguments.
+fn mount_with(p: &Path, id: &str, more: &[&str]) -> std::process::Child {
+    let mut args = st(&["repo", "mount", "r", id, "--socket", "m.sock"]);
+    args.extend_from_slice(more);
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
         .current_dir(p)
-        .args(st(&["repo", "mount", "r", id, "--socket", "m.sock"]))
+        .args(args)
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -32,10 +42,10 @@ fn uri(p: &Path, disk: &str) -> String {
     format!("nbd+unix:///{disk}?socket={}", p.join("m.sock").display())
 }
 
-#[test]
-fn a_mounted_backup_reads_as_its_disks_and_damage_fails_reads() {
-    let d = tmp();
-    let p = d.path();
+/// Domain `vm` of two disks holding data, defined in `p`, and the id of
+/// a backup of it in repository `r`; the disks are then changed, copies
+/// of them at the backup's instant kept as `DISK.then.qcow2`.
+fn backed_up(p: &Path) -> String {
     for (t, size) in [("vda", "12M"), ("vdb", "5M")] {
         qemu_img(
             p,
@@ -63,10 +73,18 @@ fn a_mounted_backup_reads_as_its_disks_and_damage_fails_reads() {
     let b = ok(p, &st(&["--output", "json", "repo", "backup", "r", "vm"])).json();
     let id = b["id"].as_str().unwrap().to_string();
     // The disks change after the backup: the mount serves the backup.
-    let (vda_then, vdb_then) = (p.join("vda.then.qcow2"), p.join("vdb.then.qcow2"));
-    std::fs::copy(p.join("vda.qcow2"), &vda_then).unwrap();
-    std::fs::copy(p.join("vdb.qcow2"), &vdb_then).unwrap();
+    std::fs::copy(p.join("vda.qcow2"), p.join("vda.then.qcow2")).unwrap();
+    std::fs::copy(p.join("vdb.qcow2"), p.join("vdb.then.qcow2")).unwrap();
     qemu_io(p, "qcow2", "vda.qcow2", &["write -P 1 0 64k"]);
+    id
+}
+
+#[test]
+fn a_mounted_backup_reads_as_its_disks_and_damage_fails_reads() {
+    let d = tmp();
+    let p = d.path();
+    let id = backed_up(p);
+    let (vda_then, vdb_then) = (p.join("vda.then.qcow2"), p.join("vdb.then.qcow2"));
 
     let mut child = mount(p, &id);
     for (t, then) in [("vda", &vda_then), ("vdb", &vdb_then)] {
@@ -143,4 +161,120 @@ fn a_mounted_backup_reads_as_its_disks_and_damage_fails_reads() {
     assert_ne!(r.code, 0, "a damaged backup read whole: {}", r.stderr);
     signal(child.id(), libc::SIGTERM);
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_writable_mount_keeps_writes_in_overlays_and_the_backup_unchanged() {
+    let d = tmp();
+    let p = d.path();
+    let id = backed_up(p);
+    let mut child = mount_with(p, &id, &["--writable", "ov"]);
+    let info = run_in(p, "nbdinfo", &["--json", &uri(p, "vda")])
+        .expect(0)
+        .json();
+    assert_eq!(info["exports"][0]["is_read_only"], false, "{info}");
+    // Writes over data, over a hole, and past the first chunk.
+    let cmds = ["write -P 33 0 64k", "write -P 44 5M 1M", "write -z 9M 4k"];
+    let mut args = vec!["-f", "raw"];
+    for c in &cmds {
+        args.extend(["-c", c]);
+    }
+    let u = uri(p, "vda");
+    args.push(&u);
+    run_in(p, "qemu-io", &args).expect(0);
+    // The same writes on a copy of the disk at the instant: the oracle.
+    std::fs::copy(p.join("vda.then.qcow2"), p.join("vda.want.qcow2")).unwrap();
+    qemu_io(p, "qcow2", "vda.want.qcow2", &cmds);
+    let cmp = |p: &Path| {
+        run_in(
+            p,
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "vda.want.qcow2",
+                &uri(p, "vda"),
+            ],
+        )
+    };
+    assert_eq!(cmp(p).code, 0, "{}", cmp(p).stdout);
+    signal(child.id(), libc::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    // The overlays are sound qcow2 files, owner-only, holding only what
+    // was written.
+    for t in ["vda", "vdb"] {
+        let f = format!("ov/{t}.qcow2");
+        assert_clean(p, &f);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(p.join(&f)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    // The backup is as it was.
+    ok(p, &st(&["repo", "verify", "r"]));
+    ok(
+        p,
+        &st(&["repo", "restore", "r", &id, "vda", "-O", "raw", "out.raw"]),
+    );
+    assert_same(p, "vda.then.qcow2", "out.raw");
+    // Mounted again over the same folder: the writes are there; with
+    // --output json it says so as one object.
+    let mut args = vec!["--output", "json"];
+    args.extend(st(&[
+        "repo",
+        "mount",
+        "r",
+        &id,
+        "--socket",
+        "m.sock",
+        "--writable",
+        "ov",
+    ]));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .current_dir(p)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // One object, printed over several lines, once it listens.
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    let said: serde_json::Value = loop {
+        let n = std::io::BufRead::read_line(&mut out, &mut text).unwrap();
+        assert!(n > 0, "no JSON object: {text}");
+        if let Ok(v) = serde_json::from_str(&text) {
+            break v;
+        }
+    };
+    assert_eq!(said["backup"], id.as_str(), "{said}");
+    assert_eq!(said["exports"], serde_json::json!(["vda", "vdb"]), "{said}");
+    assert_eq!(said["writable"], "ov", "{said}");
+    assert!(
+        said["endpoint"].as_str().unwrap().contains("m.sock"),
+        "{said}"
+    );
+    assert_eq!(cmp(p).code, 0, "{}", cmp(p).stdout);
+    signal(child.id(), libc::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    // Another backup over those overlays is refused, naming the folder.
+    let b = ok(p, &st(&["--output", "json", "repo", "backup", "r", "vm"])).json();
+    let other = b["id"].as_str().unwrap();
+    strata(
+        p,
+        &st(&[
+            "repo",
+            "mount",
+            "r",
+            other,
+            "--socket",
+            "m.sock",
+            "--writable",
+            "ov",
+        ]),
+    )
+    .one_error(1, &format!("ov: its overlays go over backup {id}"));
+    assert!(!p.join("m.sock").exists());
 }
