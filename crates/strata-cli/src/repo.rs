@@ -16,7 +16,7 @@ use strata_repo::Repo;
 use crate::exit::{ERROR, FELL_BACK, OK};
 use crate::output::Output;
 use crate::progress::Progress;
-use crate::repo_args::{RepoAt, RepoBackupArgs, RepoCommand};
+use crate::repo_args::{RepoAt, RepoBackupArgs, RepoCommand, RepoRestoreArgs};
 
 /// Runs a `strata repo` command.
 pub fn run(cmd: RepoCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
@@ -128,29 +128,31 @@ pub fn run(cmd: RepoCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
         }
         RepoCommand::Restore(a) => {
             let repo = open(&a.at)?;
-            if a.dst.symlink_metadata().is_ok() {
+            let (Some(disk), Some(dst), Some(format)) = (&a.disk, &a.dst, a.format) else {
+                return restore_domain(&repo, &a, state, out);
+            };
+            if dst.symlink_metadata().is_ok() {
                 bail!(
                     "{}: exists; a restore never overwrites a file",
-                    a.dst.display()
+                    dst.display()
                 );
             }
-            let bar = Progress::new(out, &format!("restore of {}", a.disk));
+            let bar = Progress::new(out, &format!("restore of {disk}"));
             let size = repo
                 .backup(&a.backup)?
                 .disks
                 .iter()
-                .find(|d| d.name == a.disk)
+                .find(|d| &d.name == disk)
                 .map_or(0, |d| d.size);
             let done = AtomicU64::new(0);
-            repo_backup::restore(&repo, &a.backup, &a.disk, a.format.format(), &a.dst, &|n| {
+            repo_backup::restore(&repo, &a.backup, disk, format.format(), dst, &|n| {
                 bar.update(done.fetch_add(n, Ordering::Relaxed) + n, size)
             })?;
             bar.finish();
             out.say(&format!(
-                "Disk '{}' of backup {} restored to {}",
-                a.disk,
+                "Disk '{disk}' of backup {} restored to {}",
                 a.backup,
-                a.dst.display()
+                dst.display()
             ))?;
             Ok(OK)
         }
@@ -186,6 +188,55 @@ pub fn run(cmd: RepoCommand, state: Option<&Path>, out: &Output) -> Result<u8> {
         RepoCommand::Prune(a) => crate::repo_prune::run(&open(&a.at)?, &a, out),
         RepoCommand::Mount(a) => crate::repo_mount::run(open(&a.at)?, &a, out),
     }
+}
+
+/// `repo restore --to-domain`: every disk, and the domain defined.
+fn restore_domain(
+    repo: &Repo,
+    a: &RepoRestoreArgs,
+    state: Option<&Path>,
+    out: &Output,
+) -> Result<u8> {
+    let Some(name) = &a.to_domain else {
+        bail!("give DISK, -O qcow2|raw and DST, or --to-domain NAME");
+    };
+    let format = a.format.map_or(strata_image::Format::Qcow2, |f| f.format());
+    let dir = a.dir.clone().unwrap_or_else(|| ".".into());
+    let mut store = Store::open(&crate::domain::state_dir(state)?)?;
+    let size: u64 = repo.backup(&a.backup)?.disks.iter().map(|d| d.size).sum();
+    let bar = Progress::new(out, &format!("restore of {}", a.backup));
+    let done = AtomicU64::new(0);
+    let made = strata_core::backup::repo_restore::restore_domain(
+        &mut store,
+        repo,
+        &a.backup,
+        name,
+        &dir,
+        format,
+        &|n| bar.update(done.fetch_add(n, Ordering::Relaxed) + n, size),
+    )?;
+    bar.finish();
+    if out.json() {
+        let disks: Vec<_> = made
+            .disks
+            .iter()
+            .map(|(t, f)| json!({"disk": t, "file": f}))
+            .collect();
+        out.print_json(&json!({"name": made.name, "uuid": made.uuid, "disks": disks}))?;
+    } else {
+        let disks: Vec<String> = made
+            .disks
+            .iter()
+            .map(|(t, f)| format!("{t} {}", f.display()))
+            .collect();
+        out.say(&format!(
+            "Domain '{}' defined from backup {}: {}",
+            made.name,
+            a.backup,
+            disks.join(", ")
+        ))?;
+    }
+    Ok(OK)
 }
 
 /// `repo backup` of running domain `a.domain`: the daemon that serves its

@@ -93,12 +93,23 @@ pub struct RepoRestoreArgs {
     /// The backup (its id, as `repo list` shows it).
     pub backup: String,
     /// The disk (its target, e.g. vda).
-    pub disk: String,
-    /// The new image's format.
-    #[arg(short = 'O', value_enum)]
-    pub format: FormatArg,
+    #[arg(required_unless_present = "to_domain")]
+    pub disk: Option<String>,
     /// The new image file (it must not exist).
-    pub dst: PathBuf,
+    #[arg(required_unless_present = "to_domain")]
+    pub dst: Option<PathBuf>,
+    /// The new images' format (qcow2 for --to-domain unless given).
+    #[arg(short = 'O', value_enum, required_unless_present = "to_domain")]
+    pub format: Option<FormatArg>,
+    /// Restore the whole machine: every disk, and a new domain of this
+    /// name defined from the backup's definition (a new UUID, no MAC
+    /// addresses), its disks the restored images.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["disk", "dst"])]
+    pub to_domain: Option<String>,
+    /// With --to-domain: the folder for the images (NAME-DISK.qcow2),
+    /// the current one unless given.
+    #[arg(long, value_name = "FOLDER", requires = "to_domain")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `strata repo verify`.

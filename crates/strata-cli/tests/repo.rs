@@ -645,3 +645,101 @@ fn init_takes_a_chunk_size_and_a_bad_one_makes_nothing() {
     );
     assert_same(p, "vdb.qcow2", "b.qcow2");
 }
+
+#[test]
+fn a_backup_restores_as_a_new_domain() {
+    let d = tmp();
+    let p = d.path();
+    two_disk_domain(p);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    scribble(p, &mut rng);
+    ok(p, &st(&["repo", "init", "r"]));
+    let b = json_of(p, &["repo", "backup", "r", "vm"]);
+    let id = b["id"].as_str().unwrap();
+    for t in ["vda", "vdb"] {
+        std::fs::copy(
+            p.join(format!("{t}.qcow2")),
+            p.join(format!("{t}.then.qcow2")),
+        )
+        .unwrap();
+    }
+    scribble(p, &mut rng);
+    let made = json_of(
+        p,
+        &[
+            "repo",
+            "restore",
+            "r",
+            id,
+            "--to-domain",
+            "vm2",
+            "--dir",
+            "back",
+        ],
+    );
+    assert_eq!(made["name"], "vm2", "{made}");
+    let old = ok(p, &st(&["domain", "dumpxml", "vm"])).stdout;
+    let uuid = made["uuid"].as_str().unwrap();
+    assert!(
+        uuid.len() == 36 && !old.contains(uuid),
+        "a new UUID: {uuid}"
+    );
+    let xml = ok(p, &st(&["domain", "dumpxml", "vm2"])).stdout;
+    assert!(xml.contains(uuid), "{xml}");
+    for t in ["vda", "vdb"] {
+        let file = p.join(format!("back/vm2-{t}.qcow2"));
+        assert!(
+            xml.contains(&format!("file=\"{}\"", file.display()))
+                || xml.contains(&format!("file='{}'", file.display())),
+            "{xml}"
+        );
+        assert_same(p, &format!("{t}.then.qcow2"), file.to_str().unwrap());
+        assert_clean(p, file.to_str().unwrap());
+    }
+    // The new definition is valid libvirt XML.
+    std::fs::write(p.join("vm2.xml"), &xml).unwrap();
+    run_in(
+        p,
+        "xmllint",
+        &[
+            "--noout",
+            "--relaxng",
+            "/usr/share/libvirt/schemas/domain.rng",
+            "vm2.xml",
+        ],
+    )
+    .expect(0);
+    // Once more to the same name, or onto files that exist: refused,
+    // nothing written.
+    let to_domain = |name: &str, dir: &str| {
+        strata(
+            p,
+            &st(&[
+                "repo",
+                "restore",
+                "r",
+                id,
+                "--to-domain",
+                name,
+                "--dir",
+                dir,
+            ]),
+        )
+    };
+    to_domain("vm2", "other").one_error(1, "domain 'vm2': exists already");
+    assert!(
+        !p.join("other").exists() || std::fs::read_dir(p.join("other")).unwrap().next().is_none()
+    );
+    std::fs::create_dir(p.join("busy")).unwrap();
+    std::fs::write(p.join("busy/vm3-vdb.qcow2"), b"mine").unwrap();
+    to_domain("vm3", "busy").one_error(1, "vm3-vdb.qcow2: exists");
+    assert!(!p.join("busy/vm3-vda.qcow2").exists());
+    assert_eq!(
+        std::fs::read(p.join("busy/vm3-vdb.qcow2")).unwrap(),
+        b"mine"
+    );
+    strata(p, &st(&["domain", "dumpxml", "vm3"])).one_error(1, "vm3");
+    // Neither a disk nor --to-domain: told what to give.
+    let e = strata(p, &st(&["repo", "restore", "r", id]));
+    assert_eq!(e.code, 2, "{}", e.stderr);
+}

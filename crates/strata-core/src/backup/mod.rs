@@ -9,6 +9,7 @@ pub mod pull;
 pub mod push;
 pub mod repo;
 pub mod repo_live;
+pub mod repo_restore;
 pub mod serve;
 
 use std::path::PathBuf;
