@@ -1,5 +1,5 @@
 //! `strata repo backup` of a running guest: the records guest writes to
-//! two disks while six backups (a full one, then incrementals) are made
+//! two disks while ten backups (a full one, then incrementals) are made
 //! by the daemon that serves its disks, the oldest two pruned (with their
 //! chunks) after the fourth. Each restores (through `repo
 //! restore`) to both disks at one instant: every record acknowledged
@@ -38,7 +38,7 @@ fn live_backups_into_a_repository_hold_their_instant_and_chain_on_offline() {
     ok(p, &st(&["repo", "init", "r"]));
     let mut ids = Vec::new();
     let mut instants = Vec::new();
-    for round in 0..6 {
+    for round in 0..10 {
         let before = acked(p);
         let mut args = vec!["--output", "json", "repo", "backup", "r", "vm"];
         if round > 0 {
@@ -96,7 +96,7 @@ fn live_backups_into_a_repository_hold_their_instant_and_chain_on_offline() {
         .iter()
         .map(|b| b["id"].as_str().unwrap())
         .collect();
-    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert_eq!(listed.len(), 8, "{listed:?}");
     for (id, before, after) in instants
         .iter()
         .filter(|(id, ..)| listed.contains(&id.as_str()))
@@ -119,7 +119,7 @@ fn live_backups_into_a_repository_hold_their_instant_and_chain_on_offline() {
         ]),
     )
     .json();
-    assert_eq!(made["parent"], ids[5], "{made}");
+    assert_eq!(made["parent"], ids[9], "{made}");
     assert!(made["read-chunks"].as_u64().unwrap() < 16, "{made}");
     let id = made["id"].as_str().unwrap();
     for (disk, file) in [("vda", "a.qcow2"), ("vdb", "b.qcow2")] {
@@ -131,6 +131,6 @@ fn live_backups_into_a_repository_hold_their_instant_and_chain_on_offline() {
         qemu_img(p, &["compare", "-q", file, &out]);
     }
     let listed = ok(p, &st(&["--output", "json", "repo", "list", "r"])).json();
-    assert_eq!(listed.as_array().unwrap().len(), 5, "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 9, "{listed}");
     ok(p, &st(&["repo", "verify", "r"]));
 }
