@@ -5,10 +5,21 @@
 //! is another.
 
 mod local;
+#[cfg(feature = "s3")]
 mod s3;
 
 pub use local::LocalDir;
-pub use s3::{parse_url, S3Options, S3};
+#[cfg(feature = "s3")]
+pub use s3::{parse_url, S3};
+
+/// How to reach an S3 bucket.
+#[derive(Clone, Debug, Default)]
+pub struct S3Options {
+    /// The server's URL (`http://127.0.0.1:3900`); none for AWS itself.
+    pub endpoint: Option<String>,
+    /// How many times a failed request is tried again (10 when none).
+    pub retries: Option<usize>,
+}
 
 use std::time::SystemTime;
 
@@ -19,7 +30,16 @@ use crate::error::Result;
 /// (`repo init`), else required to be there.
 pub fn at(location: &str, s3: &S3Options, create: bool) -> Result<Box<dyn Backend>> {
     if location.starts_with("s3://") {
+        #[cfg(feature = "s3")]
         return Ok(Box::new(S3::new(location, s3)?));
+        #[cfg(not(feature = "s3"))]
+        {
+            let _ = s3;
+            return Err(crate::Error::invalid(
+                format!("repository '{location}'"),
+                "this build has no S3 support (strata-repo's feature s3)",
+            ));
+        }
     }
     if location.contains("://") {
         return Err(crate::Error::invalid(

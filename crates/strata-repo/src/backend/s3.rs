@@ -26,17 +26,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
-use super::{Backend, Listed};
+use super::{Backend, Listed, S3Options};
 use crate::error::{Error, Result};
-
-/// Where a bucket is and how to reach it.
-#[derive(Clone, Debug, Default)]
-pub struct S3Options {
-    /// The server's URL (`http://127.0.0.1:3900`); none for AWS itself.
-    pub endpoint: Option<String>,
-    /// How many times a failed request is tried again (10 when none).
-    pub retries: Option<usize>,
-}
 
 /// Objects in a bucket, under a prefix.
 #[derive(Debug)]
