@@ -53,7 +53,10 @@ fn the_readme_demo_runs_and_shows_what_it_says() {
     // nothing the guest did not change since the first.
     assert_eq!(count(" of 64 chunks read, "), 2, "{all}");
     assert!(text.contains("0 of 64 chunks read, 0 B stored"), "{all}");
-    assert!(text.contains("2 backup(s), 1 chunk(s) checked: all sound"), "{all}");
+    assert!(
+        text.contains("2 backup(s), 1 chunk(s) checked: all sound"),
+        "{all}"
+    );
     assert_eq!(count(": no errors"), 7, "{all}");
     assert!(!all.contains("strata: error"), "{all}");
 }
