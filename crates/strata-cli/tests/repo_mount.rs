@@ -42,6 +42,15 @@ fn uri(p: &Path, disk: &str) -> String {
     format!("nbd+unix:///{disk}?socket={}", p.join("m.sock").display())
 }
 
+/// `qemu-img compare` of qcow2 `file` with the export of `disk`.
+fn compare_export(p: &Path, file: &str, disk: &str) -> Run {
+    run_in(
+        p,
+        "qemu-img",
+        &["compare", "-f", "qcow2", "-F", "raw", file, &uri(p, disk)],
+    )
+}
+
 /// Domain `vm` of two disks holding data, defined in `p`, and the id of
 /// a backup of it in repository `r`; the disks are then changed, copies
 /// of them at the backup's instant kept as `DISK.then.qcow2`.
@@ -88,19 +97,7 @@ fn a_mounted_backup_reads_as_its_disks_and_damage_fails_reads() {
 
     let mut child = mount(p, &id);
     for (t, then) in [("vda", &vda_then), ("vdb", &vdb_then)] {
-        let r = run_in(
-            p,
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "qcow2",
-                "-F",
-                "raw",
-                then.to_str().unwrap(),
-                &uri(p, t),
-            ],
-        );
+        let r = compare_export(p, then.to_str().unwrap(), t);
         assert_eq!(r.code, 0, "{t}: {}{}", r.stdout, r.stderr);
     }
     let info = run_in(p, "nbdinfo", &["--json", &uri(p, "vda")])
@@ -185,21 +182,7 @@ fn a_writable_mount_keeps_writes_in_overlays_and_the_backup_unchanged() {
     // The same writes on a copy of the disk at the instant: the oracle.
     std::fs::copy(p.join("vda.then.qcow2"), p.join("vda.want.qcow2")).unwrap();
     qemu_io(p, "qcow2", "vda.want.qcow2", &cmds);
-    let cmp = |p: &Path| {
-        run_in(
-            p,
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "qcow2",
-                "-F",
-                "raw",
-                "vda.want.qcow2",
-                &uri(p, "vda"),
-            ],
-        )
-    };
+    let cmp = |p: &Path| compare_export(p, "vda.want.qcow2", "vda");
     assert_eq!(cmp(p).code, 0, "{}", cmp(p).stdout);
     signal(child.id(), libc::SIGTERM);
     assert!(child.wait().unwrap().success());

@@ -176,9 +176,10 @@ impl S3 {
 
     /// The error of `op` on object `name`.
     fn fail(&self, name: &str, op: &'static str) -> impl FnOnce(object_store::Error) -> Error {
-        let at = format!("{}/{name}", self.url);
+        let (object, at) = (name.to_string(), format!("{}/{name}", self.url));
         move |e| match e {
-            object_store::Error::NotFound { .. } => Error::Missing { object: at },
+            // Named as a folder's missing object is.
+            object_store::Error::NotFound { .. } => Error::Missing { object },
             e => Error::Remote {
                 at,
                 op,
@@ -250,12 +251,7 @@ impl Backend for S3 {
             got.bytes().await
         })
         .map(|b| b.to_vec())
-        .map_err(|e| match e {
-            object_store::Error::NotFound { .. } => Error::Missing {
-                object: name.to_string(),
-            },
-            e => self.fail(name, "read the object")(e),
-        })
+        .map_err(self.fail(name, "read the object"))
     }
 
     fn exists(&self, name: &str) -> Result<bool> {
