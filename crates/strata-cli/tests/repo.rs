@@ -435,6 +435,24 @@ fn a_backup_killed_anywhere_leaves_a_sound_repository_and_the_next_is_incrementa
     let cps = ok(p, &st(&["checkpoint", "list", "vm", "--name"])).stdout;
     assert_eq!(cps.trim().lines().count(), 1, "{cps}");
     assert!(cps.trim().ends_with(id), "{cps}");
+    // And its bitmaps alone are in the disks, tracking: no killed
+    // backup's bitmap left behind (as qemu-img sees them).
+    for t in ["vda", "vdb"] {
+        let info: serde_json::Value = serde_json::from_str(
+            &qemu_img(p, &["info", "--output=json", &format!("{t}.qcow2")]).stdout,
+        )
+        .unwrap();
+        let names: Vec<(&str, bool)> = info["format-specific"]["data"]["bitmaps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let auto = b["flags"].as_array().unwrap().iter().any(|f| f == "auto");
+                (b["name"].as_str().unwrap(), auto)
+            })
+            .collect();
+        assert_eq!(names, [(cps.trim(), true)], "{t}");
+    }
 }
 
 #[test]

@@ -219,6 +219,9 @@ pub fn begin_on(
     let mut job = Job::backup(domain, start, 0, files, def.to_xml());
     job.fallback = fallback;
     store.start_job(&job)?;
+    if let Some(p) = &checkpoint {
+        p.intend(store, domain)?;
+    }
     let fail = |store: &mut Store, e: Error| -> Error {
         if let Err(e2) = store.set_job_state(domain, JobState::Failed, Some(&e.to_string())) {
             tracing::error!(error = %e2, "cannot record the job's failure");
@@ -242,6 +245,7 @@ pub fn begin_on(
         if let Some(p) = &checkpoint {
             if let Err(e) = p.apply(&held) {
                 drop(quiet);
+                checkpoint::after_failure(store, domain, disks);
                 return Err(fail(store, e));
             }
         }

@@ -176,6 +176,7 @@ pub(crate) fn prepare_on(
             }
         }
     }
+    checkpoint::recover(store, domain, disks)?;
     let dom = store.domain(domain)?;
     let def = match &req.backup_xml {
         Some(x) => BackupDef::from_xml(x, &format!("{what}: --backupxml"))?,

@@ -223,6 +223,7 @@ pub fn back_up(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<RepoBackedUp> {
     let lock = DomainLock::acquire(store.dir(), domain)?;
+    checkpoint::recover(store, domain, &Offline)?;
     let dom = store.domain(domain)?;
     let what = format!("domain '{domain}': repo backup");
     let sources: Vec<(String, PathBuf)> = dom

@@ -8,6 +8,7 @@
 //! keeps working across external snapshots.
 
 pub mod health;
+mod intent;
 pub mod list;
 pub mod redefine;
 
@@ -24,6 +25,9 @@ use crate::live::{Disks, Offline};
 use crate::lock::DomainLock;
 use crate::store::Store;
 use crate::xml::{Element, Node};
+
+pub(crate) use intent::after_failure;
+pub use intent::recover;
 
 /// One disk of a checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,12 +233,21 @@ pub(crate) fn create_in(
     req: &CheckpointRequest,
     served: &dyn Disks,
 ) -> Result<(CheckpointDef, Option<Duration>)> {
+    recover(store, domain, served)?;
     let held = served.held();
     let planned = plan(store, domain, req, &held)?;
-    let quiesced = served.quiesce()?;
-    let paused_at = quiesced.paused_at();
-    planned.apply(&held)?;
-    drop(quiesced);
+    planned.intend(store, domain)?;
+    let applied = served.quiesce().and_then(|quiesced| {
+        let paused_at = quiesced.paused_at();
+        planned.apply(&held).map(|()| paused_at)
+    });
+    let paused_at = match applied {
+        Ok(at) => at,
+        Err(e) => {
+            intent::after_failure(store, domain, served);
+            return Err(e);
+        }
+    };
     let stall = served.live().then(|| paused_at.elapsed());
     Ok((planned.record(store, domain)?, stall))
 }
@@ -244,10 +257,19 @@ pub(crate) fn create_in(
 pub(crate) struct Planned {
     what: String,
     actions: Vec<Action>,
+    undo: Vec<intent::Undo>,
     def: CheckpointDef,
 }
 
 impl Planned {
+    /// Writes down what the transaction is about to do, so that a process
+    /// killed before the checkpoint is recorded leaves it undoable
+    /// ([`recover`]); after a failed [`Planned::apply`], the caller calls
+    /// [`after_failure`].
+    pub(crate) fn intend(&self, store: &mut Store, domain: &str) -> Result<()> {
+        intent::intend(store, domain, &self.def.name, &self.undo)
+    }
+
     /// Runs the transaction (on the `held` images where held): the
     /// checkpoint's instant, for a caller that holds the disks quiet.
     pub(crate) fn apply(&self, held: &Held) -> Result<()> {
@@ -256,7 +278,7 @@ impl Planned {
             .map_err(|e| Error::invalid(&self.what, e.to_string()))
     }
 
-    /// Records the checkpoint's metadata.
+    /// Records the checkpoint's metadata (and forgets its intent).
     pub(crate) fn record(self, store: &mut Store, domain: &str) -> Result<CheckpointDef> {
         store_def(store, domain, &self.def)?;
         Ok(self.def)
@@ -298,6 +320,7 @@ pub(crate) fn plan(
     }
     let parent = existing.last();
     let mut actions = Vec::new();
+    let mut undo = Vec::new();
     let mut disks = Vec::new();
     for d in dom.disks().into_iter().filter(|d| d.device == "disk") {
         let spec = req
@@ -322,6 +345,27 @@ pub(crate) fn plan(
             bitmap = None;
         }
         if let (Some(b), Some(src)) = (&bitmap, &d.source) {
+            let have = intent::layer(src, held)?;
+            if have
+                .dirty_bitmaps()
+                .map(|q| q.bitmaps())
+                .transpose()?
+                .is_some_and(|all| all.iter().any(|x| &x.name == b))
+            {
+                return Err(Error::invalid(
+                    what,
+                    format!(
+                        "disk '{}': {} has a bitmap '{b}' already",
+                        d.target,
+                        src.display()
+                    ),
+                ));
+            }
+            let mut undo_one = intent::Undo {
+                file: src.clone(),
+                bitmap: b.clone(),
+                previous: None,
+            };
             actions.push(Action::Bitmap {
                 op: BitmapOp::Add,
                 file: src.clone(),
@@ -332,11 +376,13 @@ pub(crate) fn plan(
             });
             if let Some(prev) = parent.and_then(|p| p.disks.iter().find(|x| x.name == d.target)) {
                 if let Some(pb) = &prev.bitmap {
-                    if enabled_in(src, pb, held)? {
+                    if enabled_in(have.as_ref(), pb)? {
                         actions.push(Action::bitmap(BitmapOp::Disable, src.clone(), pb.clone()));
+                        undo_one.previous = Some(pb.clone());
                     }
                 }
             }
+            undo.push(undo_one);
         }
         disks.push(CheckpointDisk {
             name: d.target.clone(),
@@ -357,22 +403,19 @@ pub(crate) fn plan(
         disks,
         domain: Some(dom.element().clone()),
     };
-    Ok(Planned { what, actions, def })
+    Ok(Planned {
+        what,
+        actions,
+        undo,
+        def,
+    })
 }
 
-/// True when image `file` (the `held` image where held) has an enabled
-/// bitmap `name` that is consistent: one left inconsistent (in use by an
-/// unclean shutdown) tracks nothing trustworthy and can only be removed,
-/// so a new checkpoint leaves it as it is.
-fn enabled_in(file: &Path, name: &str, held: &Held) -> Result<bool> {
-    let opened;
-    let img = match held.get(file) {
-        Some(img) => img,
-        None => {
-            opened = open_layer(file)?;
-            &opened
-        }
-    };
+/// True when image `img` has an enabled bitmap `name` that is consistent:
+/// one left inconsistent (in use by an unclean shutdown) tracks nothing
+/// trustworthy and can only be removed, so a new checkpoint leaves it as
+/// it is.
+fn enabled_in(img: &dyn Image, name: &str) -> Result<bool> {
     Ok(match img.dirty_bitmaps() {
         Some(q) => q
             .bitmaps()?
@@ -493,18 +536,7 @@ fn layer_files(source: &Path) -> Result<Vec<std::path::PathBuf>> {
 
 /// `(name, enabled)` of every bitmap of one image file.
 fn bitmaps_of(file: &Path) -> Result<Vec<(String, bool)>> {
-    bitmap_list(&open_layer(file)?)
-}
-
-/// One image file, without its backing chain.
-fn open_layer(file: &Path) -> Result<Arc<dyn Image>> {
-    Ok(strata_image::open(
-        file,
-        &strata_image::ChainOptions {
-            backing: false,
-            ..Default::default()
-        },
-    )?)
+    bitmap_list(&intent::layer(file, &Held::none())?)
 }
 
 /// `(name, enabled)` of every bitmap of an open image.
@@ -547,6 +579,7 @@ pub fn delete(
     how: CheckpointDelete,
 ) -> Result<Vec<String>> {
     let _lock = DomainLock::acquire(store.dir(), domain)?;
+    recover(store, domain, &Offline)?;
     let all = checkpoints(store, domain)?;
     let what = format!("domain '{domain}': delete checkpoint '{name}'");
     if how.children && how.children_only {

@@ -16,8 +16,10 @@ use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::snapshot::SnapshotDef;
 
+mod intents;
 mod jobs;
 mod made;
+pub use intents::CheckpointIntent;
 pub use jobs::{Job, JobState};
 use made::{forget_in, record_made};
 
@@ -76,6 +78,14 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN fallback TEXT NOT NULL DEFAULT '[]';",
     // 5: the bytes a live backup's scratch files take on the host.
     "ALTER TABLE jobs ADD COLUMN scratch INTEGER NOT NULL DEFAULT 0;",
+    // 6: a checkpoint whose bitmaps are being made and which is not yet
+    // recorded: what undoes them if the process dies in between (`undo`,
+    // JSON), kept until the checkpoint is recorded or undone.
+    "CREATE TABLE checkpoint_intents (
+         domain TEXT PRIMARY KEY NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+         name TEXT NOT NULL,
+         undo TEXT NOT NULL
+     );",
 ];
 
 /// A domain as `domain list` shows it.
@@ -564,7 +574,8 @@ impl Store {
             .map_err(|e| self.sql(e))
     }
 
-    /// Records a checkpoint (replacing one of the same name: redefine).
+    /// Records a checkpoint (replacing one of the same name: redefine),
+    /// and forgets the intent to make it, at once.
     pub fn add_checkpoint(
         &mut self,
         domain: &str,
@@ -577,6 +588,11 @@ impl Store {
             tx.execute(
                 "INSERT OR REPLACE INTO checkpoints (domain, name, parent, created, xml) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![domain, name, parent, created as i64, xml],
+            )
+            .map_err(sql)?;
+            tx.execute(
+                "DELETE FROM checkpoint_intents WHERE domain = ?1 AND name = ?2",
+                params![domain, name],
             )
             .map_err(sql)?;
             Ok(())

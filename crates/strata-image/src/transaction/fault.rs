@@ -13,6 +13,10 @@ pub enum Phase {
     Prepare,
     /// While member `n` commits (after members before it committed).
     Commit,
+    /// Right after member `n` committed, the process dies: nothing more
+    /// runs (no later commit, no undo, no release of old clusters), as
+    /// when it is killed there; the caller gets an error.
+    Die,
 }
 
 /// A failure to inject (for tests of the all-or-nothing promise).
@@ -29,6 +33,7 @@ pub(crate) fn injected(i: usize, a: &Action, phase: Phase) -> Error {
     let at = match phase {
         Phase::Prepare => "prepare",
         Phase::Commit => "commit",
+        Phase::Die => "death after commit",
     };
     action_error(i, a, format!("injected fault at {at}"))
 }

@@ -900,6 +900,11 @@ fn run_faulty(actions: &[Action], held: &Held, fault: Option<Fault>) -> Result<V
         if let Err(e) = failed {
             return Err(undo(members, e));
         }
+        if let Some(e) = faulty(&members[k], Phase::Die) {
+            // Killed here: what is committed stays, nothing else runs.
+            std::mem::forget(members);
+            return Err(e);
+        }
     }
     // Finish every member even if one fails (they are all committed: the
     // new state stands everywhere; a failed finish only leaks clusters).
