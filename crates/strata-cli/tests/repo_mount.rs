@@ -10,32 +10,15 @@
 //! backup itself never changes.
 
 mod common;
-use common::daemon::{signal, wait_until};
+use common::daemon::signal;
 use common::*;
 use std::path::Path;
-use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 
 /// `repo mount r ID --socket m.sock` started in `p`, once it listens.
 fn mount(p: &Path, id: &str) -> std::process::Child {
-    mount_with(p, id, &[])
-}
-
-/// [`mount`] with `more` arguments.
-fn mount_with(p: &Path, id: &str, more: &[&str]) -> std::process::Child {
-    let mut args = st(&["repo", "mount", "r", id, "--socket", "m.sock"]);
-    args.extend_from_slice(more);
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
-        .current_dir(p)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until(Duration::from_secs(30), "the mount to listen", || {
-        p.join("m.sock").exists()
-    });
-    child
+    repo_mount(p, id, &[])
 }
 
 fn uri(p: &Path, disk: &str) -> String {
@@ -165,7 +148,7 @@ fn a_writable_mount_keeps_writes_in_overlays_and_the_backup_unchanged() {
     let d = tmp();
     let p = d.path();
     let id = backed_up(p);
-    let mut child = mount_with(p, &id, &["--writable", "ov"]);
+    let mut child = repo_mount(p, &id, &["--writable", "ov"]);
     let info = run_in(p, "nbdinfo", &["--json", &uri(p, "vda")])
         .expect(0)
         .json();

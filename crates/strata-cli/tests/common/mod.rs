@@ -404,3 +404,22 @@ pub fn x509_credentials(p: &Path, ca: &str) {
         .unwrap();
     }
 }
+
+/// `strata repo mount r ID --socket m.sock` with `more` arguments, started
+/// in `p`, once it listens.
+pub fn repo_mount(p: &Path, id: &str, more: &[&str]) -> std::process::Child {
+    let mut args = st(&["repo", "mount", "r", id, "--socket", "m.sock"]);
+    args.extend_from_slice(more);
+    let child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .current_dir(p)
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    daemon::wait_until(
+        std::time::Duration::from_secs(30),
+        "the mount to listen",
+        || p.join("m.sock").exists(),
+    );
+    child
+}

@@ -239,26 +239,41 @@ pub fn define_vm(
             )
         })
         .collect();
-    let xml = format!(
+    let xml = direct_boot_domain(p, kit, "vm", "vm.initrd.gz", &disks, devices);
+    std::fs::write(p.join("vm.xml"), xml).unwrap();
+    ok(p, &st(&["domain", "define", "vm.xml"]));
+}
+
+/// The XML of domain `name`, which boots the kit's kernel with `initrd`
+/// (a file in `p`), with `disks`, its console in `NAME.console`, and
+/// `devices` after it.
+pub fn direct_boot_domain(
+    p: &Path,
+    kit: &strata_testguest::Kit,
+    name: &str,
+    initrd: &str,
+    disks: &str,
+    devices: &str,
+) -> String {
+    let dir = p.display();
+    format!(
         "<domain type='qemu'>
-  <name>vm</name>
+  <name>{name}</name>
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>{kernel}</kernel>
-    <initrd>{dir}/vm.initrd.gz</initrd>
+    <initrd>{dir}/{initrd}</initrd>
     <cmdline>console=ttyS0 panic=-1 quiet</cmdline>
   </os>
   <features><acpi/></features>
   <devices>{disks}
-    <serial type='file'><source path='{dir}/vm.console'/><target port='0'/></serial>{devices}
+    <serial type='file'><source path='{dir}/{name}.console'/><target port='0'/></serial>{devices}
   </devices>
 </domain>",
         kernel = kit.kernel.display(),
-    );
-    std::fs::write(p.join("vm.xml"), xml).unwrap();
-    ok(p, &st(&["domain", "define", "vm.xml"]));
+    )
 }
 
 /// Reads the dirty extents of export `disk` (its `backup-DISK` bitmap) over

@@ -23,7 +23,7 @@ use strata_vhost::ServerHandle;
 use crate::error::{Error, Result};
 use crate::types::DiskInfo;
 use nbd::NbdServer;
-pub use plan::{plan, Planned, Serve};
+pub use plan::{attached, plan, Planned, Serve};
 
 /// The server of one disk.
 #[derive(Debug)]

@@ -16,6 +16,13 @@
 //! vhost-user-blk queues follow libvirt's `<driver queues='N'
 //! queue_size='M'/>`, else one per vCPU; `<serial>` is the ID the guest
 //! reads either way.
+//!
+//! A network disk that is an NBD export on a unix socket (libvirt's
+//! `<disk type='network'><source protocol='nbd' name='EXPORT'><host
+//! transport='unix' socket='PATH'/></source>`) is not strata's to serve:
+//! QEMU attaches the export itself ([`attached`]). That is how a machine
+//! boots from a backup at once, on the exports of `strata repo mount
+//! --writable`. strata neither opens nor snapshots such a disk.
 
 use std::path::{Path, PathBuf};
 
@@ -134,11 +141,15 @@ pub fn plan(domain: &Domain, run_dir: &Path, default: Serve) -> Result<Vec<Plann
         .unwrap_or(1);
     let mut out = Vec::new();
     for d in domain.disks() {
+        if d.device == "disk" && d.kind == "network" {
+            // QEMU's to attach: see `attached`.
+            continue;
+        }
         if d.device != "disk" || d.kind != "file" {
             return Err(refuse(
                 &d.target,
                 format!(
-                    "device='{}' type='{}': only file disks run yet",
+                    "device='{}' type='{}': only file disks and NBD exports run yet",
                     d.device, d.kind
                 ),
             ));
@@ -196,6 +207,67 @@ pub fn plan(domain: &Domain, run_dir: &Path, default: Serve) -> Result<Vec<Plann
             serial,
             backend,
         });
+    }
+    Ok(out)
+}
+
+/// The network disks of `domain`, which QEMU attaches itself: each an
+/// NBD export on a unix socket, as `(target, backend)`; an error names
+/// the disk strata cannot attach.
+pub fn attached(domain: &Domain) -> Result<Vec<(String, DiskBackend)>> {
+    let name = domain.name();
+    let refuse = |target: &str, why: &str| Error::Config {
+        domain: name.clone(),
+        source: strata_core::Error::invalid(format!("<disk> '{target}'"), why),
+    };
+    let mut out = Vec::new();
+    for d in domain
+        .disks()
+        .into_iter()
+        .filter(|d| d.device == "disk" && d.kind == "network")
+    {
+        let el = disk_element(domain, &d.target);
+        let source = el.and_then(|e| e.child("source"));
+        if source.and_then(|s| s.attr("protocol")) != Some("nbd") {
+            return Err(refuse(
+                &d.target,
+                "a network disk runs as an NBD export only (<source protocol='nbd'>)",
+            ));
+        }
+        let host = source.and_then(|s| s.child("host"));
+        let socket = match (
+            host.and_then(|h| h.attr("transport")),
+            host.and_then(|h| h.attr("socket")),
+        ) {
+            (Some("unix"), Some(sock)) if Path::new(sock).is_absolute() => PathBuf::from(sock),
+            _ => {
+                return Err(refuse(
+                    &d.target,
+                    "an NBD disk is reached on a unix socket: <host transport='unix' socket='/absolute/path'/> (`strata repo mount --socket` serves one)",
+                ))
+            }
+        };
+        if d.format.as_deref().is_some_and(|f| f != "raw") {
+            return Err(refuse(
+                &d.target,
+                "an NBD export is a raw disk: <driver type='raw'/> or none",
+            ));
+        }
+        if d.transient {
+            return Err(refuse(&d.target, "<transient/> disks do not run yet"));
+        }
+        out.push((
+            d.target.clone(),
+            DiskBackend::Nbd {
+                socket,
+                export: source
+                    .and_then(|s| s.attr("name"))
+                    .unwrap_or_default()
+                    .to_string(),
+                read_only: el.is_some_and(|e| e.child("readonly").is_some()),
+                serial: None,
+            },
+        ));
     }
     Ok(out)
 }
@@ -278,5 +350,63 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("queues='x'"), "{e}");
+    }
+
+    fn network(source: &str, driver: &str) -> Domain {
+        Domain::from_xml(
+            &format!(
+                "<domain><name>vm</name><devices>
+                 <disk type='file' device='disk'><source file='/a.qcow2'/><target dev='vda'/></disk>
+                 <disk type='network' device='disk'>{driver}{source}<target dev='vdb'/><readonly/></disk>
+                 </devices></domain>"
+            ),
+            "t",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn nbd_exports_on_unix_sockets_are_qemus_to_attach_and_others_are_refused() {
+        let run = Path::new("/run/vm");
+        let good = "<source protocol='nbd' name='vda'><host transport='unix' socket='/m/m.sock'/></source>";
+        let d = network(good, "<driver name='qemu' type='raw'/>");
+        let p = plan(&d, run, Serve::VhostUser).unwrap();
+        assert_eq!(p.len(), 1, "only the file disk is served");
+        assert_eq!(p[0].target, "vda");
+        assert_eq!(
+            attached(&d).unwrap(),
+            [(
+                "vdb".to_string(),
+                DiskBackend::Nbd {
+                    socket: "/m/m.sock".into(),
+                    export: "vda".into(),
+                    read_only: true,
+                    serial: None
+                }
+            )]
+        );
+        // No file disk is attached by QEMU.
+        assert!(attached(&domain("", "")).unwrap().is_empty());
+        for (source, driver, needle) in [
+            (
+                "<source protocol='iscsi' name='t'><host name='h'/></source>",
+                "",
+                "NBD export only",
+            ),
+            (
+                "<source protocol='nbd' name='x'><host name='127.0.0.1' port='10809'/></source>",
+                "",
+                "unix socket",
+            ),
+            (
+                "<source protocol='nbd'><host transport='unix' socket='m.sock'/></source>",
+                "",
+                "absolute",
+            ),
+            (good, "<driver name='qemu' type='qcow2'/>", "raw disk"),
+        ] {
+            let e = attached(&network(source, driver)).unwrap_err().to_string();
+            assert!(e.contains("'vdb'") && e.contains(needle), "{e}");
+        }
     }
 }

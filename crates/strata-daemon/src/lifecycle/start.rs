@@ -127,10 +127,11 @@ impl Service {
         let run_dir = self.state_dir().join("run").join(name);
         make_private_dir(&run_dir)?;
         let plan = disks::plan(domain, &run_dir, self.options.disk_backend)?;
-        let backends: Vec<_> = plan
+        let mut backends: Vec<_> = plan
             .iter()
             .map(|p| (p.target.clone(), p.backend.clone()))
             .collect();
+        backends.extend(disks::attached(domain)?);
         let machine = strata_core::live::machine_of(domain, &backends, &run_dir).map_err(|e| {
             Error::Config {
                 domain: name.to_string(),
