@@ -301,21 +301,19 @@ fn location(at: &RepoAt) -> Result<String> {
         .with_context(|| format!("{}: not a UTF-8 name", at.repo.display()))
 }
 
-/// How `at` reaches object storage.
-fn s3_options(at: &RepoAt) -> S3Options {
-    S3Options {
-        endpoint: at.s3_endpoint.clone(),
-        retries: std::env::var("STRATA_S3_RETRIES")
-            .ok()
-            .and_then(|v| v.parse().ok()),
+/// How `at` reaches object storage (nothing read for a folder).
+fn s3_options(at: &RepoAt) -> Result<S3Options> {
+    if !at.repo.to_string_lossy().starts_with("s3://") {
+        return Ok(S3Options::default());
     }
+    Ok(S3Options::from_env(at.s3_endpoint.clone())?)
 }
 
 /// The backend `at` names, made when a folder is not there.
 fn backend(at: &RepoAt) -> Result<Box<dyn Backend>> {
     Ok(strata_repo::backend::at(
         &location(at)?,
-        &s3_options(at),
+        &s3_options(at)?,
         true,
     )?)
 }
@@ -323,7 +321,7 @@ fn backend(at: &RepoAt) -> Result<Box<dyn Backend>> {
 /// The repository at `at`, opened.
 fn open(at: &RepoAt) -> Result<Repo> {
     let shown = location(at)?;
-    let b = strata_repo::backend::at(&shown, &s3_options(at), false)?;
+    let b = strata_repo::backend::at(&shown, &s3_options(at)?, false)?;
     let repo = Repo::open(b, key(at)?.as_deref())?;
     if at.key_file.is_some() && !repo.encrypted() {
         crate::exit::warn(&format!(

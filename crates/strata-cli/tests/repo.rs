@@ -761,3 +761,17 @@ fn a_backup_restores_as_a_new_domain() {
     let e = strata(p, &st(&["repo", "restore", "r", id]));
     assert_eq!(e.code, 2, "{}", e.stderr);
 }
+
+#[test]
+fn a_bad_retry_count_is_refused_for_a_bucket_and_not_read_for_a_folder() {
+    let d = tmp();
+    let p = d.path();
+    let env = [("STRATA_S3_RETRIES".to_string(), "many".to_string())];
+    let strata = env!("CARGO_BIN_EXE_strata");
+    let e = run_with(p, strata, &["repo", "list", "s3://bucket/r"], &env)
+        .one_error(1, "STRATA_S3_RETRIES");
+    assert!(e.contains("'many'"), "{e}");
+    ok(p, &st(&["repo", "init", "r"]));
+    let listed = run_with(p, strata, &["repo", "list", "r"], &env);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+}

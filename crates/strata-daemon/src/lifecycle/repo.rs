@@ -45,9 +45,11 @@ impl Service {
                 format!("repo '{at}': an absolute path or an s3:// URL is needed"),
             )));
         }
-        let s3 = S3Options {
-            endpoint: req.s3_endpoint.clone(),
-            retries: None,
+        // Retries from the daemon's own environment, as its AWS_* are.
+        let s3 = match at.starts_with("s3://") {
+            true => S3Options::from_env(req.s3_endpoint.clone())
+                .map_err(|e| Error::from(strata_core::Error::invalid(&what, e.to_string())))?,
+            false => S3Options::default(),
         };
         let key = req.key_file.clone();
         // Opening may derive the key (a moment of CPU and memory).

@@ -23,7 +23,25 @@ pub struct S3Options {
 
 use std::time::SystemTime;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+impl S3Options {
+    /// The options for a bucket on server `endpoint` (none: AWS), its
+    /// retries from `STRATA_S3_RETRIES` where set; a value that is not a
+    /// number is refused, naming the variable.
+    pub fn from_env(endpoint: Option<String>) -> Result<S3Options> {
+        let retries = match std::env::var("STRATA_S3_RETRIES") {
+            Ok(v) => Some(v.trim().parse().map_err(|_| {
+                Error::invalid(
+                    "STRATA_S3_RETRIES",
+                    format!("'{v}' is not a number of retries"),
+                )
+            })?),
+            Err(_) => None,
+        };
+        Ok(S3Options { endpoint, retries })
+    }
+}
 
 /// The place `location` names: `s3://BUCKET[/PREFIX]` (with `s3` for
 /// its server and retries), else a local folder, made when `create`
