@@ -421,6 +421,14 @@ fn a_checkpoint_create_killed_after_any_commit_is_undone_and_no_write_is_lost() 
         // disabled and a c2 no checkpoint names.
         let half = vec![("c1".to_string(), false), ("c2".to_string(), true)];
         assert_eq!(qemu_bitmaps(&files[0]), half, "died at {member}");
+        // Until then, checkpoint verify says what happened to vda.
+        let health = checkpoint::health::verify(&store, "vm", None, &Held::none()).unwrap();
+        let vda = health.iter().find(|h| h.disk == "vda").unwrap();
+        let problem = vda.problem.clone().unwrap_or_default();
+        assert!(
+            problem.contains("'c2' was cut short") && problem.contains("undoes it"),
+            "died at {member}: {problem}"
+        );
         write_disk(&store, 0, &[6; 4096], 2 << 20);
         write_disk(&store, 1, &[7; 4096], 3 << 20);
         let since_c1 = |s: &Store, disk: &str| {

@@ -56,6 +56,14 @@ pub fn verify(
         None => 0..all.len(),
     };
     let dom = store.domain(domain)?;
+    // A creation cut short shows as a disabled newest bitmap until the
+    // next checkpoint operation undoes it: say so.
+    let cut_short = store.checkpoint_intent(domain)?.map(|i| {
+        format!(
+            " (checkpoint '{}' was cut short while being made: the next checkpoint operation on the domain undoes it, and the writes are counted again)",
+            i.name
+        )
+    });
     let mut out = Vec::new();
     for at in range {
         for d in &all[at].disks {
@@ -69,7 +77,10 @@ pub fn verify(
             let (changed, problem) = match answer {
                 Ok(Some(ranges)) => (Some(ranges.iter().map(|r| r.1).sum()), None),
                 Ok(None) => (None, Some("the disk is no longer in the domain".into())),
-                Err(e) => (None, Some(e.to_string())),
+                Err(e) => (
+                    None,
+                    Some(format!("{e}{}", cut_short.as_deref().unwrap_or_default())),
+                ),
             };
             out.push(DiskHealth {
                 checkpoint: all[at].name.clone(),
