@@ -5,6 +5,7 @@
 //! affects; a backup not named in any is whole.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -51,7 +52,7 @@ fn problem_of(e: &Error) -> String {
 
 /// Checks every backup of `repo`, or only backup `only` (and the chunks it
 /// names); `progress` is told each chunk checked.
-pub fn verify(repo: &Repo, only: Option<&str>, progress: &dyn Fn(u64)) -> Result<Report> {
+pub fn verify(repo: &Repo, only: Option<&str>, progress: &(dyn Fn(u64) + Sync)) -> Result<Report> {
     let ids = match only {
         Some(id) => {
             if !repo.backup_ids()?.iter().any(|b| b == id) {
@@ -100,15 +101,34 @@ pub fn verify(repo: &Repo, only: Option<&str>, progress: &dyn Fn(u64)) -> Result
         }
     }
     report.chunks = users.len();
-    for (c, backups) in users {
-        if let Err(e) = repo.get_chunk(&c) {
-            report.problems.push(Problem {
-                object: crate::chunk::name(&c),
-                problem: problem_of(&e),
-                backups,
-            });
-        }
-        progress(1);
-    }
+    // Each chunk read and checked on a few workers at once (a chunk is
+    // independent of the others; a bucket answers slowly but in
+    // parallel), its problem kept by its place so the report is in
+    // chunk order.
+    let users: Vec<(ChunkId, Vec<String>)> = users.into_iter().collect();
+    let found: Mutex<Vec<(usize, Problem)>> = Mutex::new(Vec::new());
+    crate::write::on_workers(
+        users.len() as u64,
+        || (),
+        |_, k| {
+            let (c, backups) = &users[k as usize];
+            if let Err(e) = repo.get_chunk(c) {
+                let p = Problem {
+                    object: crate::chunk::name(c),
+                    problem: problem_of(&e),
+                    backups: backups.clone(),
+                };
+                found
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((k as usize, p));
+            }
+            progress(1);
+            Ok(())
+        },
+    )?;
+    let mut found = found.into_inner().unwrap_or_else(|e| e.into_inner());
+    found.sort_by_key(|(k, _)| *k);
+    report.problems.extend(found.into_iter().map(|(_, p)| p));
     Ok(report)
 }
