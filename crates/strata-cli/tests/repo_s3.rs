@@ -88,7 +88,18 @@ fn the_s3_backend_does_what_a_folder_does() {
                     for prefix in ["", "chunks/", "chunks/a", "indexes/b1", "backups/"] {
                         let want: Vec<&String> =
                             model.keys().filter(|k| k.starts_with(prefix)).collect();
-                        let listed = b.list_meta(prefix).unwrap();
+                        // A bucket's listing may lag a delete a moment on a
+                        // busy cluster (strata relies on nothing more: a
+                        // listed object may be gone by the time it is read);
+                        // it must catch up.
+                        let mut listed = b.list_meta(prefix).unwrap();
+                        for _ in 0..50 {
+                            if listed.iter().map(|l| &l.name).eq(want.iter().copied()) {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                            listed = b.list_meta(prefix).unwrap();
+                        }
                         let got: Vec<&String> = listed.iter().map(|l| &l.name).collect();
                         assert_eq!(got, want, "{at}: prefix '{prefix}'");
                         for l in &listed {
