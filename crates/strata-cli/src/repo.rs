@@ -303,10 +303,10 @@ fn location(at: &RepoAt) -> Result<String> {
 
 /// How `at` reaches object storage (nothing read for a folder).
 fn s3_options(at: &RepoAt) -> Result<S3Options> {
-    if !at.repo.to_string_lossy().starts_with("s3://") {
-        return Ok(S3Options::default());
-    }
-    Ok(S3Options::from_env(at.s3_endpoint.clone())?)
+    Ok(S3Options::from_env(
+        &at.repo.to_string_lossy(),
+        at.s3_endpoint.clone(),
+    )?)
 }
 
 /// The backend `at` names, made when a folder is not there.

@@ -345,13 +345,13 @@ pub(crate) fn plan(
             bitmap = None;
         }
         if let (Some(b), Some(src)) = (&bitmap, &d.source) {
+            // The active image's bitmaps, read once.
             let have = intent::layer(src, held)?;
-            if have
-                .dirty_bitmaps()
-                .map(|q| q.bitmaps())
-                .transpose()?
-                .is_some_and(|all| all.iter().any(|x| &x.name == b))
-            {
+            let present = match have.dirty_bitmaps() {
+                Some(q) => q.bitmaps()?,
+                None => Vec::new(),
+            };
+            if present.iter().any(|x| &x.name == b) {
                 return Err(Error::invalid(
                     what,
                     format!(
@@ -376,7 +376,13 @@ pub(crate) fn plan(
             });
             if let Some(prev) = parent.and_then(|p| p.disks.iter().find(|x| x.name == d.target)) {
                 if let Some(pb) = &prev.bitmap {
-                    if enabled_in(have.as_ref(), pb)? {
+                    // Only a consistent enabled bitmap is closed: one left
+                    // in use by an unclean shutdown tracks nothing
+                    // trustworthy and can only be removed.
+                    if present
+                        .iter()
+                        .any(|x| &x.name == pb && x.enabled() && x.usable())
+                    {
                         actions.push(Action::bitmap(BitmapOp::Disable, src.clone(), pb.clone()));
                         undo_one.previous = Some(pb.clone());
                     }
@@ -408,20 +414,6 @@ pub(crate) fn plan(
         actions,
         undo,
         def,
-    })
-}
-
-/// True when image `img` has an enabled bitmap `name` that is consistent:
-/// one left inconsistent (in use by an unclean shutdown) tracks nothing
-/// trustworthy and can only be removed, so a new checkpoint leaves it as
-/// it is.
-fn enabled_in(img: &dyn Image, name: &str) -> Result<bool> {
-    Ok(match img.dirty_bitmaps() {
-        Some(q) => q
-            .bitmaps()?
-            .iter()
-            .any(|b| b.name == name && b.enabled() && b.usable()),
-        None => false,
     })
 }
 

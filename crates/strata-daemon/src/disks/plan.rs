@@ -91,6 +91,14 @@ fn disk_element<'a>(domain: &'a Domain, target: &str) -> Option<&'a Element> {
         .find(|e| e.child("target").and_then(|t| t.attr("dev")) == Some(target))
 }
 
+/// Why `domain` cannot run with its disk `target`.
+fn refusal(domain: &Domain, target: &str, why: String) -> Error {
+    Error::Config {
+        domain: domain.name(),
+        source: strata_core::Error::invalid(format!("<disk> '{target}'"), why),
+    }
+}
+
 /// The local part of an element name (`strata:disk` → `disk`).
 fn local(name: &str) -> &str {
     name.rsplit(':').next().unwrap_or(name)
@@ -129,11 +137,7 @@ fn chosen(domain: &Domain, target: &str) -> Result<Option<Serve>> {
 /// (`default` unless the domain chooses), or an error naming the disk
 /// strata cannot serve. Nothing is opened yet.
 pub fn plan(domain: &Domain, run_dir: &Path, default: Serve) -> Result<Vec<Planned>> {
-    let name = domain.name();
-    let refuse = |target: &str, why: String| Error::Config {
-        domain: name.clone(),
-        source: strata_core::Error::invalid(format!("<disk> '{target}'"), why),
-    };
+    let refuse = |target: &str, why: String| refusal(domain, target, why);
     let vcpus: u16 = domain
         .element()
         .child_text("vcpu")
@@ -215,11 +219,7 @@ pub fn plan(domain: &Domain, run_dir: &Path, default: Serve) -> Result<Vec<Plann
 /// NBD export on a unix socket, as `(target, backend)`; an error names
 /// the disk strata cannot attach.
 pub fn attached(domain: &Domain) -> Result<Vec<(String, DiskBackend)>> {
-    let name = domain.name();
-    let refuse = |target: &str, why: &str| Error::Config {
-        domain: name.clone(),
-        source: strata_core::Error::invalid(format!("<disk> '{target}'"), why),
-    };
+    let refuse = |target: &str, why: &str| refusal(domain, target, why.to_string());
     let mut out = Vec::new();
     for d in domain
         .disks()

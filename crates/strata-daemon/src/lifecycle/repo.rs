@@ -46,11 +46,8 @@ impl Service {
             )));
         }
         // Retries from the daemon's own environment, as its AWS_* are.
-        let s3 = match at.starts_with("s3://") {
-            true => S3Options::from_env(req.s3_endpoint.clone())
-                .map_err(|e| Error::from(strata_core::Error::invalid(&what, e.to_string())))?,
-            false => S3Options::default(),
-        };
+        let s3 = S3Options::from_env(&at, req.s3_endpoint.clone())
+            .map_err(|e| Error::from(strata_core::Error::invalid(&what, e.to_string())))?;
         let key = req.key_file.clone();
         // Opening may derive the key (a moment of CPU and memory).
         let repo = tokio::task::spawn_blocking(move || open(&at, &s3, key.as_deref()))

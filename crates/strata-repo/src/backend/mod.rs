@@ -26,10 +26,14 @@ use std::time::SystemTime;
 use crate::error::{Error, Result};
 
 impl S3Options {
-    /// The options for a bucket on server `endpoint` (none: AWS), its
-    /// retries from `STRATA_S3_RETRIES` where set; a value that is not a
-    /// number is refused, naming the variable.
-    pub fn from_env(endpoint: Option<String>) -> Result<S3Options> {
+    /// The options for `location` if it is a bucket (`s3://`) on server
+    /// `endpoint` (none: AWS), its retries from `STRATA_S3_RETRIES` where
+    /// set (a value that is not a number is refused, naming the
+    /// variable); for a folder, none and nothing read.
+    pub fn from_env(location: &str, endpoint: Option<String>) -> Result<S3Options> {
+        if !location.starts_with("s3://") {
+            return Ok(S3Options::default());
+        }
         let retries = match std::env::var("STRATA_S3_RETRIES") {
             Ok(v) => Some(v.trim().parse().map_err(|_| {
                 Error::invalid(
